@@ -1,0 +1,112 @@
+// The engine's only view of a guest. kvm-backend implements it for QEMU domains reached through
+// libvirt and the gdbstub; tests/fakes/fake_guest_vm.h implements it in memory.
+//
+// Contract for implementations:
+// - Every call returns an error value for anything a guest or a peer can cause (unmapped
+//   address, lost connection, domain gone); none throws or aborts.
+// - Virtual addresses are translated with the given vCPU's page tables.
+// - Writes must be visible to the guest's instruction fetch at once (under TCG this means they go
+//   through the gdbstub, which invalidates translated code).
+// - Memory and register access require the guest to be stopped (Stop() returned OK); calls made
+//   while it runs fail with FAILED_PRECONDITION.
+#ifndef TPRD_DAEMON_ENGINE_GUEST_VM_H_
+#define TPRD_DAEMON_ENGINE_GUEST_VM_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+
+namespace tprd::engine {
+
+// 32-bit general purpose registers, in x86 encoding order (ModRM reg field).
+enum class Gpr : uint8_t { kEax = 0, kEcx, kEdx, kEbx, kEsp, kEbp, kEsi, kEdi };
+inline constexpr int kGprCount = 8;
+
+struct VcpuRegisters {
+  uint32_t gpr[kGprCount] = {};  // indexed by Gpr
+  uint32_t eip = 0;
+  uint32_t eflags = 0;
+  uint32_t cs = 0, ss = 0, ds = 0, es = 0, fs = 0, gs = 0;
+  uint32_t fs_base = 0;
+  uint32_t cr0 = 0, cr2 = 0, cr3 = 0, cr4 = 0;
+  uint64_t efer = 0;
+
+  uint32_t& reg(Gpr r) { return gpr[static_cast<int>(r)]; }
+  uint32_t reg(Gpr r) const { return gpr[static_cast<int>(r)]; }
+};
+
+// Registers the engine may write (fix-ups after a trap).
+enum class WritableRegister : uint8_t { kEax, kEcx, kEdx, kEbx, kEsp, kEbp, kEsi, kEdi, kEip };
+
+enum class WatchKind : uint8_t { kWrite, kRead, kAccess };
+
+struct StopEvent {
+  enum class Kind : uint8_t {
+    kBreakpoint,    // execution breakpoint: pc is the breakpoint address, not yet executed
+    kWatchpoint,    // data watchpoint: pc is the instruction AFTER the access
+    kInterrupted,   // we asked it to stop
+    kPausedByHost,  // libvirt (or someone else) paused the domain
+    kGone,          // the domain is gone (destroyed, shut down, connection lost)
+  };
+  Kind kind = Kind::kInterrupted;
+  int vcpu = 0;
+  uint32_t pc = 0;
+  uint32_t data_address = 0;  // watchpoints only
+  WatchKind watch = WatchKind::kAccess;
+};
+
+struct MemoryRegion {
+  uint64_t start = 0;  // first byte
+  uint64_t end = 0;    // last byte (inclusive), as `info mtree -f` prints it
+  bool ram = false;    // RAM (writable), not ROM / MMIO
+  std::string name;
+};
+
+struct CpuFeatures {
+  bool cr8legacy = false;         // AMD AltMovCr8: lock mov cr0 reaches CR8
+  bool qemu_vapic_active = false; // QEMU's own TPR patcher is on for this domain
+};
+
+class GuestVm {
+ public:
+  virtual ~GuestVm() = default;
+
+  // Stops every vCPU (idempotent). After OK, memory and registers may be accessed.
+  virtual absl::Status Stop() = 0;
+  // Lets every vCPU run again. Must not resume a guest the host (libvirt) paused: then it
+  // returns FAILED_PRECONDITION and leaves it paused.
+  virtual absl::Status Resume() = 0;
+  // While running: waits up to `timeout` for the next stop. nullopt on timeout (still running).
+  virtual absl::StatusOr<std::optional<StopEvent>> WaitForStop(absl::Duration timeout) = 0;
+
+  virtual absl::StatusOr<int> VcpuCount() = 0;
+  virtual absl::StatusOr<VcpuRegisters> ReadRegisters(int vcpu) = 0;
+  virtual absl::Status WriteRegister(int vcpu, WritableRegister reg, uint32_t value) = 0;
+
+  virtual absl::Status ReadVirtual(int vcpu, uint32_t va, absl::Span<uint8_t> out) = 0;
+  virtual absl::Status WriteVirtual(int vcpu, uint32_t va, absl::Span<const uint8_t> data) = 0;
+  virtual absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) = 0;
+  virtual absl::Status WritePhysical(uint64_t pa, absl::Span<const uint8_t> data) = 0;
+
+  virtual absl::StatusOr<std::vector<MemoryRegion>> MemoryMap() = 0;
+  // The full 8-bit TPR of one vCPU, as the APIC holds it.
+  virtual absl::StatusOr<uint8_t> ReadTpr(int vcpu) = 0;
+  virtual absl::StatusOr<CpuFeatures> Features() = 0;
+
+  // Execution breakpoints stop a vCPU before the instruction at `va` runs.
+  virtual absl::Status SetBreakpoint(uint32_t va) = 0;
+  virtual absl::Status RemoveBreakpoint(uint32_t va) = 0;
+  // Data watchpoints stop a vCPU after the access; the stop's pc is the next instruction.
+  virtual absl::Status SetWatchpoint(uint32_t va, uint32_t length, WatchKind kind) = 0;
+  virtual absl::Status RemoveWatchpoint(uint32_t va, uint32_t length, WatchKind kind) = 0;
+};
+
+}  // namespace tprd::engine
+
+#endif  // TPRD_DAEMON_ENGINE_GUEST_VM_H_

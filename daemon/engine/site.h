@@ -1,0 +1,69 @@
+// Vocabulary shared by the classifier, the planner, the transactions and the guest's site table.
+#ifndef TPRD_DAEMON_ENGINE_SITE_H_
+#define TPRD_DAEMON_ENGINE_SITE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "daemon/engine/guest_vm.h"
+
+namespace tprd::engine {
+
+// The windows TPR: APIC page mapped at 0xFFFE0000, TPR at offset 0x80.
+inline constexpr uint32_t kDefaultTprVa = 0xFFFE0080;
+
+// The six patchable TPR access forms (prior-art.md). Values are stored in the guest's site
+// table: never renumber.
+enum class Form : uint8_t {
+  kMovEaxFromMoffs = 1,  // A1 moffs32          mov eax,[tpr]
+  kMovMoffsFromEax = 2,  // A3 moffs32          mov [tpr],eax
+  kMovRegFromMem = 3,    // 8B /r disp32        mov r32,[tpr]
+  kMovMemFromReg = 4,    // 89 /r disp32        mov [tpr],r32
+  kMovMemFromImm = 5,    // C7 /0 disp32 imm32  mov dword [tpr],imm32
+  kPushMem = 6,          // FF /6 disp32        push dword [tpr]
+};
+
+// Exact names used in the API, JSON and docs.
+std::string_view FormName(Form form);
+std::optional<Form> FormFromName(std::string_view name);
+std::string_view GprName(Gpr reg);  // "eax", "ecx", ...
+
+// Whether the form writes the TPR (else it reads it).
+inline bool FormWritesTpr(Form form) {
+  return form == Form::kMovMoffsFromEax || form == Form::kMovMemFromReg ||
+         form == Form::kMovMemFromImm;
+}
+
+// Virtual addresses of the guest blob's handlers, which the planner targets.
+struct HandlerTable {
+  uint32_t set_tpr = 0;          // value pushed by the site; handler pops it (ret 4)
+  uint32_t set_tpr_eax = 0;      // value in eax
+  uint32_t get_tpr[kGprCount] = {};  // indexed by Gpr; the kEsp slot is unused (0)
+  uint32_t get_tpr_stack = 0;    // for push [tpr], patched as push eax; call
+};
+
+enum class SiteState : uint8_t {
+  kCandidate = 0,  // classified, not written
+  kPending = 1,    // the transaction is writing it: bytes may be either original or patched
+  kApplied = 2,    // patched bytes are in the guest
+  kRolledBack = 3, // original bytes restored
+};
+std::string_view SiteStateName(SiteState state);
+
+struct Site {
+  uint32_t id = 0;       // stable within a domain; also the index in the guest's site table
+  uint32_t address = 0;  // guest virtual address of the instruction
+  Form form = Form::kMovEaxFromMoffs;
+  Gpr reg = Gpr::kEax;   // the register read or written; kEax where the form has none
+  uint32_t imm = 0;      // kMovMemFromImm only
+  std::vector<uint8_t> original;  // bytes as classified
+  std::vector<uint8_t> patched;   // replacement, same length
+  SiteState state = SiteState::kCandidate;
+};
+
+}  // namespace tprd::engine
+
+#endif  // TPRD_DAEMON_ENGINE_SITE_H_

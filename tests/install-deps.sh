@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package tprd needs to build, test and run its demo. Idempotent.
+set -euo pipefail
+packages=(
+  build-essential cmake ninja-build pkg-config git clang libclang-rt-14-dev binutils
+  libzydis-dev libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
+  protobuf-compiler grpc-proto libvirt-dev libsystemd-dev libcli11-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

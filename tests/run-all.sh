@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The README test command: installs what is needed, builds tprd twice (normal, and clang with
+# ASan+UBSan for the unit tests and fuzzers) and runs every test. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+jobs=$(nproc)
+
+bash tests/install-deps.sh
+if [[ -x tests/setup-libvirt.sh ]]; then
+  bash tests/setup-libvirt.sh
+fi
+
+echo "== build (release, all targets)"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build build -j"$jobs"
+
+echo "== build (clang, ASan+UBSan, unit tests and fuzzers)"
+CC=clang CXX=clang++ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+  -DTPRD_UNIT_ONLY=ON -DTPRD_SANITIZE=ON -DTPRD_FUZZ=ON
+cmake --build build-asan -j"$jobs"
+
+status=0
+echo "== tests (release build: every label)"
+(cd build && ctest --output-on-failure --timeout 900 -LE bench) || status=1
+echo "== tests (sanitizer build: unit and fuzz)"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --output-on-failure --timeout 900 -L 'unit|fuzz') || status=1
+exit $status
