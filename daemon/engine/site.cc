@@ -52,4 +52,23 @@ std::string_view SiteStateName(SiteState state) {
   return "unknown";
 }
 
+std::string_view StrategyName(Strategy strategy) {
+  switch (strategy) {
+    case Strategy::kExact:
+      return "exact";
+    case Strategy::kMmio:
+      return "mmio";
+    case Strategy::kCr8:
+      return "cr8";
+  }
+  return "unknown";
+}
+
+std::optional<Strategy> StrategyFromName(std::string_view name) {
+  for (Strategy s : {Strategy::kExact, Strategy::kMmio, Strategy::kCr8}) {
+    if (StrategyName(s) == name) return s;
+  }
+  return std::nullopt;
+}
+
 }  // namespace tprd::engine

@@ -37,6 +37,16 @@ inline bool FormWritesTpr(Form form) {
          form == Form::kMovMemFromImm;
 }
 
+// How the blob's handlers reach the real TPR; stored in the blob's strategy word. Never
+// renumber: the value lives in guest memory.
+enum class Strategy : uint32_t {
+  kExact = 0,  // every access is a real MMIO access: always correct, saves nothing
+  kMmio = 1,   // reads from the per-CPU shadow; writes shadow, then the real TPR
+  kCr8 = 2,    // reads from the shadow; writes shadow, then CR8 via lock mov cr0 (AltMovCr8)
+};
+std::string_view StrategyName(Strategy strategy);
+std::optional<Strategy> StrategyFromName(std::string_view name);
+
 // Virtual addresses of the guest blob's handlers, which the planner targets.
 struct HandlerTable {
   uint32_t set_tpr = 0;          // value pushed by the site; handler pops it (ret 4)
