@@ -1,0 +1,62 @@
+// Parsers of QEMU 7.2 monitor output (HMP text and QMP JSON, as virDomainQemuMonitorCommand
+// returns them). Pure functions: no libvirt, no I/O. Input comes from a peer (QEMU), so every
+// unexpected shape is an error value, never a crash.
+#ifndef TPRD_KVM_BACKEND_CORE_MONITOR_PARSERS_H_
+#define TPRD_KVM_BACKEND_CORE_MONITOR_PARSERS_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "daemon/engine/guest_vm.h"
+
+namespace tprd::backend {
+
+// HMP `info lapic N`: the full 8-bit TPR from the "APR .. TPR 0xNN .. PPR .." line.
+// "No CPU available" (bad index) is NOT_FOUND.
+absl::StatusOr<uint8_t> ParseLapicTpr(std::string_view hmp_output);
+
+// HMP `info mtree -f`: the flattened view of the system address space (the FlatView that lists
+// AS "memory"), in address order. I/O regions are kept with ram=false; "rom" and "romd" are
+// ram=false too. Lines of other FlatViews (I/O ports, SMM, bus masters) are ignored.
+absl::StatusOr<std::vector<engine::MemoryRegion>> ParseMtreeFlat(std::string_view hmp_output);
+
+// HMP `gpa2hva ADDR`: the host virtual address. "No memory is mapped" and "is not RAM" are
+// NOT_FOUND.
+absl::StatusOr<uint64_t> ParseGpa2Hva(std::string_view hmp_output);
+
+// HMP `gdbserver ...`: OK when QEMU reports it listens ("Waiting for gdb connection") or
+// stopped it ("Disabled gdbserver"); otherwise the QEMU message as an error (a second gdbstub
+// answers "duplicate yank instance": ALREADY_EXISTS).
+absl::Status CheckGdbserverReply(std::string_view hmp_output);
+
+// One vCPU as QMP `query-cpus-fast` reports it.
+struct QemuCpu {
+  int cpu_index = 0;
+  std::string qom_path;  // e.g. /machine/unattached/device[0]
+  int64_t host_thread_id = 0;
+};
+// QMP reply to `query-cpus-fast`, sorted by cpu_index.
+absl::StatusOr<std::vector<QemuCpu>> ParseQueryCpusFast(std::string_view qmp_reply);
+
+// QMP reply to `qom-get` of a boolean property ({"return":true,...}). A QMP error reply becomes
+// NOT_FOUND for DeviceNotFound/property-not-found classes, else INTERNAL, with QEMU's text.
+absl::StatusOr<bool> ParseQomGetBool(std::string_view qmp_reply);
+
+// QMP reply to `query-status`. QEMU's run state tells who stopped the VM: "debug" is the
+// gdbstub, "paused" is a `stop` command (libvirt's virDomainSuspend), "running" runs.
+struct QemuRunStatus {
+  bool running = false;
+  std::string status;  // QEMU RunState name: running, paused, debug, shutdown, ...
+};
+absl::StatusOr<QemuRunStatus> ParseQueryStatus(std::string_view qmp_reply);
+
+// Builds the QMP command text for qom-get (path and property JSON-escaped).
+std::string QomGetCommand(std::string_view path, std::string_view property);
+
+}  // namespace tprd::backend
+
+#endif  // TPRD_KVM_BACKEND_CORE_MONITOR_PARSERS_H_
