@@ -1,0 +1,551 @@
+#include "kvm-backend/libvirt_connection.h"
+
+#include <libvirt/libvirt-qemu.h>
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "kvm-backend/core/monitor_parsers.h"
+
+namespace tprd::backend {
+
+std::string_view DomainStateName(DomainState state) {
+  switch (state) {
+    case DomainState::kNoState:
+      return "nostate";
+    case DomainState::kRunning:
+      return "running";
+    case DomainState::kBlocked:
+      return "blocked";
+    case DomainState::kPaused:
+      return "paused";
+    case DomainState::kShuttingDown:
+      return "shutdown";
+    case DomainState::kShutoff:
+      return "shut off";
+    case DomainState::kCrashed:
+      return "crashed";
+    case DomainState::kPmSuspended:
+      return "pmsuspended";
+  }
+  return "?";
+}
+
+std::string_view DomainEventKindName(DomainEvent::Kind kind) {
+  switch (kind) {
+    case DomainEvent::Kind::kStarted:
+      return "started";
+    case DomainEvent::Kind::kSuspended:
+      return "suspended";
+    case DomainEvent::Kind::kResumed:
+      return "resumed";
+    case DomainEvent::Kind::kShutdown:
+      return "shutdown";
+    case DomainEvent::Kind::kStopped:
+      return "stopped";
+    case DomainEvent::Kind::kCrashed:
+      return "crashed";
+    case DomainEvent::Kind::kRebooted:
+      return "rebooted";
+    case DomainEvent::Kind::kMigratedAway:
+      return "migrated-away";
+    case DomainEvent::Kind::kMigrating:
+      return "migrating";
+    case DomainEvent::Kind::kOther:
+      return "other";
+  }
+  return "?";
+}
+
+namespace {
+
+// libvirt prints every error to stderr by default; tprd reports them as Status instead.
+void IgnoreLibvirtError(void*, virErrorPtr) {}
+
+// One process-wide libvirt event loop on its own thread (libvirt allows one default impl per
+// process). It lives until the process exits.
+void StartEventLoopOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    virSetErrorFunc(nullptr, IgnoreLibvirtError);
+    virEventRegisterDefaultImpl();
+    std::thread([] {
+      for (;;) virEventRunDefaultImpl();
+    }).detach();
+  });
+}
+
+absl::Status LibvirtError(std::string_view what) {
+  virErrorPtr error = virGetLastError();
+  std::string message =
+      absl::StrCat(std::string(what), ": ", error && error->message ? error->message : "unknown");
+  int code = error ? error->code : VIR_ERR_INTERNAL_ERROR;
+  virResetLastError();
+  switch (code) {
+    case VIR_ERR_NO_DOMAIN:
+      return absl::NotFoundError(message);
+    case VIR_ERR_OPERATION_INVALID:
+      return absl::FailedPreconditionError(message);
+    case VIR_ERR_NO_CONNECT:
+    case VIR_ERR_RPC:
+    case VIR_ERR_SYSTEM_ERROR:
+    case VIR_ERR_INVALID_CONN:
+      return absl::UnavailableError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+DomainState ToDomainState(int state) {
+  switch (state) {
+    case VIR_DOMAIN_RUNNING:
+      return DomainState::kRunning;
+    case VIR_DOMAIN_BLOCKED:
+      return DomainState::kBlocked;
+    case VIR_DOMAIN_PAUSED:
+      return DomainState::kPaused;
+    case VIR_DOMAIN_SHUTDOWN:
+      return DomainState::kShuttingDown;
+    case VIR_DOMAIN_SHUTOFF:
+      return DomainState::kShutoff;
+    case VIR_DOMAIN_CRASHED:
+      return DomainState::kCrashed;
+    case VIR_DOMAIN_PMSUSPENDED:
+      return DomainState::kPmSuspended;
+    default:
+      return DomainState::kNoState;
+  }
+}
+
+DomainEvent::Kind ToEventKind(int event, int detail) {
+  switch (event) {
+    case VIR_DOMAIN_EVENT_STARTED:
+      return detail == VIR_DOMAIN_EVENT_STARTED_MIGRATED ? DomainEvent::Kind::kMigrating
+                                                         : DomainEvent::Kind::kStarted;
+    case VIR_DOMAIN_EVENT_SUSPENDED:
+      return detail == VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED ||
+                     detail == VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY
+                 ? DomainEvent::Kind::kMigrating
+                 : DomainEvent::Kind::kSuspended;
+    case VIR_DOMAIN_EVENT_RESUMED:
+      return detail == VIR_DOMAIN_EVENT_RESUMED_MIGRATED ||
+                     detail == VIR_DOMAIN_EVENT_RESUMED_POSTCOPY
+                 ? DomainEvent::Kind::kMigrating
+                 : DomainEvent::Kind::kResumed;
+    case VIR_DOMAIN_EVENT_STOPPED:
+      if (detail == VIR_DOMAIN_EVENT_STOPPED_MIGRATED) return DomainEvent::Kind::kMigratedAway;
+      if (detail == VIR_DOMAIN_EVENT_STOPPED_CRASHED) return DomainEvent::Kind::kCrashed;
+      return DomainEvent::Kind::kStopped;
+    case VIR_DOMAIN_EVENT_SHUTDOWN:
+      return DomainEvent::Kind::kShutdown;
+    case VIR_DOMAIN_EVENT_CRASHED:
+      return DomainEvent::Kind::kCrashed;
+    default:
+      return DomainEvent::Kind::kOther;
+  }
+}
+
+std::string DomainUuid(virDomainPtr domain) {
+  char uuid[VIR_UUID_STRING_BUFLEN] = {};
+  if (virDomainGetUUIDString(domain, uuid) != 0) return "";
+  return uuid;
+}
+
+absl::StatusOr<DomainInfo> DescribeDomain(virDomainPtr domain) {
+  DomainInfo info;
+  const char* name = virDomainGetName(domain);
+  if (name == nullptr) return LibvirtError("virDomainGetName");
+  info.name = name;
+  info.uuid = DomainUuid(domain);
+  unsigned id = virDomainGetID(domain);
+  info.id = id == static_cast<unsigned>(-1) ? -1 : static_cast<int>(id);
+  int state = 0;
+  int reason = 0;
+  if (virDomainGetState(domain, &state, &reason, 0) != 0) {
+    return LibvirtError(absl::StrCat("virDomainGetState ", info.name));
+  }
+  info.state = ToDomainState(state);
+  info.reason = reason;
+  return info;
+}
+
+// Owns one reference to a virDomainPtr.
+struct DomainRef {
+  virDomainPtr domain = nullptr;
+  explicit DomainRef(virDomainPtr d) : domain(d) {}
+  DomainRef(const DomainRef&) = delete;
+  DomainRef& operator=(const DomainRef&) = delete;
+  ~DomainRef() {
+    if (domain != nullptr) virDomainFree(domain);
+  }
+};
+
+// State shared with libvirt callbacks. Callbacks hold a shared_ptr to it (released by
+// libvirt's free callback), so a callback that runs after the connection object is gone still
+// reaches valid memory and finds no subscribers.
+struct SharedState {
+  absl::Mutex mu;
+  virConnectPtr conn ABSL_GUARDED_BY(mu) = nullptr;
+  bool lost ABSL_GUARDED_BY(mu) = false;  // close callback fired; reconnect thread tears down
+  bool stopping ABSL_GUARDED_BY(mu) = false;
+  std::vector<int> callback_ids ABSL_GUARDED_BY(mu);
+
+  // Separate lock: callbacks dispatch under it, API calls never hold it.
+  absl::Mutex subscribers_mu;
+  std::vector<LibvirtEventSubscriber*> subscribers ABSL_GUARDED_BY(subscribers_mu);
+
+  template <typename F>
+  void ForEachSubscriber(F f) {
+    absl::MutexLock lock(&subscribers_mu);
+    for (LibvirtEventSubscriber* s : subscribers) f(s);
+  }
+};
+
+using SharedPtr = std::shared_ptr<SharedState>;
+
+void FreeSharedRef(void* opaque) { delete static_cast<SharedPtr*>(opaque); }
+
+int OnLifecycle(virConnectPtr, virDomainPtr domain, int event, int detail, void* opaque) {
+  SharedState& shared = **static_cast<SharedPtr*>(opaque);
+  DomainEvent e;
+  e.kind = ToEventKind(event, detail);
+  e.uuid = DomainUuid(domain);
+  const char* name = virDomainGetName(domain);
+  e.name = name ? name : "";
+  e.libvirt_event = event;
+  e.libvirt_detail = detail;
+  shared.ForEachSubscriber([&](LibvirtEventSubscriber* s) { s->OnDomainEvent(e); });
+  return 0;
+}
+
+void OnReboot(virConnectPtr, virDomainPtr domain, void* opaque) {
+  SharedState& shared = **static_cast<SharedPtr*>(opaque);
+  DomainEvent e;
+  e.kind = DomainEvent::Kind::kRebooted;
+  e.uuid = DomainUuid(domain);
+  const char* name = virDomainGetName(domain);
+  e.name = name ? name : "";
+  shared.ForEachSubscriber([&](LibvirtEventSubscriber* s) { s->OnDomainEvent(e); });
+}
+
+void OnClose(virConnectPtr, int /*reason*/, void* opaque) {
+  SharedState& shared = **static_cast<SharedPtr*>(opaque);
+  {
+    absl::MutexLock lock(&shared.mu);
+    shared.lost = true;
+  }
+  shared.ForEachSubscriber([](LibvirtEventSubscriber* s) { s->OnConnectionLost(); });
+}
+
+class LibvirtConnectionImpl : public LibvirtConnection {
+ public:
+  explicit LibvirtConnectionImpl(const LibvirtConnectionOptions& options)
+      : options_(options), shared_(std::make_shared<SharedState>()) {}
+
+  ~LibvirtConnectionImpl() override {
+    {
+      absl::MutexLock lock(&shared_->mu);
+      shared_->stopping = true;
+    }
+    if (reconnect_thread_.joinable()) reconnect_thread_.join();
+    {
+      absl::MutexLock lock(&shared_->subscribers_mu);
+      shared_->subscribers.clear();
+    }
+    TearDown(TakeConnection());
+  }
+
+  // Opens the connection and registers the callbacks; starts the reconnect thread.
+  absl::Status Start() {
+    absl::StatusOr<OpenConnection> opened = Open();
+    if (!opened.ok()) return opened.status();
+    Install(*opened);
+    reconnect_thread_ = std::thread([this] { ReconnectLoop(); });
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<DomainInfo>> ListDomains() override {
+    absl::StatusOr<virConnectPtr> conn = AcquireConnection();
+    if (!conn.ok()) return conn.status();
+    virDomainPtr* domains = nullptr;
+    int count = virConnectListAllDomains(*conn, &domains, 0);
+    absl::Status error = count < 0 ? LibvirtError("virConnectListAllDomains") : absl::OkStatus();
+    std::vector<DomainInfo> result;
+    for (int i = 0; i < std::max(count, 0); ++i) {
+      DomainRef ref(domains[i]);
+      absl::StatusOr<DomainInfo> info = DescribeDomain(ref.domain);
+      if (info.ok()) result.push_back(std::move(*info));  // a domain may vanish meanwhile
+    }
+    free(domains);
+    virConnectClose(*conn);
+    if (!error.ok()) return error;
+    return result;
+  }
+
+  absl::StatusOr<DomainInfo> LookupDomain(std::string_view key) override {
+    absl::StatusOr<virConnectPtr> conn = AcquireConnection();
+    if (!conn.ok()) return conn.status();
+    std::string text(key);
+    virDomainPtr domain = virDomainLookupByName(*conn, text.c_str());
+    if (domain == nullptr && text.size() == VIR_UUID_STRING_BUFLEN - 1) {
+      domain = virDomainLookupByUUIDString(*conn, text.c_str());
+    }
+    int id = -1;
+    if (domain == nullptr) {
+      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), id);
+      if (ec == std::errc() && end == text.data() + text.size() && id >= 0) {
+        domain = virDomainLookupByID(*conn, id);
+      }
+    }
+    absl::StatusOr<DomainInfo> result =
+        domain == nullptr
+            ? absl::StatusOr<DomainInfo>(absl::NotFoundError(absl::StrCat(
+                  "no libvirt domain with name, UUID or ID '", text, "' on ", options_.uri)))
+            : DescribeDomain(domain);
+    virResetLastError();
+    if (domain != nullptr) virDomainFree(domain);
+    virConnectClose(*conn);
+    return result;
+  }
+
+  absl::StatusOr<DomainInfo> GetDomain(std::string_view uuid) override {
+    return WithDomain(uuid, [](virDomainPtr domain) { return DescribeDomain(domain); });
+  }
+
+  absl::StatusOr<int> QemuPid(std::string_view uuid) override {
+    absl::StatusOr<DomainInfo> info = GetDomain(uuid);
+    if (!info.ok()) return info.status();
+    if (info->id < 0) {
+      return absl::FailedPreconditionError(absl::StrCat("domain ", info->name, " is not running"));
+    }
+    // libvirtd's PID file; checked against /proc so a stale file is not trusted.
+    std::ifstream pid_file(absl::StrCat(options_.qemu_pid_directory, "/", info->name, ".pid"));
+    int pid = 0;
+    if (pid_file >> pid && pid > 0 && QemuVcpuBelongsTo(uuid, pid)) return pid;
+    // Fallback: the process that owns the vCPU threads QEMU reports.
+    absl::StatusOr<int> owner = PidOwningVcpus(uuid);
+    if (owner.ok()) return owner;
+    return absl::NotFoundError(absl::StrCat("cannot find the QEMU process of domain ", info->name,
+                                            ": ", owner.status().message()));
+  }
+
+  absl::StatusOr<std::string> HmpCommand(std::string_view uuid, std::string_view command) override {
+    return MonitorCommand(uuid, command, VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP);
+  }
+
+  absl::StatusOr<std::string> QmpCommand(std::string_view uuid, std::string_view json) override {
+    return MonitorCommand(uuid, json, VIR_DOMAIN_QEMU_MONITOR_COMMAND_DEFAULT);
+  }
+
+  void Subscribe(LibvirtEventSubscriber* subscriber) override {
+    absl::MutexLock lock(&shared_->subscribers_mu);
+    shared_->subscribers.push_back(subscriber);
+  }
+
+  void Unsubscribe(LibvirtEventSubscriber* subscriber) override {
+    absl::MutexLock lock(&shared_->subscribers_mu);
+    auto& list = shared_->subscribers;
+    list.erase(std::remove(list.begin(), list.end(), subscriber), list.end());
+  }
+
+  bool IsConnected() override {
+    absl::MutexLock lock(&shared_->mu);
+    return shared_->conn != nullptr && !shared_->lost && virConnectIsAlive(shared_->conn) == 1;
+  }
+
+ private:
+  // A new reference to the live connection; the caller releases it with virConnectClose.
+  absl::StatusOr<virConnectPtr> AcquireConnection() {
+    absl::MutexLock lock(&shared_->mu);
+    if (shared_->conn == nullptr || shared_->lost) {
+      return absl::UnavailableError(
+          absl::StrCat("not connected to libvirtd at ", options_.uri, " (reconnecting)"));
+    }
+    virConnectRef(shared_->conn);
+    return shared_->conn;
+  }
+
+  template <typename F>
+  auto WithDomain(std::string_view uuid, F f) -> decltype(f(nullptr)) {
+    absl::StatusOr<virConnectPtr> conn = AcquireConnection();
+    if (!conn.ok()) return conn.status();
+    std::string text(uuid);
+    virDomainPtr domain = virDomainLookupByUUIDString(*conn, text.c_str());
+    if (domain == nullptr) {
+      absl::Status error = LibvirtError(absl::StrCat("domain ", text));
+      virConnectClose(*conn);
+      return error;
+    }
+    auto result = f(domain);
+    virDomainFree(domain);
+    virConnectClose(*conn);
+    return result;
+  }
+
+  absl::StatusOr<std::string> MonitorCommand(std::string_view uuid, std::string_view command,
+                                             unsigned flags) {
+    std::string text(command);
+    return WithDomain(uuid, [&](virDomainPtr domain) -> absl::StatusOr<std::string> {
+      char* reply = nullptr;
+      if (virDomainQemuMonitorCommand(domain, text.c_str(), &reply, flags) != 0) {
+        return LibvirtError(absl::StrCat("QEMU monitor command '", text, "'"));
+      }
+      std::string out = reply ? reply : "";
+      free(reply);
+      return out;
+    });
+  }
+
+  absl::StatusOr<std::vector<int64_t>> VcpuThreadIds(std::string_view uuid) {
+    absl::StatusOr<std::string> reply = QmpCommand(uuid, R"({"execute":"query-cpus-fast"})");
+    if (!reply.ok()) return reply.status();
+    absl::StatusOr<std::vector<QemuCpu>> cpus = ParseQueryCpusFast(*reply);
+    if (!cpus.ok()) return cpus.status();
+    std::vector<int64_t> tids;
+    for (const QemuCpu& cpu : *cpus) tids.push_back(cpu.host_thread_id);
+    return tids;
+  }
+
+  static std::optional<int> ThreadGroupOf(int64_t tid) {
+    std::ifstream status(absl::StrCat("/proc/", tid, "/status"));
+    std::string line;
+    while (std::getline(status, line)) {
+      if (line.rfind("Tgid:", 0) == 0) {
+        int tgid = 0;
+        std::istringstream(line.substr(5)) >> tgid;
+        if (tgid > 0) return tgid;
+      }
+    }
+    return std::nullopt;
+  }
+
+  bool QemuVcpuBelongsTo(std::string_view uuid, int pid) {
+    absl::StatusOr<std::vector<int64_t>> tids = VcpuThreadIds(uuid);
+    if (!tids.ok() || tids->empty()) return false;
+    return ThreadGroupOf((*tids)[0]) == pid;
+  }
+
+  absl::StatusOr<int> PidOwningVcpus(std::string_view uuid) {
+    absl::StatusOr<std::vector<int64_t>> tids = VcpuThreadIds(uuid);
+    if (!tids.ok()) return tids.status();
+    if (tids->empty()) return absl::NotFoundError("QEMU reports no vCPU threads");
+    std::optional<int> tgid = ThreadGroupOf((*tids)[0]);
+    if (!tgid) return absl::NotFoundError("vCPU thread not in /proc (remote libvirtd?)");
+    return *tgid;
+  }
+
+  struct OpenConnection {
+    virConnectPtr conn = nullptr;
+    std::vector<int> callback_ids;
+  };
+
+  // Libvirt calls happen outside shared_->mu: a close callback may fire inside them.
+  absl::StatusOr<OpenConnection> Open() {
+    virConnectPtr conn = virConnectOpen(options_.uri.c_str());
+    if (conn == nullptr) {
+      absl::Status error = LibvirtError(absl::StrCat("connect to ", options_.uri));
+      return absl::UnavailableError(error.message());
+    }
+    if (virConnectSetKeepAlive(conn, options_.keepalive_interval_seconds,
+                               options_.keepalive_count) < 0) {
+      virResetLastError();  // local drivers do not support keepalive: not fatal
+    }
+    int close_ok =
+        virConnectRegisterCloseCallback(conn, OnClose, new SharedPtr(shared_), FreeSharedRef);
+    int lifecycle = virConnectDomainEventRegisterAny(conn, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                     VIR_DOMAIN_EVENT_CALLBACK(OnLifecycle),
+                                                     new SharedPtr(shared_), FreeSharedRef);
+    int reboot = virConnectDomainEventRegisterAny(conn, nullptr, VIR_DOMAIN_EVENT_ID_REBOOT,
+                                                  VIR_DOMAIN_EVENT_CALLBACK(OnReboot),
+                                                  new SharedPtr(shared_), FreeSharedRef);
+    if (close_ok < 0 || lifecycle < 0 || reboot < 0) {
+      absl::Status error = LibvirtError("register libvirt event callbacks");
+      if (close_ok >= 0) virConnectUnregisterCloseCallback(conn, OnClose);
+      if (lifecycle >= 0) virConnectDomainEventDeregisterAny(conn, lifecycle);
+      if (reboot >= 0) virConnectDomainEventDeregisterAny(conn, reboot);
+      virConnectClose(conn);
+      return error;
+    }
+    return OpenConnection{conn, {lifecycle, reboot}};
+  }
+
+  void Install(const OpenConnection& opened) {
+    absl::MutexLock lock(&shared_->mu);
+    shared_->conn = opened.conn;
+    shared_->callback_ids = opened.callback_ids;
+    shared_->lost = false;
+  }
+
+  OpenConnection TakeConnection() {
+    absl::MutexLock lock(&shared_->mu);
+    OpenConnection taken{shared_->conn, std::move(shared_->callback_ids)};
+    shared_->conn = nullptr;
+    shared_->callback_ids.clear();
+    return taken;
+  }
+
+  static void TearDown(const OpenConnection& old) {
+    if (old.conn == nullptr) return;
+    virConnectUnregisterCloseCallback(old.conn, OnClose);
+    for (int id : old.callback_ids) virConnectDomainEventDeregisterAny(old.conn, id);
+    virConnectClose(old.conn);
+    virResetLastError();
+  }
+
+  // Waits for a lost connection, then reopens it with exponential backoff and tells the
+  // subscribers, whose registrations carry over (they live in shared_, not in libvirt).
+  void ReconnectLoop() {
+    for (;;) {
+      {
+        absl::MutexLock lock(&shared_->mu);
+        auto lost_or_stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(shared_->mu) {
+          return shared_->stopping || shared_->lost;
+        };
+        shared_->mu.Await(absl::Condition(&lost_or_stopping));
+        if (shared_->stopping) return;
+      }
+      TearDown(TakeConnection());
+      absl::Duration backoff = options_.reconnect_initial_backoff;
+      for (;;) {
+        absl::StatusOr<OpenConnection> opened = Open();
+        if (opened.ok()) {
+          Install(*opened);
+          break;
+        }
+        absl::MutexLock lock(&shared_->mu);
+        auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(shared_->mu) {
+          return shared_->stopping;
+        };
+        if (shared_->mu.AwaitWithTimeout(absl::Condition(&stopping), backoff)) return;
+        backoff = std::min(backoff * 2, options_.reconnect_max_backoff);
+      }
+      shared_->ForEachSubscriber([](LibvirtEventSubscriber* s) { s->OnConnectionRestored(); });
+    }
+  }
+
+  const LibvirtConnectionOptions options_;
+  SharedPtr shared_;
+  std::thread reconnect_thread_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LibvirtConnection>> ConnectToLibvirt(
+    const LibvirtConnectionOptions& options) {
+  StartEventLoopOnce();
+  auto connection = std::make_unique<LibvirtConnectionImpl>(options);
+  if (absl::Status s = connection->Start(); !s.ok()) return s;
+  return connection;
+}
+
+}  // namespace tprd::backend
