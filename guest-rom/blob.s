@@ -1,0 +1,252 @@
+# tprd guest handler blob (32-bit, GNU as, AT&T syntax). docs/blob-format.md describes it.
+#
+# This file is the single source of truth for the blob's layout: every global symbol below
+# (labels = offsets from blob_start, .set constants = sizes and field offsets) is exported by
+# the build into guest-rom/blob_layout.h. Nothing about the layout is repeated by hand elsewhere.
+#
+# The blob is linked at two bases and with two TPR addresses; the build diffs the images to find
+# the absolute addresses that the engine adjusts at install time (base relocations for the
+# blob's own symbols, TPR relocations for the undefined symbol tpr_va).
+#
+# Layout: page 0 = header + handler code (immutable, checksummed); pages 1-2 = writable data
+# (strategy word, per-CPU area, site table), kept off the code page because under TCG a store
+# into a page that holds translated code takes the slow self-modifying-code path.
+
+        .text
+        .code32
+
+# ---- constants ----------------------------------------------------------------------------
+        .globl MAGIC, LAYOUT_VERSION, HEADER_SIZE, TOTAL_SIZE, DATA_OFFSET
+        .set MAGIC, 0x42525054              # "TPRB" little endian
+        .set LAYOUT_VERSION, 1
+        .set HEADER_SIZE, 0x80
+        .set DATA_OFFSET, 0x1000            # first writable page; checksum covers [0, here)
+        .set TOTAL_SIZE, 0x3000
+
+        .globl STRATEGY_EXACT, STRATEGY_MMIO, STRATEGY_CR8
+        .set STRATEGY_EXACT, 0              # engine::Strategy values: never renumber
+        .set STRATEGY_MMIO, 1
+        .set STRATEGY_CR8, 2
+
+        .globl KPCR_PROCESSOR_NUMBER, DEFAULT_GUARD_PERIOD, MAX_GUARD_PERIOD
+        .set KPCR_PROCESSOR_NUMBER, 0x51    # byte at fs:[0x51] in the Windows KPCR
+        .set DEFAULT_GUARD_PERIOD, 64
+        .set MAX_GUARD_PERIOD, 0xFFFF       # the per-CPU read counter is 16 bits
+
+# Per-CPU entry, indexed by the KPCR processor number.
+        .globl PCPU_SHADOW, PCPU_ENABLED, PCPU_READS, PCPU_MISMATCHES, PCPU_SIZE, PCPU_MAX
+        .set PCPU_SHADOW, 0                 # u8: the guest's view of the TPR
+        .set PCPU_ENABLED, 1                # u8: nonzero = handlers may use the shadow
+        .set PCPU_READS, 2                  # u16: shadow reads since the last guard check
+        .set PCPU_MISMATCHES, 4             # u32: guard checks that found the shadow stale
+        .set PCPU_SIZE, 8
+        .set PCPU_MAX, 64
+
+# Site table entry, indexed by the site id. An all-zero entry (length 0) is unused.
+        .globl SITE_VA, SITE_LENGTH, SITE_FORM, SITE_REG, SITE_STATE, SITE_ORIGINAL, SITE_PATCHED
+        .globl SITE_BYTES_MAX, SITE_SIZE, SITE_MAX
+        .set SITE_VA, 0                     # u32 guest virtual address of the instruction
+        .set SITE_LENGTH, 4                 # u8 instruction length (5, 6 or 10)
+        .set SITE_FORM, 5                   # u8 engine::Form
+        .set SITE_REG, 6                    # u8 engine::Gpr
+        .set SITE_STATE, 7                  # u8 engine::SiteState
+        .set SITE_BYTES_MAX, 10
+        .set SITE_ORIGINAL, 8               # u8[10] original bytes
+        .set SITE_PATCHED, 18               # u8[10] replacement bytes
+        .set SITE_SIZE, 28
+        .set SITE_MAX, 256
+
+        .globl HANDLER_COUNT
+        .set HANDLER_COUNT, 11
+
+# ---- header (immutable after install) -----------------------------------------------------
+        .globl blob_start
+        .globl hdr_magic, hdr_layout_version, hdr_header_size, hdr_blob_size, hdr_checksum
+        .globl hdr_immutable_size, hdr_blob_va, hdr_blob_pa, hdr_tpr_va, hdr_cpu_count
+        .globl hdr_guard_period, hdr_strategy_offset, hdr_code_offset, hdr_code_end_offset
+        .globl hdr_percpu_offset, hdr_percpu_entry_size, hdr_percpu_max, hdr_sites_offset
+        .globl hdr_site_entry_size, hdr_sites_max, hdr_handler_count, hdr_handlers
+blob_start:
+hdr_magic:              .long MAGIC
+hdr_layout_version:     .long LAYOUT_VERSION
+hdr_header_size:        .long HEADER_SIZE
+hdr_blob_size:          .long TOTAL_SIZE
+hdr_checksum:           .long 0                 # CRC-32 of [0, immutable_size), this field 0
+hdr_immutable_size:     .long DATA_OFFSET
+hdr_blob_va:            .long blob_start        # base relocation
+hdr_blob_pa:            .long 0                 # set at install
+hdr_tpr_va:             .long tpr_va            # TPR relocation
+hdr_cpu_count:          .long 0                 # set at install; <= PCPU_MAX
+hdr_guard_period:       .long DEFAULT_GUARD_PERIOD
+hdr_strategy_offset:    .long strategy_word - blob_start
+hdr_code_offset:        .long code_start - blob_start
+hdr_code_end_offset:    .long code_end - blob_start
+hdr_percpu_offset:      .long percpu_area - blob_start
+hdr_percpu_entry_size:  .long PCPU_SIZE
+hdr_percpu_max:         .long PCPU_MAX
+hdr_sites_offset:       .long site_table - blob_start
+hdr_site_entry_size:    .long SITE_SIZE
+hdr_sites_max:          .long SITE_MAX
+hdr_handler_count:      .long HANDLER_COUNT
+# Handler virtual addresses (base relocations), in engine::HandlerTable order:
+# set_tpr, set_tpr_eax, get_tpr[eax ecx edx ebx esp ebp esi edi], get_tpr_stack.
+hdr_handlers:
+        .long set_tpr, set_tpr_eax
+        .long get_tpr_eax, get_tpr_ecx, get_tpr_edx, get_tpr_ebx, 0
+        .long get_tpr_ebp, get_tpr_esi, get_tpr_edi
+        .long get_tpr_stack
+        .if . - blob_start != HEADER_SIZE
+        .error "header size changed: update HEADER_SIZE"
+        .endif
+
+# ---- handler code -------------------------------------------------------------------------
+# Contract for every entry point: returns only the register it names (the stack slot for
+# get_tpr_stack), preserves every other register and EFLAGS, balances the stack (set_tpr also
+# pops its argument), and never stores into this page.
+        .globl code_start, code_end
+        .globl set_tpr, set_tpr_eax, get_tpr_stack
+        .globl get_tpr_eax, get_tpr_ecx, get_tpr_edx, get_tpr_ebx
+        .globl get_tpr_ebp, get_tpr_esi, get_tpr_edi
+        .globl tpr_read_core, tpr_write_core
+
+        .balign 16
+code_start:
+
+# push value; call set_tpr          (sites: mov [tpr],r32 and mov dword [tpr],imm32)
+set_tpr:
+        pushl   %eax
+        movl    8(%esp), %eax           # [esp]=eax, [esp+4]=return, [esp+8]=value
+        call    tpr_write_core
+        popl    %eax
+        ret     $4
+
+# call set_tpr_eax                  (site: mov [tpr],eax)
+set_tpr_eax:
+        call    tpr_write_core
+        ret
+
+# call get_tpr_eax                  (site: mov eax,[tpr])
+get_tpr_eax:
+        call    tpr_read_core
+        ret
+
+# nop; call get_tpr_<reg>           (site: mov r32,[tpr]); esp is never a destination
+        .macro  GET_TPR_INTO reg
+get_tpr_\reg:
+        pushl   %eax
+        call    tpr_read_core
+        movl    %eax, %\reg
+        popl    %eax
+        ret
+        .endm
+        GET_TPR_INTO ecx
+        GET_TPR_INTO edx
+        GET_TPR_INTO ebx
+        GET_TPR_INTO ebp
+        GET_TPR_INTO esi
+        GET_TPR_INTO edi
+
+# push eax; call get_tpr_stack      (site: push dword [tpr])
+# Entry: [esp]=return, [esp+4]=the pushed eax. Exit: that slot holds the TPR, eax is restored.
+get_tpr_stack:
+        pushl   %ecx
+        call    tpr_read_core           # eax = TPR
+        movl    %eax, %ecx
+        movl    8(%esp), %eax           # [esp]=ecx, [esp+4]=return, [esp+8]=slot
+        movl    %ecx, 8(%esp)
+        popl    %ecx
+        ret
+
+# Returns the TPR in eax (zero-extended shadow, or the real register on the exact path).
+# Preserves every other register and EFLAGS.
+tpr_read_core:
+        pushfl
+        cli                             # stay on this CPU between fs:[0x51] and the entry
+        pushl   %ebx
+        movzbl  %fs:KPCR_PROCESSOR_NUMBER, %ebx
+        cmpl    hdr_cpu_count, %ebx
+        jae     .Lread_real
+        leal    percpu_area(,%ebx,8), %ebx   # 8 = PCPU_SIZE (checked below)
+        cmpb    $0, PCPU_ENABLED(%ebx)
+        je      .Lread_real
+        movl    strategy_word, %eax
+        cmpl    $STRATEGY_MMIO, %eax
+        je      .Lread_guarded
+        cmpl    $STRATEGY_CR8, %eax
+        je      .Lread_shadow
+        # exact (or an unknown word: the safe choice): real read, keep the shadow current
+        movl    tpr_va, %eax
+        movb    %al, PCPU_SHADOW(%ebx)
+        jmp     .Lread_done
+.Lread_guarded:
+        # mmio guard: every guard_period-th shadow read on this CPU also reads the real TPR
+        incw    PCPU_READS(%ebx)
+        movzwl  PCPU_READS(%ebx), %eax
+        cmpl    hdr_guard_period, %eax
+        jb      .Lread_shadow
+        movw    $0, PCPU_READS(%ebx)
+        movl    tpr_va, %eax
+        movzbl  %al, %eax
+        cmpb    %al, PCPU_SHADOW(%ebx)
+        je      .Lread_done
+        # someone wrote the TPR behind the handlers' back: fix, count, fall back to exact
+        movb    %al, PCPU_SHADOW(%ebx)
+        incl    PCPU_MISMATCHES(%ebx)
+        movl    $STRATEGY_EXACT, strategy_word
+        jmp     .Lread_done
+.Lread_shadow:
+        movzbl  PCPU_SHADOW(%ebx), %eax
+        jmp     .Lread_done
+.Lread_real:
+        movl    tpr_va, %eax
+.Lread_done:
+        popl    %ebx
+        popfl
+        ret
+
+# Writes eax to the TPR: shadow first (an interrupt between the two stores then restores the
+# right value), then the real register by strategy. Preserves every register and EFLAGS.
+tpr_write_core:
+        pushfl
+        cli
+        pushl   %ebx
+        movzbl  %fs:KPCR_PROCESSOR_NUMBER, %ebx
+        cmpl    hdr_cpu_count, %ebx
+        jae     .Lwrite_real
+        leal    percpu_area(,%ebx,8), %ebx   # 8 = PCPU_SIZE (checked below)
+        cmpb    $0, PCPU_ENABLED(%ebx)
+        je      .Lwrite_real
+        movb    %al, PCPU_SHADOW(%ebx)
+        cmpl    $STRATEGY_CR8, strategy_word
+        jne     .Lwrite_real            # mmio, exact and unknown words all write the MMIO TPR
+        pushl   %eax
+        movzbl  %al, %eax
+        shrl    $4, %eax                # CR8 = TPR[7:4]
+        .byte   0xF0, 0x0F, 0x22, 0xC0  # lock mov cr0, eax = mov cr8, eax (AMD AltMovCr8)
+        popl    %eax
+        jmp     .Lwrite_done
+.Lwrite_real:
+        movl    %eax, tpr_va
+.Lwrite_done:
+        popl    %ebx
+        popfl
+        ret
+
+code_end:
+        # (overflowing the code page makes the .org below fail: "attempt to move .org backwards")
+
+# ---- writable data (pages 1-2) ------------------------------------------------------------
+        .globl strategy_word, percpu_area, site_table, blob_end
+        .org    DATA_OFFSET, 0
+strategy_word:
+        .long   STRATEGY_EXACT          # set at install; the mmio guard may store EXACT here
+        .balign 64, 0
+percpu_area:
+        .fill   PCPU_MAX * PCPU_SIZE, 1, 0
+site_table:
+        .fill   SITE_MAX * SITE_SIZE, 1, 0
+        .org    TOTAL_SIZE, 0
+blob_end:
+        .if PCPU_SIZE != 8
+        .error "tpr_read_core/tpr_write_core scale the CPU number by 8: update them"
+        .endif
