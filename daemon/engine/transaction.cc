@@ -1,0 +1,427 @@
+#include "daemon/engine/transaction.h"
+
+#include <algorithm>
+#include <optional>
+
+#include "absl/strings/str_format.h"
+
+namespace tprd::engine {
+namespace {
+
+constexpr size_t kMaxSiteBytes = 15;  // the longest x86 instruction
+
+using Bytes = std::vector<uint8_t>;
+
+std::string HexBytes(absl::Span<const uint8_t> bytes) {
+  std::string out;
+  for (uint8_t b : bytes) absl::StrAppendFormat(&out, "%s%02x", out.empty() ? "" : " ", b);
+  return out;
+}
+
+bool Equal(absl::Span<const uint8_t> a, absl::Span<const uint8_t> b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
+}
+
+enum class Direction { kApply, kRollback };
+
+// What one site's write moves between, and the records that describe either end.
+struct Transition {
+  Bytes before;
+  Bytes after;
+  SiteState before_state;
+  SiteState after_state;
+};
+
+class Transaction {
+ public:
+  Transaction(GuestVm& vm, PatchRecorder& recorder, absl::Span<Site> sites, Direction direction,
+              GuestStop stop, int vcpu, bool force, uint32_t handler_start, uint32_t handler_end,
+              int max_retries)
+      : vm_(vm),
+        recorder_(recorder),
+        sites_(sites),
+        direction_(direction),
+        stop_(stop),
+        vcpu_(vcpu),
+        force_(force),
+        handler_start_(handler_start),
+        handler_end_(handler_end),
+        max_retries_(std::max(max_retries, 0)) {}
+
+  absl::StatusOr<TransactionReport> Run();
+
+ private:
+  // Per-site checks that need no guest access. Returns the skip reason, or nullopt.
+  std::optional<std::string> Malformed(size_t index) const;
+  // Reads every vCPU's EIP. Error: the batch cannot be checked.
+  absl::Status ReadEips();
+  // Why the site may not be written now (a vCPU inside it or in the handlers), or nullopt.
+  std::optional<std::string> Blocked(const Site& site) const;
+  void ProcessSite(size_t index);
+  absl::Status Record(Site& site, SiteState state);
+  // The write was not cleanly confirmed: find out what the guest holds and make it whole.
+  void Recover(Site& site, const Transition& t, SiteOutcome& outcome, const std::string& what);
+  void Succeed(Site& site, const Transition& t, SiteOutcome& outcome);
+  void Abort(absl::Status status);
+  SiteOutcome& OutcomeOf(size_t index) { return report_.outcomes[index]; }
+  absl::StatusOr<Bytes> ReadSite(const Site& site);
+
+  GuestVm& vm_;
+  PatchRecorder& recorder_;
+  absl::Span<Site> sites_;
+  const Direction direction_;
+  const GuestStop stop_;
+  const int vcpu_;
+  const bool force_;
+  const uint32_t handler_start_;
+  const uint32_t handler_end_;
+  const int max_retries_;
+  std::vector<std::pair<int, uint32_t>> eips_;  // (vCPU, EIP)
+  TransactionReport report_;
+};
+
+std::optional<std::string> Transaction::Malformed(size_t index) const {
+  const Site& site = sites_[index];
+  if (site.original.empty() || site.original.size() > kMaxSiteBytes) {
+    return absl::StrFormat("site length %d is not 1..%d", site.original.size(), kMaxSiteBytes);
+  }
+  if (site.patched.size() != site.original.size()) {
+    return absl::StrFormat("patched bytes (%d) and original bytes (%d) differ in length",
+                           site.patched.size(), site.original.size());
+  }
+  if (Equal(site.original, site.patched)) return std::string("patched bytes equal the original");
+  if (uint64_t{site.address} + site.original.size() > 0x100000000ull) {
+    return std::string("site wraps past 4 GiB");
+  }
+  // Overlap with an earlier site of the batch: the later one is refused, so no byte is ever
+  // written by two sites.
+  for (size_t j = 0; j < index; ++j) {
+    const Site& other = sites_[j];
+    if (Malformed(j)) continue;
+    const uint64_t a0 = site.address, a1 = a0 + site.original.size();
+    const uint64_t b0 = other.address, b1 = b0 + other.original.size();
+    if (a0 < b1 && b0 < a1)
+      return absl::StrFormat("overlaps site %d at 0x%x", other.id, other.address);
+  }
+  return std::nullopt;
+}
+
+absl::Status Transaction::ReadEips() {
+  eips_.clear();
+  absl::StatusOr<int> count = vm_.VcpuCount();
+  if (!count.ok()) return count.status();
+  for (int v = 0; v < *count; ++v) {
+    absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(v);
+    if (!regs.ok()) {
+      return absl::Status(regs.status().code(), absl::StrFormat("reading vCPU %d registers: %s", v,
+                                                                regs.status().message()));
+    }
+    eips_.push_back({v, regs->eip});
+  }
+  return absl::OkStatus();
+}
+
+std::optional<std::string> Transaction::Blocked(const Site& site) const {
+  const uint64_t start = site.address;
+  const uint64_t end = start + site.original.size();
+  for (const auto& [vcpu, eip] : eips_) {
+    // At the first byte the instruction has not started; at `end` it has finished: both safe.
+    if (start < eip && eip < end) {
+      return absl::StrFormat("vCPU %d is inside the site (EIP 0x%x)", vcpu, eip);
+    }
+    if (direction_ == Direction::kRollback && handler_start_ < handler_end_ &&
+        handler_start_ <= eip && eip < handler_end_) {
+      return absl::StrFormat("vCPU %d is inside the handler code (EIP 0x%x)", vcpu, eip);
+    }
+  }
+  return std::nullopt;
+}
+
+absl::Status Transaction::Record(Site& site, SiteState state) {
+  Site copy = site;
+  copy.state = state;
+  absl::Status status = recorder_.RecordSite(copy);
+  if (status.ok()) site.state = state;
+  return status;
+}
+
+absl::StatusOr<Bytes> Transaction::ReadSite(const Site& site) {
+  Bytes bytes(site.original.size());
+  absl::Status status = vm_.ReadVirtual(vcpu_, site.address, absl::MakeSpan(bytes));
+  if (!status.ok()) return status;
+  return bytes;
+}
+
+void Transaction::Abort(absl::Status status) {
+  report_.aborted = true;
+  report_.abort_status = std::move(status);
+}
+
+void Transaction::Succeed(Site& site, const Transition& t, SiteOutcome& outcome) {
+  if (absl::Status s = Record(site, t.after_state); !s.ok()) {
+    outcome.kind = SiteOutcome::Kind::kFailed;
+    outcome.reason = absl::StrFormat("written, but recording %s failed: %s",
+                                     SiteStateName(t.after_state), s.message());
+    Abort(s);
+    return;
+  }
+  outcome.kind = direction_ == Direction::kApply ? SiteOutcome::Kind::kApplied
+                                                 : SiteOutcome::Kind::kRolledBack;
+  outcome.reason.clear();
+}
+
+void Transaction::Recover(Site& site, const Transition& t, SiteOutcome& outcome,
+                          const std::string& what) {
+  outcome.kind = SiteOutcome::Kind::kFailed;
+  absl::StatusOr<Bytes> now = ReadSite(site);
+  if (!now.ok()) {
+    // Unknown bytes: writing blindly could tear a whole site. The record stays pending, which
+    // says exactly that: original or new.
+    outcome.reason = absl::StrFormat("%s; re-reading failed (%s): state unknown, left pending",
+                                     what, now.status().message());
+    return;
+  }
+  if (Equal(*now, t.after)) {
+    Succeed(site, t, outcome);
+    return;
+  }
+  std::string reason;
+  if (!Equal(*now, t.before)) {
+    // Torn: put the old bytes back once and check.
+    absl::Status restore = vm_.WriteVirtual(vcpu_, site.address, t.before);
+    absl::StatusOr<Bytes> again = restore.ok() ? ReadSite(site) : restore;
+    if (!again.ok() || !Equal(*again, t.before)) {
+      outcome.kind = SiteOutcome::Kind::kTorn;
+      outcome.reason = absl::StrFormat(
+          "%s; bytes torn (%s) and restoring them failed (%s): left pending", what, HexBytes(*now),
+          again.ok() ? std::string("read back " + HexBytes(*again))
+                     : std::string(again.status().message()));
+      return;
+    }
+    reason = absl::StrFormat("%s; torn bytes (%s) restored", what, HexBytes(*now));
+  } else {
+    reason = absl::StrFormat("%s; bytes unchanged", what);
+  }
+  if (absl::Status s = Record(site, t.before_state); !s.ok()) {
+    reason +=
+        absl::StrFormat("; recording %s failed: %s", SiteStateName(t.before_state), s.message());
+    Abort(s);
+  }
+  outcome.reason = reason;
+}
+
+void Transaction::ProcessSite(size_t index) {
+  Site& site = sites_[index];
+  SiteOutcome& outcome = OutcomeOf(index);
+  absl::StatusOr<Bytes> current = ReadSite(site);
+  if (!current.ok()) {
+    outcome.kind = SiteOutcome::Kind::kFailed;
+    outcome.reason = absl::StrFormat("reading the site failed: %s", current.status().message());
+    return;
+  }
+  const bool apply = direction_ == Direction::kApply;
+  const Bytes& target = apply ? site.patched : site.original;
+  const Bytes& expected = apply ? site.original : site.patched;
+  const SiteState target_state = apply ? SiteState::kApplied : SiteState::kRolledBack;
+
+  if (Equal(*current, target)) {
+    // Idempotent: already there. Record it unless the record already says so (or, for a
+    // never-applied site, there is nothing to roll back).
+    outcome.kind = apply ? SiteOutcome::Kind::kAlreadyApplied : SiteOutcome::Kind::kAlreadyOriginal;
+    const bool record =
+        apply ? site.state != SiteState::kApplied
+              : (site.state == SiteState::kApplied || site.state == SiteState::kPending);
+    if (record) {
+      if (absl::Status s = Record(site, target_state); !s.ok()) {
+        outcome.kind = SiteOutcome::Kind::kFailed;
+        outcome.reason =
+            absl::StrFormat("recording %s failed: %s", SiteStateName(target_state), s.message());
+        Abort(s);
+      }
+    }
+    return;
+  }
+  Transition t;
+  t.after = target;
+  t.after_state = target_state;
+  if (Equal(*current, expected)) {
+    t.before = expected;
+    t.before_state = apply ? (site.state == SiteState::kCandidate ? SiteState::kCandidate
+                                                                  : SiteState::kRolledBack)
+                           : SiteState::kApplied;
+  } else if (!apply && force_) {
+    t.before = *current;  // the user's call: whatever is there is replaced
+    t.before_state = site.state == SiteState::kPending ? SiteState::kApplied : site.state;
+  } else {
+    outcome.kind = SiteOutcome::Kind::kSkipped;
+    outcome.reason = absl::StrFormat("bytes changed since %s: expected %s, found %s",
+                                     apply ? "classification" : "patching", HexBytes(expected),
+                                     HexBytes(*current));
+    return;
+  }
+
+  if (absl::Status s = Record(site, SiteState::kPending); !s.ok()) {
+    outcome.kind = SiteOutcome::Kind::kFailed;
+    outcome.reason = absl::StrFormat("recording pending failed, nothing written: %s", s.message());
+    Abort(s);
+    return;
+  }
+  // One write per site: a concurrent resume (libvirt) never sees a half-written instruction.
+  absl::Status write = vm_.WriteVirtual(vcpu_, site.address, t.after);
+  if (!write.ok()) {
+    Recover(site, t, outcome, absl::StrFormat("write failed: %s", write.message()));
+    return;
+  }
+  absl::StatusOr<Bytes> readback = ReadSite(site);
+  if (!readback.ok()) {
+    Recover(site, t, outcome, absl::StrFormat("read-back failed: %s", readback.status().message()));
+    return;
+  }
+  if (!Equal(*readback, t.after)) {
+    Recover(site, t, outcome, absl::StrFormat("read back %s", HexBytes(*readback)));
+    return;
+  }
+  Succeed(site, t, outcome);
+}
+
+absl::StatusOr<TransactionReport> Transaction::Run() {
+  report_.outcomes.resize(sites_.size());
+  for (size_t i = 0; i < sites_.size(); ++i) {
+    report_.outcomes[i].site_id = sites_[i].id;
+    report_.outcomes[i].address = sites_[i].address;
+  }
+  const bool own_stop = stop_ == GuestStop::kStopAndResume;
+  if (own_stop) {
+    if (absl::Status s = vm_.Stop(); !s.ok()) {
+      return absl::Status(s.code(), absl::StrFormat("stopping the guest: %s", s.message()));
+    }
+    ++report_.stop_count;
+  }
+  bool stopped = true;
+
+  std::vector<size_t> waiting;  // sites still to process, in input order
+  for (size_t i = 0; i < sites_.size(); ++i) {
+    if (std::optional<std::string> why = Malformed(i)) {
+      report_.outcomes[i].kind = SiteOutcome::Kind::kSkipped;
+      report_.outcomes[i].reason = *why;
+    } else {
+      waiting.push_back(i);
+    }
+  }
+
+  for (int attempt = 0; !waiting.empty() && !report_.aborted; ++attempt) {
+    if (absl::Status s = ReadEips(); !s.ok()) {
+      for (size_t i : waiting) {
+        report_.outcomes[i].kind = SiteOutcome::Kind::kSkipped;
+        report_.outcomes[i].reason =
+            absl::StrFormat("cannot check where the vCPUs are: %s", s.message());
+      }
+      waiting.clear();
+      break;
+    }
+    std::vector<size_t> blocked;
+    for (size_t i : waiting) {
+      if (report_.aborted) {
+        blocked.push_back(i);
+        continue;
+      }
+      if (std::optional<std::string> why = Blocked(sites_[i])) {
+        report_.outcomes[i].kind = SiteOutcome::Kind::kSkipped;
+        report_.outcomes[i].reason = *why;
+        blocked.push_back(i);
+        continue;
+      }
+      ProcessSite(i);
+    }
+    waiting = std::move(blocked);
+    if (waiting.empty() || report_.aborted || !own_stop || attempt >= max_retries_) break;
+    // Let the vCPUs run out of the sites and handlers, then look again.
+    if (absl::Status s = vm_.Resume(); !s.ok()) {
+      for (size_t i : waiting) {
+        report_.outcomes[i].reason += absl::StrFormat("; retry impossible: %s", s.message());
+      }
+      break;
+    }
+    stopped = false;
+    if (absl::Status s = vm_.Stop(); !s.ok()) {
+      for (size_t i : waiting) {
+        report_.outcomes[i].reason +=
+            absl::StrFormat("; stopping to retry failed: %s", s.message());
+      }
+      break;
+    }
+    ++report_.stop_count;
+    stopped = true;
+  }
+  if (report_.aborted) {
+    for (size_t i : waiting) {
+      report_.outcomes[i].kind = SiteOutcome::Kind::kSkipped;
+      report_.outcomes[i].reason =
+          absl::StrFormat("batch aborted: %s", report_.abort_status.message());
+    }
+  }
+  for (size_t i = 0; i < sites_.size(); ++i) report_.outcomes[i].state = sites_[i].state;
+  if (own_stop && stopped) report_.resume_status = vm_.Resume();
+  return std::move(report_);
+}
+
+}  // namespace
+
+std::string_view SiteOutcomeKindName(SiteOutcome::Kind kind) {
+  switch (kind) {
+    case SiteOutcome::Kind::kApplied:
+      return "applied";
+    case SiteOutcome::Kind::kAlreadyApplied:
+      return "already_applied";
+    case SiteOutcome::Kind::kRolledBack:
+      return "rolled_back";
+    case SiteOutcome::Kind::kAlreadyOriginal:
+      return "already_original";
+    case SiteOutcome::Kind::kSkipped:
+      return "skipped";
+    case SiteOutcome::Kind::kFailed:
+      return "failed";
+    case SiteOutcome::Kind::kTorn:
+      return "torn";
+  }
+  return "unknown";
+}
+
+int TransactionReport::Count(SiteOutcome::Kind kind) const {
+  return static_cast<int>(std::count_if(outcomes.begin(), outcomes.end(),
+                                        [kind](const SiteOutcome& o) { return o.kind == kind; }));
+}
+
+absl::StatusOr<TransactionReport> ApplySites(GuestVm& vm, PatchRecorder& recorder,
+                                             absl::Span<Site> sites, const ApplyOptions& options) {
+  Transaction transaction(vm, recorder, sites, Direction::kApply, options.stop, options.vcpu, false,
+                          0, 0, 0);
+  return transaction.Run();
+}
+
+absl::StatusOr<TransactionReport> RollbackSites(GuestVm& vm, PatchRecorder& recorder,
+                                                absl::Span<Site> sites,
+                                                const RollbackOptions& options) {
+  Transaction transaction(vm, recorder, sites, Direction::kRollback, options.stop, options.vcpu,
+                          options.force, options.handler_code_start, options.handler_code_end,
+                          options.max_retries);
+  return transaction.Run();
+}
+
+absl::StatusOr<std::unique_ptr<StoppedGuestScope>> StoppedGuestScope::Enter(GuestVm& vm) {
+  if (absl::Status s = vm.Stop(); !s.ok()) return s;
+  return std::unique_ptr<StoppedGuestScope>(new StoppedGuestScope(vm));
+}
+
+StoppedGuestScope::~StoppedGuestScope() {
+  // A failure here (host paused, domain gone) leaves the guest as the host wants it.
+  if (!resumed_) (void)vm_.Resume();
+}
+
+absl::Status StoppedGuestScope::Resume() {
+  if (resumed_) return absl::OkStatus();
+  resumed_ = true;
+  return vm_.Resume();
+}
+
+}  // namespace tprd::engine

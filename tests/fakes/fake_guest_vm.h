@@ -1,0 +1,197 @@
+// An in-memory GuestVm for engine tests: sparse physical memory, vCPUs with registers and a full
+// 8-bit TPR, a running/stopped state with Stop()/Resume() counts, virtual addresses translated by
+// the engine's page walker, recorded breakpoints and watchpoints, queued stop events, and fault
+// injection (fail the Nth operation of a kind, partial writes, hooks that change guest state
+// behind the engine's back) plus a log of every write.
+//
+// Test-side helpers whose names start with Backdoor bypass the running check, fault injection and
+// the write log: they are how a test builds and inspects the guest.
+#ifndef TPRD_TESTS_FAKES_FAKE_GUEST_VM_H_
+#define TPRD_TESTS_FAKES_FAKE_GUEST_VM_H_
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <tuple>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "daemon/engine/guest_vm.h"
+#include "daemon/engine/page_walker.h"
+
+namespace tprd::testing {
+
+using engine::CpuFeatures;
+using engine::GuestVm;
+using engine::MemoryRegion;
+using engine::StopEvent;
+using engine::VcpuRegisters;
+using engine::WatchKind;
+using engine::WritableRegister;
+
+class FakeGuestVm : public GuestVm {
+ public:
+  struct Options {
+    uint64_t ram_bytes = 32u << 20;
+    int vcpu_count = 1;
+    bool start_running = true;
+  };
+
+  // Operations that fault injection counts, each kind on its own.
+  enum class Op : uint8_t {
+    kStop,
+    kResume,
+    kReadRegisters,
+    kWriteRegister,
+    kReadMemory,   // ReadVirtual and ReadPhysical
+    kWriteMemory,  // WriteVirtual and WritePhysical
+  };
+
+  struct WriteRecord {
+    bool is_virtual = false;
+    int vcpu = -1;         // virtual writes only
+    uint64_t address = 0;  // virtual or physical, as called
+    // Physical address of each byte written (what actually changed).
+    std::vector<uint64_t> physical;
+    std::vector<uint8_t> bytes;
+  };
+
+  // Page number -> contents, for comparing whole memory before and after. Pages never written
+  // and all-zero pages are left out, so the two compare equal.
+  using MemorySnapshot = std::map<uint64_t, std::array<uint8_t, 4096>>;
+
+  FakeGuestVm() : FakeGuestVm(Options{}) {}
+  explicit FakeGuestVm(const Options& options);
+
+  // GuestVm.
+  absl::Status Stop() override;
+  absl::Status Resume() override;
+  absl::StatusOr<std::optional<StopEvent>> WaitForStop(absl::Duration timeout) override;
+  absl::StatusOr<int> VcpuCount() override;
+  absl::StatusOr<VcpuRegisters> ReadRegisters(int vcpu) override;
+  absl::Status WriteRegister(int vcpu, WritableRegister reg, uint32_t value) override;
+  absl::Status ReadVirtual(int vcpu, uint32_t va, absl::Span<uint8_t> out) override;
+  absl::Status WriteVirtual(int vcpu, uint32_t va, absl::Span<const uint8_t> data) override;
+  absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) override;
+  absl::Status WritePhysical(uint64_t pa, absl::Span<const uint8_t> data) override;
+  absl::StatusOr<std::vector<MemoryRegion>> MemoryMap() override;
+  absl::StatusOr<uint8_t> ReadTpr(int vcpu) override;
+  absl::StatusOr<CpuFeatures> Features() override;
+  absl::Status SetBreakpoint(uint32_t va) override;
+  absl::Status RemoveBreakpoint(uint32_t va) override;
+  absl::Status SetWatchpoint(uint32_t va, uint32_t length, WatchKind kind) override;
+  absl::Status RemoveWatchpoint(uint32_t va, uint32_t length, WatchKind kind) override;
+
+  // --- State a test sets up or inspects (no fault injection, no log, any run state). ---
+  absl::Status BackdoorWritePhysical(uint64_t pa, absl::Span<const uint8_t> data);
+  absl::Status BackdoorReadPhysical(uint64_t pa, absl::Span<uint8_t> out) const;
+  std::vector<uint8_t> BackdoorPhysicalBytes(uint64_t pa, size_t size) const;  // empty on error
+  absl::Status BackdoorWriteVirtual(int vcpu, uint32_t va, absl::Span<const uint8_t> data);
+  absl::StatusOr<std::vector<uint8_t>> BackdoorVirtualBytes(int vcpu, uint32_t va, size_t size);
+  void BackdoorWrite32(uint64_t pa, uint32_t value);
+  void BackdoorWrite64(uint64_t pa, uint64_t value);
+  uint64_t BackdoorRead64(uint64_t pa) const;
+  VcpuRegisters& Registers(int vcpu) { return vcpus_.at(vcpu).regs; }
+  void SetEip(int vcpu, uint32_t eip) { vcpus_.at(vcpu).regs.eip = eip; }
+  void SetTpr(int vcpu, uint8_t tpr) { vcpus_.at(vcpu).tpr = tpr; }
+  // Applies the same paging registers to every vCPU.
+  void SetPagingAll(uint32_t cr0, uint32_t cr3, uint32_t cr4, uint64_t efer = 0);
+  void SetMemoryMap(std::vector<MemoryRegion> regions) { memory_map_ = std::move(regions); }
+  void AddMemoryRegion(MemoryRegion region) { memory_map_.push_back(std::move(region)); }
+  void SetFeatures(CpuFeatures features) { features_ = features; }
+  MemorySnapshot Snapshot() const;
+
+  bool running() const { return running_; }
+  void SetRunning(bool running) { running_ = running; }
+  // libvirt paused the domain: it is stopped, and Resume() refuses to run it.
+  void SetHostPaused(bool paused);
+  bool host_paused() const { return host_paused_; }
+  int stop_calls() const { return stop_calls_; }
+  int resume_calls() const { return resume_calls_; }
+  // Counts of successful operations of a kind since construction.
+  int op_count(Op op) const { return op_counts_[static_cast<size_t>(op)]; }
+
+  const std::set<uint32_t>& breakpoints() const { return breakpoints_; }
+  const std::set<std::tuple<uint32_t, uint32_t, WatchKind>>& watchpoints() const {
+    return watchpoints_;
+  }
+  // Stop events WaitForStop returns, in order; each one stops the guest.
+  void QueueStopEvent(StopEvent event) { stop_events_.push_back(event); }
+
+  const std::vector<WriteRecord>& write_log() const { return write_log_; }
+  void ClearWriteLog() { write_log_.clear(); }
+
+  // --- Fault injection. N counts calls of that kind from now, starting at 1. ---
+  // The Nth call of `op` fails with `status`. For kWriteMemory, `partial_bytes` bytes are written
+  // before the failure (a torn write).
+  void FailNth(Op op, int n, absl::Status status, size_t partial_bytes = 0);
+  void FailNthRead(int n) { FailNth(Op::kReadMemory, n, absl::UnavailableError("injected")); }
+  void FailNthWrite(int n, size_t partial_bytes = 0) {
+    FailNth(Op::kWriteMemory, n, absl::UnavailableError("injected"), partial_bytes);
+  }
+  // Runs `hook` just before the Nth memory write from now does anything.
+  void BeforeNthWrite(int n, std::function<void(FakeGuestVm&)> hook);
+  // Runs `hook` just after the Nth memory write from now stored its bytes (a guest vCPU or
+  // device racing the engine, seen only by the read-back).
+  void AfterNthWrite(int n, std::function<void(FakeGuestVm&)> hook);
+  // Runs `hook` inside every later successful Stop() (e.g. to move a vCPU's EIP) until cleared.
+  void OnStop(std::function<void(FakeGuestVm&)> hook) { on_stop_ = std::move(hook); }
+  void ClearFaults();
+
+ private:
+  struct Vcpu {
+    VcpuRegisters regs;
+    uint8_t tpr = 0;
+  };
+  struct Injection {
+    Op op;
+    int remaining;  // calls of `op` still to pass before it fires
+    absl::Status status;
+    size_t partial_bytes = 0;
+  };
+  struct WriteHook {
+    int remaining;
+    bool after;
+    std::function<void(FakeGuestVm&)> hook;
+  };
+  using Page = std::array<uint8_t, 4096>;
+
+  // Counts one call of `op`; returns the injected failure if one is due.
+  std::optional<Injection> Count(Op op);
+  void RunWriteHooks(bool after);
+  absl::Status RequireStopped(const char* what) const;
+  absl::Status CheckVcpu(int vcpu) const;
+  bool Accessible(uint64_t pa, size_t size) const;
+  // Physical address of each byte of [va, va+size), or the translation fault.
+  absl::StatusOr<std::vector<uint64_t>> TranslateRange(int vcpu, uint32_t va, size_t size);
+  void StoreByte(uint64_t pa, uint8_t value);
+  uint8_t LoadByte(uint64_t pa) const;
+  absl::Status WriteBytes(std::vector<uint64_t> physical, absl::Span<const uint8_t> data,
+                          bool is_virtual, int vcpu, uint64_t address);
+
+  uint64_t ram_bytes_;
+  std::vector<Vcpu> vcpus_;
+  absl::flat_hash_map<uint64_t, Page> pages_;
+  std::vector<MemoryRegion> memory_map_;
+  CpuFeatures features_;
+  bool running_;
+  bool host_paused_ = false;
+  int stop_calls_ = 0;
+  int resume_calls_ = 0;
+  std::array<int, 6> op_counts_ = {};
+  std::set<uint32_t> breakpoints_;
+  std::set<std::tuple<uint32_t, uint32_t, WatchKind>> watchpoints_;
+  std::deque<StopEvent> stop_events_;
+  std::vector<WriteRecord> write_log_;
+  std::vector<Injection> injections_;
+  std::vector<WriteHook> write_hooks_;
+  std::function<void(FakeGuestVm&)> on_stop_;
+};
+
+}  // namespace tprd::testing
+
+#endif  // TPRD_TESTS_FAKES_FAKE_GUEST_VM_H_
