@@ -1,0 +1,546 @@
+#include "kvm-backend/core/gdb_client.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace tprd::backend {
+namespace {
+
+constexpr size_t kReadBytes = 4096;
+// qfThreadInfo/qsThreadInfo rounds and target description documents we follow at most.
+constexpr int kMaxThreadInfoRounds = 1024;
+constexpr int kMaxXmlDocuments = 16;
+// Room for `M<address>,<length>:` within one packet.
+constexpr size_t kWriteHeaderBytes = 32;
+
+#define TPRD_GDB_RETURN_IF_ERROR(expr)                  \
+  do {                                                  \
+    if (absl::Status _status = (expr); !_status.ok()) { \
+      return _status;                                   \
+    }                                                   \
+  } while (0)
+
+// The command as errors name it: long `M` packets are cut.
+std::string Named(std::string_view payload) {
+  constexpr size_t kShown = 48;
+  if (payload.size() <= kShown) return absl::StrCat("`", std::string(payload), "`");
+  return absl::StrCat("`", std::string(payload.substr(0, kShown)), "...`");
+}
+
+absl::Status WithContext(const absl::Status& status, std::string_view context) {
+  return absl::Status(status.code(), absl::StrCat(std::string(context), ": ", status.message()));
+}
+
+// `Exx`: the stub refused. QEMU uses errno-style numbers.
+std::optional<int> ErrorCode(std::string_view reply) {
+  if (reply.size() != 3 || reply[0] != 'E') return std::nullopt;
+  absl::StatusOr<uint64_t> code = ParseGdbHex(reply.substr(1));
+  if (!code.ok()) return std::nullopt;
+  return static_cast<int>(*code);
+}
+
+absl::Status ErrorReplyStatus(std::string_view payload, int code) {
+  std::string message = absl::StrFormat("gdbstub refused %s with E%02x", Named(payload), code);
+  switch (code) {
+    case 0x0e:  // EFAULT
+      return absl::NotFoundError(absl::StrCat(message, " (address not mapped)"));
+    case 0x16:  // EINVAL
+      return absl::InvalidArgumentError(absl::StrCat(message, " (invalid argument)"));
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+// Console output packets (`O` + hex) may arrive instead of a reply; they carry nothing for us.
+bool IsConsoleOutput(std::string_view payload) {
+  if (payload.size() < 3 || payload[0] != 'O' || payload.size() % 2 != 1) return false;
+  return payload.find_first_not_of("0123456789abcdefABCDEF", 1) == std::string_view::npos;
+}
+
+char WatchpointType(engine::WatchKind kind) {
+  switch (kind) {
+    case engine::WatchKind::kWrite:
+      return '2';
+    case engine::WatchKind::kRead:
+      return '3';
+    case engine::WatchKind::kAccess:
+      return '4';
+  }
+  return '4';
+}
+
+}  // namespace
+
+GdbClient::GdbClient(std::unique_ptr<ByteStream> stream, GdbClientOptions options)
+    : stream_(std::move(stream)), options_(options), parser_(options.max_payload_bytes) {}
+
+GdbClient::~GdbClient() {
+  if (stream_ != nullptr) stream_->Close();
+}
+
+absl::Status GdbClient::Break(absl::Status reason) {
+  if (broken_.ok()) broken_ = reason;
+  return reason;
+}
+
+absl::Status GdbClient::Usable(bool require_stopped) const {
+  if (!broken_.ok()) {
+    return absl::Status(
+        broken_.code() == absl::StatusCode::kUnavailable ? absl::StatusCode::kUnavailable
+                                                         : absl::StatusCode::kFailedPrecondition,
+        absl::StrCat("gdbstub connection is unusable (reconnect): ", broken_.message()));
+  }
+  if (detached_) return absl::FailedPreconditionError("gdbstub session already detached");
+  if (gone_) return absl::UnavailableError("the VM process is gone (gdbstub sent W/X)");
+  if (require_stopped && running_) {
+    return absl::FailedPreconditionError(
+        "the VM is running: interrupt it and wait for the stop first");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GdbClient::WriteRaw(std::string_view bytes) {
+  absl::Status written = stream_->Write(bytes, absl::Now() + options_.reply_timeout);
+  if (!written.ok()) return Break(WithContext(written, "writing to the gdbstub"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GdbPacketEvent> GdbClient::NextEvent(absl::Time deadline) {
+  while (events_.empty()) {
+    absl::StatusOr<std::string> bytes = stream_->Read(kReadBytes, deadline);
+    if (!bytes.ok()) return bytes.status();
+    std::vector<GdbPacketEvent> fresh;
+    parser_.Feed(*bytes, fresh);
+    events_.insert(events_.end(), fresh.begin(), fresh.end());
+    // A peer that sends noise forever must not keep us past the deadline.
+    if (events_.empty() && absl::Now() >= deadline) {
+      return absl::DeadlineExceededError("only noise from the gdbstub until the deadline");
+    }
+  }
+  GdbPacketEvent event = std::move(events_.front());
+  events_.pop_front();
+  return event;
+}
+
+absl::Status GdbClient::HandleStopPacket(std::string_view payload) {
+  absl::StatusOr<GdbStopReply> stop = ParseGdbStopReply(payload);
+  if (!stop.ok()) {
+    return Break(absl::DataLossError(
+        absl::StrCat("malformed stop reply from the gdbstub: ", stop.status().message())));
+  }
+  if (stop->process_gone()) gone_ = true;
+  pending_stops_.push_back(*stop);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> GdbClient::Exchange(std::string_view payload, ReplyMode mode) {
+  const std::string packet = EncodeGdbPacket(payload);
+  TPRD_GDB_RETURN_IF_ERROR(WriteRaw(packet));
+  const absl::Time deadline = absl::Now() + options_.reply_timeout;
+  bool acked = false;
+  bool stop_before_ack = false;
+  int retransmits = 0;
+  int bad_packets = 0;
+  while (true) {
+    // Once a stop replaced the ack, the packet was probably eaten as an interrupt: wait only
+    // briefly for a late ack before sending it again.
+    absl::Time wait_until = deadline;
+    if (!acked && stop_before_ack) {
+      wait_until = std::min(deadline, absl::Now() + options_.ack_timeout_after_stop);
+    }
+    absl::StatusOr<GdbPacketEvent> event = NextEvent(wait_until);
+    if (!event.ok()) {
+      if (absl::IsDeadlineExceeded(event.status()) && !acked && stop_before_ack &&
+          absl::Now() < deadline + options_.ack_timeout_after_stop &&
+          retransmits < options_.max_retransmits) {
+        ++retransmits;
+        stop_before_ack = false;
+        TPRD_GDB_RETURN_IF_ERROR(WriteRaw(packet));
+        continue;
+      }
+      return Break(WithContext(
+          event.status(), absl::StrCat("waiting for the gdbstub's answer to ", Named(payload))));
+    }
+    switch (event->kind) {
+      case GdbPacketEvent::Kind::kAck:
+        acked = true;
+        if (mode == ReplyMode::kAckOnly) return std::string();
+        break;
+      case GdbPacketEvent::Kind::kNack:
+        if (acked) break;  // a stray `-` after our packet was taken
+        if (++retransmits > options_.max_retransmits) {
+          return Break(absl::DataLossError(
+              absl::StrCat("gdbstub rejected ", Named(payload), " ", retransmits, " times")));
+        }
+        TPRD_GDB_RETURN_IF_ERROR(WriteRaw(packet));
+        break;
+      case GdbPacketEvent::Kind::kNotification:
+        break;
+      case GdbPacketEvent::Kind::kBadChecksum:
+        if (++bad_packets > options_.max_bad_packets) {
+          return Break(absl::DataLossError(absl::StrCat("too many corrupt packets answering ",
+                                                        Named(payload), ": ", event->payload)));
+        }
+        TPRD_GDB_RETURN_IF_ERROR(WriteRaw("-"));
+        break;
+      case GdbPacketEvent::Kind::kMalformed:
+      case GdbPacketEvent::Kind::kOversized: {
+        TPRD_GDB_RETURN_IF_ERROR(WriteRaw("+"));
+        // The stream stays in step (the bad reply was consumed whole); only this command fails.
+        const bool oversized = event->kind == GdbPacketEvent::Kind::kOversized;
+        std::string message =
+            absl::StrCat("unusable answer to ", Named(payload), ": ", event->payload);
+        return oversized ? absl::ResourceExhaustedError(message) : absl::DataLossError(message);
+      }
+      case GdbPacketEvent::Kind::kPacket: {
+        TPRD_GDB_RETURN_IF_ERROR(WriteRaw("+"));
+        const std::string& reply = event->payload;
+        if (mode == ReplyMode::kStopReply && acked && LooksLikeGdbStopReply(reply)) return reply;
+        if (LooksLikeGdbStopReply(reply)) {
+          // Not our answer: a stop (a host resume let the VM run into a breakpoint, or the VM
+          // was running and our packet interrupted it). Keep it for WaitForStop.
+          TPRD_GDB_RETURN_IF_ERROR(HandleStopPacket(reply));
+          if (gone_) return Usable(false);
+          if (!acked) stop_before_ack = true;
+          break;
+        }
+        if (IsConsoleOutput(reply)) break;
+        if (mode == ReplyMode::kAckOnly) {
+          return Break(absl::DataLossError(absl::StrCat("gdbstub sent ", Named(reply),
+                                                        " where only an ack of ", Named(payload),
+                                                        " was due")));
+        }
+        return reply;  // an answer without its ack first still answers
+      }
+    }
+  }
+}
+
+absl::StatusOr<std::string> GdbClient::Command(std::string_view payload) {
+  TPRD_GDB_RETURN_IF_ERROR(Usable(true));
+  absl::StatusOr<std::string> reply = Exchange(payload, ReplyMode::kReply);
+  if (!reply.ok()) return reply;
+  if (std::optional<int> code = ErrorCode(*reply)) return ErrorReplyStatus(payload, *code);
+  if (reply->empty()) {
+    return absl::UnimplementedError(
+        absl::StrCat("gdbstub does not support ", Named(payload), " (empty reply)"));
+  }
+  return reply;
+}
+
+absl::Status GdbClient::CommandExpectingOk(std::string_view payload) {
+  absl::StatusOr<std::string> reply = Command(payload);
+  if (!reply.ok()) return reply.status();
+  if (*reply != "OK") {
+    return absl::DataLossError(
+        absl::StrCat("gdbstub answered ", Named(*reply), " to ", Named(payload), ", not OK"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GdbClient::Attach() {
+  if (attached_) return absl::FailedPreconditionError("already attached");
+  TPRD_GDB_RETURN_IF_ERROR(Usable(true));
+  absl::StatusOr<std::string> features =
+      Command("qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+");
+  if (!features.ok()) return WithContext(features.status(), "gdbstub handshake");
+  // QEMU stops a running VM when we connect and says so before anything else.
+  if (!pending_stops_.empty()) {
+    attach_stop_ = pending_stops_.back();
+    pending_stops_.clear();
+  }
+  bool has_target_xml = false;
+  for (std::string_view feature : SplitGdbFields(*features, ';', true)) {
+    if (feature == "multiprocess+") multiprocess_ = true;
+    if (feature == "qXfer:features:read+") has_target_xml = true;
+    constexpr std::string_view kPacketSize = "PacketSize=";
+    if (feature.substr(0, kPacketSize.size()) == kPacketSize) {
+      absl::StatusOr<uint64_t> size = ParseGdbHex(feature.substr(kPacketSize.size()));
+      if (size.ok() && *size >= 64) peer_packet_size_ = static_cast<size_t>(*size);
+    }
+  }
+  if (!has_target_xml) {
+    return absl::FailedPreconditionError(
+        "gdbstub offers no target description (qXfer:features:read): cannot know its registers");
+  }
+
+  std::vector<std::string> documents;
+  std::vector<std::string> queue = {"target.xml"};
+  size_t total_bytes = 0;
+  for (size_t i = 0; i < queue.size(); ++i) {
+    if (queue.size() > kMaxXmlDocuments) {
+      return absl::FailedPreconditionError("target description includes too many documents");
+    }
+    absl::StatusOr<std::string> document = ReadFeatureDocument(queue[i]);
+    if (!document.ok()) return document.status();
+    total_bytes += document->size();
+    if (total_bytes > options_.max_target_xml_bytes) {
+      return absl::ResourceExhaustedError("target description is too large");
+    }
+    for (std::string& include : FindGdbXmlIncludes(*document)) {
+      if (std::find(queue.begin(), queue.end(), include) == queue.end()) {
+        queue.push_back(std::move(include));
+      }
+    }
+    documents.push_back(*std::move(document));
+  }
+  absl::StatusOr<GdbRegisterLayout> layout = GdbRegisterLayout::FromTargetXml(documents);
+  if (!layout.ok()) return layout.status();
+  TPRD_GDB_RETURN_IF_ERROR(layout->CheckI386());
+  layout_ = *std::move(layout);
+
+  absl::StatusOr<GdbStopReply> stop = QueryStopReason();
+  if (!stop.ok()) return WithContext(stop.status(), "gdbstub handshake");
+  initial_stop_ = *stop;
+  attached_ = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> GdbClient::ReadFeatureDocument(std::string_view annex) {
+  if (annex.empty() || annex.find_first_of(":,#$*}") != std::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("target description names an unusable document: ", std::string(annex)));
+  }
+  // The reply carries `m`/`l`, escapes and the data within one packet.
+  const size_t chunk = std::max<size_t>(64, std::min<size_t>(0xffb, peer_packet_size_ - 5));
+  std::string document;
+  while (true) {
+    std::string request =
+        absl::StrFormat("qXfer:features:read:%s:%x,%x", annex, document.size(), chunk);
+    absl::StatusOr<std::string> reply = Command(request);
+    if (!reply.ok()) return reply.status();
+    char marker = (*reply)[0];
+    if (marker != 'm' && marker != 'l') {
+      return absl::DataLossError(
+          absl::StrCat("gdbstub answered ", Named(*reply), " to ", Named(request)));
+    }
+    absl::StatusOr<std::string> data = UnescapeGdbBinary(std::string_view(*reply).substr(1));
+    if (!data.ok()) return WithContext(data.status(), Named(request));
+    document += *data;
+    if (document.size() > options_.max_target_xml_bytes) {
+      return absl::ResourceExhaustedError("target description is too large");
+    }
+    if (marker == 'l') return document;
+    if (data->empty()) {
+      return absl::DataLossError(
+          absl::StrCat("gdbstub sent an empty `m` part of ", std::string(annex)));
+    }
+  }
+}
+
+size_t GdbClient::max_write_in_one_packet() const {
+  size_t by_packet =
+      peer_packet_size_ > kWriteHeaderBytes ? (peer_packet_size_ - kWriteHeaderBytes) / 2 : 1;
+  return std::max<size_t>(1, std::min(options_.max_read_chunk, by_packet));
+}
+
+absl::StatusOr<std::vector<GdbThreadId>> GdbClient::ListThreads() {
+  std::vector<GdbThreadId> threads;
+  std::string request = "qfThreadInfo";
+  for (int round = 0; round < kMaxThreadInfoRounds; ++round) {
+    absl::StatusOr<std::string> reply = Command(request);
+    if (!reply.ok()) return reply.status();
+    if (*reply == "l") return threads;
+    if ((*reply)[0] != 'm') {
+      return absl::DataLossError(
+          absl::StrCat("gdbstub answered ", Named(*reply), " to ", Named(request)));
+    }
+    for (std::string_view id : SplitGdbFields(std::string_view(*reply).substr(1), ',', false)) {
+      absl::StatusOr<GdbThreadId> thread = ParseGdbThreadId(id);
+      if (!thread.ok()) return WithContext(thread.status(), "thread list");
+      threads.push_back(*thread);
+    }
+    request = "qsThreadInfo";
+  }
+  return absl::DataLossError("gdbstub's thread list does not end");
+}
+
+absl::Status GdbClient::SelectThread(const GdbThreadId& thread) {
+  return CommandExpectingOk(absl::StrCat("Hg", thread.ToString(multiprocess_)));
+}
+
+absl::StatusOr<engine::VcpuRegisters> GdbClient::ReadRegisters() {
+  absl::StatusOr<std::string> reply = Command("g");
+  if (!reply.ok()) return reply.status();
+  return layout_.DecodeI386(*reply);
+}
+
+absl::StatusOr<uint64_t> GdbClient::ReadRegister(std::string_view name) {
+  const GdbRegisterInfo* info = layout_.Find(name);
+  if (info == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no register ", std::string(name)));
+  }
+  std::string request = absl::StrFormat("p%x", info->regnum);
+  absl::StatusOr<std::string> reply = Command(request);
+  if (!reply.ok()) return reply.status();
+  if (reply->size() != static_cast<size_t>(info->bitsize / 4)) {
+    return absl::DataLossError(absl::StrCat("gdbstub answered ", reply->size() / 2, " bytes to ",
+                                            Named(request), " for ", std::string(name)));
+  }
+  absl::StatusOr<uint64_t> value = DecodeGdbRegisterValue(*reply);
+  if (!value.ok()) return WithContext(value.status(), Named(request));
+  return value;
+}
+
+absl::Status GdbClient::WriteRegister(std::string_view name, uint64_t value) {
+  const GdbRegisterInfo* info = layout_.Find(name);
+  if (info == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no register ", std::string(name)));
+  }
+  if (info->bitsize > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("register ", std::string(name), " is wider than 64 bits"));
+  }
+  return CommandExpectingOk(
+      absl::StrFormat("P%x=%s", info->regnum,
+                      EncodeGdbRegisterValue(value, static_cast<size_t>(info->bitsize / 8))));
+}
+
+absl::Status GdbClient::ReadMemory(uint64_t address, absl::Span<uint8_t> out) {
+  size_t done = 0;
+  while (done < out.size()) {
+    const size_t want = std::min(options_.max_read_chunk, out.size() - done);
+    const uint64_t at = address + done;
+    std::string request = absl::StrFormat("m%x,%x", at, want);
+    absl::StatusOr<std::string> reply = Command(request);
+    if (!reply.ok()) return reply.status();
+    absl::StatusOr<std::vector<uint8_t>> bytes = HexDecode(*reply);
+    if (!bytes.ok()) return WithContext(bytes.status(), absl::StrCat("answer to ", Named(request)));
+    if (bytes->size() > want) {
+      return absl::DataLossError(
+          absl::StrCat("gdbstub answered ", bytes->size(), " bytes to ", Named(request)));
+    }
+    // A short answer is a partial read (the rest is unreadable or will come with the next `m`).
+    std::copy(bytes->begin(), bytes->end(), out.begin() + static_cast<ptrdiff_t>(done));
+    done += bytes->size();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GdbClient::WriteMemoryPacket(uint64_t address, absl::Span<const uint8_t> data) {
+  return CommandExpectingOk(absl::StrFormat("M%x,%x:%s", address, data.size(), HexEncode(data)));
+}
+
+absl::Status GdbClient::WriteMemory(uint64_t address, absl::Span<const uint8_t> data) {
+  const size_t chunk = max_write_in_one_packet();
+  for (size_t done = 0; done < data.size(); done += chunk) {
+    TPRD_GDB_RETURN_IF_ERROR(
+        WriteMemoryPacket(address + done, data.subspan(done, std::min(chunk, data.size() - done))));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GdbClient::WriteMemoryInOnePacket(uint64_t address, absl::Span<const uint8_t> data) {
+  if (data.empty()) return absl::OkStatus();
+  if (data.size() > max_write_in_one_packet()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%d bytes at 0x%x do not fit one M packet (at most %d): refusing to split them",
+        data.size(), address, max_write_in_one_packet()));
+  }
+  return WriteMemoryPacket(address, data);
+}
+
+absl::Status GdbClient::SetPhysicalMemoryMode(bool physical) {
+  return CommandExpectingOk(physical ? "Qqemu.PhyMemMode:1" : "Qqemu.PhyMemMode:0");
+}
+
+absl::Status GdbClient::InsertBreakpoint(uint64_t address) {
+  return CommandExpectingOk(absl::StrFormat("Z0,%x,1", address));
+}
+
+absl::Status GdbClient::RemoveBreakpoint(uint64_t address) {
+  return CommandExpectingOk(absl::StrFormat("z0,%x,1", address));
+}
+
+absl::Status GdbClient::InsertWatchpoint(uint64_t address, uint64_t length,
+                                         engine::WatchKind kind) {
+  return CommandExpectingOk(absl::StrFormat("Z%c,%x,%x", WatchpointType(kind), address, length));
+}
+
+absl::Status GdbClient::RemoveWatchpoint(uint64_t address, uint64_t length,
+                                         engine::WatchKind kind) {
+  return CommandExpectingOk(absl::StrFormat("z%c,%x,%x", WatchpointType(kind), address, length));
+}
+
+absl::Status GdbClient::Continue() {
+  TPRD_GDB_RETURN_IF_ERROR(Usable(true));
+  if (!pending_stops_.empty()) {
+    // Resuming would hide a stop the owner has not seen yet.
+    return absl::FailedPreconditionError(
+        "a stop is queued: take it with WaitForStop before continuing");
+  }
+  absl::StatusOr<std::string> acked = Exchange("c", ReplyMode::kAckOnly);
+  if (!acked.ok()) return acked.status();
+  running_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status GdbClient::Interrupt() {
+  TPRD_GDB_RETURN_IF_ERROR(Usable(false));
+  return WriteRaw(std::string_view(&kGdbInterrupt, 1));
+}
+
+absl::StatusOr<std::optional<GdbStopReply>> GdbClient::WaitForStop(absl::Duration timeout) {
+  if (pending_stops_.empty()) {
+    TPRD_GDB_RETURN_IF_ERROR(Usable(false));
+    const absl::Time deadline = absl::Now() + timeout;
+    int bad_packets = 0;
+    while (pending_stops_.empty()) {
+      absl::StatusOr<GdbPacketEvent> event = NextEvent(deadline);
+      if (!event.ok()) {
+        if (absl::IsDeadlineExceeded(event.status())) return std::nullopt;
+        return Break(WithContext(event.status(), "waiting for the VM to stop"));
+      }
+      if (event->kind == GdbPacketEvent::Kind::kBadChecksum) {
+        if (++bad_packets > options_.max_bad_packets) {
+          return Break(absl::DataLossError("too many corrupt packets while waiting for a stop"));
+        }
+        TPRD_GDB_RETURN_IF_ERROR(WriteRaw("-"));
+        continue;
+      }
+      if (event->kind == GdbPacketEvent::Kind::kMalformed ||
+          event->kind == GdbPacketEvent::Kind::kOversized) {
+        TPRD_GDB_RETURN_IF_ERROR(WriteRaw("+"));
+        return Break(absl::DataLossError(
+            absl::StrCat("unusable packet while waiting for a stop: ", event->payload)));
+      }
+      if (event->kind != GdbPacketEvent::Kind::kPacket) continue;  // acks, notifications
+      // Any packet now means the VM stopped, so acking cannot interrupt it.
+      TPRD_GDB_RETURN_IF_ERROR(WriteRaw("+"));
+      if (LooksLikeGdbStopReply(event->payload)) {
+        TPRD_GDB_RETURN_IF_ERROR(HandleStopPacket(event->payload));
+      }
+      // Anything else (console output, a late answer) is dropped.
+    }
+  }
+  GdbStopReply stop = pending_stops_.front();
+  pending_stops_.pop_front();
+  running_ = false;
+  return stop;
+}
+
+absl::StatusOr<GdbStopReply> GdbClient::QueryStopReason() {
+  TPRD_GDB_RETURN_IF_ERROR(Usable(true));
+  absl::StatusOr<std::string> reply = Exchange("?", ReplyMode::kStopReply);
+  if (!reply.ok()) return reply.status();
+  if (!LooksLikeGdbStopReply(*reply)) {
+    return absl::DataLossError(absl::StrCat("gdbstub answered ", Named(*reply), " to `?`"));
+  }
+  absl::StatusOr<GdbStopReply> stop = ParseGdbStopReply(*reply);
+  if (!stop.ok()) return WithContext(stop.status(), "answer to `?`");
+  if (stop->process_gone()) gone_ = true;
+  return stop;
+}
+
+absl::Status GdbClient::Detach() {
+  // Plain `D` answers E22 once multiprocess+ was negotiated and leaves the VM stopped.
+  TPRD_GDB_RETURN_IF_ERROR(CommandExpectingOk(multiprocess_ ? "D;1" : "D"));
+  detached_ = true;
+  stream_->Close();
+  return absl::OkStatus();
+}
+
+}  // namespace tprd::backend

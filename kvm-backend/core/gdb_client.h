@@ -1,0 +1,159 @@
+// A client of QEMU's gdbstub (GDB remote serial protocol) over a ByteStream. It knows QEMU's
+// habits (measured, see docs/design-notes/gdb-client.md): an unsolicited stop at connect, no
+// NoAck mode, at most 0x800 bytes per `m`, registers readable with `p` only after target.xml was
+// read, `D;1` to detach after multiprocess+, and that any byte sent while the VM runs interrupts
+// it.
+//
+// Not thread-safe: one owner (the domain's actor) calls it. Every read is bounded by a deadline.
+// After a timeout, a lost connection or a desynchronised stream the client is "broken": every
+// later call fails and the owner must reconnect (a late reply could otherwise be taken for the
+// answer to the next command).
+#ifndef TPRD_KVM_BACKEND_CORE_GDB_CLIENT_H_
+#define TPRD_KVM_BACKEND_CORE_GDB_CLIENT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "daemon/engine/guest_vm.h"
+#include "kvm-backend/core/byte_stream.h"
+#include "kvm-backend/core/gdb_packet.h"
+#include "kvm-backend/core/gdb_registers.h"
+#include "kvm-backend/core/gdb_stop_reply.h"
+
+namespace tprd::backend {
+
+struct GdbClientOptions {
+  // How long a command may wait for its reply (and a write for the peer to take it).
+  absl::Duration reply_timeout = absl::Seconds(5);
+  // How long to wait for the `+` of a packet after a stop reply arrived in its place: then the
+  // VM was running (libvirt resumed it behind our back) and the packet's first byte was taken as
+  // an interrupt, so the packet is sent again.
+  absl::Duration ack_timeout_after_stop = absl::Milliseconds(500);
+  // Resends of one packet the peer answers with `-` (or swallowed as an interrupt).
+  int max_retransmits = 3;
+  // Corrupt packets (bad checksum) tolerated while waiting for one reply.
+  int max_bad_packets = 3;
+  // Largest reply payload accepted; longer ones are discarded and the command fails.
+  size_t max_payload_bytes = kDefaultMaxGdbPayload;
+  // Largest `m` read (QEMU answers E22 above 0x800).
+  size_t max_read_chunk = 0x800;
+  // Cap on a target description (target.xml and includes), against a peer that never says `l`.
+  size_t max_target_xml_bytes = 1 << 20;
+};
+
+class GdbClient {
+ public:
+  explicit GdbClient(std::unique_ptr<ByteStream> stream, GdbClientOptions options = {});
+  // Closes the stream without detaching (QEMU then leaves the VM stopped).
+  ~GdbClient();
+  GdbClient(const GdbClient&) = delete;
+  GdbClient& operator=(const GdbClient&) = delete;
+
+  // Handshake: qSupported (multiprocess+), target description and register layout, `?`.
+  // Consumes the unsolicited stop QEMU sends when the VM was running (see attach_stop()).
+  absl::Status Attach();
+  bool multiprocess() const { return multiprocess_; }
+  const GdbRegisterLayout& register_layout() const { return layout_; }
+  // The stop QEMU sent on its own at connect: set only if the VM was running before we attached.
+  const std::optional<GdbStopReply>& attach_stop() const { return attach_stop_; }
+  // The answer to `?` during Attach.
+  const std::optional<GdbStopReply>& initial_stop() const { return initial_stop_; }
+  // Most bytes one `M` packet can carry with this peer (PacketSize and the read chunk).
+  size_t max_write_in_one_packet() const;
+
+  // vCPU threads (qfThreadInfo/qsThreadInfo), in the stub's order: p01.01, p01.02, ...
+  absl::StatusOr<std::vector<GdbThreadId>> ListThreads();
+  // `Hg`: later register and (virtual) memory accesses use this vCPU.
+  absl::Status SelectThread(const GdbThreadId& thread);
+
+  // `g` of the selected thread, decoded with the target description.
+  absl::StatusOr<engine::VcpuRegisters> ReadRegisters();
+  // `p` / `P` by register name (eax, eip, cr3, cr8, ...), numbers from the target description.
+  absl::StatusOr<uint64_t> ReadRegister(std::string_view name);
+  absl::Status WriteRegister(std::string_view name, uint64_t value);
+
+  // `m` in chunks of at most max_read_chunk bytes. An unmapped address (E14) is NOT_FOUND naming
+  // the address. Virtual addresses use the selected thread's page tables unless physical mode.
+  absl::Status ReadMemory(uint64_t address, absl::Span<uint8_t> out);
+  // `M` in chunks of at most max_write_in_one_packet() bytes. A concurrent resume may see a
+  // prefix of the data: for code that must change atomically use WriteMemoryInOnePacket.
+  absl::Status WriteMemory(uint64_t address, absl::Span<const uint8_t> data);
+  // One `M` packet or nothing: INVALID_ARGUMENT if `data` does not fit in one packet.
+  absl::Status WriteMemoryInOnePacket(uint64_t address, absl::Span<const uint8_t> data);
+  // `Qqemu.PhyMemMode:1` / `:0`: m/M addresses are physical / virtual.
+  absl::Status SetPhysicalMemoryMode(bool physical);
+
+  // `Z0`/`z0` software breakpoints (x86 kind 1); any number may be armed at once.
+  absl::Status InsertBreakpoint(uint64_t address);
+  absl::Status RemoveBreakpoint(uint64_t address);
+  // `Z2`/`Z3`/`Z4` (write/read/access) watchpoints, on every vCPU.
+  absl::Status InsertWatchpoint(uint64_t address, uint64_t length, engine::WatchKind kind);
+  absl::Status RemoveWatchpoint(uint64_t address, uint64_t length, engine::WatchKind kind);
+
+  // `c`: resumes every vCPU and returns once the stub acknowledged, without waiting for a stop.
+  absl::Status Continue();
+  // Sends the single byte 0x03 (anything else would be taken as an interrupt as well, and lost).
+  // The resulting stop arrives through WaitForStop. Harmless if the VM already stopped.
+  absl::Status Interrupt();
+  // The next stop: queued ones first (stops that arrived while a command waited for its reply),
+  // else waits up to `timeout`. nullopt on timeout (the VM still runs; the client stays usable).
+  absl::StatusOr<std::optional<GdbStopReply>> WaitForStop(absl::Duration timeout);
+  // `?`: why the VM is stopped now.
+  absl::StatusOr<GdbStopReply> QueryStopReason();
+  // `D;1` (or `D` without multiprocess): removes nothing by itself, resumes the VM, ends the
+  // session. The stream is closed afterwards.
+  absl::Status Detach();
+
+  bool running() const { return running_; }
+  // Stops queued and not yet returned by WaitForStop.
+  size_t pending_stops() const { return pending_stops_.size(); }
+  // The reason the client became unusable, OK while usable.
+  const absl::Status& broken_reason() const { return broken_; }
+
+ private:
+  enum class ReplyMode : uint8_t { kAckOnly, kReply, kStopReply };
+
+  // Sends `payload` and waits for the ack and (per mode) the reply.
+  absl::StatusOr<std::string> Exchange(std::string_view payload, ReplyMode mode);
+  // Exchange, then turns an `Exx` or empty reply into an error naming the command.
+  absl::StatusOr<std::string> Command(std::string_view payload);
+  // A command whose only good answer is `OK`.
+  absl::Status CommandExpectingOk(std::string_view payload);
+  absl::StatusOr<GdbPacketEvent> NextEvent(absl::Time deadline);
+  absl::Status WriteRaw(std::string_view bytes);
+  absl::Status Usable(bool require_stopped) const;
+  absl::Status Break(absl::Status reason);
+  absl::StatusOr<std::string> ReadFeatureDocument(std::string_view annex);
+  absl::Status WriteMemoryPacket(uint64_t address, absl::Span<const uint8_t> data);
+  absl::Status HandleStopPacket(std::string_view payload);
+
+  std::unique_ptr<ByteStream> stream_;
+  GdbClientOptions options_;
+  GdbPacketParser parser_;
+  std::deque<GdbPacketEvent> events_;
+  std::deque<GdbStopReply> pending_stops_;
+  GdbRegisterLayout layout_;
+  std::optional<GdbStopReply> attach_stop_;
+  std::optional<GdbStopReply> initial_stop_;
+  size_t peer_packet_size_ = 0x1000;
+  bool attached_ = false;
+  bool detached_ = false;
+  bool multiprocess_ = false;
+  bool running_ = false;
+  bool gone_ = false;  // W/X seen: the VM process is gone
+  absl::Status broken_;
+};
+
+}  // namespace tprd::backend
+
+#endif  // TPRD_KVM_BACKEND_CORE_GDB_CLIENT_H_
