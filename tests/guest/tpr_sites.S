@@ -104,8 +104,10 @@ FUNC \fn
   pushl %fs:KPCR_SCRATCH_FLAGS
   popfl
   movl %esp, %fs:KPCR_SCRATCH_ESP
+  .ifnc \name,nosite
   SITE \name, \form, \reg, SITE_PATCHABLE
-  .byte \bytes
+  .endif
+  \bytes
   AFTER_SITE
   cmpl %esp, %fs:KPCR_SCRATCH_ESP
   jne 91f
@@ -134,8 +136,10 @@ FUNC \fn
   pushl %fs:KPCR_SCRATCH_FLAGS
   popfl
   movl %esp, %fs:KPCR_SCRATCH_ESP
+  .ifnc \name,nosite
   SITE \name, \form, \reg, SITE_PATCHABLE
-  .byte \bytes
+  .endif
+  \bytes
   AFTER_SITE
   cmpl %esp, %fs:KPCR_SCRATCH_ESP
   jne 91f
@@ -177,14 +181,14 @@ FUNC \fn
 .endm
 
 /* Reads: A1, 8B /r for every register but esp, FF /6. */
-READ_WRAPPER tpr_read_a1_eax, rd_a1_eax, A1, eax, 0xA1, TPR_BYTES
-READ_WRAPPER tpr_read_8b_eax, rd_8b_eax, 8B, eax, 0x8B, 0x05, TPR_BYTES
-READ_WRAPPER tpr_read_8b_ecx, rd_8b_ecx, 8B, ecx, 0x8B, 0x0D, TPR_BYTES
-READ_WRAPPER tpr_read_8b_edx, rd_8b_edx, 8B, edx, 0x8B, 0x15, TPR_BYTES
-READ_WRAPPER tpr_read_8b_ebx, rd_8b_ebx, 8B, ebx, 0x8B, 0x1D, TPR_BYTES
-READ_WRAPPER tpr_read_8b_ebp, rd_8b_ebp, 8B, ebp, 0x8B, 0x2D, TPR_BYTES
-READ_WRAPPER tpr_read_8b_esi, rd_8b_esi, 8B, esi, 0x8B, 0x35, TPR_BYTES
-READ_WRAPPER tpr_read_8b_edi, rd_8b_edi, 8B, edi, 0x8B, 0x3D, TPR_BYTES
+READ_WRAPPER tpr_read_a1_eax, rd_a1_eax, A1, eax, .byte 0xA1, TPR_BYTES
+READ_WRAPPER tpr_read_8b_eax, rd_8b_eax, 8B, eax, .byte 0x8B, 0x05, TPR_BYTES
+READ_WRAPPER tpr_read_8b_ecx, rd_8b_ecx, 8B, ecx, .byte 0x8B, 0x0D, TPR_BYTES
+READ_WRAPPER tpr_read_8b_edx, rd_8b_edx, 8B, edx, .byte 0x8B, 0x15, TPR_BYTES
+READ_WRAPPER tpr_read_8b_ebx, rd_8b_ebx, 8B, ebx, .byte 0x8B, 0x1D, TPR_BYTES
+READ_WRAPPER tpr_read_8b_ebp, rd_8b_ebp, 8B, ebp, .byte 0x8B, 0x2D, TPR_BYTES
+READ_WRAPPER tpr_read_8b_esi, rd_8b_esi, 8B, esi, .byte 0x8B, 0x35, TPR_BYTES
+READ_WRAPPER tpr_read_8b_edi, rd_8b_edi, 8B, edi, .byte 0x8B, 0x3D, TPR_BYTES
 
 /* uint32_t tpr_read_ff6_push(uint32_t flags): push dword [tpr]; pop into scratch. */
 FUNC tpr_read_ff6_push
@@ -213,14 +217,14 @@ FUNC tpr_read_ff6_push
   CHECK_FLAGS_AND_RETURN
 
 /* Writes: A3, 89 /r for every register but esp, C7 /0 with several immediates. */
-WRITE_WRAPPER tpr_write_a3_eax, wr_a3_eax, A3, eax, 0xA3, TPR_BYTES
-WRITE_WRAPPER tpr_write_89_eax, wr_89_eax, 89, eax, 0x89, 0x05, TPR_BYTES
-WRITE_WRAPPER tpr_write_89_ecx, wr_89_ecx, 89, ecx, 0x89, 0x0D, TPR_BYTES
-WRITE_WRAPPER tpr_write_89_edx, wr_89_edx, 89, edx, 0x89, 0x15, TPR_BYTES
-WRITE_WRAPPER tpr_write_89_ebx, wr_89_ebx, 89, ebx, 0x89, 0x1D, TPR_BYTES
-WRITE_WRAPPER tpr_write_89_ebp, wr_89_ebp, 89, ebp, 0x89, 0x2D, TPR_BYTES
-WRITE_WRAPPER tpr_write_89_esi, wr_89_esi, 89, esi, 0x89, 0x35, TPR_BYTES
-WRITE_WRAPPER tpr_write_89_edi, wr_89_edi, 89, edi, 0x89, 0x3D, TPR_BYTES
+WRITE_WRAPPER tpr_write_a3_eax, wr_a3_eax, A3, eax, .byte 0xA3, TPR_BYTES
+WRITE_WRAPPER tpr_write_89_eax, wr_89_eax, 89, eax, .byte 0x89, 0x05, TPR_BYTES
+WRITE_WRAPPER tpr_write_89_ecx, wr_89_ecx, 89, ecx, .byte 0x89, 0x0D, TPR_BYTES
+WRITE_WRAPPER tpr_write_89_edx, wr_89_edx, 89, edx, .byte 0x89, 0x15, TPR_BYTES
+WRITE_WRAPPER tpr_write_89_ebx, wr_89_ebx, 89, ebx, .byte 0x89, 0x1D, TPR_BYTES
+WRITE_WRAPPER tpr_write_89_ebp, wr_89_ebp, 89, ebp, .byte 0x89, 0x2D, TPR_BYTES
+WRITE_WRAPPER tpr_write_89_esi, wr_89_esi, 89, esi, .byte 0x89, 0x35, TPR_BYTES
+WRITE_WRAPPER tpr_write_89_edi, wr_89_edi, 89, edi, .byte 0x89, 0x3D, TPR_BYTES
 
 IMM_WRITER tpr_write_c7_00, wr_c7_00, 0x00
 IMM_WRITER tpr_write_c7_3d, wr_c7_3d, 0x3D
@@ -230,7 +234,7 @@ IMM_WRITER tpr_write_c7_c1, wr_c7_c1, 0xC1
 IMM_WRITER tpr_write_c7_ff, wr_c7_ff, 0xFF
 
 /* The late site: patchable, first run only once uptime passes late=<seconds>. */
-READ_WRAPPER late_site_read, late_8b_ebx, 8B, ebx, 0x8B, 0x1D, TPR_BYTES
+READ_WRAPPER late_site_read, late_8b_ebx, 8B, ebx, .byte 0x8B, 0x1D, TPR_BYTES
 
 /* Shaped like the XP HAL's IRQL functions (fastcall: new value in ecx). */
 FUNC KfRaiseIrql_tprg
@@ -361,4 +365,58 @@ tprg_decoy_table:
   .data
   .p2align 6
 bench_cell:
+  .long 0
+
+/* ---- Handler self-test thunks (selftest.c) --------------------------------------------------
+ * The same sentinel checks around a call into the tprd blob, made exactly as a patched site
+ * makes it: `push r; call set_tpr`, `call set_tpr_eax`, `call get_tpr_<reg>`,
+ * `push eax; call get_tpr_stack`. The handler's address is in selftest_target. */
+  .text
+.macro ST_CALL
+  call *selftest_target
+.endm
+.macro ST_PUSH_EDX_CALL
+  pushl %edx
+  call *selftest_target
+.endm
+
+WRITE_WRAPPER st_set_tpr, nosite, -, edx, ST_PUSH_EDX_CALL
+WRITE_WRAPPER st_set_tpr_eax, nosite, -, eax, ST_CALL
+READ_WRAPPER st_get_tpr_eax, nosite, -, eax, ST_CALL
+READ_WRAPPER st_get_tpr_ecx, nosite, -, ecx, ST_CALL
+READ_WRAPPER st_get_tpr_edx, nosite, -, edx, ST_CALL
+READ_WRAPPER st_get_tpr_ebx, nosite, -, ebx, ST_CALL
+READ_WRAPPER st_get_tpr_ebp, nosite, -, ebp, ST_CALL
+READ_WRAPPER st_get_tpr_esi, nosite, -, esi, ST_CALL
+READ_WRAPPER st_get_tpr_edi, nosite, -, edi, ST_CALL
+
+FUNC st_get_tpr_stack
+  pushl %ebp
+  pushl %ebx
+  pushl %esi
+  pushl %edi
+  movl 20(%esp), %eax
+  movl %eax, %fs:KPCR_SCRATCH_FLAGS
+  LOAD_SENTINELS
+  pushl %fs:KPCR_SCRATCH_FLAGS
+  popfl
+  movl %esp, %fs:KPCR_SCRATCH_ESP
+  pushl %eax
+  call *selftest_target
+  popl %fs:KPCR_SCRATCH_PUSHED
+  AFTER_SITE
+  cmpl %esp, %fs:KPCR_SCRATCH_ESP
+  jne 91f
+  CHECK_SENTINELS none, 91f
+  jmp 92f
+91:
+  incl %fs:KPCR_SCRATCH_CLOBBER
+92:
+  movl %fs:KPCR_SCRATCH_PUSHED, %eax
+  CHECK_FLAGS_AND_RETURN
+
+  .data
+  .p2align 2
+  .globl selftest_target
+selftest_target:
   .long 0
