@@ -1,0 +1,657 @@
+#include "daemon/engine/blob.h"
+
+#include <Zydis/Zydis.h>
+
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "guest-rom/blob_image.h"
+
+namespace tprd::engine {
+namespace {
+
+using ::testing::HasSubstr;
+
+uint32_t LoadU32(const std::vector<uint8_t>& bytes, uint32_t offset) {
+  return bytes[offset] | bytes[offset + 1] << 8 | bytes[offset + 2] << 16 |
+         static_cast<uint32_t>(bytes[offset + 3]) << 24;
+}
+
+void StoreU32(std::vector<uint8_t>& bytes, uint32_t offset, uint32_t value) {
+  for (int i = 0; i < 4; ++i) bytes[offset + i] = static_cast<uint8_t>(value >> (8 * i));
+}
+
+void Reseal(std::vector<uint8_t>& bytes) {
+  StoreU32(bytes, TPRD_BLOB_HDR_CHECKSUM, BlobChecksum(bytes));
+}
+
+BlobPlacement XpPlacement() {
+  BlobPlacement placement;
+  placement.va = 0x800E8000;
+  placement.pa = 0x000E8000;
+  placement.tpr_va = kDefaultTprVa;
+  placement.strategy = Strategy::kMmio;
+  placement.cpu_count = 4;
+  placement.guard_period = 64;
+  return placement;
+}
+
+std::vector<BlobPlacement> SeveralPlacements() {
+  std::vector<BlobPlacement> placements;
+  for (auto [va, pa, tpr] : std::vector<std::tuple<uint32_t, uint32_t, uint32_t>>{
+           {0x800E8000, 0x000E8000, 0xFFFE0080},
+           {0x800C0000, 0x000C0000, 0xFFFE0080},
+           {0xC0001000, 0x00001000, 0xFEE00080},
+           {0x00100000, 0x00100000, 0xFFFE0080},
+           {0xFFFF0000 - kBlobSize, 0xFFFF0000 - kBlobSize, 0x00000080},
+       }) {
+    BlobPlacement placement = XpPlacement();
+    placement.va = va;
+    placement.pa = pa;
+    placement.tpr_va = tpr;
+    placements.push_back(placement);
+  }
+  return placements;
+}
+
+TEST(BlobLayoutTest, FitsTheBudgetAndKeepsDataOffTheCodePage) {
+  EXPECT_LE(kBlobSize, 12u * 1024);
+  EXPECT_GE(kBlobMaxCpus, 64u);
+  EXPECT_GE(kBlobMaxSites, 256u);
+  const BlobAddresses a = BlobAddressesAt(0x800E8000);
+  EXPECT_EQ(a.data_start % 0x1000, 0u);
+  EXPECT_LE(a.code_end, a.data_start);
+  EXPECT_GE(a.code_start, a.va + TPRD_BLOB_HEADER_SIZE);
+  EXPECT_GE(a.strategy_word, a.data_start);
+  EXPECT_GE(a.percpu_area, a.strategy_word + 4);
+  EXPECT_GE(a.site_table, a.PerCpuEntry(kBlobMaxCpus));
+  EXPECT_LE(a.SiteEntry(kBlobMaxSites), a.va + kBlobSize);
+  EXPECT_EQ(a.end, a.va + kBlobSize);
+}
+
+TEST(BlobInstantiateTest, EveryRelocationPointsInsideTheBlobOrAtTheTpr) {
+  for (const BlobPlacement& placement : SeveralPlacements()) {
+    SCOPED_TRACE(absl::StrFormat("va 0x%08x", placement.va));
+    auto blob = InstantiateBlob(placement);
+    ASSERT_TRUE(blob.ok()) << blob.status();
+    ASSERT_EQ(blob->bytes.size(), kBlobSize);
+    for (uint32_t offset : tprd_blob_base_relocs) {
+      const uint32_t value = LoadU32(blob->bytes, offset);
+      EXPECT_GE(value, placement.va) << "reloc at 0x" << std::hex << offset;
+      EXPECT_LT(value - placement.va, kBlobSize) << "reloc at 0x" << std::hex << offset;
+      EXPECT_EQ(value - placement.va,
+                LoadU32({tprd_blob_image, tprd_blob_image + kBlobSize}, offset));
+    }
+    for (uint32_t offset : tprd_blob_tpr_relocs) {
+      EXPECT_EQ(LoadU32(blob->bytes, offset), placement.tpr_va) << std::hex << offset;
+    }
+    EXPECT_EQ(LoadU32(blob->bytes, TPRD_BLOB_HDR_BLOB_VA), placement.va);
+    EXPECT_EQ(LoadU32(blob->bytes, TPRD_BLOB_HDR_BLOB_PA), placement.pa);
+    EXPECT_EQ(LoadU32(blob->bytes, TPRD_BLOB_HDR_TPR_VA), placement.tpr_va);
+  }
+}
+
+TEST(BlobInstantiateTest, MovingTheBlobChangesOnlyRelocationsAndHeaderFields) {
+  BlobPlacement first = XpPlacement();
+  BlobPlacement second = first;
+  second.va = 0xC0010000;
+  auto a = InstantiateBlob(first);
+  auto b = InstantiateBlob(second);
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::set<uint32_t> may_differ;
+  for (uint32_t offset : tprd_blob_base_relocs) {
+    for (uint32_t i = 0; i < 4; ++i) may_differ.insert(offset + i);
+  }
+  for (uint32_t i = 0; i < 4; ++i) may_differ.insert(TPRD_BLOB_HDR_CHECKSUM + i);
+  for (uint32_t i = 0; i < kBlobSize; ++i) {
+    if (a->bytes[i] != b->bytes[i]) {
+      EXPECT_TRUE(may_differ.count(i)) << "unexpected difference at 0x" << std::hex << i;
+    }
+  }
+}
+
+TEST(BlobInstantiateTest, HeaderCarriesPlacementAndChecksumVerifies) {
+  const BlobPlacement placement = XpPlacement();
+  auto blob = InstantiateBlob(placement);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  EXPECT_EQ(LoadU32(blob->bytes, TPRD_BLOB_HDR_MAGIC), TPRD_BLOB_MAGIC);
+  EXPECT_EQ(LoadU32(blob->bytes, TPRD_BLOB_HDR_CPU_COUNT), 4u);
+  EXPECT_EQ(LoadU32(blob->bytes, TPRD_BLOB_HDR_GUARD_PERIOD), 64u);
+  EXPECT_EQ(LoadU32(blob->bytes, TPRD_BLOB_STRATEGY_WORD), static_cast<uint32_t>(Strategy::kMmio));
+  EXPECT_EQ(LoadU32(blob->bytes, TPRD_BLOB_HDR_CHECKSUM), BlobChecksum(blob->bytes));
+  EXPECT_NE(BlobChecksum(blob->bytes), 0u);
+  // Every CPU starts disabled (exact path) and the site table empty.
+  for (uint32_t i = TPRD_BLOB_PERCPU_AREA; i < kBlobSize; ++i) ASSERT_EQ(blob->bytes[i], 0) << i;
+}
+
+TEST(BlobInstantiateTest, HandlerTableIsSymbolsPlusBase) {
+  const BlobPlacement placement = XpPlacement();
+  auto blob = InstantiateBlob(placement);
+  ASSERT_TRUE(blob.ok());
+  const HandlerTable& h = blob->handlers;
+  const uint32_t va = placement.va;
+  EXPECT_EQ(h.set_tpr, va + TPRD_BLOB_SET_TPR);
+  EXPECT_EQ(h.set_tpr_eax, va + TPRD_BLOB_SET_TPR_EAX);
+  EXPECT_EQ(h.get_tpr_stack, va + TPRD_BLOB_GET_TPR_STACK);
+  EXPECT_EQ(h.get_tpr[int(Gpr::kEax)], va + TPRD_BLOB_GET_TPR_EAX);
+  EXPECT_EQ(h.get_tpr[int(Gpr::kEcx)], va + TPRD_BLOB_GET_TPR_ECX);
+  EXPECT_EQ(h.get_tpr[int(Gpr::kEdx)], va + TPRD_BLOB_GET_TPR_EDX);
+  EXPECT_EQ(h.get_tpr[int(Gpr::kEbx)], va + TPRD_BLOB_GET_TPR_EBX);
+  EXPECT_EQ(h.get_tpr[int(Gpr::kEsp)], 0u);
+  EXPECT_EQ(h.get_tpr[int(Gpr::kEbp)], va + TPRD_BLOB_GET_TPR_EBP);
+  EXPECT_EQ(h.get_tpr[int(Gpr::kEsi)], va + TPRD_BLOB_GET_TPR_ESI);
+  EXPECT_EQ(h.get_tpr[int(Gpr::kEdi)], va + TPRD_BLOB_GET_TPR_EDI);
+
+  auto standalone = HandlerTableForBlob(va);
+  ASSERT_TRUE(standalone.ok());
+  EXPECT_EQ(standalone->set_tpr, h.set_tpr);
+  EXPECT_EQ(standalone->get_tpr_stack, h.get_tpr_stack);
+  for (int reg = 0; reg < kGprCount; ++reg) EXPECT_EQ(standalone->get_tpr[reg], h.get_tpr[reg]);
+  // The header's own handler table says the same.
+  for (int i = 0; i < TPRD_BLOB_HANDLER_COUNT; ++i) {
+    const uint32_t slot = LoadU32(blob->bytes, TPRD_BLOB_HDR_HANDLERS + 4 * i);
+    if (i == 2 + int(Gpr::kEsp)) {
+      EXPECT_EQ(slot, 0u);
+    } else {
+      EXPECT_TRUE(blob->addresses.InHandlerCode(slot)) << i;
+    }
+  }
+  // Distinct handlers: a get_tpr_<reg> that reuses another's entry would return the wrong reg.
+  std::set<uint32_t> distinct = {h.set_tpr, h.set_tpr_eax, h.get_tpr_stack};
+  for (int reg = 0; reg < kGprCount; ++reg) {
+    if (reg != int(Gpr::kEsp)) distinct.insert(h.get_tpr[reg]);
+  }
+  EXPECT_EQ(distinct.size(), 10u);
+
+  EXPECT_FALSE(HandlerTableForBlob(0x800E8010).ok());
+  EXPECT_FALSE(HandlerTableForBlob(0xFFFFF000).ok());
+}
+
+TEST(BlobInstantiateTest, RefusesPlacementsTheBlobCannotTake) {
+  auto refused = [](std::function<void(BlobPlacement&)> change) {
+    BlobPlacement placement = XpPlacement();
+    change(placement);
+    auto blob = InstantiateBlob(placement);
+    return !blob.ok() && blob.status().code() == absl::StatusCode::kInvalidArgument;
+  };
+  EXPECT_TRUE(refused([](BlobPlacement& p) { p.va += 0x10; }));
+  EXPECT_TRUE(refused([](BlobPlacement& p) { p.pa += 0x800; }));
+  EXPECT_TRUE(refused([](BlobPlacement& p) { p.va = 0xFFFFE000; }));
+  EXPECT_TRUE(refused([](BlobPlacement& p) { p.cpu_count = 0; }));
+  EXPECT_TRUE(refused([](BlobPlacement& p) { p.cpu_count = kBlobMaxCpus + 1; }));
+  EXPECT_TRUE(refused([](BlobPlacement& p) { p.guard_period = 0; }));
+  EXPECT_TRUE(refused([](BlobPlacement& p) { p.guard_period = kBlobMaxGuardPeriod + 1; }));
+  EXPECT_TRUE(refused([](BlobPlacement& p) { p.tpr_va = 0xFFFE0084; }));
+  EXPECT_TRUE(refused([](BlobPlacement& p) { p.tpr_va = p.va + 0x1080; }));
+  EXPECT_TRUE(refused([](BlobPlacement& p) { p.strategy = static_cast<Strategy>(9); }));
+  EXPECT_FALSE(refused([](BlobPlacement& p) { p.cpu_count = kBlobMaxCpus; }));
+}
+
+Site MakeSite(uint32_t id, Form form, Gpr reg, std::vector<uint8_t> original) {
+  Site site;
+  site.id = id;
+  site.address = 0x80010000 + id * 0x20;
+  site.form = form;
+  site.reg = reg;
+  site.original = std::move(original);
+  site.patched.assign(site.original.size(), 0x90);
+  site.patched[site.patched.size() - 5] = 0xE8;
+  site.state = SiteState::kApplied;
+  return site;
+}
+
+std::vector<Site> OneSitePerForm() {
+  return {
+      MakeSite(0, Form::kMovEaxFromMoffs, Gpr::kEax, {0xA1, 0x80, 0x00, 0xFE, 0xFF}),
+      MakeSite(1, Form::kMovMoffsFromEax, Gpr::kEax, {0xA3, 0x80, 0x00, 0xFE, 0xFF}),
+      MakeSite(2, Form::kMovRegFromMem, Gpr::kEdi, {0x8B, 0x3D, 0x80, 0x00, 0xFE, 0xFF}),
+      MakeSite(3, Form::kMovMemFromReg, Gpr::kEcx, {0x89, 0x0D, 0x80, 0x00, 0xFE, 0xFF}),
+      MakeSite(4, Form::kMovMemFromImm, Gpr::kEax,
+               {0xC7, 0x05, 0x80, 0x00, 0xFE, 0xFF, 0x41, 0x00, 0x00, 0x00}),
+      MakeSite(255, Form::kPushMem, Gpr::kEax, {0xFF, 0x35, 0x80, 0x00, 0xFE, 0xFF}),
+  };
+}
+
+TEST(BlobRecordsTest, SiteEntriesRoundTrip) {
+  for (Site site : OneSitePerForm()) {
+    site.state = SiteState::kPending;
+    auto bytes = EncodeSiteEntry(site);
+    ASSERT_TRUE(bytes.ok()) << bytes.status();
+    auto back = DecodeSiteEntry(site.id, *bytes);
+    ASSERT_TRUE(back.ok()) << back.status();
+    ASSERT_TRUE(back->has_value());
+    const Site& decoded = **back;
+    EXPECT_EQ(decoded.id, site.id);
+    EXPECT_EQ(decoded.address, site.address);
+    EXPECT_EQ(decoded.form, site.form);
+    EXPECT_EQ(decoded.reg, site.reg);
+    EXPECT_EQ(decoded.state, SiteState::kPending);
+    EXPECT_EQ(decoded.original, site.original);
+    EXPECT_EQ(decoded.patched, site.patched);
+    if (site.form == Form::kMovMemFromImm) {
+      EXPECT_EQ(decoded.imm, 0x41u);
+    }
+  }
+  std::array<uint8_t, kSiteEntrySize> unused{};
+  auto empty = DecodeSiteEntry(7, unused);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_FALSE(empty->has_value());
+}
+
+TEST(BlobRecordsTest, InsaneSiteEntriesAreRefused) {
+  const Site good = OneSitePerForm()[2];  // mov edi,[tpr]
+  auto refused = [&](std::function<void(Site&)> change) {
+    Site site = good;
+    change(site);
+    return !EncodeSiteEntry(site).ok();
+  };
+  EXPECT_TRUE(refused([](Site& s) { s.patched.pop_back(); }));
+  EXPECT_TRUE(refused([](Site& s) { s.original.clear(), s.patched.clear(); }));
+  EXPECT_TRUE(refused([](Site& s) { s.original.resize(11), s.patched.resize(11); }));
+  EXPECT_TRUE(refused([](Site& s) { s.form = static_cast<Form>(9); }));
+  EXPECT_TRUE(refused([](Site& s) { s.form = Form::kMovMemFromImm; }));  // length 6, not 10
+  EXPECT_TRUE(refused([](Site& s) { s.reg = Gpr::kEsp; }));
+  EXPECT_TRUE(refused([](Site& s) { s.state = static_cast<SiteState>(4); }));
+  EXPECT_TRUE(refused([](Site& s) { s.original[0] = 0x8A; }));
+  EXPECT_TRUE(refused([](Site& s) { s.patched[1] = 0x90; }));  // no call rel32
+
+  auto bytes = EncodeSiteEntry(good);
+  ASSERT_TRUE(bytes.ok());
+  auto raw = *bytes;
+  raw[TPRD_BLOB_SITE_ORIGINAL + 8] = 0xCC;  // a byte past the length
+  EXPECT_THAT(std::string(DecodeSiteEntry(2, raw).status().message()), HasSubstr("past"));
+  raw = *bytes;
+  raw[TPRD_BLOB_SITE_REG] = 8;
+  EXPECT_FALSE(DecodeSiteEntry(2, raw).ok());
+  EXPECT_FALSE(DecodeSiteEntry(2, absl::MakeConstSpan(raw).subspan(1)).ok());
+}
+
+TEST(BlobRecordsTest, PerCpuEntriesRoundTrip) {
+  PerCpuEntry entry{
+      .shadow_tpr = 0xC1, .enabled = true, .reads_since_check = 0x1234, .mismatches = 0xDEADBEEF};
+  const auto bytes = EncodePerCpuEntry(entry);
+  EXPECT_EQ(bytes[TPRD_BLOB_PCPU_SHADOW], 0xC1);
+  EXPECT_EQ(bytes[TPRD_BLOB_PCPU_ENABLED], 1);
+  auto back = DecodePerCpuEntry(bytes);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, entry);
+  EXPECT_FALSE(DecodePerCpuEntry(absl::MakeConstSpan(bytes).subspan(1)).ok());
+}
+
+// A blob as a guest would hold it after an apply: CPUs enabled, a few sites recorded.
+std::vector<uint8_t> LivedInBlob(const BlobPlacement& placement) {
+  auto blob = InstantiateBlob(placement);
+  EXPECT_TRUE(blob.ok());
+  std::vector<uint8_t> bytes = blob->bytes;
+  for (uint32_t cpu = 0; cpu < placement.cpu_count; ++cpu) {
+    auto entry = EncodePerCpuEntry({.shadow_tpr = static_cast<uint8_t>(0x10 * cpu),
+                                    .enabled = true,
+                                    .reads_since_check = static_cast<uint16_t>(cpu),
+                                    .mismatches = 0});
+    std::copy(entry.begin(), entry.end(), bytes.begin() + TPRD_BLOB_PERCPU_AREA + cpu * 8);
+  }
+  for (const Site& site : OneSitePerForm()) {
+    auto entry = EncodeSiteEntry(site);
+    EXPECT_TRUE(entry.ok());
+    std::copy(entry->begin(), entry->end(),
+              bytes.begin() + TPRD_BLOB_SITE_TABLE + site.id * kSiteEntrySize);
+  }
+  return bytes;
+}
+
+TEST(BlobParseTest, ParseOfInstantiateRoundTrips) {
+  for (BlobPlacement placement : SeveralPlacements()) {
+    for (Strategy strategy : {Strategy::kExact, Strategy::kMmio, Strategy::kCr8}) {
+      placement.strategy = strategy;
+      const std::vector<uint8_t> bytes = LivedInBlob(placement);
+      auto parsed = ParseBlob(bytes);
+      ASSERT_TRUE(parsed.ok()) << parsed.status();
+      EXPECT_EQ(parsed->placement.va, placement.va);
+      EXPECT_EQ(parsed->placement.pa, placement.pa);
+      EXPECT_EQ(parsed->placement.tpr_va, placement.tpr_va);
+      EXPECT_EQ(parsed->placement.strategy, strategy);
+      EXPECT_EQ(parsed->placement.cpu_count, placement.cpu_count);
+      EXPECT_EQ(parsed->placement.guard_period, placement.guard_period);
+      EXPECT_TRUE(parsed->matches_this_build);
+      EXPECT_EQ(parsed->handlers.set_tpr, placement.va + TPRD_BLOB_SET_TPR);
+      EXPECT_EQ(parsed->addresses.code_start, placement.va + TPRD_BLOB_CODE_START);
+      ASSERT_EQ(parsed->cpus.size(), placement.cpu_count);
+      EXPECT_EQ(parsed->cpus[3].shadow_tpr, 0x30);
+      EXPECT_TRUE(parsed->cpus[3].enabled);
+      ASSERT_EQ(parsed->sites.size(), OneSitePerForm().size());
+      EXPECT_EQ(parsed->sites.back().id, 255u);
+      EXPECT_EQ(parsed->sites.back().form, Form::kPushMem);
+    }
+  }
+}
+
+TEST(BlobParseTest, TheGuardFlippingToExactStillParses) {
+  std::vector<uint8_t> bytes = LivedInBlob(XpPlacement());
+  StoreU32(bytes, TPRD_BLOB_STRATEGY_WORD, TPRD_BLOB_STRATEGY_EXACT);
+  StoreU32(bytes, TPRD_BLOB_PERCPU_AREA + TPRD_BLOB_PCPU_MISMATCHES, 3);
+  auto parsed = ParseBlob(bytes);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->placement.strategy, Strategy::kExact);
+  EXPECT_EQ(parsed->cpus[0].mismatches, 3u);
+}
+
+struct Corruption {
+  const char* name;
+  std::function<void(std::vector<uint8_t>&)> apply;
+  bool reseal;           // recompute the checksum, so the check under test is the one that fires
+  const char* expected;  // part of the reason
+};
+
+TEST(BlobParseTest, EveryCorruptionIsRejectedWithAReason) {
+  auto set = [](uint32_t offset, uint32_t value) {
+    return [=](std::vector<uint8_t>& b) { StoreU32(b, offset, value); };
+  };
+  const std::vector<Corruption> corruptions = {
+      {"magic", set(TPRD_BLOB_HDR_MAGIC, 0x12345678), true, "magic"},
+      {"version", set(TPRD_BLOB_HDR_LAYOUT_VERSION, 2), true, "version"},
+      {"header size", set(TPRD_BLOB_HDR_HEADER_SIZE, 0x40), true, "header size"},
+      {"blob size", set(TPRD_BLOB_HDR_BLOB_SIZE, 0x2000), true, "blob size"},
+      {"immutable size", set(TPRD_BLOB_HDR_IMMUTABLE_SIZE, 0x3000), true, "immutable"},
+      {"checksum", set(TPRD_BLOB_HDR_CHECKSUM, 0), false, "checksum"},
+      {"code byte", [](auto& b) { b[TPRD_BLOB_GET_TPR_EDI] ^= 0x01; }, false, "checksum"},
+      {"header byte", [](auto& b) { b[TPRD_BLOB_HDR_CPU_COUNT] = 5; }, false, "checksum"},
+      {"strategy offset out of range", set(TPRD_BLOB_HDR_STRATEGY_OFFSET, kBlobSize), true,
+       "strategy word"},
+      {"strategy offset on code page", set(TPRD_BLOB_HDR_STRATEGY_OFFSET, 0x100), true,
+       "strategy word"},
+      {"code end past the page", set(TPRD_BLOB_HDR_CODE_END_OFFSET, 0x1800), true, "handler code"},
+      {"code end before start", set(TPRD_BLOB_HDR_CODE_END_OFFSET, 0x10), true, "handler code"},
+      {"per-CPU area out of range", set(TPRD_BLOB_HDR_PERCPU_OFFSET, 0x2F00), true, "per-CPU area"},
+      {"per-CPU max huge", set(TPRD_BLOB_HDR_PERCPU_MAX, 0xFFFFFFFF), true, "per-CPU area"},
+      {"per-CPU entry size", set(TPRD_BLOB_HDR_PERCPU_ENTRY_SIZE, 16), true, "per-CPU area"},
+      {"site table moved", set(TPRD_BLOB_HDR_SITES_OFFSET, 0x1300), true, "site table"},
+      {"sites max too large", set(TPRD_BLOB_HDR_SITES_MAX, 1000), true, "site table"},
+      {"site entry size", set(TPRD_BLOB_HDR_SITE_ENTRY_SIZE, 0x80000000), true, "site table"},
+      {"cpu count zero", set(TPRD_BLOB_HDR_CPU_COUNT, 0), true, "CPU count"},
+      {"cpu count above max", set(TPRD_BLOB_HDR_CPU_COUNT, kBlobMaxCpus + 1), true, "CPU count"},
+      {"guard zero", set(TPRD_BLOB_HDR_GUARD_PERIOD, 0), true, "guard"},
+      {"blob va unaligned", set(TPRD_BLOB_HDR_BLOB_VA, 0x800E8004), true, "aligned"},
+      {"blob va wraps", set(TPRD_BLOB_HDR_BLOB_VA, 0xFFFFF000), true, "4 GiB"},
+      {"tpr not at 0x080", set(TPRD_BLOB_HDR_TPR_VA, 0xFFFE0000), true, "TPR"},
+      {"handler count", set(TPRD_BLOB_HDR_HANDLER_COUNT, 12), true, "handler count"},
+      {"handler outside code", set(TPRD_BLOB_HDR_HANDLERS, 0x800E9000), true, "outside"},
+      {"esp handler slot used", set(TPRD_BLOB_HDR_HANDLERS + 4 * (2 + int(Gpr::kEsp)), 0x800E8080),
+       true, "handler 6"},
+      {"strategy word unknown", set(TPRD_BLOB_STRATEGY_WORD, 7), false, "strategy word"},
+      {"site form", [](auto& b) { b[TPRD_BLOB_SITE_TABLE + TPRD_BLOB_SITE_FORM] = 0; }, false,
+       "site table entry 0"},
+      {"site length", [](auto& b) { b[TPRD_BLOB_SITE_TABLE + TPRD_BLOB_SITE_LENGTH] = 200; }, false,
+       "site table entry 0"},
+      {"site state", [](auto& b) { b[TPRD_BLOB_SITE_TABLE + TPRD_BLOB_SITE_STATE] = 9; }, false,
+       "site table entry 0"},
+      {"stray bytes in an unused entry",
+       [](auto& b) { b[TPRD_BLOB_SITE_TABLE + 100 * kSiteEntrySize + 3] = 1; }, false,
+       "site table entry 100"},
+      {"truncated by one", [](auto& b) { b.pop_back(); }, false, "truncated"},
+      {"truncated header", [](auto& b) { b.resize(TPRD_BLOB_HEADER_SIZE - 1); }, false,
+       "truncated"},
+      {"empty", [](auto& b) { b.clear(); }, false, "truncated"},
+      {"trailing byte", [](auto& b) { b.push_back(0); }, false, "trailing"},
+  };
+  for (const Corruption& corruption : corruptions) {
+    SCOPED_TRACE(corruption.name);
+    std::vector<uint8_t> bytes = LivedInBlob(XpPlacement());
+    ASSERT_TRUE(ParseBlob(bytes).ok());
+    corruption.apply(bytes);
+    if (corruption.reseal) Reseal(bytes);
+    auto parsed = ParseBlob(bytes);
+    ASSERT_FALSE(parsed.ok());
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_THAT(std::string(parsed.status().message()), HasSubstr(corruption.expected));
+  }
+}
+
+TEST(BlobParseTest, AResealedForeignCodeParsesButDoesNotMatchThisBuild) {
+  std::vector<uint8_t> bytes = LivedInBlob(XpPlacement());
+  bytes[TPRD_BLOB_CODE_END - 1] = 0xC2;  // some other build's code
+  Reseal(bytes);
+  auto parsed = ParseBlob(bytes);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_FALSE(parsed->matches_this_build);
+}
+
+// ---- static checks of the handler code with Zydis -------------------------------------------
+
+class HandlerCodeChecker {
+ public:
+  explicit HandlerCodeChecker(const BlobInstance& blob) : blob_(blob) {
+    ZydisDecoderInit(&decoder_, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
+  }
+
+  // Walks every path from `entry`; records a failure for any rule broken on the way.
+  void CheckFunction(uint32_t entry, uint16_t expected_ret_imm, const std::string& name) {
+    if (std::count(call_stack_.begin(), call_stack_.end(), entry)) {
+      Fail(name, entry, "calls itself (directly or through others)");
+      return;
+    }
+    call_stack_.push_back(entry);
+    struct State {
+      uint32_t address;
+      int depth;            // bytes pushed since entry
+      bool interrupts_off;  // a cli since the last popf
+    };
+    std::vector<State> work = {{entry, 0, false}};
+    std::map<uint32_t, std::pair<int, bool>> seen;
+    while (!work.empty()) {
+      State state = work.back();
+      work.pop_back();
+      if (auto it = seen.find(state.address); it != seen.end()) {
+        if (it->second != std::make_pair(state.depth, state.interrupts_off)) {
+          Fail(name, state.address, "reached with different stack depths or interrupt states");
+        }
+        continue;
+      }
+      seen[state.address] = {state.depth, state.interrupts_off};
+      if (!blob_.addresses.InHandlerCode(state.address)) {
+        Fail(name, state.address, "runs outside the handler code");
+        continue;
+      }
+      const uint32_t offset = state.address - blob_.addresses.va;
+      // Zydis rejects LOCK on mov to cr0; AMD's AltMovCr8 makes it mov cr8, r32 (no memory, no
+      // stack effect). Accept exactly that encoding.
+      if (state.address + 4 <= blob_.addresses.code_end && blob_.bytes[offset] == 0xF0 &&
+          blob_.bytes[offset + 1] == 0x0F && blob_.bytes[offset + 2] == 0x22 &&
+          (blob_.bytes[offset + 3] & 0xF8) == 0xC0) {
+        ++instructions_checked_;
+        ++cr8_writes_seen_;
+        work.push_back({state.address + 4, state.depth, state.interrupts_off});
+        continue;
+      }
+      ZydisDecodedInstruction insn;
+      ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+      if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder_, blob_.bytes.data() + offset,
+                                               blob_.addresses.code_end - state.address, &insn,
+                                               ops))) {
+        Fail(name, state.address, "does not decode");
+        continue;
+      }
+      ++instructions_checked_;
+      CheckMemoryOperands(name, state.address, insn, ops, state.interrupts_off);
+      const uint32_t next = state.address + insn.length;
+      uint32_t target = 0;
+      const bool relative = insn.operand_count_visible == 1 &&
+                            ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE && ops[0].imm.is_relative;
+      if (relative) {
+        ZyanU64 absolute = 0;
+        ZydisCalcAbsoluteAddress(&insn, &ops[0], state.address, &absolute);
+        target = static_cast<uint32_t>(absolute);
+      }
+      switch (insn.mnemonic) {
+        case ZYDIS_MNEMONIC_PUSH:
+        case ZYDIS_MNEMONIC_PUSHFD:
+          work.push_back({next, state.depth + 4, state.interrupts_off});
+          continue;
+        case ZYDIS_MNEMONIC_POP:
+          work.push_back({next, state.depth - 4, state.interrupts_off});
+          continue;
+        case ZYDIS_MNEMONIC_POPFD:
+          work.push_back({next, state.depth - 4, false});
+          continue;
+        case ZYDIS_MNEMONIC_CLI:
+          work.push_back({next, state.depth, true});
+          continue;
+        case ZYDIS_MNEMONIC_CALL:
+          if (!relative) {
+            Fail(name, state.address, "indirect call");
+            continue;
+          }
+          CheckFunction(target, 0, name + ">" + absl::StrFormat("%x", target));
+          work.push_back({next, state.depth, state.interrupts_off});
+          continue;
+        case ZYDIS_MNEMONIC_RET: {
+          const uint16_t imm =
+              insn.operand_count_visible == 1 ? static_cast<uint16_t>(ops[0].imm.value.u) : 0;
+          ++returns_checked_;
+          if (imm != expected_ret_imm) Fail(name, state.address, "wrong ret immediate");
+          if (state.depth != 0) Fail(name, state.address, "stack not balanced at ret");
+          if (state.interrupts_off) Fail(name, state.address, "returns with the cli in force");
+          continue;
+        }
+        default:
+          break;
+      }
+      if (insn.meta.category == ZYDIS_CATEGORY_UNCOND_BR ||
+          insn.meta.category == ZYDIS_CATEGORY_COND_BR) {
+        if (!relative) {
+          Fail(name, state.address, "indirect jump");
+          continue;
+        }
+        work.push_back({target, state.depth, state.interrupts_off});
+        if (insn.meta.category == ZYDIS_CATEGORY_COND_BR) {
+          work.push_back({next, state.depth, state.interrupts_off});
+        }
+        continue;
+      }
+      for (int i = 0; i < insn.operand_count; ++i) {
+        if (ops[i].type == ZYDIS_OPERAND_TYPE_REGISTER && ops[i].reg.value == ZYDIS_REGISTER_ESP &&
+            (ops[i].actions & ZYDIS_OPERAND_ACTION_MASK_WRITE)) {
+          Fail(name, state.address, "changes esp other than by push/pop");
+        }
+      }
+      work.push_back({next, state.depth, state.interrupts_off});
+    }
+    call_stack_.pop_back();
+  }
+
+  const std::vector<std::string>& failures() const { return failures_; }
+  int instructions_checked() const { return instructions_checked_; }
+  int returns_checked() const { return returns_checked_; }
+  int cr8_writes_seen() const { return cr8_writes_seen_; }
+
+ private:
+  void CheckMemoryOperands(const std::string& name, uint32_t address,
+                           const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
+                           bool interrupts_off) {
+    for (int i = 0; i < insn.operand_count; ++i) {
+      const ZydisDecodedOperand& op = ops[i];
+      if (op.type != ZYDIS_OPERAND_TYPE_MEMORY) continue;
+      if (op.mem.type == ZYDIS_MEMOP_TYPE_AGEN) continue;  // lea computes, does not access
+      const bool writes = op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
+      const uint32_t disp = static_cast<uint32_t>(op.mem.disp.value);
+      const bool absolute =
+          op.mem.base == ZYDIS_REGISTER_NONE && op.mem.index == ZYDIS_REGISTER_NONE;
+      if (op.mem.segment == ZYDIS_REGISTER_FS && !interrupts_off) {
+        Fail(name, address, "reads fs:[...] without cli");
+      }
+      // ebx holds the per-CPU entry pointer: only touched with interrupts off, within an entry.
+      if (op.mem.base == ZYDIS_REGISTER_EBX) {
+        if (!interrupts_off) Fail(name, address, "touches the per-CPU entry without cli");
+        if (op.mem.index != ZYDIS_REGISTER_NONE || disp >= kPerCpuEntrySize) {
+          Fail(name, address, "ebx-relative access outside a per-CPU entry");
+        }
+      }
+      if (!writes) continue;
+      if (op.mem.base == ZYDIS_REGISTER_ESP || op.mem.base == ZYDIS_REGISTER_EBX) continue;
+      if (absolute && op.mem.segment != ZYDIS_REGISTER_FS &&
+          ((disp >= blob_.addresses.data_start && disp < blob_.addresses.end) ||
+           disp == tpr_va())) {
+        continue;
+      }
+      Fail(name, address, absl::StrFormat("stores to 0x%08x (code page or unknown)", disp));
+    }
+  }
+
+  uint32_t tpr_va() const { return LoadU32(blob_.bytes, TPRD_BLOB_HDR_TPR_VA); }
+
+  void Fail(const std::string& name, uint32_t address, const std::string& what) {
+    failures_.push_back(absl::StrFormat("%s at 0x%08x: %s", name, address, what));
+  }
+
+  const BlobInstance& blob_;
+  ZydisDecoder decoder_;
+  std::vector<uint32_t> call_stack_;
+  std::vector<std::string> failures_;
+  int instructions_checked_ = 0;
+  int returns_checked_ = 0;
+  int cr8_writes_seen_ = 0;
+};
+
+TEST(BlobHandlerCodeTest, HandlersFollowTheStructuralRules) {
+  for (Strategy strategy : {Strategy::kExact, Strategy::kMmio, Strategy::kCr8}) {
+    BlobPlacement placement = XpPlacement();
+    placement.strategy = strategy;
+    auto blob = InstantiateBlob(placement);
+    ASSERT_TRUE(blob.ok());
+    HandlerCodeChecker checker(*blob);
+    const HandlerTable& h = blob->handlers;
+    checker.CheckFunction(h.set_tpr, 4, "set_tpr");
+    checker.CheckFunction(h.set_tpr_eax, 0, "set_tpr_eax");
+    checker.CheckFunction(h.get_tpr_stack, 0, "get_tpr_stack");
+    for (int reg = 0; reg < kGprCount; ++reg) {
+      if (reg == int(Gpr::kEsp)) continue;
+      checker.CheckFunction(h.get_tpr[reg], 0,
+                            "get_tpr_" + std::string(GprName(static_cast<Gpr>(reg))));
+    }
+    EXPECT_THAT(checker.failures(), ::testing::IsEmpty());
+    EXPECT_GT(checker.instructions_checked(), 50);
+    EXPECT_GE(checker.returns_checked(), 10);
+    EXPECT_GT(checker.cr8_writes_seen(), 0);
+  }
+}
+
+TEST(BlobHandlerCodeTest, CheckerCatchesASelfCallingHandler) {
+  // QEMU's get_tpr_edi called itself. Build that defect into a copy: get_tpr_edi's call now
+  // targets get_tpr_edi. The checker must notice (else the test above proves nothing).
+  auto blob = InstantiateBlob(XpPlacement());
+  ASSERT_TRUE(blob.ok());
+  const uint32_t call_offset = TPRD_BLOB_GET_TPR_EDI + 1;  // after push eax
+  ASSERT_EQ(blob->bytes[call_offset], 0xE8);
+  StoreU32(blob->bytes, call_offset + 1, TPRD_BLOB_GET_TPR_EDI - (call_offset + 5));
+  HandlerCodeChecker checker(*blob);
+  checker.CheckFunction(blob->handlers.get_tpr[int(Gpr::kEdi)], 0, "get_tpr_edi");
+  EXPECT_THAT(checker.failures(), ::testing::Contains(HasSubstr("calls itself")));
+}
+
+TEST(BlobHandlerCodeTest, CheckerCatchesAStoreIntoTheCodePage) {
+  auto blob = InstantiateBlob(XpPlacement());
+  ASSERT_TRUE(blob.ok());
+  // Redirect the guard's "flip to exact" store (mov dword [strategy_word], 0) to the header.
+  bool redirected = false;
+  for (uint32_t offset : tprd_blob_base_relocs) {
+    if (offset >= TPRD_BLOB_CODE_START && blob->bytes[offset - 2] == 0xC7 &&
+        LoadU32(blob->bytes, offset) == blob->addresses.strategy_word) {
+      StoreU32(blob->bytes, offset, blob->addresses.va + TPRD_BLOB_HDR_CPU_COUNT);
+      redirected = true;
+    }
+  }
+  ASSERT_TRUE(redirected);
+  HandlerCodeChecker checker(*blob);
+  checker.CheckFunction(blob->handlers.get_tpr[int(Gpr::kEax)], 0, "get_tpr_eax");
+  EXPECT_THAT(checker.failures(), ::testing::Contains(HasSubstr("code page")));
+}
+
+}  // namespace
+}  // namespace tprd::engine
