@@ -28,7 +28,13 @@ FakeGuestVm::FakeGuestVm(const Options& options)
     : ram_bytes_(options.ram_bytes),
       vcpus_(static_cast<size_t>(std::max(options.vcpu_count, 0))),
       running_(options.start_running) {
-  if (ram_bytes_ > 0) memory_map_.push_back({0, ram_bytes_ - 1, true, "ram"});
+  if (ram_bytes_ > 0) {
+    MemoryRegion ram;
+    ram.end = ram_bytes_ - 1;
+    ram.ram = true;
+    ram.name = "ram";
+    memory_map_.push_back(ram);
+  }
 }
 
 std::optional<FakeGuestVm::Injection> FakeGuestVm::Count(Op op) {

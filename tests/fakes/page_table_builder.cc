@@ -172,7 +172,11 @@ absl::StatusOr<PageTableBuilder> BuildXpLikeLayout(FakeGuestVm& vm, const XpLike
     return s;
   }
   if (absl::Status s = builder.Map4K(kXpApicVa, kApicPhysical); !s.ok()) return s;
-  vm.AddMemoryRegion({kApicPhysical, kApicPhysical + 0xFFF, false, "apic"});
+  MemoryRegion apic;
+  apic.start = kApicPhysical;
+  apic.end = kApicPhysical + 0xFFF;
+  apic.name = "apic";
+  vm.AddMemoryRegion(apic);
   builder.ApplyToAllVcpus();
   return builder;
 }
