@@ -45,9 +45,10 @@ std::optional<int> ErrorCode(std::string_view reply) {
 absl::Status ErrorReplyStatus(std::string_view payload, int code) {
   std::string message = absl::StrFormat("gdbstub refused %s with E%02x", Named(payload), code);
   switch (code) {
-    case 0x0e:  // EFAULT
+    // QEMU writes errno values in decimal digits ("E14" is EFAULT 14), read here as hex.
+    case 0x14:  // EFAULT
       return absl::NotFoundError(absl::StrCat(message, " (address not mapped)"));
-    case 0x16:  // EINVAL
+    case 0x22:  // EINVAL
       return absl::InvalidArgumentError(absl::StrCat(message, " (invalid argument)"));
     default:
       return absl::InternalError(message);

@@ -53,7 +53,10 @@ absl::StatusOr<std::string> UnescapeGdbBinary(std::string_view data) {
 }
 
 std::string EncodeGdbPacket(std::string_view payload) {
-  std::string body = EscapeGdbBinary(payload);
+  return FrameGdbPacket(EscapeGdbBinary(payload));
+}
+
+std::string FrameGdbPacket(std::string_view body) {
   uint8_t sum = 0;
   for (char c : body) sum = static_cast<uint8_t>(sum + static_cast<uint8_t>(c));
   return absl::StrFormat("$%s#%02x", body, sum);

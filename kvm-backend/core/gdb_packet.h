@@ -26,8 +26,12 @@ inline constexpr uint8_t kGdbEscapeXor = 0x20;
 // The byte a client sends (outside any packet) to interrupt a running target.
 inline constexpr char kGdbInterrupt = '\x03';
 
-// `$payload#cs` with the special bytes of `payload` escaped.
+// `$payload#cs` with the special bytes of `payload` escaped (QEMU undoes escapes of every
+// packet it receives).
 std::string EncodeGdbPacket(std::string_view payload);
+// `$payload#cs` of a payload that is already escaped where needed (as a stub sends binary
+// replies: only those carry escapes, which the command's decoder undoes).
+std::string FrameGdbPacket(std::string_view escaped_payload);
 // Escapes `$ # } *` in binary data (the inverse of UnescapeGdbBinary).
 std::string EscapeGdbBinary(std::string_view data);
 // Undoes `}` escapes of binary replies (qXfer). INVALID_ARGUMENT on a dangling `}`.

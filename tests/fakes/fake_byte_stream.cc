@@ -45,7 +45,7 @@ FakeByteStream& FakeByteStream::ClosePeer() {
 
 FakeByteStream& FakeByteStream::ExpectCommand(std::string_view request, std::string_view reply) {
   ExpectWrite(EncodeGdbPacket(request));
-  Send(absl::StrCat("+", EncodeGdbPacket(reply)));
+  Send(absl::StrCat("+", FrameGdbPacket(reply)));
   return ExpectWrite("+");
 }
 

@@ -25,8 +25,8 @@ class FakeByteStream : public ByteStream {
   // The peer closes: reads return UNAVAILABLE from here on, writes too.
   FakeByteStream& ClosePeer();
 
-  // Shorthand for one acknowledged exchange: expects `$request#cs`, sends `+$reply#cs`, expects
-  // our `+`.
+  // Shorthand for one acknowledged exchange: expects `$request#cs`, sends `+$reply#cs` (reply
+  // framed as is: escape binary replies yourself), expects our `+`.
   FakeByteStream& ExpectCommand(std::string_view request, std::string_view reply);
 
   // Deliver sent bytes at most `n` at a time (1 exercises every split of a packet).

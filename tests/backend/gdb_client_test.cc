@@ -1,0 +1,400 @@
+#include "kvm-backend/core/gdb_client.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kvm-backend/core/gdb_packet.h"
+#include "tests/fakes/fake_byte_stream.h"
+
+namespace tprd::backend {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+constexpr char kTargetXml[] =
+    R"(<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd"><target>)"
+    R"(<architecture>i386</architecture><xi:include href="i386-32bit.xml"/></target>)";
+
+// Shaped like QEMU 7.2's i386-32bit.xml, including its commented-out registers; the `*` and `}`
+// in the comment exercise escapes of the qXfer reply.
+std::string I386Xml() {
+  std::string xml = R"(<feature name="org.gnu.gdb.i386.core">)"
+                    R"(<reg name="eax" bitsize="32" type="int32" regnum="0"/>)";
+  for (const char* name : {"ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags", "cs",
+                           "ss", "ds", "es", "fs", "gs"}) {
+    absl::StrAppend(&xml, R"(<reg name=")", name, R"(" bitsize="32" type="int32"/>)");
+  }
+  xml += R"(<!-- * } <reg name="cs_base" bitsize="32" type="int32"/> -->)";
+  for (const char* name :
+       {"fs_base", "gs_base", "k_gs_base", "cr0", "cr2", "cr3", "cr4", "cr8", "efer"}) {
+    absl::StrAppend(&xml, R"(<reg name=")", name, R"(" bitsize="32" type="int32"/>)");
+  }
+  xml += R"(<reg name="st0" bitsize="80" type="i387_ext"/>)"
+         R"(<reg name="fctrl" bitsize="32" type="int" group="float"/></feature>)";
+  return xml;
+}
+
+std::string Le32(uint32_t v) {
+  return absl::StrFormat("%02x%02x%02x%02x", v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, v >> 24);
+}
+
+// A `g` reply: register n (of the 25 32-bit ones) holds 0x1000 + n, cr3 holds 0x39000.
+std::string GReply() {
+  std::string hex;
+  for (uint32_t n = 0; n < 25; ++n) hex += Le32(n == 21 ? 0x39000 : 0x1000 + n);
+  hex += std::string(20, '0') + Le32(0x37f);  // st0, fctrl
+  return hex;
+}
+
+class GdbClientTest : public ::testing::Test {
+ protected:
+  GdbClientTest() {
+    auto stream = std::make_unique<FakeByteStream>();
+    fake_ = stream.get();
+    client_ = std::make_unique<GdbClient>(std::move(stream));
+  }
+
+  // QEMU's handshake when the VM was running: the unsolicited stop comes first.
+  void ScriptHandshake(bool vm_was_running) {
+    fake_->ExpectWrite(
+        EncodeGdbPacket("qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+"));
+    if (vm_was_running) fake_->Send(EncodeGdbPacket("T02thread:01;")).ExpectWrite("+");
+    fake_->Send("+" + EncodeGdbPacket("PacketSize=1000;qXfer:features:read+;multiprocess+"))
+        .ExpectWrite("+");
+    fake_->ExpectCommand("qXfer:features:read:target.xml:0,ffb",
+                         absl::StrCat("l", EscapeGdbBinary(kTargetXml)));
+    std::string xml = EscapeGdbBinary(I386Xml());
+    // Two parts, to exercise `m` continuation.
+    size_t half = xml.size() / 2;
+    if (xml[half - 1] == '}') ++half;
+    fake_->ExpectCommand("qXfer:features:read:i386-32bit.xml:0,ffb", "m" + xml.substr(0, half));
+    fake_->ExpectCommand(absl::StrFormat("qXfer:features:read:i386-32bit.xml:%x,ffb",
+                                         UnescapeGdbBinary(xml.substr(0, half))->size()),
+                         "l" + xml.substr(half));
+    fake_->ExpectCommand("?", "T02thread:p01.01;");
+  }
+
+  void Attach() {
+    ScriptHandshake(false);
+    ASSERT_TRUE(client_->Attach().ok());
+  }
+
+  void ExpectScriptDone() {
+    EXPECT_THAT(fake_->failures(), IsEmpty());
+    EXPECT_TRUE(fake_->ScriptDone());
+  }
+
+  FakeByteStream* fake_;
+  std::unique_ptr<GdbClient> client_;
+};
+
+TEST_F(GdbClientTest, HandshakeConsumesUnsolicitedStopAndReadsLayout) {
+  ScriptHandshake(true);
+  absl::Status attached = client_->Attach();
+  ASSERT_TRUE(attached.ok()) << attached;
+  ExpectScriptDone();
+  ASSERT_TRUE(client_->attach_stop().has_value());
+  EXPECT_EQ(client_->attach_stop()->signal, kGdbSignalInt);
+  EXPECT_EQ(client_->pending_stops(), 0u);
+  EXPECT_TRUE(client_->multiprocess());
+  const GdbRegisterLayout& layout = client_->register_layout();
+  EXPECT_EQ(layout.Find("cs_base"), nullptr);  // commented out in the XML
+  EXPECT_EQ(layout.Find("fs_base")->regnum, 16);
+  EXPECT_EQ(layout.Find("fs_base")->g_offset, 64u);
+  EXPECT_EQ(layout.Find("cr0")->regnum, 19);
+  EXPECT_EQ(layout.Find("cr3")->regnum, 21);
+  EXPECT_EQ(layout.Find("cr8")->regnum, 23);
+  EXPECT_EQ(layout.Find("efer")->g_offset, 96u);
+}
+
+TEST_F(GdbClientTest, HandshakeWithStoppedVmHasNoAttachStop) {
+  Attach();
+  ExpectScriptDone();
+  EXPECT_FALSE(client_->attach_stop().has_value());
+  EXPECT_EQ(client_->initial_stop()->thread->vcpu_index(), 0);
+}
+
+TEST_F(GdbClientTest, ThreadsSelectAndRegisters) {
+  Attach();
+  fake_->ExpectCommand("qfThreadInfo", "mp01.01,p01.02")
+      .ExpectCommand("qsThreadInfo", "mp01.03")
+      .ExpectCommand("qsThreadInfo", "l")
+      .ExpectCommand("Hgp01.02", "OK")
+      .ExpectCommand("g", GReply())
+      .ExpectCommand("p17", Le32(0x20 >> 4))
+      .ExpectCommand("P8=78563412", "OK");
+  absl::StatusOr<std::vector<GdbThreadId>> threads = client_->ListThreads();
+  ASSERT_TRUE(threads.ok()) << threads.status();
+  ASSERT_EQ(threads->size(), 3u);
+  EXPECT_EQ((*threads)[2].vcpu_index(), 2);
+  ASSERT_TRUE(client_->SelectThread((*threads)[1]).ok());
+  absl::StatusOr<engine::VcpuRegisters> regs = client_->ReadRegisters();
+  ASSERT_TRUE(regs.ok()) << regs.status();
+  EXPECT_EQ(regs->reg(engine::Gpr::kEax), 0x1000u);
+  EXPECT_EQ(regs->reg(engine::Gpr::kEdi), 0x1007u);
+  EXPECT_EQ(regs->eip, 0x1008u);
+  EXPECT_EQ(regs->gs, 0x100fu);
+  EXPECT_EQ(regs->fs_base, 0x1010u);
+  EXPECT_EQ(regs->cr0, 0x1013u);
+  EXPECT_EQ(regs->cr3, 0x39000u);
+  EXPECT_EQ(regs->efer, 0x1018u);
+  EXPECT_EQ(*client_->ReadRegister("cr8"), 2u);
+  EXPECT_TRUE(client_->WriteRegister("eip", 0x12345678).ok());
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, ShortGReplyIsAnError) {
+  Attach();
+  fake_->ExpectCommand("g", GReply().substr(0, 80));
+  absl::StatusOr<engine::VcpuRegisters> regs = client_->ReadRegisters();
+  EXPECT_TRUE(absl::IsDataLoss(regs.status())) << regs.status();
+}
+
+TEST_F(GdbClientTest, ReadsMemoryInChunksOf0x800) {
+  Attach();
+  fake_->ExpectCommand("m1000,800", std::string(0x1000, 'a'))
+      .ExpectCommand("m1800,800", std::string(0x1000, 'b'))
+      .ExpectCommand("m2000,10", std::string(0x20, 'c'));
+  std::vector<uint8_t> out(0x1010);
+  ASSERT_TRUE(client_->ReadMemory(0x1000, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out[0], 0xaa);
+  EXPECT_EQ(out[0x800], 0xbb);
+  EXPECT_EQ(out[0x100f], 0xcc);
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, UnmappedAddressIsNotFoundNamingTheCommand) {
+  Attach();
+  fake_->ExpectCommand("mffe00080,4", "E14");
+  std::vector<uint8_t> out(4);
+  absl::Status status = client_->ReadMemory(0xffe00080, absl::MakeSpan(out));
+  EXPECT_TRUE(absl::IsNotFound(status)) << status;
+  EXPECT_THAT(status.message(), HasSubstr("mffe00080,4"));
+  EXPECT_THAT(status.message(), HasSubstr("not mapped"));
+  // The connection stays usable after a refusal.
+  fake_->ExpectCommand("Qqemu.PhyMemMode:1", "OK");
+  EXPECT_TRUE(client_->SetPhysicalMemoryMode(true).ok());
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, WritesMemoryInPacketsThatFitAndRefusesToSplitOneSite) {
+  Attach();
+  // PacketSize 0x1000 leaves room for (0x1000 - 32) / 2 = 0x7f0 bytes per M packet.
+  EXPECT_EQ(client_->max_write_in_one_packet(), 0x7f0u);
+  std::vector<uint8_t> data(0x800, 0x90);
+  fake_
+      ->ExpectCommand(absl::StrCat("M1000,7f0:", HexEncode(std::vector<uint8_t>(0x7f0, 0x90))),
+                      "OK")
+      .ExpectCommand(absl::StrCat("M17f0,10:", HexEncode(std::vector<uint8_t>(0x10, 0x90))), "OK");
+  absl::Status written = client_->WriteMemory(0x1000, data);
+  EXPECT_TRUE(written.ok()) << written;
+  EXPECT_TRUE(absl::IsInvalidArgument(client_->WriteMemoryInOnePacket(0x1000, data)));
+  std::vector<uint8_t> site = {0xe8, 0x01, 0x02, 0x03, 0x04};
+  fake_->ExpectCommand("M80001000,5:e801020304", "OK");
+  EXPECT_TRUE(client_->WriteMemoryInOnePacket(0x80001000, site).ok());
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, BreakpointsAndWatchpoints) {
+  Attach();
+  fake_->ExpectCommand("Z0,80501234,1", "OK")
+      .ExpectCommand("Z0,80505678,1", "OK")
+      .ExpectCommand("Z4,fffe0080,4", "OK")
+      .ExpectCommand("Z2,fffe0080,4", "OK")
+      .ExpectCommand("z3,fffe0080,4", "E22")
+      .ExpectCommand("z0,80501234,1", "");
+  EXPECT_TRUE(client_->InsertBreakpoint(0x80501234).ok());
+  EXPECT_TRUE(client_->InsertBreakpoint(0x80505678).ok());
+  EXPECT_TRUE(client_->InsertWatchpoint(0xfffe0080, 4, engine::WatchKind::kAccess).ok());
+  EXPECT_TRUE(client_->InsertWatchpoint(0xfffe0080, 4, engine::WatchKind::kWrite).ok());
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(client_->RemoveWatchpoint(0xfffe0080, 4, engine::WatchKind::kRead)));
+  EXPECT_TRUE(absl::IsUnimplemented(client_->RemoveBreakpoint(0x80501234)));
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, ContinueWaitInterruptAndDetach) {
+  Attach();
+  fake_->ExpectWrite(EncodeGdbPacket("c")).Send("+");
+  ASSERT_TRUE(client_->Continue().ok());
+  EXPECT_TRUE(client_->running());
+  // Commands are refused while the VM runs (their bytes would interrupt it).
+  EXPECT_TRUE(absl::IsFailedPrecondition(client_->InsertBreakpoint(0x1000)));
+  // Nothing yet: the wait times out and the client stays usable.
+  absl::StatusOr<std::optional<GdbStopReply>> none = client_->WaitForStop(absl::Milliseconds(1));
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(none->has_value());
+  fake_->Send(EncodeGdbPacket("T05thread:p01.02;awatch:fffe0080;")).ExpectWrite("+");
+  absl::StatusOr<std::optional<GdbStopReply>> stop = client_->WaitForStop(absl::Seconds(1));
+  ASSERT_TRUE(stop.ok() && stop->has_value()) << stop.status();
+  EXPECT_EQ((*stop)->watch, engine::WatchKind::kAccess);
+  EXPECT_EQ((*stop)->thread->vcpu_index(), 1);
+  EXPECT_FALSE(client_->running());
+
+  fake_->ExpectWrite(EncodeGdbPacket("c")).Send("+").ExpectWrite("\x03");
+  fake_->Send(EncodeGdbPacket("T02thread:p01.01;")).ExpectWrite("+");
+  ASSERT_TRUE(client_->Continue().ok());
+  ASSERT_TRUE(client_->Interrupt().ok());
+  stop = client_->WaitForStop(absl::Seconds(1));
+  ASSERT_TRUE(stop.ok() && stop->has_value()) << stop.status();
+  EXPECT_EQ((*stop)->signal, kGdbSignalInt);
+
+  fake_->ExpectCommand("D;1", "OK");
+  EXPECT_TRUE(client_->Detach().ok());
+  EXPECT_TRUE(fake_->closed_by_client());
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, StopArrivingInsteadOfAReplyIsQueued) {
+  Attach();
+  // The stub acks, then a stop (e.g. libvirt resumed the VM and it hit a watchpoint) arrives
+  // before the answer.
+  fake_->ExpectWrite(EncodeGdbPacket("m1000,4"))
+      .Send("+" + EncodeGdbPacket("T05thread:p01.01;watch:fffe0080;"))
+      .ExpectWrite("+")
+      .Send(EncodeGdbPacket("01020304"))
+      .ExpectWrite("+");
+  std::vector<uint8_t> out(4);
+  ASSERT_TRUE(client_->ReadMemory(0x1000, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out[3], 4);
+  EXPECT_EQ(client_->pending_stops(), 1u);
+  // Continuing would hide the stop.
+  EXPECT_TRUE(absl::IsFailedPrecondition(client_->Continue()));
+  absl::StatusOr<std::optional<GdbStopReply>> stop = client_->WaitForStop(absl::ZeroDuration());
+  ASSERT_TRUE(stop.ok() && stop->has_value());
+  EXPECT_EQ((*stop)->watch, engine::WatchKind::kWrite);
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, PacketEatenAsInterruptIsSentAgain) {
+  Attach();
+  // The VM was running (resumed behind our back): `$` interrupted it, the rest was ignored, no
+  // ack came, only a stop. The client resends once the ack is overdue.
+  fake_->ExpectWrite(EncodeGdbPacket("g"))
+      .Send(EncodeGdbPacket("T02thread:p01.01;"))
+      .ExpectWrite("+")
+      .Stall()
+      .ExpectCommand("g", GReply());
+  absl::StatusOr<engine::VcpuRegisters> regs = client_->ReadRegisters();
+  ASSERT_TRUE(regs.ok()) << regs.status();
+  EXPECT_EQ(client_->pending_stops(), 1u);
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, BadChecksumIsNackedAndRetried) {
+  Attach();
+  fake_->ExpectWrite(EncodeGdbPacket("Hgp01.01"))
+      .Send("+$OK#00")
+      .ExpectWrite("-")
+      .Send(EncodeGdbPacket("OK"))
+      .ExpectWrite("+");
+  EXPECT_TRUE(client_->SelectThread({1, 1}).ok());
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, EndlessBadChecksumsAreBounded) {
+  Attach();
+  fake_->ExpectWrite(EncodeGdbPacket("Hgp01.01")).Send("+");
+  for (int i = 0; i < 3; ++i) fake_->Send("$OK#00").ExpectWrite("-");
+  fake_->Send("$OK#00");
+  absl::Status status = client_->SelectThread({1, 1});
+  EXPECT_TRUE(absl::IsDataLoss(status)) << status;
+  EXPECT_FALSE(client_->broken_reason().ok());
+  EXPECT_FALSE(client_->SelectThread({1, 1}).ok());
+}
+
+TEST_F(GdbClientTest, NackedPacketIsRetransmittedBounded) {
+  Attach();
+  const std::string packet = EncodeGdbPacket("Hgp01.01");
+  fake_->ExpectWrite(packet).Send("-").ExpectWrite(packet).Send("+" + EncodeGdbPacket("OK"));
+  fake_->ExpectWrite("+");
+  EXPECT_TRUE(client_->SelectThread({1, 1}).ok());
+  for (int i = 0; i < 4; ++i) fake_->ExpectWrite(packet).Send("-");
+  EXPECT_TRUE(absl::IsDataLoss(client_->SelectThread({1, 1})));
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, SilentPeerTimesOutAndBreaksTheSession) {
+  Attach();
+  fake_->ExpectWrite(EncodeGdbPacket("g")).Send("+").Stall();
+  absl::Status status = client_->ReadRegisters().status();
+  EXPECT_TRUE(absl::IsDeadlineExceeded(status)) << status;
+  EXPECT_THAT(status.message(), HasSubstr("`g`"));
+  // A late answer could be mistaken for the next one: the session refuses further commands.
+  EXPECT_TRUE(absl::IsFailedPrecondition(client_->ReadRegisters().status()));
+}
+
+TEST_F(GdbClientTest, TruncatedReplyThenSilenceTimesOut) {
+  Attach();
+  fake_->ExpectWrite(EncodeGdbPacket("g")).Send("+$0011");
+  EXPECT_TRUE(absl::IsDeadlineExceeded(client_->ReadRegisters().status()));
+}
+
+TEST_F(GdbClientTest, PeerCloseIsUnavailable) {
+  Attach();
+  fake_->ExpectWrite(EncodeGdbPacket("g")).ClosePeer();
+  EXPECT_TRUE(absl::IsUnavailable(client_->ReadRegisters().status()));
+  EXPECT_TRUE(absl::IsUnavailable(client_->ReadRegisters().status()));
+}
+
+TEST_F(GdbClientTest, OversizedReplyFailsTheCommandOnly) {
+  auto stream = std::make_unique<FakeByteStream>();
+  fake_ = stream.get();
+  GdbClientOptions options;
+  options.max_payload_bytes = 0x400;
+  client_ = std::make_unique<GdbClient>(std::move(stream), options);
+  Attach();
+  fake_->ExpectCommand("m1000,800", std::string(0x1000, 'a'));
+  std::vector<uint8_t> out(0x800);
+  EXPECT_TRUE(absl::IsResourceExhausted(client_->ReadMemory(0x1000, absl::MakeSpan(out))));
+  fake_->ExpectCommand("Hgp01.01", "OK");
+  EXPECT_TRUE(client_->SelectThread({1, 1}).ok());
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, MismatchedRepliesAreErrors) {
+  Attach();
+  fake_->ExpectCommand("m1000,4", "OK")
+      .ExpectCommand("m1000,4", "0102030405")
+      .ExpectCommand("Hgp01.01", "0102")
+      .ExpectCommand("qfThreadInfo", "garbage");
+  std::vector<uint8_t> out(4);
+  EXPECT_FALSE(client_->ReadMemory(0x1000, absl::MakeSpan(out)).ok());
+  EXPECT_FALSE(client_->ReadMemory(0x1000, absl::MakeSpan(out)).ok());
+  EXPECT_TRUE(absl::IsDataLoss(client_->SelectThread({1, 1})));
+  EXPECT_TRUE(absl::IsDataLoss(client_->ListThreads().status()));
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, ExitPacketEndsTheSession) {
+  Attach();
+  fake_->ExpectWrite(EncodeGdbPacket("c")).Send("+");
+  ASSERT_TRUE(client_->Continue().ok());
+  fake_->Send(EncodeGdbPacket("W00")).ExpectWrite("+");
+  absl::StatusOr<std::optional<GdbStopReply>> stop = client_->WaitForStop(absl::Seconds(1));
+  ASSERT_TRUE(stop.ok() && stop->has_value());
+  EXPECT_TRUE((*stop)->process_gone());
+  EXPECT_TRUE(absl::IsUnavailable(client_->ReadRegisters().status()));
+}
+
+TEST_F(GdbClientTest, EveryByteSplitOfTheHandshakeWorks) {
+  fake_->set_max_read_chunk(1);
+  ScriptHandshake(true);
+  EXPECT_TRUE(client_->Attach().ok());
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, StubWithoutTargetDescriptionIsRefused) {
+  fake_->ExpectCommand("qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+",
+                       "PacketSize=1000");
+  EXPECT_TRUE(absl::IsFailedPrecondition(client_->Attach()));
+}
+
+}  // namespace
+}  // namespace tprd::backend
