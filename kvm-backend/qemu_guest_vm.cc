@@ -1,0 +1,368 @@
+#include "kvm-backend/qemu_guest_vm.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kvm-backend/core/unix_socket_stream.h"
+
+namespace tprd::backend {
+namespace {
+
+#define TPRD_RETURN_IF_ERROR(expr)            \
+  do {                                        \
+    if (absl::Status s_ = (expr); !s_.ok()) { \
+      return s_;                              \
+    }                                         \
+  } while (false)
+
+const char* RegisterName(engine::WritableRegister reg) {
+  switch (reg) {
+    case engine::WritableRegister::kEax:
+      return "eax";
+    case engine::WritableRegister::kEcx:
+      return "ecx";
+    case engine::WritableRegister::kEdx:
+      return "edx";
+    case engine::WritableRegister::kEbx:
+      return "ebx";
+    case engine::WritableRegister::kEsp:
+      return "esp";
+    case engine::WritableRegister::kEbp:
+      return "ebp";
+    case engine::WritableRegister::kEsi:
+      return "esi";
+    case engine::WritableRegister::kEdi:
+      return "edi";
+    case engine::WritableRegister::kEip:
+      return "eip";
+  }
+  return "?";
+}
+
+bool PausedByHost(const DomainInfo& info) {
+  // libvirt records PAUSED_UNKNOWN when QEMU stopped by itself, which is what our gdbstub
+  // stops look like; every other reason is libvirt's (user, migration, save, I/O error, ...).
+  return info.state == DomainState::kPaused && info.reason != kPausedReasonUnknown;
+}
+
+}  // namespace
+
+QemuGuestVm::QemuGuestVm(LibvirtConnection* connection, std::string uuid,
+                         QemuGuestVmOptions options)
+    : connection_(connection),
+      uuid_(std::move(uuid)),
+      options_(std::move(options)),
+      monitor_(connection, uuid_) {}
+
+absl::StatusOr<std::unique_ptr<QemuGuestVm>> QemuGuestVm::Attach(LibvirtConnection* connection,
+                                                                 const std::string& uuid,
+                                                                 QemuGuestVmOptions options) {
+  absl::StatusOr<DomainInfo> info = connection->GetDomain(uuid);
+  if (!info.ok()) return info.status();
+  if (info->state != DomainState::kRunning && info->state != DomainState::kPaused) {
+    return absl::FailedPreconditionError(absl::StrCat("domain ", info->name, " is ",
+                                                      std::string(DomainStateName(info->state)),
+                                                      ", not running or paused"));
+  }
+  std::unique_ptr<QemuGuestVm> vm(new QemuGuestVm(connection, uuid, std::move(options)));
+  connection->Subscribe(vm.get());
+  absl::StatusOr<std::string> path = vm->monitor_.StartGdbServer(vm->options_.gdb_socket_directory);
+  if (!path.ok()) return path.status();
+  vm->socket_path_ = *path;
+  auto fail = [&](absl::Status status) {
+    (void)vm->monitor_.StopGdbServer();  // leave no gdbstub behind
+    vm->detached_ = true;
+    return status;
+  };
+  absl::StatusOr<std::unique_ptr<UnixSocketStream>> stream =
+      UnixSocketStream::Connect(*path, absl::Now() + vm->options_.connect_timeout);
+  if (!stream.ok()) return fail(stream.status());
+  vm->gdb_ = std::make_unique<GdbClient>(std::move(*stream), vm->options_.gdb);
+  if (absl::Status s = vm->gdb_->Attach(); !s.ok()) return fail(s);
+  absl::StatusOr<std::vector<GdbThreadId>> threads = vm->gdb_->ListThreads();
+  if (!threads.ok()) return fail(threads.status());
+  if (threads->empty()) return fail(absl::InternalError("gdbstub lists no vCPU threads"));
+  vm->threads_ = std::move(*threads);
+  // The fast path is optional: without it (not root, remote libvirtd) reads use the gdbstub.
+  if (absl::StatusOr<int> pid = connection->QemuPid(uuid); pid.ok()) {
+    absl::StatusOr<std::unique_ptr<ProcessMemory>> memory =
+        ProcessMemory::Create(*pid, vm->monitor_);
+    if (memory.ok()) vm->process_memory_ = std::move(*memory);
+  }
+  return vm;
+}
+
+QemuGuestVm::~QemuGuestVm() {
+  (void)Detach();
+  connection_->Unsubscribe(this);
+}
+
+void QemuGuestVm::OnDomainEvent(const DomainEvent& event) {
+  if (event.uuid != uuid_) return;
+  if (event.kind == DomainEvent::Kind::kStopped || event.kind == DomainEvent::Kind::kCrashed ||
+      event.kind == DomainEvent::Kind::kMigratedAway) {
+    absl::MutexLock lock(&events_mu_);
+    gone_reason_ = absl::StrCat("domain ", event.name, " is gone (libvirt event ",
+                                std::string(DomainEventKindName(event.kind)), ", detail ",
+                                event.libvirt_detail, ")");
+  }
+}
+
+absl::Status QemuGuestVm::Gone() const {
+  absl::MutexLock lock(&events_mu_);
+  if (gone_reason_.empty()) return absl::OkStatus();
+  return absl::UnavailableError(gone_reason_);
+}
+
+absl::Status QemuGuestVm::CheckUsable(bool require_stopped) {
+  if (detached_) return absl::FailedPreconditionError("session detached");
+  TPRD_RETURN_IF_ERROR(Gone());
+  if (!gdb_->broken_reason().ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("gdbstub session lost: ", gdb_->broken_reason().message()));
+  }
+  if (require_stopped && gdb_->running()) {
+    return absl::FailedPreconditionError("the guest runs: Stop() it first");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status QemuGuestVm::SelectVcpu(int vcpu) {
+  if (vcpu < 0 || vcpu >= static_cast<int>(threads_.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no vCPU ", vcpu, " (domain has ", threads_.size(), ")"));
+  }
+  if (vcpu == selected_vcpu_) return absl::OkStatus();
+  TPRD_RETURN_IF_ERROR(gdb_->SelectThread(threads_[vcpu]));
+  selected_vcpu_ = vcpu;
+  return absl::OkStatus();
+}
+
+absl::Status QemuGuestVm::SetPhysicalMode(bool physical) {
+  if (physical_mode_ == physical) return absl::OkStatus();
+  TPRD_RETURN_IF_ERROR(gdb_->SetPhysicalMemoryMode(physical));
+  physical_mode_ = physical;
+  return absl::OkStatus();
+}
+
+absl::Status QemuGuestVm::CheckNotPausedByHost() {
+  absl::StatusOr<DomainInfo> info = connection_->GetDomain(uuid_);
+  if (!info.ok()) return info.status();
+  if (PausedByHost(*info)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("domain ", info->name, " is paused by libvirt (reason ", info->reason,
+                     "); tprd does not resume it: resume it with virsh resume first"));
+  }
+  return absl::OkStatus();
+}
+
+engine::StopEvent QemuGuestVm::ToStopEvent(const GdbStopReply& reply) {
+  engine::StopEvent event;
+  if (reply.process_gone()) {
+    event.kind = engine::StopEvent::Kind::kGone;
+    return event;
+  }
+  event.vcpu = reply.thread ? reply.thread->vcpu_index() : 0;
+  selected_vcpu_ = -1;  // QEMU switches its current thread to the one that stopped
+  if (reply.watch) {
+    event.kind = engine::StopEvent::Kind::kWatchpoint;
+    event.watch = *reply.watch;
+    event.data_address = static_cast<uint32_t>(reply.watch_address);
+  } else if (reply.signal == kGdbSignalTrap) {
+    event.kind = engine::StopEvent::Kind::kBreakpoint;
+  } else {
+    absl::StatusOr<DomainInfo> info = connection_->GetDomain(uuid_);
+    event.kind = info.ok() && PausedByHost(*info) ? engine::StopEvent::Kind::kPausedByHost
+                                                  : engine::StopEvent::Kind::kInterrupted;
+  }
+  if (event.vcpu >= 0 && event.vcpu < static_cast<int>(threads_.size()) &&
+      SelectVcpu(event.vcpu).ok()) {
+    absl::StatusOr<uint64_t> eip = gdb_->ReadRegister("eip");
+    if (eip.ok()) event.pc = static_cast<uint32_t>(*eip);
+  }
+  return event;
+}
+
+absl::Status QemuGuestVm::Stop() {
+  TPRD_RETURN_IF_ERROR(CheckUsable(false));
+  if (!gdb_->running()) return absl::OkStatus();
+  TPRD_RETURN_IF_ERROR(gdb_->Interrupt());
+  absl::StatusOr<std::optional<GdbStopReply>> stop = gdb_->WaitForStop(options_.stop_timeout);
+  if (!stop.ok()) {
+    TPRD_RETURN_IF_ERROR(Gone());
+    return stop.status();
+  }
+  if (!stop->has_value()) {
+    TPRD_RETURN_IF_ERROR(Gone());
+    return absl::DeadlineExceededError(absl::StrCat("domain ", uuid_, " did not stop within ",
+                                                    absl::FormatDuration(options_.stop_timeout)));
+  }
+  engine::StopEvent event = ToStopEvent(**stop);
+  // A breakpoint or watchpoint that raced with the interrupt is kept for WaitForStop.
+  if (event.kind != engine::StopEvent::Kind::kInterrupted) pending_stop_ = event;
+  if (event.kind == engine::StopEvent::Kind::kGone)
+    return Gone().ok() ? absl::UnavailableError("domain gone") : Gone();
+  return absl::OkStatus();
+}
+
+absl::Status QemuGuestVm::Resume() {
+  TPRD_RETURN_IF_ERROR(CheckUsable(false));
+  if (gdb_->running()) return absl::OkStatus();
+  TPRD_RETURN_IF_ERROR(CheckNotPausedByHost());
+  selected_vcpu_ = -1;
+  return gdb_->Continue();
+}
+
+absl::StatusOr<std::optional<engine::StopEvent>> QemuGuestVm::WaitForStop(absl::Duration timeout) {
+  if (pending_stop_) {
+    std::optional<engine::StopEvent> event = pending_stop_;
+    pending_stop_.reset();
+    return event;
+  }
+  if (absl::Status gone = Gone(); !gone.ok()) {
+    engine::StopEvent event;
+    event.kind = engine::StopEvent::Kind::kGone;
+    return std::optional<engine::StopEvent>(event);
+  }
+  TPRD_RETURN_IF_ERROR(CheckUsable(false));
+  // Wait in slices so a destroyed domain (whose gdbstub may just go quiet) ends the wait soon.
+  absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    absl::Duration slice = std::min(options_.liveness_check_interval, deadline - absl::Now());
+    if (slice < absl::ZeroDuration()) slice = absl::ZeroDuration();
+    absl::StatusOr<std::optional<GdbStopReply>> stop = gdb_->WaitForStop(slice);
+    if (!Gone().ok() || (!stop.ok() && !connection_->GetDomain(uuid_).ok())) {
+      engine::StopEvent event;
+      event.kind = engine::StopEvent::Kind::kGone;
+      return std::optional<engine::StopEvent>(event);
+    }
+    if (!stop.ok()) return stop.status();
+    if (stop->has_value()) return std::optional<engine::StopEvent>(ToStopEvent(**stop));
+    if (absl::Now() >= deadline) return std::optional<engine::StopEvent>();
+  }
+}
+
+absl::StatusOr<int> QemuGuestVm::VcpuCount() {
+  TPRD_RETURN_IF_ERROR(CheckUsable(false));
+  return static_cast<int>(threads_.size());
+}
+
+absl::StatusOr<engine::VcpuRegisters> QemuGuestVm::ReadRegisters(int vcpu) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(true));
+  TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
+  return gdb_->ReadRegisters();
+}
+
+absl::Status QemuGuestVm::WriteRegister(int vcpu, engine::WritableRegister reg, uint32_t value) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(true));
+  TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
+  return gdb_->WriteRegister(RegisterName(reg), value);
+}
+
+absl::Status QemuGuestVm::ReadVirtual(int vcpu, uint32_t va, absl::Span<uint8_t> out) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(true));
+  TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
+  TPRD_RETURN_IF_ERROR(SetPhysicalMode(false));
+  return gdb_->ReadMemory(va, out);
+}
+
+absl::Status QemuGuestVm::WriteVirtual(int vcpu, uint32_t va, absl::Span<const uint8_t> data) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(true));
+  TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
+  TPRD_RETURN_IF_ERROR(SetPhysicalMode(false));
+  return gdb_->WriteMemory(va, data);
+}
+
+absl::Status QemuGuestVm::ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(true));
+  if (process_memory_ && process_memory_->Read(pa, out).ok()) {
+    ++fast_physical_reads_;
+    return absl::OkStatus();
+  }
+  TPRD_RETURN_IF_ERROR(SetPhysicalMode(true));
+  return gdb_->ReadMemory(pa, out);
+}
+
+absl::Status QemuGuestVm::WritePhysical(uint64_t pa, absl::Span<const uint8_t> data) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(true));
+  TPRD_RETURN_IF_ERROR(SetPhysicalMode(true));
+  return gdb_->WriteMemory(pa, data);
+}
+
+absl::StatusOr<std::vector<engine::MemoryRegion>> QemuGuestVm::MemoryMap() {
+  TPRD_RETURN_IF_ERROR(CheckUsable(false));
+  return monitor_.MemoryMap();
+}
+
+absl::StatusOr<uint8_t> QemuGuestVm::ReadTpr(int vcpu) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(false));
+  return monitor_.ReadTpr(vcpu);
+}
+
+absl::StatusOr<engine::CpuFeatures> QemuGuestVm::Features() {
+  TPRD_RETURN_IF_ERROR(CheckUsable(false));
+  return monitor_.Features();
+}
+
+absl::Status QemuGuestVm::SetBreakpoint(uint32_t va) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(true));
+  TPRD_RETURN_IF_ERROR(gdb_->InsertBreakpoint(va));
+  breakpoints_.insert(va);
+  return absl::OkStatus();
+}
+
+absl::Status QemuGuestVm::RemoveBreakpoint(uint32_t va) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(true));
+  TPRD_RETURN_IF_ERROR(gdb_->RemoveBreakpoint(va));
+  breakpoints_.erase(va);
+  return absl::OkStatus();
+}
+
+absl::Status QemuGuestVm::SetWatchpoint(uint32_t va, uint32_t length, engine::WatchKind kind) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(true));
+  TPRD_RETURN_IF_ERROR(gdb_->InsertWatchpoint(va, length, kind));
+  watchpoints_.insert({va, length, kind});
+  return absl::OkStatus();
+}
+
+absl::Status QemuGuestVm::RemoveWatchpoint(uint32_t va, uint32_t length, engine::WatchKind kind) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(true));
+  TPRD_RETURN_IF_ERROR(gdb_->RemoveWatchpoint(va, length, kind));
+  watchpoints_.erase({va, length, kind});
+  return absl::OkStatus();
+}
+
+absl::Status QemuGuestVm::Detach() {
+  if (detached_) return absl::OkStatus();
+  detached_ = true;
+  absl::Status first_error;
+  auto note = [&](absl::Status s) {
+    if (!s.ok() && first_error.ok()) first_error = s;
+  };
+  if (Gone().ok() && gdb_ && gdb_->broken_reason().ok()) {
+    if (gdb_->running()) {
+      note(gdb_->Interrupt());
+      absl::StatusOr<std::optional<GdbStopReply>> stop = gdb_->WaitForStop(options_.stop_timeout);
+      if (!stop.ok()) note(stop.status());
+    }
+    for (uint32_t va : breakpoints_) note(gdb_->RemoveBreakpoint(va));
+    for (const auto& [va, length, kind] : watchpoints_) {
+      note(gdb_->RemoveWatchpoint(va, length, kind));
+    }
+    breakpoints_.clear();
+    watchpoints_.clear();
+    if (physical_mode_ == true) note(gdb_->SetPhysicalMemoryMode(false));
+    // D;1 resumes the VM. A VM libvirt holds paused must stay paused: just disconnect (QEMU
+    // then leaves it stopped, and libvirt still owns its resume).
+    absl::StatusOr<DomainInfo> info = connection_->GetDomain(uuid_);
+    if (info.ok() && PausedByHost(*info)) {
+      gdb_.reset();
+    } else {
+      note(gdb_->Detach());
+    }
+  }
+  gdb_.reset();
+  if (Gone().ok()) note(monitor_.StopGdbServer());
+  return first_error;
+}
+
+}  // namespace tprd::backend

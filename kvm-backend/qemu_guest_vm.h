@@ -1,0 +1,110 @@
+// engine::GuestVm for one running libvirt/QEMU domain: the gdbstub (GdbClient over a unix
+// socket in a root-only directory) for control, registers and every write; process_vm_readv for
+// bulk physical reads; the QEMU monitor for the TPR, memory map and CPU flags; libvirt for the
+// domain's state (never resume what libvirt paused) and lifecycle events (a destroyed domain
+// ends the session with kGone / UNAVAILABLE instead of a hang).
+//
+// Threading: one owner (the domain's actor) calls the GuestVm methods; only the libvirt event
+// callback runs elsewhere, and it touches nothing but events_mu_'s fields.
+#ifndef TPRD_KVM_BACKEND_QEMU_GUEST_VM_H_
+#define TPRD_KVM_BACKEND_QEMU_GUEST_VM_H_
+
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/engine/guest_vm.h"
+#include "kvm-backend/core/gdb_client.h"
+#include "kvm-backend/libvirt_connection.h"
+#include "kvm-backend/process_memory.h"
+#include "kvm-backend/qemu_monitor.h"
+
+namespace tprd::backend {
+
+struct QemuGuestVmOptions {
+  std::string gdb_socket_directory = kDefaultGdbSocketDirectory;
+  GdbClientOptions gdb;
+  absl::Duration connect_timeout = absl::Seconds(5);
+  // While waiting for a stop, how often to look whether the domain still exists.
+  absl::Duration liveness_check_interval = absl::Milliseconds(200);
+  // How long Stop() waits for the stop that follows an interrupt.
+  absl::Duration stop_timeout = absl::Seconds(5);
+};
+
+class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
+ public:
+  // Starts the gdbstub and attaches, which stops every vCPU. The VM stays stopped on return
+  // (call Resume to let it run). `connection` must outlive the QemuGuestVm.
+  static absl::StatusOr<std::unique_ptr<QemuGuestVm>> Attach(LibvirtConnection* connection,
+                                                             const std::string& uuid,
+                                                             QemuGuestVmOptions options = {});
+  ~QemuGuestVm() override;  // Detach() if not done yet, ignoring errors
+
+  // Leaves no trace: removes every breakpoint and watchpoint, detaches (`D;1`, which resumes)
+  // when the VM should run, or just disconnects when libvirt holds it paused, then stops the
+  // gdbstub (`gdbserver none`). Idempotent.
+  absl::Status Detach();
+
+  absl::Status Stop() override;
+  absl::Status Resume() override;
+  absl::StatusOr<std::optional<engine::StopEvent>> WaitForStop(absl::Duration timeout) override;
+  absl::StatusOr<int> VcpuCount() override;
+  absl::StatusOr<engine::VcpuRegisters> ReadRegisters(int vcpu) override;
+  absl::Status WriteRegister(int vcpu, engine::WritableRegister reg, uint32_t value) override;
+  absl::Status ReadVirtual(int vcpu, uint32_t va, absl::Span<uint8_t> out) override;
+  absl::Status WriteVirtual(int vcpu, uint32_t va, absl::Span<const uint8_t> data) override;
+  absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) override;
+  absl::Status WritePhysical(uint64_t pa, absl::Span<const uint8_t> data) override;
+  absl::StatusOr<std::vector<engine::MemoryRegion>> MemoryMap() override;
+  absl::StatusOr<uint8_t> ReadTpr(int vcpu) override;
+  absl::StatusOr<engine::CpuFeatures> Features() override;
+  absl::Status SetBreakpoint(uint32_t va) override;
+  absl::Status RemoveBreakpoint(uint32_t va) override;
+  absl::Status SetWatchpoint(uint32_t va, uint32_t length, engine::WatchKind kind) override;
+  absl::Status RemoveWatchpoint(uint32_t va, uint32_t length, engine::WatchKind kind) override;
+
+  const std::string& uuid() const { return uuid_; }
+  const std::string& gdb_socket_path() const { return socket_path_; }
+  // Reads of physical memory served by process_vm_readv (the rest went through the gdbstub).
+  uint64_t fast_physical_reads() const { return fast_physical_reads_; }
+
+ private:
+  QemuGuestVm(LibvirtConnection* connection, std::string uuid, QemuGuestVmOptions options);
+
+  void OnDomainEvent(const DomainEvent& event) override;
+  absl::Status Gone() const;
+  absl::Status CheckUsable(bool require_stopped);
+  absl::Status SelectVcpu(int vcpu);
+  absl::Status SetPhysicalMode(bool physical);
+  // libvirt (not us) holds the domain paused: FAILED_PRECONDITION naming the reason.
+  absl::Status CheckNotPausedByHost();
+  engine::StopEvent ToStopEvent(const GdbStopReply& reply);
+
+  LibvirtConnection* connection_;
+  const std::string uuid_;
+  const QemuGuestVmOptions options_;
+  QemuMonitor monitor_;
+  std::unique_ptr<GdbClient> gdb_;
+  std::unique_ptr<ProcessMemory> process_memory_;
+  std::string socket_path_;
+  std::vector<GdbThreadId> threads_;
+  int selected_vcpu_ = -1;
+  std::optional<bool> physical_mode_;
+  bool detached_ = false;
+  std::optional<engine::StopEvent> pending_stop_;  // a stop that arrived during Stop()
+  std::set<uint32_t> breakpoints_;
+  std::set<std::tuple<uint32_t, uint32_t, engine::WatchKind>> watchpoints_;
+  uint64_t fast_physical_reads_ = 0;
+
+  mutable absl::Mutex events_mu_;
+  std::string gone_reason_ ABSL_GUARDED_BY(events_mu_);  // empty while the domain exists
+};
+
+}  // namespace tprd::backend
+
+#endif  // TPRD_KVM_BACKEND_QEMU_GUEST_VM_H_
