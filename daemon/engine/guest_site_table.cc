@@ -1,0 +1,63 @@
+#include "daemon/engine/guest_site_table.h"
+
+#include <algorithm>
+#include <array>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace tprd::engine {
+
+GuestSiteTable::GuestSiteTable(GuestVm& vm, int vcpu, uint32_t blob_va)
+    : vm_(vm), vcpu_(vcpu), addresses_(BlobAddressesAt(blob_va)) {}
+
+absl::Status GuestSiteTable::RecordSite(const Site& site) {
+  if (site.id >= kBlobMaxSites) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "site %u: the guest site table holds ids 0..%u", site.id, kBlobMaxSites - 1));
+  }
+  auto entry = EncodeSiteEntry(site);
+  if (!entry.ok()) return entry.status();
+  const uint32_t va = addresses_.SiteEntry(site.id);
+  if (absl::Status written = vm_.WriteVirtual(vcpu_, va, *entry); !written.ok()) {
+    return absl::Status(written.code(),
+                        absl::StrFormat("site %u: writing its record at 0x%08x: %s", site.id, va,
+                                        std::string(written.message())));
+  }
+  std::array<uint8_t, kSiteEntrySize> back{};
+  if (absl::Status read = vm_.ReadVirtual(vcpu_, va, absl::MakeSpan(back)); !read.ok()) {
+    return absl::Status(
+        read.code(), absl::StrFormat("site %u: reading back its record at 0x%08x: %s", site.id, va,
+                                     std::string(read.message())));
+  }
+  if (back != *entry) {
+    return absl::DataLossError(absl::StrFormat(
+        "site %u: the record at 0x%08x reads back different from what was written", site.id, va));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ParsedBlob> ReadGuestBlob(GuestVm& vm, int vcpu, uint32_t blob_va) {
+  std::vector<uint8_t> bytes(kBlobSize);
+  if (absl::Status read = vm.ReadVirtual(vcpu, blob_va, absl::MakeSpan(bytes)); !read.ok()) {
+    return absl::Status(read.code(), absl::StrFormat("reading the blob at 0x%08x: %s", blob_va,
+                                                     std::string(read.message())));
+  }
+  auto parsed = ParseBlob(bytes);
+  if (!parsed.ok()) return parsed.status();
+  if (parsed->placement.va != blob_va) {
+    return absl::DataLossError(
+        absl::StrFormat("guest blob rejected: found at 0x%08x, its header says 0x%08x", blob_va,
+                        parsed->placement.va));
+  }
+  return parsed;
+}
+
+absl::StatusOr<std::vector<Site>> ReadGuestSiteTable(GuestVm& vm, int vcpu, uint32_t blob_va) {
+  auto parsed = ReadGuestBlob(vm, vcpu, blob_va);
+  if (!parsed.ok()) return parsed.status();
+  return std::move(parsed->sites);
+}
+
+}  // namespace tprd::engine
