@@ -65,6 +65,9 @@ struct MemoryRegion {
   uint64_t start = 0;  // first byte
   uint64_t end = 0;    // last byte (inclusive), as `info mtree -f` prints it
   bool ram = false;    // RAM (writable), not ROM / MMIO
+  // RAM-backed but read-only for the guest (`info mtree -f` "rom"/"romd", e.g. the chipset's
+  // shadowed 0xC0000-0xFFFFF window): guest stores are dropped, debug writes land.
+  bool rom = false;
   std::string name;
 };
 

@@ -1,0 +1,707 @@
+#include "daemon/engine/patch_manager.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/engine/backward_decoder.h"
+#include "daemon/engine/decode_report.h"
+#include "daemon/engine/guest_site_table.h"
+#include "daemon/engine/planner.h"
+#include "daemon/engine/transaction.h"
+
+namespace tprd::engine {
+namespace {
+
+// Stopping the guest while a vCPU is in user mode (FS is the TEB there) is retried this often.
+constexpr int kProfileAttempts = 50;
+
+#define TPRD_RETURN_IF_ERROR(expr)            \
+  do {                                        \
+    if (absl::Status _s = (expr); !_s.ok()) { \
+      return _s;                              \
+    }                                         \
+  } while (0)
+
+// Records in the guest's site table first (the truth that survives tprd), then the journal.
+class BothRecorders : public PatchRecorder {
+ public:
+  BothRecorders(PatchRecorder& guest, PatchRecorder& journal) : guest_(guest), journal_(journal) {}
+  absl::Status RecordSite(const Site& site) override {
+    TPRD_RETURN_IF_ERROR(guest_.RecordSite(site));
+    return journal_.RecordSite(site);
+  }
+
+ private:
+  PatchRecorder& guest_;
+  PatchRecorder& journal_;
+};
+
+// The instruction that made a watchpoint stop ending at `pc`. Several decodings may end there
+// and name the TPR ("00 A1 disp32" is also "add [ecx+disp32], ah"); a register-relative one
+// reaches the TPR only if its registers sum to zero, so a single absolute decoding wins.
+std::optional<std::pair<uint32_t, Classification>> ResolveTrap(uint32_t pc,
+                                                               const GuestByteReader& reader,
+                                                               uint32_t tpr_va, std::string* why) {
+  absl::StatusOr<BackwardDecodeResult> decoded = DecodeBackward(pc, reader, tpr_va);
+  if (!decoded.ok()) {
+    *why = std::string(decoded.status().message());
+    return std::nullopt;
+  }
+  if (decoded->outcome == BackwardDecodeResult::Outcome::kFound) {
+    return std::make_pair(*decoded->start, decoded->classification);
+  }
+  *why = decoded->detail.empty() ? decoded->reason : decoded->detail;
+  if (decoded->outcome != BackwardDecodeResult::Outcome::kAmbiguous) return std::nullopt;
+  std::optional<std::pair<uint32_t, Classification>> absolute;
+  for (uint32_t start : decoded->candidates) {
+    uint8_t bytes[15];
+    const size_t length = std::min<size_t>(15, pc - start);
+    if (!reader(start, absl::MakeSpan(bytes, length)).ok()) return std::nullopt;
+    Classification c = Classify(absl::MakeConstSpan(bytes, length), start, tpr_va);
+    if (c.reason == RejectReason::kRegisterRelative || c.reason == RejectReason::kSib) continue;
+    if (absolute) return std::nullopt;  // two absolute decodings: truly ambiguous
+    absolute = std::make_pair(start, c);
+  }
+  return absolute;
+}
+
+std::string Disassemble(const Site& site) {
+  return BuildDecodeReport(site.original, site.address, kDefaultTprVa, std::nullopt).disassembly;
+}
+
+}  // namespace
+
+PatchManager::PatchManager(GuestVm& vm, PatchRecorder& journal, Clock& clock)
+    : vm_(vm), journal_(journal), clock_(clock) {}
+
+void PatchManager::NoteError(const absl::Status& status) {
+  if (!status.ok()) status_.last_error = std::string(status.message());
+}
+
+absl::Status PatchManager::ResumeGuest() {
+  absl::Status s = vm_.Resume();
+  NoteError(s);
+  return s;
+}
+
+absl::StatusOr<GuestProfile> PatchManager::StopAndProfile() {
+  for (int attempt = 0;; ++attempt) {
+    TPRD_RETURN_IF_ERROR(vm_.Stop());
+    ProfileFailure failure = ProfileFailure::kNone;
+    absl::StatusOr<GuestProfile> profile = CheckGuestProfile(vm_, kBlobMaxCpus, &failure);
+    if (profile.ok() || failure != ProfileFailure::kUserMode || attempt + 1 >= kProfileAttempts) {
+      if (profile.ok()) profile_ = *profile;
+      return profile;
+    }
+    // A vCPU ran user code when it stopped: let the guest run a moment and look again.
+    TPRD_RETURN_IF_ERROR(vm_.Resume());
+    absl::StatusOr<std::optional<StopEvent>> stop = vm_.WaitForStop(absl::Milliseconds(2));
+    if (!stop.ok()) return stop.status();
+  }
+}
+
+absl::StatusOr<ScanResult> PatchManager::ScanGuest(const GuestProfile& profile) {
+  absl::StatusOr<std::vector<MemoryRegion>> regions = vm_.MemoryMap();
+  if (!regions.ok()) return regions.status();
+  ScanOptions options;
+  options.tpr_va = profile.tpr_va;
+  options.is_ram = [ram = *regions](uint64_t pa) {
+    for (const MemoryRegion& r : ram) {
+      if (r.ram && pa >= r.start && pa <= r.end) return true;
+    }
+    return false;
+  };
+  if (installed_) {
+    options.exclude.emplace_back(installed_->addresses.va, installed_->addresses.end - 1);
+  }
+  GuestVmPhysicalReader memory(vm_);
+  return ScanKernelCode(memory, profile.vcpus[0].paging, options);
+}
+
+void PatchManager::MergeCandidates(const ScanResult& scan) {
+  std::set<uint32_t> known;
+  for (const auto& [id, s] : sites_) known.insert(s.site.address);
+  for (const ScanCandidate& c : scan.candidates) {
+    if (!c.classification.patchable || known.count(c.address)) continue;
+    std::optional<Site> site = CandidateSite(c.classification, c.bytes, c.address);
+    if (!site) continue;
+    site->id = next_id_++;
+    ManagedSite managed;
+    managed.site = *site;
+    managed.disassembly = Disassemble(*site);
+    if (site->id >= kBlobMaxSites) {
+      managed.note = "the guest's site table is full: not patched";
+    }
+    sites_[site->id] = std::move(managed);
+  }
+}
+
+absl::StatusOr<std::vector<ManagedSite>> PatchManager::Scan() {
+  absl::StatusOr<GuestProfile> profile = StopAndProfile();
+  if (!profile.ok()) {
+    (void)vm_.Resume();
+    return profile.status();
+  }
+  absl::StatusOr<ScanResult> scan = ScanGuest(*profile);
+  TPRD_RETURN_IF_ERROR(ResumeGuest());
+  if (!scan.ok()) return scan.status();
+  std::vector<ManagedSite> out;
+  for (const ScanCandidate& c : scan->candidates) {
+    ManagedSite m;
+    m.site.address = c.address;
+    m.site.original = c.bytes;
+    if (c.classification.form) m.site.form = *c.classification.form;
+    if (c.classification.reg) m.site.reg = *c.classification.reg;
+    m.site.imm = c.classification.imm;
+    m.disassembly =
+        BuildDecodeReport(c.bytes, c.address, profile->tpr_va, std::nullopt).disassembly;
+    m.note = c.classification.patchable ? "" : c.classification.detail;
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfile& profile,
+                                 std::set<uint32_t>& proven, size_t& hits) {
+  TPRD_RETURN_IF_ERROR(vm_.SetWatchpoint(profile.tpr_va, 4, WatchKind::kAccess));
+  TPRD_RETURN_IF_ERROR(vm_.Resume());
+  const absl::Time deadline = clock_.Now() + request.learning_window;
+  absl::Status verdict = absl::OkStatus();
+  while (verdict.ok() && static_cast<int>(hits) < request.learning_max_hits) {
+    const absl::Duration left = deadline - clock_.Now();
+    if (left <= absl::ZeroDuration()) break;
+    absl::StatusOr<std::optional<StopEvent>> stop = vm_.WaitForStop(left);
+    if (!stop.ok()) return stop.status();
+    if (!stop->has_value()) break;
+    const StopEvent& event = **stop;
+    if (event.kind == StopEvent::Kind::kGone) {
+      return absl::UnavailableError("the domain went away during the learning window");
+    }
+    if (event.kind == StopEvent::Kind::kPausedByHost) {
+      (void)vm_.RemoveWatchpoint(profile.tpr_va, 4, WatchKind::kAccess);
+      return absl::FailedPreconditionError(
+          "the domain was paused by the host during enable; resume it and try again");
+    }
+    if (event.kind == StopEvent::Kind::kWatchpoint) {
+      ++hits;
+      GuestByteReader reader = [&](uint32_t va, absl::Span<uint8_t> out) {
+        return vm_.ReadVirtual(event.vcpu, va, out);
+      };
+      std::string why;
+      std::optional<std::pair<uint32_t, Classification>> decoded =
+          ResolveTrap(event.pc, reader, profile.tpr_va, &why);
+      if (decoded) {
+        const Classification& c = decoded->second;
+        if (c.patchable) {
+          proven.insert(decoded->first);
+        } else if (request.strategy == Strategy::kMmio && !(c.form && !FormWritesTpr(*c.form))) {
+          // A writer (or an access we cannot tell apart from one) that cannot be patched: the
+          // mmio shadow would go stale behind it.
+          verdict = absl::FailedPreconditionError(
+              absl::StrCat("strategy mmio is unsafe for this guest: the TPR access at 0x",
+                           absl::Hex(decoded->first), " cannot be patched (", c.detail,
+                           "); use --strategy cr8 (AMD hosts) or exact"));
+        }
+      }
+    }
+    if (verdict.ok()) TPRD_RETURN_IF_ERROR(vm_.Resume());
+  }
+  TPRD_RETURN_IF_ERROR(vm_.Stop());
+  TPRD_RETURN_IF_ERROR(vm_.RemoveWatchpoint(profile.tpr_va, 4, WatchKind::kAccess));
+  return verdict;
+}
+
+absl::Status PatchManager::WriteVerified(uint32_t va, absl::Span<const uint8_t> bytes) {
+  TPRD_RETURN_IF_ERROR(vm_.WriteVirtual(0, va, bytes));
+  std::vector<uint8_t> back(bytes.size());
+  TPRD_RETURN_IF_ERROR(vm_.ReadVirtual(0, va, absl::MakeSpan(back)));
+  if (!std::equal(back.begin(), back.end(), bytes.begin())) {
+    return absl::DataLossError(
+        absl::StrCat("guest memory at 0x", absl::Hex(va), " did not read back what tprd wrote"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PatchManager::Install(const EnableRequest& request, const GuestProfile& profile) {
+  PlacementRequest want;
+  want.image_size = kBlobSize;
+  absl::StatusOr<Placement> where = FindPlacement(vm_, profile, want);
+  if (!where.ok()) return where.status();
+  BlobPlacement placement;
+  placement.va = where->image_va;
+  placement.pa = where->image_pa;
+  placement.tpr_va = profile.tpr_va;
+  placement.strategy = Strategy::kExact;  // switched once every shadow is set
+  placement.cpu_count = static_cast<uint32_t>(profile.vcpus.size());
+  for (const VcpuProfile& cpu : profile.vcpus) {
+    placement.cpu_count = std::max<uint32_t>(placement.cpu_count, cpu.processor_number + 1u);
+  }
+  placement.guard_period = request.guard_period;
+  absl::StatusOr<BlobInstance> blob = InstantiateBlob(placement);
+  if (!blob.ok()) return blob.status();
+  TPRD_RETURN_IF_ERROR(WriteVerified(placement.va, blob->bytes));
+  installed_ = Installed{blob->addresses, blob->handlers, placement};
+  status_.installed = true;
+  return absl::OkStatus();
+}
+
+absl::Status PatchManager::InitPerCpu(bool from_real_tpr) {
+  if (!installed_ || !profile_) return absl::FailedPreconditionError("no blob installed");
+  for (const VcpuProfile& cpu : profile_->vcpus) {
+    const uint32_t va = installed_->addresses.PerCpuEntry(cpu.processor_number);
+    std::array<uint8_t, kPerCpuEntrySize> raw;
+    TPRD_RETURN_IF_ERROR(vm_.ReadVirtual(0, va, absl::MakeSpan(raw)));
+    absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
+    if (!entry.ok()) return entry.status();
+    if (from_real_tpr || !entry->enabled) {
+      absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(cpu.vcpu);
+      if (!tpr.ok()) return tpr.status();
+      entry->shadow_tpr = *tpr;
+    }
+    entry->enabled = true;
+    entry->reads_since_check = 0;
+    TPRD_RETURN_IF_ERROR(WriteVerified(va, EncodePerCpuEntry(*entry)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PatchManager::WriteStrategy(Strategy strategy) {
+  if (!installed_) return absl::FailedPreconditionError("no blob installed");
+  uint32_t word = static_cast<uint32_t>(strategy);
+  uint8_t bytes[4];
+  std::memcpy(bytes, &word, 4);
+  TPRD_RETURN_IF_ERROR(WriteVerified(installed_->addresses.strategy_word, bytes));
+  status_.strategy = strategy;
+  return absl::OkStatus();
+}
+
+absl::Status PatchManager::PlanSites() {
+  if (!installed_) return absl::FailedPreconditionError("no blob installed");
+  for (auto& [id, managed] : sites_) {
+    if (managed.site.state == SiteState::kApplied || !managed.site.patched.empty()) continue;
+    absl::StatusOr<std::vector<uint8_t>> plan = PlanReplacement(managed.site, installed_->handlers);
+    if (!plan.ok()) {
+      managed.note = std::string(plan.status().message());
+      continue;
+    }
+    managed.site.patched = *plan;
+  }
+  return absl::OkStatus();
+}
+
+size_t PatchManager::ApplyStopped(const std::vector<uint32_t>& ids,
+                                  std::vector<ManagerEvent>* events) {
+  std::vector<Site> batch;
+  for (uint32_t id : ids) {
+    auto it = sites_.find(id);
+    if (it == sites_.end() || it->second.site.patched.empty() || id >= kBlobMaxSites ||
+        it->second.site.state == SiteState::kApplied) {
+      continue;
+    }
+    batch.push_back(it->second.site);
+  }
+  if (batch.empty()) return 0;
+  GuestSiteTable guest_table(vm_, 0, installed_->addresses.va);
+  BothRecorders recorder(guest_table, journal_);
+  ApplyOptions options;
+  options.stop = GuestStop::kCallerHoldsStopped;
+  absl::StatusOr<TransactionReport> report =
+      ApplySites(vm_, recorder, absl::MakeSpan(batch), options);
+  if (!report.ok()) {
+    NoteError(report.status());
+    return 0;
+  }
+  size_t applied = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    ManagedSite& managed = sites_[batch[i].id];
+    managed.site.state = batch[i].state;
+    const SiteOutcome& outcome = report->outcomes[i];
+    if (outcome.kind == SiteOutcome::Kind::kApplied ||
+        outcome.kind == SiteOutcome::Kind::kAlreadyApplied) {
+      ++applied;
+      managed.note.clear();
+      if (events) {
+        events->push_back(
+            {ManagerEvent::Kind::kSitePatched, managed.site.id,
+             absl::StrCat("patched site ", managed.site.id, " at 0x",
+                          absl::Hex(managed.site.address), ": ", managed.disassembly)});
+      }
+    } else {
+      managed.note = outcome.reason;
+      if (events && outcome.kind != SiteOutcome::Kind::kSkipped) {
+        events->push_back({ManagerEvent::Kind::kWarning, managed.site.id, outcome.reason});
+      }
+    }
+  }
+  if (report->aborted) NoteError(report->abort_status);
+  return applied;
+}
+
+absl::Status PatchManager::ArmTraps() {
+  for (auto& [id, managed] : sites_) {
+    const bool wants = managed.site.state != SiteState::kApplied &&
+                       managed.site.state != SiteState::kRolledBack &&
+                       !managed.site.patched.empty() && id < kBlobMaxSites;
+    if (!wants || managed.armed) continue;
+    if (absl::Status s = vm_.SetBreakpoint(managed.site.address); !s.ok()) {
+      managed.note = absl::StrCat("breakpoint not set: ", s.message());
+      continue;
+    }
+    managed.armed = true;
+    armed_breakpoints_.insert(managed.site.address);
+  }
+  if (status_.strategy == Strategy::kCr8 && !tpr_watch_armed_ && profile_) {
+    TPRD_RETURN_IF_ERROR(vm_.SetWatchpoint(profile_->tpr_va, 4, WatchKind::kAccess));
+    tpr_watch_armed_ = true;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PatchManager::DisarmTraps() {
+  absl::Status first = absl::OkStatus();
+  for (uint32_t address : armed_breakpoints_) {
+    absl::Status s = vm_.RemoveBreakpoint(address);
+    if (first.ok()) first = s;
+  }
+  armed_breakpoints_.clear();
+  for (auto& [id, managed] : sites_) managed.armed = false;
+  if (tpr_watch_armed_ && profile_) {
+    absl::Status s = vm_.RemoveWatchpoint(profile_->tpr_va, 4, WatchKind::kAccess);
+    if (first.ok()) first = s;
+    tpr_watch_armed_ = false;
+  }
+  return first;
+}
+
+std::optional<uint32_t> PatchManager::SiteAt(uint32_t address) const {
+  for (const auto& [id, managed] : sites_) {
+    if (managed.site.address == address) return id;
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) {
+  EnableReport report;
+  if (request.strategy == Strategy::kCr8 || request.strategy == Strategy::kMmio ||
+      request.strategy == Strategy::kExact) {
+    report.strategy = request.strategy;
+  }
+  absl::StatusOr<CpuFeatures> features = vm_.Features();
+  if (!features.ok()) return features.status();
+  if (features->qemu_vapic_active) {
+    return absl::FailedPreconditionError(
+        "QEMU's own TPR patcher (vapic) is active in this domain; turn it off with "
+        "-global apic.vapic=off (TCG) or kvm-apic.vapic=off (KVM) and restart the domain");
+  }
+  if (request.strategy == Strategy::kCr8 && !features->cr8legacy) {
+    return absl::FailedPreconditionError(
+        "strategy cr8 needs the guest CPU flag cr8legacy (AMD AltMovCr8); add "
+        "<feature policy='require' name='cr8legacy'/> to the domain or use mmio");
+  }
+  if (installed_ && status_.requested_strategy == request.strategy && !request.dry_run) {
+    report.changed = false;
+    report.strategy = request.strategy;
+    for (const auto& [id, m] : sites_) {
+      if (m.site.state == SiteState::kApplied) ++report.applied_at_enable;
+      if (m.armed) ++report.armed;
+    }
+    return report;
+  }
+
+  absl::StatusOr<GuestProfile> profile = StopAndProfile();
+  if (!profile.ok()) {
+    (void)vm_.Resume();
+    return profile.status();
+  }
+  absl::StatusOr<ScanResult> scan = ScanGuest(*profile);
+  if (!scan.ok()) {
+    (void)vm_.Resume();
+    return scan.status();
+  }
+  MergeCandidates(*scan);
+  for (const auto& [id, m] : sites_) {
+    if (m.site.state != SiteState::kRolledBack) ++report.candidates;
+  }
+  if (request.dry_run) {
+    TPRD_RETURN_IF_ERROR(ResumeGuest());
+    return report;
+  }
+
+  std::set<uint32_t> proven;
+  if (!installed_) {
+    absl::Status learned = Learn(request, *profile, proven, report.learning_hits);
+    if (!learned.ok()) {
+      (void)vm_.Resume();
+      return learned;
+    }
+  }
+  request_ = request;
+  const absl::Time paused = clock_.Now();
+  if (!installed_) {
+    if (absl::Status s = Install(request, *profile); !s.ok()) {
+      (void)vm_.Resume();
+      return s;
+    }
+  } else {
+    // Switching strategy: go through exact so no handler sees a half-made switch.
+    TPRD_RETURN_IF_ERROR(DisarmTraps());
+    TPRD_RETURN_IF_ERROR(WriteStrategy(Strategy::kExact));
+  }
+  if (absl::Status s = InitPerCpu(/*from_real_tpr=*/true); !s.ok()) {
+    (void)vm_.Resume();
+    return s;
+  }
+  TPRD_RETURN_IF_ERROR(PlanSites());
+  // Sites proven by the learning window, and those a stopped vCPU is about to execute.
+  for (const VcpuProfile& cpu : profile->vcpus) {
+    if (std::optional<uint32_t> id = SiteAt(cpu.eip)) proven.insert(sites_[*id].site.address);
+  }
+  std::vector<uint32_t> ids;
+  for (uint32_t address : proven) {
+    if (std::optional<uint32_t> id = SiteAt(address)) ids.push_back(*id);
+  }
+  if (absl::Status s = WriteStrategy(request.strategy); !s.ok()) {
+    (void)vm_.Resume();
+    return s;
+  }
+  status_.requested_strategy = request.strategy;
+  report.applied_at_enable = ApplyStopped(ids, nullptr);
+  if (absl::Status s = ArmTraps(); !s.ok()) {
+    NoteError(s);
+  }
+  report.pause = clock_.Now() - paused;
+  for (const auto& [id, m] : sites_) {
+    if (m.armed) ++report.armed;
+  }
+  TPRD_RETURN_IF_ERROR(ResumeGuest());
+  report.strategy = request.strategy;
+  return report;
+}
+
+absl::Status PatchManager::SwitchToExact(const std::string& why,
+                                         std::vector<ManagerEvent>& events) {
+  TPRD_RETURN_IF_ERROR(WriteStrategy(Strategy::kExact));
+  if (tpr_watch_armed_ && profile_) {
+    (void)vm_.RemoveWatchpoint(profile_->tpr_va, 4, WatchKind::kAccess);
+    tpr_watch_armed_ = false;
+  }
+  events.push_back({ManagerEvent::Kind::kStrategyChanged, std::nullopt,
+                    absl::StrCat("switched to exact: ", why)});
+  return absl::OkStatus();
+}
+
+void PatchManager::ApplyCandidatesAtVcpus(std::vector<ManagerEvent>& events) {
+  absl::StatusOr<int> count = vm_.VcpuCount();
+  if (!count.ok()) return;
+  std::vector<uint32_t> ids;
+  for (int v = 0; v < *count; ++v) {
+    absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(v);
+    if (!regs.ok()) continue;
+    std::optional<uint32_t> id = SiteAt(regs->eip);
+    if (!id) continue;
+    ManagedSite& managed = sites_[*id];
+    if (managed.site.state != SiteState::kCandidate) continue;
+    ++managed.hits;
+    if (managed.armed) {
+      (void)vm_.RemoveBreakpoint(managed.site.address);
+      armed_breakpoints_.erase(managed.site.address);
+      managed.armed = false;
+    }
+    ids.push_back(*id);
+  }
+  ApplyStopped(ids, &events);
+}
+
+absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
+                                            std::vector<ManagerEvent>& events) {
+  if (!installed_ || !profile_) return absl::OkStatus();
+  // A CPU on the exact path inside the handlers: nothing to fix.
+  if (installed_->addresses.InHandlerCode(pc)) return absl::OkStatus();
+  GuestByteReader reader = [&](uint32_t va, absl::Span<uint8_t> out) {
+    return vm_.ReadVirtual(vcpu, va, out);
+  };
+  std::string why;
+  std::optional<std::pair<uint32_t, Classification>> decoded =
+      ResolveTrap(pc, reader, profile_->tpr_va, &why);
+  if (!decoded) {
+    events.push_back(
+        {ManagerEvent::Kind::kWarning, std::nullopt,
+         absl::StrCat("TPR access before 0x", absl::Hex(pc), " could not be decoded: ", why)});
+    return absl::OkStatus();
+  }
+  const uint32_t start = decoded->first;
+  absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
+  if (!regs.ok()) return regs.status();
+  // Which per-CPU entry: the vCPU's KPCR processor number.
+  uint8_t number = 0;
+  for (const VcpuProfile& cpu : profile_->vcpus) {
+    if (cpu.vcpu == vcpu) number = cpu.processor_number;
+  }
+  const uint32_t entry_va = installed_->addresses.PerCpuEntry(number);
+  std::array<uint8_t, kPerCpuEntrySize> raw;
+  TPRD_RETURN_IF_ERROR(vm_.ReadVirtual(0, entry_va, absl::MakeSpan(raw)));
+  absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
+  if (!entry.ok()) return entry.status();
+
+  const Classification& c = decoded->second;
+  const bool is_write = c.form && FormWritesTpr(*c.form);
+  if (is_write) {
+    // The real TPR holds the written value: the shadow follows it.
+    absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(vcpu);
+    if (!tpr.ok()) return tpr.status();
+    entry->shadow_tpr = *tpr;
+    TPRD_RETURN_IF_ERROR(WriteVerified(entry_va, EncodePerCpuEntry(*entry)));
+  } else if (c.form == Form::kMovEaxFromMoffs || c.form == Form::kMovRegFromMem) {
+    // The read saw the real TPR, whose low nibble a CR8 write cleared: give it the shadow.
+    const Gpr reg = c.reg.value_or(Gpr::kEax);
+    TPRD_RETURN_IF_ERROR(
+        vm_.WriteRegister(vcpu, static_cast<WritableRegister>(reg), entry->shadow_tpr));
+  } else if (c.form == Form::kPushMem) {
+    uint32_t value = entry->shadow_tpr;
+    uint8_t bytes[4];
+    std::memcpy(bytes, &value, 4);
+    TPRD_RETURN_IF_ERROR(vm_.WriteVirtual(vcpu, regs->reg(Gpr::kEsp), bytes));
+  } else if (++unfixable_reads_ >= static_cast<uint64_t>(request_.unfixable_read_limit)) {
+    return SwitchToExact(absl::StrCat("the unpatchable TPR access at 0x", absl::Hex(start), " (",
+                                      c.detail, ") keeps running and cannot be fixed up under cr8"),
+                         events);
+  }
+  if (c.patchable) {
+    if (std::optional<uint32_t> id = SiteAt(start)) {
+      ++sites_[*id].hits;
+      if (sites_[*id].site.state == SiteState::kCandidate) ApplyStopped({*id}, &events);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<ManagerEvent>& events) {
+  ++status_.traps_handled;
+  switch (event.kind) {
+    case StopEvent::Kind::kBreakpoint:
+    case StopEvent::Kind::kInterrupted:
+      ApplyCandidatesAtVcpus(events);
+      break;
+    case StopEvent::Kind::kWatchpoint:
+      TPRD_RETURN_IF_ERROR(HandleWatchpoint(event.vcpu, event.pc, events));
+      ApplyCandidatesAtVcpus(events);
+      break;
+    case StopEvent::Kind::kPausedByHost:
+      events.push_back({ManagerEvent::Kind::kHostPaused, std::nullopt,
+                        "the host paused the domain; tprd leaves it paused"});
+      return absl::OkStatus();
+    case StopEvent::Kind::kGone:
+      return absl::UnavailableError("the domain is gone");
+  }
+  return ResumeGuest();
+}
+
+absl::StatusOr<std::vector<ManagerEvent>> PatchManager::Poll(absl::Duration timeout) {
+  std::vector<ManagerEvent> events;
+  absl::StatusOr<std::optional<StopEvent>> stop = vm_.WaitForStop(timeout);
+  if (!stop.ok()) return stop.status();
+  if (!stop->has_value()) return events;
+  if (absl::Status s = HandleStop(**stop, events); !s.ok()) {
+    NoteError(s);
+    if (absl::IsUnavailable(s) || absl::IsNotFound(s)) return s;
+    events.push_back({ManagerEvent::Kind::kWarning, std::nullopt, std::string(s.message())});
+  }
+  return events;
+}
+
+absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t>& ids,
+                                                      bool force) {
+  for (uint32_t id : ids) {
+    if (!sites_.count(id)) {
+      return absl::NotFoundError(absl::StrCat("no site ", id, " in this domain; see tprctl sites"));
+    }
+  }
+  const bool all = ids.empty();
+  std::vector<Site> batch;
+  for (const auto& [id, managed] : sites_) {
+    if (!all && std::find(ids.begin(), ids.end(), id) == ids.end()) continue;
+    if (managed.site.state == SiteState::kApplied || managed.site.state == SiteState::kPending ||
+        (force && !managed.site.patched.empty() && managed.site.state != SiteState::kCandidate)) {
+      batch.push_back(managed.site);
+    }
+  }
+  RollbackReport report;
+  if (!installed_) return report;
+  TPRD_RETURN_IF_ERROR(vm_.Stop());
+  // A rolled-back writer would leave the shadow stale while other sites still read it; going
+  // through exact keeps every remaining patched site correct.
+  std::vector<ManagerEvent> ignored;
+  bool writer = false;
+  for (const Site& s : batch) writer |= FormWritesTpr(s.form);
+  if (all || writer) {
+    if (absl::Status s = WriteStrategy(Strategy::kExact); !s.ok()) {
+      (void)vm_.Resume();
+      return s;
+    }
+  }
+  if (all) {
+    (void)DisarmTraps();
+  } else {
+    for (const Site& s : batch) {
+      ManagedSite& managed = sites_[s.id];
+      if (managed.armed) {
+        (void)vm_.RemoveBreakpoint(s.address);
+        armed_breakpoints_.erase(s.address);
+        managed.armed = false;
+      }
+    }
+  }
+  GuestSiteTable guest_table(vm_, 0, installed_->addresses.va);
+  BothRecorders recorder(guest_table, journal_);
+  RollbackOptions options;
+  options.stop = GuestStop::kStopAndResume;
+  options.force = force;
+  options.handler_code_start = installed_->addresses.code_start;
+  options.handler_code_end = installed_->addresses.code_end;
+  options.max_retries = 20;
+  // RollbackSites stops (already stopped: idempotent) and resumes once.
+  absl::StatusOr<TransactionReport> tx =
+      RollbackSites(vm_, recorder, absl::MakeSpan(batch), options);
+  if (!tx.ok()) return tx.status();
+  for (size_t i = 0; i < batch.size(); ++i) {
+    ManagedSite& managed = sites_[batch[i].id];
+    managed.site.state = batch[i].state;
+    const SiteOutcome& outcome = tx->outcomes[i];
+    if (outcome.kind == SiteOutcome::Kind::kRolledBack ||
+        outcome.kind == SiteOutcome::Kind::kAlreadyOriginal) {
+      report.rolled_back.push_back(batch[i].id);
+      managed.site.state = SiteState::kRolledBack;
+    } else {
+      report.refused.emplace_back(batch[i].id, outcome.reason);
+    }
+  }
+  if (all) status_.requested_strategy = Strategy::kExact;
+  return report;
+}
+
+absl::Status PatchManager::Detach() {
+  if (!installed_) return absl::OkStatus();
+  TPRD_RETURN_IF_ERROR(vm_.Stop());
+  absl::Status strategy = WriteStrategy(Strategy::kExact);
+  absl::Status traps = DisarmTraps();
+  absl::Status resumed = vm_.Resume();
+  if (!strategy.ok()) return strategy;
+  if (!traps.ok()) return traps;
+  if (!resumed.ok() && !absl::IsFailedPrecondition(resumed)) return resumed;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> PatchManager::Adopt() {
+  // Implemented with the blob's split placement (see docs/design.md "Placement").
+  return false;
+}
+
+std::vector<ManagedSite> PatchManager::Sites() const {
+  std::vector<ManagedSite> out;
+  for (const auto& [id, managed] : sites_) out.push_back(managed);
+  return out;
+}
+
+}  // namespace tprd::engine

@@ -1,0 +1,154 @@
+// One domain's patching session, as pure logic over a GuestVm: enable (profile, learn, place
+// and install the blob, patch what is proven, arm traps for the rest), keep the guest correct
+// (handle breakpoint and watchpoint stops), roll back, adopt a patched guest, detach safely.
+// docs/design.md explains the rules; architecture.md "Keeping a patched guest correct".
+//
+// Not thread-safe: one owner (the domain's actor) calls everything.
+#ifndef TPRD_DAEMON_ENGINE_PATCH_MANAGER_H_
+#define TPRD_DAEMON_ENGINE_PATCH_MANAGER_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "daemon/engine/blob.h"
+#include "daemon/engine/clock.h"
+#include "daemon/engine/guest_profile.h"
+#include "daemon/engine/guest_vm.h"
+#include "daemon/engine/patch_recorder.h"
+#include "daemon/engine/placement.h"
+#include "daemon/engine/scanner.h"
+#include "daemon/engine/site.h"
+
+namespace tprd::engine {
+
+struct ManagedSite {
+  Site site;                // state kCandidate = armed, waiting for its first execution
+  std::string disassembly;  // the original instruction
+  uint64_t hits = 0;        // breakpoint and watchpoint stops attributed to it
+  bool armed = false;       // an execution breakpoint is set on it
+  std::string note;         // why it is not patched, when it is not
+};
+
+struct EnableRequest {
+  Strategy strategy = Strategy::kMmio;  // already resolved from "auto" by the caller
+  bool dry_run = false;
+  // The learning window: an access watchpoint on the TPR, before anything is patched, proves
+  // hot sites (patched together in the enable's single stop) and finds writers the scan cannot
+  // patch (which make mmio unsafe). Bounded by time and by hits.
+  absl::Duration learning_window = absl::Milliseconds(500);
+  int learning_max_hits = 400;
+  uint32_t guard_period = kBlobDefaultGuardPeriod;
+  // cr8: unfixable unpatched reads (cmp, test, ...) seen before the domain switches to exact.
+  int unfixable_read_limit = 16;
+};
+
+struct EnableReport {
+  Strategy strategy = Strategy::kExact;
+  size_t candidates = 0;         // patchable candidates found by the scan
+  size_t applied_at_enable = 0;  // proven during the learning window, patched in the enable stop
+  size_t armed = 0;              // waiting for their first execution
+  size_t learning_hits = 0;
+  absl::Duration pause;  // the install + apply stop
+  bool changed = true;   // false: already enabled with this strategy
+};
+
+struct RollbackReport {
+  std::vector<uint32_t> rolled_back;
+  std::vector<std::pair<uint32_t, std::string>> refused;
+};
+
+struct ManagerEvent {
+  enum class Kind : uint8_t { kSitePatched, kStrategyChanged, kWarning, kHostPaused };
+  Kind kind = Kind::kWarning;
+  std::optional<uint32_t> site_id;
+  std::string message;
+};
+
+struct ManagerStatus {
+  bool installed = false;                          // the blob is in the guest
+  Strategy strategy = Strategy::kExact;            // the strategy word now
+  Strategy requested_strategy = Strategy::kExact;  // what the operator asked for
+  uint64_t traps_handled = 0;
+  uint64_t guard_mismatches = 0;
+  std::string last_error;
+};
+
+class PatchManager {
+ public:
+  // `journal` hears every site state change (after the guest's own site table).
+  PatchManager(GuestVm& vm, PatchRecorder& journal, Clock& clock);
+
+  // Report-only scan of the guest's code; writes nothing. Stops the guest briefly.
+  absl::StatusOr<std::vector<ManagedSite>> Scan();
+  absl::StatusOr<EnableReport> Enable(const EnableRequest& request);
+  // Empty ids: every site. Unknown ids: NOT_FOUND before anything is touched.
+  absl::StatusOr<RollbackReport> Rollback(const std::vector<uint32_t>& ids, bool force);
+  // Looks for tprd's blob in the guest; if present, verifies it and its sites and takes the
+  // guest back (strategy, traps, a vCPU left stopped at a trap). Returns whether it was there.
+  absl::StatusOr<bool> Adopt();
+  // Leaves the guest correct without tprd: strategy word exact, every trap removed. The guest
+  // is left running (unless the host paused it).
+  absl::Status Detach();
+  // Waits up to `timeout` for one guest stop and handles it. The guest must be running.
+  absl::StatusOr<std::vector<ManagerEvent>> Poll(absl::Duration timeout);
+
+  std::vector<ManagedSite> Sites() const;
+  ManagerStatus Status() const { return status_; }
+  // Rolled-back and candidate sites included. Used by the daemon for ListSites.
+  bool HasSite(uint32_t id) const { return sites_.count(id) != 0; }
+
+ private:
+  struct Installed {
+    BlobAddresses addresses;
+    HandlerTable handlers;
+    BlobPlacement placement;
+  };
+
+  absl::StatusOr<GuestProfile> StopAndProfile();
+  absl::StatusOr<ScanResult> ScanGuest(const GuestProfile& profile);
+  void MergeCandidates(const ScanResult& scan);
+  // Learning window; the guest runs during it and is stopped again at the end.
+  absl::Status Learn(const EnableRequest& request, const GuestProfile& profile,
+                     std::set<uint32_t>& proven, size_t& hits);
+  absl::Status Install(const EnableRequest& request, const GuestProfile& profile);
+  absl::Status InitPerCpu(bool from_real_tpr);
+  absl::Status WriteStrategy(Strategy strategy);
+  absl::Status WriteVerified(uint32_t va, absl::Span<const uint8_t> bytes);
+  absl::Status PlanSites();
+  // Applies sites with the guest already stopped; returns how many were applied.
+  size_t ApplyStopped(const std::vector<uint32_t>& ids, std::vector<ManagerEvent>* events);
+  absl::Status ArmTraps();
+  absl::Status DisarmTraps();
+  absl::Status HandleStop(const StopEvent& event, std::vector<ManagerEvent>& events);
+  absl::Status HandleWatchpoint(int vcpu, uint32_t pc, std::vector<ManagerEvent>& events);
+  // After a stop: patch candidates at which a stopped vCPU stands (they are about to run).
+  void ApplyCandidatesAtVcpus(std::vector<ManagerEvent>& events);
+  std::optional<uint32_t> SiteAt(uint32_t address) const;
+  absl::Status SwitchToExact(const std::string& why, std::vector<ManagerEvent>& events);
+  absl::Status ResumeGuest();
+  void NoteError(const absl::Status& status);
+
+  GuestVm& vm_;
+  PatchRecorder& journal_;
+  Clock& clock_;
+
+  std::optional<GuestProfile> profile_;
+  std::optional<Installed> installed_;
+  std::map<uint32_t, ManagedSite> sites_;  // by id
+  uint32_t next_id_ = 0;
+  std::set<uint32_t> armed_breakpoints_;
+  bool tpr_watch_armed_ = false;
+  EnableRequest request_;
+  uint64_t unfixable_reads_ = 0;
+  ManagerStatus status_;
+};
+
+}  // namespace tprd::engine
+
+#endif  // TPRD_DAEMON_ENGINE_PATCH_MANAGER_H_

@@ -1,0 +1,260 @@
+// PatchManager against a FakeGuestVm laid out like 32-bit Windows: enable, patch on first
+// execution, learning window, cr8 fix-ups, rollback, detach, refusals.
+#include "daemon/engine/patch_manager.h"
+
+#include <cstring>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/fakes/fake_clock.h"
+#include "tests/fakes/fake_guest_vm.h"
+#include "tests/fakes/page_table_builder.h"
+
+namespace tprd::engine {
+namespace {
+
+using ::testing::HasSubstr;
+using ::tprd::testing::FakeClock;
+using ::tprd::testing::FakeGuestVm;
+
+constexpr uint32_t kCode = 0x80100000;           // physical 0x100000
+constexpr uint32_t kReadEax = kCode;             // A1 moffs: mov eax,[tpr]
+constexpr uint32_t kWriteEcx = kCode + 0x10;     // 89 0D: mov [tpr],ecx
+constexpr uint32_t kWriteImm = kCode + 0x20;     // C7 05: mov dword [tpr],0x41
+constexpr uint32_t kPrefixed = kCode + 0x30;     // 3E A1: not patchable
+constexpr uint32_t kRegRelative = kCode + 0x40;  // 89 81 disp32: mov [ecx+tpr],eax
+constexpr uint32_t kDecoy = 0x80200000;          // data that looks like A1 moffs
+
+class RecordingJournal : public PatchRecorder {
+ public:
+  absl::Status RecordSite(const Site& site) override {
+    records.push_back(site);
+    return absl::OkStatus();
+  }
+  std::vector<Site> records;
+};
+
+class PatchManagerTest : public ::testing::Test {
+ protected:
+  PatchManagerTest() : vm_(Options()), manager_(vm_, journal_, clock_) {}
+
+  static FakeGuestVm::Options Options() {
+    testing::XpLikeOptions xp;
+    xp.vcpu_count = 2;
+    return testing::XpLikeVmOptions(xp);
+  }
+
+  void SetUp() override {
+    testing::XpLikeOptions xp;
+    xp.vcpu_count = 2;
+    ASSERT_TRUE(testing::BuildXpLikeLayout(vm_, xp).ok());
+    for (int v = 0; v < 2; ++v) {
+      const uint32_t kpcr = 0x80040000 + v * 0x1000;
+      vm_.BackdoorWrite32(kpcr - 0x80000000 + 0x1C, kpcr);
+      const uint8_t number = static_cast<uint8_t>(v);
+      ASSERT_TRUE(vm_.BackdoorWritePhysical(kpcr - 0x80000000 + 0x51, {&number, 1}).ok());
+      vm_.Registers(v).fs_base = kpcr;
+      vm_.Registers(v).cs = 8;
+      vm_.Registers(v).eip = kCode + 0x800;
+    }
+    vm_.SetTpr(0, 0x20);
+    vm_.SetTpr(1, 0x41);
+    Put(kReadEax, {0xA1, 0x80, 0x00, 0xFE, 0xFF});
+    Put(kWriteEcx, {0x89, 0x0D, 0x80, 0x00, 0xFE, 0xFF});
+    Put(kWriteImm, {0xC7, 0x05, 0x80, 0x00, 0xFE, 0xFF, 0x41, 0x00, 0x00, 0x00});
+    Put(kPrefixed, {0x3E, 0xA1, 0x80, 0x00, 0xFE, 0xFF});
+    Put(kRegRelative, {0x89, 0x81, 0x80, 0x00, 0xFE, 0xFF});
+    Put(kDecoy, {0xA1, 0x80, 0x00, 0xFE, 0xFF});
+  }
+
+  void Put(uint32_t va, std::vector<uint8_t> bytes) {
+    ASSERT_TRUE(vm_.BackdoorWritePhysical(va - 0x80000000, bytes).ok());
+  }
+  std::vector<uint8_t> Bytes(uint32_t va, size_t n) {
+    return vm_.BackdoorPhysicalBytes(va - 0x80000000, n);
+  }
+  std::optional<ManagedSite> SiteAt(uint32_t address) {
+    for (const ManagedSite& s : manager_.Sites()) {
+      if (s.site.address == address) return s;
+    }
+    return std::nullopt;
+  }
+  void QueueBreakpoint(int vcpu, uint32_t pc) {
+    vm_.SetEip(vcpu, pc);
+    vm_.QueueStopEvent({StopEvent::Kind::kBreakpoint, vcpu, pc, 0, WatchKind::kAccess});
+  }
+  void QueueWatchpoint(int vcpu, uint32_t pc_after) {
+    vm_.SetEip(vcpu, pc_after);
+    vm_.QueueStopEvent(
+        {StopEvent::Kind::kWatchpoint, vcpu, pc_after, kDefaultTprVa, WatchKind::kAccess});
+  }
+
+  FakeGuestVm vm_;
+  RecordingJournal journal_;
+  FakeClock clock_;
+  PatchManager manager_;
+};
+
+TEST_F(PatchManagerTest, EnableArmsEveryPatchableCandidateAndPatchesNothingUnproven) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  absl::StatusOr<EnableReport> report = manager_.Enable(request);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->applied_at_enable, 0u);
+  EXPECT_TRUE(vm_.running());
+  EXPECT_THAT(vm_.breakpoints(), ::testing::IsSupersetOf({kReadEax, kWriteEcx, kWriteImm, kDecoy}));
+  EXPECT_FALSE(vm_.breakpoints().count(kPrefixed)) << "prefixed access is not patchable";
+  EXPECT_FALSE(vm_.breakpoints().count(kRegRelative));
+  EXPECT_EQ(Bytes(kReadEax, 5), (std::vector<uint8_t>{0xA1, 0x80, 0x00, 0xFE, 0xFF}));
+  EXPECT_TRUE(vm_.watchpoints().empty()) << "mmio keeps no watchpoint armed";
+  EXPECT_EQ(manager_.Status().strategy, Strategy::kMmio);
+}
+
+TEST_F(PatchManagerTest, BreakpointHitPatchesTheSiteBeforeItRuns) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  QueueBreakpoint(0, kWriteEcx);
+  absl::StatusOr<std::vector<ManagerEvent>> events = manager_.Poll(absl::Milliseconds(10));
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ((*events)[0].kind, ManagerEvent::Kind::kSitePatched);
+  std::optional<ManagedSite> site = SiteAt(kWriteEcx);
+  ASSERT_TRUE(site);
+  EXPECT_EQ(site->site.state, SiteState::kApplied);
+  EXPECT_EQ(Bytes(kWriteEcx, 6), site->site.patched);
+  EXPECT_EQ(site->site.patched[0], 0x51) << "push ecx";
+  EXPECT_EQ(site->site.patched[1], 0xE8) << "call set_tpr";
+  EXPECT_FALSE(vm_.breakpoints().count(kWriteEcx));
+  EXPECT_TRUE(vm_.running());
+  // The decoy never executes, so it is never patched.
+  EXPECT_EQ(SiteAt(kDecoy)->site.state, SiteState::kCandidate);
+  EXPECT_EQ(Bytes(kDecoy, 5), (std::vector<uint8_t>{0xA1, 0x80, 0x00, 0xFE, 0xFF}));
+  // The journal heard pending then applied.
+  ASSERT_GE(journal_.records.size(), 2u);
+  EXPECT_EQ(journal_.records.front().state, SiteState::kPending);
+  EXPECT_EQ(journal_.records.back().state, SiteState::kApplied);
+}
+
+TEST_F(PatchManagerTest, LearningWindowProvesHotSitesPatchedInTheEnableStop) {
+  QueueWatchpoint(0, kReadEax + 5);
+  QueueWatchpoint(1, kWriteImm + 10);
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  absl::StatusOr<EnableReport> report = manager_.Enable(request);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->learning_hits, 2u);
+  EXPECT_EQ(report->applied_at_enable, 2u);
+  EXPECT_EQ(SiteAt(kReadEax)->site.state, SiteState::kApplied);
+  EXPECT_EQ(SiteAt(kWriteImm)->site.state, SiteState::kApplied);
+  EXPECT_FALSE(vm_.breakpoints().count(kReadEax));
+  EXPECT_TRUE(vm_.breakpoints().count(kWriteEcx));
+}
+
+TEST_F(PatchManagerTest, MmioRefusedWhenAnUnpatchableWriterRunsAndNothingIsWritten) {
+  QueueWatchpoint(0, kRegRelative + 6);
+  vm_.ClearWriteLog();
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  absl::StatusOr<EnableReport> report = manager_.Enable(request);
+  ASSERT_FALSE(report.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(report.status()));
+  EXPECT_THAT(std::string(report.status().message()), HasSubstr("mmio is unsafe"));
+  EXPECT_TRUE(vm_.write_log().empty());
+  EXPECT_TRUE(vm_.watchpoints().empty());
+  EXPECT_TRUE(vm_.running());
+}
+
+TEST_F(PatchManagerTest, Cr8FixesUpAnUnpatchedReadAndPatchesIt) {
+  vm_.SetFeatures({.cr8legacy = true, .qemu_vapic_active = false});
+  EnableRequest request;
+  request.strategy = Strategy::kCr8;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  EXPECT_EQ(vm_.watchpoints().size(), 1u) << "cr8 keeps an access watchpoint on the TPR";
+  // vCPU 1 (shadow 0x41) read the real TPR, which a CR8 write left as 0x40.
+  vm_.SetTpr(1, 0x40);
+  vm_.Registers(1).reg(Gpr::kEax) = 0x40;
+  QueueWatchpoint(1, kReadEax + 5);
+  absl::StatusOr<std::vector<ManagerEvent>> events = manager_.Poll(absl::Milliseconds(10));
+  ASSERT_TRUE(events.ok()) << events.status();
+  EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x41u);
+  EXPECT_EQ(SiteAt(kReadEax)->site.state, SiteState::kApplied);
+}
+
+TEST_F(PatchManagerTest, RollbackAllRestoresEveryByteAndLeavesExact) {
+  const auto before = Bytes(kCode, 0x100);
+  QueueWatchpoint(0, kReadEax + 5);
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  QueueBreakpoint(1, kWriteEcx);
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
+  ASSERT_NE(Bytes(kCode, 0x100), before);
+  absl::StatusOr<RollbackReport> report = manager_.Rollback({}, false);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->rolled_back.size(), 2u);
+  EXPECT_TRUE(report->refused.empty());
+  EXPECT_EQ(Bytes(kCode, 0x100), before);
+  EXPECT_EQ(manager_.Status().strategy, Strategy::kExact);
+  EXPECT_TRUE(vm_.breakpoints().empty());
+  EXPECT_TRUE(vm_.running());
+}
+
+TEST_F(PatchManagerTest, RollbackRefusesASiteChangedBehindTprdUnlessForced) {
+  QueueWatchpoint(0, kReadEax + 5);
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  const uint32_t id = SiteAt(kReadEax)->site.id;
+  Put(kReadEax, {0x90, 0x90, 0x90, 0x90, 0x90});
+  absl::StatusOr<RollbackReport> report = manager_.Rollback({id}, false);
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(report->refused.size(), 1u);
+  EXPECT_EQ(Bytes(kReadEax, 5), (std::vector<uint8_t>(5, 0x90)));
+  report = manager_.Rollback({id}, true);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(Bytes(kReadEax, 5), (std::vector<uint8_t>{0xA1, 0x80, 0x00, 0xFE, 0xFF}));
+  EXPECT_TRUE(absl::IsNotFound(manager_.Rollback({9999}, false).status()));
+}
+
+TEST_F(PatchManagerTest, DetachLeavesExactAndNoTraps) {
+  vm_.SetFeatures({.cr8legacy = true, .qemu_vapic_active = false});
+  EnableRequest request;
+  request.strategy = Strategy::kCr8;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  ASSERT_TRUE(manager_.Detach().ok());
+  EXPECT_EQ(manager_.Status().strategy, Strategy::kExact);
+  EXPECT_TRUE(vm_.breakpoints().empty());
+  EXPECT_TRUE(vm_.watchpoints().empty());
+  EXPECT_TRUE(vm_.running());
+}
+
+TEST_F(PatchManagerTest, RefusesWhatItCannotPatch) {
+  EnableRequest cr8;
+  cr8.strategy = Strategy::kCr8;
+  EXPECT_THAT(std::string(manager_.Enable(cr8).status().message()), HasSubstr("cr8legacy"));
+  vm_.SetFeatures({.cr8legacy = false, .qemu_vapic_active = true});
+  EnableRequest mmio;
+  EXPECT_THAT(std::string(manager_.Enable(mmio).status().message()), HasSubstr("vapic"));
+  vm_.SetFeatures({});
+  vm_.Registers(1).fs_base = 0x80070000;  // no KPCR there
+  absl::Status no_kpcr = manager_.Enable(mmio).status();
+  EXPECT_TRUE(absl::IsFailedPrecondition(no_kpcr));
+  EXPECT_THAT(std::string(no_kpcr.message()), HasSubstr("KPCR"));
+  EXPECT_TRUE(vm_.running()) << "a refusal leaves the guest running";
+}
+
+TEST_F(PatchManagerTest, DryRunWritesNothing) {
+  vm_.ClearWriteLog();
+  EnableRequest request;
+  request.dry_run = true;
+  absl::StatusOr<EnableReport> report = manager_.Enable(request);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_GE(report->candidates, 4u);
+  EXPECT_TRUE(vm_.write_log().empty());
+  EXPECT_TRUE(vm_.breakpoints().empty());
+  EXPECT_TRUE(vm_.running());
+}
+
+}  // namespace
+}  // namespace tprd::engine
