@@ -693,9 +693,105 @@ absl::Status PatchManager::Detach() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<bool> PatchManager::Adopt() {
-  // Implemented with the blob's split placement (see docs/design.md "Placement").
-  return false;
+absl::StatusOr<std::optional<ParsedBlob>> PatchManager::FindInstalledBlob() {
+  std::vector<uint8_t> window(kLegacyWindowEnd - kLegacyWindowFirst);
+  TPRD_RETURN_IF_ERROR(vm_.ReadPhysical(kLegacyWindowFirst, absl::MakeSpan(window)));
+  for (uint32_t offset = 0; offset + 4 <= window.size(); offset += 4096) {
+    uint32_t magic;
+    std::memcpy(&magic, window.data() + offset, 4);
+    if (magic != TPRD_BLOB_MAGIC) continue;
+    const uint32_t pa = kLegacyWindowFirst + offset;
+    absl::StatusOr<ParsedBlob> parsed = ReadGuestBlob(vm_, 0, kLowMemoryVirtualBase + pa);
+    if (!parsed.ok()) {
+      // A forged or corrupt blob is never trusted; say so and keep looking.
+      NoteError(parsed.status());
+      continue;
+    }
+    if (parsed->placement.pa != pa) {
+      NoteError(absl::DataLossError(absl::StrCat("a blob at physical 0x", absl::Hex(pa),
+                                                 " names another physical address: ignored")));
+      continue;
+    }
+    return std::optional<ParsedBlob>(*std::move(parsed));
+  }
+  return std::optional<ParsedBlob>();
+}
+
+absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint) {
+  absl::StatusOr<GuestProfile> profile = StopAndProfile();
+  if (!profile.ok()) {
+    (void)vm_.Resume();
+    // A guest tprd cannot patch holds no patches of tprd's.
+    return absl::IsFailedPrecondition(profile.status()) ? absl::StatusOr<bool>(false)
+                                                        : profile.status();
+  }
+  absl::StatusOr<std::optional<ParsedBlob>> found = FindInstalledBlob();
+  if (!found.ok() || !found->has_value()) {
+    (void)vm_.Resume();
+    if (!found.ok()) return found.status();
+    return false;
+  }
+  const ParsedBlob& blob = **found;
+  installed_ = Installed{blob.addresses, blob.handlers, blob.placement};
+  status_.installed = true;
+  const Strategy current = blob.placement.strategy;
+  status_.strategy = current;
+  // tprd left cleanly: the word says exact and the operator's choice comes from the hint
+  // (journal); killed: the word still holds the choice and the shadows are live.
+  const Strategy requested =
+      current != Strategy::kExact ? current : requested_hint.value_or(current);
+  request_.strategy = requested;
+
+  // Sites as the guest recorded them, checked against the bytes actually there.
+  for (const Site& recorded : blob.sites) {
+    ManagedSite managed;
+    managed.site = recorded;
+    managed.disassembly = Disassemble(recorded);
+    std::vector<uint8_t> now(recorded.original.size());
+    absl::Status read = vm_.ReadVirtual(0, recorded.address, absl::MakeSpan(now));
+    if (read.ok() && now == recorded.patched) {
+      managed.site.state = SiteState::kApplied;
+    } else if (read.ok() && now == recorded.original) {
+      managed.site.state =
+          recorded.state == SiteState::kRolledBack ? SiteState::kRolledBack : SiteState::kCandidate;
+    } else {
+      managed.note = read.ok() ? "the bytes at this site are neither the original nor the "
+                                 "patched bytes: changed behind tprd"
+                               : std::string(read.message());
+    }
+    next_id_ = std::max(next_id_, recorded.id + 1);
+    sites_[recorded.id] = std::move(managed);
+  }
+
+  std::vector<ManagerEvent> events;
+  absl::StatusOr<ScanResult> scan = ScanGuest(*profile);
+  if (scan.ok()) MergeCandidates(*scan);
+  absl::Status s = PlanSites();
+  // A vCPU a killed tprd left stopped just after an unpatched access (cr8's watchpoint): fix it
+  // up before the shadows are touched.
+  if (s.ok() && current == Strategy::kCr8) {
+    for (const VcpuProfile& cpu : profile->vcpus) {
+      std::string why;
+      GuestByteReader reader = [&](uint32_t va, absl::Span<uint8_t> out) {
+        return vm_.ReadVirtual(cpu.vcpu, va, out);
+      };
+      if (ResolveTrap(cpu.eip, reader, profile->tpr_va, &why)) {
+        s = HandleWatchpoint(cpu.vcpu, cpu.eip, events);
+        if (!s.ok()) break;
+      }
+    }
+  }
+  if (s.ok()) s = InitPerCpu(/*from_real_tpr=*/current == Strategy::kExact);
+  if (s.ok()) s = WriteStrategy(requested);
+  if (s.ok()) status_.requested_strategy = requested;
+  // A vCPU stopped at a candidate (a breakpoint hit) runs it next: patch it now.
+  if (s.ok()) ApplyCandidatesAtVcpus(events);
+  if (s.ok() && requested != Strategy::kExact) s = ArmTraps();
+  NoteError(s);
+  absl::Status resumed = vm_.Resume();
+  if (!s.ok()) return s;
+  if (!resumed.ok() && !absl::IsFailedPrecondition(resumed)) return resumed;
+  return true;
 }
 
 std::vector<ManagedSite> PatchManager::Sites() const {

@@ -91,7 +91,9 @@ class PatchManager {
   absl::StatusOr<RollbackReport> Rollback(const std::vector<uint32_t>& ids, bool force);
   // Looks for tprd's blob in the guest; if present, verifies it and its sites and takes the
   // guest back (strategy, traps, a vCPU left stopped at a trap). Returns whether it was there.
-  absl::StatusOr<bool> Adopt();
+  // `requested_hint`: the strategy the operator chose, when tprd remembers it (journal) and the
+  // guest's strategy word says exact because tprd detached cleanly.
+  absl::StatusOr<bool> Adopt(std::optional<Strategy> requested_hint = std::nullopt);
   // Leaves the guest correct without tprd: strategy word exact, every trap removed. The guest
   // is left running (unless the host paused it).
   absl::Status Detach();
@@ -111,6 +113,8 @@ class PatchManager {
   };
 
   absl::StatusOr<GuestProfile> StopAndProfile();
+  // tprd's blob in the legacy window, validated; nullopt when there is none.
+  absl::StatusOr<std::optional<ParsedBlob>> FindInstalledBlob();
   absl::StatusOr<ScanResult> ScanGuest(const GuestProfile& profile);
   void MergeCandidates(const ScanResult& scan);
   // Learning window; the guest runs during it and is stopped again at the end.

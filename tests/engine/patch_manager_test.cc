@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "daemon/engine/placement.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fakes/fake_clock.h"
@@ -253,6 +254,71 @@ TEST_F(PatchManagerTest, DryRunWritesNothing) {
   EXPECT_GE(report->candidates, 4u);
   EXPECT_TRUE(vm_.write_log().empty());
   EXPECT_TRUE(vm_.breakpoints().empty());
+  EXPECT_TRUE(vm_.running());
+}
+
+TEST_F(PatchManagerTest, AdoptAfterCleanDetachTakesTheGuestBack) {
+  QueueWatchpoint(0, kReadEax + 5);
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  ASSERT_TRUE(manager_.Detach().ok());
+  vm_.SetTpr(0, 0x3D);  // the guest ran on exact meanwhile
+
+  PatchManager restarted(vm_, journal_, clock_);
+  absl::StatusOr<bool> adopted = restarted.Adopt(Strategy::kMmio);
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  EXPECT_TRUE(*adopted);
+  EXPECT_EQ(restarted.Status().strategy, Strategy::kMmio);
+  bool found = false;
+  for (const ManagedSite& s : restarted.Sites()) {
+    if (s.site.address == kReadEax) {
+      found = true;
+      EXPECT_EQ(s.site.state, SiteState::kApplied);
+    }
+  }
+  EXPECT_TRUE(found) << "the guest's site table lists the patched site";
+  EXPECT_TRUE(vm_.breakpoints().count(kWriteEcx)) << "unpatched candidates are armed again";
+  EXPECT_TRUE(vm_.running());
+}
+
+TEST_F(PatchManagerTest, AdoptAfterKillPatchesTheSiteAVcpuStoppedAt) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  // tprd is killed; vCPU 1 hits the breakpoint on kWriteEcx and the guest stays stopped.
+  ASSERT_TRUE(vm_.Stop().ok());
+  vm_.SetEip(1, kWriteEcx);
+
+  PatchManager restarted(vm_, journal_, clock_);
+  absl::StatusOr<bool> adopted = restarted.Adopt();
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  EXPECT_TRUE(*adopted);
+  EXPECT_EQ(restarted.Status().strategy, Strategy::kMmio) << "the word kept the strategy";
+  EXPECT_EQ(Bytes(kWriteEcx, 1)[0], 0x51) << "patched before it runs";
+  EXPECT_TRUE(vm_.running());
+}
+
+TEST_F(PatchManagerTest, AdoptRejectsACorruptBlob) {
+  QueueWatchpoint(0, kReadEax + 5);
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  ASSERT_TRUE(manager_.Detach().ok());
+  // Corrupt one byte of the blob's code: the checksum no longer matches.
+  std::optional<uint32_t> blob_pa;
+  for (uint32_t pa = kLegacyWindowFirst; pa < kLegacyWindowEnd; pa += 4096) {
+    std::vector<uint8_t> magic = vm_.BackdoorPhysicalBytes(pa, 4);
+    if (magic == std::vector<uint8_t>{0x54, 0x50, 0x52, 0x42}) blob_pa = pa;
+  }
+  ASSERT_TRUE(blob_pa);
+  const uint8_t junk = 0xCC;
+  ASSERT_TRUE(vm_.BackdoorWritePhysical(*blob_pa + 0x100, {&junk, 1}).ok());
+  PatchManager restarted(vm_, journal_, clock_);
+  absl::StatusOr<bool> adopted = restarted.Adopt(Strategy::kMmio);
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  EXPECT_FALSE(*adopted);
+  EXPECT_FALSE(restarted.Status().last_error.empty());
   EXPECT_TRUE(vm_.running());
 }
 
