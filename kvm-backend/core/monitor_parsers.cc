@@ -81,6 +81,9 @@ std::optional<engine::MemoryRegion> ParseFlatRange(std::string_view line) {
   region.start = *start;
   region.end = *end;
   region.ram = type == "ram";
+  // "rom" is RAM-backed and read-only for the guest (the chipset's shadowed legacy window);
+  // "romd" is a device (flash) whose writes do not land in memory: not counted.
+  region.rom = type == "rom";
   region.name = std::string(Trim(name));
   return region;
 }

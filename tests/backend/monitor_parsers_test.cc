@@ -173,6 +173,8 @@ TEST(ParseMtreeFlat, TakesTheMemoryViewOfCapturedOutput) {
   EXPECT_EQ((*regions)[1].start, 0xc0000u);
   EXPECT_EQ((*regions)[1].end, 0xe7fffu);
   EXPECT_FALSE((*regions)[1].ram);
+  EXPECT_TRUE((*regions)[1].rom) << "the shadowed window is RAM-backed, read-only";
+  EXPECT_FALSE((*regions)[2].rom);
   EXPECT_EQ((*regions)[2].start, 0xe8000u);
   EXPECT_EQ((*regions)[2].end, 0xeffffu);
   EXPECT_TRUE((*regions)[2].ram);
@@ -181,6 +183,7 @@ TEST(ParseMtreeFlat, TakesTheMemoryViewOfCapturedOutput) {
   const engine::MemoryRegion& apic = (*regions)[11];
   EXPECT_EQ(apic.start, 0xfee00000u);
   EXPECT_FALSE(apic.ram);
+  EXPECT_FALSE(apic.rom);
   EXPECT_EQ(apic.name, "apic-msi");
   EXPECT_EQ(regions->back().name, "pc.bios");
   EXPECT_EQ(regions->back().end, 0xffffffffu);
