@@ -415,6 +415,16 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
     (void)vm_.Resume();
     return profile.status();
   }
+  if (!installed_) {
+    // A blob from an earlier session (tprd restarted, or detached and enabled again): reuse
+    // it and its site table; never place a second one.
+    absl::StatusOr<std::optional<ParsedBlob>> found = FindInstalledBlob();
+    if (!found.ok()) {
+      (void)vm_.Resume();
+      return found.status();
+    }
+    if (found->has_value()) LoadInstalled(**found);
+  }
   absl::StatusOr<ScanResult> scan = ScanGuest(*profile);
   if (!scan.ok()) {
     (void)vm_.Resume();
@@ -717,31 +727,10 @@ absl::StatusOr<std::optional<ParsedBlob>> PatchManager::FindInstalledBlob() {
   return std::optional<ParsedBlob>();
 }
 
-absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint) {
-  absl::StatusOr<GuestProfile> profile = StopAndProfile();
-  if (!profile.ok()) {
-    (void)vm_.Resume();
-    // A guest tprd cannot patch holds no patches of tprd's.
-    return absl::IsFailedPrecondition(profile.status()) ? absl::StatusOr<bool>(false)
-                                                        : profile.status();
-  }
-  absl::StatusOr<std::optional<ParsedBlob>> found = FindInstalledBlob();
-  if (!found.ok() || !found->has_value()) {
-    (void)vm_.Resume();
-    if (!found.ok()) return found.status();
-    return false;
-  }
-  const ParsedBlob& blob = **found;
+Strategy PatchManager::LoadInstalled(const ParsedBlob& blob) {
   installed_ = Installed{blob.addresses, blob.handlers, blob.placement};
   status_.installed = true;
-  const Strategy current = blob.placement.strategy;
-  status_.strategy = current;
-  // tprd left cleanly: the word says exact and the operator's choice comes from the hint
-  // (journal); killed: the word still holds the choice and the shadows are live.
-  const Strategy requested =
-      current != Strategy::kExact ? current : requested_hint.value_or(current);
-  request_.strategy = requested;
-
+  status_.strategy = blob.placement.strategy;
   // Sites as the guest recorded them, checked against the bytes actually there.
   for (const Site& recorded : blob.sites) {
     ManagedSite managed;
@@ -762,6 +751,29 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint)
     next_id_ = std::max(next_id_, recorded.id + 1);
     sites_[recorded.id] = std::move(managed);
   }
+  return blob.placement.strategy;
+}
+
+absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint) {
+  absl::StatusOr<GuestProfile> profile = StopAndProfile();
+  if (!profile.ok()) {
+    (void)vm_.Resume();
+    // A guest tprd cannot patch holds no patches of tprd's.
+    return absl::IsFailedPrecondition(profile.status()) ? absl::StatusOr<bool>(false)
+                                                        : profile.status();
+  }
+  absl::StatusOr<std::optional<ParsedBlob>> found = FindInstalledBlob();
+  if (!found.ok() || !found->has_value()) {
+    (void)vm_.Resume();
+    if (!found.ok()) return found.status();
+    return false;
+  }
+  const Strategy current = LoadInstalled(**found);
+  // tprd left cleanly: the word says exact and the operator's choice comes from the hint
+  // (journal); killed: the word still holds the choice and the shadows are live.
+  const Strategy requested =
+      current != Strategy::kExact ? current : requested_hint.value_or(current);
+  request_.strategy = requested;
 
   std::vector<ManagerEvent> events;
   absl::StatusOr<ScanResult> scan = ScanGuest(*profile);

@@ -115,6 +115,8 @@ class PatchManager {
   absl::StatusOr<GuestProfile> StopAndProfile();
   // tprd's blob in the legacy window, validated; nullopt when there is none.
   absl::StatusOr<std::optional<ParsedBlob>> FindInstalledBlob();
+  // Takes over a blob found in the guest and its site table; returns its strategy word.
+  Strategy LoadInstalled(const ParsedBlob& blob);
   absl::StatusOr<ScanResult> ScanGuest(const GuestProfile& profile);
   void MergeCandidates(const ScanResult& scan);
   // Learning window; the guest runs during it and is stopped again at the end.

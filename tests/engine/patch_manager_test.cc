@@ -299,6 +299,26 @@ TEST_F(PatchManagerTest, AdoptAfterKillPatchesTheSiteAVcpuStoppedAt) {
   EXPECT_TRUE(vm_.running());
 }
 
+TEST_F(PatchManagerTest, EnableAfterDetachReusesTheBlobInTheGuest) {
+  QueueWatchpoint(0, kReadEax + 5);
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  ASSERT_TRUE(manager_.Detach().ok());
+  PatchManager second(vm_, journal_, clock_);
+  ASSERT_TRUE(second.Enable(request).ok());
+  int blobs = 0;
+  for (uint32_t pa = kLegacyWindowFirst; pa < kLegacyWindowEnd; pa += 4096) {
+    if (vm_.BackdoorPhysicalBytes(pa, 4) == std::vector<uint8_t>{0x54, 0x50, 0x52, 0x42}) ++blobs;
+  }
+  EXPECT_EQ(blobs, 1);
+  bool applied = false;
+  for (const ManagedSite& s : second.Sites()) {
+    applied |= s.site.address == kReadEax && s.site.state == SiteState::kApplied;
+  }
+  EXPECT_TRUE(applied) << "the site patched by the first session is known to the second";
+}
+
 TEST_F(PatchManagerTest, AdoptRejectsACorruptBlob) {
   QueueWatchpoint(0, kReadEax + 5);
   EnableRequest request;
