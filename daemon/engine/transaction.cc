@@ -174,33 +174,30 @@ void Transaction::Recover(Site& site, const Transition& t, SiteOutcome& outcome,
                           const std::string& what) {
   outcome.kind = SiteOutcome::Kind::kFailed;
   absl::StatusOr<Bytes> now = ReadSite(site);
-  if (!now.ok()) {
-    // Unknown bytes: writing blindly could tear a whole site. The record stays pending, which
-    // says exactly that: original or new.
-    outcome.reason = absl::StrFormat("%s; re-reading failed (%s): state unknown, left pending",
-                                     what, now.status().message());
-    return;
-  }
-  if (Equal(*now, t.after)) {
+  if (now.ok() && Equal(*now, t.after)) {
     Succeed(site, t, outcome);
     return;
   }
   std::string reason;
-  if (!Equal(*now, t.before)) {
-    // Torn: put the old bytes back once and check.
+  if (now.ok() && Equal(*now, t.before)) {
+    reason = absl::StrFormat("%s; bytes unchanged", what);
+  } else {
+    // Torn, or unknown because the re-read failed: one write of the old bytes makes the site
+    // whole again (every vCPU is stopped, so nothing runs the bytes in between). A successful
+    // write is trusted even if the check read fails.
+    const std::string found = now.ok()
+                                  ? "torn bytes " + HexBytes(*now)
+                                  : "re-read failed (" + std::string(now.status().message()) + ")";
     absl::Status restore = vm_.WriteVirtual(vcpu_, site.address, t.before);
-    absl::StatusOr<Bytes> again = restore.ok() ? ReadSite(site) : restore;
-    if (!again.ok() || !Equal(*again, t.before)) {
+    absl::StatusOr<Bytes> check = restore.ok() ? ReadSite(site) : absl::StatusOr<Bytes>(restore);
+    if (!restore.ok() || (check.ok() && !Equal(*check, t.before))) {
       outcome.kind = SiteOutcome::Kind::kTorn;
       outcome.reason = absl::StrFormat(
-          "%s; bytes torn (%s) and restoring them failed (%s): left pending", what, HexBytes(*now),
-          again.ok() ? std::string("read back " + HexBytes(*again))
-                     : std::string(again.status().message()));
+          "%s; %s; restoring the old bytes failed (%s): left pending", what, found,
+          restore.ok() ? "read back " + HexBytes(*check) : std::string(restore.message()));
       return;
     }
-    reason = absl::StrFormat("%s; torn bytes (%s) restored", what, HexBytes(*now));
-  } else {
-    reason = absl::StrFormat("%s; bytes unchanged", what);
+    reason = absl::StrFormat("%s; %s; old bytes written back", what, found);
   }
   if (absl::Status s = Record(site, t.before_state); !s.ok()) {
     reason +=
