@@ -242,8 +242,8 @@ absl::StatusOr<std::optional<Site>> DecodeSiteEntry(uint32_t id, absl::Span<cons
     return bad(
         absl::StrCat("form ", std::string(FormName(shape->form)), " has no register, got ", reg));
   }
-  if (shape->form == Form::kMovRegFromMem && reg == static_cast<uint8_t>(Gpr::kEsp)) {
-    return bad("esp as a destination");
+  if (shape->has_register && reg == static_cast<uint8_t>(Gpr::kEsp)) {
+    return bad("esp as the register (the classifier never patches it)");
   }
   const uint8_t state = bytes[TPRD_BLOB_SITE_STATE];
   if (state > static_cast<uint8_t>(SiteState::kRolledBack)) {
