@@ -211,10 +211,11 @@ void GdbPacketParser::Feed(std::string_view bytes, std::vector<GdbPacketEvent>& 
       case State::kBody:
         if (c == '#') {
           state_ = State::kChecksum;
-        } else if (c == '$' || c == '%') {
+        } else if (c == '$') {
           // A new start inside a packet: the old one was cut short; resynchronise on the new one.
+          // (`%` is ordinary data inside a packet: it is not escaped.)
           stray_bytes_ += raw_.size() + 1;
-          StartPacket(c == '%');
+          StartPacket(false);
         } else {
           sum_ = static_cast<uint8_t>(sum_ + static_cast<uint8_t>(c));
           if (raw_.size() < max_payload_bytes_) {

@@ -100,6 +100,12 @@ TEST(GdbPacketTest, SkipsStrayBytesAndResynchronisesOnNewStart) {
   EXPECT_FALSE(parser.mid_packet());
 }
 
+TEST(GdbPacketTest, PercentInsideAPacketIsData) {
+  GdbPacketParser parser;
+  EXPECT_THAT(FeedAll(parser, EncodeGdbPacket("a%b")),
+              ElementsAre(GdbPacketEvent{Kind::kPacket, "a%b"}));
+}
+
 TEST(GdbPacketTest, RejectsOversizedPacketWithoutGrowing) {
   GdbPacketParser parser(16);
   std::string big = EncodeGdbPacket(std::string(100, 'a'));
