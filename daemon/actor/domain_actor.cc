@@ -1,0 +1,502 @@
+#include "daemon/actor/domain_actor.h"
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/log.h"
+
+namespace tprd::daemon {
+namespace {
+
+bool SessionLost(const absl::Status& status) {
+  return absl::IsUnavailable(status) || absl::IsNotFound(status) || absl::IsAborted(status);
+}
+
+}  // namespace
+
+DomainActor::DomainActor(DomainInfo domain, Hypervisor* hypervisor, Journal* journal, EventBus* bus,
+                         DomainActorOptions options)
+    : hypervisor_(hypervisor), journal_(journal), bus_(bus), options_(options) {
+  if (journal_ != nullptr) recorder_ = journal_->RecorderFor(domain);
+  if (recorder_ == nullptr) recorder_ = std::make_unique<engine::NullPatchRecorder>();
+  snapshot_.domain = std::move(domain);
+  snapshot_.state = snapshot_.domain.running ? DomainState::kUnpatched : DomainState::kGone;
+  thread_ = std::thread([this] { Run(); });
+}
+
+DomainActor::~DomainActor() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    if (interruptible_ != nullptr) interruptible_->Interrupt();
+  }
+  thread_.join();
+  // Queued commands were cancelled by Run(); their callers see CANCELLED through `run`.
+}
+
+DomainSnapshot DomainActor::Snapshot() {
+  absl::MutexLock lock(&mu_);
+  return snapshot_;
+}
+
+template <typename T>
+absl::StatusOr<T> DomainActor::Call(const std::string& name, bool mutates, absl::Time deadline,
+                                    std::function<absl::StatusOr<T>()> body) {
+  auto reply = std::make_shared<std::promise<absl::StatusOr<T>>>();
+  std::future<absl::StatusOr<T>> result = reply->get_future();
+  auto cancelled = std::make_shared<std::atomic<bool>>(false);
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ || (closing_ && name != "detach")) {
+      return absl::UnavailableError(absl::StrCat("tprd is stopping and has let go of ",
+                                                 snapshot_.domain.name,
+                                                 "; retry after it restarts"));
+    }
+    if (mutates && !snapshot_.busy_with.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("domain ", snapshot_.domain.name, " is busy with ", snapshot_.busy_with,
+                       "; wait for it to finish (tprctl status ", snapshot_.domain.name, ")"));
+    }
+    if (mutates) snapshot_.busy_with = name;
+  }
+  Command command;
+  command.name = name;
+  command.cancelled = cancelled;
+  command.run = [this, reply, cancelled, body = std::move(body), mutates]() {
+    absl::StatusOr<T> result =
+        cancelled->load()
+            ? absl::StatusOr<T>(absl::CancelledError(
+                  "command cancelled before it started: the caller gave up or tprd is stopping"))
+            : body();
+    // Not busy any more before the caller hears back, so its next command is accepted.
+    if (mutates) {
+      absl::MutexLock lock(&mu_);
+      snapshot_.busy_with.clear();
+    }
+    reply->set_value(std::move(result));
+  };
+  Enqueue(std::move(command));
+
+  const absl::Duration wait = deadline - absl::Now();
+  const auto status =
+      wait == absl::InfiniteDuration()
+          ? (result.wait(), std::future_status::ready)
+          : result.wait_for(absl::ToChronoNanoseconds(std::max(wait, absl::ZeroDuration())));
+  if (status != std::future_status::ready) {
+    cancelled->store(true);
+    return absl::DeadlineExceededError(
+        absl::StrCat("domain ", Snapshot().domain.name, " did not finish ", name,
+                     " before the deadline; it may still complete: check tprctl status"));
+  }
+  return result.get();
+}
+
+void DomainActor::Enqueue(Command command) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      queue_.push_back(std::move(command));
+      if (interruptible_ != nullptr) interruptible_->Interrupt();
+      return;
+    }
+  }
+  // The thread is gone or going: answer at once rather than leave the caller waiting.
+  command.cancelled->store(true);
+  command.run();
+}
+
+void DomainActor::Run() {
+  while (true) {
+    std::optional<Command> command;
+    std::deque<Command> remaining;  // cancelled on stop
+    bool poll = false;
+    bool stop = false;
+    {
+      absl::MutexLock lock(&mu_);
+      const bool patched = snapshot_.state == DomainState::kPatched && controller_ != nullptr;
+      auto ready = [this]()
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !queue_.empty(); };
+      // While patched the controller must poll; otherwise sleep until a command arrives.
+      if (!patched) mu_.Await(absl::Condition(&ready));
+      stop = stopping_;
+      if (stop) {
+        remaining.swap(queue_);
+      } else if (!queue_.empty()) {
+        command = std::move(queue_.front());
+        queue_.pop_front();
+      } else {
+        poll = patched;
+      }
+    }
+    if (stop) {
+      for (Command& queued : remaining) {
+        queued.cancelled->store(true);
+        queued.run();
+      }
+      return;
+    }
+    if (command) {
+      command->run();
+    } else if (poll) {
+      PollOnce();
+    }
+  }
+}
+
+void DomainActor::PollOnce() {
+  auto events = controller_->Poll(options_.poll_interval);
+  if (!events.ok()) {
+    const std::string message =
+        absl::StrCat("lost the session to ", Snapshot().domain.name, ": ",
+                     events.status().message(), "; the guest is unwatched until tprd adopts it");
+    LogWarning(message);
+    PublishError(message);
+    DropController(/*detach=*/false, message);
+    SetState(SessionLost(events.status()) ? DomainState::kExactWhileAway : DomainState::kPatched,
+             message);
+    {
+      absl::MutexLock lock(&mu_);
+      snapshot_.last_error = message;
+    }
+    return;
+  }
+  bool sites_changed = false;
+  for (const ControllerEvent& event : *events) {
+    switch (event.kind) {
+      case ControllerEvent::Kind::kSiteChanged:
+        sites_changed = true;
+        if (event.site) PublishSite(*event.site);
+        break;
+      case ControllerEvent::Kind::kStrategyChanged:
+        RecordOperation("strategy", event.message);
+        LogInfo(absl::StrCat(Snapshot().domain.name, ": ", event.message));
+        break;
+      case ControllerEvent::Kind::kError:
+        PublishError(event.message);
+        {
+          absl::MutexLock lock(&mu_);
+          snapshot_.last_error = event.message;
+        }
+        break;
+    }
+  }
+  RefreshSnapshot(sites_changed);
+}
+
+absl::Status DomainActor::EnsureController(bool adopt) {
+  if (controller_ != nullptr) return absl::OkStatus();
+  const DomainInfo domain = Snapshot().domain;
+  auto controller = hypervisor_->OpenController(domain, recorder_.get());
+  if (!controller.ok()) return controller.status();
+  controller_ = *std::move(controller);
+  {
+    absl::MutexLock lock(&mu_);
+    interruptible_ = controller_.get();
+  }
+  if (adopt) {
+    auto adopted = controller_->Adopt();
+    if (!adopted.ok()) {
+      DropController(/*detach=*/false, "adopt failed");
+      return adopted.status();
+    }
+  }
+  return absl::OkStatus();
+}
+
+void DomainActor::DropController(bool detach, const std::string& reason) {
+  if (controller_ == nullptr) return;
+  if (detach) {
+    absl::Status detached = controller_->Detach(reason);
+    if (!detached.ok()) {
+      LogWarning(absl::StrCat(Snapshot().domain.name, ": detach failed: ", detached.message()));
+    }
+  } else {
+    controller_->Abandon(reason);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    interruptible_ = nullptr;
+  }
+  controller_.reset();
+}
+
+void DomainActor::SetState(DomainState state, const std::string& message) {
+  DomainEvent event;
+  {
+    absl::MutexLock lock(&mu_);
+    if (snapshot_.state == state) return;
+    snapshot_.state = state;
+    event.domain = snapshot_.domain;
+  }
+  event.kind = DomainEvent::Kind::kState;
+  event.time = absl::Now();
+  event.state = state;
+  event.message = message;
+  bus_->Publish(event);
+  LogInfo(absl::StrCat(event.domain.name, ": ", DomainStateName(state), message.empty() ? "" : ": ",
+                       message));
+}
+
+void DomainActor::RefreshSnapshot(bool with_sites) {
+  ControllerStatus status;
+  std::vector<SiteReport> sites;
+  bool have_sites = false;
+  if (controller_ != nullptr) {
+    status = controller_->Status();
+    if (with_sites) {
+      auto listed = controller_->ListSites();
+      if (listed.ok()) {
+        sites = *std::move(listed);
+        have_sites = true;
+      }
+    }
+  } else {
+    have_sites = with_sites;  // no session: no sites to show
+  }
+  absl::MutexLock lock(&mu_);
+  if (controller_ != nullptr || snapshot_.state != DomainState::kExactWhileAway) {
+    snapshot_.status = status;
+  }
+  if (have_sites) snapshot_.sites = std::move(sites);
+}
+
+void DomainActor::RecordOperation(const std::string& what, const std::string& message) {
+  if (journal_ == nullptr) return;
+  const DomainInfo domain = Snapshot().domain;
+  JournalEntry entry;
+  entry.time = absl::Now();
+  entry.domain_name = domain.name;
+  entry.domain_uuid = domain.uuid;
+  entry.event = what;
+  entry.message = message;
+  absl::Status status = journal_->Append(entry);
+  if (!status.ok()) LogWarning(std::string(status.message()));
+}
+
+void DomainActor::PublishSite(const SiteReport& site) {
+  DomainEvent event;
+  event.kind = DomainEvent::Kind::kSite;
+  event.time = absl::Now();
+  {
+    absl::MutexLock lock(&mu_);
+    event.domain = snapshot_.domain;
+    event.state = snapshot_.state;
+  }
+  event.site = site;
+  event.message =
+      absl::StrCat("site ", site.site.id, " ", std::string(engine::SiteStateName(site.site.state)));
+  bus_->Publish(event);
+}
+
+void DomainActor::PublishError(const std::string& message) {
+  DomainEvent event;
+  event.kind = DomainEvent::Kind::kError;
+  event.time = absl::Now();
+  {
+    absl::MutexLock lock(&mu_);
+    event.domain = snapshot_.domain;
+    event.state = snapshot_.state;
+  }
+  event.message = message;
+  bus_->Publish(event);
+}
+
+absl::Status DomainActor::GoneError() {
+  const std::string name = Snapshot().domain.name;
+  return absl::FailedPreconditionError(absl::StrCat(
+      "domain ", name, " is not running; start it (virsh start ", name, "), then retry"));
+}
+
+absl::StatusOr<DomainActor::EnableResult> DomainActor::Enable(const EnableOptions& options,
+                                                              absl::Time deadline) {
+  return Call<EnableResult>(
+      "enable", /*mutates=*/true, deadline, [this, options]() -> absl::StatusOr<EnableResult> {
+        const DomainState before = Snapshot().state;
+        if (before == DomainState::kGone) return GoneError();
+        const bool had_session = controller_ != nullptr;
+        // A guest we are away from may already hold our blob: take it back before enabling.
+        absl::Status opened = EnsureController(before == DomainState::kExactWhileAway);
+        if (!opened.ok()) return opened;
+        if (!options.dry_run) SetState(DomainState::kPatching, "enable started");
+        RecordOperation("enable", options.dry_run ? "dry run" : "started");
+        auto sites = controller_->Enable(options);
+        if (!sites.ok()) {
+          const std::string message = std::string(sites.status().message());
+          {
+            absl::MutexLock lock(&mu_);
+            snapshot_.last_error = message;
+          }
+          RecordOperation("enable", absl::StrCat("failed: ", message));
+          PublishError(message);
+          const bool patched = controller_->Status().patched;
+          if (!patched && !had_session) DropController(/*detach=*/true, "enable failed");
+          SetState(patched ? DomainState::kPatched : DomainState::kUnpatched, "enable failed");
+          RefreshSnapshot(/*with_sites=*/true);
+          return sites.status();
+        }
+        if (options.dry_run) {
+          if (!had_session && !controller_->Status().patched) {
+            DropController(/*detach=*/true, "dry run done");
+          }
+        } else {
+          for (const SiteReport& site : *sites) PublishSite(site);
+          RecordOperation("enable", absl::StrCat("done: ", sites->size(), " sites"));
+          SetState(controller_->Status().patched ? DomainState::kPatched : DomainState::kUnpatched,
+                   absl::StrCat("enable done, ", sites->size(), " sites"));
+          absl::MutexLock lock(&mu_);
+          snapshot_.last_error.clear();
+        }
+        RefreshSnapshot(/*with_sites=*/true);
+        EnableResult result;
+        result.sites = *std::move(sites);
+        result.after = Snapshot();
+        return result;
+      });
+}
+
+absl::StatusOr<DomainActor::RollbackOutcome> DomainActor::Rollback(
+    const std::vector<uint32_t>& site_ids, bool force, absl::Time deadline) {
+  return Call<RollbackOutcome>(
+      "rollback", /*mutates=*/true, deadline,
+      [this, site_ids, force]() -> absl::StatusOr<RollbackOutcome> {
+        const DomainSnapshot before = Snapshot();
+        if (before.state == DomainState::kGone) return GoneError();
+        if (before.state == DomainState::kUnpatched && controller_ == nullptr) {
+          if (!site_ids.empty()) {
+            return absl::NotFoundError(
+                absl::StrCat("site ", site_ids.front(), ": domain ", before.domain.name,
+                             " has no patched sites (tprctl sites ", before.domain.name, ")"));
+          }
+          RollbackOutcome nothing;
+          nothing.after = before;
+          return nothing;  // nothing patched: rolling back everything is already true
+        }
+        absl::Status opened = EnsureController(/*adopt=*/true);
+        if (!opened.ok()) return opened;
+        RecordOperation("rollback", site_ids.empty() ? "all sites" : "selected sites");
+        auto result = controller_->Rollback(site_ids, force);
+        if (!result.ok()) {
+          absl::MutexLock lock(&mu_);
+          snapshot_.last_error = std::string(result.status().message());
+          return result.status();
+        }
+        RefreshSnapshot(/*with_sites=*/true);
+        for (const SiteReport& site : Snapshot().sites) {
+          for (uint32_t id : result->rolled_back) {
+            if (site.site.id == id) PublishSite(site);
+          }
+        }
+        RecordOperation("rollback",
+                        absl::StrCat("done: ", result->rolled_back.size(), " restored, ",
+                                     result->refused.size(), " refused"));
+        if (!controller_->Status().patched) {
+          // Nothing of ours is live any more: leave no traps behind.
+          DropController(/*detach=*/true, "rolled back");
+          SetState(DomainState::kUnpatched, "every site rolled back");
+        }
+        RollbackOutcome outcome;
+        outcome.result = *std::move(result);
+        outcome.after = Snapshot();
+        return outcome;
+      });
+}
+
+absl::StatusOr<std::vector<ScanCandidateReport>> DomainActor::Scan(absl::Time deadline) {
+  return Call<std::vector<ScanCandidateReport>>(
+      "scan", /*mutates=*/false, deadline,
+      [this]() -> absl::StatusOr<std::vector<ScanCandidateReport>> {
+        if (Snapshot().state == DomainState::kGone) return GoneError();
+        const bool had_session = controller_ != nullptr;
+        absl::Status opened = EnsureController(/*adopt=*/false);
+        if (!opened.ok()) return opened;
+        auto candidates = controller_->Scan();
+        if (!had_session) DropController(/*detach=*/true, "scan done");
+        return candidates;
+      });
+}
+
+absl::StatusOr<bool> DomainActor::Adopt(absl::Time deadline) {
+  return Call<bool>("adopt", /*mutates=*/true, deadline, [this]() -> absl::StatusOr<bool> {
+    if (Snapshot().state == DomainState::kGone) return GoneError();
+    absl::Status opened = EnsureController(/*adopt=*/true);
+    if (!opened.ok()) return opened;
+    const bool patched = controller_->Status().patched;
+    if (patched) {
+      RecordOperation("adopt", "took back a patched guest");
+      SetState(DomainState::kPatched, "adopted");
+      RefreshSnapshot(/*with_sites=*/true);
+    } else {
+      DropController(/*detach=*/true, "nothing to adopt");
+    }
+    return patched;
+  });
+}
+
+absl::Status DomainActor::Detach(const std::string& reason, absl::Time deadline) {
+  {
+    // No new work after this: whatever is queued runs, then the detach.
+    absl::MutexLock lock(&mu_);
+    closing_ = true;
+  }
+  auto done =
+      Call<bool>("detach", /*mutates=*/false, deadline, [this, reason]() -> absl::StatusOr<bool> {
+        if (controller_ == nullptr) return false;
+        const bool patched = controller_->Status().patched;
+        RecordOperation("detach", reason);
+        DropController(/*detach=*/true, reason);
+        if (patched) SetState(DomainState::kExactWhileAway, reason);
+        return patched;
+      });
+  return done.status();
+}
+
+void DomainActor::OnLifecycle(const LifecycleEvent& event) {
+  Command command;
+  command.name = "lifecycle";
+  command.cancelled = std::make_shared<std::atomic<bool>>(false);
+  command.run = [this, event, cancelled = command.cancelled]() {
+    if (!cancelled->load()) HandleLifecycle(event);
+  };
+  Enqueue(std::move(command));
+}
+
+void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
+  const std::string kind = LifecycleName(event.kind);
+  DomainEvent published;
+  published.kind = DomainEvent::Kind::kLifecycle;
+  published.time = absl::Now();
+  published.lifecycle = kind;
+  {
+    absl::MutexLock lock(&mu_);
+    // Keep the name/UUID we know; the ID changes with every start.
+    snapshot_.domain.id = event.domain.id;
+    snapshot_.domain.running = event.domain.running;
+    published.domain = snapshot_.domain;
+    published.state = snapshot_.state;
+  }
+  published.message = absl::StrCat("domain ", published.domain.name, " ", kind);
+  bus_->Publish(published);
+  RecordOperation("lifecycle", kind);
+  switch (event.kind) {
+    case LifecycleKind::kStarted:
+      if (Snapshot().state == DomainState::kGone) SetState(DomainState::kUnpatched, "started");
+      break;
+    case LifecycleKind::kRebooted:
+      DropController(/*detach=*/false, "guest rebooted");
+      SetState(DomainState::kUnpatched, "guest rebooted: its patches went with its memory");
+      break;
+    case LifecycleKind::kShutdown:
+    case LifecycleKind::kDestroyed:
+    case LifecycleKind::kCrashed:
+    case LifecycleKind::kMigrated:
+      DropController(/*detach=*/false, kind);
+      SetState(DomainState::kGone, absl::StrCat(kind, ": patches gone with the guest's memory"));
+      break;
+  }
+  RefreshSnapshot(/*with_sites=*/true);
+}
+
+}  // namespace tprd::daemon

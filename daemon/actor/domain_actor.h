@@ -1,0 +1,130 @@
+// One actor per domain (style.md, Firecracker): a thread that owns the domain's
+// DomainController and is the only code that touches that guest. Callers (gRPC handlers,
+// lifecycle callbacks, the stop path) send typed commands and wait, bounded by their deadline,
+// for a typed result.
+//
+// The loop: take the next command if one is queued, else, while the domain is patched, let the
+// controller handle guest stops for up to `poll_interval` (Poll); a new command interrupts Poll
+// so commands never wait for a poll slice. Reads (status, sites) come from a snapshot the
+// actor refreshes after every command and poll, so they answer at once even while the actor is
+// busy with a long enable.
+#ifndef TPRD_DAEMON_ACTOR_DOMAIN_ACTOR_H_
+#define TPRD_DAEMON_ACTOR_DOMAIN_ACTOR_H_
+
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "daemon/domain/domain_controller.h"
+#include "daemon/domain/domain_state.h"
+#include "daemon/domain/hypervisor.h"
+#include "daemon/events/event_bus.h"
+#include "daemon/journal/journal.h"
+
+namespace tprd::daemon {
+
+// What readers see without waiting for the actor.
+struct DomainSnapshot {
+  DomainInfo domain;
+  DomainState state = DomainState::kUnpatched;
+  ControllerStatus status;  // zero values while no session exists
+  std::vector<SiteReport> sites;
+  std::string busy_with;  // the command running or queued that changes the guest; empty if none
+  std::string last_error;
+};
+
+struct DomainActorOptions {
+  absl::Duration poll_interval = absl::Seconds(1);
+};
+
+class DomainActor {
+ public:
+  // `journal` may be null (no journal kept). Hypervisor, journal and bus outlive the actor.
+  DomainActor(DomainInfo domain, Hypervisor* hypervisor, Journal* journal, EventBus* bus,
+              DomainActorOptions options);
+  // Stops the thread after the running command; queued commands fail with CANCELLED. Does not
+  // touch the guest: call Detach() first for an orderly stop.
+  ~DomainActor();
+  DomainActor(const DomainActor&) = delete;
+  DomainActor& operator=(const DomainActor&) = delete;
+
+  DomainSnapshot Snapshot();
+
+  // Commands. Each fails with DEADLINE_EXCEEDED if the actor has not finished it by `deadline`
+  // (a command not yet started is then skipped; one already running completes).
+  struct EnableResult {
+    std::vector<SiteReport> sites;
+    DomainSnapshot after;
+  };
+  absl::StatusOr<EnableResult> Enable(const EnableOptions& options, absl::Time deadline);
+  struct RollbackOutcome {
+    RollbackResult result;
+    DomainSnapshot after;
+  };
+  absl::StatusOr<RollbackOutcome> Rollback(const std::vector<uint32_t>& site_ids, bool force,
+                                           absl::Time deadline);
+  absl::StatusOr<std::vector<ScanCandidateReport>> Scan(absl::Time deadline);
+  // Looks for tprd's blob and takes a patched guest back; returns whether it holds patches.
+  absl::StatusOr<bool> Adopt(absl::Time deadline);
+  // Orderly stop: leave the guest correct without tprd (exact, no traps), drop the session.
+  // The actor accepts no further commands (UNAVAILABLE) afterwards.
+  absl::Status Detach(const std::string& reason, absl::Time deadline);
+  // From the hypervisor's event thread: never blocks on the actor.
+  void OnLifecycle(const LifecycleEvent& event);
+
+ private:
+  struct Command {
+    std::string name;
+    std::function<void()> run;  // fulfils the caller's reply
+    std::shared_ptr<std::atomic<bool>> cancelled;
+  };
+
+  template <typename T>
+  absl::StatusOr<T> Call(const std::string& name, bool mutates, absl::Time deadline,
+                         std::function<absl::StatusOr<T>()> body);
+  void Enqueue(Command command);
+  void Run();
+  void PollOnce();
+
+  // Actor thread only.
+  absl::Status EnsureController(bool adopt);
+  void DropController(bool detach, const std::string& reason);
+  void SetState(DomainState state, const std::string& message);
+  void RefreshSnapshot(bool with_sites);
+  void RecordOperation(const std::string& what, const std::string& message);
+  void PublishSite(const SiteReport& site);
+  void PublishError(const std::string& message);
+  void HandleLifecycle(const LifecycleEvent& event);
+  absl::Status GoneError();
+
+  Hypervisor* const hypervisor_;
+  Journal* const journal_;
+  EventBus* const bus_;
+  const DomainActorOptions options_;
+
+  // Owned by the actor thread.
+  std::unique_ptr<engine::PatchRecorder> recorder_;
+  std::unique_ptr<DomainController> controller_;
+
+  absl::Mutex mu_;
+  DomainSnapshot snapshot_ ABSL_GUARDED_BY(mu_);
+  std::deque<Command> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;  // detached for good: only "detach" accepted
+  // The controller to Interrupt() when a command arrives; set by the actor thread.
+  DomainController* interruptible_ ABSL_GUARDED_BY(mu_) = nullptr;
+
+  std::thread thread_;
+};
+
+}  // namespace tprd::daemon
+
+#endif  // TPRD_DAEMON_ACTOR_DOMAIN_ACTOR_H_

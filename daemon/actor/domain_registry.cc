@@ -1,0 +1,153 @@
+#include "daemon/actor/domain_registry.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/log.h"
+
+namespace tprd::daemon {
+
+DomainRegistry::DomainRegistry(Hypervisor* hypervisor, Journal* journal, EventBus* bus,
+                               DomainActorOptions actor_options)
+    : hypervisor_(hypervisor), journal_(journal), bus_(bus), actor_options_(actor_options) {
+  hypervisor_->SetLifecycleHandler([this](const LifecycleEvent& event) { OnLifecycle(event); });
+}
+
+DomainRegistry::~DomainRegistry() {
+  hypervisor_->SetLifecycleHandler(nullptr);
+  std::map<std::string, std::shared_ptr<DomainActor>> actors;
+  {
+    absl::MutexLock lock(&mu_);
+    actors.swap(actors_);
+  }
+  actors.clear();  // joins each actor thread outside the lock
+}
+
+absl::StatusOr<DomainInfo> DomainRegistry::Resolve(const std::string& reference) {
+  if (reference.empty()) {
+    return absl::InvalidArgumentError("no domain given: name it by name, UUID or ID");
+  }
+  return hypervisor_->LookupDomain(reference);
+}
+
+std::shared_ptr<DomainActor> DomainRegistry::FindActor(const std::string& uuid) {
+  absl::MutexLock lock(&mu_);
+  auto it = actors_.find(uuid);
+  return it == actors_.end() ? nullptr : it->second;
+}
+
+absl::StatusOr<std::vector<DomainSnapshot>> DomainRegistry::ListDomains() {
+  auto domains = hypervisor_->ListDomains();
+  if (!domains.ok()) return domains.status();
+  std::vector<DomainSnapshot> snapshots;
+  for (const DomainInfo& domain : *domains) {
+    if (auto actor = FindActor(domain.uuid)) {
+      DomainSnapshot snapshot = actor->Snapshot();
+      snapshot.domain = domain;  // the hypervisor's word on running/ID is fresher
+      snapshots.push_back(std::move(snapshot));
+    } else {
+      DomainSnapshot snapshot;
+      snapshot.domain = domain;
+      snapshot.state = domain.running ? DomainState::kUnpatched : DomainState::kGone;
+      snapshots.push_back(std::move(snapshot));
+    }
+  }
+  std::sort(snapshots.begin(), snapshots.end(),
+            [](const DomainSnapshot& a, const DomainSnapshot& b) {
+              return a.domain.name < b.domain.name;
+            });
+  return snapshots;
+}
+
+absl::StatusOr<DomainSnapshot> DomainRegistry::Describe(const std::string& reference) {
+  auto domain = Resolve(reference);
+  if (!domain.ok()) return domain.status();
+  if (auto actor = FindActor(domain->uuid)) {
+    DomainSnapshot snapshot = actor->Snapshot();
+    snapshot.domain.running = domain->running;
+    snapshot.domain.id = domain->id;
+    return snapshot;
+  }
+  DomainSnapshot snapshot;
+  snapshot.domain = *domain;
+  snapshot.state = domain->running ? DomainState::kUnpatched : DomainState::kGone;
+  return snapshot;
+}
+
+absl::StatusOr<std::shared_ptr<DomainActor>> DomainRegistry::ActorFor(
+    const std::string& reference) {
+  auto domain = Resolve(reference);
+  if (!domain.ok()) return domain.status();
+  absl::MutexLock lock(&mu_);
+  auto it = actors_.find(domain->uuid);
+  if (it != actors_.end()) return it->second;
+  if (closing_) {
+    return absl::UnavailableError("tprd is stopping; retry after it restarts");
+  }
+  if (!domain->running) {
+    return absl::FailedPreconditionError(absl::StrCat("domain ", domain->name,
+                                                      " is not running; start it (virsh start ",
+                                                      domain->name, "), then retry"));
+  }
+  auto actor = std::make_shared<DomainActor>(*domain, hypervisor_, journal_, bus_, actor_options_);
+  actors_.emplace(domain->uuid, actor);
+  return actor;
+}
+
+absl::StatusOr<int> DomainRegistry::AdoptRunning(absl::Time deadline) {
+  auto domains = hypervisor_->ListDomains();
+  if (!domains.ok()) return domains.status();
+  int adopted = 0;
+  for (const DomainInfo& domain : *domains) {
+    if (!domain.running) continue;
+    auto actor = ActorFor(domain.uuid);
+    if (!actor.ok()) {
+      LogWarning(absl::StrCat(domain.name, ": cannot adopt: ", actor.status().message()));
+      continue;
+    }
+    auto patched = (*actor)->Adopt(deadline);
+    if (!patched.ok()) {
+      LogWarning(absl::StrCat(domain.name, ": cannot adopt: ", patched.status().message()));
+    } else if (*patched) {
+      LogInfo(absl::StrCat(domain.name, ": adopted a patched guest"));
+      ++adopted;
+    }
+  }
+  return adopted;
+}
+
+absl::Status DomainRegistry::DetachAll(const std::string& reason, absl::Time deadline) {
+  std::vector<std::shared_ptr<DomainActor>> actors;
+  {
+    absl::MutexLock lock(&mu_);
+    closing_ = true;  // no new actors: they would not be detached
+    for (const auto& [uuid, actor] : actors_) actors.push_back(actor);
+  }
+  absl::Status first_error;
+  for (const auto& actor : actors) {
+    absl::Status status = actor->Detach(reason, deadline);
+    if (!status.ok()) {
+      LogError(absl::StrCat(actor->Snapshot().domain.name, ": detach failed: ", status.message()));
+      if (first_error.ok()) first_error = status;
+    }
+  }
+  return first_error;
+}
+
+void DomainRegistry::OnLifecycle(const LifecycleEvent& event) {
+  if (auto actor = FindActor(event.domain.uuid)) {
+    actor->OnLifecycle(event);
+    return;
+  }
+  // No actor: nothing of ours was in it; still tell watchers.
+  DomainEvent published;
+  published.kind = DomainEvent::Kind::kLifecycle;
+  published.time = absl::Now();
+  published.domain = event.domain;
+  published.state = event.domain.running ? DomainState::kUnpatched : DomainState::kGone;
+  published.lifecycle = LifecycleName(event.kind);
+  published.message = absl::StrCat("domain ", event.domain.name, " ", published.lifecycle);
+  bus_->Publish(published);
+}
+
+}  // namespace tprd::daemon

@@ -1,0 +1,70 @@
+// Maps domain references (name, UUID or ID) to their actors. Actors are created when a running
+// domain is first needed (a command, adoption at start) and kept while tprd runs, so a domain
+// that stops keeps its "gone" state and history until it starts again.
+#ifndef TPRD_DAEMON_ACTOR_DOMAIN_REGISTRY_H_
+#define TPRD_DAEMON_ACTOR_DOMAIN_REGISTRY_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "daemon/actor/domain_actor.h"
+#include "daemon/domain/hypervisor.h"
+#include "daemon/events/event_bus.h"
+#include "daemon/journal/journal.h"
+
+namespace tprd::daemon {
+
+class DomainRegistry {
+ public:
+  // Registers itself as the hypervisor's lifecycle handler. All pointers outlive the registry;
+  // `journal` may be null.
+  DomainRegistry(Hypervisor* hypervisor, Journal* journal, EventBus* bus,
+                 DomainActorOptions actor_options);
+  ~DomainRegistry();
+
+  // Every domain the hypervisor knows, with tprd's view of it (sorted by name).
+  absl::StatusOr<std::vector<DomainSnapshot>> ListDomains();
+
+  // The snapshot of one domain, whether or not it has an actor. NOT_FOUND if unknown.
+  absl::StatusOr<DomainSnapshot> Describe(const std::string& reference);
+
+  // The actor of a running domain (created if needed). NOT_FOUND unknown domain;
+  // FAILED_PRECONDITION not running (and no actor yet); INVALID_ARGUMENT empty reference.
+  absl::StatusOr<std::shared_ptr<DomainActor>> ActorFor(const std::string& reference);
+
+  // Resolves a reference to its domain (NOT_FOUND / UNAVAILABLE / INVALID_ARGUMENT).
+  absl::StatusOr<DomainInfo> Resolve(const std::string& reference);
+
+  // Daemon start: every running domain gets an actor that looks for tprd's blob and takes
+  // patched guests back. Failures are logged per domain; returns how many were adopted.
+  absl::StatusOr<int> AdoptRunning(absl::Time deadline);
+
+  // Orderly stop: every actor leaves its guest correct without tprd (exact, no traps) and
+  // detaches. Returns the first error, after trying every domain.
+  absl::Status DetachAll(const std::string& reason, absl::Time deadline);
+
+  void OnLifecycle(const LifecycleEvent& event);
+
+ private:
+  std::shared_ptr<DomainActor> FindActor(const std::string& uuid);
+
+  Hypervisor* const hypervisor_;
+  Journal* const journal_;
+  EventBus* const bus_;
+  const DomainActorOptions actor_options_;
+
+  absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<DomainActor>> actors_ ABSL_GUARDED_BY(mu_);  // by UUID
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;  // DetachAll began
+};
+
+}  // namespace tprd::daemon
+
+#endif  // TPRD_DAEMON_ACTOR_DOMAIN_REGISTRY_H_

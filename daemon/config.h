@@ -1,0 +1,52 @@
+// tprd's settings: defaults, then the config file, then the command line (last wins).
+//
+// Config file format: one `key = value` per line; `#` starts a comment; blank lines ignored;
+// values may be quoted with "...". Keys:
+//   connect          libvirt URI                         (default qemu:///system)
+//   socket           API socket path                     (default /run/tprd/tprd.sock)
+//   socket_group     group given the socket              (default tprd, when it exists)
+//   state_dir        journal and state                   (default /var/lib/tprd)
+//   poll_interval_ms longest a patched domain's actor waits in one Poll (default 1000)
+//   stop_timeout_s   time to detach every guest on SIGTERM (default 60)
+//   log_level        info | debug                        (default info)
+#ifndef TPRD_DAEMON_CONFIG_H_
+#define TPRD_DAEMON_CONFIG_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace tprd::daemon {
+
+struct Config {
+  std::string connect = "qemu:///system";
+  std::string socket = "/run/tprd/tprd.sock";
+  std::string socket_group = "tprd";
+  std::string state_dir = "/var/lib/tprd";
+  std::string config_file;  // empty: /etc/tprd/tprd.conf if it exists
+  absl::Duration poll_interval = absl::Seconds(1);
+  absl::Duration stop_timeout = absl::Seconds(60);
+  bool debug = false;
+};
+
+inline constexpr char kDefaultConfigFile[] = "/etc/tprd/tprd.conf";
+
+// Applies `key = value` lines to `config`. INVALID_ARGUMENT names the line and what is wrong.
+absl::Status ApplyConfigText(const std::string& text, const std::string& origin, Config* config);
+
+// Reads a config file into `config`. NOT_FOUND if it does not exist.
+absl::Status ApplyConfigFile(const std::string& path, Config* config);
+
+// Parses `tprd [--connect URI] [--socket PATH] [--state-dir DIR] [--config FILE]` (plus
+// --help/--version, reported through `action`). Reads the config file first so flags win.
+enum class CommandLineAction { kRun, kHelp, kVersion };
+absl::StatusOr<CommandLineAction> ParseCommandLine(const std::vector<std::string>& args,
+                                                   Config* config);
+
+std::string UsageText();
+
+}  // namespace tprd::daemon
+
+#endif  // TPRD_DAEMON_CONFIG_H_

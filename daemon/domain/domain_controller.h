@@ -1,0 +1,123 @@
+// What the daemon asks of one domain's patching session. The real implementation (engine +
+// kvm-backend) lives elsewhere; tests/fakes/fake_domain_controller.h fakes it.
+//
+// Threading: one DomainActor owns each controller and calls every method from its own thread,
+// except Interrupt(), which any thread may call. Implementations therefore need no locking
+// beyond what Interrupt() touches.
+//
+// Errors: absl status codes with messages a person can act on; the service maps them to gRPC
+// codes one to one (NOT_FOUND unknown site, FAILED_PRECONDITION guest not fit / vapic active /
+// no KPCR / no room for the blob, INVALID_ARGUMENT, UNAVAILABLE the hypervisor went away).
+#ifndef TPRD_DAEMON_DOMAIN_DOMAIN_CONTROLLER_H_
+#define TPRD_DAEMON_DOMAIN_DOMAIN_CONTROLLER_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "daemon/engine/site.h"
+
+namespace tprd::daemon {
+
+// The strategy a user asks for; kAuto resolves to cr8 (guest CPU has cr8legacy) or mmio.
+enum class RequestedStrategy : uint8_t { kAuto, kMmio, kCr8, kExact };
+
+struct EnableOptions {
+  RequestedStrategy strategy = RequestedStrategy::kAuto;
+  bool dry_run = false;                                 // classify and report, write nothing
+  absl::Duration discovery_budget = absl::Seconds(10);  // scan + mmio learning window
+};
+
+// A site as the daemon reports it: the engine's site plus what only the session knows.
+struct SiteReport {
+  engine::Site site;
+  std::string disassembly;  // the original instruction, e.g. "mov ecx, dword ptr [0xFFFE0080]"
+  uint64_t hits = 0;        // executions seen (breakpoint / trap hits)
+};
+
+// A scan candidate: patchable or not, with the reason when not.
+struct ScanCandidateReport {
+  SiteReport site;
+  bool patchable = false;
+  std::string reason;
+};
+
+struct RollbackResult {
+  std::vector<uint32_t> rolled_back;
+  struct Refusal {
+    uint32_t site_id = 0;
+    std::string reason;
+  };
+  std::vector<Refusal> refused;
+};
+
+// What the session knows about its guest. The actor adds the domain state on top.
+struct ControllerStatus {
+  bool patched = false;  // the blob is in the guest with at least one applied site
+  engine::Strategy strategy = engine::Strategy::kExact;
+  uint64_t traps_handled = 0;
+  double tpr_accesses_per_second_before = 0;
+  double tpr_accesses_per_second_after = 0;
+  std::string last_error;
+};
+
+// Something the session did or saw on its own, reported by Poll().
+struct ControllerEvent {
+  enum class Kind : uint8_t {
+    kSiteChanged,      // a site was patched on first execution, or changed state
+    kStrategyChanged,  // e.g. switched to exact because an unpatchable writer kept firing
+    kError,            // a problem worth telling the user; the guest keeps running
+  };
+  Kind kind = Kind::kError;
+  std::optional<SiteReport> site;  // kSiteChanged
+  std::string message;
+};
+
+class DomainController {
+ public:
+  virtual ~DomainController() = default;
+
+  // On daemon start (or when a domain is first seen): look for tprd's blob in the guest and, if
+  // it is there, verify its sites and take the guest back (switch from exact to its strategy,
+  // re-arm breakpoints/watchpoints, handle a guest left stopped at a trap by a killed tprd).
+  // Returns whether the guest holds patches. A guest without the blob is not touched.
+  virtual absl::StatusOr<bool> Adopt() = 0;
+
+  // Discover, classify and patch; keep the guest correct afterwards (through Poll). Calling it
+  // on a patched guest with the same options changes nothing; with another strategy, switches.
+  virtual absl::StatusOr<std::vector<SiteReport>> Enable(const EnableOptions& options) = 0;
+
+  // Restore original bytes. Empty `site_ids` means every site. Unknown ids: NOT_FOUND.
+  virtual absl::StatusOr<RollbackResult> Rollback(const std::vector<uint32_t>& site_ids,
+                                                  bool force) = 0;
+
+  virtual absl::StatusOr<std::vector<SiteReport>> ListSites() = 0;
+
+  // Report-only: candidates in the guest's code. Never writes to the guest.
+  virtual absl::StatusOr<std::vector<ScanCandidateReport>> Scan() = 0;
+
+  virtual ControllerStatus Status() = 0;
+
+  // Handles guest stops (breakpoints, watchpoints) for up to `timeout`; returns early when one
+  // was handled or Interrupt() was called. UNAVAILABLE (or NOT_FOUND) when the domain is gone.
+  virtual absl::StatusOr<std::vector<ControllerEvent>> Poll(absl::Duration timeout) = 0;
+
+  // Thread-safe: make the current or next Poll() return promptly (a command is waiting).
+  virtual void Interrupt() = 0;
+
+  // Leave the guest correct without tprd: switch its strategy word to exact, remove
+  // breakpoints and watchpoints, detach. Patches stay; a later Adopt() takes them back.
+  virtual absl::Status Detach(const std::string& reason) = 0;
+
+  // The guest's memory is gone (shutdown, destroy, crash, reboot): drop the session without
+  // touching the guest.
+  virtual void Abandon(const std::string& reason) = 0;
+};
+
+}  // namespace tprd::daemon
+
+#endif  // TPRD_DAEMON_DOMAIN_DOMAIN_CONTROLLER_H_

@@ -1,0 +1,79 @@
+// The daemon's view of the hypervisor's domain list and lifecycle, and the door to a domain's
+// patching session. The real one adapts kvm-backend's LibvirtConnection; tests fake it.
+#ifndef TPRD_DAEMON_DOMAIN_HYPERVISOR_H_
+#define TPRD_DAEMON_DOMAIN_HYPERVISOR_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/domain/domain_controller.h"
+#include "daemon/engine/patch_recorder.h"
+
+namespace tprd::daemon {
+
+struct DomainInfo {
+  std::string name;
+  std::string uuid;  // lower-case, with dashes
+  int id = -1;       // libvirt ID while running, else -1
+  bool running = false;
+};
+
+enum class LifecycleKind : uint8_t {
+  kStarted,
+  kShutdown,
+  kDestroyed,
+  kCrashed,
+  kRebooted,
+  kMigrated,  // migrated away: the target's daemon adopts
+};
+inline const char* LifecycleName(LifecycleKind kind) {
+  switch (kind) {
+    case LifecycleKind::kStarted:
+      return "started";
+    case LifecycleKind::kShutdown:
+      return "shutdown";
+    case LifecycleKind::kDestroyed:
+      return "destroyed";
+    case LifecycleKind::kCrashed:
+      return "crashed";
+    case LifecycleKind::kRebooted:
+      return "rebooted";
+    case LifecycleKind::kMigrated:
+      return "migrated";
+  }
+  return "unknown";
+}
+
+struct LifecycleEvent {
+  DomainInfo domain;
+  LifecycleKind kind = LifecycleKind::kStarted;
+};
+
+class Hypervisor {
+ public:
+  virtual ~Hypervisor() = default;
+
+  // Every defined domain. UNAVAILABLE when the hypervisor cannot be reached.
+  virtual absl::StatusOr<std::vector<DomainInfo>> ListDomains() = 0;
+
+  // By name, UUID or numeric ID. NOT_FOUND when no domain matches.
+  virtual absl::StatusOr<DomainInfo> LookupDomain(const std::string& reference) = 0;
+
+  // Opens a patching session for a running domain. `recorder` outlives the controller; the
+  // controller reports every site state change to it before and after each guest write.
+  virtual absl::StatusOr<std::unique_ptr<DomainController>> OpenController(
+      const DomainInfo& domain, engine::PatchRecorder* recorder) = 0;
+
+  // Lifecycle events arrive on the hypervisor's own thread; the handler must not block long.
+  // Set once, before events are wanted; an implementation re-registers its own callbacks after
+  // reconnecting so no event is silently lost.
+  virtual void SetLifecycleHandler(std::function<void(const LifecycleEvent&)> handler) = 0;
+};
+
+}  // namespace tprd::daemon
+
+#endif  // TPRD_DAEMON_DOMAIN_HYPERVISOR_H_

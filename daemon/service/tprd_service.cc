@@ -1,0 +1,125 @@
+#include "daemon/service/tprd_service.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/service/grpc_status.h"
+#include "daemon/service/proto_convert.h"
+
+namespace tprd::daemon {
+
+TprdService::TprdService(DomainRegistry* registry, EventBus* bus, TprdServiceOptions options)
+    : registry_(registry), bus_(bus), options_(options) {}
+
+absl::Time TprdService::DeadlineOf(const grpc::ServerContext* context) const {
+  const absl::Time cap = absl::Now() + options_.max_wait;
+  const auto deadline = context->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return cap;
+  return std::min(cap, absl::FromChrono(deadline));
+}
+
+grpc::Status TprdService::ListDomains(grpc::ServerContext*, const tprd::v1::ListDomainsRequest*,
+                                      tprd::v1::ListDomainsResponse* response) {
+  auto domains = registry_->ListDomains();
+  if (!domains.ok()) return ToGrpcStatus(domains.status());
+  for (const DomainSnapshot& snapshot : *domains) ToProto(snapshot, response->add_domains());
+  return grpc::Status::OK;
+}
+
+grpc::Status TprdService::GetDomain(grpc::ServerContext*, const tprd::v1::GetDomainRequest* request,
+                                    tprd::v1::DomainStatus* response) {
+  auto snapshot = registry_->Describe(request->domain());
+  if (!snapshot.ok()) return ToGrpcStatus(snapshot.status());
+  ToProto(*snapshot, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status TprdService::EnablePatching(grpc::ServerContext* context,
+                                         const tprd::v1::EnablePatchingRequest* request,
+                                         tprd::v1::EnablePatchingResponse* response) {
+  auto strategy = FromProto(request->strategy());
+  if (!strategy.ok()) return ToGrpcStatus(strategy.status());
+  auto actor = registry_->ActorFor(request->domain());
+  if (!actor.ok()) return ToGrpcStatus(actor.status());
+  EnableOptions options;
+  options.strategy = *strategy;
+  options.dry_run = request->dry_run();
+  options.discovery_budget = request->discovery_budget_ms() > 0
+                                 ? absl::Milliseconds(request->discovery_budget_ms())
+                                 : options_.default_discovery_budget;
+  auto result = (*actor)->Enable(options, DeadlineOf(context));
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  ToProto(result->after, response->mutable_status());
+  for (const SiteReport& site : result->sites) ToProto(site, response->add_sites());
+  return grpc::Status::OK;
+}
+
+grpc::Status TprdService::Rollback(grpc::ServerContext* context,
+                                   const tprd::v1::RollbackRequest* request,
+                                   tprd::v1::RollbackResponse* response) {
+  auto actor = registry_->ActorFor(request->domain());
+  if (!actor.ok()) return ToGrpcStatus(actor.status());
+  const std::vector<uint32_t> ids(request->site_ids().begin(), request->site_ids().end());
+  auto outcome = (*actor)->Rollback(ids, request->force(), DeadlineOf(context));
+  if (!outcome.ok()) return ToGrpcStatus(outcome.status());
+  for (uint32_t id : outcome->result.rolled_back) response->add_rolled_back(id);
+  for (const auto& refusal : outcome->result.refused) {
+    auto* out = response->add_refused();
+    out->set_site_id(refusal.site_id);
+    out->set_reason(refusal.reason);
+  }
+  ToProto(outcome->after, response->mutable_status());
+  return grpc::Status::OK;
+}
+
+grpc::Status TprdService::ListSites(grpc::ServerContext*, const tprd::v1::ListSitesRequest* request,
+                                    tprd::v1::ListSitesResponse* response) {
+  auto snapshot = registry_->Describe(request->domain());
+  if (!snapshot.ok()) return ToGrpcStatus(snapshot.status());
+  ToProto(snapshot->domain, response->mutable_domain());
+  std::vector<SiteReport> sites = snapshot->sites;
+  std::sort(sites.begin(), sites.end(),
+            [](const SiteReport& a, const SiteReport& b) { return a.site.id < b.site.id; });
+  for (const SiteReport& site : sites) ToProto(site, response->add_sites());
+  return grpc::Status::OK;
+}
+
+grpc::Status TprdService::Scan(grpc::ServerContext* context, const tprd::v1::ScanRequest* request,
+                               tprd::v1::ScanResponse* response) {
+  auto actor = registry_->ActorFor(request->domain());
+  if (!actor.ok()) return ToGrpcStatus(actor.status());
+  auto candidates = (*actor)->Scan(DeadlineOf(context));
+  if (!candidates.ok()) return ToGrpcStatus(candidates.status());
+  ToProto((*actor)->Snapshot().domain, response->mutable_domain());
+  for (const ScanCandidateReport& candidate : *candidates) {
+    auto* out = response->add_candidates();
+    ToProto(candidate.site, out->mutable_site());
+    out->set_patchable(candidate.patchable);
+    out->set_reason(candidate.reason);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status TprdService::WatchEvents(grpc::ServerContext* context,
+                                      const tprd::v1::WatchEventsRequest* request,
+                                      grpc::ServerWriter<tprd::v1::Event>* writer) {
+  std::string uuid;
+  if (!request->domain().empty()) {
+    auto domain = registry_->Resolve(request->domain());
+    if (!domain.ok()) return ToGrpcStatus(domain.status());
+    uuid = domain->uuid;
+  }
+  auto subscription = bus_->Subscribe(uuid);
+  // Headers now, so the client knows the stream is live before the first event.
+  writer->SendInitialMetadata();
+  while (!context->IsCancelled() && !stopping_.load()) {
+    auto event = subscription->Next(options_.watch_check_interval);
+    if (!event) continue;
+    tprd::v1::Event message;
+    ToProto(*event, &message);
+    if (!writer->Write(message)) break;  // the client went away
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace tprd::daemon

@@ -1,0 +1,54 @@
+#include "daemon/config.h"
+
+#include <fstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/daemon/test_dir.h"
+
+namespace tprd::daemon {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ConfigTest, FileSettingsApplyAndFlagsWin) {
+  TestDir dir;
+  const std::string path = dir.File("tprd.conf");
+  std::ofstream(path) << "# tprd settings\n"
+                         "connect = qemu+ssh://host/system\n"
+                         "socket = \"/tmp/x.sock\"   # quoted\n"
+                         "\n"
+                         "poll_interval_ms = 250\n"
+                         "log_level = debug\n";
+  Config config;
+  auto action = ParseCommandLine({"--config", path, "--socket=/run/other.sock"}, &config);
+  ASSERT_TRUE(action.ok()) << action.status();
+  EXPECT_EQ(*action, CommandLineAction::kRun);
+  EXPECT_EQ(config.connect, "qemu+ssh://host/system");
+  EXPECT_EQ(config.socket, "/run/other.sock");
+  EXPECT_EQ(config.state_dir, "/var/lib/tprd");
+  EXPECT_EQ(config.poll_interval, absl::Milliseconds(250));
+  EXPECT_TRUE(config.debug);
+}
+
+TEST(ConfigTest, BadLinesNameTheFileAndLine) {
+  Config config;
+  absl::Status unknown = ApplyConfigText("connect = x\nsokcet = y\n", "tprd.conf", &config);
+  EXPECT_TRUE(absl::IsInvalidArgument(unknown));
+  EXPECT_THAT(std::string(unknown.message()), HasSubstr("tprd.conf:2"));
+  EXPECT_THAT(std::string(unknown.message()), HasSubstr("sokcet"));
+  EXPECT_FALSE(ApplyConfigText("poll_interval_ms = soon\n", "f", &config).ok());
+  EXPECT_FALSE(ApplyConfigText("just words\n", "f", &config).ok());
+}
+
+TEST(ConfigTest, UsageErrorsAndMissingConfigFile) {
+  Config config;
+  EXPECT_FALSE(ParseCommandLine({"--bogus"}, &config).ok());
+  EXPECT_FALSE(ParseCommandLine({"--socket"}, &config).ok());
+  EXPECT_TRUE(
+      absl::IsNotFound(ParseCommandLine({"--config", "/nonexistent.conf"}, &config).status()));
+  EXPECT_EQ(*ParseCommandLine({"--help"}, &config), CommandLineAction::kHelp);
+}
+
+}  // namespace
+}  // namespace tprd::daemon

@@ -1,0 +1,319 @@
+// The actors and the registry against FakeHypervisor / FakeDomainController, without gRPC.
+#include "daemon/actor/domain_actor.h"
+
+#include "daemon/actor/domain_registry.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/daemon/test_dir.h"
+#include "tests/fakes/fake_domain_controller.h"
+
+namespace tprd::daemon {
+namespace {
+
+using fakes::FakeGuest;
+using fakes::FakeHypervisor;
+using ::testing::HasSubstr;
+
+absl::Time Soon() { return absl::Now() + absl::Seconds(10); }
+
+class DomainActorTest : public ::testing::Test {
+ protected:
+  DomainActorTest() {
+    guest_ = hypervisor_.AddDomain("winxp-01", "aaaaaaaa-0000-0000-0000-000000000001", true);
+    fakes::AddFakeCandidates(*guest_, 3);
+    stopped_ = hypervisor_.AddDomain("winxp-off", "aaaaaaaa-0000-0000-0000-000000000002", false);
+    auto journal = Journal::Open(dir_.File(Journal::kFileName));
+    EXPECT_TRUE(journal.ok());
+    journal_ = *std::move(journal);
+    registry_ = std::make_unique<DomainRegistry>(&hypervisor_, journal_.get(), &bus_,
+                                                 DomainActorOptions{absl::Milliseconds(50)});
+  }
+
+  std::shared_ptr<DomainActor> Actor(const std::string& name) {
+    auto actor = registry_->ActorFor(name);
+    EXPECT_TRUE(actor.ok()) << actor.status();
+    return actor.ok() ? *actor : nullptr;
+  }
+
+  // Waits (bounded) for the actor's snapshot to satisfy `condition`.
+  bool WaitForSnapshot(DomainActor& actor,
+                       const std::function<bool(const DomainSnapshot&)>& condition) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (absl::Now() < deadline) {
+      if (condition(actor.Snapshot())) return true;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return false;
+  }
+
+  TestDir dir_;
+  FakeHypervisor hypervisor_;
+  EventBus bus_;
+  std::unique_ptr<Journal> journal_;
+  std::shared_ptr<FakeGuest> guest_;
+  std::shared_ptr<FakeGuest> stopped_;
+  std::unique_ptr<DomainRegistry> registry_;
+};
+
+TEST_F(DomainActorTest, EnablePatchesJournalsAndKeepsPolling) {
+  auto actor = Actor("winxp-01");
+  auto result = actor->Enable(EnableOptions{}, Soon());
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->sites.size(), 3u);
+  EXPECT_EQ(result->after.state, DomainState::kPatched);
+  EXPECT_EQ(result->after.status.strategy, engine::Strategy::kMmio);  // no cr8legacy
+  EXPECT_EQ(result->after.sites.size(), 3u);
+  EXPECT_TRUE(guest_->WaitUntil([&] { return guest_->polls > 0; }))
+      << "a patched domain's actor must poll its controller";
+
+  auto entries = Journal::ReadAll(journal_->path(), nullptr);
+  ASSERT_TRUE(entries.ok());
+  int pending = 0, applied = 0;
+  for (const JournalEntry& entry : *entries) {
+    if (!entry.site) continue;
+    pending += entry.site->state == engine::SiteState::kPending;
+    applied += entry.site->state == engine::SiteState::kApplied;
+  }
+  EXPECT_EQ(pending, 3) << "every site is journaled before its guest write";
+  EXPECT_EQ(applied, 3);
+}
+
+TEST_F(DomainActorTest, DryRunWritesNothingAndLeavesNoSession) {
+  auto actor = Actor("winxp-01");
+  EnableOptions options;
+  options.dry_run = true;
+  auto result = actor->Enable(options, Soon());
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->sites.size(), 3u);
+  EXPECT_EQ(result->after.state, DomainState::kUnpatched);
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  EXPECT_FALSE(guest_->blob_present);
+  EXPECT_EQ(guest_->detaches, 1);
+}
+
+TEST_F(DomainActorTest, BusyActorAnswersReadsAndRefusesASecondEnable) {
+  auto actor = Actor("winxp-01");
+  guest_->hold_enable = true;
+  std::thread first([&] { EXPECT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok()); });
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->enable_entered; }));
+
+  const DomainSnapshot during = actor->Snapshot();  // must not wait for the enable
+  EXPECT_EQ(during.state, DomainState::kPatching);
+  EXPECT_EQ(during.busy_with, "enable");
+  auto second = actor->Enable(EnableOptions{}, Soon());
+  EXPECT_TRUE(absl::IsFailedPrecondition(second.status())) << second.status();
+  EXPECT_THAT(std::string(second.status().message()), HasSubstr("busy with enable"));
+
+  guest_->ReleaseEnable();
+  first.join();
+  EXPECT_EQ(actor->Snapshot().state, DomainState::kPatched);
+  EXPECT_TRUE(actor->Snapshot().busy_with.empty());
+}
+
+TEST_F(DomainActorTest, CommandPastItsDeadlineIsReportedAndSkipped) {
+  auto actor = Actor("winxp-01");
+  guest_->hold_enable = true;
+  std::thread first([&] { EXPECT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok()); });
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->enable_entered; }));
+  auto scan = actor->Scan(absl::Now() + absl::Milliseconds(50));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(scan.status())) << scan.status();
+  guest_->ReleaseEnable();
+  first.join();
+  // The next command still works: the abandoned scan did not jam the queue.
+  auto again = actor->Scan(Soon());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->size(), 3u);
+}
+
+TEST_F(DomainActorTest, CommandsInterruptPollingInsteadOfWaitingForIt) {
+  registry_.reset();
+  registry_ = std::make_unique<DomainRegistry>(&hypervisor_, journal_.get(), &bus_,
+                                               DomainActorOptions{absl::Hours(1)});
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->polls > 0; }));
+  // With an hour-long poll slice, only Interrupt() lets this finish within its deadline.
+  auto scan = actor->Scan(Soon());
+  EXPECT_TRUE(scan.ok()) << scan.status();
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  EXPECT_GE(guest_->interrupts, 1);
+}
+
+TEST_F(DomainActorTest, SitePatchedOnFirstExecutionIsPublished) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  auto events = bus_.Subscribe("");
+  ControllerEvent late;
+  late.kind = ControllerEvent::Kind::kSiteChanged;
+  late.site = SiteReport{};
+  late.site->site.id = 42;
+  late.site->site.address = 0x80600000;
+  late.site->site.state = engine::SiteState::kApplied;
+  guest_->PushPollEvent(late);
+
+  std::optional<DomainEvent> seen;
+  for (int i = 0; i < 100 && !seen; ++i) {
+    auto event = events->Next(absl::Milliseconds(100));
+    if (event && event->kind == DomainEvent::Kind::kSite) seen = event;
+  }
+  ASSERT_TRUE(seen.has_value()) << "no site event within 10 s";
+  EXPECT_EQ(seen->site->site.id, 42u);
+  EXPECT_TRUE(WaitForSnapshot(*actor, [](const DomainSnapshot& s) {
+    return s.sites.size() == 4 && s.status.traps_handled == 1;
+  }));
+}
+
+TEST_F(DomainActorTest, RollbackAllReturnsToUnpatchedAndDetaches) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  auto one = actor->Rollback({1}, false, Soon());
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_THAT(one->result.rolled_back, ::testing::ElementsAre(1u));
+  EXPECT_EQ(one->after.state, DomainState::kPatched);
+
+  auto unknown = actor->Rollback({99}, false, Soon());
+  EXPECT_TRUE(absl::IsNotFound(unknown.status())) << unknown.status();
+
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->tampered.insert(2);
+  }
+  auto rest = actor->Rollback({}, false, Soon());
+  ASSERT_TRUE(rest.ok());
+  EXPECT_THAT(rest->result.rolled_back, ::testing::ElementsAre(0u));
+  ASSERT_EQ(rest->result.refused.size(), 1u);
+  EXPECT_THAT(rest->result.refused[0].reason, HasSubstr("--force"));
+  EXPECT_EQ(rest->after.state, DomainState::kPatched) << "site 2 is still patched";
+
+  auto forced = actor->Rollback({2}, true, Soon());
+  ASSERT_TRUE(forced.ok());
+  EXPECT_EQ(forced->after.state, DomainState::kUnpatched);
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  EXPECT_FALSE(guest_->traps_armed) << "no traps left once nothing is patched";
+}
+
+TEST_F(DomainActorTest, RollbackOnAnUnpatchedDomainIsANoOp) {
+  auto actor = Actor("winxp-01");
+  auto all = actor->Rollback({}, false, Soon());
+  ASSERT_TRUE(all.ok());
+  EXPECT_TRUE(all->result.rolled_back.empty());
+  EXPECT_TRUE(absl::IsNotFound(actor->Rollback({3}, false, Soon()).status()));
+}
+
+TEST_F(DomainActorTest, EnableFailureKeepsTheDomainUnpatchedWithTheReason) {
+  guest_->enable_error = absl::FailedPreconditionError(
+      "QEMU's own vapic is active on winxp-01; set apic.vapic=off and restart the domain");
+  auto actor = Actor("winxp-01");
+  auto result = actor->Enable(EnableOptions{}, Soon());
+  EXPECT_TRUE(absl::IsFailedPrecondition(result.status()));
+  const DomainSnapshot after = actor->Snapshot();
+  EXPECT_EQ(after.state, DomainState::kUnpatched);
+  EXPECT_THAT(after.last_error, HasSubstr("vapic"));
+}
+
+TEST_F(DomainActorTest, RebootForgetsPatchesAndEnableWorksAgain) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kRebooted);
+  ASSERT_TRUE(WaitForSnapshot(*actor, [](const DomainSnapshot& s) {
+    return s.state == DomainState::kUnpatched && s.sites.empty();
+  }));
+  EXPECT_GE(guest_->abandons, 1) << "the session is dropped, not detached";
+  auto again = actor->Enable(EnableOptions{}, Soon());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->after.state, DomainState::kPatched);
+}
+
+TEST_F(DomainActorTest, DestroyedDomainIsGoneAndRefusesCommandsUntilStarted) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kDestroyed);
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kGone; }));
+  auto refused = actor->Enable(EnableOptions{}, Soon());
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused.status()));
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("not running"));
+
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kStarted);
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kUnpatched; }));
+  EXPECT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+
+  auto entries = Journal::ReadAll(journal_->path(), nullptr);
+  ASSERT_TRUE(entries.ok());
+  bool destroyed_recorded = false;
+  for (const JournalEntry& entry : *entries) {
+    destroyed_recorded |= entry.event == "lifecycle" && entry.message == "destroyed";
+  }
+  EXPECT_TRUE(destroyed_recorded);
+}
+
+TEST_F(DomainActorTest, DetachAllLeavesPatchedGuestsExactAndAdoptTakesThemBack) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  ASSERT_TRUE(registry_->DetachAll("tprd stopping", Soon()).ok());
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    EXPECT_EQ(guest_->strategy_word, engine::Strategy::kExact);
+    EXPECT_FALSE(guest_->traps_armed);
+    EXPECT_TRUE(guest_->blob_present) << "patches stay; exact keeps them correct";
+    EXPECT_EQ(guest_->last_detach_reason, "tprd stopping");
+  }
+  EXPECT_EQ(actor->Snapshot().state, DomainState::kExactWhileAway);
+
+  // A new daemon: a fresh registry adopts what it finds.
+  actor.reset();
+  registry_.reset();
+  registry_ = std::make_unique<DomainRegistry>(&hypervisor_, journal_.get(), &bus_,
+                                               DomainActorOptions{absl::Milliseconds(50)});
+  auto adopted = registry_->AdoptRunning(Soon());
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  EXPECT_EQ(*adopted, 1);
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  EXPECT_EQ(guest_->strategy_word, engine::Strategy::kMmio);
+  EXPECT_TRUE(guest_->traps_armed);
+}
+
+TEST_F(DomainActorTest, LostSessionIsReportedAndTheNextEnableAdoptsAgain) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->poll_error = absl::UnavailableError("gdbstub connection reset");
+    guest_->changed.notify_all();
+  }
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kExactWhileAway; }));
+  EXPECT_THAT(actor->Snapshot().last_error, HasSubstr("gdbstub connection reset"));
+  const int adopts_before = guest_->adopts;
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  EXPECT_EQ(guest_->adopts, adopts_before + 1);
+  EXPECT_EQ(actor->Snapshot().state, DomainState::kPatched);
+}
+
+TEST_F(DomainActorTest, RegistryResolvesByNameUuidAndIdAndRefusesStoppedDomains) {
+  auto by_name = registry_->ActorFor("winxp-01");
+  auto by_uuid = registry_->ActorFor("aaaaaaaa-0000-0000-0000-000000000001");
+  auto by_id = registry_->ActorFor("1");
+  ASSERT_TRUE(by_name.ok() && by_uuid.ok() && by_id.ok());
+  EXPECT_EQ(by_name->get(), by_uuid->get());
+  EXPECT_EQ(by_name->get(), by_id->get());
+
+  EXPECT_TRUE(absl::IsNotFound(registry_->ActorFor("nope").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(registry_->ActorFor("").status()));
+  auto stopped = registry_->ActorFor("winxp-off");
+  EXPECT_TRUE(absl::IsFailedPrecondition(stopped.status()));
+  EXPECT_THAT(std::string(stopped.status().message()), HasSubstr("virsh start winxp-off"));
+
+  auto listed = registry_->ListDomains();
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 2u);
+  EXPECT_EQ((*listed)[0].domain.name, "winxp-01");
+  EXPECT_EQ((*listed)[1].state, DomainState::kGone);
+
+  hypervisor_.SetUnavailable(true);
+  EXPECT_TRUE(absl::IsUnavailable(registry_->ListDomains().status()));
+}
+
+}  // namespace
+}  // namespace tprd::daemon

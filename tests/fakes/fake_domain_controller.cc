@@ -1,0 +1,349 @@
+#include "tests/fakes/fake_domain_controller.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace tprd::fakes {
+
+using daemon::ControllerEvent;
+using daemon::ControllerStatus;
+using daemon::DomainInfo;
+using daemon::RequestedStrategy;
+using daemon::ScanCandidateReport;
+using daemon::SiteReport;
+
+bool FakeGuest::WaitUntil(const std::function<bool()>& condition,
+                          std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu);
+  return changed.wait_for(lock, timeout, condition);
+}
+
+void FakeGuest::ReleaseEnable() {
+  std::lock_guard<std::mutex> lock(mu);
+  hold_enable = false;
+  changed.notify_all();
+}
+
+void FakeGuest::PushPollEvent(ControllerEvent event) {
+  std::lock_guard<std::mutex> lock(mu);
+  poll_events.push_back(std::move(event));
+  changed.notify_all();
+}
+
+void AddFakeCandidates(FakeGuest& guest, int count) {
+  for (int i = 0; i < count; ++i) {
+    SiteReport report;
+    report.site.id = static_cast<uint32_t>(i);
+    report.site.address = 0x80501000u + 0x40u * static_cast<uint32_t>(i);
+    if (i % 2 == 0) {
+      report.site.form = engine::Form::kMovEaxFromMoffs;
+      report.site.original = {0xA1, 0x80, 0x00, 0xFE, 0xFF};
+      report.site.patched = {0xE8, 0x10, 0x20, 0x30, 0x40};
+      report.disassembly = "mov eax, dword ptr [0xFFFE0080]";
+    } else {
+      report.site.form = engine::Form::kMovMemFromReg;
+      report.site.reg = engine::Gpr::kEcx;
+      report.site.original = {0x89, 0x0D, 0x80, 0x00, 0xFE, 0xFF};
+      report.site.patched = {0x51, 0xE8, 0x10, 0x20, 0x30, 0x40};
+      report.disassembly = "mov dword ptr [0xFFFE0080], ecx";
+    }
+    report.site.state = engine::SiteState::kCandidate;
+    guest.candidates.push_back(report);
+  }
+}
+
+FakeDomainController::FakeDomainController(std::shared_ptr<FakeGuest> guest,
+                                           engine::PatchRecorder* recorder)
+    : guest_(std::move(guest)), recorder_(recorder) {}
+
+bool FakeDomainController::PatchedLocked() const {
+  return guest_->blob_present &&
+         std::any_of(guest_->sites.begin(), guest_->sites.end(), [](const SiteReport& s) {
+           return s.site.state == engine::SiteState::kApplied;
+         });
+}
+
+absl::StatusOr<bool> FakeDomainController::Adopt() {
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  ++guest_->adopts;
+  const bool patched = PatchedLocked();
+  if (patched) {
+    guest_->strategy_word = guest_->chosen_strategy;
+    guest_->traps_armed = true;
+  }
+  guest_->changed.notify_all();
+  return patched;
+}
+
+absl::StatusOr<std::vector<SiteReport>> FakeDomainController::Enable(
+    const daemon::EnableOptions& options) {
+  std::unique_lock<std::mutex> lock(guest_->mu);
+  ++guest_->enables;
+  guest_->enable_entered = true;
+  guest_->changed.notify_all();
+  guest_->changed.wait(lock, [this] { return !guest_->hold_enable; });
+  guest_->enable_entered = false;
+  if (!guest_->enable_error.ok()) return guest_->enable_error;
+  engine::Strategy strategy = engine::Strategy::kMmio;
+  switch (options.strategy) {
+    case RequestedStrategy::kAuto:
+      strategy = guest_->cr8legacy ? engine::Strategy::kCr8 : engine::Strategy::kMmio;
+      break;
+    case RequestedStrategy::kMmio:
+      strategy = engine::Strategy::kMmio;
+      break;
+    case RequestedStrategy::kCr8:
+      if (!guest_->cr8legacy) {
+        return absl::FailedPreconditionError(
+            "the guest CPU lacks cr8legacy; use --strategy mmio or add cr8legacy to its CPU");
+      }
+      strategy = engine::Strategy::kCr8;
+      break;
+    case RequestedStrategy::kExact:
+      strategy = engine::Strategy::kExact;
+      break;
+  }
+  if (options.dry_run) return guest_->candidates;
+  std::vector<SiteReport> done;
+  for (const SiteReport& candidate : guest_->candidates) {
+    auto existing =
+        std::find_if(guest_->sites.begin(), guest_->sites.end(),
+                     [&](const SiteReport& s) { return s.site.id == candidate.site.id; });
+    if (existing != guest_->sites.end() && existing->site.state == engine::SiteState::kApplied) {
+      done.push_back(*existing);  // already patched: enable is idempotent
+      continue;
+    }
+    SiteReport site = candidate;
+    site.site.state = engine::SiteState::kPending;
+    if (recorder_ != nullptr) {
+      absl::Status recorded = recorder_->RecordSite(site.site);
+      if (!recorded.ok()) return recorded;
+    }
+    site.site.state = engine::SiteState::kApplied;
+    if (recorder_ != nullptr) {
+      absl::Status recorded = recorder_->RecordSite(site.site);
+      if (!recorded.ok()) return recorded;
+    }
+    if (existing != guest_->sites.end()) {
+      *existing = site;
+    } else {
+      guest_->sites.push_back(site);
+    }
+    done.push_back(site);
+  }
+  guest_->blob_present = true;
+  guest_->chosen_strategy = strategy;
+  guest_->strategy_word = strategy;
+  guest_->traps_armed = true;
+  guest_->changed.notify_all();
+  return done;
+}
+
+absl::StatusOr<daemon::RollbackResult> FakeDomainController::Rollback(
+    const std::vector<uint32_t>& site_ids, bool force) {
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  for (uint32_t id : site_ids) {
+    const bool known = std::any_of(guest_->sites.begin(), guest_->sites.end(),
+                                   [id](const SiteReport& s) { return s.site.id == id; });
+    if (!known) {
+      return absl::NotFoundError(
+          absl::StrCat("site ", id, " does not exist on this domain; list them with tprctl sites"));
+    }
+  }
+  daemon::RollbackResult result;
+  for (SiteReport& site : guest_->sites) {
+    const bool wanted = site_ids.empty() ||
+                        std::find(site_ids.begin(), site_ids.end(), site.site.id) != site_ids.end();
+    if (!wanted || site.site.state != engine::SiteState::kApplied) continue;
+    if (guest_->tampered.count(site.site.id) > 0 && !force) {
+      result.refused.push_back(
+          {site.site.id, absl::StrCat("bytes at 0x", absl::Hex(site.site.address),
+                                      " changed since patching; use --force to overwrite")});
+      continue;
+    }
+    site.site.state = engine::SiteState::kRolledBack;
+    if (recorder_ != nullptr) {
+      absl::Status recorded = recorder_->RecordSite(site.site);
+      if (!recorded.ok()) return recorded;
+    }
+    result.rolled_back.push_back(site.site.id);
+  }
+  guest_->changed.notify_all();
+  return result;
+}
+
+absl::StatusOr<std::vector<SiteReport>> FakeDomainController::ListSites() {
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  return guest_->sites;
+}
+
+absl::StatusOr<std::vector<ScanCandidateReport>> FakeDomainController::Scan() {
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  std::vector<ScanCandidateReport> found;
+  for (const SiteReport& candidate : guest_->candidates) {
+    found.push_back({candidate, true, ""});
+  }
+  for (const ScanCandidateReport& look_alike : guest_->unpatchable) found.push_back(look_alike);
+  return found;
+}
+
+ControllerStatus FakeDomainController::Status() {
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  ControllerStatus status;
+  status.patched = PatchedLocked();
+  status.strategy = guest_->strategy_word;
+  status.traps_handled = traps_handled_;
+  status.tpr_accesses_per_second_before = status.patched ? 25000 : 0;
+  status.tpr_accesses_per_second_after = status.patched ? 120 : 0;
+  return status;
+}
+
+absl::StatusOr<std::vector<ControllerEvent>> FakeDomainController::Poll(absl::Duration timeout) {
+  std::unique_lock<std::mutex> lock(guest_->mu);
+  ++guest_->polls;
+  guest_->changed.notify_all();
+  guest_->changed.wait_for(lock, absl::ToChronoNanoseconds(timeout), [this] {
+    return interrupted_ || !guest_->poll_events.empty() || !guest_->poll_error.ok();
+  });
+  interrupted_ = false;
+  if (!guest_->poll_error.ok()) {
+    absl::Status error = guest_->poll_error;
+    guest_->poll_error = absl::OkStatus();
+    return error;
+  }
+  std::vector<ControllerEvent> events(guest_->poll_events.begin(), guest_->poll_events.end());
+  guest_->poll_events.clear();
+  for (const ControllerEvent& event : events) {
+    ++traps_handled_;
+    if (event.kind != ControllerEvent::Kind::kSiteChanged || !event.site) continue;
+    auto existing =
+        std::find_if(guest_->sites.begin(), guest_->sites.end(),
+                     [&](const SiteReport& s) { return s.site.id == event.site->site.id; });
+    if (existing != guest_->sites.end()) {
+      *existing = *event.site;
+    } else {
+      guest_->sites.push_back(*event.site);
+    }
+  }
+  return events;
+}
+
+void FakeDomainController::Interrupt() {
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  interrupted_ = true;
+  ++guest_->interrupts;
+  guest_->changed.notify_all();
+}
+
+absl::Status FakeDomainController::Detach(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  ++guest_->detaches;
+  guest_->last_detach_reason = reason;
+  if (guest_->blob_present) guest_->strategy_word = engine::Strategy::kExact;
+  guest_->traps_armed = false;
+  guest_->changed.notify_all();
+  return absl::OkStatus();
+}
+
+void FakeDomainController::Abandon(const std::string&) {
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  ++guest_->abandons;
+  guest_->changed.notify_all();
+}
+
+std::shared_ptr<FakeGuest> FakeHypervisor::AddDomain(const std::string& name,
+                                                     const std::string& uuid, bool running) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Entry entry;
+  entry.info.name = name;
+  entry.info.uuid = uuid;
+  entry.info.running = running;
+  entry.info.id = running ? next_id_++ : -1;
+  entry.guest = std::make_shared<FakeGuest>();
+  domains_[name] = entry;
+  return entry.guest;
+}
+
+void FakeHypervisor::EmitLifecycle(const std::string& name, daemon::LifecycleKind kind) {
+  daemon::LifecycleEvent event;
+  std::function<void(const daemon::LifecycleEvent&)> handler;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = domains_.find(name);
+    if (it == domains_.end()) return;
+    Entry& entry = it->second;
+    const bool running =
+        kind == daemon::LifecycleKind::kStarted || kind == daemon::LifecycleKind::kRebooted;
+    if (running && !entry.info.running) entry.info.id = next_id_++;
+    if (!running) entry.info.id = -1;
+    entry.info.running = running;
+    if (kind != daemon::LifecycleKind::kStarted) {
+      // The guest's memory is gone (or reset): so are its patches.
+      std::lock_guard<std::mutex> guest_lock(entry.guest->mu);
+      entry.guest->blob_present = false;
+      entry.guest->sites.clear();
+      entry.guest->traps_armed = false;
+    }
+    event.domain = entry.info;
+    event.kind = kind;
+    handler = handler_;
+  }
+  if (handler) handler(event);
+}
+
+void FakeHypervisor::SetUnavailable(bool unavailable) {
+  std::lock_guard<std::mutex> lock(mu_);
+  unavailable_ = unavailable;
+}
+
+absl::StatusOr<std::vector<DomainInfo>> FakeHypervisor::ListDomains() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (unavailable_) {
+    return absl::UnavailableError("cannot reach libvirt at test:///fake; is libvirtd running?");
+  }
+  std::vector<DomainInfo> domains;
+  for (const auto& [name, entry] : domains_) domains.push_back(entry.info);
+  return domains;
+}
+
+absl::StatusOr<DomainInfo> FakeHypervisor::LookupDomain(const std::string& reference) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (unavailable_) {
+    return absl::UnavailableError("cannot reach libvirt at test:///fake; is libvirtd running?");
+  }
+  for (const auto& [name, entry] : domains_) {
+    if (entry.info.name == reference || entry.info.uuid == reference ||
+        (entry.info.id >= 0 && std::to_string(entry.info.id) == reference)) {
+      return entry.info;
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("no domain named \"", reference,
+                                          "\" (by name, UUID or ID); list them with "
+                                          "tprctl domains"));
+}
+
+absl::StatusOr<std::unique_ptr<daemon::DomainController>> FakeHypervisor::OpenController(
+    const DomainInfo& domain, engine::PatchRecorder* recorder) {
+  std::shared_ptr<FakeGuest> guest;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = domains_.find(domain.name);
+    if (it == domains_.end()) return absl::NotFoundError("domain vanished");
+    guest = it->second.guest;
+  }
+  std::lock_guard<std::mutex> lock(guest->mu);
+  ++guest->opens;
+  guest->recorder = recorder;
+  if (!guest->open_error.ok()) return guest->open_error;
+  return std::unique_ptr<daemon::DomainController>(
+      std::make_unique<FakeDomainController>(guest, recorder));
+}
+
+void FakeHypervisor::SetLifecycleHandler(
+    std::function<void(const daemon::LifecycleEvent&)> handler) {
+  std::lock_guard<std::mutex> lock(mu_);
+  handler_ = std::move(handler);
+}
+
+}  // namespace tprd::fakes
