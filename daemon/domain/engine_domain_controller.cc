@@ -1,0 +1,335 @@
+#include "daemon/domain/engine_domain_controller.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/engine/blob.h"
+#include "daemon/engine/placement.h"
+#include "kvm-backend/process_memory.h"
+#include "kvm-backend/qemu_monitor.h"
+
+namespace tprd::daemon {
+namespace {
+
+// The learning window is part of the discovery budget, capped so an enable stays short.
+constexpr absl::Duration kMaxLearningWindow = absl::Milliseconds(500);
+
+ControllerEvent::Kind EventKind(engine::ManagerEvent::Kind kind) {
+  switch (kind) {
+    case engine::ManagerEvent::Kind::kSitePatched:
+      return ControllerEvent::Kind::kSiteChanged;
+    case engine::ManagerEvent::Kind::kStrategyChanged:
+      return ControllerEvent::Kind::kStrategyChanged;
+    case engine::ManagerEvent::Kind::kWarning:
+    case engine::ManagerEvent::Kind::kHostPaused:
+      return ControllerEvent::Kind::kError;
+  }
+  return ControllerEvent::Kind::kError;
+}
+
+SiteReport ToReport(const engine::ManagedSite& managed) {
+  SiteReport report;
+  report.site = managed.site;
+  report.disassembly = managed.disassembly;
+  report.hits = managed.hits;
+  return report;
+}
+
+DomainInfo ToDaemonInfo(const backend::DomainInfo& info) {
+  DomainInfo out;
+  out.name = info.name;
+  out.uuid = info.uuid;
+  out.id = info.id;
+  out.running = info.state == backend::DomainState::kRunning ||
+                info.state == backend::DomainState::kPaused ||
+                info.state == backend::DomainState::kBlocked;
+  return out;
+}
+
+}  // namespace
+
+EngineDomainController::EngineDomainController(backend::LibvirtConnection* connection,
+                                               DomainInfo domain, engine::PatchRecorder* recorder,
+                                               EngineControllerOptions options)
+    : connection_(connection),
+      domain_(std::move(domain)),
+      recorder_(recorder),
+      options_(std::move(options)) {}
+
+EngineDomainController::~EngineDomainController() = default;
+
+absl::Status EngineDomainController::EnsureAttached() {
+  if (vm_ != nullptr) return absl::OkStatus();
+  backend::QemuGuestVmOptions vm_options;
+  vm_options.gdb_socket_directory = options_.gdb_socket_directory;
+  absl::StatusOr<std::unique_ptr<backend::QemuGuestVm>> vm =
+      backend::QemuGuestVm::Attach(connection_, domain_.uuid, vm_options);
+  if (!vm.ok()) return vm.status();
+  vm_ = *std::move(vm);
+  manager_ = std::make_unique<engine::PatchManager>(
+      *vm_, recorder_ != nullptr ? *recorder_ : static_cast<engine::PatchRecorder&>(no_journal_),
+      clock_);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> EngineDomainController::BlobPresentWithoutStopping() {
+  absl::StatusOr<int> pid = connection_->QemuPid(domain_.uuid);
+  if (!pid.ok()) return pid.status();
+  backend::QemuMonitor monitor(connection_, domain_.uuid);
+  absl::StatusOr<std::unique_ptr<backend::ProcessMemory>> memory =
+      backend::ProcessMemory::Create(*pid, monitor);
+  if (!memory.ok()) return memory.status();
+  std::vector<uint8_t> window(engine::kLegacyWindowEnd - engine::kLegacyWindowFirst);
+  if (absl::Status s = (*memory)->Read(engine::kLegacyWindowFirst, absl::MakeSpan(window));
+      !s.ok()) {
+    return s;
+  }
+  for (size_t offset = 0; offset + 4 <= window.size(); offset += 4096) {
+    uint32_t magic;
+    std::memcpy(&magic, window.data() + offset, 4);
+    if (magic == TPRD_BLOB_MAGIC) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<bool> EngineDomainController::Adopt() {
+  absl::StatusOr<bool> present = BlobPresentWithoutStopping();
+  if (!present.ok()) return present.status();
+  if (!*present) return false;
+  if (absl::Status s = EnsureAttached(); !s.ok()) return s;
+  return manager_->Adopt();
+}
+
+absl::StatusOr<std::vector<SiteReport>> EngineDomainController::Enable(
+    const EnableOptions& options) {
+  if (absl::Status s = EnsureAttached(); !s.ok()) return s;
+  engine::EnableRequest request;
+  switch (options.strategy) {
+    case RequestedStrategy::kAuto: {
+      absl::StatusOr<engine::CpuFeatures> features = vm_->Features();
+      if (!features.ok()) return features.status();
+      request.strategy = features->cr8legacy ? engine::Strategy::kCr8 : engine::Strategy::kMmio;
+      break;
+    }
+    case RequestedStrategy::kMmio:
+      request.strategy = engine::Strategy::kMmio;
+      break;
+    case RequestedStrategy::kCr8:
+      request.strategy = engine::Strategy::kCr8;
+      break;
+    case RequestedStrategy::kExact:
+      request.strategy = engine::Strategy::kExact;
+      break;
+  }
+  request.dry_run = options.dry_run;
+  if (options.discovery_budget <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("the discovery budget must be positive");
+  }
+  request.learning_window = std::min(options.discovery_budget, kMaxLearningWindow);
+  absl::StatusOr<engine::EnableReport> report = manager_->Enable(request);
+  if (!report.ok()) return report.status();
+  return Reports();
+}
+
+absl::StatusOr<RollbackResult> EngineDomainController::Rollback(
+    const std::vector<uint32_t>& site_ids, bool force) {
+  if (manager_ == nullptr) {
+    if (!site_ids.empty()) {
+      return absl::NotFoundError(absl::StrCat("no site ", site_ids.front(), " in domain ",
+                                              domain_.name, ": it holds no patches of tprd's"));
+    }
+    return RollbackResult{};
+  }
+  absl::StatusOr<engine::RollbackReport> report = manager_->Rollback(site_ids, force);
+  if (!report.ok()) return report.status();
+  RollbackResult result;
+  result.rolled_back = report->rolled_back;
+  for (const auto& [id, reason] : report->refused) result.refused.push_back({id, reason});
+  return result;
+}
+
+std::vector<SiteReport> EngineDomainController::Reports() const {
+  std::vector<SiteReport> out;
+  if (manager_ == nullptr) return out;
+  for (const engine::ManagedSite& managed : manager_->Sites()) out.push_back(ToReport(managed));
+  return out;
+}
+
+absl::StatusOr<std::vector<SiteReport>> EngineDomainController::ListSites() { return Reports(); }
+
+absl::StatusOr<std::vector<ScanCandidateReport>> EngineDomainController::Scan() {
+  if (absl::Status s = EnsureAttached(); !s.ok()) return s;
+  absl::StatusOr<std::vector<engine::ManagedSite>> candidates = manager_->Scan();
+  if (!candidates.ok()) return candidates.status();
+  std::vector<ScanCandidateReport> out;
+  for (const engine::ManagedSite& c : *candidates) {
+    ScanCandidateReport report;
+    report.site = ToReport(c);
+    report.patchable = c.note.empty();
+    report.reason = c.note;
+    out.push_back(std::move(report));
+  }
+  return out;
+}
+
+ControllerStatus EngineDomainController::Status() {
+  ControllerStatus status;
+  if (manager_ == nullptr) return status;
+  const engine::ManagerStatus m = manager_->Status();
+  for (const engine::ManagedSite& s : manager_->Sites()) {
+    status.patched |= s.site.state == engine::SiteState::kApplied;
+  }
+  status.strategy = m.strategy;
+  status.traps_handled = m.traps_handled;
+  status.last_error = m.last_error;
+  return status;
+}
+
+void EngineDomainController::IdleWait(absl::Duration timeout) {
+  absl::MutexLock lock(&interrupt_mu_);
+  interrupt_mu_.AwaitWithTimeout(absl::Condition(&interrupted_), timeout);
+  interrupted_ = false;
+}
+
+absl::StatusOr<std::vector<ControllerEvent>> EngineDomainController::Poll(absl::Duration timeout) {
+  std::vector<ControllerEvent> events;
+  if (manager_ == nullptr) {
+    IdleWait(timeout);
+    return events;
+  }
+  const absl::Time deadline = absl::Now() + timeout;
+  while (events.empty()) {
+    {
+      absl::MutexLock lock(&interrupt_mu_);
+      if (interrupted_) {
+        interrupted_ = false;
+        break;
+      }
+    }
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) break;
+    absl::StatusOr<std::vector<engine::ManagerEvent>> got =
+        manager_->Poll(std::min(left, options_.poll_slice));
+    if (!got.ok()) {
+      // Stopped by the host (libvirt paused it): nothing to handle until it runs again.
+      if (absl::IsFailedPrecondition(got.status())) {
+        IdleWait(std::min(left, options_.poll_slice));
+        continue;
+      }
+      return got.status();
+    }
+    for (const engine::ManagerEvent& e : *got) {
+      ControllerEvent event;
+      event.kind = EventKind(e.kind);
+      event.message = e.message;
+      if (e.site_id) {
+        for (const engine::ManagedSite& s : manager_->Sites()) {
+          if (s.site.id == *e.site_id) event.site = ToReport(s);
+        }
+      }
+      events.push_back(std::move(event));
+    }
+  }
+  return events;
+}
+
+void EngineDomainController::Interrupt() {
+  absl::MutexLock lock(&interrupt_mu_);
+  interrupted_ = true;
+}
+
+absl::Status EngineDomainController::Detach(const std::string& reason) {
+  (void)reason;
+  absl::Status status = absl::OkStatus();
+  if (manager_ != nullptr) status = manager_->Detach();
+  if (vm_ != nullptr) {
+    absl::Status detached = vm_->Detach();
+    if (status.ok()) status = detached;
+  }
+  manager_.reset();
+  vm_.reset();
+  return status;
+}
+
+void EngineDomainController::Abandon(const std::string& reason) {
+  (void)reason;
+  // The guest's memory is gone: never write into it. Dropping the gdbstub session removes the
+  // traps, which would otherwise fire at stale addresses in whatever runs next.
+  manager_.reset();
+  if (vm_ != nullptr) (void)vm_->Detach();
+  vm_.reset();
+}
+
+LibvirtHypervisor::LibvirtHypervisor(std::unique_ptr<backend::LibvirtConnection> connection,
+                                     EngineControllerOptions options)
+    : connection_(std::move(connection)), options_(std::move(options)) {
+  connection_->Subscribe(this);
+}
+
+LibvirtHypervisor::~LibvirtHypervisor() { connection_->Unsubscribe(this); }
+
+absl::StatusOr<std::vector<DomainInfo>> LibvirtHypervisor::ListDomains() {
+  absl::StatusOr<std::vector<backend::DomainInfo>> domains = connection_->ListDomains();
+  if (!domains.ok()) return domains.status();
+  std::vector<DomainInfo> out;
+  for (const backend::DomainInfo& d : *domains) out.push_back(ToDaemonInfo(d));
+  return out;
+}
+
+absl::StatusOr<DomainInfo> LibvirtHypervisor::LookupDomain(const std::string& reference) {
+  absl::StatusOr<backend::DomainInfo> domain = connection_->LookupDomain(reference);
+  if (!domain.ok()) return domain.status();
+  return ToDaemonInfo(*domain);
+}
+
+absl::StatusOr<std::unique_ptr<DomainController>> LibvirtHypervisor::OpenController(
+    const DomainInfo& domain, engine::PatchRecorder* recorder) {
+  if (!domain.running) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("domain ", domain.name, " is not running; start it first"));
+  }
+  return std::make_unique<EngineDomainController>(connection_.get(), domain, recorder, options_);
+}
+
+void LibvirtHypervisor::SetLifecycleHandler(std::function<void(const LifecycleEvent&)> handler) {
+  absl::MutexLock lock(&mu_);
+  handler_ = std::move(handler);
+}
+
+void LibvirtHypervisor::OnDomainEvent(const backend::DomainEvent& event) {
+  LifecycleEvent out;
+  switch (event.kind) {
+    case backend::DomainEvent::Kind::kStarted:
+      out.kind = LifecycleKind::kStarted;
+      break;
+    case backend::DomainEvent::Kind::kShutdown:
+      out.kind = LifecycleKind::kShutdown;
+      break;
+    case backend::DomainEvent::Kind::kStopped:
+      out.kind = LifecycleKind::kDestroyed;
+      break;
+    case backend::DomainEvent::Kind::kCrashed:
+      out.kind = LifecycleKind::kCrashed;
+      break;
+    case backend::DomainEvent::Kind::kRebooted:
+      out.kind = LifecycleKind::kRebooted;
+      break;
+    case backend::DomainEvent::Kind::kMigratedAway:
+      out.kind = LifecycleKind::kMigrated;
+      break;
+    default:
+      return;  // suspend/resume and the rest are not lifecycle changes for the daemon
+  }
+  out.domain.name = event.name;
+  out.domain.uuid = event.uuid;
+  out.domain.running = out.kind == LifecycleKind::kStarted || out.kind == LifecycleKind::kRebooted;
+  std::function<void(const LifecycleEvent&)> handler;
+  {
+    absl::MutexLock lock(&mu_);
+    handler = handler_;
+  }
+  if (handler) handler(out);
+}
+
+}  // namespace tprd::daemon

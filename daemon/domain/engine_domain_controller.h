@@ -1,0 +1,94 @@
+// The real DomainController: the engine's PatchManager driving a QEMU domain through
+// kvm-backend's QemuGuestVm. The gdbstub is attached only while there is something to do
+// (enable, scan, rollback, a patched guest to keep correct); adopting at daemon start first
+// looks for tprd's blob through bulk memory reads, so unpatched domains are never stopped.
+#ifndef TPRD_DAEMON_DOMAIN_ENGINE_DOMAIN_CONTROLLER_H_
+#define TPRD_DAEMON_DOMAIN_ENGINE_DOMAIN_CONTROLLER_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "daemon/domain/domain_controller.h"
+#include "daemon/domain/hypervisor.h"
+#include "daemon/engine/clock.h"
+#include "daemon/engine/patch_manager.h"
+#include "kvm-backend/libvirt_connection.h"
+#include "kvm-backend/qemu_guest_vm.h"
+
+namespace tprd::daemon {
+
+struct EngineControllerOptions {
+  std::string gdb_socket_directory = backend::kDefaultGdbSocketDirectory;
+  // Poll waits for guest stops in slices this long so Interrupt() is seen promptly.
+  absl::Duration poll_slice = absl::Milliseconds(50);
+};
+
+class EngineDomainController : public DomainController {
+ public:
+  EngineDomainController(backend::LibvirtConnection* connection, DomainInfo domain,
+                         engine::PatchRecorder* recorder, EngineControllerOptions options);
+  ~EngineDomainController() override;
+
+  absl::StatusOr<bool> Adopt() override;
+  absl::StatusOr<std::vector<SiteReport>> Enable(const EnableOptions& options) override;
+  absl::StatusOr<RollbackResult> Rollback(const std::vector<uint32_t>& site_ids,
+                                          bool force) override;
+  absl::StatusOr<std::vector<SiteReport>> ListSites() override;
+  absl::StatusOr<std::vector<ScanCandidateReport>> Scan() override;
+  ControllerStatus Status() override;
+  absl::StatusOr<std::vector<ControllerEvent>> Poll(absl::Duration timeout) override;
+  void Interrupt() override;
+  absl::Status Detach(const std::string& reason) override;
+  void Abandon(const std::string& reason) override;
+
+ private:
+  absl::Status EnsureAttached();
+  // Whether tprd's blob is in the guest, read without stopping it.
+  absl::StatusOr<bool> BlobPresentWithoutStopping();
+  std::vector<SiteReport> Reports() const;
+  // Waits until `timeout` passes or Interrupt() is called.
+  void IdleWait(absl::Duration timeout);
+
+  backend::LibvirtConnection* connection_;
+  const DomainInfo domain_;
+  engine::PatchRecorder* recorder_;
+  engine::NullPatchRecorder no_journal_;
+  const EngineControllerOptions options_;
+  engine::RealClock clock_;
+  std::unique_ptr<backend::QemuGuestVm> vm_;
+  std::unique_ptr<engine::PatchManager> manager_;
+  std::vector<ControllerEvent> pending_events_;
+
+  absl::Mutex interrupt_mu_;
+  bool interrupted_ ABSL_GUARDED_BY(interrupt_mu_) = false;
+};
+
+// The Hypervisor over a libvirt connection: domain list and lookup, lifecycle events, and
+// EngineDomainController sessions.
+class LibvirtHypervisor : public Hypervisor, private backend::LibvirtEventSubscriber {
+ public:
+  LibvirtHypervisor(std::unique_ptr<backend::LibvirtConnection> connection,
+                    EngineControllerOptions options);
+  ~LibvirtHypervisor() override;
+
+  absl::StatusOr<std::vector<DomainInfo>> ListDomains() override;
+  absl::StatusOr<DomainInfo> LookupDomain(const std::string& reference) override;
+  absl::StatusOr<std::unique_ptr<DomainController>> OpenController(
+      const DomainInfo& domain, engine::PatchRecorder* recorder) override;
+  void SetLifecycleHandler(std::function<void(const LifecycleEvent&)> handler) override;
+
+ private:
+  void OnDomainEvent(const backend::DomainEvent& event) override;
+
+  std::unique_ptr<backend::LibvirtConnection> connection_;
+  const EngineControllerOptions options_;
+  absl::Mutex mu_;
+  std::function<void(const LifecycleEvent&)> handler_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace tprd::daemon
+
+#endif  // TPRD_DAEMON_DOMAIN_ENGINE_DOMAIN_CONTROLLER_H_
