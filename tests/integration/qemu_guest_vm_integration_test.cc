@@ -3,6 +3,7 @@
 // TCG boots are slow on a loaded machine); tests that change the guest's behaviour or end the
 // session get a domain of their own.
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -16,7 +17,10 @@
 #include "absl/synchronization/mutex.h"
 #include "daemon/engine/backward_decoder.h"
 #include "daemon/engine/classifier.h"
+#include "daemon/engine/clock.h"
 #include "daemon/engine/page_walker.h"
+#include "daemon/engine/patch_manager.h"
+#include "daemon/engine/patch_recorder.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvm-backend/libvirt_connection.h"
@@ -425,6 +429,63 @@ TEST(QemuGuestVmIntegrationTest, DestroyingTheDomainEndsTheSessionWithinBoundedT
   EXPECT_EQ(vm.Stop().code(), absl::StatusCode::kUnavailable);
   // Detach after gone only drops the socket: no error, no hang.
   EXPECT_TRUE(vm.Detach().ok());
+}
+
+TEST(QemuGuestVmIntegrationTest, PatchManagerScansTheGuestAndEnableReportsPlacement) {
+  TestDomainOptions options;
+  options.vcpus = 2;
+  absl::StatusOr<Session> session = StartSession(options);
+  ASSERT_TRUE(session.ok()) << session.status();
+  engine::NullPatchRecorder journal;
+  engine::RealClock clock;
+  {
+    engine::PatchManager manager(*session->vm, journal, clock);
+
+    // The scan lists every patchable site of the test guest as patchable (empty note); the
+    // unpatchable forms, when listed, carry the reason.
+    absl::StatusOr<std::vector<engine::ManagedSite>> scanned = manager.Scan();
+    ASSERT_TRUE(scanned.ok()) << scanned.status();
+    std::map<uint32_t, std::string> note_by_address;
+    for (const engine::ManagedSite& s : *scanned) note_by_address[s.site.address] = s.note;
+    std::map<std::string, uint32_t> sites = SitesByName();
+    for (const char* name : {"rd_a1_eax", "rd_8b_ecx", "rd_ff6_push", "wr_a3_eax", "wr_89_ebx",
+                             "wr_c7_51", "hal_raise_read", "hal_lower_write"}) {
+      ASSERT_TRUE(sites.count(name)) << name;
+      auto it = note_by_address.find(sites[name]);
+      ASSERT_NE(it, note_by_address.end()) << name << " at 0x" << std::hex << sites[name];
+      EXPECT_EQ(it->second, "") << name;
+    }
+    for (const char* name : {"np_regrel_read", "np_3ea1", "np_es_8b_edx"}) {
+      ASSERT_TRUE(sites.count(name)) << name;
+      auto it = note_by_address.find(sites[name]);
+      if (it != note_by_address.end()) {
+        EXPECT_NE(it->second, "") << name << " listed as patchable";
+      }
+    }
+
+    engine::EnableRequest request;
+    request.strategy = engine::Strategy::kMmio;
+    absl::StatusOr<engine::EnableReport> enabled = manager.Enable(request);
+    std::printf("Enable(mmio): %s\n", enabled.ok() ? "OK" : enabled.status().ToString().c_str());
+    if (!enabled.ok()) {
+      // TODO(integrator): SeaBIOS leaves 0xE8000-0xEFFFF almost full, so today the blob finds
+      // no room; once the blob placement changes, this branch should no longer be taken.
+      EXPECT_EQ(enabled.status().code(), absl::StatusCode::kFailedPrecondition) << enabled.status();
+      EXPECT_THAT(std::string(enabled.status().message()), ::testing::HasSubstr("no room"));
+    } else {
+      EXPECT_GT(enabled->candidates, 0u);
+    }
+    ASSERT_TRUE(manager.Detach().ok());
+  }
+  // Whatever Enable did, the guest runs on with passing checks after the session ends.
+  ASSERT_TRUE(session->vm->Detach().ok());
+  const size_t from = session->domain->Lines().size();
+  for (int cpu = 0; cpu < 2; ++cpu) {
+    absl::StatusOr<std::string> stat = session->domain->WaitForPrefix(
+        absl::StrCat("STAT cpu=", cpu, " "), absl::Seconds(45), from);
+    ASSERT_TRUE(stat.ok()) << stat.status();
+    EXPECT_EQ(testing::ParseSerialFields(*stat)["fail"], "0") << *stat;
+  }
 }
 
 // Records lifecycle events for one domain.
