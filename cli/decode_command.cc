@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/engine/blob.h"
 #include "daemon/engine/decode_report.h"
 
 namespace tprd::cli {
@@ -94,8 +95,12 @@ int RunDecode(const DecodeOptions& options, std::ostream& out, std::ostream& err
       return 2;
     }
   }
-  const engine::DecodeReport report = engine::BuildDecodeReport(
-      *bytes, *address, *tpr, engine::HandlerTableForDefaultLayout(*blob_va));
+  const absl::StatusOr<engine::HandlerTable> handlers = engine::HandlerTableForBlob(*blob_va);
+  if (!handlers.ok()) {
+    err << "tprctl decode: --blob-va: " << handlers.status().message() << "\n";
+    return 2;
+  }
+  const engine::DecodeReport report = engine::BuildDecodeReport(*bytes, *address, *tpr, *handlers);
   if (options.json) {
     out << engine::DecodeReportJson(report) << "\n";
   } else {

@@ -51,6 +51,7 @@ expect(2 "^$" "${one_line}" decode --address 0x80001000 000102030405060708090a0b
 expect(2 "^$" "${one_line}" decode --address 0x1ffffffff a18000feff)
 expect(2 "^$" "${one_line}" decode --address banana a18000feff)
 expect(2 "^$" "${one_line}" decode --address 0x80001000 --tpr 0x -- a18000feff)
+expect(2 "^$" "${one_line}" decode --address 0x80001000 --blob-va 0x800e8001 a18000feff)
 expect(2 "^$" "${one_line}" decode a18000feff)
 expect(2 "^$" "${one_line}" decode --address 0x80001000)
 expect(2 "^$" "${one_line}" decode --address 0x80001000 --bogus a18000feff)

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "daemon/engine/blob.h"
 #include "daemon/engine/classifier.h"
 #include "daemon/engine/decode_report.h"
 #include "daemon/engine/planner.h"
@@ -37,7 +38,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Check(c.patchable == c.detail.empty());
   if (!c.tpr_access) Check(!c.patchable && !c.form.has_value());
 
-  const HandlerTable handlers = HandlerTableForDefaultLayout(0x800E8000);
+  const absl::StatusOr<HandlerTable> blob_handlers = HandlerTableForBlob(kDefaultBlobVa);
+  Check(blob_handlers.ok());
+  const HandlerTable& handlers = *blob_handlers;
   if (c.patchable) {
     Check(c.form.has_value() && c.length >= 5);
     const std::optional<Site> site = CandidateSite(c, bytes, address);

@@ -36,19 +36,6 @@ std::string Hex32(uint32_t value) { return absl::StrFormat("0x%08x", value); }
 
 }  // namespace
 
-HandlerTable HandlerTableForDefaultLayout(uint32_t blob_va) {
-  const auto handler = [blob_va](uint32_t index) { return blob_va + 0x100 + 0x20 * index; };
-  HandlerTable table;
-  table.set_tpr = handler(0);
-  table.set_tpr_eax = handler(1);
-  for (int reg = 0; reg < kGprCount; ++reg) {
-    if (static_cast<Gpr>(reg) == Gpr::kEsp) continue;
-    table.get_tpr[reg] = handler(2 + reg);
-  }
-  table.get_tpr_stack = handler(2 + kGprCount);
-  return table;
-}
-
 std::string HexString(absl::Span<const uint8_t> bytes) {
   std::string out;
   out.reserve(bytes.size() * 2);

@@ -14,14 +14,10 @@
 
 namespace tprd::engine {
 
-// Default virtual address of the guest blob: physical 0xE8000 (the first RAM after SeaBIOS's
+// Default virtual address of the guest blob (tprctl decode --blob-va; handlers from
+// HandlerTableForBlob in daemon/engine/blob.h): physical 0xE8000 (the first RAM after SeaBIOS's
 // option-ROM area) seen through Windows' linear map at 0x80000000.
 inline constexpr uint32_t kDefaultBlobVa = 0x800E8000;
-
-// TODO(integrator): replace with the guest blob's own handler table (daemon/engine/blob.h) once
-// it exists. Placeholder layout: handler i at blob_va + 0x100 + 0x20 * i, in the order set_tpr,
-// set_tpr_eax, get_tpr_eax..get_tpr_edi (esp slot left 0), get_tpr_stack.
-HandlerTable HandlerTableForDefaultLayout(uint32_t blob_va);
 
 struct DecodeReport {
   uint32_t address = 0;

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/engine/blob.h"
 #include "daemon/engine/decode_report.h"
 
 namespace tprd::engine {
@@ -71,9 +72,10 @@ TEST(DecodeGoldenTest, EveryGoldenFileMatches) {
     const uint32_t tpr = input.contains("tpr") ? ParseHex32(input["tpr"]) : kDefaultTprVa;
     const uint32_t blob_va =
         input.contains("blob_va") ? ParseHex32(input["blob_va"]) : kDefaultBlobVa;
-    const DecodeReport report =
-        BuildDecodeReport(ParseHexBytes(input["bytes"].get<std::string>()),
-                          ParseHex32(input["address"]), tpr, HandlerTableForDefaultLayout(blob_va));
+    const absl::StatusOr<HandlerTable> handlers = HandlerTableForBlob(blob_va);
+    ASSERT_TRUE(handlers.ok()) << handlers.status();
+    const DecodeReport report = BuildDecodeReport(ParseHexBytes(input["bytes"].get<std::string>()),
+                                                  ParseHex32(input["address"]), tpr, *handlers);
     const Json actual = Json::parse(DecodeReportJson(report));
     if (update) {
       golden["expected"] = actual;
