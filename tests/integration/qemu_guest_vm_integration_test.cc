@@ -88,21 +88,31 @@ absl::StatusOr<Session> StartSession(TestDomainOptions options) {
   return session;
 }
 
-// Waits for a breakpoint/watchpoint stop, skipping interrupts; the guest runs on entry.
-absl::StatusOr<StopEvent> WaitForTrap(QemuGuestVm& vm, absl::Duration timeout) {
+// Waits for a stop of kind `wanted`, resuming over interrupts and over other traps: a trap of
+// an earlier test (another vCPU hit the watchpoint just before it was removed) is kept by
+// QemuGuestVm and delivered by the next WaitForStop, by design. The guest runs on entry.
+absl::StatusOr<StopEvent> WaitForTrap(QemuGuestVm& vm, StopEvent::Kind wanted,
+                                      absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
+  std::string skipped;
   while (absl::Now() < deadline) {
     absl::StatusOr<std::optional<StopEvent>> stop = vm.WaitForStop(deadline - absl::Now());
     if (!stop.ok()) return stop.status();
     if (!stop->has_value()) break;
-    if ((*stop)->kind == StopEvent::Kind::kInterrupted) {
-      if (absl::Status s = vm.Resume(); !s.ok()) return s;
-      continue;
+    if ((*stop)->kind == wanted) return **stop;
+    if ((*stop)->kind != StopEvent::Kind::kInterrupted &&
+        (*stop)->kind != StopEvent::Kind::kBreakpoint &&
+        (*stop)->kind != StopEvent::Kind::kWatchpoint) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("unexpected stop kind ", static_cast<int>((*stop)->kind)));
     }
-    return **stop;
+    absl::StrAppend(&skipped, " kind=", static_cast<int>((*stop)->kind), "@0x",
+                    absl::Hex((*stop)->pc));
+    if (absl::Status s = vm.Resume(); !s.ok()) return s;
   }
-  return absl::DeadlineExceededError(
-      absl::StrCat("no breakpoint/watchpoint stop within ", absl::FormatDuration(timeout)));
+  return absl::DeadlineExceededError(absl::StrCat("no stop of kind ", static_cast<int>(wanted),
+                                                  " within ", absl::FormatDuration(timeout),
+                                                  "; skipped:", skipped));
 }
 
 std::map<std::string, uint32_t> SitesByName() {
@@ -273,7 +283,7 @@ TEST_F(SharedDomainTest, TprWriteWatchpointMapsBackToAKnownWriteSite) {
 
   ASSERT_TRUE(vm_->SetWatchpoint(kTprVa, 4, engine::WatchKind::kWrite).ok());
   ASSERT_TRUE(vm_->Resume().ok());
-  absl::StatusOr<StopEvent> stop = WaitForTrap(*vm_, kStopTimeout);
+  absl::StatusOr<StopEvent> stop = WaitForTrap(*vm_, StopEvent::Kind::kWatchpoint, kStopTimeout);
   ASSERT_TRUE(stop.ok()) << stop.status() << "\n" << session_->domain->LastLines();
   ASSERT_EQ(stop->kind, StopEvent::Kind::kWatchpoint);
   EXPECT_EQ(stop->data_address, kTprVa);
@@ -319,7 +329,7 @@ TEST_F(SharedDomainTest, BreakpointOnATprSiteStopsBeforeItRuns) {
 
   ASSERT_TRUE(vm_->SetBreakpoint(site).ok());
   ASSERT_TRUE(vm_->Resume().ok());
-  absl::StatusOr<StopEvent> stop = WaitForTrap(*vm_, kStopTimeout);
+  absl::StatusOr<StopEvent> stop = WaitForTrap(*vm_, StopEvent::Kind::kBreakpoint, kStopTimeout);
   ASSERT_TRUE(stop.ok()) << stop.status() << "\n" << session_->domain->LastLines();
   ASSERT_TRUE(vm_->RemoveBreakpoint(site).ok());
   ASSERT_EQ(stop->kind, StopEvent::Kind::kBreakpoint);
@@ -377,7 +387,7 @@ TEST(QemuGuestVmIntegrationTest, RegisterWrittenAtABreakpointIsWhatTheGuestStore
 
   ASSERT_TRUE(vm.SetBreakpoint(site).ok());
   ASSERT_TRUE(vm.Resume().ok());
-  absl::StatusOr<StopEvent> stop = WaitForTrap(vm, kStopTimeout);
+  absl::StatusOr<StopEvent> stop = WaitForTrap(vm, StopEvent::Kind::kBreakpoint, kStopTimeout);
   ASSERT_TRUE(stop.ok()) << stop.status();
   ASSERT_EQ(stop->kind, StopEvent::Kind::kBreakpoint);
   absl::StatusOr<VcpuRegisters> regs = vm.ReadRegisters(0);
@@ -391,7 +401,7 @@ TEST(QemuGuestVmIntegrationTest, RegisterWrittenAtABreakpointIsWhatTheGuestStore
   ASSERT_TRUE(vm.RemoveBreakpoint(site).ok());
   ASSERT_TRUE(vm.SetBreakpoint(site + 5).ok());  // the instruction after the 5-byte store
   ASSERT_TRUE(vm.Resume().ok());
-  stop = WaitForTrap(vm, kStopTimeout);
+  stop = WaitForTrap(vm, StopEvent::Kind::kBreakpoint, kStopTimeout);
   ASSERT_TRUE(stop.ok()) << stop.status();
   ASSERT_EQ(stop->kind, StopEvent::Kind::kBreakpoint);
   EXPECT_EQ(stop->pc, site + 5);
