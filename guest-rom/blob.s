@@ -18,7 +18,7 @@
 # ---- constants ----------------------------------------------------------------------------
         .globl MAGIC, LAYOUT_VERSION, HEADER_SIZE, TOTAL_SIZE, DATA_OFFSET
         .set MAGIC, 0x42525054              # "TPRB" little endian
-        .set LAYOUT_VERSION, 1
+        .set LAYOUT_VERSION, 2              # 2: the data block may live apart (hdr_data_va)
         .set HEADER_SIZE, 0x80
         .set DATA_OFFSET, 0x1000            # first writable page; checksum covers [0, here)
         .set TOTAL_SIZE, 0x3000
@@ -234,6 +234,15 @@ tpr_write_core:
 
 code_end:
         # (overflowing the code page makes the .org below fail: "attempt to move .org backwards")
+
+# ---- header extension (immutable, checksummed; after the code so handler offsets stay) ----
+# The data block [strategy_word, site_table) is the only part the handlers write. It may be
+# placed apart from the rest (RAM, while the image sits in read-only shadowed memory): every
+# absolute reference into it, this field included, is relocated with the data block's base.
+        .globl hdr_data_va, hdr_data_pa
+        .balign 4
+hdr_data_va:            .long strategy_word     # base relocation (data block base)
+hdr_data_pa:            .long 0                 # set at install
 
 # ---- writable data (pages 1-2) ------------------------------------------------------------
         .globl strategy_word, percpu_area, site_table, blob_end

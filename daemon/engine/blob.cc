@@ -113,6 +113,23 @@ absl::Status ValidatePlacement(const BlobPlacement& placement) {
   if (!StrategyFromWord(static_cast<uint32_t>(placement.strategy)).has_value()) {
     return absl::InvalidArgumentError("unknown strategy");
   }
+  if (placement.data_apart()) {
+    const uint64_t data_end = static_cast<uint64_t>(placement.data_va) + kBlobDataBlockSize;
+    if (placement.data_va % 64 != 0 || placement.data_pa % 64 != 0 || data_end > (1ull << 32) ||
+        static_cast<uint64_t>(placement.data_pa) + kBlobDataBlockSize > (1ull << 32)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "data block va 0x%08x / pa 0x%08x must be 64-byte aligned and below 4 GiB",
+          placement.data_va, placement.data_pa));
+    }
+    if (placement.data_va < placement.va + kBlobSize && data_end > placement.va) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("data block at 0x%08x overlaps the blob", placement.data_va));
+    }
+    if (placement.tpr_va >= placement.data_va && placement.tpr_va < data_end) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("TPR address 0x%08x lies inside the data block", placement.tpr_va));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -138,15 +155,17 @@ const FormShape* ShapeOf(uint8_t form) {
 
 }  // namespace
 
-BlobAddresses BlobAddressesAt(uint32_t va) {
+BlobAddresses BlobAddressesAt(uint32_t va, uint32_t data_va) {
+  if (data_va == 0) data_va = va + kBlobDataBlockOffset;
   BlobAddresses addresses;
   addresses.va = va;
   addresses.end = va + kBlobSize;
   addresses.code_start = va + TPRD_BLOB_CODE_START;
   addresses.code_end = va + TPRD_BLOB_CODE_END;
   addresses.data_start = va + TPRD_BLOB_DATA_OFFSET;
-  addresses.strategy_word = va + TPRD_BLOB_STRATEGY_WORD;
-  addresses.percpu_area = va + TPRD_BLOB_PERCPU_AREA;
+  addresses.data_block = data_va;
+  addresses.strategy_word = data_va + (TPRD_BLOB_STRATEGY_WORD - kBlobDataBlockOffset);
+  addresses.percpu_area = data_va + (TPRD_BLOB_PERCPU_AREA - kBlobDataBlockOffset);
   addresses.site_table = va + TPRD_BLOB_SITE_TABLE;
   return addresses;
 }
@@ -175,23 +194,38 @@ absl::StatusOr<BlobInstance> InstantiateBlob(const BlobPlacement& placement) {
   BlobInstance instance;
   instance.bytes.assign(tprd_blob_image, tprd_blob_image + kBlobSize);
   uint8_t* bytes = instance.bytes.data();
+  const uint32_t data_va =
+      placement.data_apart() ? placement.data_va : placement.va + kBlobDataBlockOffset;
+  const uint32_t data_pa =
+      placement.data_apart() ? placement.data_pa : placement.pa + kBlobDataBlockOffset;
   for (uint32_t offset : tprd_blob_base_relocs) {
-    StoreU32(bytes + offset, LoadU32(instance.bytes, offset) + placement.va);
+    // Linked at base 0, the stored value is the target's offset: references into the data
+    // block follow the data block, the rest the image.
+    const uint32_t target = LoadU32(instance.bytes, offset);
+    const bool into_data =
+        target >= kBlobDataBlockOffset && target < kBlobDataBlockOffset + kBlobDataBlockSize;
+    StoreU32(bytes + offset,
+             into_data ? data_va + (target - kBlobDataBlockOffset) : placement.va + target);
   }
   for (uint32_t offset : tprd_blob_tpr_relocs) {
     StoreU32(bytes + offset,
              LoadU32(instance.bytes, offset) + (placement.tpr_va - TPRD_BLOB_LINK_TPR_VA));
   }
   StoreU32(bytes + TPRD_BLOB_HDR_BLOB_PA, placement.pa);
+  StoreU32(bytes + TPRD_BLOB_HDR_DATA_PA, data_pa);
   StoreU32(bytes + TPRD_BLOB_HDR_CPU_COUNT, placement.cpu_count);
   StoreU32(bytes + TPRD_BLOB_HDR_GUARD_PERIOD, placement.guard_period);
   StoreU32(bytes + TPRD_BLOB_STRATEGY_WORD, static_cast<uint32_t>(placement.strategy));
   StoreU32(bytes + TPRD_BLOB_HDR_CHECKSUM, BlobChecksum(instance.bytes));
+  if (placement.data_apart()) {
+    instance.data_block.assign(instance.bytes.begin() + kBlobDataBlockOffset,
+                               instance.bytes.begin() + kBlobDataBlockOffset + kBlobDataBlockSize);
+  }
 
   auto handlers = HandlerTableForBlob(placement.va);
   if (!handlers.ok()) return handlers.status();
   instance.handlers = *handlers;
-  instance.addresses = BlobAddressesAt(placement.va);
+  instance.addresses = BlobAddressesAt(placement.va, data_va);
   return instance;
 }
 
@@ -296,7 +330,13 @@ absl::StatusOr<std::array<uint8_t, kSiteEntrySize>> EncodeSiteEntry(const Site& 
   return bytes;
 }
 
-absl::StatusOr<ParsedBlob> ParseBlob(absl::Span<const uint8_t> bytes) {
+std::optional<uint32_t> BlobHeaderDataVa(absl::Span<const uint8_t> bytes) {
+  if (bytes.size() < TPRD_BLOB_HDR_DATA_VA + 4) return std::nullopt;
+  return LoadU32(bytes, TPRD_BLOB_HDR_DATA_VA);
+}
+
+absl::StatusOr<ParsedBlob> ParseBlob(absl::Span<const uint8_t> bytes,
+                                     std::optional<absl::Span<const uint8_t>> data_block) {
   if (bytes.size() < TPRD_BLOB_HEADER_SIZE) {
     return Rejected(absl::StrFormat("truncated: %u bytes, the header alone is %u", bytes.size(),
                                     TPRD_BLOB_HEADER_SIZE));
@@ -378,7 +418,30 @@ absl::StatusOr<ParsedBlob> ParseBlob(absl::Span<const uint8_t> bytes) {
   placement.tpr_va = field(TPRD_BLOB_HDR_TPR_VA);
   placement.cpu_count = field(TPRD_BLOB_HDR_CPU_COUNT);
   placement.guard_period = field(TPRD_BLOB_HDR_GUARD_PERIOD);
-  const uint32_t strategy_word = field(TPRD_BLOB_STRATEGY_WORD);
+  // The image's own placement first, so a corrupt address is named as such.
+  if (absl::Status valid = ValidatePlacement(placement); !valid.ok()) {
+    return Rejected(std::string(valid.message()));
+  }
+  // The data block: inside the image, or apart where the header says (and then supplied).
+  const uint32_t header_data_va = field(TPRD_BLOB_HDR_DATA_VA);
+  absl::Span<const uint8_t> data = bytes.subspan(kBlobDataBlockOffset, kBlobDataBlockSize);
+  if (header_data_va != placement.va + kBlobDataBlockOffset) {
+    placement.data_va = header_data_va;
+    placement.data_pa = field(TPRD_BLOB_HDR_DATA_PA);
+    if (!data_block.has_value()) {
+      return Rejected(
+          absl::StrFormat("its data block lives apart at 0x%08x and was not read", header_data_va));
+    }
+    if (data_block->size() != kBlobDataBlockSize) {
+      return Rejected(absl::StrFormat("data block is %u bytes, expected %u", data_block->size(),
+                                      kBlobDataBlockSize));
+    }
+    data = *data_block;
+  } else if (field(TPRD_BLOB_HDR_DATA_PA) != placement.pa + kBlobDataBlockOffset) {
+    return Rejected("the data block's physical address does not match the blob's");
+  }
+  auto data_field = [&](uint32_t offset) { return LoadU32(data, offset - kBlobDataBlockOffset); };
+  const uint32_t strategy_word = data_field(TPRD_BLOB_STRATEGY_WORD);
   const std::optional<Strategy> strategy = StrategyFromWord(strategy_word);
   if (!strategy.has_value()) {
     return Rejected(absl::StrFormat("unknown strategy word %u", strategy_word));
@@ -387,7 +450,7 @@ absl::StatusOr<ParsedBlob> ParseBlob(absl::Span<const uint8_t> bytes) {
   if (absl::Status valid = ValidatePlacement(placement); !valid.ok()) {
     return Rejected(std::string(valid.message()));
   }
-  parsed.addresses = BlobAddressesAt(placement.va);
+  parsed.addresses = BlobAddressesAt(placement.va, header_data_va);
 
   if (field(TPRD_BLOB_HDR_HANDLER_COUNT) != TPRD_BLOB_HANDLER_COUNT) {
     return Rejected(absl::StrFormat("handler count %u, expected %u",
@@ -406,8 +469,8 @@ absl::StatusOr<ParsedBlob> ParseBlob(absl::Span<const uint8_t> bytes) {
   parsed.handlers = HandlerTableFromSlots(slots);
 
   for (uint32_t cpu = 0; cpu < placement.cpu_count; ++cpu) {
-    auto entry = DecodePerCpuEntry(
-        bytes.subspan(TPRD_BLOB_PERCPU_AREA + cpu * kPerCpuEntrySize, kPerCpuEntrySize));
+    auto entry = DecodePerCpuEntry(data.subspan(
+        TPRD_BLOB_PERCPU_AREA - kBlobDataBlockOffset + cpu * kPerCpuEntrySize, kPerCpuEntrySize));
     if (!entry.ok()) return Rejected(std::string(entry.status().message()));
     parsed.cpus.push_back(*entry);
   }

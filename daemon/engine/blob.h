@@ -27,6 +27,10 @@ inline constexpr uint32_t kBlobMaxGuardPeriod = TPRD_BLOB_MAX_GUARD_PERIOD;
 inline constexpr uint32_t kPerCpuEntrySize = TPRD_BLOB_PCPU_SIZE;
 inline constexpr uint32_t kSiteEntrySize = TPRD_BLOB_SITE_SIZE;
 inline constexpr uint32_t kSiteBytesMax = TPRD_BLOB_SITE_BYTES_MAX;
+// The data block: the only bytes the handlers write (strategy word, per-CPU area). It sits at
+// offset kBlobDataBlockOffset of the image, or apart from it (BlobPlacement::data_va).
+inline constexpr uint32_t kBlobDataBlockOffset = TPRD_BLOB_STRATEGY_WORD;
+inline constexpr uint32_t kBlobDataBlockSize = TPRD_BLOB_SITE_TABLE - TPRD_BLOB_STRATEGY_WORD;
 
 // Where the blob goes and how it starts out. va and pa must be page aligned (the writable
 // pages must not share a page with the code, nor the code with anything else).
@@ -37,6 +41,11 @@ struct BlobPlacement {
   Strategy strategy = Strategy::kExact;
   uint32_t cpu_count = 1;  // 1..kBlobMaxCpus; CPUs numbered >= this take the exact path
   uint32_t guard_period = kBlobDefaultGuardPeriod;  // mmio guard: check every Nth read, 1..65535
+  // Where the data block lives. 0: inside the image (va + kBlobDataBlockOffset). Else apart
+  // (docs/design.md "Placement"): 64-byte aligned, not overlapping the image.
+  uint32_t data_va = 0;
+  uint32_t data_pa = 0;
+  bool data_apart() const { return data_va != 0 && data_va != va + kBlobDataBlockOffset; }
 };
 
 // Guest virtual addresses inside a blob placed at `va`.
@@ -46,6 +55,7 @@ struct BlobAddresses {
   uint32_t code_start = 0;  // handler code [code_start, code_end): no rollback while an EIP is in
   uint32_t code_end = 0;
   uint32_t data_start = 0;     // first writable byte (page aligned); the checksum covers [va, here)
+  uint32_t data_block = 0;     // the data block's first byte (inside the image or apart)
   uint32_t strategy_word = 0;  // u32, engine::Strategy
   uint32_t percpu_area = 0;
   uint32_t site_table = 0;
@@ -61,8 +71,9 @@ struct BlobAddresses {
   bool InHandlerCode(uint32_t eip) const { return eip >= code_start && eip < code_end; }
 };
 
-// Addresses for a blob at `va` (no validation beyond arithmetic: see InstantiateBlob).
-BlobAddresses BlobAddressesAt(uint32_t va);
+// Addresses for a blob at `va` whose data block is at `data_va` (0: inside the image). No
+// validation beyond arithmetic: see InstantiateBlob.
+BlobAddresses BlobAddressesAt(uint32_t va, uint32_t data_va = 0);
 
 // The handler addresses for a blob at `blob_va` (tprctl decode --blob-va). Fails if the blob
 // would not fit below 4 GiB or va is not page aligned.
@@ -70,6 +81,9 @@ absl::StatusOr<HandlerTable> HandlerTableForBlob(uint32_t blob_va);
 
 struct BlobInstance {
   std::vector<uint8_t> bytes;  // kBlobSize bytes to copy to placement.va
+  // kBlobDataBlockSize bytes for placement.data_va when the data block lives apart (empty
+  // otherwise: it is inside `bytes`).
+  std::vector<uint8_t> data_block;
   HandlerTable handlers;
   BlobAddresses addresses;
 };
@@ -119,7 +133,13 @@ struct ParsedBlob {
 // header offset and size within the blob and equal to this build's layout, handler addresses
 // inside the code, CPU count and guard period in range, strategy word known, every site entry
 // sane. DATA_LOSS with the reason otherwise.
-absl::StatusOr<ParsedBlob> ParseBlob(absl::Span<const uint8_t> bytes);
+// A blob whose header places the data block apart needs that block's bytes in `data_block`
+// (read from the header's hdr_data_va); without them it is rejected.
+absl::StatusOr<ParsedBlob> ParseBlob(
+    absl::Span<const uint8_t> bytes,
+    std::optional<absl::Span<const uint8_t>> data_block = std::nullopt);
+// The data block address a blob image's header names (no validation: ParseBlob validates).
+std::optional<uint32_t> BlobHeaderDataVa(absl::Span<const uint8_t> bytes);
 
 }  // namespace tprd::engine
 

@@ -44,7 +44,21 @@ absl::StatusOr<ParsedBlob> ReadGuestBlob(GuestVm& vm, int vcpu, uint32_t blob_va
     return absl::Status(read.code(), absl::StrFormat("reading the blob at 0x%08x: %s", blob_va,
                                                      std::string(read.message())));
   }
-  auto parsed = ParseBlob(bytes);
+  // The data block may live apart from the image (docs/design.md "Placement"): read it where
+  // the header says; ParseBlob validates that address along with everything else.
+  std::optional<absl::Span<const uint8_t>> data_block;
+  std::vector<uint8_t> data;
+  const std::optional<uint32_t> data_va = BlobHeaderDataVa(bytes);
+  if (data_va && *data_va != blob_va + kBlobDataBlockOffset) {
+    data.resize(kBlobDataBlockSize);
+    if (absl::Status read = vm.ReadVirtual(vcpu, *data_va, absl::MakeSpan(data)); !read.ok()) {
+      return absl::DataLossError(
+          absl::StrFormat("guest blob rejected: its data block at 0x%08x cannot be read: %s",
+                          *data_va, std::string(read.message())));
+    }
+    data_block = absl::MakeConstSpan(data);
+  }
+  auto parsed = ParseBlob(bytes, data_block);
   if (!parsed.ok()) return parsed.status();
   if (parsed->placement.va != blob_va) {
     return absl::DataLossError(

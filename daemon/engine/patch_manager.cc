@@ -115,6 +115,8 @@ absl::StatusOr<ScanResult> PatchManager::ScanGuest(const GuestProfile& profile) 
   };
   if (installed_) {
     options.exclude.emplace_back(installed_->addresses.va, installed_->addresses.end - 1);
+    options.exclude.emplace_back(installed_->addresses.data_block,
+                                 installed_->addresses.data_block + kBlobDataBlockSize - 1);
   }
   GuestVmPhysicalReader memory(vm_);
   return ScanKernelCode(memory, profile.vcpus[0].paging, options);
@@ -227,11 +229,14 @@ absl::Status PatchManager::WriteVerified(uint32_t va, absl::Span<const uint8_t> 
 absl::Status PatchManager::Install(const EnableRequest& request, const GuestProfile& profile) {
   PlacementRequest want;
   want.image_size = kBlobSize;
+  want.data_size = kBlobDataBlockSize;
   absl::StatusOr<Placement> where = FindPlacement(vm_, profile, want);
   if (!where.ok()) return where.status();
   BlobPlacement placement;
   placement.va = where->image_va;
   placement.pa = where->image_pa;
+  placement.data_va = where->data_va;
+  placement.data_pa = where->data_pa;
   placement.tpr_va = profile.tpr_va;
   placement.strategy = Strategy::kExact;  // switched once every shadow is set
   placement.cpu_count = static_cast<uint32_t>(profile.vcpus.size());
@@ -241,6 +246,10 @@ absl::Status PatchManager::Install(const EnableRequest& request, const GuestProf
   placement.guard_period = request.guard_period;
   absl::StatusOr<BlobInstance> blob = InstantiateBlob(placement);
   if (!blob.ok()) return blob.status();
+  // The data block first: the image's header points at it.
+  if (!blob->data_block.empty()) {
+    TPRD_RETURN_IF_ERROR(WriteVerified(placement.data_va, blob->data_block));
+  }
   TPRD_RETURN_IF_ERROR(WriteVerified(placement.va, blob->bytes));
   installed_ = Installed{blob->addresses, blob->handlers, placement};
   status_.installed = true;

@@ -97,16 +97,14 @@ absl::StatusOr<Placement> FindPlacement(GuestVm& vm, const GuestProfile& profile
     return true;
   };
 
-  // 1. One RAM run for everything.
-  const uint32_t whole = request.image_size + AlignUp(request.data_size, kPageSize);
+  // 1. One RAM run for everything: the image carries its own data block (data_va = 0).
   for (const ZeroRun& run : *runs) {
     uint32_t pa;
-    if (run.rom || AlignUp(run.first, kPageSize) + whole > run.end) continue;
     if (!image_fits(run, false, &pa)) continue;
-    Placement p{pa, kLowMemoryVirtualBase + pa, pa + request.image_size,
-                kLowMemoryVirtualBase + pa + request.image_size, false};
-    if (request.data_size == 0) p.data_pa = p.data_va = 0;
-    if (!CheckKernelMapping(vm, profile, p.image_va, p.image_pa, whole, true).ok()) continue;
+    Placement p{pa, kLowMemoryVirtualBase + pa, 0, 0, false};
+    if (!CheckKernelMapping(vm, profile, p.image_va, p.image_pa, request.image_size, true).ok()) {
+      continue;
+    }
     return p;
   }
   if (request.data_size == 0) {

@@ -19,14 +19,16 @@ inline constexpr uint32_t kLowMemoryVirtualBase = 0x80000000;
 
 struct PlacementRequest {
   uint32_t image_size = 0;  // header, code, site table: guest reads/executes only (page aligned)
-  uint32_t data_size = 0;   // written by the guest's handlers: must be RAM. 0: inside the image
+  // The data block, written by the guest's handlers: must be RAM. The image holds a copy of it,
+  // used when the whole image can go in RAM.
+  uint32_t data_size = 0;
   uint32_t data_alignment = 64;
 };
 
 struct Placement {
   uint32_t image_pa = 0;
   uint32_t image_va = 0;
-  uint32_t data_pa = 0;  // == image_pa + offset when not split
+  uint32_t data_pa = 0;  // 0: the data block stays inside the image (one RAM placement)
   uint32_t data_va = 0;
   bool image_in_rom = false;
 };

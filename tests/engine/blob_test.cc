@@ -99,6 +99,49 @@ TEST(BlobInstantiateTest, EveryRelocationPointsInsideTheBlobOrAtTheTpr) {
   }
 }
 
+// The image in read-only shadowed memory, the data block apart in RAM (docs/design.md).
+TEST(BlobInstantiateTest, DataBlockApartGetsEveryDataReference) {
+  BlobPlacement placement = XpPlacement();
+  placement.va = 0x800CC000;
+  placement.pa = 0x000CC000;
+  placement.data_va = 0x800E8040;
+  placement.data_pa = 0x000E8040;
+  auto blob = InstantiateBlob(placement);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  ASSERT_EQ(blob->data_block.size(), kBlobDataBlockSize);
+  EXPECT_EQ(blob->addresses.strategy_word, placement.data_va);
+  EXPECT_EQ(blob->addresses.PerCpuEntry(0),
+            placement.data_va + (TPRD_BLOB_PERCPU_AREA - kBlobDataBlockOffset));
+  EXPECT_EQ(blob->addresses.site_table, placement.va + TPRD_BLOB_SITE_TABLE)
+      << "stays in the image";
+  int into_data = 0;
+  for (uint32_t offset : tprd_blob_base_relocs) {
+    const uint32_t link = LoadU32({tprd_blob_image, tprd_blob_image + kBlobSize}, offset);
+    const uint32_t value = LoadU32(blob->bytes, offset);
+    if (link >= kBlobDataBlockOffset && link < kBlobDataBlockOffset + kBlobDataBlockSize) {
+      ++into_data;
+      EXPECT_EQ(value, placement.data_va + (link - kBlobDataBlockOffset)) << std::hex << offset;
+    } else {
+      EXPECT_EQ(value, placement.va + link) << std::hex << offset;
+    }
+  }
+  EXPECT_GE(into_data, 3) << "the handlers' strategy/per-CPU references and hdr_data_va";
+  EXPECT_EQ(LoadU32(blob->bytes, TPRD_BLOB_HDR_DATA_VA), placement.data_va);
+  EXPECT_EQ(LoadU32(blob->bytes, TPRD_BLOB_HDR_DATA_PA), placement.data_pa);
+
+  // Parsing needs the data block; with it, the placement round-trips.
+  EXPECT_FALSE(ParseBlob(blob->bytes).ok());
+  auto parsed = ParseBlob(blob->bytes, absl::MakeConstSpan(blob->data_block));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->placement.data_va, placement.data_va);
+  EXPECT_EQ(parsed->placement.strategy, Strategy::kMmio);
+  EXPECT_TRUE(parsed->matches_this_build);
+
+  BlobPlacement overlapping = placement;
+  overlapping.data_va = placement.va + 0x2000;
+  EXPECT_FALSE(InstantiateBlob(overlapping).ok());
+}
+
 TEST(BlobInstantiateTest, MovingTheBlobChangesOnlyRelocationsAndHeaderFields) {
   BlobPlacement first = XpPlacement();
   BlobPlacement second = first;
@@ -356,7 +399,10 @@ TEST(BlobParseTest, EveryCorruptionIsRejectedWithAReason) {
   };
   const std::vector<Corruption> corruptions = {
       {"magic", set(TPRD_BLOB_HDR_MAGIC, 0x12345678), true, "magic"},
-      {"version", set(TPRD_BLOB_HDR_LAYOUT_VERSION, 2), true, "version"},
+      {"version", set(TPRD_BLOB_HDR_LAYOUT_VERSION, 1), true, "version"},
+      {"data block pa mismatch", set(TPRD_BLOB_HDR_DATA_PA, 0x1234), true, "physical address"},
+      {"data block elsewhere, not read", set(TPRD_BLOB_HDR_DATA_VA, 0x800C0000), true,
+       "data block"},
       {"header size", set(TPRD_BLOB_HDR_HEADER_SIZE, 0x40), true, "header size"},
       {"blob size", set(TPRD_BLOB_HDR_BLOB_SIZE, 0x2000), true, "blob size"},
       {"immutable size", set(TPRD_BLOB_HDR_IMMUTABLE_SIZE, 0x3000), true, "immutable"},

@@ -319,6 +319,56 @@ TEST_F(PatchManagerTest, EnableAfterDetachReusesTheBlobInTheGuest) {
   EXPECT_TRUE(applied) << "the site patched by the first session is known to the second";
 }
 
+// QEMU with SeaBIOS: 0xC0000-0xE7FFF read-only and zero, 0xE8000-0xEFFFF RAM with only a
+// small zero run (docs/design.md "Placement").
+TEST_F(PatchManagerTest, PlacesTheImageInReadOnlyMemoryAndTheDataBlockInRam) {
+  std::vector<MemoryRegion> map = vm_.MemoryMap().value();
+  std::vector<MemoryRegion> legacy;
+  auto region = [](uint64_t start, uint64_t end, bool ram, bool rom) {
+    MemoryRegion r;
+    r.start = start;
+    r.end = end;
+    r.ram = ram;
+    r.rom = rom;
+    return r;
+  };
+  legacy.push_back(region(0, 0xBFFFF, true, false));
+  legacy.push_back(region(0xC0000, 0xE7FFF, false, true));
+  legacy.push_back(region(0xE8000, 0xEFFFF, true, false));
+  legacy.push_back(region(0xF0000, 0xFFFFF, false, true));
+  for (const MemoryRegion& r : map) {
+    if (r.start >= 0x100000) legacy.push_back(r);
+    if (r.start == 0 && r.end >= 0x100000) legacy.push_back(region(0x100000, r.end, true, false));
+  }
+  vm_.SetMemoryMap(legacy);
+  std::vector<uint8_t> seabios(0x8000, 0xAA);
+  std::fill(seabios.begin() + 0x100, seabios.begin() + 0x900, 0);
+  ASSERT_TRUE(vm_.BackdoorWritePhysical(0xE8000, seabios).ok());
+
+  QueueWatchpoint(0, kReadEax + 5);
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  absl::StatusOr<EnableReport> report = manager_.Enable(request);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->applied_at_enable, 1u);
+  // The image in the read-only window, the data block in the RAM zero run.
+  EXPECT_EQ(vm_.BackdoorPhysicalBytes(0xC0000, 4), (std::vector<uint8_t>{0x54, 0x50, 0x52, 0x42}));
+  std::vector<uint8_t> strategy = vm_.BackdoorPhysicalBytes(0xE8100, 4);
+  EXPECT_EQ(strategy, (std::vector<uint8_t>{1, 0, 0, 0})) << "mmio in the data block";
+  // Nothing non-zero was overwritten.
+  std::vector<uint8_t> after = vm_.BackdoorPhysicalBytes(0xE8000, 0x8000);
+  for (size_t i = 0; i < after.size(); ++i) {
+    if (seabios[i] != 0) {
+      ASSERT_EQ(after[i], seabios[i]) << "offset 0x" << std::hex << i;
+    }
+  }
+  ASSERT_TRUE(manager_.Detach().ok());
+  PatchManager restarted(vm_, journal_, clock_);
+  absl::StatusOr<bool> adopted = restarted.Adopt(Strategy::kMmio);
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  EXPECT_TRUE(*adopted) << restarted.Status().last_error;
+}
+
 TEST_F(PatchManagerTest, AdoptRejectsACorruptBlob) {
   QueueWatchpoint(0, kReadEax + 5);
   EnableRequest request;
