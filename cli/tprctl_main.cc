@@ -4,6 +4,10 @@
 #include <iostream>
 
 #include "cli/decode_command.h"
+#include "cli/global_options.h"
+#ifdef TPRD_HAVE_DAEMON_COMMANDS
+#include "cli/daemon_commands.h"
+#endif
 
 namespace {
 
@@ -16,8 +20,15 @@ int main(int argc, char** argv) {
   CLI::App app{"tprctl: inspect and control tprd, the TPR patching daemon"};
   app.require_subcommand(1);
 
+  // Before the subcommands: they inherit fallthrough to the global options.
+  tprd::cli::GlobalOptions global_options;
+  tprd::cli::AddGlobalOptions(app, global_options);
+
   tprd::cli::DecodeOptions decode_options;
   CLI::App* decode = tprd::cli::AddDecodeCommand(app, decode_options);
+#ifdef TPRD_HAVE_DAEMON_COMMANDS
+  tprd::cli::DaemonCommands daemon_commands(app, global_options);
+#endif
 
   try {
     app.parse(argc, argv);
@@ -32,7 +43,13 @@ int main(int argc, char** argv) {
     return kUsageError;
   }
 
-  if (decode->parsed()) return tprd::cli::RunDecode(decode_options, std::cout, std::cerr);
+  if (decode->parsed()) {
+    decode_options.json = decode_options.json || global_options.json;
+    return tprd::cli::RunDecode(decode_options, std::cout, std::cerr);
+  }
+#ifdef TPRD_HAVE_DAEMON_COMMANDS
+  if (daemon_commands.Parsed()) return daemon_commands.Run(std::cout, std::cerr);
+#endif
   std::cerr << "tprctl: no command given (see tprctl --help)\n";
   return kUsageError;
 }

@@ -1,0 +1,559 @@
+#include "cli/daemon_commands.h"
+
+#include <errno.h>
+#include <grpcpp/grpcpp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <string_view>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "tprd/v1/tprd.grpc.pb.h"
+
+namespace tprd::cli {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// Default deadlines: commands that work on a guest may wait for discovery and the domain's
+// actor; reads answer from a snapshot.
+constexpr double kGuestCommandTimeoutSeconds = 60;
+constexpr double kReadTimeoutSeconds = 10;
+// An enable's deadline also covers its discovery budget plus this margin.
+constexpr double kEnableMarginSeconds = 30;
+
+std::string SocketPath(const GlobalOptions& global) {
+  std::string_view path = global.socket;
+  if (path.substr(0, 5) == "unix:") path.remove_prefix(5);
+  return std::string(path);
+}
+
+std::string UnreachableMessage(const std::string& socket, const std::string& why) {
+  return absl::StrCat("cannot reach tprd at ", socket, ": ", why,
+                      " (is tprd running? are you in group tprd?)");
+}
+
+// The daemon's socket must exist and be usable before gRPC gets to say something vaguer.
+bool CheckSocket(const std::string& socket, std::ostream& err) {
+  struct stat info;
+  if (::stat(socket.c_str(), &info) != 0) {
+    err << "tprctl: " << UnreachableMessage(socket, ::strerror(errno)) << "\n";
+    return false;
+  }
+  if (!S_ISSOCK(info.st_mode)) {
+    err << "tprctl: " << UnreachableMessage(socket, "not a socket") << "\n";
+    return false;
+  }
+  if (::access(socket.c_str(), R_OK | W_OK) != 0) {
+    err << "tprctl: " << UnreachableMessage(socket, ::strerror(errno)) << "\n";
+    return false;
+  }
+  return true;
+}
+
+// Lower-case enum word without its prefix ("FORM_PUSH_MEM" -> "push_mem"); empty for the
+// UNSPECIFIED value, "unknown(N)" for a value this tprctl does not know (a newer daemon).
+std::string EnumWord(const std::string& full_name, std::string_view prefix, int value) {
+  if (value == 0) return "";
+  if (full_name.empty()) return absl::StrCat("unknown(", value, ")");
+  std::string word = full_name.substr(std::min(prefix.size(), full_name.size()));
+  for (char& c : word) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return word;
+}
+
+std::string StrategyWord(tprd::v1::Strategy value) {
+  return EnumWord(tprd::v1::Strategy_Name(value), "STRATEGY_", value);
+}
+std::string DomainStateWord(tprd::v1::DomainState value) {
+  return EnumWord(tprd::v1::DomainState_Name(value), "DOMAIN_STATE_", value);
+}
+std::string FormWord(tprd::v1::Form value) {
+  return EnumWord(tprd::v1::Form_Name(value), "FORM_", value);
+}
+std::string SiteStateWord(tprd::v1::SiteState value) {
+  return EnumWord(tprd::v1::SiteState_Name(value), "SITE_STATE_", value);
+}
+std::string EventKindWord(tprd::v1::Event::Kind value) {
+  return EnumWord(tprd::v1::Event::Kind_Name(value), "KIND_", value);
+}
+
+Json OrNull(const std::string& text) { return text.empty() ? Json(nullptr) : Json(text); }
+std::string OrDash(const std::string& text) { return text.empty() ? "-" : text; }
+
+std::string Hex(const std::string& bytes) {
+  std::string out;
+  for (unsigned char byte : bytes) absl::StrAppendFormat(&out, "%02x", byte);
+  return out;
+}
+std::string Address(uint32_t address) { return absl::StrFormat("0x%08x", address); }
+
+Json SiteJson(const tprd::v1::Site& site) {
+  return Json{{"id", site.id()},
+              {"address", Address(site.address())},
+              {"form", OrNull(FormWord(site.form()))},
+              {"register", OrNull(site.register_())},
+              {"original", Hex(site.original())},
+              {"patched", Hex(site.patched())},
+              {"disassembly", site.disassembly()},
+              {"state", OrNull(SiteStateWord(site.state()))},
+              {"hits", site.hits()}};
+}
+
+Json StatusJson(const tprd::v1::DomainStatus& status) {
+  return Json{{"domain", status.domain().name()},
+              {"uuid", status.domain().uuid()},
+              {"id", status.domain().id()},
+              {"running", status.running()},
+              {"state", OrNull(DomainStateWord(status.state()))},
+              {"strategy", OrNull(StrategyWord(status.strategy()))},
+              {"sites_candidate", status.sites_candidate()},
+              {"sites_pending", status.sites_pending()},
+              {"sites_applied", status.sites_applied()},
+              {"sites_rolled_back", status.sites_rolled_back()},
+              {"traps_handled", status.traps_handled()},
+              {"tpr_accesses_per_second_before", status.tpr_accesses_per_second_before()},
+              {"tpr_accesses_per_second_after", status.tpr_accesses_per_second_after()},
+              {"last_error", status.last_error()},
+              {"busy_with", status.busy_with()}};
+}
+
+// Columns padded to their widest cell; the last column is left ragged.
+class Table {
+ public:
+  explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
+  void Add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  void Print(std::ostream& out) const {
+    std::vector<size_t> widths(rows_[0].size(), 0);
+    for (const auto& row : rows_) {
+      for (size_t i = 0; i < row.size() && i < widths.size(); ++i) {
+        widths[i] = std::max(widths[i], row[i].size());
+      }
+    }
+    for (const auto& row : rows_) {
+      std::string line;
+      for (size_t i = 0; i < row.size(); ++i) {
+        line += row[i];
+        if (i + 1 < row.size()) line += std::string(widths[i] - row[i].size() + 2, ' ');
+      }
+      out << line << "\n";
+    }
+  }
+
+ private:
+  std::vector<std::vector<std::string>> rows_;
+};
+
+void PrintSites(const google::protobuf::RepeatedPtrField<tprd::v1::Site>& sites,
+                std::ostream& out) {
+  Table table({"ID", "ADDRESS", "FORM", "REGISTER", "STATE", "HITS", "DISASSEMBLY"});
+  for (const auto& site : sites) {
+    table.Add({absl::StrCat(site.id()), Address(site.address()), OrDash(FormWord(site.form())),
+               OrDash(site.register_()), OrDash(SiteStateWord(site.state())),
+               absl::StrCat(site.hits()), site.disassembly()});
+  }
+  table.Print(out);
+}
+
+void PrintStatus(const tprd::v1::DomainStatus& status, std::ostream& out) {
+  const auto& domain = status.domain();
+  out << "domain:     " << domain.name() << " (id "
+      << (domain.id() < 0 ? std::string("-") : absl::StrCat(domain.id())) << ", uuid "
+      << domain.uuid() << ")\n";
+  out << "running:    " << (status.running() ? "yes" : "no") << "\n";
+  out << "state:      " << OrDash(DomainStateWord(status.state())) << "\n";
+  out << "strategy:   " << OrDash(StrategyWord(status.strategy())) << "\n";
+  out << absl::StrFormat("sites:      %u applied, %u pending, %u candidates, %u rolled back\n",
+                         status.sites_applied(), status.sites_pending(), status.sites_candidate(),
+                         status.sites_rolled_back());
+  out << "traps:      " << status.traps_handled() << " handled\n";
+  out << absl::StrFormat("TPR exits:  %.0f/s before, %.0f/s now\n",
+                         status.tpr_accesses_per_second_before(),
+                         status.tpr_accesses_per_second_after());
+  if (!status.busy_with().empty()) out << "busy with:  " << status.busy_with() << "\n";
+  if (!status.last_error().empty()) out << "last error: " << status.last_error() << "\n";
+}
+
+// One call's plumbing: the channel, and turning a failed status into a message and exit code.
+class Client {
+ public:
+  Client(const GlobalOptions& global, double default_timeout_seconds)
+      : socket_(SocketPath(global)),
+        timeout_seconds_(global.timeout_seconds > 0 ? global.timeout_seconds
+                                                    : default_timeout_seconds),
+        channel_(grpc::CreateChannel("unix:" + socket_, grpc::InsecureChannelCredentials())),
+        stub_(tprd::v1::Tprd::NewStub(channel_)) {}
+
+  tprd::v1::Tprd::Stub& stub() { return *stub_; }
+
+  // Every unary call carries a deadline.
+  void SetDeadline(grpc::ClientContext& context) const {
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::milliseconds(static_cast<int64_t>(timeout_seconds_ * 1000)));
+  }
+
+  int Fail(const grpc::Status& status, std::ostream& err) {
+    const std::string& message = status.error_message();
+    switch (status.error_code()) {
+      case grpc::StatusCode::NOT_FOUND:
+        err << "tprctl: " << message << "\n";
+        return kExitNotFound;
+      case grpc::StatusCode::INVALID_ARGUMENT:
+        err << "tprctl: " << message << "\n";
+        return kExitUsage;
+      case grpc::StatusCode::UNAVAILABLE:
+        // A connected channel means tprd itself answered (libvirt down, tprd stopping).
+        if (channel_->GetState(false) == GRPC_CHANNEL_READY) {
+          err << "tprctl: " << message << "\n";
+        } else {
+          err << "tprctl: " << UnreachableMessage(socket_, message) << "\n";
+        }
+        return kExitUnreachable;
+      case grpc::StatusCode::PERMISSION_DENIED:
+      case grpc::StatusCode::UNAUTHENTICATED:
+        err << "tprctl: tprd at " << socket_ << " refused access: " << message
+            << " (are you in group tprd?)\n";
+        return kExitUnreachable;
+      case grpc::StatusCode::DEADLINE_EXCEEDED:
+        err << "tprctl: no answer from tprd within " << timeout_seconds_ << " s (" << message
+            << "); an operation already started still completes: check `tprctl status`, or "
+               "raise --timeout\n";
+        return kExitFailed;
+      default:
+        err << "tprctl: " << message << "\n";
+        return kExitFailed;
+    }
+  }
+
+ private:
+  const std::string socket_;
+  const double timeout_seconds_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<tprd::v1::Tprd::Stub> stub_;
+};
+
+void PrintJson(const Json& document, std::ostream& out) { out << document.dump() << "\n"; }
+
+int RunDomains(const GlobalOptions& global, std::ostream& out, std::ostream& err) {
+  Client client(global, kReadTimeoutSeconds);
+  grpc::ClientContext context;
+  client.SetDeadline(context);
+  tprd::v1::ListDomainsResponse response;
+  grpc::Status status = client.stub().ListDomains(&context, {}, &response);
+  if (!status.ok()) return client.Fail(status, err);
+  if (global.json) {
+    Json domains = Json::array();
+    for (const auto& summary : response.domains()) {
+      domains.push_back(Json{{"name", summary.domain().name()},
+                             {"uuid", summary.domain().uuid()},
+                             {"id", summary.domain().id()},
+                             {"running", summary.running()},
+                             {"state", OrNull(DomainStateWord(summary.state()))},
+                             {"strategy", OrNull(StrategyWord(summary.strategy()))},
+                             {"sites_applied", summary.sites_applied()}});
+    }
+    PrintJson(Json{{"domains", domains}}, out);
+    return kExitOk;
+  }
+  Table table({"NAME", "ID", "STATE", "STRATEGY", "SITES", "UUID"});
+  for (const auto& summary : response.domains()) {
+    const int id = summary.domain().id();
+    table.Add({summary.domain().name(), id < 0 ? "-" : absl::StrCat(id),
+               OrDash(DomainStateWord(summary.state())), OrDash(StrategyWord(summary.strategy())),
+               absl::StrCat(summary.sites_applied()), summary.domain().uuid()});
+  }
+  table.Print(out);
+  return kExitOk;
+}
+
+int RunStatus(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
+              std::ostream& err) {
+  Client client(global, kReadTimeoutSeconds);
+  grpc::ClientContext context;
+  client.SetDeadline(context);
+  tprd::v1::GetDomainRequest request;
+  request.set_domain(options.domain);
+  tprd::v1::DomainStatus response;
+  grpc::Status status = client.stub().GetDomain(&context, request, &response);
+  if (!status.ok()) return client.Fail(status, err);
+  if (global.json) {
+    PrintJson(StatusJson(response), out);
+  } else {
+    PrintStatus(response, out);
+  }
+  return kExitOk;
+}
+
+tprd::v1::Strategy StrategyFromWord(const std::string& word) {
+  if (word == "mmio") return tprd::v1::STRATEGY_MMIO;
+  if (word == "cr8") return tprd::v1::STRATEGY_CR8;
+  if (word == "exact") return tprd::v1::STRATEGY_EXACT;
+  return tprd::v1::STRATEGY_AUTO;  // the parser admits only these four words
+}
+
+int RunEnable(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
+              std::ostream& err) {
+  Client client(
+      global, std::max(kGuestCommandTimeoutSeconds, options.budget_seconds + kEnableMarginSeconds));
+  grpc::ClientContext context;
+  client.SetDeadline(context);
+  tprd::v1::EnablePatchingRequest request;
+  request.set_domain(options.domain);
+  request.set_strategy(StrategyFromWord(options.strategy));
+  request.set_dry_run(options.dry_run);
+  request.set_discovery_budget_ms(
+      static_cast<uint32_t>(std::llround(options.budget_seconds * 1000)));
+  tprd::v1::EnablePatchingResponse response;
+  grpc::Status status = client.stub().EnablePatching(&context, request, &response);
+  if (!status.ok()) return client.Fail(status, err);
+  if (global.json) {
+    Json sites = Json::array();
+    for (const auto& site : response.sites()) sites.push_back(SiteJson(site));
+    PrintJson(Json{{"domain", response.status().domain().name()},
+                   {"dry_run", options.dry_run},
+                   {"status", StatusJson(response.status())},
+                   {"sites", sites}},
+              out);
+    return kExitOk;
+  }
+  const tprd::v1::DomainStatus& after = response.status();
+  if (options.dry_run) {
+    out << after.domain().name() << ": dry run, nothing written; " << response.sites_size()
+        << " sites would be patched\n";
+  } else {
+    out << after.domain().name() << ": " << OrDash(DomainStateWord(after.state())) << ", strategy "
+        << OrDash(StrategyWord(after.strategy())) << ", " << after.sites_applied()
+        << " sites applied, " << after.sites_candidate() << " armed for first execution\n";
+  }
+  if (response.sites_size() > 0) PrintSites(response.sites(), out);
+  return kExitOk;
+}
+
+int RunSites(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
+             std::ostream& err) {
+  Client client(global, kReadTimeoutSeconds);
+  grpc::ClientContext context;
+  client.SetDeadline(context);
+  tprd::v1::ListSitesRequest request;
+  request.set_domain(options.domain);
+  tprd::v1::ListSitesResponse response;
+  grpc::Status status = client.stub().ListSites(&context, request, &response);
+  if (!status.ok()) return client.Fail(status, err);
+  if (global.json) {
+    Json sites = Json::array();
+    for (const auto& site : response.sites()) sites.push_back(SiteJson(site));
+    PrintJson(Json{{"domain", response.domain().name()}, {"sites", sites}}, out);
+  } else if (response.sites_size() == 0) {
+    out << response.domain().name() << ": no sites\n";
+  } else {
+    PrintSites(response.sites(), out);
+  }
+  return kExitOk;
+}
+
+int RunRollback(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
+                std::ostream& err) {
+  Client client(global, kGuestCommandTimeoutSeconds);
+  grpc::ClientContext context;
+  client.SetDeadline(context);
+  tprd::v1::RollbackRequest request;
+  request.set_domain(options.domain);
+  for (uint32_t id : options.site_ids) request.add_site_ids(id);
+  request.set_force(options.force);
+  tprd::v1::RollbackResponse response;
+  grpc::Status status = client.stub().Rollback(&context, request, &response);
+  if (!status.ok()) return client.Fail(status, err);
+  // Some sites left alone is a partial failure: scripts must not assume the guest is clean.
+  const int code = response.refused_size() > 0 ? kExitFailed : kExitOk;
+  if (global.json) {
+    Json refused = Json::array();
+    for (const auto& refusal : response.refused()) {
+      refused.push_back(Json{{"id", refusal.site_id()}, {"reason", refusal.reason()}});
+    }
+    PrintJson(Json{{"domain", response.status().domain().name()},
+                   {"rolled_back", Json(std::vector<uint32_t>(response.rolled_back().begin(),
+                                                              response.rolled_back().end()))},
+                   {"refused", refused},
+                   {"status", StatusJson(response.status())}},
+              out);
+    return code;
+  }
+  out << response.status().domain().name() << ": rolled back " << response.rolled_back_size()
+      << " sites";
+  if (response.rolled_back_size() > 0) {
+    out << " (" << absl::StrJoin(response.rolled_back(), " ") << ")";
+  }
+  out << "; state " << OrDash(DomainStateWord(response.status().state())) << "\n";
+  for (const auto& refusal : response.refused()) {
+    out << "site " << refusal.site_id() << " not rolled back: " << refusal.reason() << "\n";
+  }
+  if (code != kExitOk) {
+    err << "tprctl: " << response.refused_size()
+        << " sites were not rolled back (see above; --force overwrites changed bytes)\n";
+  }
+  return code;
+}
+
+int RunScan(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
+            std::ostream& err) {
+  Client client(global, kGuestCommandTimeoutSeconds);
+  grpc::ClientContext context;
+  client.SetDeadline(context);
+  tprd::v1::ScanRequest request;
+  request.set_domain(options.domain);
+  tprd::v1::ScanResponse response;
+  grpc::Status status = client.stub().Scan(&context, request, &response);
+  if (!status.ok()) return client.Fail(status, err);
+  if (global.json) {
+    Json candidates = Json::array();
+    for (const auto& candidate : response.candidates()) {
+      Json entry = SiteJson(candidate.site());
+      entry["patchable"] = candidate.patchable();
+      entry["reason"] = candidate.reason();
+      candidates.push_back(std::move(entry));
+    }
+    PrintJson(Json{{"domain", response.domain().name()}, {"candidates", candidates}}, out);
+    return kExitOk;
+  }
+  if (response.candidates_size() == 0) {
+    out << response.domain().name() << ": no TPR accesses found\n";
+    return kExitOk;
+  }
+  Table table({"ID", "ADDRESS", "FORM", "PATCHABLE", "REASON", "DISASSEMBLY"});
+  for (const auto& candidate : response.candidates()) {
+    const tprd::v1::Site& site = candidate.site();
+    table.Add({absl::StrCat(site.id()), Address(site.address()), OrDash(FormWord(site.form())),
+               candidate.patchable() ? "yes" : "no", OrDash(candidate.reason()),
+               site.disassembly()});
+  }
+  table.Print(out);
+  return kExitOk;
+}
+
+Json EventJson(const tprd::v1::Event& event) {
+  return Json{{"kind", OrNull(EventKindWord(event.kind()))},
+              {"time", event.time()},
+              {"domain", event.domain().name()},
+              {"state", OrNull(DomainStateWord(event.state()))},
+              {"lifecycle", OrNull(event.lifecycle())},
+              {"site", event.has_site() ? SiteJson(event.site()) : Json(nullptr)},
+              {"message", event.message()}};
+}
+
+void PrintEventLine(const tprd::v1::Event& event, std::ostream& out) {
+  const absl::Time time = absl::FromUnixNanos(static_cast<int64_t>(event.time() * 1e9));
+  out << absl::FormatTime("%Y-%m-%d %H:%M:%E3S", time, absl::LocalTimeZone()) << "  "
+      << OrDash(event.domain().name()) << "  " << OrDash(EventKindWord(event.kind())) << "  "
+      << event.message() << "\n";
+}
+
+// Streams until the daemon ends the stream or the user interrupts (SIGINT/SIGTERM), which is a
+// normal end: exit 0. The signals are taken by a thread of our own, because gRPC's blocking read
+// can only be ended by cancelling the call from elsewhere.
+int RunWatch(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
+             std::ostream& err) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGUSR1);  // our own "stream over" wake-up for the waiter
+  // Before any gRPC thread exists, so they all inherit the mask.
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  Client client(global, kReadTimeoutSeconds);
+  grpc::ClientContext context;  // no deadline: a watch runs until interrupted
+  std::atomic<bool> interrupted{false};
+  std::thread waiter([&] {
+    int signal_number = 0;
+    if (sigwait(&signals, &signal_number) != 0 || signal_number == SIGUSR1) return;
+    interrupted.store(true);
+    context.TryCancel();
+  });
+
+  tprd::v1::WatchEventsRequest request;
+  request.set_domain(options.domain);
+  auto reader = client.stub().WatchEvents(&context, request);
+  tprd::v1::Event event;
+  while (reader->Read(&event)) {
+    if (global.json) {
+      PrintJson(EventJson(event), out);
+    } else {
+      PrintEventLine(event, out);
+    }
+    out.flush();  // one line per event as it happens, also into a pipe
+  }
+  grpc::Status status = reader->Finish();
+  if (!interrupted.load()) pthread_kill(waiter.native_handle(), SIGUSR1);
+  waiter.join();
+  if (interrupted.load() || status.ok()) return kExitOk;
+  return client.Fail(status, err);
+}
+
+}  // namespace
+
+DaemonCommands::DaemonCommands(CLI::App& app, const GlobalOptions& global) : global_(global) {
+  const auto add_domain = [this](CLI::App* command) {
+    command->add_option("DOMAIN", options_.domain, "Domain name, UUID or ID")->required();
+  };
+  domains_ = app.add_subcommand("domains", "List libvirt domains with their patch state");
+  status_ = app.add_subcommand("status", "Show one domain's patch status");
+  add_domain(status_);
+  enable_ = app.add_subcommand("enable", "Find and patch the domain's TPR accesses");
+  add_domain(enable_);
+  enable_->add_option("--strategy", options_.strategy, "How handlers reach the real TPR")
+      ->check(CLI::IsMember({"auto", "mmio", "cr8", "exact"}))
+      ->capture_default_str();
+  enable_->add_flag("--dry-run", options_.dry_run, "Report what would be patched; write nothing");
+  enable_
+      ->add_option("--budget", options_.budget_seconds,
+                   "Seconds discovery may take (0: the daemon's default)")
+      ->check(CLI::Range(0.0, 86400.0));
+  sites_ = app.add_subcommand("sites", "List the TPR sites tprd knows for a domain");
+  add_domain(sites_);
+  rollback_ = app.add_subcommand("rollback", "Restore original bytes (all sites or --site IDs)");
+  add_domain(rollback_);
+  rollback_->add_option("--site", options_.site_ids, "Only this site id (repeatable)");
+  rollback_->add_flag("--force", options_.force,
+                      "Restore even where the guest changed the patched bytes");
+  scan_ = app.add_subcommand("scan", "Report candidate TPR sites in guest code; change nothing");
+  add_domain(scan_);
+  watch_ = app.add_subcommand("watch", "Stream site and lifecycle events until Ctrl-C");
+  watch_->add_option("DOMAIN", options_.domain, "Only this domain (name, UUID or ID)");
+}
+
+bool DaemonCommands::Parsed() const {
+  for (const CLI::App* command : {domains_, status_, enable_, sites_, rollback_, scan_, watch_}) {
+    if (command->parsed()) return true;
+  }
+  return false;
+}
+
+int DaemonCommands::Run(std::ostream& out, std::ostream& err) {
+  if (!CheckSocket(SocketPath(global_), err)) return kExitUnreachable;
+  if (domains_->parsed()) return RunDomains(global_, out, err);
+  if (status_->parsed()) return RunStatus(global_, options_, out, err);
+  if (enable_->parsed()) return RunEnable(global_, options_, out, err);
+  if (sites_->parsed()) return RunSites(global_, options_, out, err);
+  if (rollback_->parsed()) return RunRollback(global_, options_, out, err);
+  if (scan_->parsed()) return RunScan(global_, options_, out, err);
+  if (watch_->parsed()) return RunWatch(global_, options_, out, err);
+  err << "tprctl: no command given (see tprctl --help)\n";
+  return kExitUsage;
+}
+
+}  // namespace tprd::cli

@@ -1,0 +1,499 @@
+// tprctl as a user runs it: the built binary as a subprocess against a real gRPC server with the
+// daemon's TprdService over FakeHypervisor / FakeDomainController, on a unix socket in a temp
+// dir. Checks output formats and exit codes (docs/usage.md).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "daemon/actor/domain_registry.h"
+#include "daemon/server/api_server.h"
+#include "daemon/service/tprd_service.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/daemon/test_dir.h"
+#include "tests/fakes/fake_domain_controller.h"
+
+extern char** environ;
+
+#ifndef TPRCTL_PATH
+#error "TPRCTL_PATH is defined by cli/CMakeLists.txt"
+#endif
+
+namespace tprd::daemon {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::StartsWith;
+using Json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kProcessTimeout = std::chrono::seconds(30);
+
+// A tprctl process with its stdout and stderr captured. Every wait is bounded.
+class TprctlProcess {
+ public:
+  // `environment_overrides` are NAME=VALUE entries; TPRD_SOCKET from the test's own
+  // environment is never passed on, so tests decide it.
+  TprctlProcess(const std::vector<std::string>& args,
+                const std::vector<std::string>& environment_overrides = {}) {
+    int out_pipe[2], err_pipe[2];
+    if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) return;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
+    posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
+
+    std::vector<std::string> argv_strings = {TPRCTL_PATH};
+    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& arg : argv_strings) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+
+    std::vector<std::string> env_strings;
+    for (char** entry = environ; *entry != nullptr; ++entry) {
+      if (std::string_view(*entry).starts_with("TPRD_SOCKET=")) continue;
+      env_strings.emplace_back(*entry);
+    }
+    env_strings.insert(env_strings.end(), environment_overrides.begin(),
+                       environment_overrides.end());
+    std::vector<char*> envp;
+    for (auto& entry : env_strings) envp.push_back(entry.data());
+    envp.push_back(nullptr);
+
+    if (posix_spawn(&pid_, TPRCTL_PATH, &actions, nullptr, argv.data(), envp.data()) != 0) {
+      pid_ = -1;
+    }
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(out_pipe[1]);
+    ::close(err_pipe[1]);
+    out_fd_ = out_pipe[0];
+    err_fd_ = err_pipe[0];
+  }
+
+  ~TprctlProcess() {
+    if (pid_ > 0 && !exit_code_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    if (out_fd_ >= 0) ::close(out_fd_);
+    if (err_fd_ >= 0) ::close(err_fd_);
+  }
+
+  bool started() const { return pid_ > 0; }
+  const std::string& out() const { return out_; }
+  const std::string& err() const { return err_; }
+
+  // Reads output until `done` holds or `deadline`; returns whether `done` held.
+  template <typename Predicate>
+  bool ReadUntil(Predicate done, Clock::time_point deadline) {
+    while (!done()) {
+      if (!PumpOnce(deadline)) return done();
+    }
+    return true;
+  }
+
+  // Complete lines of stdout so far.
+  std::vector<std::string> OutLines() const {
+    std::vector<std::string> lines;
+    std::istringstream stream(out_);
+    std::string line;
+    while (std::getline(stream, line)) lines.push_back(line);
+    if (!out_.empty() && out_.back() != '\n' && !lines.empty()) lines.pop_back();
+    return lines;
+  }
+
+  void Signal(int signal_number) {
+    if (pid_ > 0) ::kill(pid_, signal_number);
+  }
+
+  // Drains the output and reaps the process; nullopt if it did not end in time.
+  std::optional<int> Wait(Clock::time_point deadline = Clock::now() + kProcessTimeout) {
+    if (!started()) return std::nullopt;
+    while (out_fd_ >= 0 || err_fd_ >= 0) {
+      if (!PumpOnce(deadline)) return std::nullopt;
+    }
+    while (Clock::now() < deadline) {
+      int status = 0;
+      const pid_t reaped = ::waitpid(pid_, &status, WNOHANG);
+      if (reaped == pid_) {
+        exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        return exit_code_;
+      }
+      // The pipes are closed, so the process is exiting: yield briefly.
+      ::poll(nullptr, 0, 10);
+    }
+    return std::nullopt;
+  }
+
+ private:
+  // Waits for output on either pipe and appends it; false at the deadline or with both closed.
+  bool PumpOnce(Clock::time_point deadline) {
+    std::vector<pollfd> fds;
+    if (out_fd_ >= 0) fds.push_back({out_fd_, POLLIN, 0});
+    if (err_fd_ >= 0) fds.push_back({err_fd_, POLLIN, 0});
+    if (fds.empty()) return false;
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return false;
+    if (::poll(fds.data(), fds.size(), static_cast<int>(left)) <= 0) return false;
+    for (const pollfd& fd : fds) {
+      if (fd.revents == 0) continue;
+      char buffer[4096];
+      const ssize_t got = ::read(fd.fd, buffer, sizeof buffer);
+      const bool is_out = fd.fd == out_fd_;
+      if (got > 0) {
+        (is_out ? out_ : err_).append(buffer, static_cast<size_t>(got));
+      } else {
+        ::close(fd.fd);
+        (is_out ? out_fd_ : err_fd_) = -1;
+      }
+    }
+    return true;
+  }
+
+  pid_t pid_ = -1;
+  int out_fd_ = -1, err_fd_ = -1;
+  std::string out_, err_;
+  std::optional<int> exit_code_;
+};
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+class TprctlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    guest_ = hypervisor_.AddDomain("winxp-01", "aaaaaaaa-0000-0000-0000-000000000001", true);
+    fakes::AddFakeCandidates(*guest_, 3);
+    SiteReport look_alike;
+    look_alike.site.id = 100;
+    look_alike.site.address = 0x80700010;
+    look_alike.site.form = engine::Form::kMovRegFromMem;
+    look_alike.site.original = {0x8B, 0x04, 0x25, 0x80, 0x00, 0xFE, 0xFF};
+    look_alike.disassembly = "mov eax, dword ptr [0xFFFE0080+eiz*1]";
+    guest_->unpatchable.push_back({look_alike, false, "SIB addressing"});
+    hypervisor_.AddDomain("winxp-off", "aaaaaaaa-0000-0000-0000-000000000002", false);
+    auto journal = Journal::Open(dir_.File(Journal::kFileName));
+    ASSERT_TRUE(journal.ok());
+    journal_ = *std::move(journal);
+    registry_ = std::make_unique<DomainRegistry>(&hypervisor_, journal_.get(), &bus_,
+                                                 DomainActorOptions{absl::Milliseconds(50)});
+    TprdServiceOptions options;
+    options.watch_check_interval = absl::Milliseconds(20);
+    service_ = std::make_unique<TprdService>(registry_.get(), &bus_, options);
+    ApiServerOptions server_options;
+    server_options.socket_path = dir_.File("run/tprd.sock");
+    auto server = ApiServer::Start(server_options, service_.get());
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+
+  void TearDown() override {
+    if (service_) service_->StopStreams();
+    if (server_) server_->Shutdown(absl::Now() + absl::Seconds(5));
+  }
+
+  const std::string& socket() const { return server_->socket_path(); }
+
+  // Runs tprctl with `args` (no socket added) to completion.
+  static RunResult RunRaw(const std::vector<std::string>& args,
+                          const std::vector<std::string>& environment = {}) {
+    TprctlProcess process(args, environment);
+    RunResult result;
+    EXPECT_TRUE(process.started()) << "cannot start " << TPRCTL_PATH;
+    std::optional<int> code = process.Wait();
+    EXPECT_TRUE(code.has_value()) << "tprctl did not finish within " << kProcessTimeout.count()
+                                  << " s; stderr: " << process.err();
+    result.exit_code = code.value_or(-1);
+    result.out = process.out();
+    result.err = process.err();
+    return result;
+  }
+
+  // Runs tprctl against the test's daemon.
+  RunResult Run(std::vector<std::string> args) {
+    args.insert(args.begin(), {"--socket", socket()});
+    return RunRaw(args);
+  }
+
+  static Json ParseJson(const RunResult& result) {
+    Json parsed = Json::parse(result.out, nullptr, /*allow_exceptions=*/false);
+    EXPECT_FALSE(parsed.is_discarded()) << "not one JSON document: " << result.out;
+    return parsed;
+  }
+
+  static std::set<std::string> Keys(const Json& object) {
+    std::set<std::string> keys;
+    for (auto it = object.begin(); it != object.end(); ++it) keys.insert(it.key());
+    return keys;
+  }
+
+  TestDir dir_;
+  fakes::FakeHypervisor hypervisor_;
+  std::shared_ptr<fakes::FakeGuest> guest_;
+  EventBus bus_;
+  std::unique_ptr<Journal> journal_;
+  std::unique_ptr<DomainRegistry> registry_;
+  std::unique_ptr<TprdService> service_;
+  std::unique_ptr<ApiServer> server_;
+};
+
+TEST_F(TprctlTest, DomainsTableListsEveryDomain) {
+  RunResult result = Run({"domains"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_EQ(result.err, "");
+  ASSERT_THAT(result.out, StartsWith("NAME "));
+  EXPECT_THAT(result.out, HasSubstr("\nwinxp-01 "));
+  EXPECT_THAT(result.out, HasSubstr("unpatched"));
+  EXPECT_THAT(result.out, HasSubstr("\nwinxp-off "));
+  EXPECT_THAT(result.out, HasSubstr("gone"));
+}
+
+TEST_F(TprctlTest, DomainsJsonIsOneDocument) {
+  RunResult result = Run({"--json", "domains"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  Json parsed = ParseJson(result);
+  ASSERT_TRUE(parsed["domains"].is_array());
+  ASSERT_EQ(parsed["domains"].size(), 2u);
+  EXPECT_EQ(parsed["domains"][0]["name"], "winxp-01");
+  EXPECT_EQ(parsed["domains"][0]["running"], true);
+  EXPECT_EQ(parsed["domains"][0]["state"], "unpatched");
+  EXPECT_EQ(parsed["domains"][0]["strategy"], nullptr);
+  EXPECT_EQ(parsed["domains"][1]["name"], "winxp-off");
+  EXPECT_EQ(parsed["domains"][1]["id"], -1);
+  EXPECT_EQ(parsed["domains"][1]["state"], "gone");
+}
+
+TEST_F(TprctlTest, JsonAfterTheCommandWorksToo) {
+  RunResult result = Run({"domains", "--json"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_EQ(ParseJson(result)["domains"].size(), 2u);
+}
+
+TEST_F(TprctlTest, EnableThenSitesJsonHasExactlyTheDocumentedKeys) {
+  RunResult enabled = Run({"enable", "winxp-01"});
+  ASSERT_EQ(enabled.exit_code, 0) << enabled.err;
+  EXPECT_THAT(enabled.out, HasSubstr("winxp-01: patched, strategy mmio, 3 sites applied"));
+
+  RunResult result = Run({"--json", "sites", "winxp-01"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  Json parsed = ParseJson(result);
+  EXPECT_EQ(Keys(parsed), (std::set<std::string>{"domain", "sites"}));
+  EXPECT_EQ(parsed["domain"], "winxp-01");
+  ASSERT_EQ(parsed["sites"].size(), 3u);
+  const std::set<std::string> site_keys = {
+      "id", "address", "form", "register", "original", "patched", "disassembly", "state", "hits"};
+  for (const Json& site : parsed["sites"]) EXPECT_EQ(Keys(site), site_keys) << site.dump();
+  const Json& site = parsed["sites"][1];
+  EXPECT_EQ(site["id"], 1);
+  EXPECT_THAT(site["address"].get<std::string>(), ::testing::MatchesRegex("0x[0-9a-f]{8}"));
+  EXPECT_EQ(site["form"], "mov_mem_from_reg");
+  EXPECT_EQ(site["register"], "ecx");
+  EXPECT_EQ(site["original"], "890d8000feff");
+  EXPECT_THAT(site["patched"].get<std::string>(), ::testing::MatchesRegex("[0-9a-f]{12}"));
+  EXPECT_NE(site["patched"], site["original"]);
+  EXPECT_EQ(site["state"], "applied");
+  EXPECT_THAT(site["disassembly"].get<std::string>(), HasSubstr("ecx"));
+}
+
+TEST_F(TprctlTest, SitesTableAndStatusByUuidAndId) {
+  ASSERT_EQ(Run({"enable", "--strategy", "mmio", "winxp-01"}).exit_code, 0);
+  RunResult sites = Run({"sites", "1"});  // by ID
+  ASSERT_EQ(sites.exit_code, 0) << sites.err;
+  EXPECT_THAT(sites.out, StartsWith("ID "));
+  EXPECT_THAT(sites.out, HasSubstr("mov_mem_from_reg"));
+  EXPECT_THAT(sites.out, HasSubstr("applied"));
+
+  RunResult status = Run({"--json", "status", "aaaaaaaa-0000-0000-0000-000000000001"});
+  ASSERT_EQ(status.exit_code, 0) << status.err;
+  Json parsed = ParseJson(status);
+  EXPECT_EQ(parsed["domain"], "winxp-01");
+  EXPECT_EQ(parsed["state"], "patched");
+  EXPECT_EQ(parsed["strategy"], "mmio");
+  EXPECT_EQ(parsed["sites_applied"], 3);
+
+  RunResult table = Run({"status", "winxp-01"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_THAT(table.out, HasSubstr("state:      patched"));
+}
+
+TEST_F(TprctlTest, EnableDryRunWritesNothing) {
+  RunResult result = Run({"--json", "enable", "--dry-run", "--budget", "2", "winxp-01"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  Json parsed = ParseJson(result);
+  EXPECT_EQ(parsed["dry_run"], true);
+  EXPECT_EQ(parsed["sites"].size(), 3u);
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  EXPECT_FALSE(guest_->blob_present);
+}
+
+TEST_F(TprctlTest, RollbackOneSiteThenTheRest) {
+  ASSERT_EQ(Run({"enable", "winxp-01"}).exit_code, 0);
+  RunResult one = Run({"rollback", "winxp-01", "--site", "0"});
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  EXPECT_THAT(one.out, HasSubstr("rolled back 1 sites (0)"));
+
+  RunResult rest = Run({"--json", "rollback", "winxp-01"});
+  ASSERT_EQ(rest.exit_code, 0) << rest.err;
+  Json parsed = ParseJson(rest);
+  EXPECT_EQ(parsed["rolled_back"], Json::parse("[1, 2]"));
+  EXPECT_TRUE(parsed["refused"].empty());
+  EXPECT_EQ(parsed["status"]["state"], "unpatched");
+}
+
+TEST_F(TprctlTest, ScanJsonReportsLookAlikesAsNotPatchable) {
+  RunResult result = Run({"--json", "scan", "winxp-01"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  Json parsed = ParseJson(result);
+  ASSERT_EQ(parsed["candidates"].size(), 4u);
+  EXPECT_EQ(parsed["candidates"][0]["patchable"], true);
+  EXPECT_EQ(parsed["candidates"][3]["patchable"], false);
+  EXPECT_EQ(parsed["candidates"][3]["reason"], "SIB addressing");
+}
+
+TEST_F(TprctlTest, UnknownDomainExits3WithTheDaemonsMessage) {
+  for (const char* command : {"status", "sites", "enable", "rollback", "scan", "watch"}) {
+    RunResult result = Run({command, "no-such-domain"});
+    EXPECT_EQ(result.exit_code, 3) << command << ": " << result.err;
+    EXPECT_THAT(result.err, StartsWith("tprctl: ")) << command;
+    EXPECT_THAT(result.err, HasSubstr("no-such-domain")) << command;
+    EXPECT_EQ(std::count(result.err.begin(), result.err.end(), '\n'), 1) << result.err;
+    EXPECT_EQ(result.out, "") << command;
+  }
+}
+
+TEST_F(TprctlTest, FailedPreconditionExits1) {
+  RunResult result = Run({"enable", "winxp-off"});
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.err, HasSubstr("not running"));
+}
+
+TEST_F(TprctlTest, MissingSocketExits4WithAPlainMessage) {
+  RunResult result = RunRaw({"--socket", dir_.File("nothing-here.sock"), "domains"});
+  EXPECT_EQ(result.exit_code, 4);
+  EXPECT_THAT(result.err,
+              StartsWith("tprctl: cannot reach tprd at " + dir_.File("nothing-here.sock")));
+  EXPECT_THAT(result.err, HasSubstr("is tprd running? are you in group tprd?"));
+}
+
+TEST_F(TprctlTest, SocketWithNobodyListeningExits4) {
+  // A stale socket file, as a killed tprd leaves behind: bound, never listening.
+  const std::string stale = dir_.File("stale.sock");
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  ASSERT_LT(stale.size(), sizeof(address.sun_path));
+  std::copy(stale.begin(), stale.end(), address.sun_path);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  RunResult result = RunRaw({"--socket", stale, "status", "winxp-01"});
+  ::close(fd);
+  EXPECT_EQ(result.exit_code, 4) << result.err;
+  EXPECT_THAT(result.err, StartsWith("tprctl: cannot reach tprd at " + stale));
+}
+
+TEST_F(TprctlTest, LibvirtDownIsUnavailableWithTheDaemonsMessage) {
+  hypervisor_.SetUnavailable(true);
+  RunResult result = Run({"domains"});
+  EXPECT_EQ(result.exit_code, 4);
+  EXPECT_THAT(result.err, HasSubstr("libvirt"));
+  EXPECT_THAT(result.err, Not(HasSubstr("cannot reach tprd")));
+}
+
+TEST_F(TprctlTest, UsageErrorsExit2) {
+  const std::vector<std::vector<std::string>> bad = {
+      {},
+      {"frobnicate"},
+      {"status"},
+      {"enable", "winxp-01", "--strategy", "fastest"},
+      {"enable", "winxp-01", "--budget", "-1"},
+      {"--timeout", "0", "domains"},
+      {"rollback", "winxp-01", "--site", "abc"},
+      {"domains", "--no-such-option"},
+  };
+  for (const auto& args : bad) {
+    RunResult result = Run(args);
+    EXPECT_EQ(result.exit_code, 2) << testing::PrintToString(args) << ": " << result.err;
+    EXPECT_THAT(result.err, StartsWith("tprctl: ")) << testing::PrintToString(args);
+  }
+  // Empty domain reaches the daemon, which calls it malformed: usage too.
+  EXPECT_EQ(Run({"status", ""}).exit_code, 2);
+}
+
+TEST_F(TprctlTest, TprdSocketEnvironmentVariableSetsTheSocketAndSocketOverridesIt) {
+  RunResult from_env = RunRaw({"domains"}, {"TPRD_SOCKET=" + socket()});
+  EXPECT_EQ(from_env.exit_code, 0) << from_env.err;
+  EXPECT_THAT(from_env.out, HasSubstr("winxp-01"));
+
+  RunResult overridden =
+      RunRaw({"--socket", socket(), "domains"}, {"TPRD_SOCKET=" + dir_.File("wrong.sock")});
+  EXPECT_EQ(overridden.exit_code, 0) << overridden.err;
+
+  RunResult wrong_env = RunRaw({"domains"}, {"TPRD_SOCKET=" + dir_.File("wrong.sock")});
+  EXPECT_EQ(wrong_env.exit_code, 4);
+  EXPECT_THAT(wrong_env.err, HasSubstr(dir_.File("wrong.sock")));
+}
+
+TEST_F(TprctlTest, DecodeStillWorksAndHonoursTheGlobalJson) {
+  RunResult result = RunRaw({"--json", "decode", "--address", "0x80001000", "a18000feff"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_EQ(ParseJson(result)["form"], "mov_eax_from_moffs");
+}
+
+TEST_F(TprctlTest, WatchJsonPrintsOneObjectPerEventUntilInterrupted) {
+  TprctlProcess watch({"--socket", socket(), "--json", "watch", "winxp-01"});
+  ASSERT_TRUE(watch.started());
+  // The subscription is live once an event comes through: nudge with lifecycle events until one
+  // does, bounded.
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  bool subscribed = false;
+  while (!subscribed && Clock::now() < deadline) {
+    hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kRebooted);
+    subscribed = watch.ReadUntil([&] { return !watch.OutLines().empty(); },
+                                 Clock::now() + std::chrono::milliseconds(200));
+  }
+  ASSERT_TRUE(subscribed) << "no event line from tprctl watch; stderr: " << watch.err();
+
+  ASSERT_EQ(Run({"enable", "winxp-01"}).exit_code, 0);
+  auto site_events = [&] {
+    int count = 0;
+    for (const std::string& line : watch.OutLines()) {
+      Json event = Json::parse(line, nullptr, false);
+      if (!event.is_discarded() && event["kind"] == "site") ++count;
+    }
+    return count;
+  };
+  EXPECT_TRUE(watch.ReadUntil([&] { return site_events() >= 3; }, deadline))
+      << "site events missing; stdout: " << watch.out();
+
+  watch.Signal(SIGINT);
+  std::optional<int> code = watch.Wait();
+  ASSERT_TRUE(code.has_value()) << "tprctl watch did not stop on SIGINT";
+  EXPECT_EQ(*code, 0) << watch.err();
+  for (const std::string& line : watch.OutLines()) {
+    Json event = Json::parse(line, nullptr, false);
+    ASSERT_FALSE(event.is_discarded()) << "not JSON: " << line;
+    EXPECT_EQ(event["domain"], "winxp-01");
+    EXPECT_TRUE(event.contains("kind") && event.contains("time") && event.contains("message"));
+  }
+  EXPECT_EQ(site_events(), 3);
+}
+
+}  // namespace
+}  // namespace tprd::daemon
