@@ -8,6 +8,7 @@
 #include "daemon/engine/backward_decoder.h"
 #include "daemon/engine/decode_report.h"
 #include "daemon/engine/guest_site_table.h"
+#include "daemon/engine/memory_access.h"
 #include "daemon/engine/planner.h"
 #include "daemon/engine/transaction.h"
 
@@ -65,6 +66,31 @@ std::optional<std::pair<uint32_t, Classification>> ResolveTrap(uint32_t pc,
     absolute = std::make_pair(start, c);
   }
   return absolute;
+}
+
+// Whether the instruction at `start` writes the TPR; unknown counts as a writer (the safe
+// answer for mmio, whose shadow a writer would leave stale).
+bool IsWriter(const Classification& c, uint32_t start, const GuestByteReader& reader) {
+  if (c.form) return FormWritesTpr(*c.form);
+  uint8_t bytes[15];
+  const size_t length = std::max<size_t>(1, std::min<size_t>(15, c.length));
+  if (!reader(start, absl::MakeSpan(bytes, length)).ok()) return true;
+  return WritesMemoryOperand(absl::MakeConstSpan(bytes, length)).value_or(true);
+}
+
+// The register a cr8 fix-up must correct for a read of the TPR, or nullopt when the read
+// cannot be fixed up (cmp, test, ...: they saw the low-nibble-less value).
+std::optional<Gpr> FixableReadDestination(const Classification& c, uint32_t start,
+                                          const GuestByteReader& reader) {
+  if (c.form == Form::kMovEaxFromMoffs || c.form == Form::kMovRegFromMem) {
+    return c.reg.value_or(Gpr::kEax);
+  }
+  uint8_t bytes[15];
+  const size_t length = std::max<size_t>(1, std::min<size_t>(15, c.length));
+  if (!reader(start, absl::MakeSpan(bytes, length)).ok()) return std::nullopt;
+  std::optional<uint8_t> reg = MovLoadDestination(absl::MakeConstSpan(bytes, length));
+  if (!reg) return std::nullopt;
+  return static_cast<Gpr>(*reg);
 }
 
 std::string Disassemble(const Site& site) {
@@ -198,13 +224,21 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
         const Classification& c = decoded->second;
         if (c.patchable) {
           proven.insert(decoded->first);
-        } else if (request.strategy == Strategy::kMmio && !(c.form && !FormWritesTpr(*c.form))) {
+        } else if (request.strategy == Strategy::kMmio && IsWriter(c, decoded->first, reader)) {
           // A writer (or an access we cannot tell apart from one) that cannot be patched: the
           // mmio shadow would go stale behind it.
           verdict = absl::FailedPreconditionError(
               absl::StrCat("strategy mmio is unsafe for this guest: the TPR access at 0x",
                            absl::Hex(decoded->first), " cannot be patched (", c.detail,
                            "); use --strategy cr8 (AMD hosts) or exact"));
+        } else if (request.strategy == Strategy::kCr8 && !IsWriter(c, decoded->first, reader) &&
+                   c.form != Form::kPushMem && !FixableReadDestination(c, decoded->first, reader)) {
+          // A reader tprd can neither patch nor fix up would see the TPR without the low nibble
+          // a CR8 write clears.
+          verdict = absl::FailedPreconditionError(absl::StrCat(
+              "strategy cr8 is unsafe for this guest: the TPR read at 0x",
+              absl::Hex(decoded->first), " cannot be patched or fixed up (", c.detail,
+              ") and would see the TPR without its low nibble; use --strategy mmio or exact"));
         }
       }
     }
@@ -303,7 +337,10 @@ absl::Status PatchManager::PlanSites() {
 size_t PatchManager::ApplyStopped(const std::vector<uint32_t>& ids,
                                   std::vector<ManagerEvent>* events) {
   std::vector<Site> batch;
-  for (uint32_t id : ids) {
+  // Two vCPUs stopped at the same site name it twice: the transaction would skip the second
+  // copy as overlapping, and that outcome must not overwrite the first one's.
+  const std::set<uint32_t> unique(ids.begin(), ids.end());
+  for (uint32_t id : unique) {
     auto it = sites_.find(id);
     if (it == sites_.end() || it->second.site.patched.empty() || id >= kBlobMaxSites ||
         it->second.site.state == SiteState::kApplied) {
@@ -565,18 +602,17 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   if (!entry.ok()) return entry.status();
 
   const Classification& c = decoded->second;
-  const bool is_write = c.form && FormWritesTpr(*c.form);
+  const bool is_write = IsWriter(c, start, reader);
   if (is_write) {
     // The real TPR holds the written value: the shadow follows it.
     absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(vcpu);
     if (!tpr.ok()) return tpr.status();
     entry->shadow_tpr = *tpr;
     TPRD_RETURN_IF_ERROR(WriteVerified(entry_va, EncodePerCpuEntry(*entry)));
-  } else if (c.form == Form::kMovEaxFromMoffs || c.form == Form::kMovRegFromMem) {
+  } else if (std::optional<Gpr> reg = FixableReadDestination(c, start, reader)) {
     // The read saw the real TPR, whose low nibble a CR8 write cleared: give it the shadow.
-    const Gpr reg = c.reg.value_or(Gpr::kEax);
     TPRD_RETURN_IF_ERROR(
-        vm_.WriteRegister(vcpu, static_cast<WritableRegister>(reg), entry->shadow_tpr));
+        vm_.WriteRegister(vcpu, static_cast<WritableRegister>(*reg), entry->shadow_tpr));
   } else if (c.form == Form::kPushMem) {
     uint32_t value = entry->shadow_tpr;
     uint8_t bytes[4];

@@ -45,7 +45,8 @@ struct EnableRequest {
   int learning_max_hits = 400;
   uint32_t guard_period = kBlobDefaultGuardPeriod;
   // cr8: unfixable unpatched reads (cmp, test, ...) seen before the domain switches to exact.
-  int unfixable_read_limit = 16;
+  // The first one already saw a wrong low nibble, so by default the first one switches.
+  int unfixable_read_limit = 1;
 };
 
 struct EnableReport {

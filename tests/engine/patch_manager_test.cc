@@ -137,6 +137,19 @@ TEST_F(PatchManagerTest, BreakpointHitPatchesTheSiteBeforeItRuns) {
   EXPECT_EQ(journal_.records.back().state, SiteState::kApplied);
 }
 
+TEST_F(PatchManagerTest, TwoVcpusAtTheSameSiteRecordItAppliedOnce) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  vm_.SetEip(1, kReadEax);
+  QueueBreakpoint(0, kReadEax);
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
+  EXPECT_EQ(SiteAt(kReadEax)->site.state, SiteState::kApplied);
+  absl::StatusOr<RollbackReport> report = manager_.Rollback({}, false);
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(Bytes(kReadEax, 5), (std::vector<uint8_t>{0xA1, 0x80, 0x00, 0xFE, 0xFF}));
+}
+
 TEST_F(PatchManagerTest, LearningWindowProvesHotSitesPatchedInTheEnableStop) {
   QueueWatchpoint(0, kReadEax + 5);
   QueueWatchpoint(1, kWriteImm + 10);

@@ -441,7 +441,7 @@ TEST(QemuGuestVmIntegrationTest, DestroyingTheDomainEndsTheSessionWithinBoundedT
   EXPECT_TRUE(vm.Detach().ok());
 }
 
-TEST(QemuGuestVmIntegrationTest, PatchManagerScansTheGuestAndEnableReportsPlacement) {
+TEST(QemuGuestVmIntegrationTest, PatchManagerScanListsPatchableAndUnpatchableSites) {
   TestDomainOptions options;
   options.vcpus = 2;
   absl::StatusOr<Session> session = StartSession(options);
@@ -473,21 +473,137 @@ TEST(QemuGuestVmIntegrationTest, PatchManagerScansTheGuestAndEnableReportsPlacem
       }
     }
 
-    engine::EnableRequest request;
-    request.strategy = engine::Strategy::kMmio;
-    absl::StatusOr<engine::EnableReport> enabled = manager.Enable(request);
-    std::printf("Enable(mmio): %s\n", enabled.ok() ? "OK" : enabled.status().ToString().c_str());
-    if (!enabled.ok()) {
-      // TODO(integrator): SeaBIOS leaves 0xE8000-0xEFFFF almost full, so today the blob finds
-      // no room; once the blob placement changes, this branch should no longer be taken.
-      EXPECT_EQ(enabled.status().code(), absl::StatusCode::kFailedPrecondition) << enabled.status();
-      EXPECT_THAT(std::string(enabled.status().message()), ::testing::HasSubstr("no room"));
-    } else {
-      EXPECT_GT(enabled->candidates, 0u);
-    }
     ASSERT_TRUE(manager.Detach().ok());
   }
-  // Whatever Enable did, the guest runs on with passing checks after the session ends.
+  // The guest runs on with passing checks after the session ends.
+  ASSERT_TRUE(session->vm->Detach().ok());
+  const size_t from = session->domain->Lines().size();
+  for (int cpu = 0; cpu < 2; ++cpu) {
+    absl::StatusOr<std::string> stat = session->domain->WaitForPrefix(
+        absl::StrCat("STAT cpu=", cpu, " "), absl::Seconds(45), from);
+    ASSERT_TRUE(stat.ok()) << stat.status();
+    EXPECT_EQ(testing::ParseSerialFields(*stat)["fail"], "0") << *stat;
+  }
+}
+
+// The whole engine on a real guest: enable, keep the guest correct while its self-checks run
+// on every CPU (the manager handles its traps meanwhile), roll back to the exact original bytes.
+void EnableKeepCorrectRollBack(engine::Strategy strategy) {
+  TestDomainOptions options;
+  options.vcpus = 2;
+  options.cr8legacy_cpu = strategy == engine::Strategy::kCr8;
+  absl::StatusOr<Session> session = StartSession(options);
+  ASSERT_TRUE(session.ok()) << session.status();
+  std::map<std::string, uint32_t> sites = SitesByName();
+  const uint32_t text_first = sites["rd_a1_eax"] & ~0xFFFu;
+  const uint32_t text_size = ((sites["decoy_ff6"] + 0x1000) & ~0xFFFu) - text_first;
+  auto read_text = [&]() {
+    std::vector<uint8_t> bytes(text_size);
+    EXPECT_TRUE(session->vm->Stop().ok());
+    EXPECT_TRUE(session->vm->ReadVirtual(0, text_first, absl::MakeSpan(bytes)).ok());
+    EXPECT_TRUE(session->vm->Resume().ok());
+    return bytes;
+  };
+  const std::vector<uint8_t> before = read_text();
+
+  engine::NullPatchRecorder journal;
+  engine::RealClock clock;
+  engine::PatchManager manager(*session->vm, journal, clock);
+  engine::EnableRequest request;
+  request.strategy = strategy;
+  absl::StatusOr<engine::EnableReport> enabled = manager.Enable(request);
+  ASSERT_TRUE(enabled.ok()) << enabled.status();
+  std::printf("Enable(%s): %zu candidates, %zu patched at enable (%zu learning hits), pause %s\n",
+              std::string(engine::StrategyName(strategy)).c_str(), enabled->candidates,
+              enabled->applied_at_enable, enabled->learning_hits,
+              absl::FormatDuration(enabled->pause).c_str());
+
+  // Keep handling traps until every hot site is patched and each CPU has reported passing
+  // checks twice since then.
+  const std::vector<std::string> hot = {"rd_a1_eax",      "rd_8b_edi",      "rd_ff6_push",
+                                        "wr_a3_eax",      "wr_89_ebp",      "wr_c7_51",
+                                        "hal_raise_read", "hal_lower_write"};
+  auto state_of = [&](uint32_t address) {
+    for (const engine::ManagedSite& s : manager.Sites()) {
+      if (s.site.address == address) return s.site.state;
+    }
+    return engine::SiteState::kCandidate;
+  };
+  const absl::Time deadline = absl::Now() + absl::Seconds(120);
+  size_t from = 0;
+  bool all_hot = false;
+  std::map<int, int> passing;
+  while (absl::Now() < deadline) {
+    absl::StatusOr<std::vector<engine::ManagerEvent>> events = manager.Poll(absl::Milliseconds(50));
+    ASSERT_TRUE(events.ok()) << events.status();
+    if (!all_hot) {
+      all_hot = true;
+      for (const std::string& name : hot) {
+        all_hot &= state_of(sites[name]) == engine::SiteState::kApplied;
+      }
+      if (all_hot) from = session->domain->Lines().size();
+      continue;
+    }
+    std::vector<std::string> lines = session->domain->Lines();
+    passing.clear();
+    for (size_t i = from; i < lines.size(); ++i) {
+      if (lines[i].rfind("FAIL ", 0) == 0) ADD_FAILURE() << "guest: " << lines[i];
+      if (lines[i].rfind("STAT ", 0) != 0) continue;
+      auto fields = testing::ParseSerialFields(lines[i]);
+      EXPECT_EQ(fields["fail"], "0") << lines[i];
+      ++passing[std::stoi(fields["cpu"])];
+    }
+    if (passing[0] >= 2 && passing[1] >= 2) break;
+  }
+  ASSERT_TRUE(all_hot) << "hot sites not all patched within the deadline";
+  EXPECT_GE(passing[0], 2) << session->domain->LastLines();
+  EXPECT_GE(passing[1], 2) << session->domain->LastLines();
+  for (const char* name : {"np_regrel_read", "np_cmp_imm", "np_3ea1", "np_es_8b_edx", "decoy_a1",
+                           "decoy_8b_ecx", "decoy_a3", "decoy_c7", "decoy_ff6"}) {
+    EXPECT_NE(state_of(sites[name]), engine::SiteState::kApplied) << name;
+  }
+  EXPECT_NE(read_text(), before);
+
+  absl::StatusOr<engine::RollbackReport> rolled = manager.Rollback({}, false);
+  ASSERT_TRUE(rolled.ok()) << rolled.status();
+  EXPECT_TRUE(rolled->refused.empty());
+  const std::vector<uint8_t> after = read_text();
+  for (size_t i = 0; i < before.size(); ++i) {
+    if (after[i] != before[i]) {
+      ADD_FAILURE() << "rollback left 0x" << std::hex << (text_first + i) << " = 0x"
+                    << int(after[i]) << ", was 0x" << int(before[i]);
+      break;
+    }
+  }
+  ASSERT_TRUE(manager.Detach().ok());
+  ASSERT_TRUE(session->vm->Detach().ok());
+}
+
+TEST(QemuGuestVmIntegrationTest, PatchManagerMmioKeepsTheGuestCorrectAndRollsBack) {
+  EnableKeepCorrectRollBack(engine::Strategy::kMmio);
+}
+
+// The test guest runs `cmp dword [tpr], imm` (np_cmp_imm): a reader that can be neither
+// patched nor fixed up under cr8. The learning window sees it and refuses cr8; the guest runs
+// on untouched.
+TEST(QemuGuestVmIntegrationTest, PatchManagerRefusesCr8ForAnUnfixableReader) {
+  TestDomainOptions options;
+  options.vcpus = 2;
+  options.cr8legacy_cpu = true;
+  absl::StatusOr<Session> session = StartSession(options);
+  ASSERT_TRUE(session.ok()) << session.status();
+  {
+    engine::NullPatchRecorder journal;
+    engine::RealClock clock;
+    engine::PatchManager manager(*session->vm, journal, clock);
+    engine::EnableRequest request;
+    request.strategy = engine::Strategy::kCr8;
+    request.learning_window = absl::Seconds(3);
+    request.learning_max_hits = 20000;
+    absl::StatusOr<engine::EnableReport> enabled = manager.Enable(request);
+    ASSERT_FALSE(enabled.ok());
+    EXPECT_THAT(std::string(enabled.status().message()), ::testing::HasSubstr("cr8 is unsafe"));
+  }
   ASSERT_TRUE(session->vm->Detach().ok());
   const size_t from = session->domain->Lines().size();
   for (int cpu = 0; cpu < 2; ++cpu) {
