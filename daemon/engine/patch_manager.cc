@@ -575,6 +575,9 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   if (!installed_ || !profile_) return absl::OkStatus();
   // A CPU on the exact path inside the handlers: nothing to fix.
   if (installed_->addresses.InHandlerCode(pc)) return absl::OkStatus();
+  if (absl::StatusOr<VcpuRegisters> now = vm_.ReadRegisters(vcpu); !now.ok() || now->eip != pc) {
+    return now.ok() ? absl::OkStatus() : now.status();  // stale stop: see below
+  }
   GuestByteReader reader = [&](uint32_t va, absl::Span<uint8_t> out) {
     return vm_.ReadVirtual(vcpu, va, out);
   };
@@ -590,6 +593,9 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   const uint32_t start = decoded->first;
   absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
   if (!regs.ok()) return regs.status();
+  // A stop delivered late (it raced with the removal of a watchpoint, and the guest ran on):
+  // the vCPU is elsewhere now, and fixing registers up would corrupt them.
+  if (regs->eip != pc) return absl::OkStatus();
   // Which per-CPU entry: the vCPU's KPCR processor number.
   uint8_t number = 0;
   for (const VcpuProfile& cpu : profile_->vcpus) {
@@ -634,14 +640,18 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
 
 absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<ManagerEvent>& events) {
   ++status_.traps_handled;
+  absl::Status handled = absl::OkStatus();
   switch (event.kind) {
     case StopEvent::Kind::kBreakpoint:
     case StopEvent::Kind::kInterrupted:
-      ApplyCandidatesAtVcpus(events);
-      break;
     case StopEvent::Kind::kWatchpoint:
-      TPRD_RETURN_IF_ERROR(HandleWatchpoint(event.vcpu, event.pc, events));
-      ApplyCandidatesAtVcpus(events);
+      // A stop may be delivered after the guest ran on (it raced with a trap's removal):
+      // make sure every vCPU is stopped before looking at any of them.
+      handled = vm_.Stop();
+      if (handled.ok() && event.kind == StopEvent::Kind::kWatchpoint) {
+        handled = HandleWatchpoint(event.vcpu, event.pc, events);
+      }
+      if (handled.ok()) ApplyCandidatesAtVcpus(events);
       break;
     case StopEvent::Kind::kPausedByHost:
       events.push_back({ManagerEvent::Kind::kHostPaused, std::nullopt,
@@ -650,7 +660,9 @@ absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<Manage
     case StopEvent::Kind::kGone:
       return absl::UnavailableError("the domain is gone");
   }
-  return ResumeGuest();
+  // Resume even after a failed fix-up: a guest left stopped is worse than one unfixed read.
+  absl::Status resumed = ResumeGuest();
+  return handled.ok() ? resumed : handled;
 }
 
 absl::StatusOr<std::vector<ManagerEvent>> PatchManager::Poll(absl::Duration timeout) {
