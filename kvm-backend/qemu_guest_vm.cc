@@ -34,6 +34,10 @@ const char* RegisterName(engine::WritableRegister reg) {
       return "edi";
     case engine::WritableRegister::kEip:
       return "eip";
+    case engine::WritableRegister::kEflags:
+      // By name, like the others: GdbRegisterLayout finds its `P` number in QEMU's target
+      // description (9 in the i386 layout) and CheckI386 made sure it is there, 32 bits wide.
+      return "eflags";
   }
   return "?";
 }

@@ -41,8 +41,19 @@ struct VcpuRegisters {
   uint32_t reg(Gpr r) const { return gpr[static_cast<int>(r)]; }
 };
 
-// Registers the engine may write (fix-ups after a trap).
-enum class WritableRegister : uint8_t { kEax, kEcx, kEdx, kEbx, kEsp, kEbp, kEsi, kEdi, kEip };
+// Registers the engine may write (fix-ups after a trap). kEax..kEdi share Gpr's order.
+enum class WritableRegister : uint8_t {
+  kEax,
+  kEcx,
+  kEdx,
+  kEbx,
+  kEsp,
+  kEbp,
+  kEsi,
+  kEdi,
+  kEip,
+  kEflags,  // the whole register; cr8 fixes the arithmetic flags of a cmp/test of the TPR
+};
 
 enum class WatchKind : uint8_t { kWrite, kRead, kAccess };
 
@@ -72,8 +83,8 @@ struct MemoryRegion {
 };
 
 struct CpuFeatures {
-  bool cr8legacy = false;         // AMD AltMovCr8: lock mov cr0 reaches CR8
-  bool qemu_vapic_active = false; // QEMU's own TPR patcher is on for this domain
+  bool cr8legacy = false;          // AMD AltMovCr8: lock mov cr0 reaches CR8
+  bool qemu_vapic_active = false;  // QEMU's own TPR patcher is on for this domain
 };
 
 class GuestVm {

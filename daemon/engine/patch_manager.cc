@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "daemon/engine/backward_decoder.h"
 #include "daemon/engine/decode_report.h"
+#include "daemon/engine/flag_fixup.h"
 #include "daemon/engine/guest_site_table.h"
 #include "daemon/engine/memory_access.h"
 #include "daemon/engine/planner.h"
@@ -68,29 +69,96 @@ std::optional<std::pair<uint32_t, Classification>> ResolveTrap(uint32_t pc,
   return absolute;
 }
 
+// The bytes of the instruction at `start` a classification decoded; nullopt when the guest
+// memory cannot be read (then nothing is assumed about the instruction).
+std::optional<std::vector<uint8_t>> InstructionBytes(const Classification& c, uint32_t start,
+                                                     const GuestByteReader& reader) {
+  std::vector<uint8_t> bytes(std::max<size_t>(1, std::min<size_t>(15, c.length)));
+  if (!reader(start, absl::MakeSpan(bytes)).ok()) return std::nullopt;
+  return bytes;
+}
+
+// A TPR access whose encoding does not name the TPR, such as mov eax, [ecx+0x80] with ecx at
+// the APIC page (ResolveTrap finds none): the one instruction ending at `pc` whose memory
+// operand, computed with the vCPU's registers at the stop, is the TPR. An instruction that
+// changed its own address registers does not match and stays unresolved; two matches too.
+std::optional<std::pair<uint32_t, Classification>> ResolveByAddress(uint32_t pc,
+                                                                    const GuestByteReader& reader,
+                                                                    uint32_t tpr_va,
+                                                                    const VcpuRegisters& regs) {
+  // The bytes before pc; only those of pc's own page when the page before is not mapped.
+  uint32_t first = pc >= 15 ? pc - 15 : 0;
+  std::vector<uint8_t> window(pc - first);
+  if (!reader(first, absl::MakeSpan(window)).ok()) {
+    first = std::max(first, pc & ~0xFFFu);
+    window.resize(pc - first);
+    if (window.empty() || !reader(first, absl::MakeSpan(window)).ok()) return std::nullopt;
+  }
+  std::optional<std::pair<uint32_t, Classification>> found;
+  for (uint32_t start = first; start < pc; ++start) {
+    const auto tail = absl::MakeConstSpan(window).subspan(start - first);
+    std::optional<MemoryOperandAt> operand = DecodeMemoryOperand(tail);
+    if (!operand || operand->length != tail.size() ||
+        LinearAddress(operand->address, regs) != tpr_va) {
+      continue;
+    }
+    if (found) return std::nullopt;
+    Classification c = Classify(tail, start, tpr_va);
+    if (!c.tpr_access) c.detail = "The address reaches the TPR only through its registers.";
+    found = std::make_pair(start, std::move(c));
+  }
+  return found;
+}
+
 // Whether the instruction at `start` writes the TPR; unknown counts as a writer (the safe
 // answer for mmio, whose shadow a writer would leave stale).
 bool IsWriter(const Classification& c, uint32_t start, const GuestByteReader& reader) {
   if (c.form) return FormWritesTpr(*c.form);
-  uint8_t bytes[15];
-  const size_t length = std::max<size_t>(1, std::min<size_t>(15, c.length));
-  if (!reader(start, absl::MakeSpan(bytes, length)).ok()) return true;
-  return WritesMemoryOperand(absl::MakeConstSpan(bytes, length)).value_or(true);
+  std::optional<std::vector<uint8_t>> bytes = InstructionBytes(c, start, reader);
+  if (!bytes) return true;
+  return WritesMemoryOperand(*bytes).value_or(true);
 }
 
-// The register a cr8 fix-up must correct for a read of the TPR, or nullopt when the read
-// cannot be fixed up (cmp, test, ...: they saw the low-nibble-less value).
+// The register a cr8 fix-up must correct for a mov load of the TPR, or nullopt when the read is
+// not one.
 std::optional<Gpr> FixableReadDestination(const Classification& c, uint32_t start,
                                           const GuestByteReader& reader) {
   if (c.form == Form::kMovEaxFromMoffs || c.form == Form::kMovRegFromMem) {
     return c.reg.value_or(Gpr::kEax);
   }
-  uint8_t bytes[15];
-  const size_t length = std::max<size_t>(1, std::min<size_t>(15, c.length));
-  if (!reader(start, absl::MakeSpan(bytes, length)).ok()) return std::nullopt;
-  std::optional<uint8_t> reg = MovLoadDestination(absl::MakeConstSpan(bytes, length));
+  std::optional<std::vector<uint8_t>> bytes = InstructionBytes(c, start, reader);
+  if (!bytes) return std::nullopt;
+  std::optional<uint8_t> reg = MovLoadDestination(*bytes);
   if (!reg) return std::nullopt;
   return static_cast<Gpr>(*reg);
+}
+
+// For a cmp/test of the TPR (which writes only EFLAGS): how to recompute its flags.
+std::optional<FlagOnlyRead> FlagOnlyReadAt(const Classification& c, uint32_t start,
+                                           const GuestByteReader& reader) {
+  if (c.form) return std::nullopt;  // one of the six mov/push forms
+  std::optional<std::vector<uint8_t>> bytes = InstructionBytes(c, start, reader);
+  if (!bytes) return std::nullopt;
+  return DecodeFlagOnlyRead(*bytes);
+}
+
+// The EFLAGS a cmp/test of the TPR that just ran would have left with the TPR reading as
+// `shadow`; nullopt if the instruction is not one or its operand is not exactly the TPR.
+std::optional<uint32_t> FixedEflags(const Classification& c, uint32_t start,
+                                    const GuestByteReader& reader, uint8_t shadow, uint32_t tpr_va,
+                                    const VcpuRegisters& regs) {
+  std::optional<FlagOnlyRead> read = FlagOnlyReadAt(c, start, reader);
+  if (!read) return std::nullopt;
+  // The APIC answers a read of the TPR register with the 8-bit TPR, upper bytes zero.
+  return FixedFlags(*read, shadow, tpr_va, regs);
+}
+
+// Whether cr8 can correct a read of the TPR that tprd did not patch, after it ran: a mov load
+// (its destination register), push (its stack slot) or cmp/test (EFLAGS). Anything else that
+// reads the TPR (add eax,[tpr], bt, movzx, ...) saw the value without its low nibble for good.
+bool IsFixableRead(const Classification& c, uint32_t start, const GuestByteReader& reader) {
+  return c.form == Form::kPushMem || FixableReadDestination(c, start, reader) ||
+         FlagOnlyReadAt(c, start, reader);
 }
 
 std::string Disassemble(const Site& site) {
@@ -232,7 +300,7 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
                            absl::Hex(decoded->first), " cannot be patched (", c.detail,
                            "); use --strategy cr8 (AMD hosts) or exact"));
         } else if (request.strategy == Strategy::kCr8 && !IsWriter(c, decoded->first, reader) &&
-                   c.form != Form::kPushMem && !FixableReadDestination(c, decoded->first, reader)) {
+                   !IsFixableRead(c, decoded->first, reader)) {
           // A reader tprd can neither patch nor fix up would see the TPR without the low nibble
           // a CR8 write clears.
           verdict = absl::FailedPreconditionError(absl::StrCat(
@@ -575,15 +643,16 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   if (!installed_ || !profile_) return absl::OkStatus();
   // A CPU on the exact path inside the handlers: nothing to fix.
   if (installed_->addresses.InHandlerCode(pc)) return absl::OkStatus();
-  if (absl::StatusOr<VcpuRegisters> now = vm_.ReadRegisters(vcpu); !now.ok() || now->eip != pc) {
-    return now.ok() ? absl::OkStatus() : now.status();  // stale stop: see below
-  }
+  absl::StatusOr<VcpuRegisters> now = vm_.ReadRegisters(vcpu);
+  if (!now.ok()) return now.status();
+  if (now->eip != pc) return absl::OkStatus();  // stale stop: see below
   GuestByteReader reader = [&](uint32_t va, absl::Span<uint8_t> out) {
     return vm_.ReadVirtual(vcpu, va, out);
   };
   std::string why;
   std::optional<std::pair<uint32_t, Classification>> decoded =
       ResolveTrap(pc, reader, profile_->tpr_va, &why);
+  if (!decoded) decoded = ResolveByAddress(pc, reader, profile_->tpr_va, *now);
   if (!decoded) {
     events.push_back(
         {ManagerEvent::Kind::kWarning, std::nullopt,
@@ -624,6 +693,11 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
     uint8_t bytes[4];
     std::memcpy(bytes, &value, 4);
     TPRD_RETURN_IF_ERROR(vm_.WriteVirtual(vcpu, regs->reg(Gpr::kEsp), bytes));
+  } else if (std::optional<uint32_t> eflags =
+                 FixedEflags(c, start, reader, entry->shadow_tpr, profile_->tpr_va, *regs)) {
+    // A cmp/test compared the real TPR, whose low nibble a CR8 write cleared: its flags become
+    // what the shadow gives (its jcc/setcc has not run yet: the stop is right after it).
+    TPRD_RETURN_IF_ERROR(vm_.WriteRegister(vcpu, WritableRegister::kEflags, *eflags));
   } else if (++unfixable_reads_ >= static_cast<uint64_t>(request_.unfixable_read_limit)) {
     return SwitchToExact(absl::StrCat("the unpatchable TPR access at 0x", absl::Hex(start), " (",
                                       c.detail, ") keeps running and cannot be fixed up under cr8"),

@@ -44,7 +44,8 @@ struct EnableRequest {
   absl::Duration learning_window = absl::Milliseconds(500);
   int learning_max_hits = 400;
   uint32_t guard_period = kBlobDefaultGuardPeriod;
-  // cr8: unfixable unpatched reads (cmp, test, ...) seen before the domain switches to exact.
+  // cr8: unfixable unpatched reads (add eax,[tpr], bt, movzx, ...; mov, push, cmp and test are
+  // fixed up) seen before the domain switches to exact.
   // The first one already saw a wrong low nibble, so by default the first one switches.
   int unfixable_read_limit = 1;
 };

@@ -128,7 +128,8 @@ TEST_F(GdbClientTest, ThreadsSelectAndRegisters) {
       .ExpectCommand("Hgp01.02", "OK")
       .ExpectCommand("g", GReply())
       .ExpectCommand("p17", Le32(0x20 >> 4))
-      .ExpectCommand("P8=78563412", "OK");
+      .ExpectCommand("P8=78563412", "OK")
+      .ExpectCommand("P9=d5080000", "OK");  // eflags: register 9 in QEMU's i386 layout
   absl::StatusOr<std::vector<GdbThreadId>> threads = client_->ListThreads();
   ASSERT_TRUE(threads.ok()) << threads.status();
   ASSERT_EQ(threads->size(), 3u);
@@ -146,6 +147,7 @@ TEST_F(GdbClientTest, ThreadsSelectAndRegisters) {
   EXPECT_EQ(regs->efer, 0x1018u);
   EXPECT_EQ(*client_->ReadRegister("cr8"), 2u);
   EXPECT_TRUE(client_->WriteRegister("eip", 0x12345678).ok());
+  EXPECT_TRUE(client_->WriteRegister("eflags", 0x8D5).ok());
   ExpectScriptDone();
 }
 

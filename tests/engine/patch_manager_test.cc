@@ -24,6 +24,9 @@ constexpr uint32_t kWriteEcx = kCode + 0x10;     // 89 0D: mov [tpr],ecx
 constexpr uint32_t kWriteImm = kCode + 0x20;     // C7 05: mov dword [tpr],0x41
 constexpr uint32_t kPrefixed = kCode + 0x30;     // 3E A1: not patchable
 constexpr uint32_t kRegRelative = kCode + 0x40;  // 89 81 disp32: mov [ecx+tpr],eax
+constexpr uint32_t kCmpImm = kCode + 0x50;       // 81 3D: cmp dword [tpr],0x51
+constexpr uint32_t kAddEax = kCode + 0x60;       // 03 05: add eax,[tpr]
+constexpr uint32_t kReadViaEcx = kCode + 0x70;   // 8B 81 80 00 00 00: mov eax,[ecx+0x80]
 constexpr uint32_t kDecoy = 0x80200000;          // data that looks like A1 moffs
 
 class RecordingJournal : public PatchRecorder {
@@ -65,6 +68,9 @@ class PatchManagerTest : public ::testing::Test {
     Put(kWriteImm, {0xC7, 0x05, 0x80, 0x00, 0xFE, 0xFF, 0x41, 0x00, 0x00, 0x00});
     Put(kPrefixed, {0x3E, 0xA1, 0x80, 0x00, 0xFE, 0xFF});
     Put(kRegRelative, {0x89, 0x81, 0x80, 0x00, 0xFE, 0xFF});
+    Put(kCmpImm, {0x81, 0x3D, 0x80, 0x00, 0xFE, 0xFF, 0x51, 0x00, 0x00, 0x00});
+    Put(kAddEax, {0x03, 0x05, 0x80, 0x00, 0xFE, 0xFF});
+    Put(kReadViaEcx, {0x8B, 0x81, 0x80, 0x00, 0x00, 0x00});
     Put(kDecoy, {0xA1, 0x80, 0x00, 0xFE, 0xFF});
   }
 
@@ -79,6 +85,27 @@ class PatchManagerTest : public ::testing::Test {
       if (s.site.address == address) return s;
     }
     return std::nullopt;
+  }
+  // Enables cr8 on a cr8legacy CPU, with nothing seen in the learning window.
+  void EnableCr8() {
+    vm_.SetFeatures({.cr8legacy = true, .qemu_vapic_active = false});
+    EnableRequest request;
+    request.strategy = Strategy::kCr8;
+    absl::StatusOr<EnableReport> report = manager_.Enable(request);
+    ASSERT_TRUE(report.ok()) << report.status();
+  }
+  // The learning window refuses `strategy`: nothing is written, no trap is left, the guest runs.
+  void ExpectEnableRefused(Strategy strategy, const std::string& why) {
+    vm_.ClearWriteLog();
+    EnableRequest request;
+    request.strategy = strategy;
+    absl::StatusOr<EnableReport> report = manager_.Enable(request);
+    ASSERT_FALSE(report.ok());
+    EXPECT_TRUE(absl::IsFailedPrecondition(report.status())) << report.status();
+    EXPECT_THAT(std::string(report.status().message()), HasSubstr(why));
+    EXPECT_TRUE(vm_.write_log().empty());
+    EXPECT_TRUE(vm_.watchpoints().empty());
+    EXPECT_TRUE(vm_.running());
   }
   void QueueBreakpoint(int vcpu, uint32_t pc) {
     vm_.SetEip(vcpu, pc);
@@ -167,23 +194,11 @@ TEST_F(PatchManagerTest, LearningWindowProvesHotSitesPatchedInTheEnableStop) {
 
 TEST_F(PatchManagerTest, MmioRefusedWhenAnUnpatchableWriterRunsAndNothingIsWritten) {
   QueueWatchpoint(0, kRegRelative + 6);
-  vm_.ClearWriteLog();
-  EnableRequest request;
-  request.strategy = Strategy::kMmio;
-  absl::StatusOr<EnableReport> report = manager_.Enable(request);
-  ASSERT_FALSE(report.ok());
-  EXPECT_TRUE(absl::IsFailedPrecondition(report.status()));
-  EXPECT_THAT(std::string(report.status().message()), HasSubstr("mmio is unsafe"));
-  EXPECT_TRUE(vm_.write_log().empty());
-  EXPECT_TRUE(vm_.watchpoints().empty());
-  EXPECT_TRUE(vm_.running());
+  ExpectEnableRefused(Strategy::kMmio, "mmio is unsafe");
 }
 
 TEST_F(PatchManagerTest, Cr8FixesUpAnUnpatchedReadAndPatchesIt) {
-  vm_.SetFeatures({.cr8legacy = true, .qemu_vapic_active = false});
-  EnableRequest request;
-  request.strategy = Strategy::kCr8;
-  ASSERT_TRUE(manager_.Enable(request).ok());
+  EnableCr8();
   EXPECT_EQ(vm_.watchpoints().size(), 1u) << "cr8 keeps an access watchpoint on the TPR";
   // vCPU 1 (shadow 0x41) read the real TPR, which a CR8 write left as 0x40.
   vm_.SetTpr(1, 0x40);
@@ -193,6 +208,88 @@ TEST_F(PatchManagerTest, Cr8FixesUpAnUnpatchedReadAndPatchesIt) {
   ASSERT_TRUE(events.ok()) << events.status();
   EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x41u);
   EXPECT_EQ(SiteAt(kReadEax)->site.state, SiteState::kApplied);
+}
+
+// EFLAGS bits: IF and the always-set bit 1 must survive a fix-up; CF PF AF ZF SF OF are
+// recomputed.
+constexpr uint32_t kIfAndReserved = 0x202;
+constexpr uint32_t kCfPfAfSf = 0x01 | 0x04 | 0x10 | 0x80;
+constexpr uint32_t kZfPf = 0x40 | 0x04;
+
+TEST_F(PatchManagerTest, Cr8AcceptsACmpReaderAndFixesItsFlagsToTheShadow) {
+  vm_.SetFeatures({.cr8legacy = true, .qemu_vapic_active = false});
+  vm_.SetTpr(1, 0x51);
+  // The learning window sees the cmp run: it can be fixed up, so cr8 is not refused.
+  QueueWatchpoint(0, kCmpImm + 10);
+  EnableRequest request;
+  request.strategy = Strategy::kCr8;
+  absl::StatusOr<EnableReport> report = manager_.Enable(request);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->learning_hits, 1u);
+  EXPECT_EQ(manager_.Status().strategy, Strategy::kCr8);
+  ASSERT_EQ(vm_.watchpoints().size(), 1u);
+
+  // vCPU 1 (shadow 0x51) compared the real TPR, which a CR8 write left as 0x50: "below".
+  vm_.SetTpr(1, 0x50);
+  vm_.Registers(1).eflags = kIfAndReserved | kCfPfAfSf;
+  const VcpuRegisters before = vm_.Registers(1);
+  QueueWatchpoint(1, kCmpImm + 10);
+  absl::StatusOr<std::vector<ManagerEvent>> events = manager_.Poll(absl::Milliseconds(10));
+  ASSERT_TRUE(events.ok()) << events.status();
+  for (const ManagerEvent& e : *events) {
+    EXPECT_NE(e.kind, ManagerEvent::Kind::kStrategyChanged) << e.message;
+    EXPECT_NE(e.kind, ManagerEvent::Kind::kWarning) << e.message;
+  }
+  EXPECT_EQ(vm_.Registers(1).eflags, kIfAndReserved | kZfPf) << "equal, as with the shadow";
+  for (int r = 0; r < kGprCount; ++r) EXPECT_EQ(vm_.Registers(1).gpr[r], before.gpr[r]);
+  EXPECT_EQ(vm_.Registers(1).eip, kCmpImm + 10) << "the sete after it runs next";
+  EXPECT_EQ(manager_.Status().strategy, Strategy::kCr8);
+  EXPECT_TRUE(vm_.running());
+}
+
+// The test guest's np_regrel_read: the encoding names 0x80, not the TPR; the registers at the
+// stop show it read the TPR.
+TEST_F(PatchManagerTest, Cr8FixesUpARegisterRelativeReadFoundByItsAddress) {
+  EnableCr8();
+  vm_.SetTpr(1, 0x40);  // shadow 0x41
+  vm_.Registers(1).reg(Gpr::kEcx) = 0xFFFE0000;
+  vm_.Registers(1).reg(Gpr::kEax) = 0x40;
+  QueueWatchpoint(1, kReadViaEcx + 6);
+  absl::StatusOr<std::vector<ManagerEvent>> events = manager_.Poll(absl::Milliseconds(10));
+  ASSERT_TRUE(events.ok()) << events.status();
+  EXPECT_TRUE(events->empty()) << (*events)[0].message;
+  EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x41u);
+
+  // With ecx elsewhere the same bytes did not read the TPR: nothing is touched.
+  vm_.Registers(1).reg(Gpr::kEcx) = 0x80001000;
+  vm_.Registers(1).reg(Gpr::kEax) = 0x40;
+  QueueWatchpoint(1, kReadViaEcx + 6);
+  events = manager_.Poll(absl::Milliseconds(10));
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ((*events)[0].kind, ManagerEvent::Kind::kWarning);
+  EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x40u);
+  EXPECT_EQ(manager_.Status().strategy, Strategy::kCr8);
+}
+
+TEST_F(PatchManagerTest, Cr8RefusedWhenAnUnfixableReaderRuns) {
+  vm_.SetFeatures({.cr8legacy = true, .qemu_vapic_active = false});
+  // add eax,[tpr] writes a register from the TPR's value and its flags: no fix-up exists.
+  QueueWatchpoint(0, kAddEax + 6);
+  ExpectEnableRefused(Strategy::kCr8, "cr8 is unsafe");
+}
+
+TEST_F(PatchManagerTest, Cr8SwitchesToExactWhenAnUnfixableReaderRunsLater) {
+  EnableCr8();
+  vm_.Registers(0).eflags = kIfAndReserved;
+  QueueWatchpoint(0, kAddEax + 6);
+  absl::StatusOr<std::vector<ManagerEvent>> events = manager_.Poll(absl::Milliseconds(10));
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ((*events)[0].kind, ManagerEvent::Kind::kStrategyChanged);
+  EXPECT_EQ(manager_.Status().strategy, Strategy::kExact);
+  EXPECT_EQ(vm_.Registers(0).eflags, kIfAndReserved) << "an add is not fixed up";
+  EXPECT_TRUE(vm_.watchpoints().empty());
 }
 
 TEST_F(PatchManagerTest, RollbackAllRestoresEveryByteAndLeavesExact) {
@@ -232,10 +329,7 @@ TEST_F(PatchManagerTest, RollbackRefusesASiteChangedBehindTprdUnlessForced) {
 }
 
 TEST_F(PatchManagerTest, DetachLeavesExactAndNoTraps) {
-  vm_.SetFeatures({.cr8legacy = true, .qemu_vapic_active = false});
-  EnableRequest request;
-  request.strategy = Strategy::kCr8;
-  ASSERT_TRUE(manager_.Enable(request).ok());
+  EnableCr8();
   ASSERT_TRUE(manager_.Detach().ok());
   EXPECT_EQ(manager_.Status().strategy, Strategy::kExact);
   EXPECT_TRUE(vm_.breakpoints().empty());

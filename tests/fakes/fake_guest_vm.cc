@@ -149,6 +149,8 @@ absl::Status FakeGuestVm::WriteRegister(int vcpu, WritableRegister reg, uint32_t
   VcpuRegisters& regs = vcpus_[vcpu].regs;
   if (reg == WritableRegister::kEip) {
     regs.eip = value;
+  } else if (reg == WritableRegister::kEflags) {
+    regs.eflags = value;
   } else {
     regs.gpr[static_cast<int>(reg)] = value;  // kEax..kEdi share Gpr's order
   }
