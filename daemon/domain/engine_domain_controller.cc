@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "daemon/engine/blob.h"
 #include "daemon/engine/placement.h"
+#include "daemon/log.h"
 #include "kvm-backend/process_memory.h"
 #include "kvm-backend/qemu_monitor.h"
 
@@ -129,6 +130,13 @@ absl::StatusOr<std::vector<SiteReport>> EngineDomainController::Enable(
   request.learning_window = std::min(options.discovery_budget, kMaxLearningWindow);
   absl::StatusOr<engine::EnableReport> report = manager_->Enable(request);
   if (!report.ok()) return report.status();
+  if (!request.dry_run && report->changed) {
+    // One line per enable, for operators and bench/ (the enable's pause is nowhere else).
+    LogInfo(absl::StrCat(
+        "domain ", domain_.name, ": enabled, pause_us=", absl::ToInt64Microseconds(report->pause),
+        " applied_at_enable=", report->applied_at_enable, " armed=", report->armed,
+        " candidates=", report->candidates, " learning_hits=", report->learning_hits));
+  }
   return Reports();
 }
 

@@ -1,0 +1,59 @@
+// Small helpers for the benchmark harness (bench/tpr_bench.cc): child processes, statistics,
+// QEMU trace counting. Not a library anyone else should use.
+#ifndef TPRD_BENCH_BENCH_UTIL_H_
+#define TPRD_BENCH_BENCH_UTIL_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace tprd::bench {
+
+struct RunResult {
+  int exit_code = -1;  // -1: not started or killed by a signal
+  std::string out;
+  std::string err;
+  double seconds = 0;  // wall time of the child
+};
+
+// Runs argv to completion, capturing stdout and stderr. The child must bound itself
+// (tprctl --timeout, virsh).
+RunResult Run(const std::vector<std::string>& argv);
+
+// Starts argv in the background with stdout to `out_path` and stderr to `err_path`
+// (appending); returns its pid or -1.
+pid_t Spawn(const std::vector<std::string>& argv, const std::string& out_path,
+            const std::string& err_path);
+// SIGTERM, then SIGKILL after `grace_ms`; reaps it. Only for pids Spawn returned.
+void Stop(pid_t pid, int grace_ms = 3000);
+
+std::string ReadFile(const std::string& path, uint64_t from = 0);
+uint64_t FileSize(const std::string& path);
+double NowSeconds();  // Unix time with fraction
+
+struct Summary {
+  size_t n = 0;
+  double median = 0, min = 0, max = 0;
+};
+Summary Summarize(std::vector<double> values);
+
+// Percentile (0..100) of unsorted values, nearest rank.
+double Percentile(std::vector<double> values, double p);
+
+// Counts QEMU log-backend trace lines `apic_mem_readl 0x80 = ...` / `apic_mem_writel 0x80 = ...`
+// (with or without the "pid@time:" prefix) in `text`: TPR accesses that reached QEMU's APIC.
+struct TprTraceCount {
+  uint64_t reads = 0, writes = 0;  // offset 0x80 only
+  uint64_t other = 0;              // other APIC registers
+};
+TprTraceCount CountTprTrace(const std::string& text);
+
+// Kilobytes of resident memory of `pid` (VmRSS), 0 if unknown.
+uint64_t RssKib(pid_t pid);
+
+}  // namespace tprd::bench
+
+#endif  // TPRD_BENCH_BENCH_UTIL_H_
