@@ -56,6 +56,10 @@ std::optional<std::pair<uint32_t, Classification>> ResolveTrap(uint32_t pc,
   }
   *why = decoded->detail.empty() ? decoded->reason : decoded->detail;
   if (decoded->outcome != BackwardDecodeResult::Outcome::kAmbiguous) return std::nullopt;
+  // "26 8B 15 tpr" is es: mov edx,[tpr] and also, from the 8B, mov edx,[tpr]: whether 26 is a
+  // prefix or the end of the instruction before cannot be told, and does not matter, since
+  // cs/ds/es/ss are flat. Such decodings collapse into the longest (prefixed, so never
+  // patched); any other pair of absolute decodings is truly ambiguous.
   std::optional<std::pair<uint32_t, Classification>> absolute;
   for (uint32_t start : decoded->candidates) {
     uint8_t bytes[15];
@@ -63,8 +67,15 @@ std::optional<std::pair<uint32_t, Classification>> ResolveTrap(uint32_t pc,
     if (!reader(start, absl::MakeSpan(bytes, length)).ok()) return std::nullopt;
     Classification c = Classify(absl::MakeConstSpan(bytes, length), start, tpr_va);
     if (c.reason == RejectReason::kRegisterRelative || c.reason == RejectReason::kSib) continue;
-    if (absolute) return std::nullopt;  // two absolute decodings: truly ambiguous
-    absolute = std::make_pair(start, c);
+    if (!absolute) {
+      absolute = std::make_pair(start, c);  // candidates come lowest (longest) first
+      continue;
+    }
+    std::vector<uint8_t> between(start - absolute->first);
+    if (!reader(absolute->first, absl::MakeSpan(between)).ok()) return std::nullopt;
+    for (uint8_t b : between) {
+      if (b != 0x26 && b != 0x2E && b != 0x36 && b != 0x3E) return std::nullopt;
+    }
   }
   return absolute;
 }

@@ -27,6 +27,7 @@ constexpr uint32_t kRegRelative = kCode + 0x40;  // 89 81 disp32: mov [ecx+tpr],
 constexpr uint32_t kCmpImm = kCode + 0x50;       // 81 3D: cmp dword [tpr],0x51
 constexpr uint32_t kAddEax = kCode + 0x60;       // 03 05: add eax,[tpr]
 constexpr uint32_t kReadViaEcx = kCode + 0x70;   // 8B 81 80 00 00 00: mov eax,[ecx+0x80]
+constexpr uint32_t kEsRead = kCode + 0x80;       // 26 8B 15: es: mov edx,[tpr]
 constexpr uint32_t kDecoy = 0x80200000;          // data that looks like A1 moffs
 
 class RecordingJournal : public PatchRecorder {
@@ -71,6 +72,7 @@ class PatchManagerTest : public ::testing::Test {
     Put(kCmpImm, {0x81, 0x3D, 0x80, 0x00, 0xFE, 0xFF, 0x51, 0x00, 0x00, 0x00});
     Put(kAddEax, {0x03, 0x05, 0x80, 0x00, 0xFE, 0xFF});
     Put(kReadViaEcx, {0x8B, 0x81, 0x80, 0x00, 0x00, 0x00});
+    Put(kEsRead, {0x26, 0x8B, 0x15, 0x80, 0x00, 0xFE, 0xFF});
     Put(kDecoy, {0xA1, 0x80, 0x00, 0xFE, 0xFF});
   }
 
@@ -270,6 +272,20 @@ TEST_F(PatchManagerTest, Cr8FixesUpARegisterRelativeReadFoundByItsAddress) {
   EXPECT_EQ((*events)[0].kind, ManagerEvent::Kind::kWarning);
   EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x40u);
   EXPECT_EQ(manager_.Status().strategy, Strategy::kCr8);
+}
+
+// The test guest's np_es_8b_edx: "26 8B 15 tpr" also decodes from the 8B. Either way it loads
+// edx from the TPR, so it is fixed up; the prefixed instruction is never patched.
+TEST_F(PatchManagerTest, Cr8FixesUpAReadThatAFlatSegmentPrefixMakesAmbiguous) {
+  EnableCr8();  // vCPU 0's shadow: 0x20
+  const auto before = Bytes(kEsRead, 7);
+  vm_.Registers(0).reg(Gpr::kEdx) = 0x27;  // anything but the shadow
+  QueueWatchpoint(0, kEsRead + 7);
+  absl::StatusOr<std::vector<ManagerEvent>> events = manager_.Poll(absl::Milliseconds(10));
+  ASSERT_TRUE(events.ok()) << events.status();
+  EXPECT_TRUE(events->empty()) << (*events)[0].message;
+  EXPECT_EQ(vm_.Registers(0).reg(Gpr::kEdx), 0x20u);
+  EXPECT_EQ(Bytes(kEsRead, 7), before);
 }
 
 TEST_F(PatchManagerTest, Cr8RefusedWhenAnUnfixableReaderRuns) {
