@@ -113,6 +113,23 @@ bool DomainActive(const std::string& name) {
   return active;
 }
 
+// 1 running, 2 paused (by libvirt, or stopped by a gdbstub nobody serves), 0 gone/other.
+int DomainRunState(const std::string& name) {
+  virConnectPtr c = virConnectOpen("qemu:///system");
+  if (c == nullptr) return 0;
+  virDomainPtr d = virDomainLookupByName(c, name.c_str());
+  int result = 0;
+  if (d != nullptr) {
+    int state = 0, reason = 0;
+    if (virDomainGetState(d, &state, &reason, 0) == 0) {
+      result = state == VIR_DOMAIN_RUNNING ? 1 : state == VIR_DOMAIN_PAUSED ? 2 : 0;
+    }
+    virDomainFree(d);
+  }
+  virConnectClose(c);
+  return result;
+}
+
 RunResult Hmp(const std::string& domain, const std::string& command) {
   return Run({"/usr/bin/virsh", "-q", "-c", "qemu:///system", "qemu-monitor-command", domain,
               "--hmp", command});
@@ -148,25 +165,43 @@ std::optional<BenchSample> ParseBench(const std::string& line) {
   return s;
 }
 
-// Waits for a line starting with `prefix` at index >= from; stops early when the domain dies.
-// Returns the index, or nullopt (timeout, or the domain is gone: *died set).
+// Why a wait ended without its line: the domain died, or it stayed paused (stalled).
+struct WaitOutcome {
+  bool died = false;
+  bool stalled = false;
+  explicit operator bool() const { return died || stalled; }
+};
+
+// Waits for a line starting with `prefix` at index >= from; stops early when the domain dies
+// or stays paused for 8 s. Returns the index, or nullopt (then *outcome says why, if it knows).
+
 std::optional<size_t> WaitLine(TestDomain& domain, const std::string& prefix, size_t from,
-                               double timeout_s, bool* died) {
+                               double timeout_s, WaitOutcome* outcome) {
   const double deadline = NowSeconds() + timeout_s;
   int polls = 0;
+  double paused_since = 0;
   while (!g_interrupted) {
     std::vector<std::string> lines = domain.Lines();
     for (size_t i = from; i < lines.size(); ++i) {
       if (absl::StartsWith(lines[i], prefix)) return i;
     }
-    if (++polls % 10 == 0 && !DomainActive(domain.name())) {
-      if (died) *died = true;
-      return std::nullopt;
+    if (++polls % 10 == 0) {
+      const int state = DomainRunState(domain.name());
+      if (state == 0) {
+        if (outcome) outcome->died = true;
+        return std::nullopt;
+      }
+      if (state == 2 && paused_since == 0) paused_since = NowSeconds();
+      if (state != 2) paused_since = 0;
+      if (paused_since > 0 && NowSeconds() - paused_since > 8) {
+        if (outcome) outcome->stalled = true;
+        return std::nullopt;
+      }
     }
     if (NowSeconds() > deadline) break;
     usleep(100000);
   }
-  if (died && !DomainActive(domain.name())) *died = true;
+  if (outcome && !DomainActive(domain.name())) outcome->died = true;
   return std::nullopt;
 }
 
@@ -275,6 +310,15 @@ class Tprd {
   }
 
   // The daemon's "enabled, pause_us=..." log line for `domain` after byte `from` of its log.
+  // tprd's log lines that name `domain`.
+  std::string LogFor(const std::string& domain) const {
+    std::string out;
+    for (absl::string_view line : absl::StrSplit(ReadFile(log_path()), '\n')) {
+      if (absl::StrContains(line, domain)) absl::StrAppend(&out, line, "\n");
+    }
+    return out;
+  }
+
   std::map<std::string, double> EnableLogFields(const std::string& domain, uint64_t from) const {
     std::map<std::string, double> fields;
     const std::string text = ReadFile(log_path(), from);
@@ -374,8 +418,16 @@ class Harness {
       return r;
     }
     const std::string name = domain->name();
-    bool died = false;
+    WaitOutcome died;
     auto crashed = [&](const std::string& when) {
+      if (died.stalled) {
+        r.status = "stalled";
+        r.message =
+            absl::StrCat("the domain stayed paused for 8 s ", when, ". tprd's log for it:\n",
+                         tprd_.LogFor(name), "\nLast serial lines:\n", domain->LastLines(6));
+        Say(absl::StrCat(config.name, " x", vcpus, ": STALLED ", when));
+        return;
+      }
       r.status = "crashed";
       r.message = absl::StrCat("the domain died ", when,
                                " (it has on_reboot=destroy: a guest reset, e.g. a triple "
@@ -417,6 +469,19 @@ class Harness {
     } else if (static_cast<int>(r.samples.size()) < options_.rounds && !g_interrupted) {
       r.status = "error";
       r.message = "BENCH lines stopped coming:\n" + domain->LastLines(12);
+    }
+    if (!config.strategy.empty()) {
+      // Was tprd still in charge at the end of the measured rounds?
+      std::optional<json> st = tprd_.CtlJson({"status", name});
+      const std::string state = st ? st->value("state", "") : "unknown";
+      r.enable["state_at_end"] = state;
+      r.enable["strategy_at_end"] = st ? st->value("strategy", "") : "unknown";
+      if (state != "patched" && r.status == "ok") {
+        r.status = "degraded";
+        r.message = absl::StrCat("tprd's state at the end of the rounds: ", state,
+                                 " (the rounds did not all run patched). tprd's log for it:\n",
+                                 tprd_.LogFor(name));
+      }
     }
     // The guest's own checks over the measured period.
     std::vector<std::string> lines = domain->Lines();
@@ -584,7 +649,7 @@ class Harness {
         points.push_back({{"budget_s", budget}, {"error", error}});
         continue;
       }
-      bool died = false;
+      WaitOutcome died;
       if (!WaitLine(*domain, "STAT cpu=1 ", 0, 120, &died)) {
         points.push_back({{"budget_s", budget}, {"error", "guest did not come up"}});
         continue;
@@ -610,7 +675,7 @@ class Harness {
     std::string error;
     std::unique_ptr<TestDomain> domain = Boot(1, true, false, &error, "", 64);
     if (!domain) return {{"error", error}};
-    bool died = false;
+    WaitOutcome died;
     std::optional<size_t> boot = WaitLine(*domain, "BOOT ", 0, 120, &died);
     if (!boot || !WaitLine(*domain, "STAT cpu=0 ", 0, 60, &died)) {
       return {{"error", "guest did not come up"}};
@@ -658,7 +723,7 @@ class Harness {
       domains.push_back(std::move(d));
     }
     for (auto& d : domains) {
-      bool died = false;
+      WaitOutcome died;
       if (!WaitLine(*d, "STAT cpu=0 ", 0, 120, &died)) continue;
       RunResult e = tprd_.Ctl({"enable", d->name(), "--strategy", "mmio"});
       patched += e.exit_code == 0;
