@@ -21,4 +21,11 @@ cmake --build "$build" -j"$(nproc)" --target tprd tprctl tpr-test-guest tprd_ben
 mkdir -p "$out"
 "$build/bench/tprd_micro_bench" --benchmark_out="$out/micro.json" --benchmark_out_format=json \
   --benchmark_min_time=0.2 | tee "$out/micro.txt"
-exec "$build/bench/tprd_bench" --out "$out" "$@"
+# The harness destroys its domains itself (also when interrupted); this catches a harness that
+# was killed outright. Only the bench uses the tprd-bench- prefix.
+destroy_leftovers() {
+  virsh -q -c qemu:///system list --name 2>/dev/null | grep '^tprd-bench-' |
+    while read -r name; do virsh -q -c qemu:///system destroy "$name" >/dev/null 2>&1 || true; done
+}
+trap destroy_leftovers EXIT
+"$build/bench/tprd_bench" --out "$out" "$@"
