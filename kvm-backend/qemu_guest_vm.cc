@@ -85,6 +85,8 @@ absl::StatusOr<std::unique_ptr<QemuGuestVm>> QemuGuestVm::Attach(LibvirtConnecti
   absl::StatusOr<std::vector<GdbThreadId>> threads = vm->gdb_->ListThreads();
   if (!threads.ok()) return fail(threads.status());
   if (threads->empty()) return fail(absl::InternalError("gdbstub lists no vCPU threads"));
+  // A tprd killed outright leaves its traps armed on every vCPU; none of them is ours.
+  if (absl::Status s = vm->gdb_->ClearTrapsOfEveryThread(*threads); !s.ok()) return fail(s);
   vm->threads_ = std::move(*threads);
   // The fast path is optional: without it (not root, remote libvirtd) reads use the gdbstub.
   if (absl::StatusOr<int> pid = connection->QemuPid(uuid); pid.ok()) {

@@ -363,6 +363,16 @@ absl::Status GdbClient::SelectThread(const GdbThreadId& thread) {
   return CommandExpectingOk(absl::StrCat("Hg", thread.ToString(multiprocess_)));
 }
 
+absl::Status GdbClient::ClearTrapsOfEveryThread(const std::vector<GdbThreadId>& threads) {
+  for (size_t i = threads.size(); i-- > 0;) {  // threads[0] last: the continue thread after
+    TPRD_GDB_RETURN_IF_ERROR(
+        CommandExpectingOk(absl::StrCat("Hc", threads[i].ToString(multiprocess_))));
+    absl::StatusOr<GdbStopReply> stop = QueryStopReason();
+    if (!stop.ok()) return WithContext(stop.status(), "clearing a previous client's traps");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<engine::VcpuRegisters> GdbClient::ReadRegisters() {
   absl::StatusOr<std::string> reply = Command("g");
   if (!reply.ok()) return reply.status();

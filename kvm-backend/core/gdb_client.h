@@ -75,6 +75,11 @@ class GdbClient {
   absl::StatusOr<std::vector<GdbThreadId>> ListThreads();
   // `Hg`: later register and (virtual) memory accesses use this vCPU.
   absl::Status SelectThread(const GdbThreadId& thread);
+  // Removes every breakpoint and watchpoint a previous client left armed on any vCPU. QEMU 7.2
+  // clears them on `?` only for the continue thread (`Hc`), and `z0`/`z2..4` give up at the
+  // first vCPU without the trap, so a killed client's traps on other vCPUs would outlive any
+  // removal: select each thread for continue and ask `?` there. Leaves `Hc` on threads[0].
+  absl::Status ClearTrapsOfEveryThread(const std::vector<GdbThreadId>& threads);
 
   // `g` of the selected thread, decoded with the target description.
   absl::StatusOr<engine::VcpuRegisters> ReadRegisters();

@@ -300,6 +300,28 @@ TEST_F(GdbClientTest, BadChecksumIsNackedAndRetried) {
   ExpectScriptDone();
 }
 
+// QEMU 7.2 clears a previous client's traps on `?` only for the continue thread: each vCPU is
+// made the continue thread and asked in turn, the first vCPU last so that it stays selected.
+TEST_F(GdbClientTest, ClearingTrapsAsksEveryThreadAsTheContinueThread) {
+  Attach();
+  fake_->ExpectCommand("Hcp01.03", "OK")
+      .ExpectCommand("?", "T05thread:p01.03;")
+      .ExpectCommand("Hcp01.02", "OK")
+      .ExpectCommand("?", "T05thread:p01.02;")
+      .ExpectCommand("Hcp01.01", "OK")
+      .ExpectCommand("?", "T05thread:p01.01;");
+  EXPECT_TRUE(client_->ClearTrapsOfEveryThread({{1, 1}, {1, 2}, {1, 3}}).ok());
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, ClearingTrapsStopsAtTheFirstRefusal) {
+  Attach();
+  fake_->ExpectCommand("Hcp01.02", "E22");
+  absl::Status status = client_->ClearTrapsOfEveryThread({{1, 1}, {1, 2}});
+  EXPECT_FALSE(status.ok());
+  ExpectScriptDone();
+}
+
 TEST_F(GdbClientTest, EndlessBadChecksumsAreBounded) {
   Attach();
   fake_->ExpectWrite(EncodeGdbPacket("Hgp01.01")).Send("+");
