@@ -419,7 +419,10 @@ absl::StatusOr<std::vector<ScanCandidateReport>> DomainActor::Scan(absl::Time de
 }
 
 absl::StatusOr<bool> DomainActor::Adopt(absl::Time deadline) {
-  return Call<bool>("adopt", /*mutates=*/true, deadline, [this]() -> absl::StatusOr<bool> {
+  // Not a claim on the domain (mutates=false): adopt runs at daemon start and on reconnect, and
+  // an operator's enable or rollback arriving meanwhile must queue behind it, not be refused
+  // as "busy". The actor runs one command at a time either way.
+  return Call<bool>("adopt", /*mutates=*/false, deadline, [this]() -> absl::StatusOr<bool> {
     if (Snapshot().state == DomainState::kGone) return GoneError();
     absl::Status opened = EnsureController(/*adopt=*/true);
     if (!opened.ok()) return opened;

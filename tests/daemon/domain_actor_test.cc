@@ -110,6 +110,25 @@ TEST_F(DomainActorTest, BusyActorAnswersReadsAndRefusesASecondEnable) {
   EXPECT_TRUE(actor->Snapshot().busy_with.empty());
 }
 
+TEST_F(DomainActorTest, EnableDuringTheStartUpAdoptQueuesBehindItInsteadOfBeingRefused) {
+  auto actor = Actor("winxp-01");
+  guest_->hold_adopt = true;
+  std::thread adopt([&] { EXPECT_TRUE(actor->Adopt(Soon()).ok()); });
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopt_entered; }));
+  EXPECT_TRUE(actor->Snapshot().busy_with.empty()) << "adopt is tprd's own, not a claim";
+
+  absl::StatusOr<DomainActor::EnableResult> enabled;
+  std::thread enable([&] { enabled = actor->Enable(EnableOptions{}, Soon()); });
+  // busy_with is set when the enable is accepted and queued, before it can run.
+  ASSERT_TRUE(
+      WaitForSnapshot(*actor, [](const DomainSnapshot& s) { return s.busy_with == "enable"; }));
+  guest_->ReleaseAdopt();
+  adopt.join();
+  enable.join();
+  ASSERT_TRUE(enabled.ok()) << enabled.status();
+  EXPECT_EQ(enabled->after.state, DomainState::kPatched);
+}
+
 TEST_F(DomainActorTest, CommandPastItsDeadlineIsReportedAndSkipped) {
   auto actor = Actor("winxp-01");
   guest_->hold_enable = true;
@@ -272,6 +291,16 @@ TEST_F(DomainActorTest, DetachAllLeavesPatchedGuestsExactAndAdoptTakesThemBack) 
   std::lock_guard<std::mutex> lock(guest_->mu);
   EXPECT_EQ(guest_->strategy_word, engine::Strategy::kMmio);
   EXPECT_TRUE(guest_->traps_armed);
+}
+
+TEST_F(DomainActorTest, AdoptRunningLooksOnlyAtDomainsMatchingTheGlob) {
+  auto none = registry_->AdoptRunning(Soon(), "other-*");
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(*none, 0);
+  EXPECT_EQ(guest_->opens, 0) << "a domain outside the glob is never probed";
+  auto all = registry_->AdoptRunning(Soon(), "winxp-*");
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(guest_->adopts, 1);
 }
 
 TEST_F(DomainActorTest, LostSessionIsReportedAndTheNextEnableAdoptsAgain) {

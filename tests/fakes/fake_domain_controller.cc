@@ -25,6 +25,12 @@ void FakeGuest::ReleaseEnable() {
   changed.notify_all();
 }
 
+void FakeGuest::ReleaseAdopt() {
+  std::lock_guard<std::mutex> lock(mu);
+  hold_adopt = false;
+  changed.notify_all();
+}
+
 void FakeGuest::PushPollEvent(ControllerEvent event) {
   std::lock_guard<std::mutex> lock(mu);
   poll_events.push_back(std::move(event));
@@ -65,7 +71,11 @@ bool FakeDomainController::PatchedLocked() const {
 }
 
 absl::StatusOr<bool> FakeDomainController::Adopt() {
-  std::lock_guard<std::mutex> lock(guest_->mu);
+  std::unique_lock<std::mutex> lock(guest_->mu);
+  guest_->adopt_entered = true;
+  guest_->changed.notify_all();
+  guest_->changed.wait(lock, [this] { return !guest_->hold_adopt; });
+  guest_->adopt_entered = false;
   ++guest_->adopts;
   const bool patched = PatchedLocked();
   if (patched) {

@@ -48,6 +48,8 @@ struct FakeGuest {
   absl::Status poll_error;    // the next Poll fails with this (then it is cleared)
   bool hold_enable = false;   // Enable blocks until released (a busy actor)
   bool enable_entered = false;
+  bool hold_adopt = false;  // Adopt blocks until released (a daemon still adopting at start)
+  bool adopt_entered = false;
   std::deque<daemon::ControllerEvent> poll_events;  // the next Poll returns these
 
   // What the daemon did.
@@ -59,6 +61,7 @@ struct FakeGuest {
   bool WaitUntil(const std::function<bool()>& condition,
                  std::chrono::milliseconds timeout = std::chrono::seconds(10));
   void ReleaseEnable();
+  void ReleaseAdopt();
   void PushPollEvent(daemon::ControllerEvent event);
 };
 
