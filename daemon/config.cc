@@ -27,6 +27,9 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
     config->socket_group = value;
   } else if (key == "state_dir") {
     config->state_dir = value;
+  } else if (key == "adopt_domains") {
+    if (value.empty()) return absl::InvalidArgumentError("adopt_domains must not be empty");
+    config->adopt_domains = value;
   } else if (key == "poll_interval_ms" || key == "stop_timeout_s") {
     int number = 0;
     if (!absl::SimpleAtoi(value, &number) || number <= 0) {
@@ -48,7 +51,7 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown setting \"", key,
         "\"; known: connect, socket, socket_group, state_dir, poll_interval_ms, stop_timeout_s, "
-        "log_level"));
+        "log_level, adopt_domains"));
   }
   return absl::OkStatus();
 }
@@ -91,10 +94,12 @@ absl::Status ApplyConfigFile(const std::string& path, Config* config) {
 
 std::string UsageText() {
   return "usage: tprd [--connect URI] [--socket PATH] [--state-dir DIR] [--config FILE]\n"
+         "            [--adopt-domains GLOB]\n"
          "  --connect URI     libvirt URI (default qemu:///system; LIBVIRT_DEFAULT_URI also)\n"
          "  --socket PATH     API socket (default /run/tprd/tprd.sock)\n"
          "  --state-dir DIR   journal directory (default /var/lib/tprd)\n"
          "  --config FILE     settings file (default /etc/tprd/tprd.conf if present)\n"
+         "  --adopt-domains GLOB  adopt at start only domains whose name matches (default *)\n"
          "  --help, --version\n";
 }
 
@@ -112,7 +117,8 @@ absl::StatusOr<CommandLineAction> ParseCommandLine(const std::vector<std::string
       value = arg.substr(equals + 1);
     }
     if (name == "-c") name = "--connect";
-    if (name != "--connect" && name != "--socket" && name != "--state-dir" && name != "--config") {
+    if (name != "--connect" && name != "--socket" && name != "--state-dir" && name != "--config" &&
+        name != "--adopt-domains") {
       return absl::InvalidArgumentError(absl::StrCat("unknown argument \"", arg, "\""));
     }
     if (equals == std::string::npos) {
@@ -139,6 +145,10 @@ absl::StatusOr<CommandLineAction> ParseCommandLine(const std::vector<std::string
   if (auto it = flags.find("--connect"); it != flags.end()) config->connect = it->second;
   if (auto it = flags.find("--socket"); it != flags.end()) config->socket = it->second;
   if (auto it = flags.find("--state-dir"); it != flags.end()) config->state_dir = it->second;
+  if (auto it = flags.find("--adopt-domains"); it != flags.end()) {
+    if (it->second.empty()) return absl::InvalidArgumentError("--adopt-domains needs a pattern");
+    config->adopt_domains = it->second;
+  }
   return CommandLineAction::kRun;
 }
 

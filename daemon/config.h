@@ -9,6 +9,8 @@
 //   poll_interval_ms longest a patched domain's actor waits in one Poll (default 1000)
 //   stop_timeout_s   time to detach every guest on SIGTERM (default 60)
 //   log_level        info | debug                        (default info)
+//   adopt_domains    shell glob of domain names adopted at start (default *: every domain);
+//                    operators' commands reach any domain either way
 #ifndef TPRD_DAEMON_CONFIG_H_
 #define TPRD_DAEMON_CONFIG_H_
 
@@ -29,6 +31,7 @@ struct Config {
   absl::Duration poll_interval = absl::Seconds(1);
   absl::Duration stop_timeout = absl::Seconds(60);
   bool debug = false;
+  std::string adopt_domains = "*";
 };
 
 inline constexpr char kDefaultConfigFile[] = "/etc/tprd/tprd.conf";
@@ -39,7 +42,8 @@ absl::Status ApplyConfigText(const std::string& text, const std::string& origin,
 // Reads a config file into `config`. NOT_FOUND if it does not exist.
 absl::Status ApplyConfigFile(const std::string& path, Config* config);
 
-// Parses `tprd [--connect URI] [--socket PATH] [--state-dir DIR] [--config FILE]` (plus
+// Parses `tprd [--connect URI] [--socket PATH] [--state-dir DIR] [--config FILE]
+// [--adopt-domains GLOB]` (plus
 // --help/--version, reported through `action`). Reads the config file first so flags win.
 enum class CommandLineAction { kRun, kHelp, kVersion };
 absl::StatusOr<CommandLineAction> ParseCommandLine(const std::vector<std::string>& args,

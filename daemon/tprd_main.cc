@@ -92,7 +92,7 @@ int Run(const Config& config) {
                        config.config_file.empty() ? "" : ", config ", config.config_file));
 
   // Take back guests a previous tprd patched (and any left stopped at a trap by a kill -9).
-  auto adopted = registry->AdoptRunning(absl::Now() + absl::Minutes(2));
+  auto adopted = registry->AdoptRunning(absl::Now() + absl::Minutes(2), config.adopt_domains);
   if (!adopted.ok()) {
     LogWarning(absl::StrCat("adopting running domains failed: ", adopted.status().message()));
   }

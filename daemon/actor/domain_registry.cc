@@ -1,5 +1,7 @@
 #include "daemon/actor/domain_registry.h"
 
+#include <fnmatch.h>
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -94,12 +96,14 @@ absl::StatusOr<std::shared_ptr<DomainActor>> DomainRegistry::ActorFor(
   return actor;
 }
 
-absl::StatusOr<int> DomainRegistry::AdoptRunning(absl::Time deadline) {
+absl::StatusOr<int> DomainRegistry::AdoptRunning(absl::Time deadline,
+                                                 const std::string& name_glob) {
   auto domains = hypervisor_->ListDomains();
   if (!domains.ok()) return domains.status();
   int adopted = 0;
   for (const DomainInfo& domain : *domains) {
     if (!domain.running) continue;
+    if (fnmatch(name_glob.c_str(), domain.name.c_str(), 0) != 0) continue;
     auto actor = ActorFor(domain.uuid);
     if (!actor.ok()) {
       LogWarning(absl::StrCat(domain.name, ": cannot adopt: ", actor.status().message()));

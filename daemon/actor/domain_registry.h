@@ -42,9 +42,10 @@ class DomainRegistry {
   // Resolves a reference to its domain (NOT_FOUND / UNAVAILABLE / INVALID_ARGUMENT).
   absl::StatusOr<DomainInfo> Resolve(const std::string& reference);
 
-  // Daemon start: every running domain gets an actor that looks for tprd's blob and takes
-  // patched guests back. Failures are logged per domain; returns how many were adopted.
-  absl::StatusOr<int> AdoptRunning(absl::Time deadline);
+  // Daemon start: every running domain whose name matches `name_glob` (fnmatch) gets an actor
+  // that looks for tprd's blob and takes patched guests back. Failures are logged per domain;
+  // returns how many were adopted.
+  absl::StatusOr<int> AdoptRunning(absl::Time deadline, const std::string& name_glob = "*");
 
   // Orderly stop: every actor leaves its guest correct without tprd (exact, no traps) and
   // detaches. Returns the first error, after trying every domain.

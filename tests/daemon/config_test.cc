@@ -19,7 +19,8 @@ TEST(ConfigTest, FileSettingsApplyAndFlagsWin) {
                          "socket = \"/tmp/x.sock\"   # quoted\n"
                          "\n"
                          "poll_interval_ms = 250\n"
-                         "log_level = debug\n";
+                         "log_level = debug\n"
+                         "adopt_domains = winxp-*\n";
   Config config;
   auto action = ParseCommandLine({"--config", path, "--socket=/run/other.sock"}, &config);
   ASSERT_TRUE(action.ok()) << action.status();
@@ -29,6 +30,9 @@ TEST(ConfigTest, FileSettingsApplyAndFlagsWin) {
   EXPECT_EQ(config.state_dir, "/var/lib/tprd");
   EXPECT_EQ(config.poll_interval, absl::Milliseconds(250));
   EXPECT_TRUE(config.debug);
+  EXPECT_EQ(config.adopt_domains, "winxp-*");
+  ASSERT_TRUE(ParseCommandLine({"--config", path, "--adopt-domains", "w2k3-*"}, &config).ok());
+  EXPECT_EQ(config.adopt_domains, "w2k3-*");
 }
 
 TEST(ConfigTest, BadLinesNameTheFileAndLine) {
@@ -45,6 +49,7 @@ TEST(ConfigTest, UsageErrorsAndMissingConfigFile) {
   Config config;
   EXPECT_FALSE(ParseCommandLine({"--bogus"}, &config).ok());
   EXPECT_FALSE(ParseCommandLine({"--socket"}, &config).ok());
+  EXPECT_FALSE(ParseCommandLine({"--adopt-domains="}, &config).ok());
   EXPECT_TRUE(
       absl::IsNotFound(ParseCommandLine({"--config", "/nonexistent.conf"}, &config).status()));
   EXPECT_EQ(*ParseCommandLine({"--help"}, &config), CommandLineAction::kHelp);
