@@ -20,6 +20,10 @@ CC=clang CXX=clang++ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug 
   -DTPRD_UNIT_ONLY=ON -DTPRD_SANITIZE=ON -DTPRD_FUZZ=ON
 cmake --build build-asan -j"$jobs"
 
+# The test command owns this machine's libvirtd: let the integration test restart it mid-session
+# (running domains survive that). Set TPRD_IT_RESTART_LIBVIRTD= (empty) to skip it elsewhere.
+export TPRD_IT_RESTART_LIBVIRTD="${TPRD_IT_RESTART_LIBVIRTD-1}"
+
 status=0
 echo "== tests (release build: every label)"
 (cd build && ctest --output-on-failure --timeout 900 -LE bench) || status=1

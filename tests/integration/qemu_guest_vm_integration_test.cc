@@ -644,7 +644,8 @@ class RecordingSubscriber : public LibvirtEventSubscriber {
 
 TEST(QemuGuestVmIntegrationTest, SessionSurvivesALibvirtdRestart) {
   // Restarting the host's libvirtd disturbs everything else using it, so it is opt-in.
-  if (std::getenv("TPRD_IT_RESTART_LIBVIRTD") == nullptr) {
+  const char* allowed = std::getenv("TPRD_IT_RESTART_LIBVIRTD");
+  if (allowed == nullptr || *allowed == 0) {
     GTEST_SKIP() << "set TPRD_IT_RESTART_LIBVIRTD=1 to let this test restart libvirtd";
   }
   TestDomainOptions options;

@@ -96,7 +96,8 @@ std::string TestDomainXml(const TestDomainOptions& options, std::string_view nam
                     "  <cpu mode='custom'><model>qemu32</model>"
                     "<feature policy='require' name='cr8legacy'/></cpu>\n");
   }
-  absl::StrAppend(&xml, "  <on_reboot>destroy</on_reboot>\n  <on_crash>destroy</on_crash>\n",
+  absl::StrAppend(&xml, "  <on_reboot>", options.reboot_restarts ? "restart" : "destroy",
+                  "</on_reboot>\n  <on_crash>destroy</on_crash>\n",
                   "  <devices>\n    <serial type='file'><source path='", XmlEscape(serial_path),
                   "'/><target port='0'/></serial>\n", "    <video><model type='none'/></video>\n",
                   "    <memballoon model='none'/>\n  </devices>\n");

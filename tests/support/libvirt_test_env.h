@@ -32,6 +32,9 @@ struct TestDomainOptions {
   int memory_mib = 64;
   bool vapic_off = true;       // -global apic.vapic=off: QEMU's own TPR patcher stays out
   bool cr8legacy_cpu = false;  // <cpu> qemu32 with cr8legacy required (AltMovCr8)
+  // <on_reboot>restart: a reset reboots the guest. Off by default, so that a guest that
+  // triple-faults ends its test instead of looping (QEMU runs with -no-reboot).
+  bool reboot_restarts = false;
   std::string uri = "qemu:///system";
   std::string name_prefix = "tprd-it";  // names are PREFIX-<pid>-<n>
 };

@@ -1,0 +1,294 @@
+#include "tests/e2e/e2e_support.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "kvm-backend/libvirt_connection.h"
+#include "kvm-backend/qemu_guest_vm.h"
+#include "nlohmann/json.hpp"
+#include "tests/support/qemu_process.h"
+
+extern char** environ;
+
+namespace tprd::testing {
+namespace {
+
+std::string ReadWhole(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::vector<char*> Argv(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  return argv;
+}
+
+// Polls `done` every 200 ms until it holds or `timeout` passes; false on timeout. A poll of
+// an external process's state (tprd, libvirt): there is no event to wait on.
+template <typename Predicate>
+bool PollUntil(absl::Duration timeout, Predicate done) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    if (done()) return true;
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+}
+
+}  // namespace
+
+Result Run(const std::vector<std::string>& args) {
+  static int counter = 0;
+  const std::string base = absl::StrCat(::testing::TempDir(), "/e2e-", getpid(), "-", ++counter);
+  const std::string out_path = base + ".out", err_path = base + ".err";
+  std::vector<char*> argv = Argv(args);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0600);
+  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0600);
+  pid_t pid;
+  Result result;
+  const int spawned = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (spawned != 0) return result;
+  int status = 0;
+  waitpid(pid, &status, 0);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  result.out = ReadWhole(out_path);
+  result.err = ReadWhole(err_path);
+  unlink(out_path.c_str());
+  unlink(err_path.c_str());
+  return result;
+}
+
+Result Virsh(const std::vector<std::string>& args) {
+  std::vector<std::string> full = {"/usr/bin/virsh", "-c", "qemu:///system"};
+  full.insert(full.end(), args.begin(), args.end());
+  return Run(full);
+}
+
+TprdProcess::~TprdProcess() {
+  Kill();
+  std::error_code ignored;
+  std::filesystem::remove_all(dir_, ignored);
+}
+
+void TprdProcess::Start() {
+  std::vector<std::string> args = {TPRD_PATH, "--socket", socket(), "--state-dir", dir_ + "/state"};
+  std::vector<char*> argv = Argv(args);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  const std::string log = log_path();
+  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  const int spawned = posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ASSERT_EQ(spawned, 0) << "cannot start " << TPRD_PATH;
+  bool exited = false;
+  const bool ready = PollUntil(absl::Seconds(60), [&] {
+    int status;
+    if (waitpid(pid_, &status, WNOHANG) != 0) exited = true;
+    return exited || Ctl({"domains"}).exit_code == 0;
+  });
+  if (exited) pid_ = -1;
+  ASSERT_FALSE(exited) << "tprd exited during start-up:\n" << LogTail();
+  ASSERT_TRUE(ready) << "tprd did not answer within 60 s:\n" << LogTail();
+}
+
+int TprdProcess::Terminate() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  int status = 0;
+  const bool exited = PollUntil(absl::Seconds(90), [&] { return waitpid(pid_, &status, WNOHANG); });
+  if (!exited) return -1;
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+void TprdProcess::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
+std::string TprdProcess::LogTail(size_t lines) const {
+  std::vector<std::string> all = absl::StrSplit(ReadWhole(log_path()), '\n');
+  const size_t first = all.size() > lines ? all.size() - lines : 0;
+  std::string out;
+  for (size_t i = first; i < all.size(); ++i) absl::StrAppend(&out, all[i], "\n");
+  return out;
+}
+
+Result TprdProcess::Ctl(std::vector<std::string> args) {
+  std::vector<std::string> full = {TPRCTL_PATH, "--socket", socket(), "--timeout", "120"};
+  full.insert(full.end(), args.begin(), args.end());
+  return Run(full);
+}
+
+std::string MakeTprdDir() {
+  char dir_template[] = "/tmp/tprd-e2e-XXXXXX";
+  if (mkdtemp(dir_template) == nullptr) return "/tmp/tprd-e2e-fallback";
+  return dir_template;
+}
+
+std::map<std::string, uint32_t> SitesByName() {
+  std::map<std::string, uint32_t> out;
+  absl::StatusOr<std::vector<GuestSiteSymbol>> sites = ReadGuestSites(TestGuestSites());
+  EXPECT_TRUE(sites.ok()) << sites.status();
+  if (sites.ok()) {
+    for (const GuestSiteSymbol& s : *sites) out[s.name] = s.address;
+  }
+  return out;
+}
+
+const std::vector<std::string>& HotSites() {
+  static const std::vector<std::string> hot = {"rd_a1_eax",     "rd_8b_edi", "rd_ff6_push",
+                                               "wr_a3_eax",     "wr_89_ebp", "wr_c7_51",
+                                               "hal_raise_read"};
+  return hot;
+}
+
+const std::vector<std::string>& NeverPatchedSites() {
+  static const std::vector<std::string> never = {"np_regrel_read", "np_cmp_imm", "np_3ea1",
+                                                 "np_es_8b_edx",   "decoy_a1",   "decoy_c7"};
+  return never;
+}
+
+std::map<uint32_t, std::string> SiteStates(TprdProcess& tprd, const std::string& domain) {
+  std::map<uint32_t, std::string> states;
+  Result r = tprd.Ctl({"--json", "sites", domain});
+  if (r.exit_code != 0) return states;
+  nlohmann::json doc = nlohmann::json::parse(r.out, nullptr, false);
+  if (doc.is_discarded() || !doc.contains("sites")) return states;
+  for (const auto& site : doc["sites"]) {
+    states[std::stoul(site["address"].get<std::string>(), nullptr, 16)] =
+        site["state"].get<std::string>();
+  }
+  return states;
+}
+
+std::map<uint32_t, std::string> WaitForApplied(TprdProcess& tprd, const std::string& domain,
+                                               const std::vector<std::string>& names,
+                                               absl::Duration timeout, const char* when) {
+  const std::map<std::string, uint32_t> sites = SitesByName();
+  std::map<uint32_t, std::string> states;
+  const bool all = PollUntil(timeout, [&] {
+    states = SiteStates(tprd, domain);
+    return std::all_of(names.begin(), names.end(),
+                       [&](const std::string& n) { return states[sites.at(n)] == "applied"; });
+  });
+  if (!all) {
+    std::string missing;
+    for (const std::string& n : names) {
+      if (states[sites.at(n)] != "applied")
+        absl::StrAppend(&missing, " ", n, "=", states[sites.at(n)]);
+    }
+    ADD_FAILURE() << when << ": not applied within " << timeout << ":" << missing << "\n"
+                  << tprd.LogTail();
+  }
+  return states;
+}
+
+void WaitForState(TprdProcess& tprd, const std::string& domain, const std::string& state,
+                  absl::Duration timeout, const char* when) {
+  std::string last;
+  const bool reached = PollUntil(timeout, [&] {
+    Result r = tprd.Ctl({"--json", "status", domain});
+    nlohmann::json doc = nlohmann::json::parse(r.out, nullptr, false);
+    if (r.exit_code != 0 || doc.is_discarded() || !doc["state"].is_string()) {
+      last = absl::StrCat("exit ", r.exit_code, ": ", r.err);
+      return false;
+    }
+    last = doc["state"].get<std::string>();
+    return last == state;
+  });
+  EXPECT_TRUE(reached) << when << ": domain state stayed " << last << ", wanted " << state << "\n"
+                       << tprd.LogTail();
+}
+
+void ExpectGuestPasses(TestDomain& domain, size_t from, const char* when, int vcpus, int rounds) {
+  for (int cpu = 0; cpu < vcpus; ++cpu) {
+    size_t index = from;
+    for (int n = 0; n < rounds; ++n) {
+      absl::StatusOr<std::string> stat = domain.WaitForPrefix(absl::StrCat("STAT cpu=", cpu, " "),
+                                                              absl::Seconds(60), index, &index);
+      ASSERT_TRUE(stat.ok()) << when << ": " << stat.status() << "\nvCPUs:\n"
+                             << Virsh({"qemu-monitor-command", domain.name(), "--hmp",
+                                       "info registers -a"})
+                                    .out;
+      EXPECT_EQ(ParseSerialFields(*stat)["fail"], "0") << when << ": " << *stat;
+      ++index;
+    }
+  }
+  for (const std::string& line : domain.Lines()) {
+    EXPECT_NE(line.rfind("FAIL ", 0), 0u) << when << ": " << line;
+  }
+}
+
+BenchMedians WaitForBench(TestDomain& domain, size_t from, int count, const char* when) {
+  std::vector<double> reads, writes, mems;
+  size_t index = from;
+  for (int n = 0; n < count; ++n) {
+    absl::StatusOr<std::string> line =
+        domain.WaitForPrefix("BENCH ", absl::Seconds(60), index, &index);
+    if (!line.ok()) {
+      ADD_FAILURE() << when << ": " << line.status();
+      return {};
+    }
+    std::map<std::string, std::string> fields = ParseSerialFields(*line);
+    reads.push_back(std::atof(fields["tpr_read"].c_str()));
+    writes.push_back(std::atof(fields["tpr_write"].c_str()));
+    mems.push_back(std::atof(fields["mem_read"].c_str()));
+    ++index;
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  return {median(reads), median(writes), median(mems)};
+}
+
+std::vector<uint8_t> ReadCode(const std::string& uuid, uint32_t first, uint32_t size) {
+  std::vector<uint8_t> bytes(size);
+  absl::StatusOr<std::unique_ptr<backend::LibvirtConnection>> conn = backend::ConnectToLibvirt({});
+  EXPECT_TRUE(conn.ok());
+  if (!conn.ok()) return bytes;
+  absl::StatusOr<std::unique_ptr<backend::QemuGuestVm>> vm =
+      backend::QemuGuestVm::Attach(conn->get(), uuid);
+  EXPECT_TRUE(vm.ok()) << vm.status();
+  if (!vm.ok()) return bytes;
+  EXPECT_TRUE((*vm)->Stop().ok());
+  EXPECT_TRUE((*vm)->ReadVirtual(0, first, absl::MakeSpan(bytes)).ok());
+  EXPECT_TRUE((*vm)->Detach().ok());
+  return bytes;
+}
+
+std::string DomainRunState(const std::string& name) {
+  Result r = Virsh({"domstate", name});
+  return std::string(absl::StripAsciiWhitespace(r.out));
+}
+
+}  // namespace tprd::testing

@@ -1,0 +1,102 @@
+// Shared pieces of the end-to-end tests: a real tprd process on its own socket and state
+// directory, the real tprctl, and checks on the test guest's serial output.
+#ifndef TPRD_TESTS_E2E_E2E_SUPPORT_H_
+#define TPRD_TESTS_E2E_E2E_SUPPORT_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "tests/support/libvirt_test_env.h"
+
+namespace tprd::testing {
+
+struct Result {
+  int exit_code = -1;  // -1: did not start, or killed by a signal
+  std::string out;
+  std::string err;
+};
+
+// Runs argv to completion (each command bounds itself: tprctl --timeout, virsh), capturing
+// stdout and stderr.
+Result Run(const std::vector<std::string>& args);
+
+// `virsh -c qemu:///system ARGS...`
+Result Virsh(const std::vector<std::string>& args);
+
+class TprdProcess {
+ public:
+  explicit TprdProcess(std::string dir) : dir_(std::move(dir)) {}
+  ~TprdProcess();  // SIGKILL if still running, removes the directory
+  TprdProcess(const TprdProcess&) = delete;
+  TprdProcess& operator=(const TprdProcess&) = delete;
+
+  std::string socket() const { return dir_ + "/tprd.sock"; }
+  std::string log_path() const { return dir_ + "/tprd.log"; }
+
+  // Starts tprd and waits (bounded) until tprctl reaches it. Fatal failures on error.
+  void Start();
+  // SIGTERM; returns tprd's exit code (-1 if it did not exit within 90 s).
+  int Terminate();
+  // SIGKILL, reaped: no chance to leave any guest tidy.
+  void Kill();
+  // The last lines of tprd's log, for failure messages.
+  std::string LogTail(size_t lines = 30) const;
+
+  Result Ctl(std::vector<std::string> args);
+
+ private:
+  std::string dir_;
+  pid_t pid_ = -1;
+};
+
+// A fresh state directory for one TprdProcess (mkdtemp under /tmp, root-only).
+std::string MakeTprdDir();
+
+// Test-guest site name -> address, from the build's site table.
+std::map<std::string, uint32_t> SitesByName();
+
+// The hot sites: patchable TPR accesses the test guest runs continuously.
+const std::vector<std::string>& HotSites();
+// Sites tprd must never patch: unpatchable forms (run rarely) and decoys in data (never run).
+const std::vector<std::string>& NeverPatchedSites();
+
+// address -> state, from `tprctl --json sites DOMAIN`; empty when the call fails.
+std::map<uint32_t, std::string> SiteStates(TprdProcess& tprd, const std::string& domain);
+
+// Polls `tprctl sites` (bounded by `timeout`) until every named site is "applied".
+// Returns the last states seen; fatal failure on timeout.
+std::map<uint32_t, std::string> WaitForApplied(TprdProcess& tprd, const std::string& domain,
+                                               const std::vector<std::string>& names,
+                                               absl::Duration timeout, const char* when);
+
+// Polls `tprctl --json status DOMAIN` until its "state" is `state` (bounded).
+void WaitForState(TprdProcess& tprd, const std::string& domain, const std::string& state,
+                  absl::Duration timeout, const char* when);
+
+// Waits for `rounds` STAT lines per CPU after serial line `from`, all with fail=0, and no FAIL
+// line anywhere in the log.
+void ExpectGuestPasses(TestDomain& domain, size_t from, const char* when, int vcpus = 2,
+                       int rounds = 2);
+
+// Median tpr_read / tpr_write of `count` BENCH lines after serial line `from`.
+struct BenchMedians {
+  double tpr_read = 0;
+  double tpr_write = 0;
+  double mem_read = 0;
+};
+BenchMedians WaitForBench(TestDomain& domain, size_t from, int count, const char* when);
+
+// Guest code bytes [first, first+size), read through a short gdbstub session of our own.
+std::vector<uint8_t> ReadCode(const std::string& uuid, uint32_t first, uint32_t size);
+
+// libvirt's state of the domain ("running", "paused", ...), from `virsh domstate`.
+std::string DomainRunState(const std::string& name);
+
+}  // namespace tprd::testing
+
+#endif  // TPRD_TESTS_E2E_E2E_SUPPORT_H_

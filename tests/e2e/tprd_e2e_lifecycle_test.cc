@@ -1,0 +1,117 @@
+// tprd end to end when things happen to it or to the guest: kill -9 while a trap is armed,
+// and a guest reboot while patched.
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/e2e/e2e_support.h"
+#include "tests/support/libvirt_test_env.h"
+
+namespace tprd::testing {
+namespace {
+
+constexpr int kLateSeconds = 30;
+
+std::unique_ptr<TestDomain> BootTestGuest(const std::string& cmdline, bool reboot_restarts) {
+  TestDomainOptions options;
+  options.reboot_restarts = reboot_restarts;
+  options.kernel = TestGuestElf();
+  options.vcpus = 2;
+  options.cmdline = cmdline;
+  absl::StatusOr<std::unique_ptr<TestDomain>> created = TestDomain::Create(options);
+  EXPECT_TRUE(created.ok()) << created.status();
+  if (!created.ok()) return nullptr;
+  absl::StatusOr<std::string> stat = (*created)->WaitForPrefix("STAT cpu=1 ", absl::Seconds(120));
+  EXPECT_TRUE(stat.ok()) << stat.status();
+  if (!stat.ok()) return nullptr;
+  return *std::move(created);
+}
+
+// kill -9 leaves the late site's breakpoint armed in the gdbstub: the guest stops at the late
+// site's first run with no tprd to handle it. A restarted tprd must adopt the guest, handle the
+// pending stop (patch the site) and let the guest run on, correct.
+TEST(TprdEndToEndLifecycle, KillNineWithATrapArmedThenRestartRecoversTheStoppedGuest) {
+  std::unique_ptr<TestDomain> domain = BootTestGuest(absl::StrCat("late=", kLateSeconds), false);
+  ASSERT_NE(domain, nullptr);
+  const std::map<std::string, uint32_t> sites = SitesByName();
+  TprdProcess tprd(MakeTprdDir());
+  tprd.Start();
+  if (HasFatalFailure()) return;
+  Result enabled = tprd.Ctl({"enable", domain->name(), "--strategy", "mmio"});
+  ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
+  std::map<uint32_t, std::string> states =
+      WaitForApplied(tprd, domain->name(), HotSites(), absl::Seconds(90), "hot sites");
+  if (HasFailure()) return;
+  ASSERT_EQ(states[sites.at("late_8b_ebx")], "candidate")
+      << "the late site must still wait at its breakpoint; raise kLateSeconds";
+
+  tprd.Kill();
+  // Nobody handles the breakpoint now: the guest stops at the late site's first run.
+  const absl::Time deadline = absl::Now() + absl::Seconds(kLateSeconds + 60);
+  std::string state;
+  while ((state = DomainRunState(domain->name())) != "paused") {
+    ASSERT_LT(absl::Now(), deadline)
+        << "guest never stopped at the orphaned breakpoint: " << state << "\n"
+        << domain->LastLines();
+    absl::SleepFor(absl::Milliseconds(200));  // polling libvirt's view, bounded above
+  }
+
+  tprd.Start();
+  if (HasFatalFailure()) return;
+  std::vector<std::string> all = HotSites();
+  all.push_back("late_8b_ebx");
+  WaitForApplied(tprd, domain->name(), all, absl::Seconds(60), "after restart");
+  EXPECT_EQ(DomainRunState(domain->name()), "running")
+      << Virsh({"domstate", "--reason", domain->name()}).out
+      << tprd.Ctl({"--json", "status", domain->name()}).out << tprd.LogTail(60);
+  ASSERT_TRUE(domain->WaitForPrefix("LATE ", absl::Seconds(30)).ok()) << domain->LastLines();
+  ExpectGuestPasses(*domain, domain->Lines().size(), "recovered after kill -9");
+
+  Result rolled = tprd.Ctl({"rollback", domain->name()});
+  EXPECT_EQ(rolled.exit_code, 0) << rolled.out << rolled.err;
+  EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
+}
+
+// A reboot takes the patches with the guest's memory: tprd records that, keeps nothing stale
+// and a second enable patches the fresh guest.
+TEST(TprdEndToEndLifecycle, RebootWhilePatchedClearsStateAndEnableWorksAgain) {
+  std::unique_ptr<TestDomain> domain = BootTestGuest("", /*reboot_restarts=*/true);
+  ASSERT_NE(domain, nullptr);
+  TprdProcess tprd(MakeTprdDir());
+  tprd.Start();
+  if (HasFatalFailure()) return;
+  Result enabled = tprd.Ctl({"enable", domain->name(), "--strategy", "mmio"});
+  ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
+  WaitForApplied(tprd, domain->name(), HotSites(), absl::Seconds(90), "first enable");
+  if (HasFailure()) return;
+
+  const size_t before_reset = domain->Lines().size();
+  Result reset = Virsh({"reset", domain->name()});
+  ASSERT_EQ(reset.exit_code, 0) << reset.err;
+  ASSERT_TRUE(domain->WaitForPrefix("BOOT ", absl::Seconds(60), before_reset).ok())
+      << domain->LastLines();
+  WaitForState(tprd, domain->name(), "unpatched", absl::Seconds(30), "after reboot");
+  for (const auto& [address, site_state] : SiteStates(tprd, domain->name())) {
+    EXPECT_NE(site_state, "applied") << "site 0x" << std::hex << address << " survived a reboot";
+  }
+  ExpectGuestPasses(*domain, domain->Lines().size(), "rebooted, unpatched");
+
+  enabled = tprd.Ctl({"enable", domain->name(), "--strategy", "mmio"});
+  ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
+  WaitForApplied(tprd, domain->name(), HotSites(), absl::Seconds(90), "second enable");
+  ExpectGuestPasses(*domain, domain->Lines().size(), "patched again");
+  Result status = tprd.Ctl({"--json", "status", domain->name()});
+  EXPECT_EQ(status.exit_code, 0);
+  nlohmann::json doc = nlohmann::json::parse(status.out, nullptr, false);
+  ASSERT_FALSE(doc.is_discarded()) << status.out;
+  EXPECT_EQ(doc.value("last_error", std::string("?")), "") << "an error was left behind";
+  Result rolled = tprd.Ctl({"rollback", domain->name()});
+  EXPECT_EQ(rolled.exit_code, 0) << rolled.out << rolled.err;
+  EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
+}
+
+}  // namespace
+}  // namespace tprd::testing
