@@ -982,6 +982,9 @@ std::string Svg(const std::vector<Result>& results) {
                                               "y2='%.1f' stroke='black'/>\n",
                                               bx, y(s.median), y(0) - y(s.median), bar.color,
                                               bx + 8, bx + 8, y(s.max), y(s.min)));
+        absl::StrAppend(&svg, absl::StrFormat("<text transform='translate(%d,%.1f) rotate(-90)' "
+                                              "font-size='9'>%.0f</text>\n",
+                                              bx + 12, y(s.max) - 3, s.median));
       }
       bx += 17;
     }
@@ -1082,13 +1085,33 @@ int Main(int argc, char** argv) {
       options.load_domains = std::stoi(value());
     } else if (a == "--load-clients") {
       options.load_clients = std::stoi(value());
+    } else if (a == "--svg-from") {
+      // Re-draws the chart of an earlier run: --svg-from results.json > cycles.svg
+      json doc = json::parse(ReadFile(value()), nullptr, false);
+      if (doc.is_discarded() || !doc.contains("results")) return 2;
+      std::vector<Result> results;
+      for (const json& j : doc["results"]) {
+        Result r;
+        r.config.name = j.value("config", "");
+        r.config.label = j.value("label", "");
+        r.vcpus = j.value("vcpus", 1);
+        r.status = j.value("status", "");
+        for (const json& x : j["samples"]) {
+          r.samples.push_back({x.value("tpr_read", 0.0), x.value("tpr_write", 0.0),
+                               x.value("mem_read", 0.0), x.value("mem_write", 0.0)});
+        }
+        results.push_back(std::move(r));
+      }
+      std::printf("%s", Svg(results).c_str());
+      return 0;
     } else if (a == "--micro") {
       options.micro = value();
     } else {
-      std::fprintf(stderr,
-                   "usage: tprd_bench [--rounds N] [--out DIR] [--only unpatched,qemu,mmio,cr8,"
-                   "exact] [--trace-seconds S] [--no-pause] [--no-scan] [--no-load] "
-                   "[--load-domains N] [--load-clients N] [--micro PATH]\n");
+      std::fprintf(
+          stderr,
+          "usage: tprd_bench [--rounds N] [--out DIR] [--only unpatched,qemu,mmio,cr8,"
+          "exact] [--trace-seconds S] [--no-pause] [--no-scan] [--no-load] "
+          "[--load-domains N] [--load-clients N] [--micro PATH] | --svg-from results.json\n");
       return 2;
     }
   }
