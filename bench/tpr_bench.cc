@@ -54,8 +54,9 @@ using testing::TestDomainOptions;
 volatile sig_atomic_t g_interrupted = 0;
 
 struct Options {
-  int rounds = 7;            // BENCH lines per configuration after the warm-up
-  double trace_seconds = 2;  // each exits-counting window
+  int rounds = 7;                   // BENCH lines per configuration after the warm-up
+  double trace_seconds = 2;         // 0: no exits counting (no HMP logfile/trace-event at all)
+  std::vector<int> vcpus = {1, 2};  // each exits-counting window
   std::string out = "bench-results";
   std::string only;  // comma-separated configuration names; empty: all
   bool pause = true, scan = true, load = true;
@@ -447,12 +448,16 @@ class Harness {
       }
       return r;
     }
-    r.exits_before = CountExits(name, dir_, options_.trace_seconds);
+    if (options_.trace_seconds > 0) {
+      r.exits_before = CountExits(name, dir_, options_.trace_seconds);
+    }
     size_t from = domain->Lines().size();
     if (!config.strategy.empty()) {
       if (!Enable(*domain, config.strategy, r)) return r;
       from = domain->Lines().size();
-      r.exits_after = CountExits(name, dir_, options_.trace_seconds);
+      if (options_.trace_seconds > 0) {
+        r.exits_after = CountExits(name, dir_, options_.trace_seconds);
+      }
     }
     // One more warm-up BENCH line, then the measured rounds.
     std::optional<size_t> warm = WaitLine(*domain, "BENCH ", from, 60, &died);
@@ -1075,6 +1080,12 @@ int Main(int argc, char** argv) {
       options.only = value();
     } else if (a == "--trace-seconds") {
       options.trace_seconds = std::stod(value());
+    } else if (a == "--vcpus") {
+      options.vcpus.clear();
+      for (absl::string_view v : absl::StrSplit(value(), ',', absl::SkipEmpty())) {
+        int n = 0;
+        if (absl::SimpleAtoi(v, &n) && n > 0) options.vcpus.push_back(n);
+      }
     } else if (a == "--no-pause") {
       options.pause = false;
     } else if (a == "--no-scan") {
@@ -1110,7 +1121,7 @@ int Main(int argc, char** argv) {
       std::fprintf(
           stderr,
           "usage: tprd_bench [--rounds N] [--out DIR] [--only unpatched,qemu,mmio,cr8,"
-          "exact] [--trace-seconds S] [--no-pause] [--no-scan] [--no-load] "
+          "exact] [--trace-seconds S] [--vcpus 1,2] [--no-pause] [--no-scan] [--no-load] "
           "[--load-domains N] [--load-clients N] [--micro PATH] | --svg-from results.json\n");
       return 2;
     }
@@ -1149,7 +1160,7 @@ int Main(int argc, char** argv) {
   std::vector<Result> results;
   for (const Config& c : Configs()) {
     if (!only.empty() && !only.count(c.name)) continue;
-    for (int vcpus : {1, 2}) {
+    for (int vcpus : options.vcpus) {
       if (g_interrupted) break;
       results.push_back(harness.RunConfig(c, vcpus));
     }
