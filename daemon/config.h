@@ -9,6 +9,8 @@
 //   poll_interval_ms longest a patched domain's actor waits in one Poll (default 1000)
 //   stop_timeout_s   time to detach every guest on SIGTERM (default 60)
 //   log_level        info | debug                        (default info)
+//   proving_window_s how long breakpoints wait on candidates not yet run (default 60); after
+//                    that only mmio's writers keep theirs
 //   adopt_domains    shell glob of domain names adopted at start (default *: every domain);
 //                    operators' commands reach any domain either way
 #ifndef TPRD_DAEMON_CONFIG_H_
@@ -30,6 +32,7 @@ struct Config {
   std::string config_file;  // empty: /etc/tprd/tprd.conf if it exists
   absl::Duration poll_interval = absl::Seconds(1);
   absl::Duration stop_timeout = absl::Seconds(60);
+  absl::Duration proving_window = absl::Seconds(60);
   bool debug = false;
   std::string adopt_domains = "*";
 };

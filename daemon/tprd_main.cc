@@ -68,7 +68,7 @@ int Run(const Config& config) {
     LogError(std::string(journal.status().message()));
     return 1;
   }
-  auto hypervisor = MakeHypervisor(config.connect);
+  auto hypervisor = MakeHypervisor(config.connect, config.proving_window);
   if (!hypervisor.ok()) {
     LogError(absl::StrCat("cannot use ", config.connect, ": ", hypervisor.status().message()));
     return 1;

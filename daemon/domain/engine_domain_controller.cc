@@ -99,7 +99,7 @@ absl::StatusOr<bool> EngineDomainController::Adopt() {
   if (!present.ok()) return present.status();
   if (!*present) return false;
   if (absl::Status s = EnsureAttached(); !s.ok()) return s;
-  return manager_->Adopt();
+  return manager_->Adopt(std::nullopt, options_.proving_window);
 }
 
 absl::StatusOr<std::vector<SiteReport>> EngineDomainController::Enable(
@@ -128,6 +128,7 @@ absl::StatusOr<std::vector<SiteReport>> EngineDomainController::Enable(
     return absl::InvalidArgumentError("the discovery budget must be positive");
   }
   request.learning_window = std::min(options.discovery_budget, kMaxLearningWindow);
+  request.proving_window = options_.proving_window;
   absl::StatusOr<engine::EnableReport> report = manager_->Enable(request);
   if (!report.ok()) return report.status();
   if (!request.dry_run && report->changed) {

@@ -5,13 +5,16 @@
 
 namespace tprd::daemon {
 
-absl::StatusOr<std::unique_ptr<Hypervisor>> MakeHypervisor(const std::string& connect_uri) {
+absl::StatusOr<std::unique_ptr<Hypervisor>> MakeHypervisor(const std::string& connect_uri,
+                                                           absl::Duration proving_window) {
   backend::LibvirtConnectionOptions options;
   options.uri = connect_uri;
   absl::StatusOr<std::unique_ptr<backend::LibvirtConnection>> connection =
       backend::ConnectToLibvirt(options);
   if (!connection.ok()) return connection.status();
-  return std::make_unique<LibvirtHypervisor>(*std::move(connection), EngineControllerOptions{});
+  EngineControllerOptions controller_options;
+  controller_options.proving_window = proving_window;
+  return std::make_unique<LibvirtHypervisor>(*std::move(connection), controller_options);
 }
 
 }  // namespace tprd::daemon

@@ -12,7 +12,8 @@
 
 namespace tprd::daemon {
 
-absl::StatusOr<std::unique_ptr<Hypervisor>> MakeHypervisor(const std::string& connect_uri);
+absl::StatusOr<std::unique_ptr<Hypervisor>> MakeHypervisor(const std::string& connect_uri,
+                                                           absl::Duration proving_window);
 
 }  // namespace tprd::daemon
 

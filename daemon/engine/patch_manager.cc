@@ -464,12 +464,46 @@ size_t PatchManager::ApplyStopped(const std::vector<uint32_t>& ids,
   return applied;
 }
 
+bool PatchManager::WantsBreakpoint(const ManagedSite& managed) const {
+  const Site& site = managed.site;
+  if (site.state == SiteState::kApplied || site.state == SiteState::kRolledBack ||
+      site.patched.empty() || site.id >= kBlobMaxSites) {
+    return false;
+  }
+  if (proving_deadline_) return true;
+  return status_.strategy == Strategy::kMmio && FormWritesTpr(site.form);
+}
+
+absl::Status PatchManager::EndProvingWindowIfDue(std::vector<ManagerEvent>& events) {
+  if (!proving_deadline_ || clock_.Now() < *proving_deadline_) return absl::OkStatus();
+  proving_deadline_.reset();
+  std::vector<ManagedSite*> unwanted;
+  for (auto& [id, managed] : sites_) {
+    if (managed.armed && !WantsBreakpoint(managed)) unwanted.push_back(&managed);
+  }
+  if (unwanted.empty()) return absl::OkStatus();
+  // Breakpoints can only be removed with the guest stopped: one short stop for all of them.
+  TPRD_RETURN_IF_ERROR(vm_.Stop());
+  for (ManagedSite* managed : unwanted) {
+    (void)vm_.RemoveBreakpoint(managed->site.address);
+    armed_breakpoints_.erase(managed->site.address);
+    managed->armed = false;
+    managed->note = status_.strategy == Strategy::kCr8
+                        ? "not run within the proving window; cr8's watchpoint patches it if "
+                          "it ever runs"
+                        : "not run within the proving window: a reader, correct unpatched";
+  }
+  ApplyCandidatesAtVcpus(events);  // a vCPU may stand at one right now
+  TPRD_RETURN_IF_ERROR(ResumeGuest());
+  events.push_back({ManagerEvent::Kind::kWarning, std::nullopt,
+                    absl::StrCat("proving window over: ", unwanted.size(),
+                                 " candidate(s) never ran; their breakpoints are removed")});
+  return absl::OkStatus();
+}
+
 absl::Status PatchManager::ArmTraps() {
   for (auto& [id, managed] : sites_) {
-    const bool wants = managed.site.state != SiteState::kApplied &&
-                       managed.site.state != SiteState::kRolledBack &&
-                       !managed.site.patched.empty() && id < kBlobMaxSites;
-    if (!wants || managed.armed) continue;
+    if (!WantsBreakpoint(managed) || managed.armed) continue;
     if (absl::Status s = vm_.SetBreakpoint(managed.site.address); !s.ok()) {
       managed.note = absl::StrCat("breakpoint not set: ", s.message());
       continue;
@@ -603,6 +637,7 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   }
   status_.requested_strategy = request.strategy;
   report.applied_at_enable = ApplyStopped(ids, nullptr);
+  proving_deadline_ = clock_.Now() + request.proving_window;
   if (absl::Status s = ArmTraps(); !s.ok()) {
     NoteError(s);
   }
@@ -752,7 +787,14 @@ absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<Manage
 
 absl::StatusOr<std::vector<ManagerEvent>> PatchManager::Poll(absl::Duration timeout) {
   std::vector<ManagerEvent> events;
-  absl::StatusOr<std::optional<StopEvent>> stop = vm_.WaitForStop(timeout);
+  if (absl::Status s = EndProvingWindowIfDue(events); !s.ok()) {
+    NoteError(s);
+    if (absl::IsUnavailable(s) || absl::IsNotFound(s)) return s;
+    events.push_back({ManagerEvent::Kind::kWarning, std::nullopt, std::string(s.message())});
+  }
+  if (proving_deadline_) timeout = std::min(timeout, *proving_deadline_ - clock_.Now());
+  absl::StatusOr<std::optional<StopEvent>> stop =
+      vm_.WaitForStop(std::max(timeout, absl::ZeroDuration()));
   if (!stop.ok()) return stop.status();
   if (!stop->has_value()) return events;
   if (absl::Status s = HandleStop(**stop, events); !s.ok()) {
@@ -896,7 +938,8 @@ Strategy PatchManager::LoadInstalled(const ParsedBlob& blob) {
   return blob.placement.strategy;
 }
 
-absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint) {
+absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
+                                         absl::Duration proving_window) {
   absl::StatusOr<GuestProfile> profile = StopAndProfile();
   if (!profile.ok()) {
     (void)vm_.Resume();
@@ -916,6 +959,7 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint)
   const Strategy requested =
       current != Strategy::kExact ? current : requested_hint.value_or(current);
   request_.strategy = requested;
+  request_.proving_window = proving_window;
 
   std::vector<ManagerEvent> events;
   absl::StatusOr<ScanResult> scan = ScanGuest(*profile);
@@ -940,7 +984,10 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint)
   if (s.ok()) status_.requested_strategy = requested;
   // A vCPU stopped at a candidate (a breakpoint hit) runs it next: patch it now.
   if (s.ok()) ApplyCandidatesAtVcpus(events);
-  if (s.ok() && requested != Strategy::kExact) s = ArmTraps();
+  if (s.ok() && requested != Strategy::kExact) {
+    proving_deadline_ = clock_.Now() + request_.proving_window;
+    s = ArmTraps();
+  }
   NoteError(s);
   absl::Status resumed = vm_.Resume();
   if (!s.ok()) return s;

@@ -48,6 +48,13 @@ struct EnableRequest {
   // fixed up) seen before the domain switches to exact.
   // The first one already saw a wrong low nibble, so by default the first one switches.
   int unfixable_read_limit = 1;
+  // How long execution breakpoints wait on unproven candidates after enable (or adopt). After
+  // that only the ones correctness needs stay: writers under mmio (an unpatched writer would
+  // leave the shadow stale). An unpatched reader is correct under mmio, and cr8's watchpoint
+  // catches (and patches) any late access. Bounded because under TCG every translation block
+  // on a page holding a breakpoint is cut to one instruction: the guest's hot code there runs
+  // many times slower for as long as the breakpoint stays (docs/design.md).
+  absl::Duration proving_window = absl::Seconds(60);
 };
 
 struct EnableReport {
@@ -95,7 +102,9 @@ class PatchManager {
   // guest back (strategy, traps, a vCPU left stopped at a trap). Returns whether it was there.
   // `requested_hint`: the strategy the operator chose, when tprd remembers it (journal) and the
   // guest's strategy word says exact because tprd detached cleanly.
-  absl::StatusOr<bool> Adopt(std::optional<Strategy> requested_hint = std::nullopt);
+  // `proving_window`: as EnableRequest's, started afresh for the candidates adopt re-arms.
+  absl::StatusOr<bool> Adopt(std::optional<Strategy> requested_hint = std::nullopt,
+                             absl::Duration proving_window = EnableRequest{}.proving_window);
   // Leaves the guest correct without tprd: strategy word exact, every trap removed. The guest
   // is left running (unless the host paused it).
   absl::Status Detach();
@@ -132,6 +141,10 @@ class PatchManager {
   // Applies sites with the guest already stopped; returns how many were applied.
   size_t ApplyStopped(const std::vector<uint32_t>& ids, std::vector<ManagerEvent>* events);
   absl::Status ArmTraps();
+  // Whether a candidate's breakpoint is still wanted (the proving window, or correctness).
+  bool WantsBreakpoint(const ManagedSite& managed) const;
+  // Once the proving window has passed: disarms the breakpoints only the window wanted.
+  absl::Status EndProvingWindowIfDue(std::vector<ManagerEvent>& events);
   absl::Status DisarmTraps();
   absl::Status HandleStop(const StopEvent& event, std::vector<ManagerEvent>& events);
   absl::Status HandleWatchpoint(int vcpu, uint32_t pc, std::vector<ManagerEvent>& events);
@@ -154,6 +167,8 @@ class PatchManager {
   bool tpr_watch_armed_ = false;
   EnableRequest request_;
   uint64_t unfixable_reads_ = 0;
+  // End of the proving window (nullopt: over, or not started).
+  std::optional<absl::Time> proving_deadline_;
   ManagerStatus status_;
 };
 

@@ -20,7 +20,8 @@ TEST(ConfigTest, FileSettingsApplyAndFlagsWin) {
                          "\n"
                          "poll_interval_ms = 250\n"
                          "log_level = debug\n"
-                         "adopt_domains = winxp-*\n";
+                         "adopt_domains = winxp-*\n"
+                         "proving_window_s = 5\n";
   Config config;
   auto action = ParseCommandLine({"--config", path, "--socket=/run/other.sock"}, &config);
   ASSERT_TRUE(action.ok()) << action.status();
@@ -31,6 +32,7 @@ TEST(ConfigTest, FileSettingsApplyAndFlagsWin) {
   EXPECT_EQ(config.poll_interval, absl::Milliseconds(250));
   EXPECT_TRUE(config.debug);
   EXPECT_EQ(config.adopt_domains, "winxp-*");
+  EXPECT_EQ(config.proving_window, absl::Seconds(5));
   ASSERT_TRUE(ParseCommandLine({"--config", path, "--adopt-domains", "w2k3-*"}, &config).ok());
   EXPECT_EQ(config.adopt_domains, "w2k3-*");
 }

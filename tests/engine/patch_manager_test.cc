@@ -199,6 +199,57 @@ TEST_F(PatchManagerTest, MmioRefusedWhenAnUnpatchableWriterRunsAndNothingIsWritt
   ExpectEnableRefused(Strategy::kMmio, "mmio is unsafe");
 }
 
+// Under TCG a breakpoint slows every instruction on its page, so unproven candidates keep one
+// only for the proving window; mmio keeps the writers' (an unpatched writer would leave the
+// shadow stale), cr8 none (its watchpoint sees any late access).
+TEST_F(PatchManagerTest, ProvingWindowEndsWithOnlyTheBreakpointsCorrectnessNeeds) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  request.proving_window = absl::Seconds(60);
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  ASSERT_THAT(vm_.breakpoints(), ::testing::IsSupersetOf({kReadEax, kWriteEcx, kDecoy}));
+
+  clock_.Advance(absl::Seconds(59));
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(1)).ok());
+  EXPECT_TRUE(vm_.breakpoints().count(kReadEax)) << "still inside the window";
+
+  clock_.Advance(absl::Seconds(2));
+  const int resumes_before = vm_.op_count(FakeGuestVm::Op::kResume);
+  absl::StatusOr<std::vector<ManagerEvent>> events = manager_.Poll(absl::Milliseconds(1));
+  ASSERT_TRUE(events.ok()) << events.status();
+  EXPECT_FALSE(vm_.breakpoints().count(kReadEax)) << "a reader is correct unpatched under mmio";
+  EXPECT_FALSE(vm_.breakpoints().count(kDecoy));
+  EXPECT_TRUE(vm_.breakpoints().count(kWriteEcx)) << "an unpatched writer would break mmio";
+  EXPECT_TRUE(vm_.breakpoints().count(kWriteImm));
+  EXPECT_EQ(vm_.op_count(FakeGuestVm::Op::kResume), resumes_before + 1)
+      << "one stop removes them all";
+  EXPECT_TRUE(vm_.running());
+  EXPECT_THAT(SiteAt(kReadEax)->note, HasSubstr("proving window"));
+  ASSERT_FALSE(events->empty());
+  EXPECT_THAT(events->back().message, HasSubstr("proving window over"));
+
+  // A late writer still stops at its breakpoint and is patched before it runs.
+  QueueBreakpoint(0, kWriteEcx);
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
+  EXPECT_EQ(SiteAt(kWriteEcx)->site.state, SiteState::kApplied);
+}
+
+TEST_F(PatchManagerTest, ProvingWindowUnderCr8LeavesOnlyTheWatchpoint) {
+  EnableCr8();
+  ASSERT_FALSE(vm_.breakpoints().empty());
+  clock_.Advance(absl::Minutes(2));
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(1)).ok());
+  EXPECT_TRUE(vm_.breakpoints().empty());
+  EXPECT_EQ(vm_.watchpoints().size(), 1u);
+  // A candidate that runs late is caught by the watchpoint, fixed up and patched.
+  vm_.SetTpr(1, 0x40);
+  vm_.Registers(1).reg(Gpr::kEax) = 0x40;
+  QueueWatchpoint(1, kReadEax + 5);
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
+  EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x41u);
+  EXPECT_EQ(SiteAt(kReadEax)->site.state, SiteState::kApplied);
+}
+
 TEST_F(PatchManagerTest, Cr8FixesUpAnUnpatchedReadAndPatchesIt) {
   EnableCr8();
   EXPECT_EQ(vm_.watchpoints().size(), 1u) << "cr8 keeps an access watchpoint on the TPR";
