@@ -338,9 +338,12 @@ FUNC unpatchable_ds_read
   ret
   ud2
 
-/* Never executed: TPR-access bytes inside a data table next to the code. A scanner sees
- * them; a patcher must not patch them because they never run. */
-  .p2align 4
+/* Never executed: TPR-access bytes inside a data table right after the code. A scanner sees
+ * them; a patcher must not patch them because they never run. The table has its 4 KiB page to
+ * itself, as data has in a real kernel image: under TCG, code that shares a page with an armed
+ * breakpoint runs one instruction per translation block (docs/design.md, proving window), and
+ * the decoy writers keep theirs under mmio. */
+  .p2align 12
   .globl tprg_decoy_table
 tprg_decoy_table:
   .long 0x00000010, 0x00000020
@@ -361,6 +364,7 @@ tprg_decoy_table:
   .byte 0xFF, 0x35, TPR_BYTES
   .byte 0x00, 0x00
   .long 0x00000030, 0x00000040
+  .p2align 12
 
   .data
   .p2align 6
