@@ -685,32 +685,36 @@ void PatchManager::ApplyCandidatesAtVcpus(std::vector<ManagerEvent>& events) {
 }
 
 absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
-                                            std::vector<ManagerEvent>& events) {
+                                            std::vector<ManagerEvent>& events, bool reported) {
   if (!installed_ || !profile_) return absl::OkStatus();
   // A CPU on the exact path inside the handlers: nothing to fix.
   if (installed_->addresses.InHandlerCode(pc)) return absl::OkStatus();
-  absl::StatusOr<VcpuRegisters> now = vm_.ReadRegisters(vcpu);
-  if (!now.ok()) return now.status();
-  if (now->eip != pc) return absl::OkStatus();  // stale stop: see below
+  absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
+  if (!regs.ok()) return regs.status();
+  // A stop delivered late (it raced with the removal of a watchpoint, and the guest ran on):
+  // the vCPU is elsewhere now, and fixing registers up would corrupt them.
+  if (regs->eip != pc) return absl::OkStatus();
   GuestByteReader reader = [&](uint32_t va, absl::Span<uint8_t> out) {
     return vm_.ReadVirtual(vcpu, va, out);
   };
   std::string why;
   std::optional<std::pair<uint32_t, Classification>> decoded =
       ResolveTrap(pc, reader, profile_->tpr_va, &why);
-  if (!decoded) decoded = ResolveByAddress(pc, reader, profile_->tpr_va, *now);
+  if (!decoded) decoded = ResolveByAddress(pc, reader, profile_->tpr_va, *regs);
   if (!decoded) {
-    events.push_back(
-        {ManagerEvent::Kind::kWarning, std::nullopt,
-         absl::StrCat("TPR access before 0x", absl::Hex(pc), " could not be decoded: ", why)});
+    if (reported) {
+      events.push_back(
+          {ManagerEvent::Kind::kWarning, std::nullopt,
+           absl::StrCat("TPR access before 0x", absl::Hex(pc), " could not be decoded: ", why)});
+    }
     return absl::OkStatus();
   }
   const uint32_t start = decoded->first;
-  absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
-  if (!regs.ok()) return regs.status();
-  // A stop delivered late (it raced with the removal of a watchpoint, and the guest ran on):
-  // the vCPU is elsewhere now, and fixing registers up would corrupt them.
-  if (regs->eip != pc) return absl::OkStatus();
+  const Classification& c = decoded->second;
+  const bool is_write = IsWriter(c, start, reader);
+  // An unreported vCPU merely stands after a TPR access: it may have jumped there. Only a read
+  // whose result still holds the real TPR (and so differs from the shadow) is proof enough.
+  if (!reported && is_write) return absl::OkStatus();
   // Which per-CPU entry: the vCPU's KPCR processor number.
   uint8_t number = 0;
   for (const VcpuProfile& cpu : profile_->vcpus) {
@@ -721,34 +725,54 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   TPRD_RETURN_IF_ERROR(vm_.ReadVirtual(0, entry_va, absl::MakeSpan(raw)));
   absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
   if (!entry.ok()) return entry.status();
+  // The real TPR (an `info lapic` round trip): needed for a write, and as the proof for an
+  // unreported vCPU.
+  std::optional<uint8_t> tpr;
+  if (is_write || !reported) {
+    absl::StatusOr<uint8_t> real = vm_.ReadTpr(vcpu);
+    if (!real.ok()) return real.status();
+    tpr = *real;
+  }
+  if (!reported && *tpr == entry->shadow_tpr) return absl::OkStatus();  // nothing to correct
 
-  const Classification& c = decoded->second;
-  const bool is_write = IsWriter(c, start, reader);
   if (is_write) {
     // The real TPR holds the written value: the shadow follows it.
-    absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(vcpu);
-    if (!tpr.ok()) return tpr.status();
     entry->shadow_tpr = *tpr;
     TPRD_RETURN_IF_ERROR(WriteVerified(entry_va, EncodePerCpuEntry(*entry)));
   } else if (std::optional<Gpr> reg = FixableReadDestination(c, start, reader)) {
     // The read saw the real TPR, whose low nibble a CR8 write cleared: give it the shadow.
+    if (!reported && regs->reg(*reg) != *tpr) return absl::OkStatus();
     TPRD_RETURN_IF_ERROR(
         vm_.WriteRegister(vcpu, static_cast<WritableRegister>(*reg), entry->shadow_tpr));
   } else if (c.form == Form::kPushMem) {
+    const uint32_t esp = regs->reg(Gpr::kEsp);
+    if (!reported) {
+      uint8_t slot[4];
+      TPRD_RETURN_IF_ERROR(vm_.ReadVirtual(vcpu, esp, absl::MakeSpan(slot)));
+      uint32_t pushed;
+      std::memcpy(&pushed, slot, 4);
+      if (pushed != *tpr) return absl::OkStatus();
+    }
     uint32_t value = entry->shadow_tpr;
     uint8_t bytes[4];
     std::memcpy(bytes, &value, 4);
-    TPRD_RETURN_IF_ERROR(vm_.WriteVirtual(vcpu, regs->reg(Gpr::kEsp), bytes));
+    TPRD_RETURN_IF_ERROR(vm_.WriteVirtual(vcpu, esp, bytes));
   } else if (std::optional<uint32_t> eflags =
                  FixedEflags(c, start, reader, entry->shadow_tpr, profile_->tpr_va, *regs)) {
     // A cmp/test compared the real TPR, whose low nibble a CR8 write cleared: its flags become
     // what the shadow gives (its jcc/setcc has not run yet: the stop is right after it).
+    if (!reported && FixedEflags(c, start, reader, *tpr, profile_->tpr_va, *regs) != regs->eflags) {
+      return absl::OkStatus();
+    }
     TPRD_RETURN_IF_ERROR(vm_.WriteRegister(vcpu, WritableRegister::kEflags, *eflags));
+  } else if (!reported) {
+    return absl::OkStatus();
   } else if (++unfixable_reads_ >= static_cast<uint64_t>(request_.unfixable_read_limit)) {
     return SwitchToExact(absl::StrCat("the unpatchable TPR access at 0x", absl::Hex(start), " (",
                                       c.detail, ") keeps running and cannot be fixed up under cr8"),
                          events);
   }
+  if (!reported) ++status_.unreported_fixups;
   if (c.patchable) {
     if (std::optional<uint32_t> id = SiteAt(start)) {
       ++sites_[*id].hits;
@@ -756,6 +780,23 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
     }
   }
   return absl::OkStatus();
+}
+
+void PatchManager::FixUpUnreportedAccesses(std::optional<int> reported_vcpu,
+                                           std::vector<ManagerEvent>& events) {
+  // QEMU reports one vCPU per stop: another that hit the TPR watchpoint at the same moment is
+  // stopped just after its access, unreported. Only cr8 keeps the watchpoint armed.
+  if (!tpr_watch_armed_ || status_.strategy != Strategy::kCr8) return;
+  absl::StatusOr<int> count = vm_.VcpuCount();
+  if (!count.ok()) return;
+  for (int v = 0; v < *count; ++v) {
+    if (reported_vcpu == v) continue;
+    absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(v);
+    if (!regs.ok()) continue;
+    if (absl::Status s = HandleWatchpoint(v, regs->eip, events, /*reported=*/false); !s.ok()) {
+      NoteError(s);
+    }
+  }
 }
 
 absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<ManagerEvent>& events) {
@@ -770,6 +811,12 @@ absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<Manage
       handled = vm_.Stop();
       if (handled.ok() && event.kind == StopEvent::Kind::kWatchpoint) {
         handled = HandleWatchpoint(event.vcpu, event.pc, events);
+      }
+      if (handled.ok()) {
+        FixUpUnreportedAccesses(event.kind == StopEvent::Kind::kWatchpoint
+                                    ? std::optional<int>(event.vcpu)
+                                    : std::nullopt,
+                                events);
       }
       if (handled.ok()) ApplyCandidatesAtVcpus(events);
       break;

@@ -85,6 +85,7 @@ struct ManagerStatus {
   Strategy requested_strategy = Strategy::kExact;  // what the operator asked for
   uint64_t traps_handled = 0;
   uint64_t guard_mismatches = 0;
+  uint64_t unreported_fixups = 0;  // cr8 fix-ups of accesses no stop named (FixUpUnreported...)
   std::string last_error;
 };
 
@@ -147,7 +148,12 @@ class PatchManager {
   absl::Status EndProvingWindowIfDue(std::vector<ManagerEvent>& events);
   absl::Status DisarmTraps();
   absl::Status HandleStop(const StopEvent& event, std::vector<ManagerEvent>& events);
-  absl::Status HandleWatchpoint(int vcpu, uint32_t pc, std::vector<ManagerEvent>& events);
+  // `reported`: QEMU named this vCPU's stop. false: the vCPU was found just after a TPR access
+  // at another vCPU's stop (QEMU reports one per stop); fixed only on proof it just ran it.
+  absl::Status HandleWatchpoint(int vcpu, uint32_t pc, std::vector<ManagerEvent>& events,
+                                bool reported = true);
+  // cr8: every other vCPU that stands just after a TPR read it evidently ran gets its fix-up.
+  void FixUpUnreportedAccesses(std::optional<int> reported_vcpu, std::vector<ManagerEvent>& events);
   // After a stop: patch candidates at which a stopped vCPU stands (they are about to run).
   void ApplyCandidatesAtVcpus(std::vector<ManagerEvent>& events);
   std::optional<uint32_t> SiteAt(uint32_t address) const;

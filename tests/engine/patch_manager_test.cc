@@ -250,6 +250,33 @@ TEST_F(PatchManagerTest, ProvingWindowUnderCr8LeavesOnlyTheWatchpoint) {
   EXPECT_EQ(SiteAt(kReadEax)->site.state, SiteState::kApplied);
 }
 
+// QEMU names one vCPU per stop: another that read the TPR at the same moment stands just
+// after its access, unreported. It is fixed up when its result proves it ran the read.
+TEST_F(PatchManagerTest, Cr8FixesUpAReadOfAVcpuTheStopDidNotName) {
+  EnableCr8();
+  vm_.SetTpr(1, 0x40);  // shadow 0x41; a CR8 write left the real TPR without its low nibble
+  vm_.SetEip(1, kReadEax + 5);
+  vm_.Registers(1).reg(Gpr::kEax) = 0x40;
+  vm_.Registers(0).reg(Gpr::kEdx) = 0x20;
+  QueueWatchpoint(0, kEsRead + 7);  // vCPU 0's stop is the one reported
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
+  EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x41u);
+  EXPECT_EQ(manager_.Status().unreported_fixups, 1u);
+  EXPECT_EQ(SiteAt(kReadEax)->site.state, SiteState::kApplied);
+}
+
+TEST_F(PatchManagerTest, Cr8LeavesAnUnnamedVcpuAloneWithoutProofItRanTheRead) {
+  EnableCr8();
+  vm_.SetTpr(1, 0x40);
+  vm_.SetEip(1, kReadEax + 5);  // jumped here: eax holds something else
+  vm_.Registers(1).reg(Gpr::kEax) = 0x1234;
+  vm_.SetEip(0, kCode + 0x800);
+  vm_.QueueStopEvent({StopEvent::Kind::kInterrupted, 0, kCode + 0x800, 0, WatchKind::kAccess});
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
+  EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x1234u);
+  EXPECT_EQ(manager_.Status().unreported_fixups, 0u);
+}
+
 TEST_F(PatchManagerTest, Cr8FixesUpAnUnpatchedReadAndPatchesIt) {
   EnableCr8();
   EXPECT_EQ(vm_.watchpoints().size(), 1u) << "cr8 keeps an access watchpoint on the TPR";
