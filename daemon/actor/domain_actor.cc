@@ -149,17 +149,32 @@ void DomainActor::Run() {
 void DomainActor::PollOnce() {
   auto events = controller_->Poll(options_.poll_interval);
   if (!events.ok()) {
-    const std::string message =
-        absl::StrCat("lost the session to ", Snapshot().domain.name, ": ",
-                     events.status().message(), "; the guest is unwatched until tprd adopts it");
+    const std::string message = absl::StrCat("lost the session to ", Snapshot().domain.name, ": ",
+                                             events.status().message(), "; taking the guest back");
     LogWarning(message);
     PublishError(message);
     DropController(/*detach=*/false, message);
-    SetState(SessionLost(events.status()) ? DomainState::kExactWhileAway : DomainState::kPatched,
-             message);
+    const bool lost = SessionLost(events.status());
+    SetState(lost ? DomainState::kExactWhileAway : DomainState::kPatched, message);
     {
       absl::MutexLock lock(&mu_);
       snapshot_.last_error = message;
+    }
+    // A session that broke without a detach leaves tprd's traps armed in QEMU: the guest would
+    // stop at the next one with nobody to resume it. Adopt at once (a fresh gdbstub clears the
+    // old traps, handles a vCPU stopped at one and arms new ones). A gone domain just fails here.
+    if (lost) {
+      absl::Status again = EnsureController(/*adopt=*/true);
+      if (!again.ok()) {
+        LogWarning(absl::StrCat(Snapshot().domain.name, ": cannot take it back: ", again.message(),
+                                "; tprctl enable retries"));
+      } else if (controller_->Status().patched) {
+        RecordOperation("adopt", "took the guest back after a lost session");
+        SetState(DomainState::kPatched, "adopted again after a lost session");
+        RefreshSnapshot(/*with_sites=*/true);
+      } else {
+        DropController(/*detach=*/true, "nothing to adopt");
+      }
     }
     return;
   }

@@ -303,17 +303,40 @@ TEST_F(DomainActorTest, AdoptRunningLooksOnlyAtDomainsMatchingTheGlob) {
   EXPECT_EQ(guest_->adopts, 1);
 }
 
-TEST_F(DomainActorTest, LostSessionIsReportedAndTheNextEnableAdoptsAgain) {
+TEST_F(DomainActorTest, LostSessionIsReportedAndTheGuestIsTakenBackAtOnce) {
   auto actor = Actor("winxp-01");
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  const int adopts_before = guest_->adopts;
+  const int abandons_before = guest_->abandons;
   {
     std::lock_guard<std::mutex> lock(guest_->mu);
     guest_->poll_error = absl::UnavailableError("gdbstub connection reset");
     guest_->changed.notify_all();
   }
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }))
+      << "a lost session must be followed by an adopt, not by waiting for an operator";
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kPatched; }));
+  EXPECT_EQ(guest_->abandons, abandons_before + 1) << "the broken session is dropped first";
+  EXPECT_THAT(actor->Snapshot().last_error, HasSubstr("gdbstub connection reset"));
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok()) << "and it serves commands again";
+}
+
+TEST_F(DomainActorTest, LostSessionOfAGuestThatCannotBeTakenBackWaitsForTheOperator) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->open_error = absl::UnavailableError("gdbserver refused");
+    guest_->poll_error = absl::UnavailableError("gdbstub connection reset");
+    guest_->changed.notify_all();
+  }
   ASSERT_TRUE(WaitForSnapshot(
       *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kExactWhileAway; }));
-  EXPECT_THAT(actor->Snapshot().last_error, HasSubstr("gdbstub connection reset"));
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->open_error = absl::OkStatus();
+  }
   const int adopts_before = guest_->adopts;
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
   EXPECT_EQ(guest_->adopts, adopts_before + 1);
