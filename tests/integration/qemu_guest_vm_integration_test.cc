@@ -581,7 +581,9 @@ void EnableKeepCorrectRollBack(engine::Strategy strategy) {
 
   absl::StatusOr<engine::RollbackReport> rolled = manager.Rollback({}, false);
   ASSERT_TRUE(rolled.ok()) << rolled.status();
-  EXPECT_TRUE(rolled->refused.empty());
+  std::string refusals;
+  for (const auto& [id, why] : rolled->refused) absl::StrAppend(&refusals, id, ": ", why, "\n");
+  EXPECT_TRUE(rolled->refused.empty()) << refusals;
   const std::vector<uint8_t> after = read_text();
   for (size_t i = 0; i < before.size(); ++i) {
     if (after[i] != before[i]) {
