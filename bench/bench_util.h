@@ -10,27 +10,17 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/subprocess.h"
+
 namespace tprd::bench {
 
-struct RunResult {
-  int exit_code = -1;  // -1: not started or killed by a signal
-  std::string out;
-  std::string err;
-  double seconds = 0;  // wall time of the child
-};
+// Child processes: tests/support/subprocess.h, shared with the end-to-end tests.
+using testing::ReadFile;
+using testing::Run;
+using testing::RunResult;
+using testing::Spawn;
+using testing::Stop;
 
-// Runs argv to completion, capturing stdout and stderr. The child must bound itself
-// (tprctl --timeout, virsh).
-RunResult Run(const std::vector<std::string>& argv);
-
-// Starts argv in the background with stdout to `out_path` and stderr to `err_path`
-// (appending); returns its pid or -1.
-pid_t Spawn(const std::vector<std::string>& argv, const std::string& out_path,
-            const std::string& err_path);
-// SIGTERM, then SIGKILL after `grace_ms`; reaps it. Only for pids Spawn returned.
-void Stop(pid_t pid, int grace_ms = 3000);
-
-std::string ReadFile(const std::string& path, uint64_t from = 0);
 uint64_t FileSize(const std::string& path);
 double NowSeconds();  // Unix time with fraction
 

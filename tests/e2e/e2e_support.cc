@@ -1,17 +1,11 @@
 #include "tests/e2e/e2e_support.h"
 
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -23,24 +17,8 @@
 #include "nlohmann/json.hpp"
 #include "tests/support/qemu_process.h"
 
-extern char** environ;
-
 namespace tprd::testing {
 namespace {
-
-std::string ReadWhole(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-std::vector<char*> Argv(const std::vector<std::string>& args) {
-  std::vector<char*> argv;
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  return argv;
-}
 
 // Polls `done` every 200 ms until it holds or `timeout` passes; false on timeout. A poll of
 // an external process's state (tprd, libvirt): there is no event to wait on.
@@ -56,34 +34,7 @@ bool PollUntil(absl::Duration timeout, Predicate done) {
 
 }  // namespace
 
-Result Run(const std::vector<std::string>& args) {
-  static int counter = 0;
-  const std::string base = absl::StrCat(::testing::TempDir(), "/e2e-", getpid(), "-", ++counter);
-  const std::string out_path = base + ".out", err_path = base + ".err";
-  std::vector<char*> argv = Argv(args);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                   0600);
-  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                   0600);
-  pid_t pid;
-  Result result;
-  const int spawned = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (spawned != 0) return result;
-  int status = 0;
-  waitpid(pid, &status, 0);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  result.out = ReadWhole(out_path);
-  result.err = ReadWhole(err_path);
-  unlink(out_path.c_str());
-  unlink(err_path.c_str());
-  return result;
-}
-
-Result Virsh(const std::vector<std::string>& args) {
+RunResult Virsh(const std::vector<std::string>& args) {
   std::vector<std::string> full = {"/usr/bin/virsh", "-c", "qemu:///system"};
   full.insert(full.end(), args.begin(), args.end());
   return Run(full);
@@ -96,16 +47,14 @@ TprdProcess::~TprdProcess() {
 }
 
 void TprdProcess::Start() {
-  std::vector<std::string> args = {TPRD_PATH, "--socket", socket(), "--state-dir", dir_ + "/state"};
-  std::vector<char*> argv = Argv(args);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  const std::string log = log_path();
-  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-  const int spawned = posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  ASSERT_EQ(spawned, 0) << "cannot start " << TPRD_PATH;
+  // Its own settings (never /etc/tprd's), and only this test process's domains: a tprd adopts
+  // every domain holding a blob, and other tests, the demo or a bench may run theirs here.
+  const std::vector<std::string> args = {
+      TPRD_PATH,     "--socket",        socket(),
+      "--state-dir", dir_ + "/state",   "--config",
+      "/dev/null",   "--adopt-domains", absl::StrCat("tprd-it-", getpid(), "-*")};
+  pid_ = Spawn(args, log_path(), log_path());
+  ASSERT_GT(pid_, 0) << "cannot start " << TPRD_PATH;
   bool exited = false;
   const bool ready = PollUntil(absl::Seconds(60), [&] {
     int status;
@@ -135,14 +84,14 @@ void TprdProcess::Kill() {
 }
 
 std::string TprdProcess::LogTail(size_t lines) const {
-  std::vector<std::string> all = absl::StrSplit(ReadWhole(log_path()), '\n');
+  std::vector<std::string> all = absl::StrSplit(ReadFile(log_path()), '\n');
   const size_t first = all.size() > lines ? all.size() - lines : 0;
   std::string out;
   for (size_t i = first; i < all.size(); ++i) absl::StrAppend(&out, all[i], "\n");
   return out;
 }
 
-Result TprdProcess::Ctl(std::vector<std::string> args) {
+RunResult TprdProcess::Ctl(std::vector<std::string> args) {
   std::vector<std::string> full = {TPRCTL_PATH, "--socket", socket(), "--timeout", "120"};
   full.insert(full.end(), args.begin(), args.end());
   return Run(full);
@@ -179,7 +128,7 @@ const std::vector<std::string>& NeverPatchedSites() {
 
 std::map<uint32_t, std::string> SiteStates(TprdProcess& tprd, const std::string& domain) {
   std::map<uint32_t, std::string> states;
-  Result r = tprd.Ctl({"--json", "sites", domain});
+  RunResult r = tprd.Ctl({"--json", "sites", domain});
   if (r.exit_code != 0) return states;
   nlohmann::json doc = nlohmann::json::parse(r.out, nullptr, false);
   if (doc.is_discarded() || !doc.contains("sites")) return states;
@@ -216,7 +165,7 @@ void WaitForState(TprdProcess& tprd, const std::string& domain, const std::strin
                   absl::Duration timeout, const char* when) {
   std::string last;
   const bool reached = PollUntil(timeout, [&] {
-    Result r = tprd.Ctl({"--json", "status", domain});
+    RunResult r = tprd.Ctl({"--json", "status", domain});
     nlohmann::json doc = nlohmann::json::parse(r.out, nullptr, false);
     if (r.exit_code != 0 || doc.is_discarded() || !doc["state"].is_string()) {
       last = absl::StrCat("exit ", r.exit_code, ": ", r.err);
@@ -235,10 +184,9 @@ void ExpectGuestPasses(TestDomain& domain, size_t from, const char* when, int vc
     for (int n = 0; n < rounds; ++n) {
       absl::StatusOr<std::string> stat = domain.WaitForPrefix(absl::StrCat("STAT cpu=", cpu, " "),
                                                               absl::Seconds(60), index, &index);
-      ASSERT_TRUE(stat.ok()) << when << ": " << stat.status() << "\nvCPUs:\n"
-                             << Virsh({"qemu-monitor-command", domain.name(), "--hmp",
-                                       "info registers -a"})
-                                    .out;
+      ASSERT_TRUE(stat.ok())
+          << when << ": " << stat.status() << "\nvCPUs:\n"
+          << Virsh({"qemu-monitor-command", domain.name(), "--hmp", "info registers -a"}).out;
       EXPECT_EQ(ParseSerialFields(*stat)["fail"], "0") << when << ": " << *stat;
       ++index;
     }
@@ -287,7 +235,7 @@ std::vector<uint8_t> ReadCode(const std::string& uuid, uint32_t first, uint32_t 
 }
 
 std::string DomainRunState(const std::string& name) {
-  Result r = Virsh({"domstate", name});
+  RunResult r = Virsh({"domstate", name});
   return std::string(absl::StripAsciiWhitespace(r.out));
 }
 

@@ -12,21 +12,12 @@
 
 #include "absl/time/time.h"
 #include "tests/support/libvirt_test_env.h"
+#include "tests/support/subprocess.h"
 
 namespace tprd::testing {
 
-struct Result {
-  int exit_code = -1;  // -1: did not start, or killed by a signal
-  std::string out;
-  std::string err;
-};
-
-// Runs argv to completion (each command bounds itself: tprctl --timeout, virsh), capturing
-// stdout and stderr.
-Result Run(const std::vector<std::string>& args);
-
 // `virsh -c qemu:///system ARGS...`
-Result Virsh(const std::vector<std::string>& args);
+RunResult Virsh(const std::vector<std::string>& args);
 
 class TprdProcess {
  public:
@@ -47,7 +38,7 @@ class TprdProcess {
   // The last lines of tprd's log, for failure messages.
   std::string LogTail(size_t lines = 30) const;
 
-  Result Ctl(std::vector<std::string> args);
+  RunResult Ctl(std::vector<std::string> args);
 
  private:
   std::string dir_;

@@ -40,7 +40,7 @@ TEST(TprdEndToEndLifecycle, KillNineWithATrapArmedThenRestartRecoversTheStoppedG
   TprdProcess tprd(MakeTprdDir());
   tprd.Start();
   if (HasFatalFailure()) return;
-  Result enabled = tprd.Ctl({"enable", domain->name(), "--strategy", "mmio"});
+  RunResult enabled = tprd.Ctl({"enable", domain->name(), "--strategy", "mmio"});
   ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
   std::map<uint32_t, std::string> states =
       WaitForApplied(tprd, domain->name(), HotSites(), absl::Seconds(90), "hot sites");
@@ -70,7 +70,7 @@ TEST(TprdEndToEndLifecycle, KillNineWithATrapArmedThenRestartRecoversTheStoppedG
   ASSERT_TRUE(domain->WaitForPrefix("LATE ", absl::Seconds(30)).ok()) << domain->LastLines();
   ExpectGuestPasses(*domain, domain->Lines().size(), "recovered after kill -9");
 
-  Result rolled = tprd.Ctl({"rollback", domain->name()});
+  RunResult rolled = tprd.Ctl({"rollback", domain->name()});
   EXPECT_EQ(rolled.exit_code, 0) << rolled.out << rolled.err;
   EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
 }
@@ -83,13 +83,13 @@ TEST(TprdEndToEndLifecycle, RebootWhilePatchedClearsStateAndEnableWorksAgain) {
   TprdProcess tprd(MakeTprdDir());
   tprd.Start();
   if (HasFatalFailure()) return;
-  Result enabled = tprd.Ctl({"enable", domain->name(), "--strategy", "mmio"});
+  RunResult enabled = tprd.Ctl({"enable", domain->name(), "--strategy", "mmio"});
   ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
   WaitForApplied(tprd, domain->name(), HotSites(), absl::Seconds(90), "first enable");
   if (HasFailure()) return;
 
   const size_t before_reset = domain->Lines().size();
-  Result reset = Virsh({"reset", domain->name()});
+  RunResult reset = Virsh({"reset", domain->name()});
   ASSERT_EQ(reset.exit_code, 0) << reset.err;
   ASSERT_TRUE(domain->WaitForPrefix("BOOT ", absl::Seconds(60), before_reset).ok())
       << domain->LastLines();
@@ -103,12 +103,12 @@ TEST(TprdEndToEndLifecycle, RebootWhilePatchedClearsStateAndEnableWorksAgain) {
   ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
   WaitForApplied(tprd, domain->name(), HotSites(), absl::Seconds(90), "second enable");
   ExpectGuestPasses(*domain, domain->Lines().size(), "patched again");
-  Result status = tprd.Ctl({"--json", "status", domain->name()});
+  RunResult status = tprd.Ctl({"--json", "status", domain->name()});
   EXPECT_EQ(status.exit_code, 0);
   nlohmann::json doc = nlohmann::json::parse(status.out, nullptr, false);
   ASSERT_FALSE(doc.is_discarded()) << status.out;
   EXPECT_EQ(doc.value("last_error", std::string("?")), "") << "an error was left behind";
-  Result rolled = tprd.Ctl({"rollback", domain->name()});
+  RunResult rolled = tprd.Ctl({"rollback", domain->name()});
   EXPECT_EQ(rolled.exit_code, 0) << rolled.out << rolled.err;
   EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
 }

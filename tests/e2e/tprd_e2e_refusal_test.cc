@@ -27,7 +27,7 @@ class TprdRefusals : public ::testing::Test {
 
 TEST_F(TprdRefusals, UnknownDomainIsNotFound) {
   for (const char* verb : {"enable", "status", "sites", "rollback", "scan"}) {
-    Result r = tprd_->Ctl({verb, "no-such-domain-e2e"});
+    RunResult r = tprd_->Ctl({verb, "no-such-domain-e2e"});
     EXPECT_EQ(r.exit_code, kExitNotFound) << verb << ": " << r.err;
     EXPECT_TRUE(absl::StrContains(r.err, "no-such-domain-e2e")) << verb << ": " << r.err;
   }
@@ -45,9 +45,9 @@ TEST_F(TprdRefusals, DomainThatIsNotRunningIsAFailedPrecondition) {
     fwrite(xml.data(), 1, xml.size(), f);
     fclose(f);
   }
-  Result defined = Virsh({"define", xml_path});
+  RunResult defined = Virsh({"define", xml_path});
   ASSERT_EQ(defined.exit_code, 0) << defined.err;
-  Result r = tprd_->Ctl({"enable", name});
+  RunResult r = tprd_->Ctl({"enable", name});
   Virsh({"undefine", name});
   unlink(xml_path.c_str());
   EXPECT_EQ(r.exit_code, kExitFailed) << r.out << r.err;
@@ -62,7 +62,7 @@ TEST_F(TprdRefusals, QemusOwnPatcherActiveIsRefusedWithTheWayOut) {
   absl::StatusOr<std::unique_ptr<TestDomain>> domain = TestDomain::Create(options);
   ASSERT_TRUE(domain.ok()) << domain.status();
   ASSERT_TRUE((*domain)->WaitForPrefix("STAT cpu=0 ", absl::Seconds(120)).ok());
-  Result r = tprd_->Ctl({"enable", (*domain)->name()});
+  RunResult r = tprd_->Ctl({"enable", (*domain)->name()});
   EXPECT_EQ(r.exit_code, kExitFailed) << r.out << r.err;
   EXPECT_TRUE(absl::StrContains(r.err, "vapic=off")) << r.err;
   // Refused means untouched: the guest runs on under QEMU's patcher.
@@ -80,13 +80,13 @@ TEST_F(TprdRefusals, ConcurrentAndRepeatedEnablesAreSafe) {
 
   // Two enables at once: one patches; the other either joins it (0) or is told the domain is
   // busy (1). Never two blobs, never an error left in the guest.
-  Result first, second;
+  RunResult first, second;
   std::thread racer([&] { second = tprd_->Ctl({"enable", domain.name(), "--strategy", "mmio"}); });
   first = tprd_->Ctl({"enable", domain.name(), "--strategy", "mmio"});
   racer.join();
   EXPECT_TRUE(first.exit_code == 0 || second.exit_code == 0)
       << first.err << " / " << second.err << tprd_->LogTail();
-  for (const Result* r : {&first, &second}) {
+  for (const RunResult* r : {&first, &second}) {
     if (r->exit_code != 0) {
       EXPECT_EQ(r->exit_code, kExitFailed);
       EXPECT_TRUE(absl::StrContains(r->err, "busy")) << r->err;
@@ -96,7 +96,7 @@ TEST_F(TprdRefusals, ConcurrentAndRepeatedEnablesAreSafe) {
       WaitForApplied(*tprd_, domain.name(), HotSites(), absl::Seconds(90), "raced enable");
 
   // Enabling a patched domain again is idempotent: same sites, same states.
-  Result again = tprd_->Ctl({"enable", domain.name(), "--strategy", "mmio"});
+  RunResult again = tprd_->Ctl({"enable", domain.name(), "--strategy", "mmio"});
   EXPECT_EQ(again.exit_code, 0) << again.err;
   const std::map<uint32_t, std::string> after = SiteStates(*tprd_, domain.name());
   for (const auto& [address, state] : patched) {
@@ -106,7 +106,7 @@ TEST_F(TprdRefusals, ConcurrentAndRepeatedEnablesAreSafe) {
   }
   EXPECT_EQ(after.size(), patched.size()) << "a second enable must not add sites";
   ExpectGuestPasses(domain, domain.Lines().size(), "enabled twice");
-  Result rolled = tprd_->Ctl({"rollback", domain.name()});
+  RunResult rolled = tprd_->Ctl({"rollback", domain.name()});
   EXPECT_EQ(rolled.exit_code, 0) << rolled.err;
 }
 

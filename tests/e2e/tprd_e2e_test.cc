@@ -33,7 +33,7 @@ TEST(TprdEndToEnd, EnablePatchesHotAndLateSitesSurvivesSigtermAdoptsAndRollsBack
   tprd.Start();
   if (HasFatalFailure()) return;
 
-  Result enabled = tprd.Ctl({"enable", domain.name(), "--strategy", "mmio"});
+  RunResult enabled = tprd.Ctl({"enable", domain.name(), "--strategy", "mmio"});
   ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
   const size_t after_enable = domain.Lines().size();
   std::map<uint32_t, std::string> states =
@@ -78,7 +78,7 @@ TEST(TprdEndToEnd, EnablePatchesHotAndLateSitesSurvivesSigtermAdoptsAndRollsBack
   WaitForApplied(tprd, domain.name(), all_applied, absl::Seconds(60), "adopted");
   ExpectGuestPasses(domain, domain.Lines().size(), "adopted");
 
-  Result rolled = tprd.Ctl({"rollback", domain.name()});
+  RunResult rolled = tprd.Ctl({"rollback", domain.name()});
   EXPECT_EQ(rolled.exit_code, 0) << rolled.out << rolled.err;
   ASSERT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
   EXPECT_EQ(ReadCode(domain.uuid(), text_first, text_size), before)
