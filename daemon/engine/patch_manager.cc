@@ -191,9 +191,16 @@ absl::Status PatchManager::ResumeGuest() {
   return s;
 }
 
+absl::Status PatchManager::StopGuest() {
+  TPRD_RETURN_IF_ERROR(vm_.Stop());
+  std::vector<ManagerEvent> ignored;
+  FixUpUnreportedAccesses(std::nullopt, ignored);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<GuestProfile> PatchManager::StopAndProfile() {
   for (int attempt = 0;; ++attempt) {
-    TPRD_RETURN_IF_ERROR(vm_.Stop());
+    TPRD_RETURN_IF_ERROR(StopGuest());
     ProfileFailure failure = ProfileFailure::kNone;
     absl::StatusOr<GuestProfile> profile = CheckGuestProfile(vm_, kBlobMaxCpus, &failure);
     if (profile.ok() || failure != ProfileFailure::kUserMode || attempt + 1 >= kProfileAttempts) {
@@ -483,7 +490,7 @@ absl::Status PatchManager::EndProvingWindowIfDue(std::vector<ManagerEvent>& even
   }
   if (unwanted.empty()) return absl::OkStatus();
   // Breakpoints can only be removed with the guest stopped: one short stop for all of them.
-  TPRD_RETURN_IF_ERROR(vm_.Stop());
+  TPRD_RETURN_IF_ERROR(StopGuest());
   for (ManagedSite* managed : unwanted) {
     (void)vm_.RemoveBreakpoint(managed->site.address);
     armed_breakpoints_.erase(managed->site.address);
@@ -870,7 +877,7 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
   }
   RollbackReport report;
   if (!installed_) return report;
-  TPRD_RETURN_IF_ERROR(vm_.Stop());
+  TPRD_RETURN_IF_ERROR(StopGuest());
   // A rolled-back writer would leave the shadow stale while other sites still read it; going
   // through exact keeps every remaining patched site correct.
   std::vector<ManagerEvent> ignored;
@@ -924,7 +931,7 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
 
 absl::Status PatchManager::Detach() {
   if (!installed_) return absl::OkStatus();
-  TPRD_RETURN_IF_ERROR(vm_.Stop());
+  TPRD_RETURN_IF_ERROR(StopGuest());
   absl::Status strategy = WriteStrategy(Strategy::kExact);
   absl::Status traps = DisarmTraps();
   absl::Status resumed = vm_.Resume();

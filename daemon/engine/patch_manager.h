@@ -159,6 +159,10 @@ class PatchManager {
   std::optional<uint32_t> SiteAt(uint32_t address) const;
   absl::Status SwitchToExact(const std::string& why, std::vector<ManagerEvent>& events);
   absl::Status ResumeGuest();
+  // vm_.Stop(), then the fix-ups of a cr8 watchpoint hit that raced with the stop: its stop
+  // reply is kept by the backend and delivered after tprd's own work resumed the guest, too
+  // late to fix anything, so every tprd-initiated stop looks at every vCPU first.
+  absl::Status StopGuest();
   void NoteError(const absl::Status& status);
 
   GuestVm& vm_;

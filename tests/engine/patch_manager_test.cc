@@ -277,6 +277,19 @@ TEST_F(PatchManagerTest, Cr8LeavesAnUnnamedVcpuAloneWithoutProofItRanTheRead) {
   EXPECT_EQ(manager_.Status().unreported_fixups, 0u);
 }
 
+// A watchpoint hit that races with one of tprd's own stops (here the proving window's end)
+// reaches tprd only after it resumed the guest: the stop itself must look at every vCPU.
+TEST_F(PatchManagerTest, Cr8FixesUpAReadThatRacedWithTprdsOwnStop) {
+  EnableCr8();
+  vm_.SetTpr(1, 0x40);
+  vm_.SetEip(1, kReadEax + 5);
+  vm_.Registers(1).reg(Gpr::kEax) = 0x40;
+  clock_.Advance(absl::Minutes(2));
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(1)).ok());  // ends the window: stop, resume
+  EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x41u);
+  EXPECT_EQ(manager_.Status().unreported_fixups, 1u);
+}
+
 TEST_F(PatchManagerTest, Cr8FixesUpAnUnpatchedReadAndPatchesIt) {
   EnableCr8();
   EXPECT_EQ(vm_.watchpoints().size(), 1u) << "cr8 keeps an access watchpoint on the TPR";
