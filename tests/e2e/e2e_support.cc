@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -49,10 +50,15 @@ TprdProcess::~TprdProcess() {
 void TprdProcess::Start() {
   // Its own settings (never /etc/tprd's), and only this test process's domains: a tprd adopts
   // every domain holding a blob, and other tests, the demo or a bench may run theirs here.
+  const std::string config = dir_ + "/tprd.conf";
+  {
+    std::ofstream out(config);
+    out << config_;
+  }
   const std::vector<std::string> args = {
       TPRD_PATH,     "--socket",        socket(),
       "--state-dir", dir_ + "/state",   "--config",
-      "/dev/null",   "--adopt-domains", absl::StrCat("tprd-it-", getpid(), "-*")};
+      config,        "--adopt-domains", absl::StrCat("tprd-it-", getpid(), "-*")};
   pid_ = Spawn(args, log_path(), log_path());
   ASSERT_GT(pid_, 0) << "cannot start " << TPRD_PATH;
   bool exited = false;

@@ -21,7 +21,9 @@ RunResult Virsh(const std::vector<std::string>& args);
 
 class TprdProcess {
  public:
-  explicit TprdProcess(std::string dir) : dir_(std::move(dir)) {}
+  // `config`: tprd.conf lines (e.g. "proving_window_s = 5\n"); never /etc/tprd's.
+  explicit TprdProcess(std::string dir, std::string config = "")
+      : dir_(std::move(dir)), config_(std::move(config)) {}
   ~TprdProcess();  // SIGKILL if still running, removes the directory
   TprdProcess(const TprdProcess&) = delete;
   TprdProcess& operator=(const TprdProcess&) = delete;
@@ -42,6 +44,7 @@ class TprdProcess {
 
  private:
   std::string dir_;
+  std::string config_;
   pid_t pid_ = -1;
 };
 
