@@ -24,8 +24,10 @@ mkdir -p "$out"
 # The harness destroys its domains itself (also when interrupted); this catches a harness that
 # was killed outright. Only the bench uses the tprd-bench- prefix.
 destroy_leftovers() {
-  virsh -q -c qemu:///system list --name 2>/dev/null | grep '^tprd-bench-' |
+  local status=$?  # the harness's; grep finding no leftover must not replace it
+  virsh -q -c qemu:///system list --name 2>/dev/null | { grep '^tprd-bench-' || true; } |
     while read -r name; do virsh -q -c qemu:///system destroy "$name" >/dev/null 2>&1 || true; done
+  exit "$status"
 }
 trap destroy_leftovers EXIT
 "$build/bench/tprd_bench" --out "$out" "$@"
