@@ -1034,21 +1034,20 @@ std::string Svg(const std::vector<Result>& results) {
   return svg;
 }
 
+json SamplesJson(const std::vector<BenchSample>& samples) {
+  json out = json::array();
+  for (const BenchSample& s : samples) {
+    out.push_back({{"tpr_read", s.tpr_read},
+                   {"tpr_write", s.tpr_write},
+                   {"mem_read", s.mem_read},
+                   {"mem_write", s.mem_write}});
+  }
+  return out;
+}
+
 json ResultJson(const Result& r) {
-  json samples = json::array();
-  for (const BenchSample& s : r.samples) {
-    samples.push_back({{"tpr_read", s.tpr_read},
-                       {"tpr_write", s.tpr_write},
-                       {"mem_read", s.mem_read},
-                       {"mem_write", s.mem_write}});
-  }
-  json rolled = json::array();
-  for (const BenchSample& s : r.after_rollback) {
-    rolled.push_back({{"tpr_read", s.tpr_read},
-                      {"tpr_write", s.tpr_write},
-                      {"mem_read", s.mem_read},
-                      {"mem_write", s.mem_write}});
-  }
+  json samples = SamplesJson(r.samples);
+  json rolled = SamplesJson(r.after_rollback);
   return {{"config", r.config.name},
           {"after_rollback", rolled},
           {"label", r.config.label},
