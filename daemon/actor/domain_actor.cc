@@ -504,6 +504,11 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
       break;
     case LifecycleKind::kRebooted:
       DropController(/*detach=*/false, "guest rebooted");
+      {
+        // A fresh guest: errors about the old one stay in the journal and the event stream.
+        absl::MutexLock lock(&mu_);
+        snapshot_.last_error.clear();
+      }
       SetState(DomainState::kUnpatched, "guest rebooted: its patches went with its memory");
       break;
     case LifecycleKind::kShutdown:
