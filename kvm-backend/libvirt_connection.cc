@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "kvm-backend/core/monitor_parsers.h"
@@ -308,10 +309,10 @@ class LibvirtConnectionImpl : public LibvirtConnection {
       }
     }
     absl::StatusOr<DomainInfo> result =
-        domain == nullptr
-            ? absl::StatusOr<DomainInfo>(absl::NotFoundError(absl::StrCat(
-                  "no libvirt domain with name, UUID or ID '", text, "' on ", options_.uri)))
-            : DescribeDomain(domain);
+        domain == nullptr ? absl::StatusOr<DomainInfo>(absl::NotFoundError(
+                                absl::StrCat("no libvirt domain with name, UUID or ID '",
+                                             absl::CHexEscape(text), "' on ", options_.uri)))
+                          : DescribeDomain(domain);
     virResetLastError();
     if (domain != nullptr) virDomainFree(domain);
     virConnectClose(*conn);

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -391,6 +392,21 @@ absl::StatusOr<DomainActor::RollbackOutcome> DomainActor::Rollback(
         }
         absl::Status opened = EnsureController(/*adopt=*/true);
         if (!opened.ok()) return opened;
+        // An unknown id is the caller's mistake, not the domain's: refused as a whole before
+        // anything is journaled, and not recorded as the domain's last error.
+        if (!site_ids.empty()) {
+          auto known = controller_->ListSites();
+          if (!known.ok()) return known.status();
+          std::set<uint32_t> ids;
+          for (const SiteReport& site : *known) ids.insert(site.site.id);
+          for (uint32_t id : site_ids) {
+            if (ids.count(id) == 0) {
+              return absl::NotFoundError(absl::StrCat("no site ", id, " in domain ",
+                                                      before.domain.name, "; see tprctl sites ",
+                                                      before.domain.name));
+            }
+          }
+        }
         RecordOperation("rollback", site_ids.empty() ? "all sites" : "selected sites");
         auto result = controller_->Rollback(site_ids, force);
         if (!result.ok()) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/log.h"
 
@@ -28,6 +29,21 @@ DomainRegistry::~DomainRegistry() {
 absl::StatusOr<DomainInfo> DomainRegistry::Resolve(const std::string& reference) {
   if (reference.empty()) {
     return absl::InvalidArgumentError("no domain given: name it by name, UUID or ID");
+  }
+  // libvirt's C API ends a name at its first NUL: "winxp-01\0junk" would name winxp-01.
+  if (reference.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("domain reference '", absl::CHexEscape(reference.substr(0, 64)),
+                     reference.size() > 64 ? "...'" : "'",
+                     " contains a NUL byte; name the domain by name, UUID or ID"));
+  }
+  // No libvirt domain name is this long (its QEMU driver keeps NAME.xml files); refused before
+  // libvirt is asked, and not echoed whole.
+  if (reference.size() > kMaxDomainReference) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("domain reference of ", reference.size(),
+                     " bytes is longer than any libvirt name (at most ", kMaxDomainReference,
+                     " bytes); name the domain by name, UUID or ID"));
   }
   return hypervisor_->LookupDomain(reference);
 }

@@ -39,8 +39,11 @@ class DomainRegistry {
   // FAILED_PRECONDITION not running (and no actor yet); INVALID_ARGUMENT empty reference.
   absl::StatusOr<std::shared_ptr<DomainActor>> ActorFor(const std::string& reference);
 
-  // Resolves a reference to its domain (NOT_FOUND / UNAVAILABLE / INVALID_ARGUMENT).
+  // Resolves a reference to its domain (NOT_FOUND / UNAVAILABLE / INVALID_ARGUMENT). A reference
+  // that is empty, holds a NUL byte or is longer than kMaxDomainReference bytes is
+  // INVALID_ARGUMENT without asking the hypervisor.
   absl::StatusOr<DomainInfo> Resolve(const std::string& reference);
+  static constexpr size_t kMaxDomainReference = 1024;
 
   // Daemon start: every running domain whose name matches `name_glob` (fnmatch) gets an actor
   // that looks for tprd's blob and takes patched guests back. Failures are logged per domain;

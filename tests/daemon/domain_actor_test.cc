@@ -219,6 +219,25 @@ TEST_F(DomainActorTest, RollbackOnAnUnpatchedDomainIsANoOp) {
   EXPECT_TRUE(absl::IsNotFound(actor->Rollback({3}, false, Soon()).status()));
 }
 
+TEST_F(DomainActorTest, RollbackNamingAnUnknownSiteIsRefusedAndLeavesTheDomainAlone) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  auto entries_before = Journal::ReadAll(journal_->path(), nullptr);
+  ASSERT_TRUE(entries_before.ok());
+  auto refused = actor->Rollback({0, 4000000000u}, false, Soon());
+  EXPECT_TRUE(absl::IsNotFound(refused.status())) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("4000000000"));
+  const DomainSnapshot after = actor->Snapshot();
+  EXPECT_EQ(after.state, DomainState::kPatched);
+  EXPECT_EQ(after.last_error, "") << "a caller's unknown id is not the domain's error";
+  for (const SiteReport& site : after.sites) {
+    EXPECT_EQ(site.site.state, engine::SiteState::kApplied) << "site " << site.site.id;
+  }
+  auto entries_after = Journal::ReadAll(journal_->path(), nullptr);
+  ASSERT_TRUE(entries_after.ok());
+  EXPECT_EQ(entries_after->size(), entries_before->size()) << "a refused rollback is not journaled";
+}
+
 TEST_F(DomainActorTest, EnableFailureKeepsTheDomainUnpatchedWithTheReason) {
   guest_->enable_error = absl::FailedPreconditionError(
       "QEMU's own vapic is active on winxp-01; set apic.vapic=off and restart the domain");
