@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <grpcpp/grpcpp.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,6 +20,7 @@
 #include <string_view>
 #include <thread>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -44,16 +46,70 @@ std::string SocketPath(const GlobalOptions& global) {
   return std::string(path);
 }
 
+// Well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF).
+bool IsUtf8(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = [&](size_t at) { return static_cast<unsigned char>(text[at]); };
+    const unsigned char lead = byte(i);
+    size_t length = 0;
+    uint32_t min = 0, code = 0;
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    } else if ((lead & 0xE0) == 0xC0) {
+      length = 2, min = 0x80, code = lead & 0x1F;
+    } else if ((lead & 0xF0) == 0xE0) {
+      length = 3, min = 0x800, code = lead & 0x0F;
+    } else if ((lead & 0xF8) == 0xF0) {
+      length = 4, min = 0x10000, code = lead & 0x07;
+    } else {
+      return false;
+    }
+    if (i + length > text.size()) return false;
+    for (size_t k = 1; k < length; ++k) {
+      if ((byte(i + k) & 0xC0) != 0x80) return false;
+      code = (code << 6) | (byte(i + k) & 0x3F);
+    }
+    if (code < min || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return false;
+    i += length;
+  }
+  return true;
+}
+
+// The caller's login name, for the usermod hint; "NAME" when it has none.
+std::string UserName() {
+  struct passwd entry;
+  struct passwd* found = nullptr;
+  char buffer[4096];
+  if (::getpwuid_r(::getuid(), &entry, buffer, sizeof(buffer), &found) != 0 || found == nullptr) {
+    return "NAME";
+  }
+  return found->pw_name;
+}
+
 std::string UnreachableMessage(const std::string& socket, const std::string& why) {
   return absl::StrCat("cannot reach tprd at ", socket, ": ", why,
                       " (is tprd running? are you in group tprd?)");
+}
+
+// No permission on the socket or its directory: say who may use tprd and how to become one.
+std::string PermissionMessage(const std::string& socket) {
+  return absl::StrCat("cannot reach tprd at ", socket,
+                      ": permission denied: only root and members of group tprd may use tprd; "
+                      "run tprctl as root, or have an administrator run `usermod -aG tprd ",
+                      UserName(), "` and log in again");
 }
 
 // The daemon's socket must exist and be usable before gRPC gets to say something vaguer.
 bool CheckSocket(const std::string& socket, std::ostream& err) {
   struct stat info;
   if (::stat(socket.c_str(), &info) != 0) {
-    err << "tprctl: " << UnreachableMessage(socket, ::strerror(errno)) << "\n";
+    if (errno == EACCES || errno == EPERM) {
+      err << "tprctl: " << PermissionMessage(socket) << "\n";
+    } else {
+      err << "tprctl: " << UnreachableMessage(socket, ::strerror(errno)) << "\n";
+    }
     return false;
   }
   if (!S_ISSOCK(info.st_mode)) {
@@ -61,7 +117,11 @@ bool CheckSocket(const std::string& socket, std::ostream& err) {
     return false;
   }
   if (::access(socket.c_str(), R_OK | W_OK) != 0) {
-    err << "tprctl: " << UnreachableMessage(socket, ::strerror(errno)) << "\n";
+    if (errno == EACCES || errno == EPERM) {
+      err << "tprctl: " << PermissionMessage(socket) << "\n";
+    } else {
+      err << "tprctl: " << UnreachableMessage(socket, ::strerror(errno)) << "\n";
+    }
     return false;
   }
   return true;
@@ -544,6 +604,12 @@ bool DaemonCommands::Parsed() const {
 }
 
 int DaemonCommands::Run(std::ostream& out, std::ostream& err) {
+  // The API's strings are proto3 strings: gRPC would refuse the request with a bare INTERNAL.
+  if (!IsUtf8(options_.domain)) {
+    err << "tprctl: domain name '" << absl::CHexEscape(options_.domain)
+        << "' is not valid UTF-8; name the domain by its libvirt name, UUID or ID\n";
+    return kExitUsage;
+  }
   if (!CheckSocket(SocketPath(global_), err)) return kExitUnreachable;
   if (domains_->parsed()) return RunDomains(global_, out, err);
   if (status_->parsed()) return RunStatus(global_, options_, out, err);

@@ -436,6 +436,18 @@ TEST_F(TprctlTest, UsageErrorsExit2) {
   EXPECT_EQ(Run({"status", ""}).exit_code, 2);
 }
 
+TEST_F(TprctlTest, DomainThatIsNotUtf8IsAUsageError) {
+  // gRPC could not even send it as a proto3 string (the daemon would answer a bare INTERNAL).
+  for (const char* bad : {"\xff\xfe", "winxp-01\xc3", "\xc0\xaf", "\xed\xa0\x80"}) {
+    RunResult result = Run({"status", bad});
+    EXPECT_EQ(result.exit_code, 2) << result.err;
+    EXPECT_THAT(result.err, StartsWith("tprctl: domain name '"));
+    EXPECT_THAT(result.err, HasSubstr("not valid UTF-8"));
+  }
+  // Valid multi-byte names go to the daemon, which does not know them.
+  EXPECT_EQ(Run({"status", "gr\xc3\xbc\xc3\x9f-\xe2\x82\xac-\xf0\x9f\x98\x80"}).exit_code, 3);
+}
+
 TEST_F(TprctlTest, TprdSocketEnvironmentVariableSetsTheSocketAndSocketOverridesIt) {
   RunResult from_env = RunRaw({"domains"}, {"TPRD_SOCKET=" + socket()});
   EXPECT_EQ(from_env.exit_code, 0) << from_env.err;
