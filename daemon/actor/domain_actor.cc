@@ -213,7 +213,8 @@ absl::Status DomainActor::EnsureController(bool adopt) {
     interruptible_ = controller_.get();
   }
   if (adopt) {
-    auto adopted = controller_->Adopt();
+    auto adopted = controller_->Adopt(journal_ != nullptr ? journal_->LastStrategy(domain.uuid)
+                                                          : std::nullopt);
     if (!adopted.ok()) {
       DropController(/*detach=*/false, "adopt failed");
       return adopted.status();
@@ -279,7 +280,8 @@ void DomainActor::RefreshSnapshot(bool with_sites) {
   if (have_sites) snapshot_.sites = std::move(sites);
 }
 
-void DomainActor::RecordOperation(const std::string& what, const std::string& message) {
+void DomainActor::RecordOperation(const std::string& what, const std::string& message,
+                                  std::optional<engine::Strategy> strategy) {
   if (journal_ == nullptr) return;
   const DomainInfo domain = Snapshot().domain;
   JournalEntry entry;
@@ -288,6 +290,7 @@ void DomainActor::RecordOperation(const std::string& what, const std::string& me
   entry.domain_uuid = domain.uuid;
   entry.event = what;
   entry.message = message;
+  entry.strategy = strategy;
   absl::Status status = journal_->Append(entry);
   if (!status.ok()) LogWarning(std::string(status.message()));
 }
@@ -326,6 +329,19 @@ absl::Status DomainActor::GoneError() {
       "domain ", name, " is not running; start it (virsh start ", name, "), then retry"));
 }
 
+absl::Status DomainActor::StoppedDuring(const absl::Status& status, const std::string& what) {
+  // A session that broke because the domain went away is the domain's state, not tprd's or
+  // libvirt's being unreachable (which UNAVAILABLE tells tprctl).
+  if (!absl::IsUnavailable(status) && !absl::IsNotFound(status)) return status;
+  const DomainInfo domain = Snapshot().domain;
+  absl::StatusOr<DomainInfo> now = hypervisor_->LookupDomain(domain.uuid);
+  if (now.ok() && now->running) return status;
+  if (!now.ok() && !absl::IsNotFound(now.status())) return status;
+  return absl::FailedPreconditionError(absl::StrCat("domain ", domain.name, " stopped during the ",
+                                                    what, " (destroyed, shut down or crashed): ",
+                                                    status.message()));
+}
+
 absl::StatusOr<DomainActor::EnableResult> DomainActor::Enable(const EnableOptions& options,
                                                               absl::Time deadline) {
   return Call<EnableResult>(
@@ -339,6 +355,7 @@ absl::StatusOr<DomainActor::EnableResult> DomainActor::Enable(const EnableOption
         if (!options.dry_run) SetState(DomainState::kPatching, "enable started");
         RecordOperation("enable", options.dry_run ? "dry run" : "started");
         auto sites = controller_->Enable(options);
+        if (!sites.ok()) sites = StoppedDuring(sites.status(), "enable");
         if (!sites.ok()) {
           const std::string message = std::string(sites.status().message());
           {
@@ -359,7 +376,8 @@ absl::StatusOr<DomainActor::EnableResult> DomainActor::Enable(const EnableOption
           }
         } else {
           for (const SiteReport& site : *sites) PublishSite(site);
-          RecordOperation("enable", absl::StrCat("done: ", sites->size(), " sites"));
+          RecordOperation("enable", absl::StrCat("done: ", sites->size(), " sites"),
+                          controller_->Status().requested_strategy);
           SetState(controller_->Status().patched ? DomainState::kPatched : DomainState::kUnpatched,
                    absl::StrCat("enable done, ", sites->size(), " sites"));
           absl::MutexLock lock(&mu_);
@@ -407,8 +425,11 @@ absl::StatusOr<DomainActor::RollbackOutcome> DomainActor::Rollback(
             }
           }
         }
-        RecordOperation("rollback", site_ids.empty() ? "all sites" : "selected sites");
+        // Rolling back everything ends the operator's choice: a guest adopted later stays exact.
+        RecordOperation("rollback", site_ids.empty() ? "all sites" : "selected sites",
+                        site_ids.empty() ? std::optional(engine::Strategy::kExact) : std::nullopt);
         auto result = controller_->Rollback(site_ids, force);
+        if (!result.ok()) result = StoppedDuring(result.status(), "rollback");
         if (!result.ok()) {
           absl::MutexLock lock(&mu_);
           snapshot_.last_error = std::string(result.status().message());
@@ -463,6 +484,15 @@ absl::StatusOr<bool> DomainActor::Adopt(absl::Time deadline) {
       SetState(DomainState::kPatched, "adopted");
       RefreshSnapshot(/*with_sites=*/true);
     } else {
+      // E.g. a corrupt or forged blob, refused: say so where an operator looks.
+      const std::string why = controller_->Status().last_error;
+      if (!why.empty()) {
+        const std::string message =
+            absl::StrCat(Snapshot().domain.name, ": nothing adopted: ", why);
+        LogWarning(message);
+        absl::MutexLock lock(&mu_);
+        snapshot_.last_error = message;
+      }
       DropController(/*detach=*/true, "nothing to adopt");
     }
     return patched;
@@ -478,8 +508,11 @@ absl::Status DomainActor::Detach(const std::string& reason, absl::Time deadline)
   auto done =
       Call<bool>("detach", /*mutates=*/false, deadline, [this, reason]() -> absl::StatusOr<bool> {
         if (controller_ == nullptr) return false;
-        const bool patched = controller_->Status().patched;
-        RecordOperation("detach", reason);
+        const ControllerStatus status = controller_->Status();
+        const bool patched = status.patched;
+        // The guest runs on exact from here; the adopt that follows restores this.
+        RecordOperation("detach", reason,
+                        patched ? std::optional(status.requested_strategy) : std::nullopt);
         DropController(/*detach=*/true, reason);
         if (patched) SetState(DomainState::kExactWhileAway, reason);
         return patched;

@@ -99,7 +99,11 @@ class DomainActor {
   void DropController(bool detach, const std::string& reason);
   void SetState(DomainState state, const std::string& message);
   void RefreshSnapshot(bool with_sites);
-  void RecordOperation(const std::string& what, const std::string& message);
+  // `status` of an operation whose session broke: FAILED_PRECONDITION naming the domain when
+  // it is no longer running, else unchanged.
+  absl::Status StoppedDuring(const absl::Status& status, const std::string& what);
+  void RecordOperation(const std::string& what, const std::string& message,
+                       std::optional<engine::Strategy> strategy = std::nullopt);
   void PublishSite(const SiteReport& site);
   void PublishError(const std::string& message);
   void HandleLifecycle(const LifecycleEvent& event);

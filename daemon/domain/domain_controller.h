@@ -57,8 +57,12 @@ struct RollbackResult {
 
 // What the session knows about its guest. The actor adds the domain state on top.
 struct ControllerStatus {
-  bool patched = false;  // the blob is in the guest with at least one applied site
-  engine::Strategy strategy = engine::Strategy::kExact;
+  // tprd's patching is in force: a site is applied, or the blob is in and the operator's
+  // strategy is not exact (sites wait at breakpoints for their first run). The actor polls the
+  // session while this holds: a breakpoint nobody handles would stop the guest for good.
+  bool patched = false;
+  engine::Strategy strategy = engine::Strategy::kExact;            // the guest's word now
+  engine::Strategy requested_strategy = engine::Strategy::kExact;  // the operator's, resolved
   uint64_t traps_handled = 0;
   double tpr_accesses_per_second_before = 0;
   double tpr_accesses_per_second_after = 0;
@@ -85,7 +89,10 @@ class DomainController {
   // it is there, verify its sites and take the guest back (switch from exact to its strategy,
   // re-arm breakpoints/watchpoints, handle a guest left stopped at a trap by a killed tprd).
   // Returns whether the guest holds patches. A guest without the blob is not touched.
-  virtual absl::StatusOr<bool> Adopt() = 0;
+  // `strategy_hint`: what the operator last asked for (the journal's), restored when the
+  // guest's word says exact because tprd detached cleanly; a killed tprd left its choice in
+  // the word, which wins.
+  virtual absl::StatusOr<bool> Adopt(std::optional<engine::Strategy> strategy_hint) = 0;
 
   // Discover, classify and patch; keep the guest correct afterwards (through Poll). Calling it
   // on a patched guest with the same options changes nothing; with another strategy, switches.

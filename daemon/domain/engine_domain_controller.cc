@@ -94,12 +94,23 @@ absl::StatusOr<bool> EngineDomainController::BlobPresentWithoutStopping() {
   return false;
 }
 
-absl::StatusOr<bool> EngineDomainController::Adopt() {
+absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<engine::Strategy> strategy_hint) {
   absl::StatusOr<bool> present = BlobPresentWithoutStopping();
   if (!present.ok()) return present.status();
-  if (!*present) return false;
+  if (!*present) {
+    // A tprd killed while it held the guest stopped, before its blob went in, left it stopped:
+    // the gdbstub keeps a VM stopped when its client vanishes. Attaching here and the detach
+    // that follows let it run; a VM libvirt paused (any other reason) stays paused.
+    absl::StatusOr<backend::DomainInfo> info = connection_->GetDomain(domain_.uuid);
+    if (info.ok() && info->state == backend::DomainState::kPaused &&
+        info->reason == backend::kPausedReasonUnknown) {
+      LogInfo(absl::StrCat(domain_.name, ": stopped by a gdbstub nobody holds; letting it run"));
+      if (absl::Status s = EnsureAttached(); !s.ok()) return s;
+    }
+    return false;
+  }
   if (absl::Status s = EnsureAttached(); !s.ok()) return s;
-  return manager_->Adopt(std::nullopt, options_.proving_window);
+  return manager_->Adopt(strategy_hint, options_.proving_window);
 }
 
 absl::StatusOr<std::vector<SiteReport>> EngineDomainController::Enable(
@@ -189,7 +200,9 @@ ControllerStatus EngineDomainController::Status() {
   for (const engine::ManagedSite& s : manager_->Sites()) {
     status.patched |= s.site.state == engine::SiteState::kApplied;
   }
+  status.patched |= m.installed && m.requested_strategy != engine::Strategy::kExact;
   status.strategy = m.strategy;
+  status.requested_strategy = m.requested_strategy;
   status.traps_handled = m.traps_handled;
   status.last_error = m.last_error;
   return status;

@@ -34,7 +34,7 @@ class EngineDomainController : public DomainController {
                          engine::PatchRecorder* recorder, EngineControllerOptions options);
   ~EngineDomainController() override;
 
-  absl::StatusOr<bool> Adopt() override;
+  absl::StatusOr<bool> Adopt(std::optional<engine::Strategy> strategy_hint) override;
   absl::StatusOr<std::vector<SiteReport>> Enable(const EnableOptions& options) override;
   absl::StatusOr<RollbackResult> Rollback(const std::vector<uint32_t>& site_ids,
                                           bool force) override;

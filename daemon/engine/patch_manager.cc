@@ -370,7 +370,11 @@ absl::Status PatchManager::Install(const EnableRequest& request, const GuestProf
   if (!blob->data_block.empty()) {
     TPRD_RETURN_IF_ERROR(WriteVerified(placement.data_va, blob->data_block));
   }
-  TPRD_RETURN_IF_ERROR(WriteVerified(placement.va, blob->bytes));
+  // The magic last: a tprd killed mid-write (the image takes several gdbstub packets) leaves
+  // nothing that looks like a blob.
+  const absl::Span<const uint8_t> image(blob->bytes);
+  TPRD_RETURN_IF_ERROR(WriteVerified(placement.va + 4, image.subspan(4)));
+  TPRD_RETURN_IF_ERROR(WriteVerified(placement.va, image.first(4)));
   installed_ = Installed{blob->addresses, blob->handlers, placement};
   status_.installed = true;
   return absl::OkStatus();
@@ -567,7 +571,11 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
         "strategy cr8 needs the guest CPU flag cr8legacy (AMD AltMovCr8); add "
         "<feature policy='require' name='cr8legacy'/> to the domain or use mmio");
   }
-  if (installed_ && status_.requested_strategy == request.strategy && !request.dry_run) {
+  const bool any_rolled_back = std::any_of(sites_.begin(), sites_.end(), [](const auto& entry) {
+    return entry.second.site.state == SiteState::kRolledBack;
+  });
+  if (installed_ && status_.requested_strategy == request.strategy &&
+      status_.strategy == request.strategy && !any_rolled_back && !request.dry_run) {
     report.changed = false;
     report.strategy = request.strategy;
     for (const auto& [id, m] : sites_) {
@@ -598,6 +606,13 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
     return scan.status();
   }
   MergeCandidates(*scan);
+  if (!request.dry_run) {
+    // Enable patches every patchable site, also those an earlier rollback restored: under mmio a
+    // restored writer left unpatched and unarmed would leave the shadows stale.
+    for (auto& [id, m] : sites_) {
+      if (m.site.state == SiteState::kRolledBack) m.site.state = SiteState::kCandidate;
+    }
+  }
   for (const auto& [id, m] : sites_) {
     if (m.site.state != SiteState::kRolledBack) ++report.candidates;
   }
@@ -993,6 +1008,20 @@ Strategy PatchManager::LoadInstalled(const ParsedBlob& blob) {
   return blob.placement.strategy;
 }
 
+absl::Status PatchManager::RecordAdoptedStates(const ParsedBlob& blob) {
+  GuestSiteTable guest_table(vm_, 0, installed_->addresses.va);
+  std::vector<Site> now;
+  for (const Site& recorded : blob.sites) {
+    const ManagedSite& managed = sites_[recorded.id];
+    if (!managed.note.empty()) continue;  // changed behind tprd: the record stays as it was
+    if (managed.site.state != recorded.state) {
+      TPRD_RETURN_IF_ERROR(guest_table.RecordSite(managed.site));
+    }
+    now.push_back(managed.site);
+  }
+  return journal_.RecordSites(now);
+}
+
 absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
                                          absl::Duration proving_window) {
   absl::StatusOr<GuestProfile> profile = StopAndProfile();
@@ -1009,6 +1038,11 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
     return false;
   }
   const Strategy current = LoadInstalled(**found);
+  // A tprd killed mid-transaction leaves records a step behind the bytes (pending, or the
+  // journal one entry behind the guest's table). Record what the bytes say: in the guest's table
+  // where it differs, and every site in the journal, so that the guest, tprd and the journal
+  // agree again.
+  if (absl::Status s = RecordAdoptedStates(**found); !s.ok()) NoteError(s);
   // tprd left cleanly: the word says exact and the operator's choice comes from the hint
   // (journal); killed: the word still holds the choice and the shadows are live.
   const Strategy requested =
@@ -1034,8 +1068,16 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
       }
     }
   }
+  // A writer rolled back on its own runs unpatched and unarmed: mmio's shadows would go stale,
+  // so the guest stays on exact, as Rollback left it, until the next enable patches it again.
+  const bool restored_writer = std::any_of(sites_.begin(), sites_.end(), [](const auto& entry) {
+    return entry.second.site.state == SiteState::kRolledBack &&
+           FormWritesTpr(entry.second.site.form);
+  });
+  const Strategy word =
+      requested == Strategy::kMmio && restored_writer ? Strategy::kExact : requested;
   if (s.ok()) s = InitPerCpu(/*from_real_tpr=*/current == Strategy::kExact);
-  if (s.ok()) s = WriteStrategy(requested);
+  if (s.ok()) s = WriteStrategy(word);
   if (s.ok()) status_.requested_strategy = requested;
   // A vCPU stopped at a candidate (a breakpoint hit) runs it next: patch it now.
   if (s.ok()) ApplyCandidatesAtVcpus(events);

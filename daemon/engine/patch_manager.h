@@ -129,6 +129,7 @@ class PatchManager {
   absl::StatusOr<std::optional<ParsedBlob>> FindInstalledBlob();
   // Takes over a blob found in the guest and its site table; returns its strategy word.
   Strategy LoadInstalled(const ParsedBlob& blob);
+  absl::Status RecordAdoptedStates(const ParsedBlob& blob);
   absl::StatusOr<ScanResult> ScanGuest(const GuestProfile& profile);
   void MergeCandidates(const ScanResult& scan);
   // Learning window; the guest runs during it and is stopped again at the end.

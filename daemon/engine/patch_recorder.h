@@ -4,6 +4,7 @@
 #define TPRD_DAEMON_ENGINE_PATCH_RECORDER_H_
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "daemon/engine/site.h"
 
 namespace tprd::engine {
@@ -15,6 +16,14 @@ class PatchRecorder {
   // change was read back (kApplied / kRolledBack). An error aborts the transaction before any
   // further guest write.
   virtual absl::Status RecordSite(const Site& site) = 0;
+  // Several sites' current states at once (a snapshot, not a transition). A recorder that can
+  // make them durable together (one fsync) overrides this.
+  virtual absl::Status RecordSites(absl::Span<const Site> sites) {
+    for (const Site& site : sites) {
+      if (absl::Status s = RecordSite(site); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
 };
 
 // Records nothing: for callers that keep no journal (tests, report-only runs).

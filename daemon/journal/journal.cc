@@ -92,16 +92,26 @@ class JournalRecorder : public engine::PatchRecorder {
       : journal_(journal), domain_(std::move(domain)) {}
 
   absl::Status RecordSite(const engine::Site& site) override {
+    return journal_->Append(EntryFor(site));
+  }
+
+  absl::Status RecordSites(absl::Span<const engine::Site> sites) override {
+    std::vector<JournalEntry> entries;
+    for (const engine::Site& site : sites) entries.push_back(EntryFor(site));
+    return journal_->AppendAll(entries);
+  }
+
+ private:
+  JournalEntry EntryFor(const engine::Site& site) const {
     JournalEntry entry;
     entry.time = absl::Now();
     entry.domain_name = domain_.name;
     entry.domain_uuid = domain_.uuid;
     entry.event = "site";
     entry.site = site;
-    return journal_->Append(entry);
+    return entry;
   }
 
- private:
   Journal* const journal_;
   const DomainInfo domain_;
 };
@@ -117,6 +127,7 @@ std::string JournalEntryToJson(const JournalEntry& entry) {
   };
   if (entry.site) j["site"] = SiteToJson(*entry.site);
   if (!entry.message.empty()) j["message"] = entry.message;
+  if (entry.strategy) j["strategy"] = std::string(engine::StrategyName(*entry.strategy));
   // Replacement of invalid UTF-8 keeps a guest-derived string from making the line unwritable.
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
@@ -136,6 +147,13 @@ absl::StatusOr<JournalEntry> JournalEntryFromJson(const std::string& line) {
     entry.domain_uuid = j.value("uuid", "");
     entry.event = j.at("event").get<std::string>();
     entry.message = j.value("message", "");
+    if (j.contains("strategy")) {
+      const std::string name = j.at("strategy").get<std::string>();
+      entry.strategy = engine::StrategyFromName(name);
+      if (!entry.strategy) {
+        return absl::InvalidArgumentError(absl::StrCat("unknown strategy \"", name, "\""));
+      }
+    }
     if (j.contains("site")) {
       auto site = SiteFromJson(j.at("site"));
       if (!site.ok()) return site.status();
@@ -155,7 +173,26 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const std::string& path) 
                                                "; check that the state directory exists and is "
                                                "writable"));
   }
-  return std::unique_ptr<Journal>(new Journal(path, fd));
+  std::unique_ptr<Journal> journal(new Journal(path, fd));
+  // What earlier runs asked for (a restarted tprd adopts guests with it). Unreadable lines
+  // were torn by a crash or are not ours: skipped here as by any reader.
+  absl::StatusOr<std::vector<JournalEntry>> history = ReadAll(path, nullptr);
+  if (history.ok()) {
+    absl::MutexLock lock(&journal->mu_);
+    for (const JournalEntry& entry : *history) journal->Remember(entry);
+  }
+  return journal;
+}
+
+void Journal::Remember(const JournalEntry& entry) {
+  if (entry.strategy) last_strategy_[entry.domain_uuid] = *entry.strategy;
+}
+
+std::optional<engine::Strategy> Journal::LastStrategy(const std::string& domain_uuid) const {
+  absl::MutexLock lock(&mu_);
+  auto it = last_strategy_.find(domain_uuid);
+  if (it == last_strategy_.end()) return std::nullopt;
+  return it->second;
 }
 
 Journal::~Journal() {
@@ -163,8 +200,12 @@ Journal::~Journal() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-absl::Status Journal::Append(const JournalEntry& entry) {
-  const std::string line = JournalEntryToJson(entry) + "\n";
+absl::Status Journal::Append(const JournalEntry& entry) { return AppendAll({entry}); }
+
+absl::Status Journal::AppendAll(const std::vector<JournalEntry>& entries) {
+  if (entries.empty()) return absl::OkStatus();
+  std::string line;
+  for (const JournalEntry& entry : entries) absl::StrAppend(&line, JournalEntryToJson(entry), "\n");
   absl::MutexLock lock(&mu_);
   size_t written = 0;
   while (written < line.size()) {
@@ -182,6 +223,7 @@ absl::Status Journal::Append(const JournalEntry& entry) {
     return absl::UnavailableError(
         absl::StrCat("cannot fsync journal ", path_, ": ", ErrnoText(error)));
   }
+  for (const JournalEntry& entry : entries) Remember(entry);
   return absl::OkStatus();
 }
 

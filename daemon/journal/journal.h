@@ -5,6 +5,7 @@
 #ifndef TPRD_DAEMON_JOURNAL_JOURNAL_H_
 #define TPRD_DAEMON_JOURNAL_JOURNAL_H_
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -29,6 +30,10 @@ struct JournalEntry {
   std::string event;
   std::optional<engine::Site> site;  // "site" entries
   std::string message;
+  // Operation entries: the strategy the operator's request amounts to ("enable": the one in
+  // force, "rollback" of every site: exact, "detach": the one to restore when tprd adopts the
+  // guest again, since a detached guest runs on exact).
+  std::optional<engine::Strategy> strategy;
 };
 
 // Lines that could not be read back (a line torn by a crash, foreign bytes), with the reason.
@@ -49,6 +54,12 @@ class Journal {
 
   // Thread-safe. Returns only after the line is fsync'd.
   absl::Status Append(const JournalEntry& entry);
+  // Thread-safe. All lines with one write and one fsync (a transaction's or an adopt's records).
+  absl::Status AppendAll(const std::vector<JournalEntry>& entries);
+
+  // The strategy of the domain's last entry that names one (see JournalEntry::strategy), from
+  // this file's whole history; nullopt when none does. Thread-safe.
+  std::optional<engine::Strategy> LastStrategy(const std::string& domain_uuid) const;
 
   // A PatchRecorder that journals one domain's site changes. Must not outlive the journal.
   std::unique_ptr<engine::PatchRecorder> RecorderFor(const DomainInfo& domain);
@@ -61,10 +72,12 @@ class Journal {
 
  private:
   Journal(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  void Remember(const JournalEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string path_;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   int fd_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, engine::Strategy> last_strategy_ ABSL_GUARDED_BY(mu_);
 };
 
 // One entry as its JSON line (no newline), and back. Exposed for tests and tools.

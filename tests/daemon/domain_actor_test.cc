@@ -110,6 +110,29 @@ TEST_F(DomainActorTest, BusyActorAnswersReadsAndRefusesASecondEnable) {
   EXPECT_TRUE(actor->Snapshot().busy_with.empty());
 }
 
+// The session breaks because the domain was destroyed mid-enable: that is the domain's state
+// (FAILED_PRECONDITION, tprctl exit 1), not tprd or libvirt being unreachable (UNAVAILABLE).
+TEST_F(DomainActorTest, EnableBrokenByTheDomainStoppingSaysSoInsteadOfUnavailable) {
+  auto actor = Actor("winxp-01");
+  guest_->hold_enable = true;
+  guest_->enable_error = absl::UnavailableError("gdbstub session lost: broken pipe");
+  absl::Status status;
+  std::thread enable([&] { status = actor->Enable(EnableOptions{}, Soon()).status(); });
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->enable_entered; }));
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kDestroyed);
+  guest_->ReleaseEnable();
+  enable.join();
+  EXPECT_TRUE(absl::IsFailedPrecondition(status)) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr("winxp-01 stopped during the enable"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("broken pipe"));
+}
+
+TEST_F(DomainActorTest, EnableBrokenWhileTheDomainRunsKeepsItsCode) {
+  auto actor = Actor("winxp-01");
+  guest_->enable_error = absl::UnavailableError("cannot reach libvirt");
+  EXPECT_TRUE(absl::IsUnavailable(actor->Enable(EnableOptions{}, Soon()).status()));
+}
+
 TEST_F(DomainActorTest, EnableDuringTheStartUpAdoptQueuesBehindItInsteadOfBeingRefused) {
   auto actor = Actor("winxp-01");
   guest_->hold_adopt = true;
@@ -310,6 +333,43 @@ TEST_F(DomainActorTest, DetachAllLeavesPatchedGuestsExactAndAdoptTakesThemBack) 
   std::lock_guard<std::mutex> lock(guest_->mu);
   EXPECT_EQ(guest_->strategy_word, engine::Strategy::kMmio);
   EXPECT_TRUE(guest_->traps_armed);
+}
+
+// The guest's word says exact after a clean detach: the operator's choice comes from the
+// journal's detach entry, also for a daemon that opens the journal afresh.
+TEST_F(DomainActorTest, DetachJournalsTheStrategyAndTheNextAdoptIsGivenIt) {
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->cr8legacy = true;
+  }
+  auto actor = Actor("winxp-01");
+  EnableOptions options;
+  options.strategy = RequestedStrategy::kCr8;
+  ASSERT_TRUE(actor->Enable(options, Soon()).ok());
+  ASSERT_TRUE(registry_->DetachAll("tprd stopping", Soon()).ok());
+  actor.reset();
+  registry_.reset();
+  journal_.reset();
+  auto reopened = Journal::Open(dir_.File(Journal::kFileName));
+  ASSERT_TRUE(reopened.ok());
+  journal_ = *std::move(reopened);
+  EXPECT_EQ(journal_->LastStrategy("aaaaaaaa-0000-0000-0000-000000000001"), engine::Strategy::kCr8);
+  registry_ = std::make_unique<DomainRegistry>(&hypervisor_, journal_.get(), &bus_,
+                                               DomainActorOptions{absl::Milliseconds(50)});
+  ASSERT_TRUE(registry_->AdoptRunning(Soon()).ok());
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  EXPECT_EQ(guest_->last_adopt_hint, engine::Strategy::kCr8);
+}
+
+// Rolling back every site ends the operator's choice: a later adopt is told exact.
+TEST_F(DomainActorTest, RollbackOfEverySiteJournalsExactForLaterAdopts) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  EXPECT_EQ(journal_->LastStrategy("aaaaaaaa-0000-0000-0000-000000000001"),
+            engine::Strategy::kMmio);
+  ASSERT_TRUE(actor->Rollback({}, false, Soon()).ok());
+  EXPECT_EQ(journal_->LastStrategy("aaaaaaaa-0000-0000-0000-000000000001"),
+            engine::Strategy::kExact);
 }
 
 TEST_F(DomainActorTest, AdoptRunningLooksOnlyAtDomainsMatchingTheGlob) {

@@ -4,6 +4,7 @@
 
 #include <fstream>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/daemon/test_dir.h"
@@ -100,6 +101,60 @@ TEST(JournalTest, AppendsToAnExistingJournalAndKeepsItPrivate) {
   struct stat info;
   ASSERT_EQ(::stat(path.c_str(), &info), 0);
   EXPECT_EQ(info.st_mode & 0007, 0u) << "the journal must not be world-readable";
+}
+
+TEST(JournalTest, StrategyRoundTripsAndTheLastOnePerDomainSurvivesAReopen) {
+  TestDir dir;
+  const std::string path = dir.File(Journal::kFileName);
+  {
+    auto journal = Journal::Open(path);
+    ASSERT_TRUE(journal.ok());
+    JournalEntry entry;
+    entry.time = absl::Now();
+    entry.domain_uuid = "u-1";
+    entry.event = "enable";
+    entry.strategy = engine::Strategy::kCr8;
+    ASSERT_TRUE((*journal)->Append(entry).ok());
+    entry.event = "lifecycle";  // names no strategy: changes nothing
+    entry.strategy.reset();
+    ASSERT_TRUE((*journal)->Append(entry).ok());
+    entry.domain_uuid = "u-2";
+    entry.event = "detach";
+    entry.strategy = engine::Strategy::kMmio;
+    ASSERT_TRUE((*journal)->Append(entry).ok());
+    EXPECT_EQ((*journal)->LastStrategy("u-1"), engine::Strategy::kCr8);
+  }
+  auto journal = Journal::Open(path);
+  ASSERT_TRUE(journal.ok());
+  EXPECT_EQ((*journal)->LastStrategy("u-1"), engine::Strategy::kCr8);
+  EXPECT_EQ((*journal)->LastStrategy("u-2"), engine::Strategy::kMmio);
+  EXPECT_EQ((*journal)->LastStrategy("u-3"), std::nullopt);
+  auto entries = Journal::ReadAll(path, nullptr);
+  ASSERT_TRUE(entries.ok());
+  ASSERT_EQ(entries->size(), 3u);
+  EXPECT_EQ((*entries)[2].strategy, engine::Strategy::kMmio);
+  EXPECT_EQ((*entries)[1].strategy, std::nullopt);
+}
+
+TEST(JournalTest, AppendAllWritesEveryLineAndAnUnknownStrategyIsRejectedOnRead) {
+  TestDir dir;
+  const std::string path = dir.File(Journal::kFileName);
+  auto journal = Journal::Open(path);
+  ASSERT_TRUE(journal.ok());
+  std::vector<JournalEntry> batch(3);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    batch[i].time = absl::Now();
+    batch[i].event = absl::StrCat("e", i);
+  }
+  ASSERT_TRUE((*journal)->AppendAll(batch).ok());
+  ASSERT_TRUE((*journal)->AppendAll({}).ok());
+  auto entries = Journal::ReadAll(path, nullptr);
+  ASSERT_TRUE(entries.ok());
+  ASSERT_EQ(entries->size(), 3u);
+  EXPECT_EQ((*entries)[2].event, "e2");
+  EXPECT_FALSE(
+      JournalEntryFromJson(R"({"time":"2026-01-01T00:00:00Z","event":"detach","strategy":"warp"})")
+          .ok());
 }
 
 TEST(JournalTest, ReadingSkipsTornAndForeignLinesWithReasons) {

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <set>
 
+#include "daemon/engine/guest_site_table.h"
 #include "daemon/engine/placement.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -503,6 +504,89 @@ TEST_F(PatchManagerTest, AdoptAfterKillPatchesTheSiteAVcpuStoppedAt) {
   EXPECT_EQ(restarted.Status().strategy, Strategy::kMmio) << "the word kept the strategy";
   EXPECT_EQ(Bytes(kWriteEcx, 1)[0], 0x51) << "patched before it runs";
   EXPECT_TRUE(vm_.running());
+}
+
+// tprd killed between the guest write and its record: the guest's table still says pending,
+// the journal one step behind. Adopt records what the bytes say in both.
+TEST_F(PatchManagerTest, AdoptAfterKillMidTransactionRecordsWhatTheBytesSay) {
+  QueueWatchpoint(0, kReadEax + 5);
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  std::optional<Site> patched;
+  for (const ManagedSite& s : manager_.Sites()) {
+    if (s.site.address == kReadEax) patched = s.site;
+  }
+  ASSERT_TRUE(patched && patched->state == SiteState::kApplied);
+  uint32_t blob_va = 0;
+  for (uint32_t pa = kLegacyWindowFirst; pa < kLegacyWindowEnd; pa += 4096) {
+    if (vm_.BackdoorPhysicalBytes(pa, 4) == std::vector<uint8_t>{0x54, 0x50, 0x52, 0x42}) {
+      blob_va = kLowMemoryVirtualBase + pa;
+    }
+  }
+  ASSERT_NE(blob_va, 0u);
+  ASSERT_TRUE(vm_.Stop().ok());
+  Site pending = *patched;
+  pending.state = SiteState::kPending;
+  GuestSiteTable table(vm_, 0, blob_va);
+  ASSERT_TRUE(table.RecordSite(pending).ok());
+  journal_.records.clear();
+
+  PatchManager restarted(vm_, journal_, clock_);
+  ASSERT_TRUE(restarted.Adopt().ok());
+  ASSERT_TRUE(vm_.Stop().ok());
+  absl::StatusOr<std::vector<Site>> after = ReadGuestSiteTable(vm_, 0, blob_va);
+  ASSERT_TRUE(after.ok()) << after.status();
+  bool in_table = false;
+  for (const Site& s : *after) {
+    if (s.id != patched->id) continue;
+    in_table = true;
+    EXPECT_EQ(s.state, SiteState::kApplied) << "the guest's table follows the bytes";
+  }
+  EXPECT_TRUE(in_table);
+  bool journaled = false;
+  for (const Site& s : journal_.records) {
+    if (s.id != patched->id) continue;
+    journaled = true;
+    EXPECT_EQ(s.state, SiteState::kApplied);
+  }
+  EXPECT_TRUE(journaled) << "the adopt journals every site's state";
+}
+
+TEST_F(PatchManagerTest, EnableAfterRollbackPatchesEverySiteAgain) {
+  QueueWatchpoint(0, kReadEax + 5);
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  ASSERT_TRUE(manager_.Rollback({}, false).ok());
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  EXPECT_EQ(manager_.Status().strategy, Strategy::kMmio);
+  for (const ManagedSite& s : manager_.Sites()) {
+    EXPECT_NE(s.site.state, SiteState::kRolledBack) << s.disassembly;
+    if (s.site.address == kWriteEcx) {
+      EXPECT_TRUE(vm_.breakpoints().count(kWriteEcx)) << "the restored writer is armed again";
+    }
+  }
+}
+
+// A writer rolled back on its own leaves the guest on exact; a restarted tprd must not switch
+// the word back to mmio with that writer unpatched and unarmed.
+TEST_F(PatchManagerTest, AdoptWithARolledBackWriterKeepsTheGuestOnExact) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  QueueBreakpoint(0, kWriteEcx);
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
+  std::optional<ManagedSite> writer = SiteAt(kWriteEcx);
+  ASSERT_TRUE(writer && writer->site.state == SiteState::kApplied)
+      << "the writer is patched at its first execution";
+  ASSERT_TRUE(manager_.Rollback({writer->site.id}, false).ok());
+  EXPECT_EQ(manager_.Status().strategy, Strategy::kExact);
+  ASSERT_TRUE(manager_.Detach().ok());
+
+  PatchManager restarted(vm_, journal_, clock_);
+  ASSERT_TRUE(restarted.Adopt(Strategy::kMmio).ok());
+  EXPECT_EQ(restarted.Status().strategy, Strategy::kExact);
 }
 
 TEST_F(PatchManagerTest, EnableAfterDetachReusesTheBlobInTheGuest) {

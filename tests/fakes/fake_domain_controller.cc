@@ -70,8 +70,9 @@ bool FakeDomainController::PatchedLocked() const {
          });
 }
 
-absl::StatusOr<bool> FakeDomainController::Adopt() {
+absl::StatusOr<bool> FakeDomainController::Adopt(std::optional<engine::Strategy> strategy_hint) {
   std::unique_lock<std::mutex> lock(guest_->mu);
+  guest_->last_adopt_hint = strategy_hint;
   guest_->adopt_entered = true;
   guest_->changed.notify_all();
   guest_->changed.wait(lock, [this] { return !guest_->hold_adopt; });
@@ -203,6 +204,7 @@ ControllerStatus FakeDomainController::Status() {
   ControllerStatus status;
   status.patched = PatchedLocked();
   status.strategy = guest_->strategy_word;
+  status.requested_strategy = status.patched ? guest_->chosen_strategy : engine::Strategy::kExact;
   status.traps_handled = traps_handled_;
   status.tpr_accesses_per_second_before = status.patched ? 25000 : 0;
   status.tpr_accesses_per_second_after = status.patched ? 120 : 0;

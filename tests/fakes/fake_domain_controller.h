@@ -48,6 +48,7 @@ struct FakeGuest {
   absl::Status poll_error;    // the next Poll fails with this (then it is cleared)
   bool hold_enable = false;   // Enable blocks until released (a busy actor)
   bool enable_entered = false;
+  std::optional<engine::Strategy> last_adopt_hint;  // what the daemon passed to Adopt
   bool hold_adopt = false;  // Adopt blocks until released (a daemon still adopting at start)
   bool adopt_entered = false;
   std::deque<daemon::ControllerEvent> poll_events;  // the next Poll returns these
@@ -72,7 +73,7 @@ class FakeDomainController : public daemon::DomainController {
  public:
   FakeDomainController(std::shared_ptr<FakeGuest> guest, engine::PatchRecorder* recorder);
 
-  absl::StatusOr<bool> Adopt() override;
+  absl::StatusOr<bool> Adopt(std::optional<engine::Strategy> strategy_hint) override;
   absl::StatusOr<std::vector<daemon::SiteReport>> Enable(
       const daemon::EnableOptions& options) override;
   absl::StatusOr<daemon::RollbackResult> Rollback(const std::vector<uint32_t>& site_ids,
