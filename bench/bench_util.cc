@@ -71,19 +71,4 @@ TprTraceCount CountTprTrace(const std::string& text) {
   return count;
 }
 
-uint64_t RssKib(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string key;
-  while (in >> key) {
-    if (key == "VmRSS:") {
-      uint64_t kib = 0;
-      in >> kib;
-      return kib;
-    }
-    std::string rest;
-    std::getline(in, rest);
-  }
-  return 0;
-}
-
 }  // namespace tprd::bench

@@ -16,6 +16,7 @@ namespace tprd::bench {
 
 // Child processes: tests/support/subprocess.h, shared with the end-to-end tests.
 using testing::ReadFile;
+using testing::RssKib;
 using testing::Run;
 using testing::RunResult;
 using testing::Spawn;
@@ -42,7 +43,6 @@ struct TprTraceCount {
 TprTraceCount CountTprTrace(const std::string& text);
 
 // Kilobytes of resident memory of `pid` (VmRSS), 0 if unknown.
-uint64_t RssKib(pid_t pid);
 
 }  // namespace tprd::bench
 

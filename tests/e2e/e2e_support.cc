@@ -1,17 +1,25 @@
 #include "tests/e2e/e2e_support.h"
 
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "daemon/engine/guest_site_table.h"
+#include "daemon/engine/placement.h"
 #include "gtest/gtest.h"
 #include "kvm-backend/libvirt_connection.h"
 #include "kvm-backend/qemu_guest_vm.h"
@@ -34,6 +42,23 @@ bool PollUntil(absl::Duration timeout, Predicate done) {
 }
 
 }  // namespace
+
+std::unique_ptr<TestDomain> BootTestGuest(const std::string& cmdline, bool reboot_restarts,
+                                          int vcpus) {
+  TestDomainOptions options;
+  options.reboot_restarts = reboot_restarts;
+  options.kernel = TestGuestElf();
+  options.vcpus = vcpus;
+  options.cmdline = cmdline;
+  absl::StatusOr<std::unique_ptr<TestDomain>> created = TestDomain::Create(options);
+  EXPECT_TRUE(created.ok()) << created.status();
+  if (!created.ok()) return nullptr;
+  absl::StatusOr<std::string> stat =
+      (*created)->WaitForPrefix(absl::StrCat("STAT cpu=", vcpus - 1, " "), absl::Seconds(120));
+  EXPECT_TRUE(stat.ok()) << stat.status();
+  if (!stat.ok()) return nullptr;
+  return *std::move(created);
+}
 
 RunResult Virsh(const std::vector<std::string>& args) {
   std::vector<std::string> full = {"/usr/bin/virsh", "-c", "qemu:///system"};
@@ -59,17 +84,42 @@ void TprdProcess::Start() {
       TPRD_PATH,     "--socket",        socket(),
       "--state-dir", dir_ + "/state",   "--config",
       config,        "--adopt-domains", absl::StrCat("tprd-it-", getpid(), "-*")};
+  // Ready means served and done adopting: tprd says READY=1 (sd_notify) only after its start-up
+  // adopt, so a test sees the adopted state, not the moment before it.
+  const std::string notify_path = dir_ + "/notify.sock";
+  ::unlink(notify_path.c_str());
+  const int notify = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(notify, 0) << std::strerror(errno);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  ASSERT_LT(notify_path.size(), sizeof(address.sun_path));
+  std::memcpy(address.sun_path, notify_path.c_str(), notify_path.size());
+  ASSERT_EQ(::bind(notify, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0)
+      << notify_path << ": " << std::strerror(errno);
+  ::setenv("NOTIFY_SOCKET", notify_path.c_str(), 1);
   pid_ = Spawn(args, log_path(), log_path());
+  ::unsetenv("NOTIFY_SOCKET");
+  if (pid_ <= 0) ::close(notify);
   ASSERT_GT(pid_, 0) << "cannot start " << TPRD_PATH;
-  bool exited = false;
-  const bool ready = PollUntil(absl::Seconds(60), [&] {
+  bool exited = false, ready = false;
+  const absl::Time deadline = absl::Now() + absl::Seconds(150);  // adopt is bounded at 2 min
+  while (!ready && !exited && absl::Now() < deadline) {
+    pollfd waiting{notify, POLLIN, 0};
+    if (::poll(&waiting, 1, 200) > 0) {
+      char message[512];
+      const ssize_t n = ::recv(notify, message, sizeof(message) - 1, 0);
+      if (n > 0)
+        ready = std::string_view(message, static_cast<size_t>(n)).find("READY=1") !=
+                std::string_view::npos;
+    }
     int status;
-    if (waitpid(pid_, &status, WNOHANG) != 0) exited = true;
-    return exited || Ctl({"domains"}).exit_code == 0;
-  });
+    if (!ready && waitpid(pid_, &status, WNOHANG) != 0) exited = true;
+  }
+  ::close(notify);
+  ::unlink(notify_path.c_str());
   if (exited) pid_ = -1;
   ASSERT_FALSE(exited) << "tprd exited during start-up:\n" << LogTail();
-  ASSERT_TRUE(ready) << "tprd did not answer within 60 s:\n" << LogTail();
+  ASSERT_TRUE(ready) << "tprd did not report READY=1 within 150 s:\n" << LogTail();
 }
 
 int TprdProcess::Terminate() {
@@ -102,6 +152,9 @@ RunResult TprdProcess::Ctl(std::vector<std::string> args) {
   full.insert(full.end(), args.begin(), args.end());
   return Run(full);
 }
+
+const char* TprdPath() { return TPRD_PATH; }
+const char* TprctlPath() { return TPRCTL_PATH; }
 
 std::string MakeTprdDir() {
   char dir_template[] = "/tmp/tprd-e2e-XXXXXX";
@@ -238,6 +291,83 @@ std::vector<uint8_t> ReadCode(const std::string& uuid, uint32_t first, uint32_t 
   EXPECT_TRUE((*vm)->ReadVirtual(0, first, absl::MakeSpan(bytes)).ok());
   EXPECT_TRUE((*vm)->Detach().ok());
   return bytes;
+}
+
+void WriteCode(const std::string& uuid, uint32_t va, const std::vector<uint8_t>& bytes) {
+  absl::StatusOr<std::unique_ptr<backend::LibvirtConnection>> conn = backend::ConnectToLibvirt({});
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  absl::StatusOr<std::unique_ptr<backend::QemuGuestVm>> vm =
+      backend::QemuGuestVm::Attach(conn->get(), uuid);
+  ASSERT_TRUE(vm.ok()) << vm.status();
+  EXPECT_TRUE((*vm)->Stop().ok());
+  EXPECT_TRUE((*vm)->WriteVirtual(0, va, bytes).ok());
+  std::vector<uint8_t> back(bytes.size());
+  EXPECT_TRUE((*vm)->ReadVirtual(0, va, absl::MakeSpan(back)).ok());
+  EXPECT_EQ(back, bytes) << "write at 0x" << std::hex << va << " did not read back";
+  EXPECT_TRUE((*vm)->Detach().ok());
+}
+
+GuestSnapshot SnapshotGuest(const std::string& uuid, uint32_t first, uint32_t size) {
+  GuestSnapshot out;
+  out.code.resize(size);
+  absl::StatusOr<std::unique_ptr<backend::LibvirtConnection>> conn = backend::ConnectToLibvirt({});
+  EXPECT_TRUE(conn.ok()) << conn.status();
+  if (!conn.ok()) return out;
+  absl::StatusOr<std::unique_ptr<backend::QemuGuestVm>> vm =
+      backend::QemuGuestVm::Attach(conn->get(), uuid);
+  EXPECT_TRUE(vm.ok()) << vm.status();
+  if (!vm.ok()) return out;
+  EXPECT_TRUE((*vm)->Stop().ok());
+  EXPECT_TRUE((*vm)->ReadVirtual(0, first, absl::MakeSpan(out.code)).ok());
+  std::vector<uint8_t> window(engine::kLegacyWindowEnd - engine::kLegacyWindowFirst);
+  EXPECT_TRUE((*vm)->ReadPhysical(engine::kLegacyWindowFirst, absl::MakeSpan(window)).ok());
+  for (uint32_t offset = 0; offset + 4 <= window.size() && !out.blob; offset += 4096) {
+    uint32_t magic;
+    std::memcpy(&magic, window.data() + offset, 4);
+    if (magic != TPRD_BLOB_MAGIC) continue;
+    absl::StatusOr<engine::ParsedBlob> parsed = engine::ReadGuestBlob(
+        **vm, 0, engine::kLowMemoryVirtualBase + engine::kLegacyWindowFirst + offset);
+    if (parsed.ok()) {
+      out.blob = *std::move(parsed);
+    } else {
+      out.blob_error = std::string(parsed.status().message());
+    }
+  }
+  EXPECT_TRUE((*vm)->Detach().ok());
+  return out;
+}
+
+std::vector<SiteRow> ListSites(TprdProcess& tprd, const std::string& domain) {
+  std::vector<SiteRow> rows;
+  RunResult r = tprd.Ctl({"--json", "sites", domain});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  nlohmann::json doc = nlohmann::json::parse(r.out, nullptr, false);
+  if (r.exit_code != 0 || doc.is_discarded() || !doc["sites"].is_array()) return rows;
+  auto hex_bytes = [](const std::string& hex) {
+    std::vector<uint8_t> bytes;
+    for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+      bytes.push_back(static_cast<uint8_t>(std::stoul(hex.substr(i, 2), nullptr, 16)));
+    }
+    return bytes;
+  };
+  for (const auto& site : doc["sites"]) {
+    SiteRow row;
+    row.id = site["id"].get<uint32_t>();
+    row.address = std::stoul(site["address"].get<std::string>(), nullptr, 16);
+    row.state = site["state"].is_string() ? site["state"].get<std::string>() : "";
+    row.original = hex_bytes(site["original"].get<std::string>());
+    row.patched = hex_bytes(site["patched"].get<std::string>());
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+CodeRange TestGuestCodeRange() {
+  std::map<std::string, uint32_t> sites = SitesByName();
+  CodeRange range;
+  range.first = sites["rd_a1_eax"] & ~0xFFFu;
+  range.size = ((sites["decoy_ff6"] + 0x1000) & ~0xFFFu) - range.first;
+  return range;
 }
 
 std::string DomainRunState(const std::string& name) {

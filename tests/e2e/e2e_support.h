@@ -7,14 +7,22 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/time/time.h"
+#include "daemon/engine/blob.h"
 #include "tests/support/libvirt_test_env.h"
 #include "tests/support/subprocess.h"
 
 namespace tprd::testing {
+
+// Boots the test guest (2 vCPUs unless said) and waits for its first checks on every CPU.
+// nullptr, with a test failure, when it does not come up.
+std::unique_ptr<TestDomain> BootTestGuest(const std::string& cmdline, bool reboot_restarts,
+                                          int vcpus = 2);
 
 // `virsh -c qemu:///system ARGS...`
 RunResult Virsh(const std::vector<std::string>& args);
@@ -42,11 +50,19 @@ class TprdProcess {
 
   RunResult Ctl(std::vector<std::string> args);
 
+  pid_t pid() const { return pid_; }
+  // The journal tprd keeps in its state directory.
+  std::string journal_path() const { return dir_ + "/state/journal.jsonl"; }
+
  private:
   std::string dir_;
   std::string config_;
   pid_t pid_ = -1;
 };
+
+// The tprd and tprctl binaries of this build.
+const char* TprdPath();
+const char* TprctlPath();
 
 // A fresh state directory for one TprdProcess (mkdtemp under /tmp, root-only).
 std::string MakeTprdDir();
@@ -87,6 +103,35 @@ BenchMedians WaitForBench(TestDomain& domain, size_t from, int count, const char
 
 // Guest code bytes [first, first+size), read through a short gdbstub session of our own.
 std::vector<uint8_t> ReadCode(const std::string& uuid, uint32_t first, uint32_t size);
+
+// Writes `bytes` at guest virtual `va` and reads them back, through a short gdbstub session of
+// our own (tprd must not hold the gdbstub). Stands in for guest code changed behind tprd.
+void WriteCode(const std::string& uuid, uint32_t va, const std::vector<uint8_t>& bytes);
+
+// What the guest holds, read in one short gdbstub session of our own (tprd must not hold it):
+// code bytes and tprd's blob, if any, as tprd's own parser sees it.
+struct GuestSnapshot {
+  std::vector<uint8_t> code;               // [first, first + size)
+  std::optional<engine::ParsedBlob> blob;  // the first valid blob in the legacy window
+  std::string blob_error;                  // why a blob that was found is not valid
+};
+GuestSnapshot SnapshotGuest(const std::string& uuid, uint32_t first, uint32_t size);
+
+// One row of `tprctl --json sites DOMAIN`.
+struct SiteRow {
+  uint32_t id = 0;
+  uint32_t address = 0;
+  std::string state;
+  std::vector<uint8_t> original, patched;
+};
+// Fatal-free: an empty list (and a test failure) when the call fails.
+std::vector<SiteRow> ListSites(TprdProcess& tprd, const std::string& domain);
+
+// The test guest's code pages: from the first site's page to the end of the decoy table's.
+struct CodeRange {
+  uint32_t first = 0, size = 0;
+};
+CodeRange TestGuestCodeRange();
 
 // libvirt's state of the domain ("running", "paused", ...), from `virsh domstate`.
 std::string DomainRunState(const std::string& name);

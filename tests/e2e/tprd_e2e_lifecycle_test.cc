@@ -15,21 +15,6 @@ namespace {
 
 constexpr int kLateSeconds = 30;
 
-std::unique_ptr<TestDomain> BootTestGuest(const std::string& cmdline, bool reboot_restarts) {
-  TestDomainOptions options;
-  options.reboot_restarts = reboot_restarts;
-  options.kernel = TestGuestElf();
-  options.vcpus = 2;
-  options.cmdline = cmdline;
-  absl::StatusOr<std::unique_ptr<TestDomain>> created = TestDomain::Create(options);
-  EXPECT_TRUE(created.ok()) << created.status();
-  if (!created.ok()) return nullptr;
-  absl::StatusOr<std::string> stat = (*created)->WaitForPrefix("STAT cpu=1 ", absl::Seconds(120));
-  EXPECT_TRUE(stat.ok()) << stat.status();
-  if (!stat.ok()) return nullptr;
-  return *std::move(created);
-}
-
 // kill -9 leaves the late site's breakpoint armed in the gdbstub: the guest stops at the late
 // site's first run with no tprd to handle it. A restarted tprd must adopt the guest, handle the
 // pending stop (patch the site) and let the guest run on, correct.

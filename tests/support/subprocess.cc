@@ -89,4 +89,19 @@ std::string ReadFile(const std::string& path, uint64_t from) {
   return buffer.str();
 }
 
+uint64_t RssKib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string key;
+  while (in >> key) {
+    if (key == "VmRSS:") {
+      uint64_t kib = 0;
+      in >> kib;
+      return kib;
+    }
+    std::string rest;
+    std::getline(in, rest);
+  }
+  return 0;
+}
+
 }  // namespace tprd::testing

@@ -30,6 +30,9 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::string& out_path,
 // SIGTERM, then SIGKILL after `grace_ms`; reaps it. Only for pids Spawn returned.
 void Stop(pid_t pid, int grace_ms = 3000);
 
+// Resident set size of a process in KiB (VmRSS), 0 if it cannot be read.
+uint64_t RssKib(pid_t pid);
+
 // The file's bytes from offset `from` on; empty if it cannot be read.
 std::string ReadFile(const std::string& path, uint64_t from = 0);
 
