@@ -100,5 +100,34 @@ TEST(TprdEndToEndLifecycle, RebootWhilePatchedClearsStateAndEnableWorksAgain) {
   EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
 }
 
+// SIGTERM leaves the guest on exact; the restarted tprd adopts it and switches back to the
+// strategy the operator chose (the journal's), not exact.
+TEST(TprdEndToEndLifecycle, SigtermThenRestartSwitchesBackToTheOperatorsStrategy) {
+  std::unique_ptr<TestDomain> domain = BootTestGuest("nobench", false);
+  ASSERT_NE(domain, nullptr);
+  TprdProcess tprd(MakeTprdDir(), "proving_window_s = 5\n");
+  tprd.Start();
+  if (HasFatalFailure()) return;
+  RunResult enabled = tprd.Ctl({"enable", domain->name(), "--strategy", "mmio"});
+  ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
+  WaitForApplied(tprd, domain->name(), HotSites(), absl::Seconds(90), "enable");
+  auto strategy = [&] {
+    RunResult r = tprd.Ctl({"--json", "status", domain->name()});
+    nlohmann::json doc = nlohmann::json::parse(r.out, nullptr, false);
+    return doc.is_discarded() || !doc["strategy"].is_string() ? std::string("?")
+                                                              : doc["strategy"].get<std::string>();
+  };
+  EXPECT_EQ(strategy(), "mmio");
+  ASSERT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
+  ExpectGuestPasses(*domain, domain->Lines().size(), "on exact, tprd away");
+  tprd.Start();
+  if (HasFatalFailure()) return;
+  WaitForState(tprd, domain->name(), "patched", absl::Seconds(30), "adopted");
+  EXPECT_EQ(strategy(), "mmio") << "adopted, but left on exact\n" << tprd.LogTail();
+  ExpectGuestPasses(*domain, domain->Lines().size(), "adopted");
+  EXPECT_EQ(tprd.Ctl({"rollback", domain->name()}).exit_code, 0);
+  EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
+}
+
 }  // namespace
 }  // namespace tprd::testing
