@@ -37,7 +37,7 @@
         .globl PCPU_SHADOW, PCPU_ENABLED, PCPU_READS, PCPU_MISMATCHES, PCPU_SIZE, PCPU_MAX
         .set PCPU_SHADOW, 0                 # u8: the guest's view of the TPR
         .set PCPU_ENABLED, 1                # u8: nonzero = handlers may use the shadow
-        .set PCPU_READS, 2                  # u16: shadow reads since the last guard check
+        .set PCPU_READS, 2                  # u16: shadow reads left before the next guard check
         .set PCPU_MISMATCHES, 4             # u32: guard checks that found the shadow stale
         .set PCPU_SIZE, 8
         .set PCPU_MAX, 64
@@ -107,7 +107,7 @@ hdr_handlers:
         .globl set_tpr, set_tpr_eax, get_tpr_stack
         .globl get_tpr_eax, get_tpr_ecx, get_tpr_edx, get_tpr_ebx
         .globl get_tpr_ebp, get_tpr_esi, get_tpr_edi
-        .globl tpr_read_core, tpr_write_core
+        .globl tpr_read_slow, tpr_write_core
 
         .balign 16
 code_start:
@@ -125,18 +125,62 @@ set_tpr_eax:
         call    tpr_write_core
         ret
 
+# Reads. Every get_tpr_<dest> holds its own fast path, with the destination register as the
+# CPU index, so the common case (mmio, enabled CPU, guard not due) is one call, no inner call,
+# no register saved but the flags, and one ret: under TCG every call/ret/popf ends a translation
+# block, and the rets and the popf are the expensive ones (docs/performance.md).
+#   pushf; cli                          stay on this CPU between fs:[0x51] and its entry
+#   dest = fs:[0x51]; in range; enabled; strategy word is mmio
+#   entry.guard -= 1; above 0          (down-counting guard: 0 or 1 before = check now)
+#   dest = entry.shadow; popf; ret
+# Anything else goes, still under the cli, to tpr_read_slow (exact, cr8, guard check) or to a
+# plain MMIO read (CPU out of range or not enabled).
+        .macro  GET_TPR_FAST dest, slow, real
+        pushfl
+        cli
+        movzbl  %fs:KPCR_PROCESSOR_NUMBER, \dest
+        cmpl    hdr_cpu_count, \dest
+        jae     \real
+        cmpb    $0, percpu_area+PCPU_ENABLED(,\dest,8)   # 8 = PCPU_SIZE (checked below)
+        je      \real
+        cmpl    $STRATEGY_MMIO, strategy_word
+        jne     \slow
+        subw    $1, percpu_area+PCPU_READS(,\dest,8)
+        jbe     \slow                   # was 1 (due) or 0 (fresh entry): check now
+        movzbl  percpu_area+PCPU_SHADOW(,\dest,8), \dest
+        .endm
+
 # call get_tpr_eax                  (site: mov eax,[tpr])
 get_tpr_eax:
-        call    tpr_read_core
+        GET_TPR_FAST %eax, .Lget_eax_slow, .Lget_eax_real
+        popfl
+        ret
+.Lget_eax_slow:
+        call    tpr_read_slow
+        popfl
+        ret
+.Lget_eax_real:
+        movl    tpr_va, %eax
+        popfl
         ret
 
 # nop; call get_tpr_<reg>           (site: mov r32,[tpr]); esp is never a destination
         .macro  GET_TPR_INTO reg
 get_tpr_\reg:
+        GET_TPR_FAST %\reg, .Lget_\reg\()_slow, .Lget_\reg\()_real
+        popfl
+        ret
+.Lget_\reg\()_slow:
         pushl   %eax
-        call    tpr_read_core
+        movl    %\reg, %eax
+        call    tpr_read_slow
         movl    %eax, %\reg
         popl    %eax
+        popfl
+        ret
+.Lget_\reg\()_real:
+        movl    tpr_va, %\reg
+        popfl
         ret
         .endm
         GET_TPR_INTO ecx
@@ -147,44 +191,58 @@ get_tpr_\reg:
         GET_TPR_INTO edi
 
 # push eax; call get_tpr_stack      (site: push dword [tpr])
-# Entry: [esp]=return, [esp+4]=the pushed eax. Exit: that slot holds the TPR, eax is restored.
+# Entry: [esp]=return, [esp+4]=the pushed eax (eax itself unchanged). Exit: that slot holds the
+# TPR. ecx is the scratch: [esp]=ecx, [esp+4]=flags, [esp+8]=return, [esp+12]=slot.
 get_tpr_stack:
-        pushl   %ecx
-        call    tpr_read_core           # eax = TPR
-        movl    %eax, %ecx
-        movl    8(%esp), %eax           # [esp]=ecx, [esp+4]=return, [esp+8]=slot
-        movl    %ecx, 8(%esp)
-        popl    %ecx
-        ret
-
-# Returns the TPR in eax (zero-extended shadow, or the real register on the exact path).
-# Preserves every other register and EFLAGS.
-tpr_read_core:
         pushfl
-        cli                             # stay on this CPU between fs:[0x51] and the entry
+        pushl   %ecx
+        # GET_TPR_FAST with its pushf done above the ecx save: same body, by hand
+        cli
+        movzbl  %fs:KPCR_PROCESSOR_NUMBER, %ecx
+        cmpl    hdr_cpu_count, %ecx
+        jae     .Lget_stack_real
+        cmpb    $0, percpu_area+PCPU_ENABLED(,%ecx,8)
+        je      .Lget_stack_real
+        cmpl    $STRATEGY_MMIO, strategy_word
+        jne     .Lget_stack_slow
+        subw    $1, percpu_area+PCPU_READS(,%ecx,8)
+        jbe     .Lget_stack_slow
+        movzbl  percpu_area+PCPU_SHADOW(,%ecx,8), %ecx
+.Lget_stack_done:
+        movl    %ecx, 12(%esp)
+        popl    %ecx
+        popfl
+        ret
+.Lget_stack_slow:
+        pushl   %eax
+        movl    %ecx, %eax
+        call    tpr_read_slow
+        movl    %eax, %ecx
+        popl    %eax
+        jmp     .Lget_stack_done
+.Lget_stack_real:
+        movl    tpr_va, %ecx
+        jmp     .Lget_stack_done
+
+# The reads the fast path does not serve. Called with interrupts off (the caller's cli) and eax =
+# this CPU's number, in range and enabled. Returns the TPR in eax; preserves every other register,
+# not EFLAGS (the caller restores them).
+tpr_read_slow:
         pushl   %ebx
-        movzbl  %fs:KPCR_PROCESSOR_NUMBER, %ebx
-        cmpl    hdr_cpu_count, %ebx
-        jae     .Lread_real
-        leal    percpu_area(,%ebx,8), %ebx   # 8 = PCPU_SIZE (checked below)
-        cmpb    $0, PCPU_ENABLED(%ebx)
-        je      .Lread_real
+        leal    percpu_area(,%eax,8), %ebx   # 8 = PCPU_SIZE (checked below)
         movl    strategy_word, %eax
         cmpl    $STRATEGY_MMIO, %eax
-        je      .Lread_guarded
+        je      .Lread_guard
         cmpl    $STRATEGY_CR8, %eax
         je      .Lread_shadow
         # exact (or an unknown word: the safe choice): real read, keep the shadow current
         movl    tpr_va, %eax
         movb    %al, PCPU_SHADOW(%ebx)
         jmp     .Lread_done
-.Lread_guarded:
-        # mmio guard: every guard_period-th shadow read on this CPU also reads the real TPR
-        incw    PCPU_READS(%ebx)
-        movzwl  PCPU_READS(%ebx), %eax
-        cmpl    hdr_guard_period, %eax
-        jb      .Lread_shadow
-        movw    $0, PCPU_READS(%ebx)
+.Lread_guard:
+        # mmio, the guard is due: restart its count, then compare the real TPR with the shadow
+        movl    hdr_guard_period, %eax
+        movw    %ax, PCPU_READS(%ebx)
         movl    tpr_va, %eax
         movzbl  %al, %eax
         cmpb    %al, PCPU_SHADOW(%ebx)
@@ -196,12 +254,8 @@ tpr_read_core:
         jmp     .Lread_done
 .Lread_shadow:
         movzbl  PCPU_SHADOW(%ebx), %eax
-        jmp     .Lread_done
-.Lread_real:
-        movl    tpr_va, %eax
 .Lread_done:
         popl    %ebx
-        popfl
         ret
 
 # Writes eax to the TPR: shadow first (an interrupt between the two stores then restores the
@@ -257,5 +311,5 @@ site_table:
         .org    TOTAL_SIZE, 0
 blob_end:
         .if PCPU_SIZE != 8
-        .error "tpr_read_core/tpr_write_core scale the CPU number by 8: update them"
+        .error "the handlers scale the CPU number by 8: update them"
         .endif

@@ -101,8 +101,10 @@ uint32_t BlobChecksum(absl::Span<const uint8_t> blob);
 struct PerCpuEntry {
   uint8_t shadow_tpr = 0;
   bool enabled = false;
-  uint16_t reads_since_check = 0;  // mmio guard
-  uint32_t mismatches = 0;         // mmio guard checks that found the shadow stale
+  // mmio guard: shadow reads left before the next check (the handlers count down; 0 means
+  // "check at the next read", which is what InitPerCpu writes). The name predates the down count.
+  uint16_t reads_since_check = 0;
+  uint32_t mismatches = 0;  // mmio guard checks that found the shadow stale
   friend bool operator==(const PerCpuEntry&, const PerCpuEntry&) = default;
 };
 std::array<uint8_t, kPerCpuEntrySize> EncodePerCpuEntry(const PerCpuEntry& entry);

@@ -478,7 +478,9 @@ class HandlerCodeChecker {
   }
 
   // Walks every path from `entry`; records a failure for any rule broken on the way.
-  void CheckFunction(uint32_t entry, uint16_t expected_ret_imm, const std::string& name) {
+  // `interrupts_off_at_entry`: called under its caller's cli (it must return that way too).
+  void CheckFunction(uint32_t entry, uint16_t expected_ret_imm, const std::string& name,
+                     bool interrupts_off_at_entry = false) {
     if (std::count(call_stack_.begin(), call_stack_.end(), entry)) {
       Fail(name, entry, "calls itself (directly or through others)");
       return;
@@ -489,7 +491,7 @@ class HandlerCodeChecker {
       int depth;            // bytes pushed since entry
       bool interrupts_off;  // a cli since the last popf
     };
-    std::vector<State> work = {{entry, 0, false}};
+    std::vector<State> work = {{entry, 0, interrupts_off_at_entry}};
     std::map<uint32_t, std::pair<int, bool>> seen;
     while (!work.empty()) {
       State state = work.back();
@@ -554,7 +556,8 @@ class HandlerCodeChecker {
             Fail(name, state.address, "indirect call");
             continue;
           }
-          CheckFunction(target, 0, name + ">" + absl::StrFormat("%x", target));
+          CheckFunction(target, 0, name + ">" + absl::StrFormat("%x", target),
+                        state.interrupts_off);
           work.push_back({next, state.depth, state.interrupts_off});
           continue;
         case ZYDIS_MNEMONIC_RET: {
@@ -563,7 +566,11 @@ class HandlerCodeChecker {
           ++returns_checked_;
           if (imm != expected_ret_imm) Fail(name, state.address, "wrong ret immediate");
           if (state.depth != 0) Fail(name, state.address, "stack not balanced at ret");
-          if (state.interrupts_off) Fail(name, state.address, "returns with the cli in force");
+          if (state.interrupts_off != interrupts_off_at_entry) {
+            Fail(name, state.address,
+                 state.interrupts_off ? "returns with the cli in force"
+                                      : "returns with interrupts on, called under a cli");
+          }
           continue;
         }
         default:
@@ -619,8 +626,23 @@ class HandlerCodeChecker {
           Fail(name, address, "ebx-relative access outside a per-CPU entry");
         }
       }
+      // The fast read paths index the per-CPU area by the CPU number: [percpu_area + field +
+      // cpu*8], with interrupts off and within one entry's fields.
+      const bool per_cpu_indexed = op.mem.base == ZYDIS_REGISTER_NONE &&
+                                   op.mem.index != ZYDIS_REGISTER_NONE &&
+                                   op.mem.segment != ZYDIS_REGISTER_FS;
+      if (per_cpu_indexed) {
+        if (!interrupts_off) Fail(name, address, "indexes the per-CPU area without cli");
+        if (op.mem.scale != kPerCpuEntrySize || disp < blob_.addresses.percpu_area ||
+            disp >= blob_.addresses.percpu_area + kPerCpuEntrySize) {
+          Fail(name, address, "indexed access that is not a per-CPU entry field");
+        }
+      }
       if (!writes) continue;
-      if (op.mem.base == ZYDIS_REGISTER_ESP || op.mem.base == ZYDIS_REGISTER_EBX) continue;
+      if (op.mem.base == ZYDIS_REGISTER_ESP || op.mem.base == ZYDIS_REGISTER_EBX ||
+          per_cpu_indexed) {
+        continue;
+      }
       if (absolute && op.mem.segment != ZYDIS_REGISTER_FS &&
           ((disp >= blob_.addresses.data_start && disp < blob_.addresses.end) ||
            disp == tpr_va())) {
@@ -669,16 +691,43 @@ TEST(BlobHandlerCodeTest, HandlersFollowTheStructuralRules) {
 }
 
 TEST(BlobHandlerCodeTest, CheckerCatchesASelfCallingHandler) {
-  // QEMU's get_tpr_edi called itself. Build that defect into a copy: get_tpr_edi's call now
-  // targets get_tpr_edi. The checker must notice (else the test above proves nothing).
+  // QEMU's get_tpr_edi called itself. Build that defect into a copy: get_tpr_edi's call (on
+  // its slow path) now targets get_tpr_edi. The checker must notice (else the test above proves
+  // nothing).
   auto blob = InstantiateBlob(XpPlacement());
   ASSERT_TRUE(blob.ok());
-  const uint32_t call_offset = TPRD_BLOB_GET_TPR_EDI + 1;  // after push eax
+  ZydisDecoder decoder;
+  ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
+  uint32_t call_offset = TPRD_BLOB_GET_TPR_EDI;
+  for (;;) {  // the first call in straight-line order from the entry
+    ASSERT_LT(call_offset, TPRD_BLOB_CODE_END) << "get_tpr_edi calls nothing";
+    ZydisDecodedInstruction insn;
+    ASSERT_TRUE(ZYAN_SUCCESS(
+        ZydisDecoderDecodeInstruction(&decoder, nullptr, blob->bytes.data() + call_offset,
+                                      TPRD_BLOB_CODE_END - call_offset, &insn)));
+    if (insn.mnemonic == ZYDIS_MNEMONIC_CALL) break;
+    call_offset += insn.length;
+  }
   ASSERT_EQ(blob->bytes[call_offset], 0xE8);
   StoreU32(blob->bytes, call_offset + 1, TPRD_BLOB_GET_TPR_EDI - (call_offset + 5));
   HandlerCodeChecker checker(*blob);
   checker.CheckFunction(blob->handlers.get_tpr[int(Gpr::kEdi)], 0, "get_tpr_edi");
   EXPECT_THAT(checker.failures(), ::testing::Contains(HasSubstr("calls itself")));
+}
+
+TEST(BlobHandlerCodeTest, CheckerCatchesAFastPathWithoutCli) {
+  // get_tpr_eax's fast path starts pushf; cli. With the cli made a nop, its fs:[0x51] read and
+  // its indexed per-CPU accesses run with interrupts on; the checker must say so.
+  auto blob = InstantiateBlob(XpPlacement());
+  ASSERT_TRUE(blob.ok());
+  ASSERT_EQ(blob->bytes[TPRD_BLOB_GET_TPR_EAX], 0x9C);      // pushf
+  ASSERT_EQ(blob->bytes[TPRD_BLOB_GET_TPR_EAX + 1], 0xFA);  // cli
+  blob->bytes[TPRD_BLOB_GET_TPR_EAX + 1] = 0x90;
+  HandlerCodeChecker checker(*blob);
+  checker.CheckFunction(blob->handlers.get_tpr[int(Gpr::kEax)], 0, "get_tpr_eax");
+  EXPECT_THAT(checker.failures(), ::testing::Contains(HasSubstr("fs:[...] without cli")));
+  EXPECT_THAT(checker.failures(),
+              ::testing::Contains(HasSubstr("indexes the per-CPU area without cli")));
 }
 
 TEST(BlobHandlerCodeTest, CheckerCatchesAStoreIntoTheCodePage) {
