@@ -12,11 +12,14 @@ class Clock {
  public:
   virtual ~Clock() = default;
   virtual absl::Time Now() = 0;
+  // Waits `d` (a fake moves its time instead).
+  virtual void SleepFor(absl::Duration d) = 0;
 };
 
 class RealClock : public Clock {
  public:
   absl::Time Now() override { return absl::Now(); }
+  void SleepFor(absl::Duration d) override { absl::SleepFor(d); }
 };
 
 }  // namespace tprd::engine

@@ -925,6 +925,7 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
   options.handler_code_start = installed_->addresses.code_start;
   options.handler_code_end = installed_->addresses.code_end;
   options.max_retries = 20;
+  options.clock = &clock_;
   // RollbackSites stops (already stopped: idempotent) and resumes once.
   absl::StatusOr<TransactionReport> tx =
       RollbackSites(vm_, recorder, absl::MakeSpan(batch), options);

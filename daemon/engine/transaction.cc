@@ -36,7 +36,7 @@ class Transaction {
  public:
   Transaction(GuestVm& vm, PatchRecorder& recorder, absl::Span<Site> sites, Direction direction,
               GuestStop stop, int vcpu, bool force, uint32_t handler_start, uint32_t handler_end,
-              int max_retries)
+              int max_retries, Clock* clock)
       : vm_(vm),
         recorder_(recorder),
         sites_(sites),
@@ -46,7 +46,8 @@ class Transaction {
         force_(force),
         handler_start_(handler_start),
         handler_end_(handler_end),
-        max_retries_(std::max(max_retries, 0)) {}
+        max_retries_(std::max(max_retries, 0)),
+        clock_(clock) {}
 
   absl::StatusOr<TransactionReport> Run();
 
@@ -76,6 +77,7 @@ class Transaction {
   const uint32_t handler_start_;
   const uint32_t handler_end_;
   const int max_retries_;
+  Clock* const clock_;
   std::vector<std::pair<int, uint32_t>> eips_;  // (vCPU, EIP)
   TransactionReport report_;
 };
@@ -340,6 +342,10 @@ absl::StatusOr<TransactionReport> Transaction::Run() {
       break;
     }
     stopped = false;
+    if (clock_ != nullptr) {
+      clock_->SleepFor(
+          std::min(absl::Milliseconds(1) * (1 << std::min(attempt, 5)), absl::Milliseconds(20)));
+    }
     if (absl::Status s = vm_.Stop(); !s.ok()) {
       for (size_t i : waiting) {
         report_.outcomes[i].reason +=
@@ -392,7 +398,7 @@ int TransactionReport::Count(SiteOutcome::Kind kind) const {
 absl::StatusOr<TransactionReport> ApplySites(GuestVm& vm, PatchRecorder& recorder,
                                              absl::Span<Site> sites, const ApplyOptions& options) {
   Transaction transaction(vm, recorder, sites, Direction::kApply, options.stop, options.vcpu, false,
-                          0, 0, 0);
+                          0, 0, 0, nullptr);
   return transaction.Run();
 }
 
@@ -401,7 +407,7 @@ absl::StatusOr<TransactionReport> RollbackSites(GuestVm& vm, PatchRecorder& reco
                                                 const RollbackOptions& options) {
   Transaction transaction(vm, recorder, sites, Direction::kRollback, options.stop, options.vcpu,
                           options.force, options.handler_code_start, options.handler_code_end,
-                          options.max_retries);
+                          options.max_retries, options.clock);
   return transaction.Run();
 }
 

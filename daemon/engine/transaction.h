@@ -22,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "daemon/engine/clock.h"
 #include "daemon/engine/guest_vm.h"
 #include "daemon/engine/patch_recorder.h"
 #include "daemon/engine/site.h"
@@ -83,6 +84,10 @@ struct RollbackOptions {
   // With kStopAndResume: when vCPUs sit inside sites or handlers, resume, stop again and
   // re-check, up to this many times, for the sites still blocked.
   int max_retries = 0;
+  // Lets the vCPUs run between those retries (1 ms, doubling to 20 ms): stopped again at once,
+  // a vCPU may not have run a single instruction (seen under TCG: 20 retries, same EIP).
+  // Null: no wait.
+  Clock* clock = nullptr;
 };
 
 // Patches every site whose bytes are still site.original (or already site.patched). Updates

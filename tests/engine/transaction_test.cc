@@ -5,6 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/fakes/fake_clock.h"
 #include "tests/fakes/fake_guest_vm.h"
 #include "tests/fakes/page_table_builder.h"
 
@@ -312,6 +313,18 @@ TEST_F(TransactionTest, RollbackRetriesAreBounded) {
   EXPECT_EQ(r.Count(Kind::kRolledBack), 2);
   EXPECT_EQ(Bytes(sites_[2]), sites_[2].patched);
   EXPECT_EQ(sites_[2].state, SiteState::kApplied);
+}
+
+// Stopped again at once, a vCPU may not have run at all: with a clock, the retries let the
+// guest run a little longer each time (1 ms doubling, capped at 20 ms).
+TEST_F(TransactionTest, RollbackRetriesLetTheGuestRunLongerEachTime) {
+  Apply();
+  vm_.SetEip(1, kSiteC + 5);  // never moves
+  testing::FakeClock clock;
+  const absl::Time start = clock.Now();
+  const TransactionReport r = Rollback({.max_retries = 7, .clock = &clock});
+  EXPECT_EQ(r.outcomes[2].kind, Kind::kSkipped);
+  EXPECT_EQ(clock.Now() - start, absl::Milliseconds(1 + 2 + 4 + 8 + 16 + 20 + 20));
 }
 
 TEST_F(TransactionTest, CallerHeldRollbackDoesNotRetry) {

@@ -9,6 +9,7 @@ namespace tprd::testing {
 class FakeClock : public engine::Clock {
  public:
   absl::Time Now() override { return now_; }
+  void SleepFor(absl::Duration d) override { now_ += d; }
   void Advance(absl::Duration d) { now_ += d; }
 
  private:
