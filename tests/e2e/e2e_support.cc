@@ -27,22 +27,6 @@
 #include "tests/support/qemu_process.h"
 
 namespace tprd::testing {
-namespace {
-
-// Polls `done` every 200 ms until it holds or `timeout` passes; false on timeout. A poll of
-// an external process's state (tprd, libvirt): there is no event to wait on.
-template <typename Predicate>
-bool PollUntil(absl::Duration timeout, Predicate done) {
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    if (done()) return true;
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(200));
-  }
-}
-
-}  // namespace
-
 std::unique_ptr<TestDomain> BootTestGuest(const std::string& cmdline, bool reboot_restarts,
                                           int vcpus) {
   TestDomainOptions options;

@@ -12,12 +12,26 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "daemon/engine/blob.h"
 #include "tests/support/libvirt_test_env.h"
 #include "tests/support/subprocess.h"
 
 namespace tprd::testing {
+
+// Polls `done` every `period` until it holds or `timeout` passes; false on timeout. For the
+// state of another process (tprd, libvirt, QEMU): there is no event to wait on.
+template <typename Predicate>
+bool PollUntil(absl::Duration timeout, Predicate done,
+               absl::Duration period = absl::Milliseconds(200)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    if (done()) return true;
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(period);
+  }
+}
 
 // Boots the test guest (2 vCPUs unless said) and waits for its first checks on every CPU.
 // nullptr, with a test failure, when it does not come up.

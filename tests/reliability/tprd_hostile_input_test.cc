@@ -45,18 +45,6 @@ namespace {
 
 using grpc::StatusCode;
 
-// Polls `done` every 100 ms until it holds or `timeout` passes; false on timeout. Used only for
-// the state of another process (tprd's threads and sockets): there is no event to wait on.
-template <typename Predicate>
-bool PollUntil(absl::Duration timeout, Predicate done) {
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    if (done()) return true;
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(100));
-  }
-}
-
 std::string CodeName(StatusCode code) {
   static const char* const names[] = {"OK",
                                       "CANCELLED",
