@@ -196,7 +196,19 @@ absl::Status FakeGuestVm::BackdoorReadPhysical(uint64_t pa, absl::Span<uint8_t> 
     return absl::OutOfRangeError(
         absl::StrFormat("physical 0x%x+%d is outside guest memory", pa, out.size()));
   }
-  for (size_t i = 0; i < out.size(); ++i) out[i] = LoadByte(pa + i);
+  // A page at a time: the scans read megabytes, and a lookup per byte made the sanitizer
+  // build's engine tests take minutes.
+  for (size_t done = 0; done < out.size();) {
+    const uint64_t at = pa + done;
+    const size_t n = std::min<size_t>(out.size() - done, kPageSize - at % kPageSize);
+    auto it = pages_.find(at / kPageSize);
+    if (it == pages_.end()) {
+      std::fill_n(out.begin() + done, n, uint8_t{0});
+    } else {
+      std::copy_n(it->second.begin() + at % kPageSize, n, out.begin() + done);
+    }
+    done += n;
+  }
   return absl::OkStatus();
 }
 
