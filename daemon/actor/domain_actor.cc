@@ -329,17 +329,41 @@ absl::Status DomainActor::GoneError() {
       "domain ", name, " is not running; start it (virsh start ", name, "), then retry"));
 }
 
-absl::Status DomainActor::StoppedDuring(const absl::Status& status, const std::string& what) {
-  // A session that broke because the domain went away is the domain's state, not tprd's or
-  // libvirt's being unreachable (which UNAVAILABLE tells tprctl).
-  if (!absl::IsUnavailable(status) && !absl::IsNotFound(status)) return status;
+uint64_t DomainActor::RebootsSeen() {
+  absl::MutexLock lock(&mu_);
+  return reboots_seen_;
+}
+
+absl::Status DomainActor::StoppedDuring(const absl::Status& status, const std::string& what,
+                                        uint64_t reboots_before) {
+  // A session that broke because the domain went away or rebooted is the domain's state, not
+  // tprd's or libvirt's being unreachable (UNAVAILABLE tells tprctl) nor an unknown name
+  // (NOT_FOUND: a rebooting guest has no paging, so our addresses are "not mapped").
+  const bool guest_access_failed = absl::IsUnavailable(status) || absl::IsNotFound(status) ||
+                                   absl::IsInternal(status) || absl::IsDataLoss(status);
   const DomainInfo domain = Snapshot().domain;
+  {
+    absl::MutexLock lock(&mu_);
+    const auto rebooted = [this, reboots_before]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return reboots_seen_ != reboots_before;
+    };
+    if (guest_access_failed) {
+      mu_.AwaitWithTimeout(absl::Condition(&rebooted), options_.reboot_event_grace);
+    }
+    if (rebooted()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("domain ", domain.name, " rebooted during the ", what,
+                       "; its patches went with its memory (", status.message(),
+                       "); enable again once it has booted"));
+    }
+  }
+  if (!absl::IsUnavailable(status) && !absl::IsNotFound(status)) return status;
   absl::StatusOr<DomainInfo> now = hypervisor_->LookupDomain(domain.uuid);
   if (now.ok() && now->running) return status;
   if (!now.ok() && !absl::IsNotFound(now.status())) return status;
-  return absl::FailedPreconditionError(absl::StrCat("domain ", domain.name, " stopped during the ",
-                                                    what, " (destroyed, shut down or crashed): ",
-                                                    status.message()));
+  return absl::FailedPreconditionError(
+      absl::StrCat("domain ", domain.name, " stopped during the ", what,
+                   " (destroyed, shut down or crashed): ", status.message()));
 }
 
 absl::StatusOr<DomainActor::EnableResult> DomainActor::Enable(const EnableOptions& options,
@@ -352,10 +376,11 @@ absl::StatusOr<DomainActor::EnableResult> DomainActor::Enable(const EnableOption
         // A guest we are away from may already hold our blob: take it back before enabling.
         absl::Status opened = EnsureController(before == DomainState::kExactWhileAway);
         if (!opened.ok()) return opened;
+        const uint64_t reboots_before = RebootsSeen();
         if (!options.dry_run) SetState(DomainState::kPatching, "enable started");
         RecordOperation("enable", options.dry_run ? "dry run" : "started");
         auto sites = controller_->Enable(options);
-        if (!sites.ok()) sites = StoppedDuring(sites.status(), "enable");
+        if (!sites.ok()) sites = StoppedDuring(sites.status(), "enable", reboots_before);
         if (!sites.ok()) {
           const std::string message = std::string(sites.status().message());
           {
@@ -408,6 +433,7 @@ absl::StatusOr<DomainActor::RollbackOutcome> DomainActor::Rollback(
           nothing.after = before;
           return nothing;  // nothing patched: rolling back everything is already true
         }
+        const uint64_t reboots_before = RebootsSeen();
         absl::Status opened = EnsureController(/*adopt=*/true);
         if (!opened.ok()) return opened;
         // An unknown id is the caller's mistake, not the domain's: refused as a whole before
@@ -429,7 +455,7 @@ absl::StatusOr<DomainActor::RollbackOutcome> DomainActor::Rollback(
         RecordOperation("rollback", site_ids.empty() ? "all sites" : "selected sites",
                         site_ids.empty() ? std::optional(engine::Strategy::kExact) : std::nullopt);
         auto result = controller_->Rollback(site_ids, force);
-        if (!result.ok()) result = StoppedDuring(result.status(), "rollback");
+        if (!result.ok()) result = StoppedDuring(result.status(), "rollback", reboots_before);
         if (!result.ok()) {
           absl::MutexLock lock(&mu_);
           snapshot_.last_error = std::string(result.status().message());
@@ -521,6 +547,10 @@ absl::Status DomainActor::Detach(const std::string& reason, absl::Time deadline)
 }
 
 void DomainActor::OnLifecycle(const LifecycleEvent& event) {
+  if (event.kind == LifecycleKind::kRebooted) {
+    absl::MutexLock lock(&mu_);
+    ++reboots_seen_;  // a failing operation may be waiting for this (StoppedDuring)
+  }
   Command command;
   command.name = "lifecycle";
   command.cancelled = std::make_shared<std::atomic<bool>>(false);

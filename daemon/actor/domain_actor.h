@@ -43,6 +43,10 @@ struct DomainSnapshot {
 
 struct DomainActorOptions {
   absl::Duration poll_interval = absl::Seconds(1);
+  // How long an operation whose guest access failed waits for a reboot event to explain it:
+  // a reset makes the next gdbstub read fail (no paging yet) a moment before libvirt's event
+  // arrives.
+  absl::Duration reboot_event_grace = absl::Seconds(2);
 };
 
 class DomainActor {
@@ -100,8 +104,10 @@ class DomainActor {
   void SetState(DomainState state, const std::string& message);
   void RefreshSnapshot(bool with_sites);
   // `status` of an operation whose session broke: FAILED_PRECONDITION naming the domain when
-  // it is no longer running, else unchanged.
-  absl::Status StoppedDuring(const absl::Status& status, const std::string& what);
+  // it is no longer running or rebooted since `reboots_before` (RebootsSeen()), else unchanged.
+  absl::Status StoppedDuring(const absl::Status& status, const std::string& what,
+                             uint64_t reboots_before);
+  uint64_t RebootsSeen();
   void RecordOperation(const std::string& what, const std::string& message,
                        std::optional<engine::Strategy> strategy = std::nullopt);
   void PublishSite(const SiteReport& site);
@@ -123,6 +129,8 @@ class DomainActor {
   std::deque<Command> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool closing_ ABSL_GUARDED_BY(mu_) = false;  // detached for good: only "detach" accepted
+  // Reboot events received (counted on the event thread, before the actor handles them).
+  uint64_t reboots_seen_ ABSL_GUARDED_BY(mu_) = 0;
   // The controller to Interrupt() when a command arrives; set by the actor thread.
   DomainController* interruptible_ ABSL_GUARDED_BY(mu_) = nullptr;
 

@@ -25,8 +25,9 @@ class DomainActorTest : public ::testing::Test {
     auto journal = Journal::Open(dir_.File(Journal::kFileName));
     EXPECT_TRUE(journal.ok());
     journal_ = *std::move(journal);
-    registry_ = std::make_unique<DomainRegistry>(&hypervisor_, journal_.get(), &bus_,
-                                                 DomainActorOptions{absl::Milliseconds(50)});
+    registry_ = std::make_unique<DomainRegistry>(
+        &hypervisor_, journal_.get(), &bus_,
+        DomainActorOptions{absl::Milliseconds(50), /*reboot_event_grace=*/absl::Milliseconds(300)});
   }
 
   std::shared_ptr<DomainActor> Actor(const std::string& name) {
@@ -125,6 +126,35 @@ TEST_F(DomainActorTest, EnableBrokenByTheDomainStoppingSaysSoInsteadOfUnavailabl
   EXPECT_TRUE(absl::IsFailedPrecondition(status)) << status;
   EXPECT_THAT(std::string(status.message()), HasSubstr("winxp-01 stopped during the enable"));
   EXPECT_THAT(std::string(status.message()), HasSubstr("broken pipe"));
+}
+
+// A reset mid-enable: the guest has no paging for a moment, so the next read fails as "not
+// mapped" (NOT_FOUND, which tprctl would show as an unknown domain). The reboot explains it.
+TEST_F(DomainActorTest, EnableBrokenByARebootSaysSoAndTheRebootStillClearsTheState) {
+  auto actor = Actor("winxp-01");
+  guest_->hold_enable = true;
+  guest_->enable_error = absl::NotFoundError("gdbstub refused m800e8000 E14 (address not mapped)");
+  absl::Status status;
+  std::thread enable([&] { status = actor->Enable(EnableOptions{}, Soon()).status(); });
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->enable_entered; }));
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kRebooted);
+  guest_->ReleaseEnable();
+  enable.join();
+  EXPECT_TRUE(absl::IsFailedPrecondition(status)) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr("winxp-01 rebooted during the enable"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("E14"));
+  // The reboot event, handled after the enable, leaves a fresh guest: no error about the old.
+  ASSERT_TRUE(WaitForSnapshot(*actor, [](const DomainSnapshot& s) {
+    return s.state == DomainState::kUnpatched && s.last_error.empty();
+  })) << actor->Snapshot().last_error;
+}
+
+TEST_F(DomainActorTest, EnableFailingWithoutARebootKeepsItsOwnError) {
+  auto actor = Actor("winxp-01");
+  guest_->enable_error = absl::NotFoundError("gdbstub refused m800e8000 E14 (address not mapped)");
+  absl::Status status = actor->Enable(EnableOptions{}, Soon()).status();
+  EXPECT_TRUE(absl::IsNotFound(status)) << status;
+  EXPECT_THAT(std::string(status.message()), ::testing::Not(HasSubstr("rebooted")));
 }
 
 TEST_F(DomainActorTest, EnableBrokenWhileTheDomainRunsKeepsItsCode) {

@@ -108,6 +108,7 @@ TEST_F(RaceTest, ResetDuringEnableClearsStateAndEnableWorksAgain) {
   if (HasFatalFailure()) return;
   // The first enable installs the blob; a reset takes it away again, so every round is one.
   const absl::Duration span = TimedEnable(domain->name());
+  int interrupted = 0;
   for (int round = 0; round < kRounds; ++round) {
     const std::string when = absl::StrCat("reset round ", round);
     ASSERT_EQ(tprd_->Ctl({"rollback", domain->name()}).exit_code, 0);
@@ -119,6 +120,10 @@ TEST_F(RaceTest, ResetDuringEnableClearsStateAndEnableWorksAgain) {
         },
         tprd_->socket() + ".ctl");
     ExpectClearOutcome(r, when);
+    if (r.exit_code != 0) {
+      ++interrupted;
+      EXPECT_NE(r.out.find("rebooted during the enable"), std::string::npos) << when << r.out;
+    }
     ASSERT_TRUE(domain->WaitForPrefix("BOOT ", absl::Seconds(60), before).ok())
         << domain->LastLines();
     WaitForState(*tprd_, domain->name(), "unpatched", absl::Seconds(30), when.c_str());
@@ -132,6 +137,8 @@ TEST_F(RaceTest, ResetDuringEnableClearsStateAndEnableWorksAgain) {
     WaitForApplied(*tprd_, domain->name(), HotSites(), absl::Seconds(60), when.c_str());
     if (HasFatalFailure()) return;
   }
+  std::cout << "RESULT resets racing enable: " << interrupted << " of " << kRounds
+            << " enables failed as 'rebooted during the enable', the rest completed first\n";
   EXPECT_EQ(tprd_->Ctl({"rollback", domain->name()}).exit_code, 0);
 }
 
@@ -164,7 +171,9 @@ TEST_F(RaceTest, SuspendDuringEnableOrRollbackLeavesTheGuestPausedAndEverySiteWh
   const absl::Duration enable_span = TimedEnable(domain->name());
   ASSERT_EQ(tprd_->Ctl({"rollback", domain->name()}).exit_code, 0);
   const absl::Duration span = std::max(enable_span, absl::Milliseconds(300));
-  for (int round = 0; round < kRounds; ++round) {
+  // Most suspends land inside a tprd stop, where libvirt drops them: go on (bounded) until at
+  // least one took effect, so the race this test is about has run.
+  for (int round = 0; round < kRounds || (kept_ == 0 && round < 3 * kRounds); ++round) {
     for (const char* op : {"enable", "rollback"}) {
       const std::string when = absl::StrCat(op, " with a suspend, round ", round);
       std::vector<std::string> args = {op, domain->name()};
