@@ -12,8 +12,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <mutex>
 #include <string_view>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -56,7 +59,37 @@ TprdProcess::~TprdProcess() {
   std::filesystem::remove_all(dir_, ignored);
 }
 
+namespace {
+
+// A test process killed by ctest's timeout leaves its tprd running (no destructor ran). Each
+// test process kills the tprds of dead ones, found by their --adopt-domains tprd-it-<pid>-*,
+// before it starts its own.
+void KillTprdsOfDeadTestProcesses() {
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
+    pid_t tprd = 0;
+    if (!absl::SimpleAtoi(entry.path().filename().string(), &tprd)) continue;
+    std::vector<std::string> argv = absl::StrSplit(ReadFile(entry.path() / "cmdline"), '\0');
+    if (argv.empty() || argv[0] != TPRD_PATH) continue;
+    for (size_t i = 0; i + 1 < argv.size(); ++i) {
+      absl::string_view pattern = argv[i + 1];
+      pid_t owner = 0;
+      if (argv[i] == "--adopt-domains" && absl::ConsumePrefix(&pattern, "tprd-it-") &&
+          absl::ConsumeSuffix(&pattern, "-*") && absl::SimpleAtoi(pattern, &owner) && owner > 0 &&
+          ::kill(owner, 0) != 0 && errno == ESRCH) {
+        std::cerr << "e2e: killing tprd " << tprd << ", left by dead test process " << owner
+                  << "\n";
+        ::kill(tprd, SIGKILL);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void TprdProcess::Start() {
+  static std::once_flag reaped;
+  std::call_once(reaped, KillTprdsOfDeadTestProcesses);
   // Its own settings (never /etc/tprd's), and only this test process's domains: a tprd adopts
   // every domain holding a blob, and other tests, the demo or a bench may run theirs here.
   const std::string config = dir_ + "/tprd.conf";

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -50,6 +51,30 @@ class ScopedConnection {
  private:
   virConnectPtr connection_;
 };
+
+bool ProcessAlive(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
+
+// A test process killed by ctest's timeout runs no destructor: its transient domains keep
+// running under TCG and load the machine for every later test. Each test process destroys the
+// domains of dead ones (PREFIX-<pid>-<n> with no process <pid>) before it creates its first.
+void DestroyDomainsOfDeadTestProcesses(virConnectPtr connection, const std::string& prefix) {
+  virDomainPtr* domains = nullptr;
+  const int count = virConnectListAllDomains(connection, &domains, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+  for (int i = 0; i < count; ++i) {
+    const char* name = virDomainGetName(domains[i]);
+    absl::string_view rest = name != nullptr ? name : "";
+    const bool ours = absl::ConsumePrefix(&rest, prefix + "-");
+    const size_t dash = rest.find('-');
+    int pid = 0;
+    if (ours && dash != absl::string_view::npos && absl::SimpleAtoi(rest.substr(0, dash), &pid) &&
+        pid > 0 && !ProcessAlive(pid)) {
+      std::fprintf(stderr, "test env: destroying %s, left by dead test process %d\n", name, pid);
+      (void)virDomainDestroy(domains[i]);
+    }
+    virDomainFree(domains[i]);
+  }
+  free(domains);
+}
 
 std::string XmlEscape(std::string_view text) {
   std::string out;
@@ -132,6 +157,9 @@ absl::StatusOr<std::unique_ptr<TestDomain>> TestDomain::Create(const TestDomainO
     return absl::UnavailableError(
         absl::StrCat("cannot connect to ", options.uri, ": ", LastLibvirtError()));
   }
+  static std::once_flag reaped;
+  std::call_once(reaped,
+                 [&] { DestroyDomainsOfDeadTestProcesses(connection.get(), options.name_prefix); });
   virDomainPtr created = virDomainCreateXML(connection.get(), xml.c_str(), 0);
   if (created == nullptr) {
     return absl::InternalError(absl::StrCat("virDomainCreateXML(", domain->name_,
