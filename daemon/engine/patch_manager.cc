@@ -308,7 +308,15 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
           ResolveTrap(event.pc, reader, profile.tpr_va, &why);
       if (decoded) {
         const Classification& c = decoded->second;
-        if (c.patchable) {
+        const std::optional<uint32_t> id = SiteAt(decoded->first);
+        if (c.patchable && id && *id >= kBlobMaxSites && request.strategy == Strategy::kMmio &&
+            IsWriter(c, decoded->first, reader)) {
+          // Patchable, but no slot is left for it in the guest's site table.
+          verdict = absl::FailedPreconditionError(absl::StrCat(
+              "strategy mmio is unsafe for this guest: the TPR write at 0x",
+              absl::Hex(decoded->first), " cannot be patched (", *CannotPatch(sites_[*id]),
+              "); use --strategy cr8 (AMD hosts) or exact"));
+        } else if (c.patchable) {
           proven.insert(decoded->first);
         } else if (request.strategy == Strategy::kMmio && IsWriter(c, decoded->first, reader)) {
           // A writer (or an access we cannot tell apart from one) that cannot be patched: the
@@ -475,11 +483,23 @@ size_t PatchManager::ApplyStopped(const std::vector<uint32_t>& ids,
   return applied;
 }
 
+std::optional<std::string> PatchManager::CannotPatch(const ManagedSite& managed) {
+  if (managed.site.id >= kBlobMaxSites) {
+    return absl::StrCat("the guest's site table is full (", kBlobMaxSites, " sites)");
+  }
+  if (managed.site.patched.empty()) {
+    return managed.note.empty() ? std::string("no replacement planned") : managed.note;
+  }
+  return std::nullopt;
+}
+
 bool PatchManager::WantsBreakpoint(const ManagedSite& managed) const {
   const Site& site = managed.site;
-  if (site.state == SiteState::kApplied || site.state == SiteState::kRolledBack ||
-      site.patched.empty() || site.id >= kBlobMaxSites) {
-    return false;
+  if (site.state == SiteState::kApplied || site.state == SiteState::kRolledBack) return false;
+  if (CannotPatch(managed)) {
+    // Under mmio a writer that runs unpatched leaves the shadows stale: its breakpoint stays,
+    // so that running it switches the guest to exact (ApplyCandidatesAtVcpus).
+    return status_.strategy == Strategy::kMmio && FormWritesTpr(site.form);
   }
   if (proving_deadline_) return true;
   // cr8 keeps them all: measured under TCG, once no breakpoint was left on a page its
@@ -701,6 +721,17 @@ void PatchManager::ApplyCandidatesAtVcpus(std::vector<ManagerEvent>& events) {
       (void)vm_.RemoveBreakpoint(managed.site.address);
       armed_breakpoints_.erase(managed.site.address);
       managed.armed = false;
+    }
+    std::optional<std::string> why = CannotPatch(managed);
+    if (why && status_.strategy == Strategy::kMmio && FormWritesTpr(managed.site.form)) {
+      // The vCPU is about to write the real TPR behind the shadows: exact before it does.
+      if (absl::Status s =
+              SwitchToExact(absl::StrCat("the TPR write at 0x", absl::Hex(managed.site.address),
+                                         " ran and cannot be patched: ", *why),
+                            events);
+          !s.ok()) {
+        NoteError(s);
+      }
     }
     ids.push_back(*id);
   }

@@ -145,6 +145,9 @@ class PatchManager {
   absl::Status ArmTraps();
   // Whether a candidate's breakpoint is still wanted (the proving window, or correctness).
   bool WantsBreakpoint(const ManagedSite& managed) const;
+  // Why a candidate can never be patched in this session (no slot in the guest's site table, or
+  // no replacement planned), or nullopt.
+  static std::optional<std::string> CannotPatch(const ManagedSite& managed);
   // Once the proving window has passed: disarms the breakpoints only the window wanted.
   absl::Status EndProvingWindowIfDue(std::vector<ManagerEvent>& events);
   absl::Status DisarmTraps();

@@ -392,6 +392,58 @@ TEST_F(PatchManagerTest, Cr8SwitchesToExactWhenAnUnfixableReaderRunsLater) {
   EXPECT_TRUE(vm_.watchpoints().empty());
 }
 
+// More candidates than the guest's site table holds: the last ones get no slot. A writer
+// among them would leave the mmio shadows stale if it ran unpatched.
+class FullSiteTableTest : public PatchManagerTest {
+ protected:
+  static constexpr uint32_t kLateWriter = kCode + 0x3000;
+  void SetUp() override {
+    PatchManagerTest::SetUp();
+    for (uint32_t i = 0; i < kBlobMaxSites; ++i) {
+      Put(kCode + 0x1000 + i * 8, {0xA1, 0x80, 0x00, 0xFE, 0xFF});
+    }
+    Put(kLateWriter, {0x89, 0x0D, 0x80, 0x00, 0xFE, 0xFF});
+  }
+};
+
+TEST_F(FullSiteTableTest, MmioKeepsABreakpointOnAWriterWithoutASlotAndGoesExactWhenItRuns) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  std::optional<ManagedSite> late = SiteAt(kLateWriter);
+  ASSERT_TRUE(late);
+  ASSERT_GE(late->site.id, kBlobMaxSites);
+  EXPECT_TRUE(vm_.breakpoints().count(kLateWriter));
+  EXPECT_EQ(manager_.Status().strategy, Strategy::kMmio);
+
+  QueueBreakpoint(0, kLateWriter);
+  absl::StatusOr<std::vector<ManagerEvent>> events = manager_.Poll(absl::Milliseconds(10));
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_FALSE(events->empty());
+  EXPECT_EQ((*events)[0].kind, ManagerEvent::Kind::kStrategyChanged);
+  EXPECT_THAT((*events)[0].message, HasSubstr("site table is full"));
+  EXPECT_EQ(manager_.Status().strategy, Strategy::kExact);
+  EXPECT_EQ(Bytes(kLateWriter, 6), (std::vector<uint8_t>{0x89, 0x0D, 0x80, 0x00, 0xFE, 0xFF}));
+  EXPECT_FALSE(vm_.breakpoints().count(kLateWriter));
+  EXPECT_TRUE(vm_.running());
+}
+
+TEST_F(FullSiteTableTest, MmioRefusedWhenAWriterWithoutASlotRunsInTheLearningWindow) {
+  QueueWatchpoint(0, kLateWriter + 6);
+  ExpectEnableRefused(Strategy::kMmio, "site table is full");
+}
+
+TEST_F(FullSiteTableTest, ReadersWithoutASlotGetNoBreakpoint) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  size_t unslotted_armed = 0;
+  for (const ManagedSite& s : manager_.Sites()) {
+    if (s.site.id >= kBlobMaxSites && s.armed && s.site.address != kLateWriter) ++unslotted_armed;
+  }
+  EXPECT_EQ(unslotted_armed, 0u) << "a reader is correct unpatched: no trap for nothing";
+}
+
 TEST_F(PatchManagerTest, RollbackAllRestoresEveryByteAndLeavesExact) {
   const auto before = Bytes(kCode, 0x100);
   QueueWatchpoint(0, kReadEax + 5);
