@@ -190,7 +190,8 @@ Json StatusJson(const tprd::v1::DomainStatus& status) {
               {"tpr_accesses_per_second_before", status.tpr_accesses_per_second_before()},
               {"tpr_accesses_per_second_after", status.tpr_accesses_per_second_after()},
               {"last_error", status.last_error()},
-              {"busy_with", status.busy_with()}};
+              {"busy_with", status.busy_with()},
+              {"proving_window_open", status.proving_window_open()}};
 }
 
 // Columns padded to their widest cell; the last column is left ragged.
@@ -246,6 +247,9 @@ void PrintStatus(const tprd::v1::DomainStatus& status, std::ostream& out) {
                          status.tpr_accesses_per_second_before(),
                          status.tpr_accesses_per_second_after());
   if (!status.busy_with().empty()) out << "busy with:  " << status.busy_with() << "\n";
+  if (status.proving_window_open()) {
+    out << "proving:    open (every candidate waits at a breakpoint until it ends)\n";
+  }
   if (!status.last_error().empty()) out << "last error: " << status.last_error() << "\n";
 }
 

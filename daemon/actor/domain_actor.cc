@@ -190,6 +190,10 @@ void DomainActor::PollOnce() {
         RecordOperation("strategy", event.message);
         LogInfo(absl::StrCat(Snapshot().domain.name, ": ", event.message));
         break;
+      case ControllerEvent::Kind::kNotice:
+        RecordOperation("notice", event.message);
+        LogInfo(absl::StrCat(Snapshot().domain.name, ": ", event.message));
+        break;
       case ControllerEvent::Kind::kError:
         PublishError(event.message);
         {

@@ -66,6 +66,7 @@ struct ControllerStatus {
   uint64_t traps_handled = 0;
   double tpr_accesses_per_second_before = 0;
   double tpr_accesses_per_second_after = 0;
+  bool proving_window_open = false;  // every candidate still waits at its breakpoint
   std::string last_error;
 };
 
@@ -75,6 +76,7 @@ struct ControllerEvent {
     kSiteChanged,      // a site was patched on first execution, or changed state
     kStrategyChanged,  // e.g. switched to exact because an unpatchable writer kept firing
     kError,            // a problem worth telling the user; the guest keeps running
+    kNotice,           // worth telling, not a problem: journal and log, not last_error
   };
   Kind kind = Kind::kError;
   std::optional<SiteReport> site;  // kSiteChanged

@@ -25,6 +25,8 @@ ControllerEvent::Kind EventKind(engine::ManagerEvent::Kind kind) {
     case engine::ManagerEvent::Kind::kWarning:
     case engine::ManagerEvent::Kind::kHostPaused:
       return ControllerEvent::Kind::kError;
+    case engine::ManagerEvent::Kind::kNotice:
+      return ControllerEvent::Kind::kNotice;
   }
   return ControllerEvent::Kind::kError;
 }
@@ -204,6 +206,7 @@ ControllerStatus EngineDomainController::Status() {
   status.strategy = m.strategy;
   status.requested_strategy = m.requested_strategy;
   status.traps_handled = m.traps_handled;
+  status.proving_window_open = m.proving_window_open;
   status.last_error = m.last_error;
   return status;
 }

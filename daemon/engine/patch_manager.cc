@@ -527,7 +527,7 @@ absl::Status PatchManager::EndProvingWindowIfDue(std::vector<ManagerEvent>& even
   }
   ApplyCandidatesAtVcpus(events);  // a vCPU may stand at one right now
   TPRD_RETURN_IF_ERROR(ResumeGuest());
-  events.push_back({ManagerEvent::Kind::kWarning, std::nullopt,
+  events.push_back({ManagerEvent::Kind::kNotice, std::nullopt,
                     absl::StrCat("proving window over: ", unwanted.size(),
                                  " candidate(s) never ran; their breakpoints are removed")});
   return absl::OkStatus();

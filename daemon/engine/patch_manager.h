@@ -73,7 +73,8 @@ struct RollbackReport {
 };
 
 struct ManagerEvent {
-  enum class Kind : uint8_t { kSitePatched, kStrategyChanged, kWarning, kHostPaused };
+  // kNotice: worth telling, not a problem (the end of the proving window).
+  enum class Kind : uint8_t { kSitePatched, kStrategyChanged, kWarning, kHostPaused, kNotice };
   Kind kind = Kind::kWarning;
   std::optional<uint32_t> site_id;
   std::string message;
@@ -85,7 +86,8 @@ struct ManagerStatus {
   Strategy requested_strategy = Strategy::kExact;  // what the operator asked for
   uint64_t traps_handled = 0;
   uint64_t guard_mismatches = 0;
-  uint64_t unreported_fixups = 0;  // cr8 fix-ups of accesses no stop named (FixUpUnreported...)
+  uint64_t unreported_fixups = 0;    // cr8 fix-ups of accesses no stop named (FixUpUnreported...)
+  bool proving_window_open = false;  // since enable: every candidate keeps its breakpoint
   std::string last_error;
 };
 
@@ -113,7 +115,11 @@ class PatchManager {
   absl::StatusOr<std::vector<ManagerEvent>> Poll(absl::Duration timeout);
 
   std::vector<ManagedSite> Sites() const;
-  ManagerStatus Status() const { return status_; }
+  ManagerStatus Status() const {
+    ManagerStatus status = status_;
+    status.proving_window_open = proving_deadline_.has_value();
+    return status;
+  }
   // Rolled-back and candidate sites included. Used by the daemon for ListSites.
   bool HasSite(uint32_t id) const { return sites_.count(id) != 0; }
 

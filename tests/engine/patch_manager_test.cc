@@ -214,6 +214,7 @@ TEST_F(PatchManagerTest, ProvingWindowEndsWithOnlyTheBreakpointsCorrectnessNeeds
   clock_.Advance(absl::Seconds(59));
   ASSERT_TRUE(manager_.Poll(absl::Milliseconds(1)).ok());
   EXPECT_TRUE(vm_.breakpoints().count(kReadEax)) << "still inside the window";
+  EXPECT_TRUE(manager_.Status().proving_window_open);
 
   clock_.Advance(absl::Seconds(2));
   const int resumes_before = vm_.op_count(FakeGuestVm::Op::kResume);
@@ -229,6 +230,9 @@ TEST_F(PatchManagerTest, ProvingWindowEndsWithOnlyTheBreakpointsCorrectnessNeeds
   EXPECT_THAT(SiteAt(kReadEax)->note, HasSubstr("proving window"));
   ASSERT_FALSE(events->empty());
   EXPECT_THAT(events->back().message, HasSubstr("proving window over"));
+  EXPECT_EQ(events->back().kind, ManagerEvent::Kind::kNotice) << "not an error";
+  EXPECT_FALSE(manager_.Status().proving_window_open);
+  EXPECT_TRUE(manager_.Status().last_error.empty());
 
   // A late writer still stops at its breakpoint and is patched before it runs.
   QueueBreakpoint(0, kWriteEcx);
