@@ -1,0 +1,312 @@
+// PatchManager's traps: the breakpoints and the watchpoint it keeps after enable (which, for
+// how long, and why), and what it does when the guest stops at one. The rest of PatchManager
+// is in patch_manager.cc.
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/engine/blob.h"
+#include "daemon/engine/patch_manager.h"
+#include "daemon/engine/status_macros.h"
+#include "daemon/engine/trap_decoding.h"
+
+namespace tprd::engine {
+
+std::optional<std::string> PatchManager::CannotPatch(const ManagedSite& managed) {
+  if (managed.site.id >= kBlobMaxSites) {
+    return absl::StrCat("the guest's site table is full (", kBlobMaxSites, " sites)");
+  }
+  if (managed.site.patched.empty()) {
+    return managed.note.empty() ? std::string("no replacement planned") : managed.note;
+  }
+  return std::nullopt;
+}
+
+bool PatchManager::WantsBreakpoint(const ManagedSite& managed) const {
+  const Site& site = managed.site;
+  if (site.state == SiteState::kApplied || site.state == SiteState::kRolledBack) return false;
+  if (CannotPatch(managed)) {
+    // Under mmio a writer that runs unpatched leaves the shadows stale: its breakpoint stays,
+    // so that running it switches the guest to exact (ApplyCandidatesAtVcpus).
+    return status_.strategy == Strategy::kMmio && FormWritesTpr(site.form);
+  }
+  if (proving_deadline_) return true;
+  // cr8 keeps them all: measured under TCG, once no breakpoint was left on a page its
+  // watchpoint fix-ups started to miss accesses there (TCG then runs whole blocks instead of
+  // one instruction at a time); not understood yet, so correctness wins (docs/design.md).
+  if (status_.strategy == Strategy::kCr8) return true;
+  return status_.strategy == Strategy::kMmio && FormWritesTpr(site.form);
+}
+
+absl::Status PatchManager::EndProvingWindowIfDue(std::vector<ManagerEvent>& events) {
+  if (!proving_deadline_ || clock_.Now() < *proving_deadline_) return absl::OkStatus();
+  proving_deadline_.reset();
+  std::vector<ManagedSite*> unwanted;
+  for (auto& [id, managed] : sites_) {
+    if (managed.armed && !WantsBreakpoint(managed)) unwanted.push_back(&managed);
+  }
+  if (unwanted.empty()) return absl::OkStatus();
+  // Breakpoints can only be removed with the guest stopped: one short stop for all of them.
+  TPRD_RETURN_IF_ERROR(StopGuest());
+  for (ManagedSite* managed : unwanted) {
+    (void)vm_.RemoveBreakpoint(managed->site.address);
+    armed_breakpoints_.erase(managed->site.address);
+    managed->armed = false;
+    managed->note = "not run within the proving window: a reader, correct unpatched";
+  }
+  ApplyCandidatesAtVcpus(events);  // a vCPU may stand at one right now
+  TPRD_RETURN_IF_ERROR(ResumeGuest());
+  events.push_back({ManagerEvent::Kind::kNotice, std::nullopt,
+                    absl::StrCat("proving window over: ", unwanted.size(),
+                                 " candidate(s) never ran; their breakpoints are removed")});
+  return absl::OkStatus();
+}
+
+absl::Status PatchManager::ArmTraps() {
+  for (auto& [id, managed] : sites_) {
+    if (!WantsBreakpoint(managed) || managed.armed) continue;
+    if (absl::Status s = vm_.SetBreakpoint(managed.site.address); !s.ok()) {
+      managed.note = absl::StrCat("breakpoint not set: ", s.message());
+      continue;
+    }
+    managed.armed = true;
+    armed_breakpoints_.insert(managed.site.address);
+  }
+  if (status_.strategy == Strategy::kCr8 && !tpr_watch_armed_ && profile_) {
+    TPRD_RETURN_IF_ERROR(vm_.SetWatchpoint(profile_->tpr_va, 4, WatchKind::kAccess));
+    tpr_watch_armed_ = true;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PatchManager::DisarmTraps() {
+  absl::Status first = absl::OkStatus();
+  for (uint32_t address : armed_breakpoints_) {
+    absl::Status s = vm_.RemoveBreakpoint(address);
+    if (first.ok()) first = s;
+  }
+  armed_breakpoints_.clear();
+  for (auto& [id, managed] : sites_) managed.armed = false;
+  if (tpr_watch_armed_ && profile_) {
+    absl::Status s = vm_.RemoveWatchpoint(profile_->tpr_va, 4, WatchKind::kAccess);
+    if (first.ok()) first = s;
+    tpr_watch_armed_ = false;
+  }
+  return first;
+}
+
+absl::Status PatchManager::SwitchToExact(const std::string& why,
+                                         std::vector<ManagerEvent>& events) {
+  TPRD_RETURN_IF_ERROR(WriteStrategy(Strategy::kExact));
+  if (tpr_watch_armed_ && profile_) {
+    (void)vm_.RemoveWatchpoint(profile_->tpr_va, 4, WatchKind::kAccess);
+    tpr_watch_armed_ = false;
+  }
+  events.push_back({ManagerEvent::Kind::kStrategyChanged, std::nullopt,
+                    absl::StrCat("switched to exact: ", why)});
+  return absl::OkStatus();
+}
+
+void PatchManager::ApplyCandidatesAtVcpus(std::vector<ManagerEvent>& events) {
+  absl::StatusOr<int> count = vm_.VcpuCount();
+  if (!count.ok()) return;
+  std::vector<uint32_t> ids;
+  for (int v = 0; v < *count; ++v) {
+    absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(v);
+    if (!regs.ok()) continue;
+    std::optional<uint32_t> id = SiteAt(regs->eip);
+    if (!id) continue;
+    ManagedSite& managed = sites_[*id];
+    if (managed.site.state != SiteState::kCandidate) continue;
+    ++managed.hits;
+    if (managed.armed) {
+      (void)vm_.RemoveBreakpoint(managed.site.address);
+      armed_breakpoints_.erase(managed.site.address);
+      managed.armed = false;
+    }
+    std::optional<std::string> why = CannotPatch(managed);
+    if (why && status_.strategy == Strategy::kMmio && FormWritesTpr(managed.site.form)) {
+      // The vCPU is about to write the real TPR behind the shadows: exact before it does.
+      if (absl::Status s =
+              SwitchToExact(absl::StrCat("the TPR write at 0x", absl::Hex(managed.site.address),
+                                         " ran and cannot be patched: ", *why),
+                            events);
+          !s.ok()) {
+        NoteError(s);
+      }
+    }
+    ids.push_back(*id);
+  }
+  ApplyStopped(ids, &events);
+}
+
+absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
+                                            std::vector<ManagerEvent>& events, bool reported) {
+  if (!installed_ || !profile_) return absl::OkStatus();
+  // A CPU on the exact path inside the handlers: nothing to fix.
+  if (installed_->addresses.InHandlerCode(pc)) return absl::OkStatus();
+  absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
+  if (!regs.ok()) return regs.status();
+  // A stop delivered late (it raced with the removal of a watchpoint, and the guest ran on):
+  // the vCPU is elsewhere now, and fixing registers up would corrupt them.
+  if (regs->eip != pc) return absl::OkStatus();
+  GuestByteReader reader = [&](uint32_t va, absl::Span<uint8_t> out) {
+    return vm_.ReadVirtual(vcpu, va, out);
+  };
+  std::string why;
+  std::optional<std::pair<uint32_t, Classification>> decoded =
+      ResolveTrap(pc, reader, profile_->tpr_va, &why);
+  if (!decoded) decoded = ResolveByAddress(pc, reader, profile_->tpr_va, *regs);
+  if (!decoded) {
+    if (reported) {
+      events.push_back(
+          {ManagerEvent::Kind::kWarning, std::nullopt,
+           absl::StrCat("TPR access before 0x", absl::Hex(pc), " could not be decoded: ", why)});
+    }
+    return absl::OkStatus();
+  }
+  const uint32_t start = decoded->first;
+  const Classification& c = decoded->second;
+  const bool is_write = IsWriter(c, start, reader);
+  // An unreported vCPU merely stands after a TPR access: it may have jumped there. Only a read
+  // whose result still holds the real TPR (and so differs from the shadow) is proof enough.
+  if (!reported && is_write) return absl::OkStatus();
+  // Which per-CPU entry: the vCPU's KPCR processor number.
+  uint8_t number = 0;
+  for (const VcpuProfile& cpu : profile_->vcpus) {
+    if (cpu.vcpu == vcpu) number = cpu.processor_number;
+  }
+  const uint32_t entry_va = installed_->addresses.PerCpuEntry(number);
+  std::array<uint8_t, kPerCpuEntrySize> raw;
+  TPRD_RETURN_IF_ERROR(vm_.ReadVirtual(0, entry_va, absl::MakeSpan(raw)));
+  absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
+  if (!entry.ok()) return entry.status();
+  // The real TPR (an `info lapic` round trip): needed for a write, and as the proof for an
+  // unreported vCPU.
+  std::optional<uint8_t> tpr;
+  if (is_write || !reported) {
+    absl::StatusOr<uint8_t> real = vm_.ReadTpr(vcpu);
+    if (!real.ok()) return real.status();
+    tpr = *real;
+  }
+  if (!reported && *tpr == entry->shadow_tpr) return absl::OkStatus();  // nothing to correct
+
+  if (is_write) {
+    // The real TPR holds the written value: the shadow follows it.
+    entry->shadow_tpr = *tpr;
+    TPRD_RETURN_IF_ERROR(WriteVerified(entry_va, EncodePerCpuEntry(*entry)));
+  } else if (std::optional<Gpr> reg = FixableReadDestination(c, start, reader)) {
+    // The read saw the real TPR, whose low nibble a CR8 write cleared: give it the shadow.
+    if (!reported && regs->reg(*reg) != *tpr) return absl::OkStatus();
+    TPRD_RETURN_IF_ERROR(
+        vm_.WriteRegister(vcpu, static_cast<WritableRegister>(*reg), entry->shadow_tpr));
+  } else if (c.form == Form::kPushMem) {
+    const uint32_t esp = regs->reg(Gpr::kEsp);
+    if (!reported) {
+      uint8_t slot[4];
+      TPRD_RETURN_IF_ERROR(vm_.ReadVirtual(vcpu, esp, absl::MakeSpan(slot)));
+      uint32_t pushed;
+      std::memcpy(&pushed, slot, 4);
+      if (pushed != *tpr) return absl::OkStatus();
+    }
+    uint32_t value = entry->shadow_tpr;
+    uint8_t bytes[4];
+    std::memcpy(bytes, &value, 4);
+    TPRD_RETURN_IF_ERROR(vm_.WriteVirtual(vcpu, esp, bytes));
+  } else if (std::optional<uint32_t> eflags =
+                 FixedEflags(c, start, reader, entry->shadow_tpr, profile_->tpr_va, *regs)) {
+    // A cmp/test compared the real TPR, whose low nibble a CR8 write cleared: its flags become
+    // what the shadow gives (its jcc/setcc has not run yet: the stop is right after it).
+    if (!reported && FixedEflags(c, start, reader, *tpr, profile_->tpr_va, *regs) != regs->eflags) {
+      return absl::OkStatus();
+    }
+    TPRD_RETURN_IF_ERROR(vm_.WriteRegister(vcpu, WritableRegister::kEflags, *eflags));
+  } else if (!reported) {
+    return absl::OkStatus();
+  } else if (++unfixable_reads_ >= static_cast<uint64_t>(request_.unfixable_read_limit)) {
+    return SwitchToExact(absl::StrCat("the unpatchable TPR access at 0x", absl::Hex(start), " (",
+                                      c.detail, ") keeps running and cannot be fixed up under cr8"),
+                         events);
+  }
+  if (!reported) ++status_.unreported_fixups;
+  if (c.patchable) {
+    if (std::optional<uint32_t> id = SiteAt(start)) {
+      ++sites_[*id].hits;
+      if (sites_[*id].site.state == SiteState::kCandidate) ApplyStopped({*id}, &events);
+    }
+  }
+  return absl::OkStatus();
+}
+
+void PatchManager::FixUpUnreportedAccesses(std::optional<int> reported_vcpu,
+                                           std::vector<ManagerEvent>& events) {
+  // QEMU reports one vCPU per stop: another that hit the TPR watchpoint at the same moment is
+  // stopped just after its access, unreported. Only cr8 keeps the watchpoint armed.
+  if (!tpr_watch_armed_ || status_.strategy != Strategy::kCr8) return;
+  absl::StatusOr<int> count = vm_.VcpuCount();
+  if (!count.ok()) return;
+  for (int v = 0; v < *count; ++v) {
+    if (reported_vcpu == v) continue;
+    absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(v);
+    if (!regs.ok()) continue;
+    if (absl::Status s = HandleWatchpoint(v, regs->eip, events, /*reported=*/false); !s.ok()) {
+      NoteError(s);
+    }
+  }
+}
+
+absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<ManagerEvent>& events) {
+  ++status_.traps_handled;
+  absl::Status handled = absl::OkStatus();
+  switch (event.kind) {
+    case StopEvent::Kind::kBreakpoint:
+    case StopEvent::Kind::kInterrupted:
+    case StopEvent::Kind::kWatchpoint:
+      // A stop may be delivered after the guest ran on (it raced with a trap's removal):
+      // make sure every vCPU is stopped before looking at any of them.
+      handled = vm_.Stop();
+      if (handled.ok() && event.kind == StopEvent::Kind::kWatchpoint) {
+        handled = HandleWatchpoint(event.vcpu, event.pc, events);
+      }
+      if (handled.ok()) {
+        FixUpUnreportedAccesses(event.kind == StopEvent::Kind::kWatchpoint
+                                    ? std::optional<int>(event.vcpu)
+                                    : std::nullopt,
+                                events);
+      }
+      if (handled.ok()) ApplyCandidatesAtVcpus(events);
+      break;
+    case StopEvent::Kind::kPausedByHost:
+      events.push_back({ManagerEvent::Kind::kHostPaused, std::nullopt,
+                        "the host paused the domain; tprd leaves it paused"});
+      return absl::OkStatus();
+    case StopEvent::Kind::kGone:
+      return absl::UnavailableError("the domain is gone");
+  }
+  // Resume even after a failed fix-up: a guest left stopped is worse than one unfixed read.
+  absl::Status resumed = ResumeGuest();
+  return handled.ok() ? resumed : handled;
+}
+
+absl::StatusOr<std::vector<ManagerEvent>> PatchManager::Poll(absl::Duration timeout) {
+  std::vector<ManagerEvent> events;
+  if (absl::Status s = EndProvingWindowIfDue(events); !s.ok()) {
+    NoteError(s);
+    if (absl::IsUnavailable(s) || absl::IsNotFound(s)) return s;
+    events.push_back({ManagerEvent::Kind::kWarning, std::nullopt, std::string(s.message())});
+  }
+  if (proving_deadline_) timeout = std::min(timeout, *proving_deadline_ - clock_.Now());
+  absl::StatusOr<std::optional<StopEvent>> stop =
+      vm_.WaitForStop(std::max(timeout, absl::ZeroDuration()));
+  if (!stop.ok()) return stop.status();
+  if (!stop->has_value()) return events;
+  if (absl::Status s = HandleStop(**stop, events); !s.ok()) {
+    NoteError(s);
+    if (absl::IsUnavailable(s) || absl::IsNotFound(s)) return s;
+    events.push_back({ManagerEvent::Kind::kWarning, std::nullopt, std::string(s.message())});
+  }
+  return events;
+}
+
+}  // namespace tprd::engine
