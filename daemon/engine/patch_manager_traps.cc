@@ -160,9 +160,13 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   if (!decoded) decoded = ResolveByAddress(pc, reader, profile_->tpr_va, *regs);
   if (!decoded) {
     if (reported) {
+      // Only cr8 keeps the watchpoint: under mmio or exact this is a stop of the learning
+      // window delivered late, with nothing to fix, so it is a notice, not the domain's error.
       events.push_back(
-          {ManagerEvent::Kind::kWarning, std::nullopt,
-           absl::StrCat("TPR access before 0x", absl::Hex(pc), " could not be decoded: ", why)});
+          {tpr_watch_armed_ ? ManagerEvent::Kind::kWarning : ManagerEvent::Kind::kNotice,
+           std::nullopt,
+           absl::StrCat("TPR access before 0x", absl::Hex(pc), " could not be decoded: ", why,
+                        tpr_watch_armed_ ? "" : " (a late stop; nothing to fix)")});
     }
     return absl::OkStatus();
   }

@@ -240,6 +240,21 @@ TEST_F(PatchManagerTest, ProvingWindowEndsWithOnlyTheBreakpointsCorrectnessNeeds
   EXPECT_EQ(SiteAt(kWriteEcx)->site.state, SiteState::kApplied);
 }
 
+// Under mmio no watchpoint is armed after enable: a watchpoint stop then is one of the
+// learning window delivered late. Undecodable, it has nothing to fix and is no error.
+TEST_F(PatchManagerTest, LateUndecodableWatchpointStopUnderMmioIsANotice) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  QueueWatchpoint(0, kCode + 0x900);  // zeros before it: no TPR access ends there
+  absl::StatusOr<std::vector<ManagerEvent>> events = manager_.Poll(absl::Milliseconds(10));
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ((*events)[0].kind, ManagerEvent::Kind::kNotice);
+  EXPECT_THAT((*events)[0].message, HasSubstr("could not be decoded"));
+  EXPECT_TRUE(vm_.running());
+}
+
 TEST_F(PatchManagerTest, ProvingWindowUnderCr8KeepsEveryBreakpoint) {
   EnableCr8();
   const std::set<uint32_t> armed = vm_.breakpoints();
