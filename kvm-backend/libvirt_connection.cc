@@ -348,6 +348,22 @@ class LibvirtConnectionImpl : public LibvirtConnection {
     return MonitorCommand(uuid, json, VIR_DOMAIN_QEMU_MONITOR_COMMAND_DEFAULT);
   }
 
+  absl::StatusOr<std::string> QmpCommandWithFd(std::string_view uuid, std::string_view json,
+                                               int fd) override {
+    std::string text(json);
+    return WithDomain(uuid, [&](virDomainPtr domain) -> absl::StatusOr<std::string> {
+      char* reply = nullptr;
+      int files[1] = {fd};
+      if (virDomainQemuMonitorCommandWithFiles(domain, text.c_str(), 1, files, nullptr, nullptr,
+                                               &reply, 0) != 0) {
+        return LibvirtError(absl::StrCat("QEMU monitor command '", text, "' with a descriptor"));
+      }
+      std::string out = reply ? reply : "";
+      free(reply);
+      return out;
+    });
+  }
+
   void Subscribe(LibvirtEventSubscriber* subscriber) override {
     absl::MutexLock lock(&shared_->subscribers_mu);
     shared_->subscribers.push_back(subscriber);

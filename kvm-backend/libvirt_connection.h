@@ -95,6 +95,11 @@ class LibvirtConnection {
   virtual absl::StatusOr<std::string> HmpCommand(std::string_view uuid,
                                                  std::string_view command) = 0;
   virtual absl::StatusOr<std::string> QmpCommand(std::string_view uuid, std::string_view json) = 0;
+  // A QMP command that passes `fd` to QEMU with it (virDomainQemuMonitorCommandWithFiles, libvirt
+  // 8.2 or later): QEMU gets its own copy (SCM_RIGHTS), which a `getfd` in `json` names. The
+  // caller keeps `fd` and closes it.
+  virtual absl::StatusOr<std::string> QmpCommandWithFd(std::string_view uuid, std::string_view json,
+                                                       int fd) = 0;
 
   // Subscribers stay registered across reconnects. Unsubscribe waits for a running callback.
   virtual void Subscribe(LibvirtEventSubscriber* subscriber) = 0;

@@ -69,17 +69,13 @@ absl::StatusOr<std::unique_ptr<QemuGuestVm>> QemuGuestVm::Attach(LibvirtConnecti
   }
   std::unique_ptr<QemuGuestVm> vm(new QemuGuestVm(connection, uuid, std::move(options)));
   connection->Subscribe(vm.get());
-  absl::StatusOr<std::string> path = vm->monitor_.StartGdbServer(vm->options_.gdb_socket_directory);
-  if (!path.ok()) return path.status();
-  vm->socket_path_ = *path;
+  absl::StatusOr<std::unique_ptr<UnixSocketStream>> stream = vm->monitor_.StartGdbServer();
+  if (!stream.ok()) return stream.status();
   auto fail = [&](absl::Status status) {
     (void)vm->monitor_.StopGdbServer();  // leave no gdbstub behind
     vm->detached_ = true;
     return status;
   };
-  absl::StatusOr<std::unique_ptr<UnixSocketStream>> stream =
-      UnixSocketStream::Connect(*path, absl::Now() + vm->options_.connect_timeout);
-  if (!stream.ok()) return fail(stream.status());
   vm->gdb_ = std::make_unique<GdbClient>(std::move(*stream), vm->options_.gdb);
   if (absl::Status s = vm->gdb_->Attach(); !s.ok()) return fail(s);
   absl::StatusOr<std::vector<GdbThreadId>> threads = vm->gdb_->ListThreads();

@@ -1,8 +1,8 @@
-// engine::GuestVm for one running libvirt/QEMU domain: the gdbstub (GdbClient over a unix
-// socket in a root-only directory) for control, registers and every write; process_vm_readv for
-// bulk physical reads; the QEMU monitor for the TPR, memory map and CPU flags; libvirt for the
-// domain's state (never resume what libvirt paused) and lifecycle events (a destroyed domain
-// ends the session with kGone / UNAVAILABLE instead of a hang).
+// engine::GuestVm for one running libvirt/QEMU domain: the gdbstub (GdbClient over a
+// socketpair whose other end tprd handed to QEMU) for control, registers and every write;
+// process_vm_readv for bulk physical reads; the QEMU monitor for the TPR, memory map and CPU flags;
+// libvirt for the domain's state (never resume what libvirt paused) and lifecycle events (a
+// destroyed domain ends the session with kGone / UNAVAILABLE instead of a hang).
 //
 // Threading: one owner (the domain's actor) calls the GuestVm methods; only the libvirt event
 // callback runs elsewhere, and it touches nothing but events_mu_'s fields.
@@ -27,9 +27,7 @@
 namespace tprd::backend {
 
 struct QemuGuestVmOptions {
-  std::string gdb_socket_directory = kDefaultGdbSocketDirectory;
   GdbClientOptions gdb;
-  absl::Duration connect_timeout = absl::Seconds(5);
   // While waiting for a stop, how often to look whether the domain still exists.
   absl::Duration liveness_check_interval = absl::Milliseconds(200);
   // How long Stop() waits for the stop that follows an interrupt.
@@ -69,7 +67,6 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   absl::Status RemoveWatchpoint(uint32_t va, uint32_t length, engine::WatchKind kind) override;
 
   const std::string& uuid() const { return uuid_; }
-  const std::string& gdb_socket_path() const { return socket_path_; }
   // Reads of physical memory served by process_vm_readv (the rest went through the gdbstub).
   uint64_t fast_physical_reads() const { return fast_physical_reads_; }
 
@@ -91,7 +88,6 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   QemuMonitor monitor_;
   std::unique_ptr<GdbClient> gdb_;
   std::unique_ptr<ProcessMemory> process_memory_;
-  std::string socket_path_;
   std::vector<GdbThreadId> threads_;
   int selected_vcpu_ = -1;
   std::optional<bool> physical_mode_;

@@ -1,74 +1,76 @@
 #include "kvm-backend/qemu_monitor.h"
 
-#include <sys/stat.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace tprd::backend {
 
-absl::Status EnsurePrivateDirectory(const std::string& path) {
-  if (path.empty() || path[0] != '/') {
-    return absl::InvalidArgumentError(absl::StrCat("not an absolute path: ", path));
-  }
-  // Parents with the usual mode; only the last component must be private.
-  for (size_t slash = path.find('/', 1); slash != std::string::npos;
-       slash = path.find('/', slash + 1)) {
-    std::string parent = path.substr(0, slash);
-    if (mkdir(parent.c_str(), 0755) != 0 && errno != EEXIST) {
-      return absl::PermissionDeniedError(
-          absl::StrCat("cannot create ", parent, ": ", std::strerror(errno)));
+namespace {
+// Leftovers of the channels of tprd versions before 2026-12-06, which made QEMU listen on
+// /run/tprd/gdb/UUID.sock (a gdbstub started with a device gets the chardev label "gdb").
+bool IsOldTprdGdbSocket(const QemuChardev& chardev) {
+  return chardev.label == "gdb" && absl::StrContains(chardev.filename, "/run/tprd/gdb/");
+}
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<UnixSocketStream>> QemuMonitor::StartGdbServer() {
+  absl::StatusOr<std::string> listing =
+      connection_->QmpCommand(uuid_, R"({"execute":"query-chardev"})");
+  if (!listing.ok()) return listing.status();
+  absl::StatusOr<std::vector<QemuChardev>> chardevs = ParseQueryChardev(*listing);
+  if (!chardevs.ok()) return chardevs.status();
+  for (const QemuChardev& chardev : *chardevs) {
+    if (chardev.label == "gdb" && !IsOldTprdGdbSocket(chardev)) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("domain ", uuid_, ": a gdbstub is already running on '", chardev.filename,
+                       "' (another debugger holds the gdbstub?)"));
+    }
+    if (absl::StartsWith(chardev.label, kGdbChardevPrefix) && !chardev.frontend_open) {
+      (void)connection_->QmpCommand(uuid_, ChardevRemoveCommand(chardev.label));
     }
   }
-  if (mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create ", path, ": ", std::strerror(errno)));
-  }
-  struct stat info {};
-  if (lstat(path.c_str(), &info) != 0) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot stat ", path, ": ", std::strerror(errno)));
-  }
-  if (!S_ISDIR(info.st_mode)) {
-    return absl::PermissionDeniedError(absl::StrCat(path, " is not a directory"));
-  }
-  if (info.st_uid != geteuid() || (info.st_mode & 0077) != 0) {
-    return absl::PermissionDeniedError(absl::StrFormat(
-        "%s must be owned by uid %d with mode 0700 (is uid %d mode %o): others could reach "
-        "the gdbstub socket",
-        path, geteuid(), info.st_uid, info.st_mode & 07777));
-  }
-  return absl::OkStatus();
-}
 
-absl::StatusOr<std::string> QemuMonitor::StartGdbServer(const std::string& socket_directory) {
-  if (absl::Status s = EnsurePrivateDirectory(socket_directory); !s.ok()) return s;
-  std::string path = absl::StrCat(socket_directory, "/", uuid_, ".sock");
-  std::string command = absl::StrCat("gdbserver unix:", path, ",server=on,wait=off");
-  struct stat info {};
-  bool ours_exists = lstat(path.c_str(), &info) == 0;
-  absl::StatusOr<std::string> reply = connection_->HmpCommand(uuid_, command);
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+    return absl::ResourceExhaustedError(absl::StrCat("socketpair: ", std::strerror(errno)));
+  }
+  absl::StatusOr<std::unique_ptr<UnixSocketStream>> ours =
+      UnixSocketStream::FromConnectedFd(pair[0]);
+  if (!ours.ok()) {
+    close(pair[1]);
+    return ours.status();
+  }
+  static std::atomic<uint64_t> next_channel{0};
+  const std::string id = absl::StrCat(kGdbChardevPrefix, getpid(), "-", next_channel++);
+  absl::StatusOr<std::string> reply =
+      connection_->QmpCommandWithFd(uuid_, GetfdCommand(id), pair[1]);
+  close(pair[1]);  // QEMU has its own copy now (or none, on failure)
   if (!reply.ok()) return reply.status();
-  absl::Status started = CheckGdbserverReply(*reply);
-  if (started.code() == absl::StatusCode::kAlreadyExists && ours_exists) {
-    // Our socket is there: a previous tprd left its gdbstub running. Take it over.
-    if (absl::Status s = StopGdbServer(); !s.ok()) return s;
-    reply = connection_->HmpCommand(uuid_, command);
-    if (!reply.ok()) return reply.status();
-    started = CheckGdbserverReply(*reply);
+  if (absl::Status s = CheckQmpSuccess(*reply); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("domain ", uuid_, ": getfd: ", s.message()));
   }
+  reply = connection_->QmpCommand(uuid_, ChardevAddSocketFdCommand(id, id));
+  absl::Status added = reply.ok() ? CheckQmpSuccess(*reply) : reply.status();
+  if (!added.ok()) {
+    (void)connection_->QmpCommand(uuid_, ClosefdCommand(id));
+    return absl::Status(added.code(),
+                        absl::StrCat("domain ", uuid_, ": chardev-add: ", added.message()));
+  }
+  reply = connection_->HmpCommand(uuid_, absl::StrCat("gdbserver chardev:", id));
+  absl::Status started = reply.ok() ? CheckGdbserverReply(*reply) : reply.status();
   if (!started.ok()) {
-    return absl::Status(started.code(),
-                        absl::StrCat("domain ", uuid_, ": ", started.message(),
-                                     started.code() == absl::StatusCode::kAlreadyExists
-                                         ? " (another debugger holds the gdbstub?)"
-                                         : ""));
+    (void)connection_->QmpCommand(uuid_, ChardevRemoveCommand(id));
+    return absl::Status(started.code(), absl::StrCat("domain ", uuid_, ": ", started.message()));
   }
-  return path;
+  return ours;
 }
 
 absl::Status QemuMonitor::StopGdbServer() {

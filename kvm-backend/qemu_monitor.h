@@ -1,10 +1,11 @@
 // The QEMU monitor commands tprd needs, for one domain, through libvirt-qemu: the gdbstub on a
-// private unix socket, the APIC's TPR, the memory map, guest-physical to host-virtual
+// socketpair handed to QEMU, the APIC's TPR, the memory map, guest-physical to host-virtual
 // addresses, CPU properties and QEMU's run state.
 #ifndef TPRD_KVM_BACKEND_QEMU_MONITOR_H_
 #define TPRD_KVM_BACKEND_QEMU_MONITOR_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,16 +13,15 @@
 #include "absl/status/statusor.h"
 #include "daemon/engine/guest_vm.h"
 #include "kvm-backend/core/monitor_parsers.h"
+#include "kvm-backend/core/unix_socket_stream.h"
 #include "kvm-backend/libvirt_connection.h"
 
 namespace tprd::backend {
 
-inline constexpr char kDefaultGdbSocketDirectory[] = "/run/tprd/gdb";
-
-// Creates `path` (and parents) as a root-owned directory of mode 0700, or checks that the
-// existing one is exactly that (a directory others can enter would let them reach the gdbstub):
-// PERMISSION_DENIED otherwise, naming what is wrong.
-absl::Status EnsurePrivateDirectory(const std::string& path);
+// Ids of the chardevs tprd adds for its gdbstub channel: this prefix, then tprd's PID and a
+// counter. A chardev with this prefix and no frontend is a leftover of a tprd that died between
+// `chardev-add` and `gdbserver`; one with a frontend is a previous tprd's live channel.
+inline constexpr char kGdbChardevPrefix[] = "tprd-gdb-";
 
 class QemuMonitor {
  public:
@@ -29,12 +29,15 @@ class QemuMonitor {
   QemuMonitor(LibvirtConnection* connection, std::string uuid)
       : connection_(connection), uuid_(std::move(uuid)) {}
 
-  // Starts the gdbstub on DIR/UUID.sock (HMP `gdbserver unix:...,server=on,wait=off`) and
-  // returns the socket path. Never TCP: any local user could connect. If a gdbstub already
-  // runs on our own socket (a previous tprd died), it is stopped and started again; one on any
-  // other device is ALREADY_EXISTS (someone else is debugging the VM).
-  absl::StatusOr<std::string> StartGdbServer(const std::string& socket_directory);
-  // HMP `gdbserver none` (QEMU removes the socket file).
+  // Starts the gdbstub on a channel nobody else can reach and returns tprd's end of it: tprd
+  // makes a socketpair, passes one end to QEMU (`getfd` through
+  // virDomainQemuMonitorCommandWithFiles), makes it a client socket chardev (`chardev-add`,
+  // already connected) and starts the gdbstub on that chardev (HMP `gdbserver chardev:ID`).
+  // No path, no listening socket, no TCP; works whatever user QEMU runs as. A previous tprd's
+  // channel (a tprd killed outright) is replaced; a gdbstub on any other device is
+  // ALREADY_EXISTS (someone else is debugging the VM).
+  absl::StatusOr<std::unique_ptr<UnixSocketStream>> StartGdbServer();
+  // HMP `gdbserver none` (QEMU deletes the chardev the gdbstub used).
   absl::Status StopGdbServer();
 
   absl::StatusOr<uint8_t> ReadTpr(int vcpu);

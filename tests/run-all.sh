@@ -12,12 +12,12 @@ if [[ -x tests/setup-libvirt.sh ]]; then
 fi
 
 echo "== build (release, all targets)"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTPRD_WERROR=ON
 cmake --build build -j"$jobs"
 
 echo "== build (clang, ASan+UBSan, unit tests and fuzzers)"
 CC=clang CXX=clang++ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug \
-  -DTPRD_UNIT_ONLY=ON -DTPRD_SANITIZE=ON -DTPRD_FUZZ=ON
+  -DTPRD_UNIT_ONLY=ON -DTPRD_SANITIZE=ON -DTPRD_FUZZ=ON -DTPRD_WERROR=ON
 cmake --build build-asan -j"$jobs"
 
 # The test command owns this machine's libvirtd: let the integration test restart it mid-session

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Makes libvirtd (qemu:///system) usable for tprd's integration tests on a Debian 12 machine,
-# with or without systemd. Packages come from tests/install-deps.sh. Idempotent: safe to run
-# twice; starts virtlogd and libvirtd only when they are not already running.
+# Makes libvirtd (qemu:///system) usable for tprd's tests, demo and bench on a Debian 12 machine,
+# with or without systemd. Packages come from tests/install-deps.sh (libvirt-daemon-system: the
+# distribution's own qemu.conf and libvirt-qemu account). Idempotent: safe to run twice; starts
+# virtlogd and libvirtd only when they are not already running.
 #
-# qemu.conf policy (never clobber a real host's configuration):
-# - No /etc/libvirt/qemu.conf (libvirt-daemon-system not installed, the CI/container case):
-#   write one with the test settings.
-# - A setting the file lacks: append it (in a marked block).
-# - A setting the file has with another value: replace it only in CI or a container
-#   (CI=true, TPRD_CI=1, /.dockerenv, /run/.containerenv); elsewhere warn and keep it.
-# Test settings: user/group "root" (tprd's gdbstub socket lives in a root-only directory) and,
-# where cgroupfs is read-only or we run in a container, cgroup_controllers = [ ].
+# qemu.conf policy: tprd works with the distribution's default configuration (QEMU runs as
+# libvirt-qemu; docs/usage.md), so this script writes no user, group or security setting. The
+# one setting it may add is `cgroup_controllers = [ ]`, and only where libvirtd is not running
+# yet and cgroupfs is not writable (a container without cgroup delegation), because libvirtd
+# then fails every domain start; a host with a running libvirtd is never touched. Versions of
+# this script before 2026-12-06 wrote `user = "root"` and `group = "root"` in a marked block;
+# those two lines are removed again (and libvirtd restarted) when found in that block.
 set -euo pipefail
 
 readonly uri="qemu:///system"
@@ -28,10 +28,6 @@ for tool in libvirtd virtlogd virsh; do
   command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] ||
     die "$tool missing: run tests/install-deps.sh first"
 done
-
-in_ci_or_container() {
-  [[ ${CI:-} == true || ${TPRD_CI:-} == 1 || -e /.dockerenv || -e /run/.containerenv ]]
-}
 
 systemd_runs() { [[ -d /run/systemd/system ]]; }
 
@@ -60,44 +56,28 @@ if ! getent passwd libvirt-qemu >/dev/null; then
     --shell /usr/sbin/nologin libvirt-qemu
 fi
 
-# 2. qemu.conf settings.
+# 2. qemu.conf.
+readonly marker='# tprd test host settings (tests/setup-libvirt.sh)'
 config_changed=0
-# set_qemu_conf KEY VALUE: see the policy at the top.
-set_qemu_conf() {
-  local key=$1 value=$2 current
-  current=$(grep -E "^[[:space:]]*${key}[[:space:]]*=" "$qemu_conf" | tail -n 1 || true)
-  if [[ -z $current ]]; then
-    if ! grep -q '^# tprd test host settings' "$qemu_conf"; then
-      printf '\n# tprd test host settings (tests/setup-libvirt.sh)\n' >>"$qemu_conf"
-    fi
-    printf '%s = %s\n' "$key" "$value" >>"$qemu_conf"
-    log "qemu.conf: added $key = $value"
+if [[ -f $qemu_conf ]] && grep -qxF "$marker" "$qemu_conf"; then
+  # Only the lines of our own marked block (it is appended last, so it runs to the end).
+  start=$(grep -nxF "$marker" "$qemu_conf" | head -n 1 | cut -d: -f1)
+  if tail -n +"$start" "$qemu_conf" | grep -Eq '^(user|group) = "root"$'; then
+    sed -i -E "${start},\${/^(user|group) = \"root\"$/d}" "$qemu_conf"
+    log "qemu.conf: removed user/group root that an earlier version of this script wrote"
     config_changed=1
-    return
   fi
-  local current_value
-  current_value=$(sed -E "s/^[[:space:]]*${key}[[:space:]]*=[[:space:]]*//; s/[[:space:]]*$//" \
-    <<<"$current")
-  [[ $current_value == "$value" ]] && return
-  if in_ci_or_container; then
-    sed -i -E "s|^[[:space:]]*${key}[[:space:]]*=.*$|${key} = ${value}|" "$qemu_conf"
-    log "qemu.conf: replaced $key = $current_value with $value (CI/container)"
-    config_changed=1
-  else
-    log "qemu.conf: keeping $key = $current_value (tests expect $value; not CI or a container)"
-  fi
-}
-
-mkdir -p "$(dirname "$qemu_conf")"
-if [[ ! -e $qemu_conf ]]; then
-  log "creating $qemu_conf"
-  printf '# Written by tprd tests/setup-libvirt.sh for a test host.\n' >"$qemu_conf"
-  config_changed=1
 fi
-set_qemu_conf user '"root"'
-set_qemu_conf group '"root"'
-if in_ci_or_container || ! cgroupfs_writable; then
-  set_qemu_conf cgroup_controllers '[ ]'
+if ! pgrep -x libvirtd >/dev/null && ! cgroupfs_writable; then
+  mkdir -p "$(dirname "$qemu_conf")"
+  touch "$qemu_conf"
+  if ! grep -Eq '^[[:space:]]*cgroup_controllers[[:space:]]*=' "$qemu_conf"; then
+    grep -qxF "$marker" "$qemu_conf" || printf '\n%s\n' "$marker" >>"$qemu_conf"
+    # cgroupfs is read-only here (a container without delegation): libvirtd could start no
+    # domain. Not a security setting; a real host has writable cgroups and never gets this.
+    printf 'cgroup_controllers = [ ]\n' >>"$qemu_conf"
+    log "qemu.conf: added cgroup_controllers = [ ] (cgroupfs is not writable here)"
+  fi
 fi
 
 # 3. Daemons: started only when not running.

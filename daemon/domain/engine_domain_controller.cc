@@ -65,7 +65,6 @@ EngineDomainController::~EngineDomainController() = default;
 absl::Status EngineDomainController::EnsureAttached() {
   if (vm_ != nullptr) return absl::OkStatus();
   backend::QemuGuestVmOptions vm_options;
-  vm_options.gdb_socket_directory = options_.gdb_socket_directory;
   absl::StatusOr<std::unique_ptr<backend::QemuGuestVm>> vm =
       backend::QemuGuestVm::Attach(connection_, domain_.uuid, vm_options);
   if (!vm.ok()) return vm.status();

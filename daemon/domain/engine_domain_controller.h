@@ -21,7 +21,6 @@
 namespace tprd::daemon {
 
 struct EngineControllerOptions {
-  std::string gdb_socket_directory = backend::kDefaultGdbSocketDirectory;
   // Poll waits for guest stops in slices this long so Interrupt() is seen promptly.
   absl::Duration poll_slice = absl::Milliseconds(50);
   // engine::EnableRequest::proving_window (config proving_window_s).

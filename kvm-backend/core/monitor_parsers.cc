@@ -267,6 +267,55 @@ absl::StatusOr<QemuRunStatus> ParseQueryStatus(std::string_view qmp_reply) {
   return QemuRunStatus{running->get<bool>(), status->get<std::string>()};
 }
 
+absl::StatusOr<std::vector<QemuChardev>> ParseQueryChardev(std::string_view qmp_reply) {
+  absl::StatusOr<Json> ret = QmpReturn(qmp_reply);
+  if (!ret.ok()) return ret.status();
+  if (!ret->is_array()) return absl::InvalidArgumentError("query-chardev: return not a list");
+  std::vector<QemuChardev> chardevs;
+  for (const Json& entry : *ret) {
+    if (!entry.is_object()) return absl::InvalidArgumentError("query-chardev: bad entry");
+    auto label = entry.find("label");
+    auto filename = entry.find("filename");
+    auto open = entry.find("frontend-open");
+    if (label == entry.end() || !label->is_string() || filename == entry.end() ||
+        !filename->is_string() || open == entry.end() || !open->is_boolean()) {
+      return absl::InvalidArgumentError(
+          "query-chardev: entry lacks label, filename or frontend-open");
+    }
+    chardevs.push_back(
+        QemuChardev{label->get<std::string>(), filename->get<std::string>(), open->get<bool>()});
+  }
+  return chardevs;
+}
+
+namespace {
+// replace: never throw on odd bytes; QEMU then refuses the name.
+std::string DumpCommand(const Json& command) {
+  return command.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+}  // namespace
+
+std::string GetfdCommand(std::string_view fdname) {
+  return DumpCommand({{"execute", "getfd"}, {"arguments", {{"fdname", std::string(fdname)}}}});
+}
+
+std::string ClosefdCommand(std::string_view fdname) {
+  return DumpCommand({{"execute", "closefd"}, {"arguments", {{"fdname", std::string(fdname)}}}});
+}
+
+std::string ChardevAddSocketFdCommand(std::string_view id, std::string_view fdname) {
+  Json addr = {{"type", "fd"}, {"data", {{"str", std::string(fdname)}}}};
+  Json backend = {{"type", "socket"}, {"data", {{"addr", addr}, {"server", false}}}};
+  return DumpCommand(
+      {{"execute", "chardev-add"}, {"arguments", {{"id", std::string(id)}, {"backend", backend}}}});
+}
+
+std::string ChardevRemoveCommand(std::string_view id) {
+  return DumpCommand({{"execute", "chardev-remove"}, {"arguments", {{"id", std::string(id)}}}});
+}
+
+absl::Status CheckQmpSuccess(std::string_view qmp_reply) { return QmpReturn(qmp_reply).status(); }
+
 std::string QomGetCommand(std::string_view path, std::string_view property) {
   Json command = {
       {"execute", "qom-get"},

@@ -33,6 +33,25 @@ absl::StatusOr<uint64_t> ParseGpa2Hva(std::string_view hmp_output);
 // answers "duplicate yank instance": ALREADY_EXISTS).
 absl::Status CheckGdbserverReply(std::string_view hmp_output);
 
+// One character device as QMP `query-chardev` reports it.
+struct QemuChardev {
+  std::string label;           // the chardev's id ("gdb" for one `gdbserver DEVICE` made itself)
+  std::string filename;        // e.g. "unix:", "disconnected:fd:NAME", "unix:/path,server=on"
+  bool frontend_open = false;  // a frontend (the gdbstub, a serial port, ...) uses it
+};
+absl::StatusOr<std::vector<QemuChardev>> ParseQueryChardev(std::string_view qmp_reply);
+
+// QMP commands of the gdbstub channel (docs/design.md "The gdbstub channel"): `getfd` names
+// the descriptor passed with the command; `chardev-add` makes a client socket chardev of that
+// named descriptor (already connected: one end of tprd's socketpair); `chardev-remove` and
+// `closefd` undo them. Ids and names are JSON-escaped.
+std::string GetfdCommand(std::string_view fdname);
+std::string ClosefdCommand(std::string_view fdname);
+std::string ChardevAddSocketFdCommand(std::string_view id, std::string_view fdname);
+std::string ChardevRemoveCommand(std::string_view id);
+// OK for a QMP success reply ({"return":...}); QEMU's error class and text otherwise.
+absl::Status CheckQmpSuccess(std::string_view qmp_reply);
+
 // One vCPU as QMP `query-cpus-fast` reports it.
 struct QemuCpu {
   int cpu_index = 0;

@@ -318,4 +318,44 @@ TEST(QomGetCommand, EscapesArguments) {
 }
 
 }  // namespace
+TEST(ParseQueryChardev, ReadsACapturedReply) {
+  // QEMU 7.2 with tprd's channel and a gdbstub client gone (kill -9).
+  absl::StatusOr<std::vector<QemuChardev>> chardevs = ParseQueryChardev(
+      R"({"return":[{"frontend-open":true,"filename":"gdb","label":"#chr054"},)"
+      R"({"frontend-open":true,"filename":"disconnected:fd:tprd-gdb-7-0","label":"tprd-gdb-7-0"},)"
+      R"({"frontend-open":false,"filename":"unix:","label":"tprd-gdb-7-1"}],"id":"libvirt-26"})");
+  ASSERT_TRUE(chardevs.ok()) << chardevs.status();
+  ASSERT_EQ(chardevs->size(), 3u);
+  EXPECT_EQ((*chardevs)[1].label, "tprd-gdb-7-0");
+  EXPECT_EQ((*chardevs)[1].filename, "disconnected:fd:tprd-gdb-7-0");
+  EXPECT_TRUE((*chardevs)[1].frontend_open);
+  EXPECT_FALSE((*chardevs)[2].frontend_open);
+}
+
+TEST(ParseQueryChardev, RefusesOddShapes) {
+  EXPECT_FALSE(ParseQueryChardev(R"({"return":{}})").ok());
+  EXPECT_FALSE(ParseQueryChardev(R"({"return":[{"label":"x","filename":"y"}]})").ok());
+  EXPECT_FALSE(
+      ParseQueryChardev(R"({"return":[{"label":1,"filename":"y","frontend-open":true}]})").ok());
+  EXPECT_FALSE(ParseQueryChardev("not json").ok());
+  EXPECT_FALSE(ParseQueryChardev(R"({"error":{"class":"GenericError","desc":"x"}})").ok());
+}
+
+TEST(GdbChannelCommands, AreTheJsonQemuAccepted) {
+  // The exact commands verified against QEMU 7.2 through virsh (docs/design-notes/backend.md).
+  EXPECT_EQ(GetfdCommand("tprd-gdb-1-0"),
+            R"({"arguments":{"fdname":"tprd-gdb-1-0"},"execute":"getfd"})");
+  EXPECT_EQ(ClosefdCommand("a\"b"), R"({"arguments":{"fdname":"a\"b"},"execute":"closefd"})");
+  EXPECT_EQ(ChardevAddSocketFdCommand("tprd-gdb-1-0", "tprd-gdb-1-0"),
+            R"({"arguments":{"backend":{"data":{"addr":{"data":{"str":"tprd-gdb-1-0"},)"
+            R"("type":"fd"},"server":false},"type":"socket"},"id":"tprd-gdb-1-0"},)"
+            R"("execute":"chardev-add"})");
+  EXPECT_EQ(ChardevRemoveCommand("x"), R"({"arguments":{"id":"x"},"execute":"chardev-remove"})");
+  EXPECT_TRUE(CheckQmpSuccess(R"({"return":{},"id":"libvirt-18"})").ok());
+  EXPECT_FALSE(
+      CheckQmpSuccess(
+          R"({"error":{"class":"GenericError","desc":"No file descriptor supplied via SCM_RIGHTS"}})")
+          .ok());
+}
+
 }  // namespace tprd::backend

@@ -1,5 +1,7 @@
 #include "tests/fakes/fake_libvirt_connection.h"
 
+#include <fcntl.h>
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -134,6 +136,14 @@ absl::StatusOr<std::string> FakeLibvirtConnection::HmpCommand(std::string_view u
 
 absl::StatusOr<std::string> FakeLibvirtConnection::QmpCommand(std::string_view uuid,
                                                               std::string_view json) {
+  return Monitor(uuid, json, false);
+}
+
+absl::StatusOr<std::string> FakeLibvirtConnection::QmpCommandWithFd(std::string_view uuid,
+                                                                    std::string_view json, int fd) {
+  if (fcntl(fd, F_GETFD) == -1) {
+    return absl::InvalidArgumentError(absl::StrCat("fake libvirtd: descriptor ", fd, " is closed"));
+  }
   return Monitor(uuid, json, false);
 }
 

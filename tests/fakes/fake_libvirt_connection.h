@@ -41,6 +41,9 @@ class FakeLibvirtConnection : public LibvirtConnection {
   absl::StatusOr<int> QemuPid(std::string_view uuid) override;
   absl::StatusOr<std::string> HmpCommand(std::string_view uuid, std::string_view command) override;
   absl::StatusOr<std::string> QmpCommand(std::string_view uuid, std::string_view json) override;
+  // Answers and logs like QmpCommand; the descriptor is only checked to be open.
+  absl::StatusOr<std::string> QmpCommandWithFd(std::string_view uuid, std::string_view json,
+                                               int fd) override;
   void Subscribe(LibvirtEventSubscriber* subscriber) override;
   void Unsubscribe(LibvirtEventSubscriber* subscriber) override;
   bool IsConnected() override;

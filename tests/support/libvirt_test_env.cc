@@ -150,7 +150,22 @@ absl::StatusOr<std::unique_ptr<TestDomain>> TestDomain::Create(const TestDomainO
   }
   domain->directory_ = pattern;
   domain->serial_path_ = absl::StrCat(pattern, "/serial.log");
-  const std::string xml = TestDomainXml(options, domain->name_, domain->serial_path_);
+  // QEMU runs as libvirt-qemu on a stock host: the kernel it opens must be reachable by that
+  // user, wherever the checkout lives (CI clones into mode-0700 directories). So the domain
+  // boots a copy in its own directory, which others may traverse but not list. (libvirt opens
+  // the serial log itself and passes QEMU a descriptor.)
+  if (chmod(pattern.c_str(), 0711) != 0) {
+    return absl::InternalError(absl::StrCat("chmod ", pattern, ": ", std::strerror(errno)));
+  }
+  TestDomainOptions booted = options;
+  booted.kernel = absl::StrCat(pattern, "/kernel.elf");
+  std::error_code copy_error;
+  std::filesystem::copy_file(options.kernel, booted.kernel, copy_error);
+  if (copy_error || chmod(booted.kernel.c_str(), 0644) != 0) {
+    return absl::InternalError(absl::StrCat("cannot copy the test guest kernel ", options.kernel,
+                                            " to ", booted.kernel, ": ", copy_error.message()));
+  }
+  const std::string xml = TestDomainXml(booted, domain->name_, domain->serial_path_);
 
   ScopedConnection connection(options.uri);
   if (connection.get() == nullptr) {
