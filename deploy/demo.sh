@@ -70,7 +70,9 @@ cmake --build build -j"$(nproc)"
 
 say "booting the test guest as domain tpr-demo"
 mkdir -p "$state"
-chmod 0700 "$state"
+# QEMU runs as libvirt-qemu (Debian's default): it must be able to open the kernel in here, so
+# others may traverse the directory (not list it). libvirt opens the serial log itself.
+chmod 0711 "$state"
 if virsh -c qemu:///system dominfo tpr-demo >/dev/null 2>&1; then
   virsh -c qemu:///system destroy tpr-demo >/dev/null 2>&1 || true
   virsh -c qemu:///system undefine tpr-demo >/dev/null
