@@ -38,6 +38,16 @@ expect(0 "\"patchable\":false.*\"reason\":\"prefix\".*\"replacement\":\"\"" "^$"
   decode --address 0x80001000 --json 64a18000feff)
 # Bytes that do not decode: a result, exit 0.
 expect(0 "\"length\":0.*\"reason\":\"undecodable\"" "^$" decode --address 0x80001000 --json 0f)
+# and dword [tpr], 0: the 2-byte nop 66 90, then the call to and_tpr_zero ending at the end.
+expect(0 "\"length\":7.*\"form\":\"and_mem_zero\".*\"register\":null.*\"patchable\":true.*\"disassembly\":\"and dword ptr \\[0xFFFE0080\\], 0x00\".*\"replacement\":\"6690e8[0-9a-f]+\""
+  "^$" decode --address 0x80001000 --json 83258000feff00)
+expect(0 "form: +and_mem_zero.*patchable: +yes.*replacement: +6690e8" "^$"
+  decode --address 0x80001000 "83 25 80 00 fe ff 00")
+# Any other immediate keeps TPR bits: not patchable, and the reason names the one that is.
+expect(0 "\"patchable\":false.*\"reason\":\"other_operation\".*0x0F.*83 25 <tpr> 00.*\"replacement\":\"\""
+  "^$" decode --address 0x80001000 --json 83258000feff0f)
+expect(0 "\"patchable\":false.*\"reason\":\"other_operation\".*81 /4" "^$"
+  decode --address 0x80001000 --json 81258000feff00000000)
 # Readable output.
 expect(0 "form: +mov_eax_from_moffs.*replacement: +e8" "^$" decode --address 0x80001000 a18000feff)
 expect(0 "Usage" "" decode --help)

@@ -18,8 +18,9 @@
 # ---- constants ----------------------------------------------------------------------------
         .globl MAGIC, LAYOUT_VERSION, HEADER_SIZE, TOTAL_SIZE, DATA_OFFSET
         .set MAGIC, 0x42525054              # "TPRB" little endian
-        .set LAYOUT_VERSION, 2              # 2: the data block may live apart (hdr_data_va)
-        .set HEADER_SIZE, 0x80
+        .set LAYOUT_VERSION, 3              # 2: the data block may live apart (hdr_data_va);
+                                            # 3: handler and_tpr_zero, site form 7 (83 /4)
+        .set HEADER_SIZE, 0x84
         .set DATA_OFFSET, 0x1000            # first writable page; checksum covers [0, here)
         .set TOTAL_SIZE, 0x3000
 
@@ -46,7 +47,7 @@
         .globl SITE_VA, SITE_LENGTH, SITE_FORM, SITE_REG, SITE_STATE, SITE_ORIGINAL, SITE_PATCHED
         .globl SITE_BYTES_MAX, SITE_SIZE, SITE_MAX
         .set SITE_VA, 0                     # u32 guest virtual address of the instruction
-        .set SITE_LENGTH, 4                 # u8 instruction length (5, 6 or 10)
+        .set SITE_LENGTH, 4                 # u8 instruction length (5, 6, 7 or 10)
         .set SITE_FORM, 5                   # u8 engine::Form
         .set SITE_REG, 6                    # u8 engine::Gpr
         .set SITE_STATE, 7                  # u8 engine::SiteState
@@ -57,7 +58,7 @@
         .set SITE_MAX, 256
 
         .globl HANDLER_COUNT
-        .set HANDLER_COUNT, 11
+        .set HANDLER_COUNT, 12
 
 # ---- header (immutable after install) -----------------------------------------------------
         .globl blob_start
@@ -89,22 +90,24 @@ hdr_site_entry_size:    .long SITE_SIZE
 hdr_sites_max:          .long SITE_MAX
 hdr_handler_count:      .long HANDLER_COUNT
 # Handler virtual addresses (base relocations), in engine::HandlerTable order:
-# set_tpr, set_tpr_eax, get_tpr[eax ecx edx ebx esp ebp esi edi], get_tpr_stack.
+# set_tpr, set_tpr_eax, get_tpr[eax ecx edx ebx esp ebp esi edi], get_tpr_stack, and_tpr_zero.
 hdr_handlers:
         .long set_tpr, set_tpr_eax
         .long get_tpr_eax, get_tpr_ecx, get_tpr_edx, get_tpr_ebx, 0
         .long get_tpr_ebp, get_tpr_esi, get_tpr_edi
         .long get_tpr_stack
+        .long and_tpr_zero
         .if . - blob_start != HEADER_SIZE
         .error "header size changed: update HEADER_SIZE"
         .endif
 
 # ---- handler code -------------------------------------------------------------------------
 # Contract for every entry point: returns only the register it names (the stack slot for
-# get_tpr_stack), preserves every other register and EFLAGS, balances the stack (set_tpr also
-# pops its argument), and never stores into this page.
+# get_tpr_stack), preserves every other register and EFLAGS (and_tpr_zero: every register, and
+# EFLAGS but for the six status flags, which it sets as the `and` it replaces), balances the
+# stack (set_tpr also pops its argument), and never stores into this page.
         .globl code_start, code_end
-        .globl set_tpr, set_tpr_eax, get_tpr_stack
+        .globl set_tpr, set_tpr_eax, get_tpr_stack, and_tpr_zero
         .globl get_tpr_eax, get_tpr_ecx, get_tpr_edx, get_tpr_ebx
         .globl get_tpr_ebp, get_tpr_esi, get_tpr_edi
         .globl tpr_read_slow, tpr_write_core
@@ -123,6 +126,19 @@ set_tpr:
 # call set_tpr_eax                  (site: mov [tpr],eax)
 set_tpr_eax:
         call    tpr_write_core
+        ret
+
+# 66 90; call and_tpr_zero          (site: and dword [tpr],0; 66 90 is a 2-byte nop)
+# Writes 0 like any TPR write, and leaves the flags the `and` would: its result is 0, so
+# CF=OF=SF=0, ZF=PF=1, and AF=0 (undefined for `and` in the manuals; 0 is what QEMU's TCG gives
+# it, CC_OP_LOGICL). `sub eax,eax` sets exactly those six (sub defines AF: no borrow, 0) and
+# zeroes the value; tpr_write_core keeps EFLAGS, so they survive the call. IF, DF, TF and every
+# register stay the caller's.
+and_tpr_zero:
+        pushl   %eax
+        subl    %eax, %eax              # eax = 0; CF OF SF AF = 0, ZF PF = 1
+        call    tpr_write_core
+        popl    %eax                    # pop and ret leave the flags alone
         ret
 
 # Reads. Every get_tpr_<dest> holds its own fast path, with the destination register as the

@@ -56,10 +56,11 @@ std::optional<Strategy> StrategyFromWord(uint32_t word) {
 static_assert(TPRD_BLOB_STRATEGY_EXACT == static_cast<uint32_t>(Strategy::kExact));
 static_assert(TPRD_BLOB_STRATEGY_MMIO == static_cast<uint32_t>(Strategy::kMmio));
 static_assert(TPRD_BLOB_STRATEGY_CR8 == static_cast<uint32_t>(Strategy::kCr8));
-static_assert(TPRD_BLOB_HANDLER_COUNT == 3 + kGprCount);
+static_assert(TPRD_BLOB_HANDLER_COUNT == 4 + kGprCount);
 static_assert(TPRD_BLOB_DATA_OFFSET % kPageSize == 0 && TPRD_BLOB_TOTAL_SIZE % kPageSize == 0);
 
-// Handler offsets in header order (set_tpr, set_tpr_eax, get_tpr[8], get_tpr_stack); 0 = none.
+// Handler offsets in header order (set_tpr, set_tpr_eax, get_tpr[8], get_tpr_stack,
+// and_tpr_zero); 0 = none.
 constexpr uint32_t kHandlerOffsets[TPRD_BLOB_HANDLER_COUNT] = {
     TPRD_BLOB_SET_TPR,
     TPRD_BLOB_SET_TPR_EAX,
@@ -72,6 +73,7 @@ constexpr uint32_t kHandlerOffsets[TPRD_BLOB_HANDLER_COUNT] = {
     TPRD_BLOB_GET_TPR_ESI,
     TPRD_BLOB_GET_TPR_EDI,
     TPRD_BLOB_GET_TPR_STACK,
+    TPRD_BLOB_AND_TPR_ZERO,
 };
 
 HandlerTable HandlerTableFromSlots(const uint32_t (&slots)[TPRD_BLOB_HANDLER_COUNT]) {
@@ -80,6 +82,7 @@ HandlerTable HandlerTableFromSlots(const uint32_t (&slots)[TPRD_BLOB_HANDLER_COU
   table.set_tpr_eax = slots[1];
   for (int reg = 0; reg < kGprCount; ++reg) table.get_tpr[reg] = slots[2 + reg];
   table.get_tpr_stack = slots[2 + kGprCount];
+  table.and_tpr_zero = slots[3 + kGprCount];
   return table;
 }
 
@@ -144,6 +147,7 @@ constexpr FormShape kFormShapes[] = {
     {Form::kMovEaxFromMoffs, 5, 0xA1, false}, {Form::kMovMoffsFromEax, 5, 0xA3, false},
     {Form::kMovRegFromMem, 6, 0x8B, true},    {Form::kMovMemFromReg, 6, 0x89, true},
     {Form::kMovMemFromImm, 10, 0xC7, false},  {Form::kPushMem, 6, 0xFF, false},
+    {Form::kAndMemZero, 7, 0x83, false},
 };
 
 const FormShape* ShapeOf(uint8_t form) {
@@ -293,6 +297,10 @@ absl::StatusOr<std::optional<Site>> DecodeSiteEntry(uint32_t id, absl::Span<cons
                                original[0], std::string(FormName(shape->form)), shape->opcode));
   }
   if (patched[length - 5] != 0xE8) return bad("patched bytes do not end in a call rel32");
+  // The handler writes 0: an and site whose immediate is anything else would change meaning.
+  if (shape->form == Form::kAndMemZero && original[length - 1] != 0) {
+    return bad("original bytes of and_mem_zero do not end in the immediate 0");
+  }
 
   Site site;
   site.id = id;

@@ -116,7 +116,8 @@ absl::StatusOr<PerCpuEntry> DecodePerCpuEntry(absl::Span<const uint8_t> bytes);
 // the original bytes of a kMovMemFromImm site.
 absl::StatusOr<std::array<uint8_t, kSiteEntrySize>> EncodeSiteEntry(const Site& site);
 // nullopt for an unused (all-zero) entry; an error with the reason for an entry that is not
-// sane (unknown form, register or state; length not 5, 6 or 10; bytes past the length).
+// sane (unknown form, register or state; length not 5, 6, 7 or 10 as the form says; bytes past
+// the length; an and_mem_zero whose immediate is not 0).
 absl::StatusOr<std::optional<Site>> DecodeSiteEntry(uint32_t id, absl::Span<const uint8_t> bytes);
 
 // A blob read back from a guest, validated.

@@ -54,7 +54,7 @@ const ZydisDecodedOperand* FindTprOperand(const ZydisDecodedInstruction& instruc
 Gpr GprFromModrmReg(uint8_t reg) { return static_cast<Gpr>(reg & 7); }
 
 // The form an unprefixed, disp32-only instruction has, from its opcode; nullopt when it is none
-// of the six.
+// of the seven.
 std::optional<Form> FormFromOpcode(const ZydisDecodedInstruction& instruction) {
   if (instruction.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY ||
       instruction.opcode_map != ZYDIS_OPCODE_MAP_DEFAULT) {
@@ -75,9 +75,30 @@ std::optional<Form> FormFromOpcode(const ZydisDecodedInstruction& instruction) {
     case 0xFF:
       if (instruction.raw.modrm.reg == 6) return Form::kPushMem;
       return std::nullopt;
+    case 0x83:
+      // and dword [tpr], imm8: only the immediate 0 (MoveZeroToTpr) has a handler.
+      if (instruction.raw.modrm.reg == 4 && instruction.raw.imm[0].size == 8 &&
+          instruction.raw.imm[0].value.u == 0) {
+        return Form::kAndMemZero;
+      }
+      return std::nullopt;
     default:
       return std::nullopt;
   }
+}
+
+// Why an `and` that names the TPR is not the patchable `and dword [tpr], 0` (83 25 <tpr> 00).
+std::string AndDetail(const ZydisDecodedInstruction& instruction) {
+  constexpr std::string_view kOnly = "only and dword [tpr], 0 (83 25 <tpr> 00) is patched";
+  if (instruction.opcode == 0x83 && instruction.operand_width == 32) {
+    return absl::StrFormat("and dword [tpr], 0x%02X keeps bits of the TPR; %s.",
+                           static_cast<uint8_t>(instruction.raw.imm[0].value.u), kOnly);
+  }
+  if (instruction.opcode == 0x81 && instruction.operand_width == 32) {
+    return absl::StrFormat("and dword [tpr], 0x%08X in the 10-byte encoding 81 /4 id; %s.",
+                           static_cast<uint32_t>(instruction.raw.imm[0].value.u), kOnly);
+  }
+  return absl::StrFormat("An and of the TPR with a register or in another width; %s.", kOnly);
 }
 
 }  // namespace
@@ -142,8 +163,12 @@ Classification Classify(absl::Span<const uint8_t> bytes, uint32_t address, uint3
                     absl::StrFormat("A %d-bit access to the TPR; only 32-bit moves are patched.",
                                     tpr_operand->size));
     }
+    if (instruction.mnemonic == ZYDIS_MNEMONIC_AND) {
+      return Reject(result, RejectReason::kOtherOperation, AndDetail(instruction));
+    }
     return Reject(result, RejectReason::kOtherOperation,
-                  "Not a plain 32-bit mov or push of the TPR (cmp, test, and, movzx, ...).");
+                  "Not a plain 32-bit mov or push of the TPR, nor and dword [tpr], 0 (cmp, test, "
+                  "or, movzx, ...).");
   }
   result.form = form;
   if (tpr_operand->size != 32 || instruction.operand_width != 32) {
@@ -172,6 +197,7 @@ Classification Classify(absl::Span<const uint8_t> bytes, uint32_t address, uint3
       result.imm = static_cast<uint32_t>(instruction.raw.imm[0].value.u);
       break;
     case Form::kPushMem:
+    case Form::kAndMemZero:
       break;
   }
   result.patchable = true;

@@ -1,5 +1,5 @@
-// Classifier: decides whether one instruction is a TPR access, which of the six patchable forms
-// it is, and if it cannot be patched, why. Pure function of the bytes and two addresses.
+// Classifier: decides whether one instruction is a TPR access, which of the seven patchable
+// forms it is, and if it cannot be patched, why. Pure function of the bytes and two addresses.
 #ifndef TPRD_DAEMON_ENGINE_CLASSIFIER_H_
 #define TPRD_DAEMON_ENGINE_CLASSIFIER_H_
 
@@ -24,7 +24,8 @@ enum class RejectReason : uint8_t {
   kPrefix,            // "prefix": any legacy prefix (66 67 F0 F2 F3 26 2E 36 3E 64 65)
   kRegisterRelative,  // "register_relative": a base or index register in the address
   kSib,               // "sib": a SIB byte, even without base or index
-  kOtherOperation,    // "other_operation": not one of the six mov/push forms (cmp, movzx..)
+  kOtherOperation,    // "other_operation": not one of the seven forms (cmp, movzx, and
+                      // with an immediate other than 0, ...)
   kOperandSize,       // "operand_size": a mov/push of the TPR that is not 32 bits wide
   kEspRegister,       // "esp_register": mov esp,[tpr] or mov [tpr],esp
 };
@@ -37,9 +38,10 @@ struct Classification {
   // address (disp32 / moffs), or as the displacement next to a base/index register or under a
   // segment override (then the real address may differ, and it is never patchable).
   bool tpr_access = false;
-  // Set for the six forms; also set for a recognised form that is rejected (esp).
+  // Set for the seven forms; also set for a recognised form that is rejected (esp).
   std::optional<Form> form;
-  // The register read or written: eax for A1/A3, ModRM.reg for 89/8B; none for C7 and FF /6.
+  // The register read or written: eax for A1/A3, ModRM.reg for 89/8B; none for C7, FF /6 and
+  // 83 /4.
   std::optional<Gpr> reg;
   uint32_t imm = 0;  // kMovMemFromImm only
   bool patchable = false;

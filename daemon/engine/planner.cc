@@ -21,6 +21,8 @@ size_t FormLength(Form form) {
     case Form::kMovMemFromReg:
     case Form::kPushMem:
       return 6;
+    case Form::kAndMemZero:
+      return 7;
     case Form::kMovMemFromImm:
       return 10;
   }
@@ -39,6 +41,8 @@ std::vector<uint8_t> LeadBytes(const PlanRequest& request) {
       return {0x90};  // nop
     case Form::kPushMem:
       return {0x50};  // push eax
+    case Form::kAndMemZero:
+      return {0x66, 0x90};  // the 2-byte nop (xchg ax, ax): one instruction, as in 8B's case
     case Form::kMovMemFromImm:
       return {0x68, static_cast<uint8_t>(request.imm), static_cast<uint8_t>(request.imm >> 8),
               static_cast<uint8_t>(request.imm >> 16), static_cast<uint8_t>(request.imm >> 24)};
@@ -98,6 +102,11 @@ absl::Status VerifyLead(const ZydisDecodedInstruction& instruction,
         return Mismatch(request, "expected a one-byte nop");
       }
       return absl::OkStatus();
+    case Form::kAndMemZero:
+      if (instruction.mnemonic != ZYDIS_MNEMONIC_NOP || instruction.length != 2) {
+        return Mismatch(request, "expected the two-byte nop 66 90");
+      }
+      return absl::OkStatus();
     case Form::kMovMemFromImm:
       if (instruction.mnemonic != ZYDIS_MNEMONIC_PUSH || instruction.length != 5 ||
           instruction.operand_width != 32 || operands[0].type != ZYDIS_OPERAND_TYPE_IMMEDIATE ||
@@ -128,6 +137,8 @@ uint32_t HandlerFor(const HandlerTable& handlers, Form form, Gpr reg) {
       return handlers.set_tpr;
     case Form::kPushMem:
       return handlers.get_tpr_stack;
+    case Form::kAndMemZero:
+      return handlers.and_tpr_zero;
   }
   return 0;
 }

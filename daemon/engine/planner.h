@@ -6,6 +6,8 @@
 //   8B /r disp32          -> 90, E8 rel32 (get_tpr[r])
 //   FF /6 disp32          -> 50, E8 rel32 (get_tpr_stack)
 //   C7 /0 disp32 imm32    -> 68 imm32, E8 rel32 (set_tpr)
+//   83 /4 disp32 00       -> 66 90, E8 rel32 (and_tpr_zero): the two spare bytes are one
+//                            2-byte nop before the call, like the 8B form's 90
 //
 // rel32 = target - (address of the call + 5), modulo 2^32. The replacement always has the
 // original length, and is decoded again with Zydis before it is returned.
@@ -44,8 +46,9 @@ absl::StatusOr<std::vector<uint8_t>> PlanReplacement(const Site& site,
                                                      const HandlerTable& handlers);
 
 // Decodes `replacement` with Zydis and checks it is exactly the intended sequence for the
-// request: the push/nop first where the form has one, then a call to the form's handler
-// ending at the original instruction's end. Usable on bytes read back from a guest.
+// request: the push/nop first where the form has one (66 90 for 83 /4), then a call to the
+// form's handler ending at the original instruction's end. Usable on bytes read back from a
+// guest.
 absl::Status VerifyReplacement(absl::Span<const uint8_t> replacement, const PlanRequest& request,
                                const HandlerTable& handlers);
 

@@ -5,13 +5,14 @@
 namespace tprd::engine {
 namespace {
 
-constexpr std::array<std::pair<Form, std::string_view>, 6> kFormNames = {{
+constexpr std::array<std::pair<Form, std::string_view>, 7> kFormNames = {{
     {Form::kMovEaxFromMoffs, "mov_eax_from_moffs"},
     {Form::kMovMoffsFromEax, "mov_moffs_from_eax"},
     {Form::kMovRegFromMem, "mov_reg_from_mem"},
     {Form::kMovMemFromReg, "mov_mem_from_reg"},
     {Form::kMovMemFromImm, "mov_mem_from_imm"},
     {Form::kPushMem, "push_mem"},
+    {Form::kAndMemZero, "and_mem_zero"},
 }};
 
 constexpr std::array<std::string_view, kGprCount> kGprNames = {"eax", "ecx", "edx", "ebx",

@@ -15,8 +15,8 @@ namespace tprd::engine {
 // The windows TPR: APIC page mapped at 0xFFFE0000, TPR at offset 0x80.
 inline constexpr uint32_t kDefaultTprVa = 0xFFFE0080;
 
-// The six patchable TPR access forms (prior-art.md). Values are stored in the guest's site
-// table: never renumber.
+// The seven patchable TPR access forms (prior-art.md; the seventh from the GPLPV drivers,
+// shared/design/hal-research.md). Values are stored in the guest's site table: never renumber.
 enum class Form : uint8_t {
   kMovEaxFromMoffs = 1,  // A1 moffs32          mov eax,[tpr]
   kMovMoffsFromEax = 2,  // A3 moffs32          mov [tpr],eax
@@ -24,6 +24,7 @@ enum class Form : uint8_t {
   kMovMemFromReg = 4,    // 89 /r disp32        mov [tpr],r32
   kMovMemFromImm = 5,    // C7 /0 disp32 imm32  mov dword [tpr],imm32
   kPushMem = 6,          // FF /6 disp32        push dword [tpr]
+  kAndMemZero = 7,       // 83 /4 disp32 00     and dword [tpr],0 (imm8 0 only; 7 bytes)
 };
 
 // Exact names used in the API, JSON and docs.
@@ -31,10 +32,11 @@ std::string_view FormName(Form form);
 std::optional<Form> FormFromName(std::string_view name);
 std::string_view GprName(Gpr reg);  // "eax", "ecx", ...
 
-// Whether the form writes the TPR (else it reads it).
+// Whether the form writes the TPR (else it reads it). `and dword [tpr],0` reads it too, but
+// what it leaves (TPR 0, flags of a zero result) does not depend on what it read: a writer.
 inline bool FormWritesTpr(Form form) {
   return form == Form::kMovMoffsFromEax || form == Form::kMovMemFromReg ||
-         form == Form::kMovMemFromImm;
+         form == Form::kMovMemFromImm || form == Form::kAndMemZero;
 }
 
 // How the blob's handlers reach the real TPR; stored in the blob's strategy word. Never
@@ -53,6 +55,7 @@ struct HandlerTable {
   uint32_t set_tpr_eax = 0;      // value in eax
   uint32_t get_tpr[kGprCount] = {};  // indexed by Gpr; the kEsp slot is unused (0)
   uint32_t get_tpr_stack = 0;    // for push [tpr], patched as push eax; call
+  uint32_t and_tpr_zero = 0;     // for and dword [tpr],0, patched as 66 90 (nop); call
 };
 
 enum class SiteState : uint8_t {

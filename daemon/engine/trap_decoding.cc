@@ -21,7 +21,7 @@ std::optional<std::vector<uint8_t>> InstructionBytes(const Classification& c, ui
 // For a cmp/test of the TPR (which writes only EFLAGS): how to recompute its flags.
 std::optional<FlagOnlyRead> FlagOnlyReadAt(const Classification& c, uint32_t start,
                                            const GuestByteReader& reader) {
-  if (c.form) return std::nullopt;  // one of the six mov/push forms
+  if (c.form) return std::nullopt;  // one of the seven forms (mov, push, and [tpr],0)
   std::optional<std::vector<uint8_t>> bytes = InstructionBytes(c, start, reader);
   if (!bytes) return std::nullopt;
   return DecodeFlagOnlyRead(*bytes);

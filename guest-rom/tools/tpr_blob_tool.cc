@@ -111,8 +111,8 @@ int Instantiate(int argc, char** argv) {
               a.data_start);
   std::printf("strategy_word=0x%08x percpu_area=0x%08x percpu_entry_size=%u site_table=0x%08x\n",
               a.strategy_word, a.percpu_area, tprd::engine::kPerCpuEntrySize, a.site_table);
-  std::printf("set_tpr=0x%08x set_tpr_eax=0x%08x get_tpr_stack=0x%08x\n", h.set_tpr, h.set_tpr_eax,
-              h.get_tpr_stack);
+  std::printf("set_tpr=0x%08x set_tpr_eax=0x%08x get_tpr_stack=0x%08x and_tpr_zero=0x%08x\n",
+              h.set_tpr, h.set_tpr_eax, h.get_tpr_stack, h.and_tpr_zero);
   for (int reg = 0; reg < kGprCount; ++reg) {
     if (static_cast<Gpr>(reg) == Gpr::kEsp) continue;
     std::printf("get_tpr_%s=0x%08x\n",

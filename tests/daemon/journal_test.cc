@@ -67,6 +67,31 @@ TEST(JournalTest, EntriesRoundTripThroughTheFile) {
   EXPECT_EQ(site_entry.site->state, expected.state);
 }
 
+TEST(JournalTest, AnAndMemZeroSiteRoundTrips) {
+  TestDir dir;
+  const std::string path = dir.File(Journal::kFileName);
+  auto journal = Journal::Open(path);
+  ASSERT_TRUE(journal.ok()) << journal.status();
+  engine::Site site = SampleSite();
+  site.form = engine::Form::kAndMemZero;
+  site.reg = engine::Gpr::kEax;
+  site.original = {0x83, 0x25, 0x80, 0x00, 0xFE, 0xFF, 0x00};
+  site.patched = {0x66, 0x90, 0xE8, 0x01, 0x02, 0x03, 0x04};
+  DomainInfo domain{"winxp-01", "11111111-2222-3333-4444-555555555555", 3, true};
+  ASSERT_TRUE((*journal)->RecorderFor(domain)->RecordSite(site).ok());
+  std::ifstream in(path);
+  std::string line;
+  ASSERT_TRUE(std::getline(in, line));
+  EXPECT_THAT(line, ::testing::HasSubstr("\"form\":\"and_mem_zero\""));
+  auto entries = Journal::ReadAll(path, nullptr);
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ASSERT_EQ(entries->size(), 1u);
+  ASSERT_TRUE((*entries)[0].site.has_value());
+  EXPECT_EQ((*entries)[0].site->form, engine::Form::kAndMemZero);
+  EXPECT_EQ((*entries)[0].site->original, site.original);
+  EXPECT_EQ((*entries)[0].site->patched, site.patched);
+}
+
 TEST(JournalTest, EachAppendIsOneCompleteLineOnDiskWhenItReturns) {
   TestDir dir;
   const std::string path = dir.File(Journal::kFileName);

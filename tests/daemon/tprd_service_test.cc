@@ -12,6 +12,7 @@
 #include "daemon/actor/domain_registry.h"
 #include "daemon/server/api_server.h"
 #include "daemon/service/grpc_status.h"
+#include "daemon/service/proto_convert.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/daemon/test_dir.h"
@@ -352,6 +353,21 @@ TEST_F(TprdServiceTest, HealthServiceReportsServing) {
   for (const auto& slice : slices)
     bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
   EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+}
+
+// Every engine form has the proto value of its number (the guest's site table fixes both), and
+// tprctl's word for it (the enum name, lower case, without FORM_) is the engine's name, which the
+// journal and tprctl decode use.
+TEST(ProtoConvertTest, EveryFormHasItsProtoNumberAndName) {
+  for (int value = 1; value <= static_cast<int>(engine::Form::kAndMemZero); ++value) {
+    const auto form = static_cast<engine::Form>(value);
+    const tprd::v1::Form proto = ToProto(form);
+    ASSERT_EQ(static_cast<int>(proto), value);
+    std::string word = tprd::v1::Form_Name(proto).substr(std::string("FORM_").size());
+    for (char& c : word) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    EXPECT_EQ(word, engine::FormName(form));
+  }
+  EXPECT_EQ(ToProto(engine::Form::kAndMemZero), tprd::v1::FORM_AND_MEM_ZERO);
 }
 
 }  // namespace

@@ -190,15 +190,16 @@ std::map<std::string, uint32_t> SitesByName() {
 }
 
 const std::vector<std::string>& HotSites() {
-  static const std::vector<std::string> hot = {"rd_a1_eax",     "rd_8b_edi", "rd_ff6_push",
-                                               "wr_a3_eax",     "wr_89_ebp", "wr_c7_51",
-                                               "hal_raise_read"};
+  static const std::vector<std::string> hot = {"rd_a1_eax",      "rd_8b_edi",  "rd_ff6_push",
+                                               "wr_a3_eax",      "wr_89_ebp",  "wr_c7_51",
+                                               "hal_raise_read", "wr_and_zero"};
   return hot;
 }
 
 const std::vector<std::string>& NeverPatchedSites() {
   static const std::vector<std::string> never = {"np_regrel_read", "np_cmp_imm", "np_3ea1",
-                                                 "np_es_8b_edx",   "decoy_a1",   "decoy_c7"};
+                                                 "np_es_8b_edx",   "decoy_a1",   "decoy_c7",
+                                                 "decoy_and0"};
   return never;
 }
 

@@ -192,11 +192,13 @@ TEST(BlobInstantiateTest, HandlerTableIsSymbolsPlusBase) {
   EXPECT_EQ(h.get_tpr[int(Gpr::kEbp)], va + TPRD_BLOB_GET_TPR_EBP);
   EXPECT_EQ(h.get_tpr[int(Gpr::kEsi)], va + TPRD_BLOB_GET_TPR_ESI);
   EXPECT_EQ(h.get_tpr[int(Gpr::kEdi)], va + TPRD_BLOB_GET_TPR_EDI);
+  EXPECT_EQ(h.and_tpr_zero, va + TPRD_BLOB_AND_TPR_ZERO);
 
   auto standalone = HandlerTableForBlob(va);
   ASSERT_TRUE(standalone.ok());
   EXPECT_EQ(standalone->set_tpr, h.set_tpr);
   EXPECT_EQ(standalone->get_tpr_stack, h.get_tpr_stack);
+  EXPECT_EQ(standalone->and_tpr_zero, h.and_tpr_zero);
   for (int reg = 0; reg < kGprCount; ++reg) EXPECT_EQ(standalone->get_tpr[reg], h.get_tpr[reg]);
   // The header's own handler table says the same.
   for (int i = 0; i < TPRD_BLOB_HANDLER_COUNT; ++i) {
@@ -208,11 +210,11 @@ TEST(BlobInstantiateTest, HandlerTableIsSymbolsPlusBase) {
     }
   }
   // Distinct handlers: a get_tpr_<reg> that reuses another's entry would return the wrong reg.
-  std::set<uint32_t> distinct = {h.set_tpr, h.set_tpr_eax, h.get_tpr_stack};
+  std::set<uint32_t> distinct = {h.set_tpr, h.set_tpr_eax, h.get_tpr_stack, h.and_tpr_zero};
   for (int reg = 0; reg < kGprCount; ++reg) {
     if (reg != int(Gpr::kEsp)) distinct.insert(h.get_tpr[reg]);
   }
-  EXPECT_EQ(distinct.size(), 10u);
+  EXPECT_EQ(distinct.size(), 11u);
 
   EXPECT_FALSE(HandlerTableForBlob(0x800E8010).ok());
   EXPECT_FALSE(HandlerTableForBlob(0xFFFFF000).ok());
@@ -259,6 +261,7 @@ std::vector<Site> OneSitePerForm() {
       MakeSite(3, Form::kMovMemFromReg, Gpr::kEcx, {0x89, 0x0D, 0x80, 0x00, 0xFE, 0xFF}),
       MakeSite(4, Form::kMovMemFromImm, Gpr::kEax,
                {0xC7, 0x05, 0x80, 0x00, 0xFE, 0xFF, 0x41, 0x00, 0x00, 0x00}),
+      MakeSite(5, Form::kAndMemZero, Gpr::kEax, {0x83, 0x25, 0x80, 0x00, 0xFE, 0xFF, 0x00}),
       MakeSite(255, Form::kPushMem, Gpr::kEax, {0xFF, 0x35, 0x80, 0x00, 0xFE, 0xFF}),
   };
 }
@@ -304,7 +307,19 @@ TEST(BlobRecordsTest, InsaneSiteEntriesAreRefused) {
   EXPECT_TRUE(refused([](Site& s) { s.reg = Gpr::kEsp; }));
   EXPECT_TRUE(refused([](Site& s) { s.state = static_cast<SiteState>(4); }));
   EXPECT_TRUE(refused([](Site& s) { s.original[0] = 0x8A; }));
-  EXPECT_TRUE(refused([](Site& s) { s.patched[1] = 0x90; }));  // no call rel32
+  EXPECT_TRUE(refused([](Site& s) { s.patched[1] = 0x90; }));         // no call rel32
+  EXPECT_TRUE(refused([](Site& s) { s.form = Form::kAndMemZero; }));  // length 6, not 7
+
+  // An and site must be the and with 0: the handler writes 0 whatever the immediate says.
+  const Site and_zero = OneSitePerForm()[5];
+  ASSERT_EQ(and_zero.form, Form::kAndMemZero);
+  EXPECT_TRUE(EncodeSiteEntry(and_zero).ok());
+  Site and_other = and_zero;
+  and_other.original[6] = 0x0F;
+  EXPECT_FALSE(EncodeSiteEntry(and_other).ok());
+  and_other = and_zero;
+  and_other.original[0] = 0x81;
+  EXPECT_FALSE(EncodeSiteEntry(and_other).ok());
 
   auto bytes = EncodeSiteEntry(good);
   ASSERT_TRUE(bytes.ok());
@@ -427,7 +442,9 @@ TEST(BlobParseTest, EveryCorruptionIsRejectedWithAReason) {
       {"blob va unaligned", set(TPRD_BLOB_HDR_BLOB_VA, 0x800E8004), true, "aligned"},
       {"blob va wraps", set(TPRD_BLOB_HDR_BLOB_VA, 0xFFFFF000), true, "4 GiB"},
       {"tpr not at 0x080", set(TPRD_BLOB_HDR_TPR_VA, 0xFFFE0000), true, "TPR"},
-      {"handler count", set(TPRD_BLOB_HDR_HANDLER_COUNT, 12), true, "handler count"},
+      {"handler count", set(TPRD_BLOB_HDR_HANDLER_COUNT, 11), true, "handler count"},
+      {"and handler outside code", set(TPRD_BLOB_HDR_HANDLERS + 4 * 11, 0x800E9000), true,
+       "handler 11"},
       {"handler outside code", set(TPRD_BLOB_HDR_HANDLERS, 0x800E9000), true, "outside"},
       {"esp handler slot used", set(TPRD_BLOB_HDR_HANDLERS + 4 * (2 + int(Gpr::kEsp)), 0x800E8080),
        true, "handler 6"},
@@ -678,6 +695,7 @@ TEST(BlobHandlerCodeTest, HandlersFollowTheStructuralRules) {
     checker.CheckFunction(h.set_tpr, 4, "set_tpr");
     checker.CheckFunction(h.set_tpr_eax, 0, "set_tpr_eax");
     checker.CheckFunction(h.get_tpr_stack, 0, "get_tpr_stack");
+    checker.CheckFunction(h.and_tpr_zero, 0, "and_tpr_zero");
     for (int reg = 0; reg < kGprCount; ++reg) {
       if (reg == int(Gpr::kEsp)) continue;
       checker.CheckFunction(h.get_tpr[reg], 0,
@@ -746,6 +764,566 @@ TEST(BlobHandlerCodeTest, CheckerCatchesAStoreIntoTheCodePage) {
   HandlerCodeChecker checker(*blob);
   checker.CheckFunction(blob->handlers.get_tpr[int(Gpr::kEax)], 0, "get_tpr_eax");
   EXPECT_THAT(checker.failures(), ::testing::Contains(HasSubstr("code page")));
+}
+
+// ---- what the handlers leave: every path run symbolically, per strategy ---------------------
+//
+// The structural checker above proves the shape of the code; this one runs every path from an
+// entry point (into the internal routines and back) on symbolic values: each register holds its
+// value at entry, zero, or something unknown; EFLAGS hold the caller's flags, the flags of a
+// zero result (CF OF SF AF = 0, ZF PF = 1: what `and dword [tpr], 0` leaves, AF as QEMU's TCG
+// gives it), a comparison of the strategy word with a constant, or something unknown. The
+// strategy word is the blob's, so a branch on it takes the strategy's way; every other branch
+// (CPU in range, enabled, guard due) takes both. At each return to the caller the test checks
+// the contract: registers, flags, stack, and what the path wrote to the shadow, the TPR or CR8.
+
+struct Sym {
+  enum class Kind {
+    kUnknown,
+    kZero,
+    kEntryReg,      // n = the register
+    kCallerSlot,    // a caller's stack slot, n = index from the bottom
+    kCallerReturn,  // the caller's return address
+    kReturn,        // an internal call's return address n
+    kEntryFlags,    // EFLAGS as at entry (IF aside: the structural checker watches cli/popf)
+    kZeroFlags,     // CF OF SF AF = 0, ZF PF = 1, the rest as at entry
+    kStrategyCmp,   // flags of cmp strategy_word, n
+  };
+  Kind kind = Kind::kUnknown;
+  uint32_t n = 0;
+  bool IsFlags() const {
+    return kind == Kind::kEntryFlags || kind == Kind::kZeroFlags || kind == Kind::kStrategyCmp;
+  }
+  friend bool operator==(const Sym&, const Sym&) = default;
+};
+
+std::string SymName(const Sym& v) {
+  switch (v.kind) {
+    case Sym::Kind::kUnknown:
+      return "unknown";
+    case Sym::Kind::kZero:
+      return "zero";
+    case Sym::Kind::kEntryReg:
+      return absl::StrFormat("entry %s", std::string(GprName(static_cast<Gpr>(v.n))));
+    case Sym::Kind::kCallerSlot:
+      return absl::StrFormat("caller slot %u", v.n);
+    case Sym::Kind::kCallerReturn:
+      return "caller return";
+    case Sym::Kind::kReturn:
+      return absl::StrFormat("return to 0x%x", v.n);
+    case Sym::Kind::kEntryFlags:
+      return "entry flags";
+    case Sym::Kind::kZeroFlags:
+      return "flags of a zero result";
+    case Sym::Kind::kStrategyCmp:
+      return absl::StrFormat("flags of cmp strategy, %u", v.n);
+  }
+  return "?";
+}
+
+struct TprEvent {
+  enum class Kind { kShadowStore, kTprStore, kCr8Write };
+  Kind kind;
+  Sym value;
+};
+
+struct SymPath {
+  uint32_t eip = 0;
+  std::array<Sym, kGprCount> regs;
+  Sym flags{Sym::Kind::kEntryFlags};
+  std::vector<Sym> stack;  // back() is [esp]
+  std::vector<TprEvent> events;
+  int steps = 0;
+};
+
+struct SymEnd {
+  SymPath path;
+  size_t caller_slots_left = 0;
+};
+
+class SymbolicRunner {
+ public:
+  SymbolicRunner(const BlobInstance& blob, Strategy strategy) : blob_(blob), strategy_(strategy) {
+    ZydisDecoderInit(&decoder_, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
+  }
+
+  // Every path from `entry` to its return to the caller, which pushed `caller_slots` dwords
+  // before the call (1 for set_tpr's value and get_tpr_stack's slot).
+  std::vector<SymEnd> Run(uint32_t entry, size_t caller_slots, const std::string& name) {
+    SymPath start;
+    start.eip = entry;
+    for (uint32_t r = 0; r < kGprCount; ++r) start.regs[r] = {Sym::Kind::kEntryReg, r};
+    for (uint32_t i = 0; i < caller_slots; ++i) start.stack.push_back({Sym::Kind::kCallerSlot, i});
+    start.stack.push_back({Sym::Kind::kCallerReturn});
+    std::vector<SymPath> work = {start};
+    std::vector<SymEnd> ends;
+    while (!work.empty()) {
+      SymPath path = std::move(work.back());
+      work.pop_back();
+      Step(std::move(path), name, work, ends);
+    }
+    return ends;
+  }
+
+  const std::vector<std::string>& failures() const { return failures_; }
+
+ private:
+  static constexpr ZydisRegister kGprRegs[kGprCount] = {
+      ZYDIS_REGISTER_EAX, ZYDIS_REGISTER_ECX, ZYDIS_REGISTER_EDX, ZYDIS_REGISTER_EBX,
+      ZYDIS_REGISTER_ESP, ZYDIS_REGISTER_EBP, ZYDIS_REGISTER_ESI, ZYDIS_REGISTER_EDI};
+
+  // The 32-bit register that holds `reg` (al, ax, eax -> 0), or -1.
+  static int GprIndex(ZydisRegister reg) {
+    const ZydisRegister full = ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LEGACY_32, reg);
+    for (int i = 0; i < kGprCount; ++i) {
+      if (kGprRegs[i] == full) return i;
+    }
+    return -1;
+  }
+
+  // A register operand's value: a part of a zero register is zero; a part of anything else is
+  // only known when it is the whole register.
+  static Sym RegValue(const SymPath& path, ZydisRegister reg) {
+    const int index = GprIndex(reg);
+    if (index < 0) return {};
+    const Sym& whole = path.regs[index];
+    if (whole.kind == Sym::Kind::kZero) return whole;
+    return reg == kGprRegs[index] ? whole : Sym{};
+  }
+
+  // The stack slot an esp-relative operand names, or nullptr.
+  static Sym* StackSlot(SymPath& path, const ZydisDecodedOperand& op) {
+    if (op.type != ZYDIS_OPERAND_TYPE_MEMORY || op.mem.base != ZYDIS_REGISTER_ESP ||
+        op.mem.index != ZYDIS_REGISTER_NONE) {
+      return nullptr;
+    }
+    const uint32_t disp = static_cast<uint32_t>(op.mem.disp.value);
+    if (disp % 4 != 0 || disp / 4 >= path.stack.size()) return nullptr;
+    return &path.stack[path.stack.size() - 1 - disp / 4];
+  }
+
+  Sym OperandValue(SymPath& path, const ZydisDecodedOperand& op) {
+    switch (op.type) {
+      case ZYDIS_OPERAND_TYPE_REGISTER:
+        return RegValue(path, op.reg.value);
+      case ZYDIS_OPERAND_TYPE_IMMEDIATE:
+        return op.imm.value.u == 0 ? Sym{Sym::Kind::kZero} : Sym{};
+      case ZYDIS_OPERAND_TYPE_MEMORY:
+        if (Sym* slot = StackSlot(path, op)) return *slot;
+        return {};
+      default:
+        return {};
+    }
+  }
+
+  void Fail(const std::string& name, uint32_t address, const std::string& what) {
+    failures_.push_back(absl::StrFormat("%s at 0x%08x: %s", name, address, what));
+  }
+
+  // A store to memory: the stack slot it names, or a shadow/TPR event.
+  void Store(SymPath& path, const ZydisDecodedOperand& op, Sym value) {
+    if (Sym* slot = StackSlot(path, op)) {
+      *slot = value;
+      return;
+    }
+    const uint32_t disp = static_cast<uint32_t>(op.mem.disp.value);
+    const bool absolute = op.mem.base == ZYDIS_REGISTER_NONE && op.mem.index == ZYDIS_REGISTER_NONE;
+    if (absolute && op.mem.segment != ZYDIS_REGISTER_FS &&
+        disp == LoadU32(blob_.bytes, TPRD_BLOB_HDR_TPR_VA)) {
+      path.events.push_back({TprEvent::Kind::kTprStore, value});
+    }
+    const bool shadow_by_pointer = op.mem.base == ZYDIS_REGISTER_EBX &&
+                                   op.mem.index == ZYDIS_REGISTER_NONE &&
+                                   disp == TPRD_BLOB_PCPU_SHADOW;
+    const bool shadow_by_index = op.mem.base == ZYDIS_REGISTER_NONE &&
+                                 op.mem.index != ZYDIS_REGISTER_NONE &&
+                                 disp == blob_.addresses.percpu_area + TPRD_BLOB_PCPU_SHADOW;
+    if ((shadow_by_pointer || shadow_by_index) && op.size == 8) {
+      path.events.push_back({TprEvent::Kind::kShadowStore, value});
+    }
+  }
+
+  void Step(SymPath path, const std::string& name, std::vector<SymPath>& work,
+            std::vector<SymEnd>& ends) {
+    for (;;) {
+      if (++path.steps > 500) return Fail(name, path.eip, "path longer than 500 instructions");
+      if (!blob_.addresses.InHandlerCode(path.eip)) {
+        return Fail(name, path.eip, "runs outside the handler code");
+      }
+      const uint32_t offset = path.eip - blob_.addresses.va;
+      const uint8_t* code = blob_.bytes.data() + offset;
+      // lock mov cr0, r32 = mov cr8, r32 (AltMovCr8): the real TPR gets r32's low nibble << 4.
+      if (path.eip + 4 <= blob_.addresses.code_end && code[0] == 0xF0 && code[1] == 0x0F &&
+          code[2] == 0x22 && (code[3] & 0xF8) == 0xC0) {
+        path.events.push_back({TprEvent::Kind::kCr8Write, path.regs[code[3] & 7]});
+        path.eip += 4;
+        continue;
+      }
+      ZydisDecodedInstruction insn;
+      ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+      if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder_, code, blob_.addresses.code_end - path.eip,
+                                               &insn, ops))) {
+        return Fail(name, path.eip, "does not decode");
+      }
+      const uint32_t here = path.eip;
+      const uint32_t next = here + insn.length;
+      uint32_t target = 0;
+      if (insn.operand_count_visible == 1 && ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE &&
+          ops[0].imm.is_relative) {
+        ZyanU64 absolute = 0;
+        ZydisCalcAbsoluteAddress(&insn, &ops[0], here, &absolute);
+        target = static_cast<uint32_t>(absolute);
+      }
+      auto pop = [&]() -> std::optional<Sym> {
+        if (path.stack.empty()) {
+          Fail(name, here, "pops below the caller's stack");
+          return std::nullopt;
+        }
+        Sym top = path.stack.back();
+        path.stack.pop_back();
+        return top;
+      };
+      path.eip = next;
+      switch (insn.mnemonic) {
+        case ZYDIS_MNEMONIC_PUSH:
+          path.stack.push_back(OperandValue(path, ops[0]));
+          continue;
+        case ZYDIS_MNEMONIC_PUSHFD:
+          path.stack.push_back(path.flags);
+          continue;
+        case ZYDIS_MNEMONIC_POP: {
+          std::optional<Sym> top = pop();
+          if (!top) return;
+          const int index = GprIndex(ops[0].reg.value);
+          if (ops[0].type != ZYDIS_OPERAND_TYPE_REGISTER || index < 0) {
+            return Fail(name, here, "pop into something other than a register");
+          }
+          path.regs[index] = top->IsFlags() ? Sym{} : *top;
+          continue;
+        }
+        case ZYDIS_MNEMONIC_POPFD: {
+          std::optional<Sym> top = pop();
+          if (!top) return;
+          path.flags = top->IsFlags() ? *top : Sym{};
+          continue;
+        }
+        case ZYDIS_MNEMONIC_CALL:
+          path.stack.push_back({Sym::Kind::kReturn, next});
+          path.eip = target;
+          continue;
+        case ZYDIS_MNEMONIC_RET: {
+          std::optional<Sym> top = pop();
+          if (!top) return;
+          const uint32_t args =
+              insn.operand_count_visible == 1 ? static_cast<uint32_t>(ops[0].imm.value.u) / 4 : 0;
+          if (top->kind == Sym::Kind::kReturn) {
+            for (uint32_t i = 0; i < args; ++i) {
+              if (!pop()) return;
+            }
+            path.eip = top->n;
+            continue;
+          }
+          if (top->kind != Sym::Kind::kCallerReturn) {
+            return Fail(name, here, "returns to " + SymName(*top));
+          }
+          SymEnd end;
+          for (uint32_t i = 0; i < args; ++i) {
+            std::optional<Sym> arg = pop();
+            if (!arg) return;
+            if (arg->kind != Sym::Kind::kCallerSlot) return Fail(name, here, "stack not balanced");
+          }
+          for (const Sym& slot : path.stack) {
+            if (slot.kind != Sym::Kind::kCallerSlot && slot.kind != Sym::Kind::kUnknown) {
+              return Fail(name, here, "returns with its own stack slots left");
+            }
+          }
+          end.caller_slots_left = path.stack.size();
+          end.path = std::move(path);
+          ends.push_back(std::move(end));
+          return;
+        }
+        case ZYDIS_MNEMONIC_JMP:
+          path.eip = target;
+          continue;
+        default:
+          break;
+      }
+      if (insn.meta.category == ZYDIS_CATEGORY_COND_BR) {
+        // A branch on cmp strategy_word, K: the blob's strategy decides je/jne.
+        if (path.flags.kind == Sym::Kind::kStrategyCmp &&
+            (insn.mnemonic == ZYDIS_MNEMONIC_JZ || insn.mnemonic == ZYDIS_MNEMONIC_JNZ)) {
+          const bool equal = static_cast<uint32_t>(strategy_) == path.flags.n;
+          const bool taken = (insn.mnemonic == ZYDIS_MNEMONIC_JZ) == equal;
+          path.eip = taken ? target : next;
+          continue;
+        }
+        SymPath branch = path;
+        branch.eip = target;
+        work.push_back(std::move(branch));
+        continue;
+      }
+      Execute(path, insn, ops);
+    }
+  }
+
+  // Everything that is neither stack nor control flow.
+  void Execute(SymPath& path, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops) {
+    const ZydisDecodedOperand& dst = ops[0];
+    const bool two = insn.operand_count_visible == 2;
+    const bool same_regs = two && dst.type == ZYDIS_OPERAND_TYPE_REGISTER &&
+                           ops[1].type == ZYDIS_OPERAND_TYPE_REGISTER &&
+                           dst.reg.value == ops[1].reg.value;
+    std::optional<Sym> result;  // the new value of a register destination, if modelled
+    std::optional<Sym> flags;   // the new flags, if modelled
+    switch (insn.mnemonic) {
+      case ZYDIS_MNEMONIC_MOV:
+        result = OperandValue(path, ops[1]);
+        break;
+      case ZYDIS_MNEMONIC_MOVZX:
+        result =
+            OperandValue(path, ops[1]).kind == Sym::Kind::kZero ? Sym{Sym::Kind::kZero} : Sym{};
+        break;
+      case ZYDIS_MNEMONIC_SUB:
+        // sub r,r: 0, and all six status flags defined (AF too: no borrow from bit 3).
+        if (same_regs) result = Sym{Sym::Kind::kZero}, flags = Sym{Sym::Kind::kZeroFlags};
+        break;
+      case ZYDIS_MNEMONIC_XOR:
+        if (same_regs) result = Sym{Sym::Kind::kZero};  // AF undefined: flags unknown
+        break;
+      case ZYDIS_MNEMONIC_CMP:
+        if (same_regs) flags = Sym{Sym::Kind::kZeroFlags};
+        if (two && dst.type == ZYDIS_OPERAND_TYPE_MEMORY && dst.mem.base == ZYDIS_REGISTER_NONE &&
+            dst.mem.index == ZYDIS_REGISTER_NONE &&
+            static_cast<uint32_t>(dst.mem.disp.value) == blob_.addresses.strategy_word &&
+            ops[1].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) {
+          flags = Sym{Sym::Kind::kStrategyCmp, static_cast<uint32_t>(ops[1].imm.value.u)};
+        }
+        break;
+      case ZYDIS_MNEMONIC_SHR:
+      case ZYDIS_MNEMONIC_SHL:
+      case ZYDIS_MNEMONIC_SAR:
+        if (OperandValue(path, dst).kind == Sym::Kind::kZero) result = Sym{Sym::Kind::kZero};
+        break;
+      default:
+        break;
+    }
+    // Registers and memory the instruction writes.
+    for (int i = 0; i < insn.operand_count; ++i) {
+      const ZydisDecodedOperand& op = ops[i];
+      if (!(op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE)) continue;
+      if (op.type == ZYDIS_OPERAND_TYPE_REGISTER) {
+        const int index = GprIndex(op.reg.value);
+        if (index < 0 || index == int(Gpr::kEsp)) continue;
+        const bool whole = op.reg.value == kGprRegs[index];
+        path.regs[index] = (i == 0 && result && whole) ? *result : Sym{};
+      } else if (op.type == ZYDIS_OPERAND_TYPE_MEMORY && op.mem.type != ZYDIS_MEMOP_TYPE_AGEN) {
+        Store(path, op, i == 0 && result ? *result : Sym{});
+      }
+    }
+    // EFLAGS: any status flag, DF or TF written and not modelled makes them unknown.
+    constexpr uint32_t kTracked = ZYDIS_CPUFLAG_CF | ZYDIS_CPUFLAG_PF | ZYDIS_CPUFLAG_AF |
+                                  ZYDIS_CPUFLAG_ZF | ZYDIS_CPUFLAG_SF | ZYDIS_CPUFLAG_OF |
+                                  ZYDIS_CPUFLAG_DF | ZYDIS_CPUFLAG_TF;
+    const ZydisAccessedFlags* f = insn.cpu_flags;
+    const uint32_t written =
+        f == nullptr ? 0 : (f->modified | f->set_0 | f->set_1 | f->undefined) & kTracked;
+    if (flags) {
+      path.flags = *flags;
+    } else if (written != 0) {
+      path.flags = Sym{};
+    }
+  }
+
+  const BlobInstance& blob_;
+  Strategy strategy_;
+  ZydisDecoder decoder_;
+  std::vector<std::string> failures_;
+};
+
+// What one entry point promises (docs/blob-format.md "Handlers").
+struct HandlerContract {
+  std::string name;
+  uint32_t entry;
+  size_t caller_slots;        // dwords the site pushes before the call
+  size_t caller_slots_left;   // after the return (set_tpr pops its argument)
+  std::optional<Gpr> output;  // the register that returns the TPR
+  Sym::Kind flags_at_return;  // kEntryFlags, or kZeroFlags for and_tpr_zero
+  bool writes_zero = false;   // and_tpr_zero: TPR := 0
+  bool writes = false;        // may write the TPR at all
+};
+
+std::vector<HandlerContract> Contracts(const HandlerTable& h) {
+  std::vector<HandlerContract> contracts = {
+      {"set_tpr", h.set_tpr, 1, 0, std::nullopt, Sym::Kind::kEntryFlags, false, true},
+      {"set_tpr_eax", h.set_tpr_eax, 0, 0, std::nullopt, Sym::Kind::kEntryFlags, false, true},
+      {"get_tpr_stack", h.get_tpr_stack, 1, 1, std::nullopt, Sym::Kind::kEntryFlags},
+      {"and_tpr_zero", h.and_tpr_zero, 0, 0, std::nullopt, Sym::Kind::kZeroFlags, true, true},
+  };
+  for (int reg = 0; reg < kGprCount; ++reg) {
+    if (reg == int(Gpr::kEsp)) continue;
+    contracts.push_back({"get_tpr_" + std::string(GprName(static_cast<Gpr>(reg))), h.get_tpr[reg],
+                         0, 0, static_cast<Gpr>(reg), Sym::Kind::kEntryFlags});
+  }
+  return contracts;
+}
+
+// Every way the contract is broken on any path, as sentences; empty when kept.
+std::vector<std::string> ContractBreaches(const BlobInstance& blob, Strategy strategy,
+                                          const HandlerContract& contract) {
+  SymbolicRunner runner(blob, strategy);
+  const std::vector<SymEnd> ends = runner.Run(contract.entry, contract.caller_slots, contract.name);
+  std::vector<std::string> breaches = runner.failures();
+  auto breach = [&](size_t path, const std::string& what) {
+    breaches.push_back(absl::StrFormat("%s (%s) path %u: %s", contract.name,
+                                       std::string(StrategyName(strategy)), path, what));
+  };
+  if (ends.empty()) breach(0, "no path returns");
+  bool cr8_writes = false, mmio_writes = false, shadow_writes = false;
+  for (size_t p = 0; p < ends.size(); ++p) {
+    const SymPath& path = ends[p].path;
+    for (int reg = 0; reg < kGprCount; ++reg) {
+      if (reg == int(Gpr::kEsp) || contract.output == static_cast<Gpr>(reg)) continue;
+      const Sym entry{Sym::Kind::kEntryReg, static_cast<uint32_t>(reg)};
+      if (!(path.regs[reg] == entry)) {
+        breach(p, absl::StrFormat("%s holds %s", std::string(GprName(static_cast<Gpr>(reg))),
+                                  SymName(path.regs[reg])));
+      }
+    }
+    if (path.flags.kind != contract.flags_at_return) {
+      breach(p, absl::StrFormat("EFLAGS at return are %s, not %s", SymName(path.flags),
+                                SymName(Sym{contract.flags_at_return})));
+    }
+    if (ends[p].caller_slots_left != contract.caller_slots_left) {
+      breach(p, absl::StrFormat("%u caller slots left, not %u", ends[p].caller_slots_left,
+                                contract.caller_slots_left));
+    }
+    int real_writes = 0;
+    for (const TprEvent& event : path.events) {
+      if (event.kind == TprEvent::Kind::kShadowStore) {
+        shadow_writes = true;
+        if (real_writes > 0) breach(p, "writes the shadow after the real TPR");
+      } else {
+        ++real_writes;
+        (event.kind == TprEvent::Kind::kCr8Write ? cr8_writes : mmio_writes) = true;
+      }
+      if (contract.writes_zero && event.value.kind != Sym::Kind::kZero) {
+        breach(p, "writes " + SymName(event.value) + " where the and wrote 0");
+      }
+    }
+    // Reads may refresh the shadow (exact path), never write the real TPR.
+    if (!contract.writes && real_writes != 0) breach(p, "a read writes the real TPR");
+    if (contract.writes && real_writes != 1) {
+      breach(p, absl::StrFormat("writes the real TPR %d times, not once", real_writes));
+    }
+  }
+  if (contract.writes) {
+    // An enabled CPU in range: shadow first, then CR8 under cr8, the MMIO TPR otherwise.
+    if (!shadow_writes) breach(0, "no path writes the shadow");
+    if (strategy == Strategy::kCr8 && !cr8_writes) breach(0, "no path writes CR8 under cr8");
+    if (strategy != Strategy::kCr8 && cr8_writes) breach(0, "writes CR8 under another strategy");
+    if (!mmio_writes) breach(0, "no path writes the MMIO TPR (CPU out of range or disabled)");
+  }
+  return breaches;
+}
+
+TEST(BlobHandlerContractTest, EveryHandlerKeepsRegistersFlagsAndStackUnderEveryStrategy) {
+  for (Strategy strategy : {Strategy::kExact, Strategy::kMmio, Strategy::kCr8}) {
+    BlobPlacement placement = XpPlacement();
+    placement.strategy = strategy;
+    auto blob = InstantiateBlob(placement);
+    ASSERT_TRUE(blob.ok());
+    for (const HandlerContract& contract : Contracts(blob->handlers)) {
+      SCOPED_TRACE(contract.name + " " + std::string(StrategyName(strategy)));
+      EXPECT_THAT(ContractBreaches(*blob, strategy, contract), ::testing::IsEmpty());
+    }
+  }
+}
+
+// and dword [tpr], 0 leaves CF OF SF AF = 0, ZF PF = 1 (AF as TCG's `and`), every other flag
+// and register as they were, and the TPR 0: shadow 0, then CR8 0 (cr8) or MMIO 0.
+TEST(BlobHandlerContractTest, AndTprZeroWritesZeroAndLeavesTheFlagsOfAnAnd) {
+  for (Strategy strategy : {Strategy::kExact, Strategy::kMmio, Strategy::kCr8}) {
+    SCOPED_TRACE(std::string(StrategyName(strategy)));
+    BlobPlacement placement = XpPlacement();
+    placement.strategy = strategy;
+    auto blob = InstantiateBlob(placement);
+    ASSERT_TRUE(blob.ok());
+    SymbolicRunner runner(*blob, strategy);
+    const std::vector<SymEnd> ends = runner.Run(blob->handlers.and_tpr_zero, 0, "and_tpr_zero");
+    EXPECT_THAT(runner.failures(), ::testing::IsEmpty());
+    // CPU out of range, CPU disabled, enabled: three ways out under every strategy.
+    EXPECT_EQ(ends.size(), 3u);
+    int enabled_paths = 0;
+    for (const SymEnd& end : ends) {
+      EXPECT_EQ(end.path.flags.kind, Sym::Kind::kZeroFlags);
+      if (end.path.events.size() != 2) continue;
+      ++enabled_paths;
+      EXPECT_EQ(end.path.events[0].kind, TprEvent::Kind::kShadowStore);
+      EXPECT_EQ(end.path.events[1].kind,
+                strategy == Strategy::kCr8 ? TprEvent::Kind::kCr8Write : TprEvent::Kind::kTprStore);
+      for (const TprEvent& event : end.path.events) EXPECT_EQ(event.value.kind, Sym::Kind::kZero);
+    }
+    EXPECT_EQ(enabled_paths, 1);
+  }
+}
+
+// The checker must see a broken and_tpr_zero (else the tests above prove nothing). Its code is
+// push eax; sub eax,eax; call tpr_write_core; pop eax; ret.
+TEST(BlobHandlerContractTest, CheckerCatchesBrokenAndHandlers) {
+  auto blob = InstantiateBlob(XpPlacement());
+  ASSERT_TRUE(blob.ok());
+  const uint32_t at = TPRD_BLOB_AND_TPR_ZERO;
+  ASSERT_EQ(blob->bytes[at], 0x50);      // push eax
+  ASSERT_EQ(blob->bytes[at + 1], 0x29);  // sub eax, eax
+  ASSERT_EQ(blob->bytes[at + 2], 0xC0);
+  ASSERT_EQ(blob->bytes[at + 3], 0xE8);  // call tpr_write_core
+  ASSERT_EQ(blob->bytes[at + 8], 0x58);  // pop eax
+  const HandlerContract contract = Contracts(blob->handlers)[3];
+  ASSERT_EQ(contract.name, "and_tpr_zero");
+  auto breaches_with = [&](std::function<void(std::vector<uint8_t>&)> mutate) {
+    BlobInstance broken = *blob;
+    mutate(broken.bytes);
+    std::vector<std::string> all;
+    for (Strategy strategy : {Strategy::kExact, Strategy::kMmio, Strategy::kCr8}) {
+      for (std::string& b : ContractBreaches(broken, strategy, contract)) all.push_back(b);
+    }
+    return all;
+  };
+  ASSERT_THAT(breaches_with([](auto&) {}), ::testing::IsEmpty());
+  using ::testing::Contains;
+  // xor eax,eax zeroes too, but leaves AF undefined: not the flags chosen for the and.
+  EXPECT_THAT(breaches_with([&](auto& b) { b[at + 1] = 0x31; }),
+              Contains(HasSubstr("EFLAGS at return are unknown")));
+  // No zeroing at all: the caller's eax is written and the caller's flags come back.
+  EXPECT_THAT(breaches_with([&](auto& b) { b[at + 1] = 0x90, b[at + 2] = 0x90; }),
+              Contains(HasSubstr("writes entry eax where the and wrote 0")));
+  EXPECT_THAT(breaches_with([&](auto& b) { b[at + 1] = 0x90, b[at + 2] = 0x90; }),
+              Contains(HasSubstr("EFLAGS at return are entry flags")));
+  // pop ecx instead of pop eax: eax keeps the 0, ecx gets eax.
+  EXPECT_THAT(breaches_with([&](auto& b) { b[at + 8] = 0x59; }),
+              Contains(HasSubstr("eax holds zero")));
+  EXPECT_THAT(breaches_with([&](auto& b) { b[at + 8] = 0x59; }),
+              Contains(HasSubstr("ecx holds entry eax")));
+  // ret in place of pop eax: it returns to the saved eax.
+  EXPECT_THAT(breaches_with([&](auto& b) { b[at + 8] = 0xC3; }),
+              Contains(HasSubstr("returns to entry eax")));
+}
+
+// The same checker on tpr_write_core, which every writer calls: without its pushf, its popf
+// takes a return address for EFLAGS and the stack is off by one; every writer must show it.
+TEST(BlobHandlerContractTest, CheckerCatchesAWriteCoreThatLosesTheFlags) {
+  auto blob = InstantiateBlob(XpPlacement());
+  ASSERT_TRUE(blob.ok());
+  ASSERT_EQ(blob->bytes[TPRD_BLOB_TPR_WRITE_CORE], 0x9C);
+  BlobInstance broken = *blob;
+  broken.bytes[TPRD_BLOB_TPR_WRITE_CORE] = 0x90;
+  const std::vector<HandlerContract> contracts = Contracts(broken.handlers);
+  for (const HandlerContract& contract : contracts) {
+    if (!contract.writes) continue;
+    SCOPED_TRACE(contract.name);
+    EXPECT_THAT(ContractBreaches(broken, Strategy::kMmio, contract),
+                ::testing::Not(::testing::IsEmpty()));
+  }
 }
 
 }  // namespace

@@ -31,6 +31,8 @@ std::vector<FormCase> PatchableCases() {
        Form::kMovMemFromImm,
        std::nullopt,
        0x12345678},
+      // and dword [tpr], 0 (MoveZeroToTpr in the GPLPV drivers): the imm8 0 encoding only.
+      {"and_zero", {0x83, 0x25, TPR, 0x00}, Form::kAndMemZero, std::nullopt, 0},
   };
   for (int r = 0; r < kGprCount; ++r) {
     const Gpr reg = static_cast<Gpr>(r);
@@ -118,6 +120,26 @@ std::vector<RejectCase> RejectCases() {
       {"movzx", {0x0F, 0xB6, 0x05, TPR}, RejectReason::kOtherOperation, true},
       {"inc", {0xFF, 0x05, TPR}, RejectReason::kOtherOperation, true},
       {"pop_mem", {0x8F, 0x05, TPR}, RejectReason::kOtherOperation, true},
+      // and dword [tpr], imm: only the 7-byte imm8 0 is patched (other immediates keep TPR
+      // bits; 81 /4 with imm32 0 means the same but is 10 bytes: decided not to patch it).
+      {"and_imm8_0f", {0x83, 0x25, TPR, 0x0F}, RejectReason::kOtherOperation, true},
+      {"and_imm8_ff", {0x83, 0x25, TPR, 0xFF}, RejectReason::kOtherOperation, true},
+      {"and_imm8_01", {0x83, 0x25, TPR, 0x01}, RejectReason::kOtherOperation, true},
+      {"and_imm32_zero", {0x81, 0x25, TPR, 0, 0, 0, 0}, RejectReason::kOtherOperation, true},
+      {"and_imm32_0f", {0x81, 0x25, TPR, 0x0F, 0, 0, 0}, RejectReason::kOtherOperation, true},
+      {"and_byte_zero", {0x80, 0x25, TPR, 0x00}, RejectReason::kOtherOperation, true},
+      {"and_reg_from_tpr", {0x23, 0x05, TPR}, RejectReason::kOtherOperation, true},
+      {"or_zero", {0x83, 0x0D, TPR, 0x00}, RejectReason::kOtherOperation, true},
+      {"sub_zero", {0x83, 0x2D, TPR, 0x00}, RejectReason::kOtherOperation, true},
+      {"and_zero_ds", {0x3E, 0x83, 0x25, TPR, 0x00}, RejectReason::kPrefix, true},
+      {"and_zero_fs", {0x64, 0x83, 0x25, TPR, 0x00}, RejectReason::kPrefix, true},
+      {"and_zero_lock", {0xF0, 0x83, 0x25, TPR, 0x00}, RejectReason::kPrefix, true},
+      {"and_zero_16bit", {0x66, 0x83, 0x25, TPR, 0x00}, RejectReason::kPrefix, true},
+      {"and_zero_sib", {0x83, 0x24, 0x25, TPR, 0x00}, RejectReason::kSib, true},
+      {"and_zero_register_relative",
+       {0x83, 0xA0, TPR, 0x00},
+       RejectReason::kRegisterRelative,
+       true},
       {"mov_al_moffs", {0xA0, TPR}, RejectReason::kOperandSize, true},
       {"mov_moffs_al", {0xA2, TPR}, RejectReason::kOperandSize, true},
       {"mov_mem_from_cl", {0x88, 0x0D, TPR}, RejectReason::kOperandSize, true},
@@ -181,6 +203,32 @@ TEST(ClassifierTest, RejectReasonNamesAreStableAndDistinct) {
   EXPECT_EQ(RejectReasonName(RejectReason::kOtherOperation), "other_operation");
   EXPECT_EQ(RejectReasonName(RejectReason::kOperandSize), "operand_size");
   EXPECT_EQ(RejectReasonName(RejectReason::kEspRegister), "esp_register");
+}
+
+TEST(ClassifierTest, AndWithAnotherImmediateSaysWhichAndIsPatched) {
+  for (const std::vector<uint8_t>& bytes :
+       {std::vector<uint8_t>{0x83, 0x25, TPR, 0x0F},
+        std::vector<uint8_t>{0x81, 0x25, TPR, 0, 0, 0, 0}, std::vector<uint8_t>{0x21, 0x05, TPR}}) {
+    const Classification result = Classify(bytes, kSite);
+    EXPECT_FALSE(result.patchable);
+    EXPECT_FALSE(result.form.has_value());
+    EXPECT_NE(result.detail.find("and dword [tpr], 0 (83 25 <tpr> 00)"), std::string::npos)
+        << result.detail;
+  }
+  EXPECT_NE(Classify(std::vector<uint8_t>{0x83, 0x25, TPR, 0x0F}, kSite).detail.find("0x0F"),
+            std::string::npos);
+}
+
+TEST(ClassifierTest, AndZeroCandidateKeepsAllSevenBytes) {
+  const std::vector<uint8_t> bytes = {0x83, 0x25, TPR, 0x00, 0xC3};
+  const Classification result = Classify(bytes, kSite);
+  ASSERT_TRUE(result.patchable) << result.detail;
+  EXPECT_EQ(result.length, 7);
+  EXPECT_FALSE(result.reg.has_value());
+  const std::optional<Site> site = CandidateSite(result, bytes, kSite);
+  ASSERT_TRUE(site.has_value());
+  EXPECT_EQ(site->form, Form::kAndMemZero);
+  EXPECT_EQ(site->original, std::vector<uint8_t>(bytes.begin(), bytes.begin() + 7));
 }
 
 TEST(ClassifierTest, EspSitesKeepTheirFormAndRegister) {

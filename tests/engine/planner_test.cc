@@ -21,6 +21,7 @@ HandlerTable TestHandlers() {
     if (static_cast<Gpr>(r) != Gpr::kEsp) handlers.get_tpr[r] = 0x800E8200 + 0x10 * r;
   }
   handlers.get_tpr_stack = 0x800E8300;
+  handlers.and_tpr_zero = 0x800E8400;
   return handlers;
 }
 
@@ -101,6 +102,26 @@ TEST(PlannerTest, MovMemFromImmIsPushImm32ThenCallSetTpr) {
                           Concat({0xE8}, Le32(0x800E8100 - (address + 5 + 5)))));
 }
 
+TEST(PlannerTest, AndMemZeroIsTwoByteNopThenCallAndTprZero) {
+  // and dword [tpr], 0 is 7 bytes: the 2 spare bytes go before the call as one 2-byte nop
+  // (66 90), as the 8B form's spare byte does (90), so the call returns to the next
+  // instruction. rel32 = 0x800E8400 - (0x80030000 + 2 + 5) = 0x000B83F9.
+  const uint32_t address = 0x80030000;
+  const auto plan = PlanFromBytes({0x83, 0x25, TPR, 0x00}, address, TestHandlers());
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(*plan, (std::vector<uint8_t>{0x66, 0x90, 0xE8, 0xF9, 0x83, 0x0B, 0x00}));
+  // Another immediate is not planned at all: the classifier gives no site.
+  EXPECT_FALSE(PlanFromBytes({0x83, 0x25, TPR, 0x0F}, address, TestHandlers()).ok());
+
+  PlanRequest request{address, Form::kAndMemZero, Gpr::kEax, 0, 10};
+  EXPECT_EQ(PlanReplacement(request, TestHandlers()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  request.original_length = 7;
+  HandlerTable none = TestHandlers();
+  none.and_tpr_zero = 0;
+  EXPECT_EQ(PlanReplacement(request, none).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 TEST(PlannerTest, BackwardCallWrapsModulo32Bits) {
   // Site above the blob: rel32 is negative.
   const uint32_t address = 0xF0000000;
@@ -116,9 +137,13 @@ TEST(PlannerTest, BackwardCallWrapsModulo32Bits) {
 }
 
 TEST(PlannerTest, ReplacementKeepsTheOriginalLengthAndReDecodes) {
-  const std::vector<std::vector<uint8_t>> originals = {
-      {0xA1, TPR},       {0xA3, TPR},       {0x8B, 0x3D, TPR},
-      {0x89, 0x1D, TPR}, {0xFF, 0x35, TPR}, {0xC7, 0x05, TPR, 0xFF, 0xFF, 0xFF, 0xFF}};
+  const std::vector<std::vector<uint8_t>> originals = {{0xA1, TPR},
+                                                       {0xA3, TPR},
+                                                       {0x8B, 0x3D, TPR},
+                                                       {0x89, 0x1D, TPR},
+                                                       {0xFF, 0x35, TPR},
+                                                       {0xC7, 0x05, TPR, 0xFF, 0xFF, 0xFF, 0xFF},
+                                                       {0x83, 0x25, TPR, 0x00}};
   for (const auto& original : originals) {
     const auto plan = PlanFromBytes(original, 0x80400000, TestHandlers());
     ASSERT_TRUE(plan.ok()) << plan.status();
@@ -180,6 +205,23 @@ TEST(PlannerTest, VerifyRejectsWrongSequences) {
   imm.imm = 0x11;
   EXPECT_FALSE(VerifyReplacement(*imm_plan, imm, handlers).ok());
 
+  // and_mem_zero: exactly one 2-byte nop before the call, not two 1-byte ones, not the
+  // original and, not another handler.
+  PlanRequest and_zero{address, Form::kAndMemZero, Gpr::kEax, 0, 7};
+  const auto and_plan = PlanReplacement(and_zero, handlers);
+  ASSERT_TRUE(and_plan.ok()) << and_plan.status();
+  EXPECT_TRUE(VerifyReplacement(*and_plan, and_zero, handlers).ok());
+  std::vector<uint8_t> two_nops = *and_plan;
+  two_nops[0] = 0x90;
+  EXPECT_FALSE(VerifyReplacement(two_nops, and_zero, handlers).ok());
+  EXPECT_FALSE(
+      VerifyReplacement(std::vector<uint8_t>{0x83, 0x25, TPR, 0x00}, and_zero, handlers).ok());
+  HandlerTable moved = handlers;
+  moved.and_tpr_zero += 0x10;
+  EXPECT_FALSE(VerifyReplacement(*and_plan, and_zero, moved).ok());
+  PlanRequest as_set_tpr{address, Form::kMovMemFromImm, Gpr::kEax, 0, 7};
+  EXPECT_FALSE(VerifyReplacement(*and_plan, as_set_tpr, handlers).ok());
+
   // The original bytes are not a replacement.
   PlanRequest a1{address, Form::kMovEaxFromMoffs, Gpr::kEax, 0, 5};
   EXPECT_FALSE(VerifyReplacement(std::vector<uint8_t>{0xA1, TPR}, a1, handlers).ok());
@@ -194,6 +236,7 @@ TEST(PlannerTest, HandlerForMapsEveryForm) {
   EXPECT_EQ(HandlerFor(handlers, Form::kMovMemFromReg, Gpr::kEdx), 0x800E8100u);
   EXPECT_EQ(HandlerFor(handlers, Form::kMovMemFromImm, Gpr::kEax), 0x800E8100u);
   EXPECT_EQ(HandlerFor(handlers, Form::kPushMem, Gpr::kEax), 0x800E8300u);
+  EXPECT_EQ(HandlerFor(handlers, Form::kAndMemZero, Gpr::kEax), 0x800E8400u);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@ void tpr_write_a3_eax(uint32_t, uint32_t), tpr_write_89_eax(uint32_t, uint32_t),
     tpr_write_89_esi(uint32_t, uint32_t), tpr_write_89_edi(uint32_t, uint32_t);
 void tpr_write_c7_00(uint32_t), tpr_write_c7_3d(uint32_t), tpr_write_c7_41(uint32_t),
     tpr_write_c7_51(uint32_t), tpr_write_c7_c1(uint32_t), tpr_write_c7_ff(uint32_t);
+void tpr_write_and_zero(uint32_t flags); /* and dword [tpr], 0 */
 
 const struct tpr_reader tpr_readers[] = {
     {"rd_a1_eax", tpr_read_a1_eax},     {"rd_8b_eax", tpr_read_8b_eax},
@@ -130,6 +131,20 @@ static void check_round(struct cpu_state* st, uint32_t cpu, uint32_t round) {
     uint32_t got = r->fn(flags);
     check_regs(st, cpu, &clobbers, r->name);
     report(st, cpu, got == w->value, "imm:", w->name, w->value, got);
+  }
+  /* and dword [tpr], 0 from a nonzero TPR: it must read back 0 (its wrapper checks the flags
+   * it leaves: ZF PF set, CF OF SF AF clear). Writer and reader rotate. */
+  {
+    const struct tpr_writer* w = &tpr_writers[(round + 5) % tpr_writer_count];
+    const struct tpr_reader* r = &tpr_readers[(round + 4) % tpr_reader_count];
+    uint32_t before = test_values[(round * 3 + 1) % VALUE_COUNT] | 0x10;
+    w->fn(before, flags);
+    check_regs(st, cpu, &clobbers, w->name);
+    tpr_write_and_zero(flags);
+    check_regs(st, cpu, &clobbers, "wr_and_zero");
+    uint32_t got = r->fn(flags);
+    check_regs(st, cpu, &clobbers, r->name);
+    report(st, cpu, got == 0, "and0:", "wr_and_zero", 0, got);
   }
   /* HAL-shaped functions, as Windows calls them. */
   uint32_t current = tpr_read_a1_eax(flags);

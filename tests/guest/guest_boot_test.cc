@@ -101,7 +101,7 @@ TEST(GuestBootTest, SiteTableListsEveryForm) {
     if (f["kind"] == "patchable") patchable_forms.insert(f["form"]);
     if (f["kind"] == "patchable" && f["form"] == "8B") regs_8b.insert(f["reg"]);
   }
-  EXPECT_EQ(patchable_forms, (std::set<std::string>{"A1", "A3", "8B", "89", "C7", "FF6"}));
+  EXPECT_EQ(patchable_forms, (std::set<std::string>{"A1", "A3", "8B", "89", "C7", "FF6", "8325"}));
   EXPECT_EQ(kinds, (std::set<std::string>{"patchable", "unpatchable", "decoy"}));
   EXPECT_TRUE(regs_8b.count("edi") && regs_8b.count("ebp")) << "8B sites need edi and ebp";
 }

@@ -14,10 +14,11 @@ void st_set_tpr_eax(uint32_t value, uint32_t flags);
 uint32_t st_get_tpr_eax(uint32_t), st_get_tpr_ecx(uint32_t), st_get_tpr_edx(uint32_t),
     st_get_tpr_ebx(uint32_t), st_get_tpr_ebp(uint32_t), st_get_tpr_esi(uint32_t),
     st_get_tpr_edi(uint32_t), st_get_tpr_stack(uint32_t);
+void st_and_tpr_zero(uint32_t flags); /* 66 90; call: checks the flags the and leaves */
 
 /* Handler table order (engine::HandlerTable): set_tpr, set_tpr_eax, get_tpr[eax ecx edx ebx
- * esp ebp esi edi], get_tpr_stack. */
-enum { H_SET = 0, H_SET_EAX = 1, H_GET_EAX = 2, H_GET_ESP = 6, H_GET_STACK = 10 };
+ * esp ebp esi edi], get_tpr_stack, and_tpr_zero. */
+enum { H_SET = 0, H_SET_EAX = 1, H_GET_EAX = 2, H_GET_ESP = 6, H_GET_STACK = 10, H_AND_ZERO = 11 };
 static const struct {
   const char* name;
   uint32_t index;
@@ -129,6 +130,31 @@ static void check_values(const char* name, uint32_t strategy) {
   verdict(name, "registers-flags-stack", clobbered == 0, 0, clobbered);
 }
 
+/* and dword [tpr], 0 through and_tpr_zero: from each nonzero value the TPR reads back 0 through
+ * every getter, the real TPR and the shadow are 0, and the thunk sees the flags an `and` with a
+ * zero result leaves (ZF PF set, CF OF SF AF clear, IF DF kept), every register and ESP kept. */
+static void check_and_zero(const char* name) {
+  uint32_t bad = 0, bad_real = 0, got = 0, clobbers = fs_scratch_clobber();
+  for (uint32_t i = 0; i < VALUE_COUNT; ++i) {
+    uint32_t v = values[i] | 0x01;
+    write_via(i & 1 ? H_SET : H_SET_EAX, v, flags_for(i));
+    selftest_target = handlers[H_AND_ZERO];
+    st_and_tpr_zero(flags_for(i + 1));
+    uint32_t real = apic_read(0x80) & 0xFF;
+    uint32_t shadow = pcpu(0)[TPRD_BLOB_PCPU_SHADOW];
+    if (real != 0 || shadow != 0) ++bad_real, got = real | shadow << 8;
+    for (uint32_t g = 0; g < GETTER_COUNT; ++g) {
+      selftest_target = handlers[getters[g].index];
+      uint32_t r = getters[g].thunk(flags_for(i + g));
+      if (r != 0) ++bad, got = r;
+    }
+  }
+  verdict(name, "and-zero-values", bad == 0, 0, got);
+  verdict(name, "and-zero-real-tpr-and-shadow", bad_real == 0, 0, got);
+  uint32_t clobbered = fs_scratch_clobber() - clobbers;
+  verdict(name, "and-zero-registers-flags-stack", clobbered == 0, 0, clobbered);
+}
+
 static uint32_t irr_bit(uint32_t vector) {
   return (apic_read(0x200 + 0x10 * (vector / 32)) >> (vector % 32)) & 1;
 }
@@ -211,6 +237,7 @@ void selftest_run(void) {
     entry[TPRD_BLOB_PCPU_ENABLED] = 1;
     *strategy_word() = strategies[s].word;
     check_values(name, strategies[s].word);
+    check_and_zero(name);
     check_masking(name);
     if (strategies[s].word == TPRD_BLOB_STRATEGY_MMIO) {
       uint32_t word = *strategy_word();
@@ -225,6 +252,10 @@ void selftest_run(void) {
   write_via(H_SET, 0x5B, flags_for(1));
   uint32_t real = apic_read(0x80) & 0xFF;
   verdict("cr8", "disabled-cpu-exact-path", real == 0x5B, 0x5B, real);
+  selftest_target = handlers[H_AND_ZERO];
+  st_and_tpr_zero(flags_for(1));
+  real = apic_read(0x80) & 0xFF;
+  verdict("cr8", "disabled-cpu-and-zero-exact-path", real == 0, 0, real);
   *strategy_word() = TPRD_BLOB_STRATEGY_EXACT;
   write_via(H_SET, 0, flags_for(0));
   kprintf("SELFTEST done pass=%u fail=%u", total_pass, total_fail);

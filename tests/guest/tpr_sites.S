@@ -15,6 +15,10 @@
 #define SENT_EDI 0x5EA70007
 /* CF PF AF ZF SF IF DF OF */
 #define FLAGS_CHECKED 0xED5
+/* and dword [tpr], 0 sets CF PF AF ZF SF OF: result 0, so ZF PF = 1, CF OF SF = 0 and AF = 0
+ * (undefined for `and` in the manuals; 0 under QEMU's TCG, and what tprd's handler leaves). */
+#define AND_FLAGS_WRITTEN 0x8D5
+#define AND_FLAGS_ZERO_RESULT 0x44
 
 #define TPR_BYTES 0x80, 0x00, 0xFE, 0xFF
 
@@ -180,6 +184,41 @@ FUNC \fn
   CHECK_FLAGS_AND_RETURN
 .endm
 
+/* void fn(uint32_t flags): and dword [tpr], 0 (83 /4 ib 0, "MoveZeroToTpr" in real HALs), or
+ * for the selftest thunk the call a patched site makes instead. The register, ESP and flags
+ * check expects what the and leaves: the pattern's CF PF AF ZF SF OF replaced by a zero
+ * result's (IF and DF kept). */
+.macro AND_ZERO_WRAPPER fn, name, bytes:vararg
+FUNC \fn
+  pushl %ebp
+  pushl %ebx
+  pushl %esi
+  pushl %edi
+  movl 20(%esp), %eax
+  movl %eax, %fs:KPCR_SCRATCH_FLAGS
+  LOAD_SENTINELS
+  pushl %fs:KPCR_SCRATCH_FLAGS
+  popfl
+  movl %esp, %fs:KPCR_SCRATCH_ESP
+  .ifnc \name,nosite
+  SITE \name, 8325, none, SITE_PATCHABLE
+  .endif
+  \bytes
+  AFTER_SITE
+  cmpl %esp, %fs:KPCR_SCRATCH_ESP
+  jne 91f
+  CHECK_SENTINELS none, 91f
+  jmp 92f
+91:
+  incl %fs:KPCR_SCRATCH_CLOBBER
+92:
+  movl %fs:KPCR_SCRATCH_FLAGS, %eax
+  andl $~AND_FLAGS_WRITTEN, %eax
+  orl $AND_FLAGS_ZERO_RESULT, %eax
+  movl %eax, %fs:KPCR_SCRATCH_FLAGS
+  CHECK_FLAGS_AND_RETURN
+.endm
+
 /* Reads: A1, 8B /r for every register but esp, FF /6. */
 READ_WRAPPER tpr_read_a1_eax, rd_a1_eax, A1, eax, .byte 0xA1, TPR_BYTES
 READ_WRAPPER tpr_read_8b_eax, rd_8b_eax, 8B, eax, .byte 0x8B, 0x05, TPR_BYTES
@@ -232,6 +271,9 @@ IMM_WRITER tpr_write_c7_41, wr_c7_41, 0x41
 IMM_WRITER tpr_write_c7_51, wr_c7_51, 0x51
 IMM_WRITER tpr_write_c7_c1, wr_c7_c1, 0xC1
 IMM_WRITER tpr_write_c7_ff, wr_c7_ff, 0xFF
+
+/* and dword [tpr], 0: 7 bytes, patched as 66 90; call and_tpr_zero. */
+AND_ZERO_WRAPPER tpr_write_and_zero, wr_and_zero, .byte 0x83, 0x25, TPR_BYTES, 0x00
 
 /* The late site: patchable, first run only once uptime passes late=<seconds>. */
 READ_WRAPPER late_site_read, late_8b_ebx, 8B, ebx, .byte 0x8B, 0x1D, TPR_BYTES
@@ -360,6 +402,9 @@ tprg_decoy_table:
   .byte 0xC7, 0x05, TPR_BYTES
   .long 0x41
   .byte 0x00, 0x00
+  SITE decoy_and0, 8325, none, SITE_DECOY
+  .byte 0x83, 0x25, TPR_BYTES, 0x00
+  .byte 0x00
   SITE decoy_ff6, FF6, stack, SITE_DECOY
   .byte 0xFF, 0x35, TPR_BYTES
   .byte 0x00, 0x00
@@ -374,7 +419,8 @@ bench_cell:
 /* ---- Handler self-test thunks (selftest.c) --------------------------------------------------
  * The same sentinel checks around a call into the tprd blob, made exactly as a patched site
  * makes it: `push r; call set_tpr`, `call set_tpr_eax`, `call get_tpr_<reg>`,
- * `push eax; call get_tpr_stack`. The handler's address is in selftest_target. */
+ * `push eax; call get_tpr_stack`, `66 90; call and_tpr_zero`. The handler's address is in
+ * selftest_target. */
   .text
 .macro ST_CALL
   call *selftest_target
@@ -383,10 +429,15 @@ bench_cell:
   pushl %edx
   call *selftest_target
 .endm
+.macro ST_NOP2_CALL
+  .byte 0x66, 0x90
+  call *selftest_target
+.endm
 
 WRITE_WRAPPER st_set_tpr, nosite, -, edx, ST_PUSH_EDX_CALL
 WRITE_WRAPPER st_set_tpr_eax, nosite, -, eax, ST_CALL
 READ_WRAPPER st_get_tpr_eax, nosite, -, eax, ST_CALL
+AND_ZERO_WRAPPER st_and_tpr_zero, nosite, ST_NOP2_CALL
 READ_WRAPPER st_get_tpr_ecx, nosite, -, ecx, ST_CALL
 READ_WRAPPER st_get_tpr_edx, nosite, -, edx, ST_CALL
 READ_WRAPPER st_get_tpr_ebx, nosite, -, ebx, ST_CALL
