@@ -191,7 +191,8 @@ Json StatusJson(const tprd::v1::DomainStatus& status) {
               {"tpr_accesses_per_second_after", status.tpr_accesses_per_second_after()},
               {"last_error", status.last_error()},
               {"busy_with", status.busy_with()},
-              {"proving_window_open", status.proving_window_open()}};
+              {"proving_window_open", status.proving_window_open()},
+              {"guard_mismatches", status.guard_mismatches()}};
 }
 
 // Columns padded to their widest cell; the last column is left ragged.
@@ -249,6 +250,10 @@ void PrintStatus(const tprd::v1::DomainStatus& status, std::ostream& out) {
   if (!status.busy_with().empty()) out << "busy with:  " << status.busy_with() << "\n";
   if (status.proving_window_open()) {
     out << "proving:    open (every candidate waits at a breakpoint until it ends)\n";
+  }
+  if (status.guard_mismatches() > 0) {
+    out << "guard:      " << status.guard_mismatches()
+        << " stale shadow reads caught in the guest (it switched itself to exact)\n";
   }
   if (!status.last_error().empty()) out << "last error: " << status.last_error() << "\n";
 }

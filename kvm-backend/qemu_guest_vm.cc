@@ -284,6 +284,14 @@ absl::Status QemuGuestVm::ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) {
   return gdb_->ReadMemory(pa, out);
 }
 
+absl::Status QemuGuestVm::ReadPhysicalLive(uint64_t pa, absl::Span<uint8_t> out) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(false));
+  if (!process_memory_) {
+    return absl::UnimplementedError("no process_vm_readv path to this QEMU (not local, not root)");
+  }
+  return process_memory_->Read(pa, out);
+}
+
 absl::Status QemuGuestVm::WritePhysical(uint64_t pa, absl::Span<const uint8_t> data) {
   TPRD_RETURN_IF_ERROR(CheckUsable(true));
   TPRD_RETURN_IF_ERROR(SetPhysicalMode(true));

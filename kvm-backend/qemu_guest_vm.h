@@ -58,6 +58,7 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   absl::Status WriteVirtual(int vcpu, uint32_t va, absl::Span<const uint8_t> data) override;
   absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) override;
   absl::Status WritePhysical(uint64_t pa, absl::Span<const uint8_t> data) override;
+  absl::Status ReadPhysicalLive(uint64_t pa, absl::Span<uint8_t> out) override;
   absl::StatusOr<std::vector<engine::MemoryRegion>> MemoryMap() override;
   absl::StatusOr<uint8_t> ReadTpr(int vcpu) override;
   absl::StatusOr<engine::CpuFeatures> Features() override;

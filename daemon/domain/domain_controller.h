@@ -67,6 +67,7 @@ struct ControllerStatus {
   double tpr_accesses_per_second_before = 0;
   double tpr_accesses_per_second_after = 0;
   bool proving_window_open = false;  // every candidate still waits at its breakpoint
+  uint64_t guard_mismatches = 0;     // the guest's mmio guard counters (ManagerStatus)
   std::string last_error;
 };
 

@@ -206,6 +206,7 @@ ControllerStatus EngineDomainController::Status() {
   status.requested_strategy = m.requested_strategy;
   status.traps_handled = m.traps_handled;
   status.proving_window_open = m.proving_window_open;
+  status.guard_mismatches = m.guard_mismatches;
   status.last_error = m.last_error;
   return status;
 }

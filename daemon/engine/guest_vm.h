@@ -107,6 +107,14 @@ class GuestVm {
   virtual absl::Status WriteVirtual(int vcpu, uint32_t va, absl::Span<const uint8_t> data) = 0;
   virtual absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) = 0;
   virtual absl::Status WritePhysical(uint64_t pa, absl::Span<const uint8_t> data) = 0;
+  // A data read that does not stop the guest (QEMU: process_vm_readv). Bytes the guest writes
+  // meanwhile may be old or new; fine for counters and words the engine only watches.
+  // UNIMPLEMENTED where the backend has no such path.
+  virtual absl::Status ReadPhysicalLive(uint64_t pa, absl::Span<uint8_t> out) {
+    (void)pa;
+    (void)out;
+    return absl::UnimplementedError("no live reads on this backend");
+  }
 
   virtual absl::StatusOr<std::vector<MemoryRegion>> MemoryMap() = 0;
   // The full 8-bit TPR of one vCPU, as the APIC holds it.

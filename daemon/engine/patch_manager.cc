@@ -4,6 +4,7 @@
 #include <array>
 #include <cstring>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/engine/decode_report.h"
 #include "daemon/engine/guest_site_table.h"
@@ -248,7 +249,7 @@ absl::Status PatchManager::Install(const EnableRequest& request, const GuestProf
   return absl::OkStatus();
 }
 
-absl::Status PatchManager::InitPerCpu(bool from_real_tpr) {
+absl::Status PatchManager::InitPerCpu(bool from_real_tpr, bool clear_guard_evidence) {
   if (!installed_ || !profile_) return absl::FailedPreconditionError("no blob installed");
   for (const VcpuProfile& cpu : profile_->vcpus) {
     const uint32_t va = installed_->addresses.PerCpuEntry(cpu.processor_number);
@@ -263,6 +264,7 @@ absl::Status PatchManager::InitPerCpu(bool from_real_tpr) {
     }
     entry->enabled = true;
     entry->reads_since_check = 0;
+    if (clear_guard_evidence) entry->mismatches = 0;
     TPRD_RETURN_IF_ERROR(WriteVerified(va, EncodePerCpuEntry(*entry)));
   }
   return absl::OkStatus();
@@ -383,25 +385,19 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   }
 
   absl::StatusOr<GuestProfile> profile = StopAndProfile();
-  if (!profile.ok()) {
-    (void)vm_.Resume();
-    return profile.status();
-  }
+  // Every way out of this function lets the guest run again; the successful ones through
+  // ResumeGuest (which leaves a guest the host paused alone) after cancelling this.
+  absl::Cleanup resume_on_error = [this] { (void)vm_.Resume(); };
+  if (!profile.ok()) return profile.status();
   if (!installed_) {
     // A blob from an earlier session (tprd restarted, or detached and enabled again): reuse
     // it and its site table; never place a second one.
     absl::StatusOr<std::optional<ParsedBlob>> found = FindInstalledBlob();
-    if (!found.ok()) {
-      (void)vm_.Resume();
-      return found.status();
-    }
+    if (!found.ok()) return found.status();
     if (found->has_value()) LoadInstalled(**found);
   }
   absl::StatusOr<ScanResult> scan = ScanGuest(*profile);
-  if (!scan.ok()) {
-    (void)vm_.Resume();
-    return scan.status();
-  }
+  if (!scan.ok()) return scan.status();
   MergeCandidates(*scan);
   if (!request.dry_run) {
     // Enable patches every patchable site, also those an earlier rollback restored: under mmio a
@@ -414,6 +410,7 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
     if (m.site.state != SiteState::kRolledBack) ++report.candidates;
   }
   if (request.dry_run) {
+    std::move(resume_on_error).Cancel();
     TPRD_RETURN_IF_ERROR(ResumeGuest());
     return report;
   }
@@ -421,27 +418,20 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   std::set<uint32_t> proven;
   if (!installed_) {
     absl::Status learned = Learn(request, *profile, proven, report.learning_hits);
-    if (!learned.ok()) {
-      (void)vm_.Resume();
-      return learned;
-    }
+    if (!learned.ok()) return learned;
   }
   request_ = request;
   const absl::Time paused = clock_.Now();
   if (!installed_) {
-    if (absl::Status s = Install(request, *profile); !s.ok()) {
-      (void)vm_.Resume();
-      return s;
-    }
+    TPRD_RETURN_IF_ERROR(Install(request, *profile));
   } else {
     // Switching strategy: go through exact so no handler sees a half-made switch.
     TPRD_RETURN_IF_ERROR(DisarmTraps());
     TPRD_RETURN_IF_ERROR(WriteStrategy(Strategy::kExact));
   }
-  if (absl::Status s = InitPerCpu(/*from_real_tpr=*/true); !s.ok()) {
-    (void)vm_.Resume();
-    return s;
-  }
+  // The operator asks for this strategy: an earlier guard rejection no longer holds.
+  TPRD_RETURN_IF_ERROR(InitPerCpu(/*from_real_tpr=*/true, /*clear_guard_evidence=*/true));
+  guard_rejected_mmio_ = false;
   TPRD_RETURN_IF_ERROR(PlanSites());
   // Sites proven by the learning window, and those a stopped vCPU is about to execute.
   for (const VcpuProfile& cpu : profile->vcpus) {
@@ -451,11 +441,9 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   for (uint32_t address : proven) {
     if (std::optional<uint32_t> id = SiteAt(address)) ids.push_back(*id);
   }
-  if (absl::Status s = WriteStrategy(request.strategy); !s.ok()) {
-    (void)vm_.Resume();
-    return s;
-  }
+  TPRD_RETURN_IF_ERROR(WriteStrategy(request.strategy));
   status_.requested_strategy = request.strategy;
+  status_.guard_mismatches = 0;
   report.applied_at_enable = ApplyStopped(ids, nullptr);
   proving_deadline_ = clock_.Now() + request.proving_window;
   if (absl::Status s = ArmTraps(); !s.ok()) {
@@ -465,6 +453,7 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   for (const auto& [id, m] : sites_) {
     if (m.armed) ++report.armed;
   }
+  std::move(resume_on_error).Cancel();
   TPRD_RETURN_IF_ERROR(ResumeGuest());
   report.strategy = request.strategy;
   return report;
@@ -644,6 +633,13 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
   const Strategy requested =
       current != Strategy::kExact ? current : requested_hint.value_or(current);
   request_.strategy = requested;
+  // The guest's guard switched mmio off in this boot (its counters say so, whoever saw it):
+  // never switch it back on behind the operator's back.
+  uint64_t mismatches = 0;
+  for (const PerCpuEntry& cpu : (*found)->cpus) mismatches += cpu.mismatches;
+  status_.guard_mismatches = mismatches;
+  guard_rejected_mmio_ =
+      current == Strategy::kExact && requested == Strategy::kMmio && mismatches > 0;
   request_.proving_window = proving_window;
 
   std::vector<ManagerEvent> events;
@@ -670,8 +666,15 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
     return entry.second.site.state == SiteState::kRolledBack &&
            FormWritesTpr(entry.second.site.form);
   });
-  const Strategy word =
-      requested == Strategy::kMmio && restored_writer ? Strategy::kExact : requested;
+  const Strategy word = requested == Strategy::kMmio && (restored_writer || guard_rejected_mmio_)
+                            ? Strategy::kExact
+                            : requested;
+  if (guard_rejected_mmio_) {
+    NoteError(absl::FailedPreconditionError(absl::StrCat(
+        "the guest's mmio guard found a stale shadow in this boot (", mismatches,
+        " mismatches) and switched itself to exact; it stays on exact until the next tprctl "
+        "enable")));
+  }
   if (s.ok()) s = InitPerCpu(/*from_real_tpr=*/current == Strategy::kExact);
   if (s.ok()) s = WriteStrategy(word);
   if (s.ok()) status_.requested_strategy = requested;

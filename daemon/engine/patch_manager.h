@@ -85,7 +85,7 @@ struct ManagerStatus {
   Strategy strategy = Strategy::kExact;            // the strategy word now
   Strategy requested_strategy = Strategy::kExact;  // what the operator asked for
   uint64_t traps_handled = 0;
-  uint64_t guard_mismatches = 0;
+  uint64_t guard_mismatches = 0;     // the guest's mmio guard counters, summed over its CPUs
   uint64_t unreported_fixups = 0;    // cr8 fix-ups of accesses no stop named (FixUpUnreported...)
   bool proving_window_open = false;  // since enable: every candidate keeps its breakpoint
   std::string last_error;
@@ -142,7 +142,9 @@ class PatchManager {
   absl::Status Learn(const EnableRequest& request, const GuestProfile& profile,
                      std::set<uint32_t>& proven, size_t& hits);
   absl::Status Install(const EnableRequest& request, const GuestProfile& profile);
-  absl::Status InitPerCpu(bool from_real_tpr);
+  // `clear_guard_evidence`: the operator asked for a strategy again, so the guard's mismatch
+  // counters of an earlier rejection are reset.
+  absl::Status InitPerCpu(bool from_real_tpr, bool clear_guard_evidence = false);
   absl::Status WriteStrategy(Strategy strategy);
   absl::Status WriteVerified(uint32_t va, absl::Span<const uint8_t> bytes);
   absl::Status PlanSites();
@@ -168,6 +170,12 @@ class PatchManager {
   void ApplyCandidatesAtVcpus(std::vector<ManagerEvent>& events);
   std::optional<uint32_t> SiteAt(uint32_t address) const;
   absl::Status SwitchToExact(const std::string& why, std::vector<ManagerEvent>& events);
+  // While the guest runs (about once a second, without stopping it): reads the guest's strategy
+  // word and guard counters, so the status says what the guest does. A flip of mmio to exact by
+  // the guest's guard is reported once and sticks until the operator enables again.
+  void WatchGuestWord(std::vector<ManagerEvent>& events);
+  // Guest physical address of a byte of the data block (strategy word, per-CPU area).
+  uint64_t DataBlockPhysical(uint32_t va) const;
   absl::Status ResumeGuest();
   // vm_.Stop(), then the fix-ups of a cr8 watchpoint hit that raced with the stop: its stop
   // reply is kept by the backend and delivered after tprd's own work resumed the guest, too
@@ -189,6 +197,10 @@ class PatchManager {
   uint64_t unfixable_reads_ = 0;
   // End of the proving window (nullopt: over, or not started).
   std::optional<absl::Time> proving_deadline_;
+  std::optional<absl::Time> next_word_check_;
+  // The guest's guard found a stale shadow under mmio in this boot (its mismatch counters, kept
+  // in guest memory): mmio stays off until the operator asks for it again.
+  bool guard_rejected_mmio_ = false;
   ManagerStatus status_;
 };
 

@@ -293,8 +293,69 @@ absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<Manage
   return handled.ok() ? resumed : handled;
 }
 
+uint64_t PatchManager::DataBlockPhysical(uint32_t va) const {
+  const BlobPlacement& placement = installed_->placement;
+  const uint64_t block_pa =
+      placement.data_apart() ? placement.data_pa : placement.pa + kBlobDataBlockOffset;
+  return block_pa + (va - installed_->addresses.data_block);
+}
+
+void PatchManager::WatchGuestWord(std::vector<ManagerEvent>& events) {
+  if (!installed_) return;
+  const absl::Time now = clock_.Now();
+  if (next_word_check_ && now < *next_word_check_) return;
+  next_word_check_ = now + absl::Seconds(1);
+  uint8_t word_bytes[4];
+  if (!vm_.ReadPhysicalLive(DataBlockPhysical(installed_->addresses.strategy_word), word_bytes)
+           .ok()) {
+    return;  // no live path (or a transient failure): the status keeps what tprd wrote last
+  }
+  uint32_t word = 0;
+  std::memcpy(&word, word_bytes, sizeof(word));
+  uint64_t mismatches = 0;
+  std::string per_cpu;
+  for (uint32_t cpu = 0; cpu < installed_->placement.cpu_count; ++cpu) {
+    std::array<uint8_t, kPerCpuEntrySize> raw;
+    if (!vm_.ReadPhysicalLive(DataBlockPhysical(installed_->addresses.PerCpuEntry(cpu)),
+                              absl::MakeSpan(raw))
+             .ok()) {
+      return;
+    }
+    absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
+    if (!entry.ok()) return;
+    mismatches += entry->mismatches;
+    if (entry->mismatches > 0) absl::StrAppend(&per_cpu, " CPU ", cpu, ": ", entry->mismatches);
+  }
+  status_.guard_mismatches = mismatches;
+  const Strategy seen = static_cast<Strategy>(word);
+  if (seen == status_.strategy) return;
+  if (word > static_cast<uint32_t>(Strategy::kCr8)) {
+    events.push_back({ManagerEvent::Kind::kWarning, std::nullopt,
+                      absl::StrCat("the guest's strategy word reads ", word,
+                                   ", which is no strategy: changed behind tprd")});
+    return;
+  }
+  if (seen == Strategy::kExact && status_.strategy == Strategy::kMmio) {
+    guard_rejected_mmio_ = true;
+    status_.strategy = Strategy::kExact;
+    const std::string message = absl::StrCat(
+        "the guest's mmio guard found a stale shadow (mismatches:",
+        per_cpu.empty() ? " ?" : per_cpu,
+        ") and switched itself to exact: an unpatched TPR writer runs; it stays on exact until "
+        "the next tprctl enable");
+    events.push_back({ManagerEvent::Kind::kStrategyChanged, std::nullopt, message});
+    events.push_back({ManagerEvent::Kind::kWarning, std::nullopt, message});
+    return;
+  }
+  status_.strategy = seen;
+  events.push_back({ManagerEvent::Kind::kStrategyChanged, std::nullopt,
+                    absl::StrCat("the guest's strategy word changed to ",
+                                 std::string(StrategyName(seen)), " behind tprd")});
+}
+
 absl::StatusOr<std::vector<ManagerEvent>> PatchManager::Poll(absl::Duration timeout) {
   std::vector<ManagerEvent> events;
+  WatchGuestWord(events);
   if (absl::Status s = EndProvingWindowIfDue(events); !s.ok()) {
     NoteError(s);
     if (absl::IsUnavailable(s) || absl::IsNotFound(s)) return s;

@@ -106,6 +106,7 @@ void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainStatus* out) {
   }
   out->set_traps_handled(snapshot.status.traps_handled);
   out->set_proving_window_open(snapshot.status.proving_window_open);
+  out->set_guard_mismatches(snapshot.status.guard_mismatches);
   out->set_tpr_accesses_per_second_before(snapshot.status.tpr_accesses_per_second_before);
   out->set_tpr_accesses_per_second_after(snapshot.status.tpr_accesses_per_second_after);
   out->set_last_error(!snapshot.last_error.empty() ? snapshot.last_error

@@ -754,4 +754,86 @@ TEST_F(PatchManagerTest, AdoptRejectsACorruptBlob) {
 }
 
 }  // namespace
+// Where Enable wrote the strategy word and each CPU's per-CPU entry (physical), from the
+// write log: the word is the last 4-byte write of the strategy's value, the entries the writes
+// of kPerCpuEntrySize bytes, CPU 0 first.
+struct GuestWordAddresses {
+  uint64_t word = 0;
+  std::vector<uint64_t> per_cpu;
+};
+GuestWordAddresses FindGuestWord(const FakeGuestVm& vm, Strategy strategy) {
+  GuestWordAddresses found;
+  const std::vector<uint8_t> value = {static_cast<uint8_t>(strategy), 0, 0, 0};
+  for (const FakeGuestVm::WriteRecord& record : vm.write_log()) {
+    if (record.bytes == value) found.word = record.physical.front();
+    if (record.bytes.size() == kPerCpuEntrySize) found.per_cpu.push_back(record.physical.front());
+  }
+  return found;
+}
+
+TEST_F(PatchManagerTest, AGuardFlipToExactIsWhatTheStatusSaysAndItSticksUntilTheNextEnable) {
+  vm_.ClearWriteLog();
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  const GuestWordAddresses guest = FindGuestWord(vm_, Strategy::kMmio);
+  ASSERT_NE(guest.word, 0u);
+  ASSERT_EQ(guest.per_cpu.size(), 2u);
+
+  // The guest's guard on CPU 1 caught a stale shadow: it counts and flips the word itself.
+  vm_.BackdoorWrite32(guest.per_cpu[1] + TPRD_BLOB_PCPU_MISMATCHES, 3);
+  vm_.BackdoorWrite32(guest.word, static_cast<uint32_t>(Strategy::kExact));
+  clock_.Advance(absl::Seconds(2));
+  absl::StatusOr<std::vector<ManagerEvent>> events = manager_.Poll(absl::ZeroDuration());
+  ASSERT_TRUE(events.ok()) << events.status();
+  bool changed = false;
+  for (const ManagerEvent& e : *events) {
+    if (e.kind == ManagerEvent::Kind::kStrategyChanged) {
+      changed = true;
+      EXPECT_THAT(e.message, HasSubstr("guard found a stale shadow"));
+      EXPECT_THAT(e.message, HasSubstr("CPU 1: 3"));
+    }
+  }
+  EXPECT_TRUE(changed) << "the flip is an event";
+  EXPECT_EQ(manager_.Status().strategy, Strategy::kExact) << "the status says what the guest does";
+  EXPECT_EQ(manager_.Status().requested_strategy, Strategy::kMmio);
+  EXPECT_EQ(manager_.Status().guard_mismatches, 3u);
+  clock_.Advance(absl::Seconds(2));
+  events = manager_.Poll(absl::ZeroDuration());
+  ASSERT_TRUE(events.ok());
+  for (const ManagerEvent& e : *events) {
+    EXPECT_NE(e.kind, ManagerEvent::Kind::kStrategyChanged) << "reported once: " << e.message;
+  }
+
+  // A restarted tprd that remembers mmio (journal) leaves the guest on exact.
+  ASSERT_TRUE(manager_.Detach().ok());
+  PatchManager restarted(vm_, journal_, clock_);
+  absl::StatusOr<bool> adopted = restarted.Adopt(Strategy::kMmio);
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  EXPECT_TRUE(*adopted);
+  EXPECT_EQ(restarted.Status().strategy, Strategy::kExact);
+  EXPECT_EQ(vm_.BackdoorPhysicalBytes(guest.word, 4), (std::vector<uint8_t>{0, 0, 0, 0}));
+  EXPECT_THAT(restarted.Status().last_error, HasSubstr("stays on exact until the next"));
+
+  // The operator asks for mmio again: that is a new decision, and the evidence is cleared.
+  ASSERT_TRUE(restarted.Enable(request).ok());
+  EXPECT_EQ(restarted.Status().strategy, Strategy::kMmio);
+  EXPECT_EQ(restarted.Status().guard_mismatches, 0u);
+  EXPECT_EQ(vm_.BackdoorPhysicalBytes(guest.per_cpu[1] + TPRD_BLOB_PCPU_MISMATCHES, 4),
+            (std::vector<uint8_t>{0, 0, 0, 0}));
+}
+
+TEST_F(PatchManagerTest, EnableThatFailsAfterItsStopLetsTheGuestRun) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  // Switching strategy goes through exact; a failing guest write there used to return with the
+  // guest still stopped.
+  vm_.SetFeatures({.cr8legacy = true, .qemu_vapic_active = false});
+  vm_.FailNthWrite(1);
+  request.strategy = Strategy::kCr8;
+  EXPECT_FALSE(manager_.Enable(request).ok());
+  EXPECT_TRUE(vm_.running()) << "the guest is not left stopped";
+}
+
 }  // namespace tprd::engine

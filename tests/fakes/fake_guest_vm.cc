@@ -299,6 +299,15 @@ absl::Status FakeGuestVm::ReadVirtual(int vcpu, uint32_t va, absl::Span<uint8_t>
   return absl::OkStatus();
 }
 
+absl::Status FakeGuestVm::ReadPhysicalLive(uint64_t pa, absl::Span<uint8_t> out) {
+  if (!Accessible(pa, out.size())) {
+    return absl::OutOfRangeError(
+        absl::StrFormat("physical 0x%x+%d is outside guest memory", pa, out.size()));
+  }
+  if (auto failure = Count(Op::kReadMemory)) return failure->status;
+  return BackdoorReadPhysical(pa, out);
+}
+
 absl::Status FakeGuestVm::ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) {
   if (absl::Status s = RequireStopped("ReadPhysical"); !s.ok()) return s;
   if (!Accessible(pa, out.size())) {

@@ -78,6 +78,8 @@ class FakeGuestVm : public GuestVm {
   absl::Status WriteVirtual(int vcpu, uint32_t va, absl::Span<const uint8_t> data) override;
   absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) override;
   absl::Status WritePhysical(uint64_t pa, absl::Span<const uint8_t> data) override;
+  // Any run state, like QEMU's process_vm_readv path.
+  absl::Status ReadPhysicalLive(uint64_t pa, absl::Span<uint8_t> out) override;
   absl::StatusOr<std::vector<MemoryRegion>> MemoryMap() override;
   absl::StatusOr<uint8_t> ReadTpr(int vcpu) override;
   absl::StatusOr<CpuFeatures> Features() override;

@@ -228,8 +228,9 @@ TEST_F(RaceTest, SuspendDuringEnableOrRollbackLeavesTheGuestPausedAndEverySiteWh
           tprd_->socket() + ".ctl");
       ExpectClearOutcome(r, when);
       // A suspend that landed while tprd held the guest stopped is a no-op in libvirt (it
-      // already reports the domain "paused (unknown)"): nothing to keep, tprd cannot see it
-      // (docs/design.md). Every suspend that took effect must hold after tprd is done.
+      // already reports the domain "paused (unknown)"): nothing to keep, and nothing tprd can
+      // see (docs/design.md, "A suspend during a tprd stop"). Every suspend that took effect
+      // must hold after tprd is done.
       if (suspended.find("(user)") != std::string::npos) {
         ++kept_;
         EXPECT_EQ(DomainRunState(domain->name()), "paused")
@@ -238,8 +239,10 @@ TEST_F(RaceTest, SuspendDuringEnableOrRollbackLeavesTheGuestPausedAndEverySiteWh
             << r.out << tprd_->LogTail();
         EXPECT_EQ(Virsh({"resume", domain->name()}).exit_code, 0);
       } else {
+        // libvirt swallowed it: the state right after may already be "running" again, when
+        // tprd's stop ended between the suspend and the domstate (seen in CI), so only the
+        // count is kept.
         ++lost_in_libvirt_;
-        EXPECT_NE(suspended.find("paused (unknown)"), std::string::npos) << suspended;
         if (DomainRunState(domain->name()) == "paused") (void)Virsh({"resume", domain->name()});
       }
       ExpectGuestPasses(*domain, domain->Lines().size(), when.c_str());
