@@ -2,7 +2,10 @@
 // QEMU TCG with QEMU's own TPR patcher off, and checks its serial STAT/FAIL lines.
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <iostream>
 #include <map>
+#include <random>
 #include <set>
 #include <string>
 #include <tuple>
@@ -150,6 +153,21 @@ INSTANTIATE_TEST_SUITE_P(SeedsAndCpus, HalGuestBootTest,
                          });
 
 TEST(HalGuestBootTest, Cr8LegacyCpuModel) { BootAndCheck(7, 2, "qemu32,+cr8legacy"); }
+
+// One seed nobody chose, printed so that a failure can be replayed with TPRD_HAL_SEED=N.
+TEST(HalGuestBootTest, RandomSeed) {
+  int seed = 0;
+  if (const char* fixed = std::getenv("TPRD_HAL_SEED"); fixed != nullptr && *fixed != 0) {
+    seed = std::atoi(fixed);
+  } else {
+    seed = static_cast<int>(std::random_device{}() % 1000000) + 4;
+  }
+  std::cout << "hal-guest random seed: " << seed << " (replay: TPRD_HAL_SEED=" << seed << ")\n";
+  RecordProperty("seed", seed);
+  std::vector<std::string> lines = BootAndCheck(seed, 2);
+  if (HasFailure()) return;
+  CheckSites(lines);
+}
 
 // Different seeds place the functions at different addresses and pick different forms.
 TEST(HalGuestBootTest, SeedsVaryLayoutAndForms) {
