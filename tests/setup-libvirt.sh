@@ -80,6 +80,18 @@ if ! pgrep -x libvirtd >/dev/null && ! cgroupfs_writable; then
   fi
 fi
 
+# 2b. /dev/kvm as a host's udev leaves it. Without udev (containers, this sandbox) it can be
+# root:root 0600: QEMU probed as root sees KVM, the same check as libvirt-qemu does not, and
+# libvirt 9 then throws its QEMU capabilities away and probes again on every domain start
+# ("KVM was enabled when probing ..., but it is not available now": about 2 minutes per start
+# here). Debian's udev gives it group kvm, which libvirt-qemu is in. Only where no udev runs
+# and the device is still root-only; the test domains are TCG (type='qemu') and never use it.
+if [[ -c /dev/kvm && ! -e /run/udev/control ]] && getent group kvm >/dev/null &&
+  [[ $(stat -c %G:%a /dev/kvm) == root:600 ]]; then
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+  log "/dev/kvm: group kvm, mode 0660, as udev would set it (no udev runs here)"
+fi
+
 # 3. Daemons: started only when not running.
 daemon_running() { pgrep -x "$1" >/dev/null; }
 
