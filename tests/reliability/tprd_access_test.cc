@@ -335,8 +335,8 @@ TEST_F(TprdAccess, GdbstubHasNoAddressAndNothingListensOnTcp) {
   // unix socket with no path, so no other process can connect to it; no `gdbserver DEVICE`
   // (label "gdb") and no socket file where older versions put one.
   const RunResult chardevs =
-      tprd::testing::Run({"virsh", "-c", "qemu:///system", "qemu-monitor-command", domain.name(),
-                          R"({"execute":"query-chardev"})"});
+      tprd::testing::Run({"/usr/bin/virsh", "-c", "qemu:///system", "qemu-monitor-command",
+                          domain.name(), R"({"execute":"query-chardev"})"});
   ASSERT_EQ(chardevs.exit_code, 0) << chardevs.err;
   EXPECT_TRUE(absl::StrContains(chardevs.out, R"("filename":"unix:","label":"tprd-gdb-)"))
       << chardevs.out;
