@@ -271,8 +271,16 @@ TEST_F(SharedDomainTest, WritesReadBackAndAreRestored) {
   EXPECT_EQ(back, physical_pattern) << "physical write seen through the virtual mapping";
 
   ASSERT_TRUE(vm_->WriteVirtual(0, kVa, original).ok());
+  const uint64_t fast_before = vm_->fast_physical_reads();
   ASSERT_TRUE(vm_->ReadPhysical(kPa, absl::MakeSpan(back)).ok());
   EXPECT_EQ(back, original);
+  // Bulk reads come from QEMU's memory through process_vm_readv, also when QEMU runs as
+  // another user (libvirt-qemu on a stock host: tprd needs CAP_SYS_PTRACE, which root has).
+  EXPECT_EQ(vm_->fast_physical_reads(), fast_before + 1)
+      << "the physical read fell back to the gdbstub: process_vm_readv on QEMU failed";
+  std::vector<uint8_t> live = Bytes(32);
+  ASSERT_TRUE(vm_->ReadPhysicalLive(kPa, absl::MakeSpan(live)).ok());
+  EXPECT_EQ(live, original);
 }
 
 TEST_F(SharedDomainTest, TprWriteWatchpointMapsBackToAKnownWriteSite) {
