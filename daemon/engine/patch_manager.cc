@@ -167,6 +167,14 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
       std::string why;
       std::optional<std::pair<uint32_t, Classification>> decoded =
           ResolveTrap(event.pc, reader, profile.tpr_va, &why);
+      if (!decoded) {
+        // An access whose encoding does not name the TPR (mov [ebx+0x80], eax with ebx at the
+        // APIC page): found by its operand's address, as at a watchpoint stop after enable.
+        // Without this a register-relative writer in the window never refused mmio (found by
+        // the second test guest, tests/hal-guest).
+        absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(event.vcpu);
+        if (regs.ok()) decoded = ResolveByAddress(event.pc, reader, profile.tpr_va, *regs);
+      }
       if (decoded) {
         const Classification& c = decoded->second;
         const std::optional<uint32_t> id = SiteAt(decoded->first);

@@ -201,6 +201,16 @@ TEST_F(PatchManagerTest, MmioRefusedWhenAnUnpatchableWriterRunsAndNothingIsWritt
   ExpectEnableRefused(Strategy::kMmio, "mmio is unsafe");
 }
 
+// A writer whose encoding does not name the TPR (the HAL-shaped guest's mov [ebx+0x80], eax with
+// ebx at the APIC page): the learning window finds it by its operand's address and refuses mmio.
+TEST_F(PatchManagerTest, MmioRefusedWhenARegisterRelativeWriterRunsInTheLearningWindow) {
+  constexpr uint32_t kWriteViaEbx = kCode + 0x90;  // 89 83 80 00 00 00: mov [ebx+0x80],eax
+  Put(kWriteViaEbx, {0x89, 0x83, 0x80, 0x00, 0x00, 0x00});
+  vm_.Registers(0).reg(Gpr::kEbx) = 0xFFFE0000;
+  QueueWatchpoint(0, kWriteViaEbx + 6);
+  ExpectEnableRefused(Strategy::kMmio, "mmio is unsafe");
+}
+
 // Under TCG a breakpoint slows every instruction on its page, so unproven candidates keep one
 // only for the proving window; mmio keeps the writers' (an unpatched writer would leave the
 // shadow stale), cr8 none (its watchpoint sees any late access).
