@@ -6,10 +6,24 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/log.h"
 
 namespace tprd::daemon {
+namespace {
+// How long a lost session's guest is retried while libvirtd is away, and how often.
+constexpr absl::Duration kRetakeWindow = absl::Seconds(120);
+constexpr absl::Duration kRetakeInterval = absl::Milliseconds(500);
+// The backend's answer while its libvirt connection is down and reconnecting
+// (kvm-backend/libvirt_connection.cc, AcquireConnection): worth another try, unlike a gdbstub
+// or QEMU that refused.
+bool LibvirtReconnecting(const absl::Status& status) {
+  return absl::IsUnavailable(status) &&
+         absl::StrContains(status.message(), "not connected to libvirtd") &&
+         absl::StrContains(status.message(), "(reconnecting)");
+}
+}  // namespace
 namespace {
 
 bool SessionLost(const absl::Status& status) {
@@ -115,22 +129,36 @@ void DomainActor::Run() {
     std::deque<Command> remaining;  // cancelled on stop
     bool poll = false;
     bool stop = false;
+    bool retake = false;
     {
       absl::MutexLock lock(&mu_);
       const bool patched = snapshot_.state == DomainState::kPatched && controller_ != nullptr;
       auto ready = [this]()
                        ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !queue_.empty(); };
-      // While patched the controller must poll; otherwise sleep until a command arrives.
-      if (!patched) mu_.Await(absl::Condition(&ready));
+      // While patched the controller must poll; otherwise sleep until a command arrives (or a
+      // deferred retake is due).
+      if (!patched) {
+        if (retake_at_) {
+          mu_.AwaitWithDeadline(absl::Condition(&ready), *retake_at_);
+        } else {
+          mu_.Await(absl::Condition(&ready));
+        }
+      }
       stop = stopping_;
       if (stop) {
         remaining.swap(queue_);
       } else if (!queue_.empty()) {
         command = std::move(queue_.front());
         queue_.pop_front();
+      } else if (retake_at_ && absl::Now() >= *retake_at_) {
+        retake = true;
       } else {
         poll = patched;
       }
+    }
+    if (retake) {
+      RetakeGuest();
+      continue;
     }
     if (stop) {
       for (Command& queued : remaining) {
@@ -144,6 +172,36 @@ void DomainActor::Run() {
     } else if (poll) {
       PollOnce();
     }
+  }
+}
+
+void DomainActor::RetakeGuest() {
+  {
+    absl::MutexLock lock(&mu_);
+    retake_at_.reset();
+  }
+  if (controller_ != nullptr) return;  // an operator's command took it back meanwhile
+  absl::Status again = EnsureController(/*adopt=*/true);
+  if (!again.ok()) {
+    // libvirtd restarting (the connection reconnects by itself): try again shortly.
+    bool retry = false;
+    if (LibvirtReconnecting(again)) {
+      absl::MutexLock lock(&mu_);
+      if (absl::Now() < retake_deadline_) {
+        retake_at_ = absl::Now() + kRetakeInterval;
+        retry = true;
+      }
+    }
+    if (!retry) {
+      LogWarning(absl::StrCat(Snapshot().domain.name, ": cannot take it back: ", again.message(),
+                              "; tprctl enable retries"));
+    }
+  } else if (controller_->Status().patched) {
+    RecordOperation("adopt", "took the guest back after a lost session");
+    SetState(DomainState::kPatched, "adopted again after a lost session");
+    RefreshSnapshot(/*with_sites=*/true);
+  } else {
+    DropController(/*detach=*/true, "nothing to adopt");
   }
 }
 
@@ -165,17 +223,11 @@ void DomainActor::PollOnce() {
     // stop at the next one with nobody to resume it. Adopt at once (a fresh gdbstub clears the
     // old traps, handles a vCPU stopped at one and arms new ones). A gone domain just fails here.
     if (lost) {
-      absl::Status again = EnsureController(/*adopt=*/true);
-      if (!again.ok()) {
-        LogWarning(absl::StrCat(Snapshot().domain.name, ": cannot take it back: ", again.message(),
-                                "; tprctl enable retries"));
-      } else if (controller_->Status().patched) {
-        RecordOperation("adopt", "took the guest back after a lost session");
-        SetState(DomainState::kPatched, "adopted again after a lost session");
-        RefreshSnapshot(/*with_sites=*/true);
-      } else {
-        DropController(/*detach=*/true, "nothing to adopt");
+      {
+        absl::MutexLock lock(&mu_);
+        retake_deadline_ = absl::Now() + kRetakeWindow;
       }
+      RetakeGuest();
     }
     return;
   }

@@ -97,6 +97,10 @@ class DomainActor {
   void Enqueue(Command command);
   void Run();
   void PollOnce();
+  // Takes the guest back after a lost session (adopt on a fresh gdbstub). When libvirtd is
+  // away (restarting), schedules another try instead of giving up: the guest's traps are still
+  // armed in QEMU and would hold it stopped with nobody to resume it.
+  void RetakeGuest();
 
   // Actor thread only.
   absl::Status EnsureController(bool adopt);
@@ -128,6 +132,9 @@ class DomainActor {
   DomainSnapshot snapshot_ ABSL_GUARDED_BY(mu_);
   std::deque<Command> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // A RetakeGuest that libvirtd's absence deferred: when to try again, and until when.
+  std::optional<absl::Time> retake_at_ ABSL_GUARDED_BY(mu_);
+  absl::Time retake_deadline_ ABSL_GUARDED_BY(mu_);
   bool closing_ ABSL_GUARDED_BY(mu_) = false;  // detached for good: only "detach" accepted
   // Reboot events received (counted on the event thread, before the actor handles them).
   uint64_t reboots_seen_ ABSL_GUARDED_BY(mu_) = 0;

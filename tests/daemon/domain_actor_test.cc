@@ -452,6 +452,31 @@ TEST_F(DomainActorTest, LostSessionOfAGuestThatCannotBeTakenBackWaitsForTheOpera
   EXPECT_EQ(actor->Snapshot().state, DomainState::kPatched);
 }
 
+// libvirtd restarting under a patched guest: the lost session's adopt fails while the
+// connection reconnects, and is tried again (the guest's traps are still armed in QEMU).
+TEST_F(DomainActorTest, LostSessionWhileLibvirtdReconnectsIsTakenBackWhenItIsBack) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  const int adopts_before = guest_->adopts;
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->open_error =
+        absl::UnavailableError("not connected to libvirtd at qemu:///system (reconnecting)");
+    guest_->poll_error = guest_->open_error;
+    guest_->changed.notify_all();
+  }
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kExactWhileAway; }));
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->open_error = absl::OkStatus();  // libvirtd is back
+  }
+  ASSERT_TRUE(WaitForSnapshot(*actor, [](const DomainSnapshot& s) {
+    return s.state == DomainState::kPatched;
+  })) << "nobody took the guest back after libvirtd returned";
+  EXPECT_EQ(guest_->adopts, adopts_before + 1);
+}
+
 TEST_F(DomainActorTest, RegistryResolvesByNameUuidAndIdAndRefusesStoppedDomains) {
   auto by_name = registry_->ActorFor("winxp-01");
   auto by_uuid = registry_->ActorFor("aaaaaaaa-0000-0000-0000-000000000001");
