@@ -13,6 +13,7 @@
 #include "tests/fakes/fake_clock.h"
 #include "tests/fakes/fake_guest_vm.h"
 #include "tests/fakes/page_table_builder.h"
+#include "tests/fakes/recording_journal.h"
 
 namespace tprd::engine {
 namespace {
@@ -71,14 +72,7 @@ TEST(AndMemZeroTrapTest, OtherAndsAreUnpatchableWriters) {
   }
 }
 
-class RecordingJournal : public PatchRecorder {
- public:
-  absl::Status RecordSite(const Site& site) override {
-    records.push_back(site);
-    return absl::OkStatus();
-  }
-  std::vector<Site> records;
-};
+using ::tprd::testing::RecordingJournal;
 
 class AndMemZeroManagerTest : public ::testing::Test {
  protected:

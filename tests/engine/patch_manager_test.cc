@@ -12,6 +12,7 @@
 #include "tests/fakes/fake_clock.h"
 #include "tests/fakes/fake_guest_vm.h"
 #include "tests/fakes/page_table_builder.h"
+#include "tests/fakes/recording_journal.h"
 
 namespace tprd::engine {
 namespace {
@@ -32,14 +33,7 @@ constexpr uint32_t kReadViaEcx = kCode + 0x70;   // 8B 81 80 00 00 00: mov eax,[
 constexpr uint32_t kEsRead = kCode + 0x80;       // 26 8B 15: es: mov edx,[tpr]
 constexpr uint32_t kDecoy = 0x80200000;          // data that looks like A1 moffs
 
-class RecordingJournal : public PatchRecorder {
- public:
-  absl::Status RecordSite(const Site& site) override {
-    records.push_back(site);
-    return absl::OkStatus();
-  }
-  std::vector<Site> records;
-};
+using ::tprd::testing::RecordingJournal;
 
 class PatchManagerTest : public ::testing::Test {
  protected:
