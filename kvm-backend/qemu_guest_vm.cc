@@ -206,6 +206,15 @@ absl::Status QemuGuestVm::Stop() {
   return absl::OkStatus();
 }
 
+std::optional<engine::StopEvent> QemuGuestVm::TakeRacedWatchpointStop() {
+  if (!pending_stop_ || pending_stop_->kind != engine::StopEvent::Kind::kWatchpoint) {
+    return std::nullopt;
+  }
+  std::optional<engine::StopEvent> event = pending_stop_;
+  pending_stop_.reset();
+  return event;
+}
+
 absl::Status QemuGuestVm::Resume() {
   TPRD_RETURN_IF_ERROR(CheckUsable(false));
   if (gdb_->running()) return absl::OkStatus();
@@ -339,6 +348,43 @@ absl::Status QemuGuestVm::RemoveWatchpoint(uint32_t va, uint32_t length, engine:
   TPRD_RETURN_IF_ERROR(gdb_->RemoveWatchpoint(va, length, kind));
   watchpoints_.erase({va, length, kind});
   return absl::OkStatus();
+}
+
+absl::StatusOr<engine::StepResult> QemuGuestVm::StepVcpu(int vcpu, absl::Duration timeout) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(true));
+  if (vcpu < 0 || vcpu >= static_cast<int>(threads_.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no vCPU ", vcpu, " (domain has ", threads_.size(), ")"));
+  }
+  if (pending_stop_) {
+    // A second foreign stop from the step would have nowhere to go.
+    return absl::FailedPreconditionError(
+        "a stop is pending: take it with WaitForStop before stepping");
+  }
+  absl::StatusOr<GdbStepResult> step = gdb_->StepThread(threads_[vcpu], timeout);
+  selected_vcpu_ = -1;  // QEMU switches its current thread to the one that stopped
+  if (!step.ok()) {
+    TPRD_RETURN_IF_ERROR(Gone());
+    return step.status();
+  }
+  engine::StepResult result;
+  result.completed = step->completed;
+  if (step->completed) {
+    result.watchpoint_reported = step->stop.watch.has_value();
+  } else {
+    engine::StopEvent event = ToStopEvent(step->stop);
+    if (event.kind == engine::StopEvent::Kind::kGone) {
+      pending_stop_ = event;
+      return Gone().ok() ? absl::UnavailableError("domain gone") : Gone();
+    }
+    // Our interrupt's stop says nothing; another vCPU's trap or a host pause is kept.
+    if (event.kind != engine::StopEvent::Kind::kInterrupted) pending_stop_ = event;
+  }
+  TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
+  absl::StatusOr<uint64_t> eip = gdb_->ReadRegister("eip");
+  if (!eip.ok()) return eip.status();
+  result.pc = static_cast<uint32_t>(*eip);
+  return result;
 }
 
 absl::Status QemuGuestVm::Detach() {

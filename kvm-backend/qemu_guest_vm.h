@@ -49,6 +49,7 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   absl::Status Detach();
 
   absl::Status Stop() override;
+  std::optional<engine::StopEvent> TakeRacedWatchpointStop() override;
   absl::Status Resume() override;
   absl::StatusOr<std::optional<engine::StopEvent>> WaitForStop(absl::Duration timeout) override;
   absl::StatusOr<int> VcpuCount() override;
@@ -66,6 +67,10 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   absl::Status RemoveBreakpoint(uint32_t va) override;
   absl::Status SetWatchpoint(uint32_t va, uint32_t length, engine::WatchKind kind) override;
   absl::Status RemoveWatchpoint(uint32_t va, uint32_t length, engine::WatchKind kind) override;
+  // GdbClient::StepThread on the vCPU's thread. A stop that ends the step but is not the step's
+  // (another vCPU's trap, a host pause) is kept for WaitForStop like Stop() keeps a raced one;
+  // the interrupt's own stop is dropped. FAILED_PRECONDITION while such a kept stop is pending.
+  absl::StatusOr<engine::StepResult> StepVcpu(int vcpu, absl::Duration timeout) override;
 
   const std::string& uuid() const { return uuid_; }
   // Reads of physical memory served by process_vm_readv (the rest went through the gdbstub).
@@ -93,7 +98,7 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   int selected_vcpu_ = -1;
   std::optional<bool> physical_mode_;
   bool detached_ = false;
-  std::optional<engine::StopEvent> pending_stop_;  // a stop that arrived during Stop()
+  std::optional<engine::StopEvent> pending_stop_;  // a stop that arrived during Stop()/StepVcpu()
   std::set<uint32_t> breakpoints_;
   std::set<std::tuple<uint32_t, uint32_t, engine::WatchKind>> watchpoints_;
   uint64_t fast_physical_reads_ = 0;

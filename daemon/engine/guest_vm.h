@@ -72,6 +72,18 @@ struct StopEvent {
   WatchKind watch = WatchKind::kAccess;
 };
 
+// What StepVcpu did.
+struct StepResult {
+  // The vCPU executed its one instruction and stopped by itself. False when the step had to be
+  // interrupted (e.g. the instruction was `hlt` and the masked interrupts never woke it) or the
+  // stop that ended it was not the step's (then that stop comes from WaitForStop after Resume).
+  bool completed = false;
+  // The hypervisor reported a watchpoint hit of this vCPU at this stop. For QEMU this reports,
+  // and clears, the vCPU's pending hit, which would otherwise be reported at a later stop.
+  bool watchpoint_reported = false;
+  uint32_t pc = 0;  // the vCPU's eip after the step, read back
+};
+
 struct MemoryRegion {
   uint64_t start = 0;  // first byte
   uint64_t end = 0;    // last byte (inclusive), as `info mtree -f` prints it
@@ -98,6 +110,10 @@ class GuestVm {
   virtual absl::Status Resume() = 0;
   // While running: waits up to `timeout` for the next stop. nullopt on timeout (still running).
   virtual absl::StatusOr<std::optional<StopEvent>> WaitForStop(absl::Duration timeout) = 0;
+  // While stopped: a watchpoint stop that raced with the last Stop() and is kept for
+  // WaitForStop, taken now (it is then not delivered again). nullopt when there is none (other
+  // raced stops stay for WaitForStop).
+  virtual std::optional<StopEvent> TakeRacedWatchpointStop() { return std::nullopt; }
 
   virtual absl::StatusOr<int> VcpuCount() = 0;
   virtual absl::StatusOr<VcpuRegisters> ReadRegisters(int vcpu) = 0;
@@ -120,6 +136,18 @@ class GuestVm {
   // The full 8-bit TPR of one vCPU, as the APIC holds it.
   virtual absl::StatusOr<uint8_t> ReadTpr(int vcpu) = 0;
   virtual absl::StatusOr<CpuFeatures> Features() = 0;
+
+  // Single-steps one vCPU while every other vCPU stays stopped. Requires the guest stopped
+  // (FAILED_PRECONDITION otherwise). Only `vcpu` runs, for one instruction, with interrupts masked
+  // (QEMU's default sstep flags; a host kernel without KVM_GUESTDBG_BLOCKIRQ cannot mask them).
+  // Waits at most `timeout` for the step, then interrupts it (completed = false). On OK the guest
+  // is stopped again. DEADLINE_EXCEEDED if not even the interrupt stopped it (then the guest may
+  // run: Stop() it). UNIMPLEMENTED where the backend cannot step.
+  virtual absl::StatusOr<StepResult> StepVcpu(int vcpu, absl::Duration timeout) {
+    (void)vcpu;
+    (void)timeout;
+    return absl::UnimplementedError("no single-step on this backend");
+  }
 
   // Execution breakpoints stop a vCPU before the instruction at `va` runs.
   virtual absl::Status SetBreakpoint(uint32_t va) = 0;

@@ -494,43 +494,107 @@ absl::Status GdbClient::Interrupt() {
   return WriteRaw(std::string_view(&kGdbInterrupt, 1));
 }
 
+absl::StatusOr<bool> GdbClient::AwaitStops(size_t queued, absl::Time deadline,
+                                           std::string_view command) {
+  int bad_packets = 0;
+  while (pending_stops_.size() <= queued) {
+    absl::StatusOr<GdbPacketEvent> event = NextEvent(deadline);
+    if (!event.ok()) {
+      if (absl::IsDeadlineExceeded(event.status())) return false;
+      return Break(WithContext(event.status(), "waiting for the VM to stop"));
+    }
+    if (event->kind == GdbPacketEvent::Kind::kBadChecksum) {
+      if (++bad_packets > options_.max_bad_packets) {
+        return Break(absl::DataLossError("too many corrupt packets while waiting for a stop"));
+      }
+      TPRD_GDB_RETURN_IF_ERROR(WriteRaw("-"));
+      continue;
+    }
+    if (event->kind == GdbPacketEvent::Kind::kMalformed ||
+        event->kind == GdbPacketEvent::Kind::kOversized) {
+      TPRD_GDB_RETURN_IF_ERROR(WriteRaw("+"));
+      return Break(absl::DataLossError(
+          absl::StrCat("unusable packet while waiting for a stop: ", event->payload)));
+    }
+    if (event->kind != GdbPacketEvent::Kind::kPacket) continue;  // acks, notifications
+    // Any packet now means the VM stopped (or never ran), so acking cannot interrupt it.
+    TPRD_GDB_RETURN_IF_ERROR(WriteRaw("+"));
+    const std::string& payload = event->payload;
+    if (LooksLikeGdbStopReply(payload)) {
+      TPRD_GDB_RETURN_IF_ERROR(HandleStopPacket(payload));
+      continue;
+    }
+    if (!command.empty()) {
+      // A resume command is answered only by a stop, unless the stub refused it.
+      if (std::optional<int> code = ErrorCode(payload)) return ErrorReplyStatus(command, *code);
+      if (payload.empty()) {
+        return absl::UnimplementedError(
+            absl::StrCat("gdbstub does not support ", Named(command), " (empty reply)"));
+      }
+    }
+    // Anything else (console output, a late answer) is dropped.
+  }
+  return true;
+}
+
 absl::StatusOr<std::optional<GdbStopReply>> GdbClient::WaitForStop(absl::Duration timeout) {
   if (pending_stops_.empty()) {
     TPRD_GDB_RETURN_IF_ERROR(Usable(false));
-    const absl::Time deadline = absl::Now() + timeout;
-    int bad_packets = 0;
-    while (pending_stops_.empty()) {
-      absl::StatusOr<GdbPacketEvent> event = NextEvent(deadline);
-      if (!event.ok()) {
-        if (absl::IsDeadlineExceeded(event.status())) return std::nullopt;
-        return Break(WithContext(event.status(), "waiting for the VM to stop"));
-      }
-      if (event->kind == GdbPacketEvent::Kind::kBadChecksum) {
-        if (++bad_packets > options_.max_bad_packets) {
-          return Break(absl::DataLossError("too many corrupt packets while waiting for a stop"));
-        }
-        TPRD_GDB_RETURN_IF_ERROR(WriteRaw("-"));
-        continue;
-      }
-      if (event->kind == GdbPacketEvent::Kind::kMalformed ||
-          event->kind == GdbPacketEvent::Kind::kOversized) {
-        TPRD_GDB_RETURN_IF_ERROR(WriteRaw("+"));
-        return Break(absl::DataLossError(
-            absl::StrCat("unusable packet while waiting for a stop: ", event->payload)));
-      }
-      if (event->kind != GdbPacketEvent::Kind::kPacket) continue;  // acks, notifications
-      // Any packet now means the VM stopped, so acking cannot interrupt it.
-      TPRD_GDB_RETURN_IF_ERROR(WriteRaw("+"));
-      if (LooksLikeGdbStopReply(event->payload)) {
-        TPRD_GDB_RETURN_IF_ERROR(HandleStopPacket(event->payload));
-      }
-      // Anything else (console output, a late answer) is dropped.
-    }
+    absl::StatusOr<bool> stopped = AwaitStops(0, absl::Now() + timeout, {});
+    if (!stopped.ok()) return stopped.status();
+    if (!*stopped) return std::nullopt;
   }
   GdbStopReply stop = pending_stops_.front();
   pending_stops_.pop_front();
   running_ = false;
   return stop;
+}
+
+absl::StatusOr<GdbStepResult> GdbClient::StepThread(const GdbThreadId& thread,
+                                                    absl::Duration timeout) {
+  TPRD_GDB_RETURN_IF_ERROR(Usable(true));
+  auto refuse_if_queued = [this]() -> absl::Status {
+    if (pending_stops_.empty()) return absl::OkStatus();
+    // Stepping would hide a stop the owner has not seen yet (as for Continue).
+    return absl::FailedPreconditionError(
+        "a stop is queued: take it with WaitForStop before stepping");
+  };
+  TPRD_GDB_RETURN_IF_ERROR(refuse_if_queued());
+  const std::string id = thread.ToString(multiprocess_);
+  // QEMU reports a stop caused by an interrupt for the continue thread, and clears single-step
+  // after any stop only on that thread: it must be the stepped one.
+  TPRD_GDB_RETURN_IF_ERROR(CommandExpectingOk(absl::StrCat("Hc", id)));
+  TPRD_GDB_RETURN_IF_ERROR(refuse_if_queued());  // the VM ran after all: its stop came
+  const std::string payload = absl::StrCat("vCont;s:", id);
+  absl::StatusOr<std::string> acked = Exchange(payload, ReplyMode::kAckOnly);
+  if (!acked.ok()) return acked.status();
+  running_ = true;
+  // Stops queued while the packet waited for its ack came before the stub took it: not ours.
+  const size_t earlier = pending_stops_.size();
+  GdbStepResult result;
+  absl::StatusOr<bool> stopped = AwaitStops(earlier, absl::Now() + timeout, payload);
+  if (stopped.ok() && !*stopped) {
+    // E.g. `hlt` with the interrupts that would end it masked by the step: stop it.
+    result.interrupted = true;
+    TPRD_GDB_RETURN_IF_ERROR(Interrupt());
+    stopped = AwaitStops(earlier, absl::Now() + options_.reply_timeout, payload);
+  }
+  if (!stopped.ok()) {
+    if (broken_.ok()) running_ = false;  // the stub refused the vCont: nothing ran
+    return stopped.status();
+  }
+  if (!*stopped) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "thread ", id, " neither finished a step within ", absl::FormatDuration(timeout),
+        " nor stopped within ", absl::FormatDuration(options_.reply_timeout),
+        " of the interrupt: the VM may still run"));
+  }
+  result.stop = pending_stops_[earlier];
+  pending_stops_.erase(pending_stops_.begin() + static_cast<ptrdiff_t>(earlier));
+  running_ = false;
+  result.completed = !result.stop.process_gone() && result.stop.signal == kGdbSignalTrap &&
+                     result.stop.thread.has_value() && *result.stop.thread == thread;
+  return result;
 }
 
 absl::StatusOr<GdbStopReply> GdbClient::QueryStopReason() {

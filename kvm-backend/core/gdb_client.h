@@ -51,6 +51,18 @@ struct GdbClientOptions {
   size_t max_target_xml_bytes = 1 << 20;
 };
 
+// The stop that ended a StepThread.
+struct GdbStepResult {
+  GdbStopReply stop;
+  // `stop` is a SIGTRAP stop of the stepped thread: QEMU finished the step (the stop may carry a
+  // watchpoint hit of that vCPU), possibly just as it was interrupted. False when the interrupt
+  // ended it (`stop` is then the interrupt's, T02) or `stop` belongs to another thread or says
+  // the VM is gone.
+  bool completed = false;
+  // The step did not end within its timeout and the interrupt byte was sent.
+  bool interrupted = false;
+};
+
 class GdbClient {
  public:
   explicit GdbClient(std::unique_ptr<ByteStream> stream, GdbClientOptions options = {});
@@ -107,6 +119,19 @@ class GdbClient {
 
   // `c`: resumes every vCPU and returns once the stub acknowledged, without waiting for a stop.
   absl::Status Continue();
+  // Single-steps `thread` while every other vCPU stays stopped: `Hc<thread>` then
+  // `vCont;s:<thread>` (QEMU 7.2: gdb_continue_partial steps that vCPU only, with its sstep
+  // flags, by default interrupts and timers masked). Hc first because QEMU reports an
+  // interrupted stop for, and clears single-step only on, the continue thread; it stays `thread`.
+  // Waits up to `timeout` for the step's stop; then sends the interrupt byte and waits up to
+  // reply_timeout for the stop that follows (completed = false, interrupted = true).
+  // FAILED_PRECONDITION while the VM runs or a stop is queued (like Continue); the stub's
+  // refusal of the vCont (`E22` for an unknown thread, empty if unsupported) as for any command,
+  // the VM then still stopped. DEADLINE_EXCEEDED if not even the interrupt produced a stop:
+  // running() stays true (the stop may still come through WaitForStop; Interrupt again or
+  // reconnect). Stops that arrived before the stub acked the vCont (the VM was resumed behind
+  // our back) are not the step's: they stay queued for WaitForStop.
+  absl::StatusOr<GdbStepResult> StepThread(const GdbThreadId& thread, absl::Duration timeout);
   // Sends the single byte 0x03 (anything else would be taken as an interrupt as well, and lost).
   // The resulting stop arrives through WaitForStop. Harmless if the VM already stopped.
   absl::Status Interrupt();
@@ -141,6 +166,10 @@ class GdbClient {
   absl::StatusOr<std::string> ReadFeatureDocument(std::string_view annex);
   absl::Status WriteMemoryPacket(uint64_t address, absl::Span<const uint8_t> data);
   absl::Status HandleStopPacket(std::string_view payload);
+  // Reads packets until more than `queued` stops are queued (true) or `deadline` passed (false).
+  // Other packets are dropped, except that with `command` set an `Exx` or empty packet is that
+  // command's refusal, returned as its error (without breaking the client).
+  absl::StatusOr<bool> AwaitStops(size_t queued, absl::Time deadline, std::string_view command);
 
   std::unique_ptr<ByteStream> stream_;
   GdbClientOptions options_;

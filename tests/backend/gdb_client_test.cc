@@ -258,6 +258,131 @@ TEST_F(GdbClientTest, ContinueWaitInterruptAndDetach) {
   ExpectScriptDone();
 }
 
+// vCont;s steps one vCPU; QEMU answers only with the stop, here carrying the watchpoint hit
+// that vCPU had pending (QEMU reports it at this stop and clears it).
+TEST_F(GdbClientTest, StepThreadReturnsTheStepsStopWithAWatchpointHit) {
+  Attach();
+  fake_->ExpectCommand("Hcp01.02", "OK")
+      .ExpectWrite(EncodeGdbPacket("vCont;s:p01.02"))
+      .Send("+")
+      .Send(EncodeGdbPacket("T05thread:p01.02;watch:fffe0080;"))
+      .ExpectWrite("+");
+  absl::StatusOr<GdbStepResult> step = client_->StepThread({1, 2}, absl::Seconds(1));
+  ASSERT_TRUE(step.ok()) << step.status();
+  EXPECT_TRUE(step->completed);
+  EXPECT_FALSE(step->interrupted);
+  EXPECT_EQ(step->stop.signal, kGdbSignalTrap);
+  EXPECT_EQ(step->stop.thread->vcpu_index(), 1);
+  EXPECT_EQ(step->stop.watch, engine::WatchKind::kWrite);
+  EXPECT_EQ(step->stop.watch_address, 0xfffe0080u);
+  EXPECT_FALSE(client_->running());
+  EXPECT_EQ(client_->pending_stops(), 0u);
+  // The VM is stopped again: commands work.
+  fake_->ExpectCommand("p8", Le32(0x80501236));
+  EXPECT_EQ(*client_->ReadRegister("eip"), 0x80501236u);
+  ExpectScriptDone();
+}
+
+// A vCPU stepping into `hlt` with interrupts masked never finishes: after the timeout the client
+// interrupts and returns the interrupt's stop as an incomplete step.
+TEST_F(GdbClientTest, StepThatDoesNotFinishIsInterrupted) {
+  Attach();
+  fake_->ExpectCommand("Hcp01.01", "OK")
+      .ExpectWrite(EncodeGdbPacket("vCont;s:p01.01"))
+      .Send("+")
+      .Stall()
+      .ExpectWrite("\x03")
+      .Send(EncodeGdbPacket("T02thread:p01.01;"))
+      .ExpectWrite("+");
+  absl::StatusOr<GdbStepResult> step = client_->StepThread({1, 1}, absl::Milliseconds(1));
+  ASSERT_TRUE(step.ok()) << step.status();
+  EXPECT_FALSE(step->completed);
+  EXPECT_TRUE(step->interrupted);
+  EXPECT_EQ(step->stop.signal, kGdbSignalInt);
+  EXPECT_FALSE(client_->running());
+  EXPECT_TRUE(client_->broken_reason().ok());
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, StepThatNotEvenTheInterruptStopsIsDeadlineExceeded) {
+  Attach();
+  fake_->ExpectCommand("Hcp01.01", "OK")
+      .ExpectWrite(EncodeGdbPacket("vCont;s:p01.01"))
+      .Send("+")
+      .Stall()
+      .ExpectWrite("\x03")
+      .Stall();
+  absl::StatusOr<GdbStepResult> step = client_->StepThread({1, 1}, absl::Milliseconds(1));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(step.status())) << step.status();
+  // Not broken: the VM may still run, and its stop may still come.
+  EXPECT_TRUE(client_->running());
+  EXPECT_TRUE(client_->broken_reason().ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(client_->ReadRegister("eip").status()));
+  fake_->Send(EncodeGdbPacket("T02thread:p01.01;")).ExpectWrite("+");
+  absl::StatusOr<std::optional<GdbStopReply>> stop = client_->WaitForStop(absl::Seconds(1));
+  ASSERT_TRUE(stop.ok() && stop->has_value()) << stop.status();
+  EXPECT_FALSE(client_->running());
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, StepIsRefusedWhileRunningOrWithAQueuedStop) {
+  Attach();
+  fake_->ExpectWrite(EncodeGdbPacket("c")).Send("+");
+  ASSERT_TRUE(client_->Continue().ok());
+  // No byte may be sent: it would interrupt the VM.
+  EXPECT_TRUE(absl::IsFailedPrecondition(client_->StepThread({1, 1}, absl::Seconds(1)).status()));
+  fake_->Send(EncodeGdbPacket("T05thread:p01.02;")).ExpectWrite("+");
+  absl::StatusOr<std::optional<GdbStopReply>> stop = client_->WaitForStop(absl::Seconds(1));
+  ASSERT_TRUE(stop.ok() && stop->has_value()) << stop.status();
+  // A stop that arrived while a command waited must be taken first.
+  fake_->ExpectWrite(EncodeGdbPacket("m1000,4"))
+      .Send(absl::StrCat("+", EncodeGdbPacket("T05thread:p01.01;")))
+      .ExpectWrite("+")
+      .Send(EncodeGdbPacket("01020304"))
+      .ExpectWrite("+");
+  std::vector<uint8_t> out(4);
+  ASSERT_TRUE(client_->ReadMemory(0x1000, absl::MakeSpan(out)).ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(client_->StepThread({1, 1}, absl::Seconds(1)).status()));
+  EXPECT_EQ(client_->pending_stops(), 1u);
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, RefusedStepLeavesTheVmStoppedAndTheClientUsable) {
+  Attach();
+  fake_->ExpectCommand("Hcp01.05", "OK").ExpectCommand("vCont;s:p01.05", "E22");
+  absl::StatusOr<GdbStepResult> step = client_->StepThread({1, 5}, absl::Seconds(1));
+  EXPECT_TRUE(absl::IsInvalidArgument(step.status())) << step.status();
+  EXPECT_THAT(step.status().message(), HasSubstr("vCont;s:p01.05"));
+  EXPECT_FALSE(client_->running());
+  fake_->ExpectCommand("Hgp01.01", "OK");
+  EXPECT_TRUE(client_->SelectThread({1, 1}).ok());
+  ExpectScriptDone();
+}
+
+// The VM ran behind our back and a vCPU hit a breakpoint before the stub took the vCont: that
+// stop is not the step's and stays queued; the step's stop is the first after the ack.
+TEST_F(GdbClientTest, StopBeforeTheStepsAckStaysQueued) {
+  Attach();
+  fake_->ExpectCommand("Hcp01.02", "OK")
+      .ExpectWrite(EncodeGdbPacket("vCont;s:p01.02"))
+      .Send(EncodeGdbPacket("T05thread:p01.01;swbreak:;"))
+      .ExpectWrite("+")
+      .Send("+")
+      .Send(EncodeGdbPacket("T05thread:p01.02;"))
+      .ExpectWrite("+");
+  absl::StatusOr<GdbStepResult> step = client_->StepThread({1, 2}, absl::Seconds(1));
+  ASSERT_TRUE(step.ok()) << step.status();
+  EXPECT_TRUE(step->completed);
+  EXPECT_EQ(step->stop.thread->vcpu_index(), 1);
+  EXPECT_FALSE(client_->running());
+  ASSERT_EQ(client_->pending_stops(), 1u);
+  absl::StatusOr<std::optional<GdbStopReply>> stop = client_->WaitForStop(absl::ZeroDuration());
+  ASSERT_TRUE(stop.ok() && stop->has_value());
+  EXPECT_EQ((*stop)->thread->vcpu_index(), 0);
+  EXPECT_TRUE((*stop)->software_breakpoint);
+  ExpectScriptDone();
+}
+
 TEST_F(GdbClientTest, StopArrivingInsteadOfAReplyIsQueued) {
   Attach();
   // The stub acks, then a stop (e.g. libvirt resumed the VM and it hit a watchpoint) arrives

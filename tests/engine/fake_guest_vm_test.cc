@@ -135,6 +135,44 @@ TEST_F(FakeGuestVmTest, StopEventsTprAndDebugState) {
   EXPECT_EQ(vm_.Registers(0).reg(engine::Gpr::kEcx), 42u);
 }
 
+TEST_F(FakeGuestVmTest, StepsAdvanceEipAndReportAPendingWatchpointHitOnce) {
+  EXPECT_EQ(vm_.StepVcpu(1, absl::Seconds(1)).status().code(),
+            absl::StatusCode::kFailedPrecondition);  // running
+  ASSERT_TRUE(vm_.Stop().ok());
+  EXPECT_EQ(vm_.StepVcpu(7, absl::Seconds(1)).status().code(), absl::StatusCode::kInvalidArgument);
+  vm_.SetEip(1, 0x80001000);
+  vm_.SetEip(0, 0x80002000);
+  vm_.SetStepLength(6);
+  vm_.SetPendingWatchpointHit(1);
+  absl::StatusOr<engine::StepResult> step = vm_.StepVcpu(1, absl::Seconds(1));
+  ASSERT_TRUE(step.ok()) << step.status();
+  EXPECT_TRUE(step->completed);
+  EXPECT_TRUE(step->watchpoint_reported);
+  EXPECT_EQ(step->pc, 0x80001006u);
+  EXPECT_FALSE(vm_.pending_watchpoint_hit(1));
+  step = vm_.StepVcpu(1, absl::Seconds(1));
+  ASSERT_TRUE(step.ok());
+  EXPECT_FALSE(step->watchpoint_reported);  // reported once
+  EXPECT_EQ(step->pc, 0x8000100Cu);
+  EXPECT_EQ(vm_.Registers(0).eip, 0x80002000u);  // the other vCPU did not run
+  EXPECT_FALSE(vm_.running());
+
+  // A step that never finishes (hlt, interrupts masked) keeps the hit pending.
+  vm_.SetPendingWatchpointHit(0);
+  vm_.OnStep([](FakeGuestVm&, int) { return false; });
+  step = vm_.StepVcpu(0, absl::Seconds(1));
+  ASSERT_TRUE(step.ok());
+  EXPECT_FALSE(step->completed);
+  EXPECT_FALSE(step->watchpoint_reported);
+  EXPECT_EQ(step->pc, 0x80002000u);
+  EXPECT_TRUE(vm_.pending_watchpoint_hit(0));
+
+  vm_.FailNth(FakeGuestVm::Op::kStep, 1, absl::UnavailableError("injected"));
+  EXPECT_EQ(vm_.StepVcpu(0, absl::Seconds(1)).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(vm_.step_calls(), ElementsAre(1, 1, 0));
+  EXPECT_EQ(vm_.op_count(FakeGuestVm::Op::kStep), 3);
+}
+
 TEST_F(FakeGuestVmTest, MemoryMapHasRamAndApic) {
   absl::StatusOr<std::vector<engine::MemoryRegion>> map = vm_.MemoryMap();
   ASSERT_TRUE(map.ok());

@@ -389,6 +389,27 @@ absl::Status FakeGuestVm::RemoveWatchpoint(uint32_t va, uint32_t length, WatchKi
   return absl::OkStatus();
 }
 
+absl::StatusOr<StepResult> FakeGuestVm::StepVcpu(int vcpu, absl::Duration /*timeout*/) {
+  if (absl::Status s = RequireStopped("StepVcpu"); !s.ok()) return s;
+  if (absl::Status s = CheckVcpu(vcpu); !s.ok()) return s;
+  if (auto failure = Count(Op::kStep)) return failure->status;
+  step_calls_.push_back(vcpu);
+  StepResult result;
+  if (on_step_) {
+    result.completed = on_step_(*this, vcpu);
+  } else {
+    vcpus_[vcpu].regs.eip += step_length_;
+    result.completed = true;
+  }
+  Vcpu& stepped = vcpus_[vcpu];
+  if (result.completed && stepped.pending_watchpoint_hit) {
+    result.watchpoint_reported = true;
+    stepped.pending_watchpoint_hit = false;
+  }
+  result.pc = stepped.regs.eip;
+  return result;
+}
+
 void FakeGuestVm::SetPagingAll(uint32_t cr0, uint32_t cr3, uint32_t cr4, uint64_t efer) {
   for (Vcpu& v : vcpus_) {
     v.regs.cr0 = cr0;

@@ -1,6 +1,7 @@
 // An in-memory GuestVm for engine tests: sparse physical memory, vCPUs with registers and a full
 // 8-bit TPR, a running/stopped state with Stop()/Resume() counts, virtual addresses translated by
-// the engine's page walker, recorded breakpoints and watchpoints, queued stop events, and fault
+// the engine's page walker, recorded breakpoints and watchpoints, queued stop events, scripted
+// single-steps (eip advance or a hook, pending watchpoint hits reported once), and fault
 // injection (fail the Nth operation of a kind, partial writes, hooks that change guest state
 // behind the engine's back) plus a log of every write.
 //
@@ -28,6 +29,7 @@ namespace tprd::testing {
 using engine::CpuFeatures;
 using engine::GuestVm;
 using engine::MemoryRegion;
+using engine::StepResult;
 using engine::StopEvent;
 using engine::VcpuRegisters;
 using engine::WatchKind;
@@ -49,6 +51,7 @@ class FakeGuestVm : public GuestVm {
     kWriteRegister,
     kReadMemory,   // ReadVirtual and ReadPhysical
     kWriteMemory,  // WriteVirtual and WritePhysical
+    kStep,         // StepVcpu
   };
 
   struct WriteRecord {
@@ -87,6 +90,10 @@ class FakeGuestVm : public GuestVm {
   absl::Status RemoveBreakpoint(uint32_t va) override;
   absl::Status SetWatchpoint(uint32_t va, uint32_t length, WatchKind kind) override;
   absl::Status RemoveWatchpoint(uint32_t va, uint32_t length, WatchKind kind) override;
+  // Stopped guest only. Runs the step hook if one is set, else adds the step length to the
+  // vCPU's eip (completed). A completed step reports and clears the vCPU's pending watchpoint
+  // hit; an incomplete one leaves it pending (as QEMU does when the step is interrupted).
+  absl::StatusOr<StepResult> StepVcpu(int vcpu, absl::Duration timeout) override;
 
   // --- State a test sets up or inspects (no fault injection, no log, any run state). ---
   absl::Status BackdoorWritePhysical(uint64_t pa, absl::Span<const uint8_t> data);
@@ -124,6 +131,22 @@ class FakeGuestVm : public GuestVm {
   // Stop events WaitForStop returns, in order; each one stops the guest.
   void QueueStopEvent(StopEvent event) { stop_events_.push_back(event); }
 
+  // --- Single-step script. ---
+  // Bytes a step without a hook adds to eip (the stepped instruction's length); 1 by default.
+  void SetStepLength(uint32_t bytes) { step_length_ = bytes; }
+  // Replaces the eip advance: `hook` plays the vCPU's one instruction (moves eip, changes state
+  // through Registers()/Backdoor*) and returns whether the step completed; false plays a step
+  // that had to be interrupted (e.g. `hlt` with interrupts masked). Until cleared (nullptr).
+  void OnStep(std::function<bool(FakeGuestVm&, int vcpu)> hook) { on_step_ = std::move(hook); }
+  // The vCPU has a watchpoint hit the hypervisor has not reported yet: the next completed step
+  // of that vCPU reports it (watchpoint_reported) and clears it.
+  void SetPendingWatchpointHit(int vcpu, bool pending = true) {
+    vcpus_.at(vcpu).pending_watchpoint_hit = pending;
+  }
+  bool pending_watchpoint_hit(int vcpu) const { return vcpus_.at(vcpu).pending_watchpoint_hit; }
+  // The vCPU of every successful StepVcpu, in call order.
+  const std::vector<int>& step_calls() const { return step_calls_; }
+
   const std::vector<WriteRecord>& write_log() const { return write_log_; }
   void ClearWriteLog() { write_log_.clear(); }
 
@@ -148,6 +171,7 @@ class FakeGuestVm : public GuestVm {
   struct Vcpu {
     VcpuRegisters regs;
     uint8_t tpr = 0;
+    bool pending_watchpoint_hit = false;
   };
   struct Injection {
     Op op;
@@ -184,7 +208,7 @@ class FakeGuestVm : public GuestVm {
   bool host_paused_ = false;
   int stop_calls_ = 0;
   int resume_calls_ = 0;
-  std::array<int, 6> op_counts_ = {};
+  std::array<int, 7> op_counts_ = {};  // indexed by Op
   std::set<uint32_t> breakpoints_;
   std::set<std::tuple<uint32_t, uint32_t, WatchKind>> watchpoints_;
   std::deque<StopEvent> stop_events_;
@@ -192,6 +216,9 @@ class FakeGuestVm : public GuestVm {
   std::vector<Injection> injections_;
   std::vector<WriteHook> write_hooks_;
   std::function<void(FakeGuestVm&)> on_stop_;
+  uint32_t step_length_ = 1;
+  std::function<bool(FakeGuestVm&, int)> on_step_;
+  std::vector<int> step_calls_;
 };
 
 }  // namespace tprd::testing
