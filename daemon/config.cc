@@ -30,7 +30,8 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
   } else if (key == "adopt_domains") {
     if (value.empty()) return absl::InvalidArgumentError("adopt_domains must not be empty");
     config->adopt_domains = value;
-  } else if (key == "poll_interval_ms" || key == "stop_timeout_s" || key == "proving_window_s") {
+  } else if (key == "poll_interval_ms" || key == "stop_timeout_s" || key == "proving_window_s" ||
+             key == "mmio_write_stops_per_second") {
     int number = 0;
     if (!absl::SimpleAtoi(value, &number) || number <= 0) {
       return absl::InvalidArgumentError(
@@ -40,6 +41,8 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
       config->poll_interval = absl::Milliseconds(number);
     } else if (key == "proving_window_s") {
       config->proving_window = absl::Seconds(number);
+    } else if (key == "mmio_write_stops_per_second") {
+      config->mmio_write_stops_per_second = number;
     } else {
       config->stop_timeout = absl::Seconds(number);
     }
@@ -53,7 +56,7 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown setting \"", key,
         "\"; known: connect, socket, socket_group, state_dir, poll_interval_ms, stop_timeout_s, "
-        "log_level, adopt_domains, proving_window_s"));
+        "log_level, adopt_domains, proving_window_s, mmio_write_stops_per_second"));
   }
   return absl::OkStatus();
 }

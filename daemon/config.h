@@ -33,6 +33,9 @@ struct Config {
   absl::Duration poll_interval = absl::Seconds(1);
   absl::Duration stop_timeout = absl::Seconds(60);
   absl::Duration proving_window = absl::Seconds(60);
+  // mmio: stops at TPR writes tprd cannot patch tolerated per second before the domain goes to
+  // exact (engine::EnableRequest::unpatched_write_stops_per_second_limit).
+  int mmio_write_stops_per_second = 200;
   bool debug = false;
   std::string adopt_domains = "*";
 };

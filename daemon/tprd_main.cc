@@ -68,7 +68,8 @@ int Run(const Config& config) {
     LogError(std::string(journal.status().message()));
     return 1;
   }
-  auto hypervisor = MakeHypervisor(config.connect, config.proving_window);
+  auto hypervisor =
+      MakeHypervisor(config.connect, config.proving_window, config.mmio_write_stops_per_second);
   if (!hypervisor.ok()) {
     LogError(absl::StrCat("cannot use ", config.connect, ": ", hypervisor.status().message()));
     return 1;

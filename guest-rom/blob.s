@@ -18,8 +18,9 @@
 # ---- constants ----------------------------------------------------------------------------
         .globl MAGIC, LAYOUT_VERSION, HEADER_SIZE, TOTAL_SIZE, DATA_OFFSET
         .set MAGIC, 0x42525054              # "TPRB" little endian
-        .set LAYOUT_VERSION, 3              # 2: the data block may live apart (hdr_data_va);
-                                            # 3: handler and_tpr_zero, site form 7 (83 /4)
+        .set LAYOUT_VERSION, 4              # 2: the data block may live apart (hdr_data_va);
+                                            # 3: handler and_tpr_zero, site form 7 (83 /4);
+                                            # 4: TPR writes through tpr_write_va (data block)
         .set HEADER_SIZE, 0x84
         .set DATA_OFFSET, 0x1000            # first writable page; checksum covers [0, here)
         .set TOTAL_SIZE, 0x3000
@@ -274,33 +275,55 @@ tpr_read_slow:
         popl    %ebx
         ret
 
-# Writes eax to the TPR: shadow first (an interrupt between the two stores then restores the
-# right value), then the real register by strategy. Preserves every register and EFLAGS.
+# Writes eax to the TPR: the real register first (by strategy), then the shadow. That order
+# lets the host set a stopped CPU's shadow from its real TPR at any instruction boundary (a
+# CPU stopped between the two stores gets the new value either way; docs/design.md "mmio").
+# The MMIO store goes through tpr_write_va, which tprd points at a second mapping of the APIC
+# page under mmio, so that a write watchpoint on the TPR's own address sees only unpatched
+# writers. Preserves every register and EFLAGS.
 tpr_write_core:
         pushfl
         cli
         pushl   %ebx
         movzbl  %fs:KPCR_PROCESSOR_NUMBER, %ebx
         cmpl    hdr_cpu_count, %ebx
-        jae     .Lwrite_real
+        jae     .Lwrite_plain
         leal    percpu_area(,%ebx,8), %ebx   # 8 = PCPU_SIZE (checked below)
         cmpb    $0, PCPU_ENABLED(%ebx)
-        je      .Lwrite_real
-        movb    %al, PCPU_SHADOW(%ebx)
+        je      .Lwrite_plain
         cmpl    $STRATEGY_CR8, strategy_word
-        jne     .Lwrite_real            # mmio, exact and unknown words all write the MMIO TPR
+        jne     .Lwrite_mmio            # mmio, exact and unknown words all write the MMIO TPR
         pushl   %eax
         movzbl  %al, %eax
         shrl    $4, %eax                # CR8 = TPR[7:4]
         .byte   0xF0, 0x0F, 0x22, 0xC0  # lock mov cr0, eax = mov cr8, eax (AMD AltMovCr8)
         popl    %eax
+        jmp     .Lwrite_shadow
+.Lwrite_mmio:
+        pushl   %ecx
+        movl    tpr_write_va, %ecx
+        movl    %eax, (%ecx)
+        popl    %ecx
+.Lwrite_shadow:
+        movb    %al, PCPU_SHADOW(%ebx)
         jmp     .Lwrite_done
-.Lwrite_real:
-        movl    %eax, tpr_va
+.Lwrite_plain:
+        pushl   %ecx
+        movl    tpr_write_va, %ecx
+        movl    %eax, (%ecx)
+        popl    %ecx
 .Lwrite_done:
         popl    %ebx
         popfl
         ret
+
+# Never called by the guest. Leaving cr8, tprd points a stopped CPU's eip here with eax = its
+# shadow and steps this one instruction (interrupts off), then restores eip, eax and EFLAGS: the
+# real TPR gets back the low nibble the CR8 writes cleared (debug writes do not reach the APIC).
+        .globl tpr_poke
+tpr_poke:
+        movl    %eax, tpr_va
+        int3                            # never reached: one step, then eip is restored
 
 code_end:
         # (overflowing the code page makes the .org below fail: "attempt to move .org backwards")
@@ -315,10 +338,13 @@ hdr_data_va:            .long strategy_word     # base relocation (data block ba
 hdr_data_pa:            .long 0                 # set at install
 
 # ---- writable data (pages 1-2) ------------------------------------------------------------
-        .globl strategy_word, percpu_area, site_table, blob_end
+        .globl strategy_word, tpr_write_va, percpu_area, site_table, blob_end
         .org    DATA_OFFSET, 0
 strategy_word:
         .long   STRATEGY_EXACT          # set at install; the mmio guard may store EXACT here
+tpr_write_va:
+        .long   tpr_va                  # TPR relocation; tprd may point it at an alias of the
+                                        # TPR (same physical APIC register, another page)
         .balign 64, 0
 percpu_area:
         .fill   PCPU_MAX * PCPU_SIZE, 1, 0

@@ -111,7 +111,8 @@ absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<engine::Strateg
     return false;
   }
   if (absl::Status s = EnsureAttached(); !s.ok()) return s;
-  return manager_->Adopt(strategy_hint, options_.proving_window);
+  return manager_->Adopt(strategy_hint, options_.proving_window,
+                         options_.mmio_write_stops_per_second);
 }
 
 absl::StatusOr<std::vector<SiteReport>> EngineDomainController::Enable(
@@ -141,6 +142,7 @@ absl::StatusOr<std::vector<SiteReport>> EngineDomainController::Enable(
   }
   request.learning_window = std::min(options.discovery_budget, kMaxLearningWindow);
   request.proving_window = options_.proving_window;
+  request.unpatched_write_stops_per_second_limit = options_.mmio_write_stops_per_second;
   absl::StatusOr<engine::EnableReport> report = manager_->Enable(request);
   if (!report.ok()) return report.status();
   if (!request.dry_run && report->changed) {

@@ -25,6 +25,9 @@ struct EngineControllerOptions {
   absl::Duration poll_slice = absl::Milliseconds(50);
   // engine::EnableRequest::proving_window (config proving_window_s).
   absl::Duration proving_window = absl::Seconds(60);
+  // engine::EnableRequest::unpatched_write_stops_per_second_limit (config
+  // mmio_write_stops_per_second).
+  int mmio_write_stops_per_second = engine::EnableRequest{}.unpatched_write_stops_per_second_limit;
 };
 
 class EngineDomainController : public DomainController {

@@ -1,6 +1,5 @@
-// Where tprd gets its Hypervisor. The integrator points this at kvm-backend's
-// LibvirtConnection (an adapter implementing daemon::Hypervisor); until then tprd runs with a
-// hypervisor that answers UNAVAILABLE with a message saying so.
+// Where tprd gets its Hypervisor: libvirt at `connect_uri`, with the engine's settings from the
+// config (proving_window_s, mmio_write_stops_per_second).
 #ifndef TPRD_DAEMON_DOMAIN_HYPERVISOR_FACTORY_H_
 #define TPRD_DAEMON_DOMAIN_HYPERVISOR_FACTORY_H_
 
@@ -13,7 +12,8 @@
 namespace tprd::daemon {
 
 absl::StatusOr<std::unique_ptr<Hypervisor>> MakeHypervisor(const std::string& connect_uri,
-                                                           absl::Duration proving_window);
+                                                           absl::Duration proving_window,
+                                                           int mmio_write_stops_per_second);
 
 }  // namespace tprd::daemon
 

@@ -166,9 +166,11 @@ BlobAddresses BlobAddressesAt(uint32_t va, uint32_t data_va) {
   addresses.end = va + kBlobSize;
   addresses.code_start = va + TPRD_BLOB_CODE_START;
   addresses.code_end = va + TPRD_BLOB_CODE_END;
+  addresses.tpr_poke = va + TPRD_BLOB_TPR_POKE;
   addresses.data_start = va + TPRD_BLOB_DATA_OFFSET;
   addresses.data_block = data_va;
   addresses.strategy_word = data_va + (TPRD_BLOB_STRATEGY_WORD - kBlobDataBlockOffset);
+  addresses.tpr_write_va = data_va + (TPRD_BLOB_TPR_WRITE_VA - kBlobDataBlockOffset);
   addresses.percpu_area = data_va + (TPRD_BLOB_PERCPU_AREA - kBlobDataBlockOffset);
   addresses.site_table = va + TPRD_BLOB_SITE_TABLE;
   return addresses;
@@ -455,6 +457,13 @@ absl::StatusOr<ParsedBlob> ParseBlob(absl::Span<const uint8_t> bytes,
     return Rejected(absl::StrFormat("unknown strategy word %u", strategy_word));
   }
   placement.strategy = *strategy;
+  // Where the handlers store the TPR: the TPR itself, or an alias tprd made (another page; the
+  // engine checks that it still maps the APIC before trusting it).
+  parsed.tpr_write_va = data_field(TPRD_BLOB_TPR_WRITE_VA);
+  if (parsed.tpr_write_va % 4 != 0 || (parsed.tpr_write_va & 0xFFF) != (placement.tpr_va & 0xFFF)) {
+    return Rejected(absl::StrFormat("TPR write address 0x%08x is not the TPR's offset in a page",
+                                    parsed.tpr_write_va));
+  }
   if (absl::Status valid = ValidatePlacement(placement); !valid.ok()) {
     return Rejected(std::string(valid.message()));
   }

@@ -54,9 +54,11 @@ struct BlobAddresses {
   uint32_t end = 0;         // one past the last byte (va + kBlobSize; 0 if that wraps to 4 GiB)
   uint32_t code_start = 0;  // handler code [code_start, code_end): no rollback while an EIP is in
   uint32_t code_end = 0;
+  uint32_t tpr_poke = 0;       // mov [tpr], eax: stepped by tprd to set a CPU's real TPR
   uint32_t data_start = 0;     // first writable byte (page aligned); the checksum covers [va, here)
   uint32_t data_block = 0;     // the data block's first byte (inside the image or apart)
   uint32_t strategy_word = 0;  // u32, engine::Strategy
+  uint32_t tpr_write_va = 0;   // u32: where the handlers store the TPR (the TPR, or an alias)
   uint32_t percpu_area = 0;
   uint32_t site_table = 0;
 
@@ -126,6 +128,7 @@ struct ParsedBlob {
   BlobAddresses addresses;
   HandlerTable handlers;
   std::vector<PerCpuEntry> cpus;  // placement.cpu_count entries
+  uint32_t tpr_write_va = 0;      // the data block's TPR write address (tpr_va or an alias)
   std::vector<Site> sites;        // every used site table entry, by id
   // The code and header are exactly what this build's InstantiateBlob makes for the placement
   // (false: a blob from another tprd build with the same layout version).

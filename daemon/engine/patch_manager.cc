@@ -10,6 +10,7 @@
 #include "daemon/engine/guest_site_table.h"
 #include "daemon/engine/planner.h"
 #include "daemon/engine/status_macros.h"
+#include "daemon/engine/tpr_alias.h"
 #include "daemon/engine/transaction.h"
 #include "daemon/engine/trap_decoding.h"
 
@@ -55,7 +56,17 @@ absl::Status PatchManager::ResumeGuest() {
 absl::Status PatchManager::StopGuest() {
   TPRD_RETURN_IF_ERROR(vm_.Stop());
   std::vector<ManagerEvent> ignored;
-  FixUpUnreportedAccesses(std::nullopt, ignored);
+  // A watchpoint hit that raced with this stop: handled now, before anything else runs (QEMU
+  // reported it with the stop, so that vCPU has no hit pending). No site is patched here: the
+  // caller (a rollback, a detach) decides what happens to the sites.
+  if (std::optional<StopEvent> raced = vm_.TakeRacedWatchpointStop()) {
+    ++status_.traps_handled;
+    apply_at_stops_ = false;
+    NoteError(HandleStopped(*raced, ignored));
+    apply_at_stops_ = true;
+    return absl::OkStatus();
+  }
+  AfterStop(std::nullopt, ignored);
   return absl::OkStatus();
 }
 
@@ -144,13 +155,13 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
   TPRD_RETURN_IF_ERROR(vm_.Resume());
   const absl::Time deadline = clock_.Now() + request.learning_window;
   absl::Status verdict = absl::OkStatus();
-  while (verdict.ok() && static_cast<int>(hits) < request.learning_max_hits) {
-    const absl::Duration left = deadline - clock_.Now();
-    if (left <= absl::ZeroDuration()) break;
-    absl::StatusOr<std::optional<StopEvent>> stop = vm_.WaitForStop(left);
-    if (!stop.ok()) return stop.status();
-    if (!stop->has_value()) break;
-    const StopEvent& event = **stop;
+  // mmio keeps a write watchpoint: an unpatchable writer is correct there but stops the guest
+  // at each run, so only one that runs often refuses mmio.
+  int unpatchable_writer_hits = 0;
+  const int unpatchable_writer_limit = std::max(1, request.learning_max_hits / 8);
+  // One stop of the window: a patchable hit is proven; an access a strategy cannot live with
+  // sets the verdict.
+  auto learn = [&](const StopEvent& event) -> absl::Status {
     if (event.kind == StopEvent::Kind::kGone) {
       return absl::UnavailableError("the domain went away during the learning window");
     }
@@ -178,22 +189,19 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
       if (decoded) {
         const Classification& c = decoded->second;
         const std::optional<uint32_t> id = SiteAt(decoded->first);
-        if (c.patchable && id && *id >= kBlobMaxSites && request.strategy == Strategy::kMmio &&
-            IsWriter(c, decoded->first, reader)) {
-          // Patchable, but no slot is left for it in the guest's site table.
-          verdict = absl::FailedPreconditionError(absl::StrCat(
-              "strategy mmio is unsafe for this guest: the TPR write at 0x",
-              absl::Hex(decoded->first), " cannot be patched (", *CannotPatch(sites_[*id]),
-              "); use --strategy cr8 (AMD hosts) or exact"));
-        } else if (c.patchable) {
+        const bool no_slot = c.patchable && id && *id >= kBlobMaxSites;
+        if (c.patchable && !no_slot) {
           proven.insert(decoded->first);
-        } else if (request.strategy == Strategy::kMmio && IsWriter(c, decoded->first, reader)) {
-          // A writer (or an access we cannot tell apart from one) that cannot be patched: the
-          // mmio shadow would go stale behind it.
-          verdict = absl::FailedPreconditionError(
-              absl::StrCat("strategy mmio is unsafe for this guest: the TPR access at 0x",
-                           absl::Hex(decoded->first), " cannot be patched (", c.detail,
-                           "); use --strategy cr8 (AMD hosts) or exact"));
+        } else if (request.strategy == Strategy::kMmio && IsWriter(c, decoded->first, reader) &&
+                   ++unpatchable_writer_hits >= unpatchable_writer_limit) {
+          // A writer (or an access we cannot tell apart from one) that cannot be patched and
+          // runs often: mmio's write watchpoint would stop the guest at every run.
+          verdict = absl::FailedPreconditionError(absl::StrCat(
+              "strategy mmio does not pay for this guest: the TPR write at 0x",
+              absl::Hex(decoded->first), " cannot be patched (",
+              no_slot ? *CannotPatch(sites_[*id]) : c.detail, ") and ran ", unpatchable_writer_hits,
+              " times in the learning window; each run would stop the guest; use --strategy "
+              "cr8 (AMD hosts) or exact"));
         } else if (request.strategy == Strategy::kCr8 && !IsWriter(c, decoded->first, reader) &&
                    !IsFixableRead(c, decoded->first, reader)) {
           // A reader tprd can neither patch nor fix up would see the TPR without the low nibble
@@ -205,9 +213,27 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
         }
       }
     }
+    return absl::OkStatus();
+  };
+  while (verdict.ok() && static_cast<int>(hits) < request.learning_max_hits) {
+    const absl::Duration left = deadline - clock_.Now();
+    if (left <= absl::ZeroDuration()) break;
+    absl::StatusOr<std::optional<StopEvent>> stop = vm_.WaitForStop(left);
+    if (!stop.ok()) return stop.status();
+    if (!stop->has_value()) break;
+    TPRD_RETURN_IF_ERROR(learn(**stop));
     if (verdict.ok()) TPRD_RETURN_IF_ERROR(vm_.Resume());
   }
   TPRD_RETURN_IF_ERROR(vm_.Stop());
+  // A hit that raced with that stop would otherwise be delivered after the enable, and decoded
+  // against code patched meanwhile: it is part of the window.
+  if (std::optional<StopEvent> raced = vm_.TakeRacedWatchpointStop(); raced && verdict.ok()) {
+    TPRD_RETURN_IF_ERROR(learn(*raced));
+  }
+  // No vCPU may keep a hit pending on the watchpoint removed next (QEMU frees it), nor into the
+  // strategy's own watchpoint: the window's stops stepped no one.
+  std::vector<ManagerEvent> ignored_events;
+  ConsumePendingHits(ignored_events, /*fix=*/false);
   TPRD_RETURN_IF_ERROR(vm_.RemoveWatchpoint(profile.tpr_va, 4, WatchKind::kAccess));
   return verdict;
 }
@@ -257,7 +283,8 @@ absl::Status PatchManager::Install(const EnableRequest& request, const GuestProf
   return absl::OkStatus();
 }
 
-absl::Status PatchManager::InitPerCpu(bool from_real_tpr, bool clear_guard_evidence) {
+absl::Status PatchManager::InitPerCpu(bool from_real_tpr, bool clear_guard_evidence,
+                                      bool cr8_missed_writes) {
   if (!installed_ || !profile_) return absl::FailedPreconditionError("no blob installed");
   for (const VcpuProfile& cpu : profile_->vcpus) {
     const uint32_t va = installed_->addresses.PerCpuEntry(cpu.processor_number);
@@ -269,6 +296,13 @@ absl::Status PatchManager::InitPerCpu(bool from_real_tpr, bool clear_guard_evide
       absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(cpu.vcpu);
       if (!tpr.ok()) return tpr.status();
       entry->shadow_tpr = *tpr;
+    } else if (cr8_missed_writes) {
+      // Under cr8 the real TPR is the shadow's high nibble unless something wrote the APIC
+      // behind the handlers (a write whose resync a killed tprd never made): then it is that
+      // write. (A CPU between its CR8 write and its shadow store also differs; the store follows.)
+      absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(cpu.vcpu);
+      if (!tpr.ok()) return tpr.status();
+      if (*tpr != (entry->shadow_tpr & 0xF0)) entry->shadow_tpr = *tpr;
     }
     entry->enabled = true;
     entry->reads_since_check = 0;
@@ -284,8 +318,82 @@ absl::Status PatchManager::WriteStrategy(Strategy strategy) {
   uint8_t bytes[4];
   std::memcpy(bytes, &word, 4);
   TPRD_RETURN_IF_ERROR(WriteVerified(installed_->addresses.strategy_word, bytes));
+  const Strategy before = status_.strategy;
   status_.strategy = strategy;
+  if (before == Strategy::kCr8 && strategy != Strategy::kCr8) RestoreRealTprs();
   return absl::OkStatus();
+}
+
+void PatchManager::RestoreRealTprs() {
+  if (!installed_ || !profile_) return;
+  GuestVmPhysicalReader memory(vm_);
+  for (const VcpuProfile& cpu : profile_->vcpus) {
+    const uint32_t entry_va = installed_->addresses.PerCpuEntry(cpu.processor_number);
+    std::array<uint8_t, kPerCpuEntrySize> raw;
+    if (!vm_.ReadVirtual(0, entry_va, absl::MakeSpan(raw)).ok()) continue;
+    absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
+    absl::StatusOr<uint8_t> real = vm_.ReadTpr(cpu.vcpu);
+    if (!entry.ok() || !entry->enabled || !real.ok() || *real == entry->shadow_tpr) continue;
+    absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(cpu.vcpu);
+    if (!regs.ok()) continue;
+    auto skip = [&](const std::string& why) {
+      NoteError(absl::FailedPreconditionError(
+          absl::StrCat("vCPU ", cpu.vcpu, "'s TPR reads 0x", absl::Hex(*real), " instead of 0x",
+                       absl::Hex(entry->shadow_tpr), " until its next TPR write: ", why)));
+    };
+    constexpr uint32_t kEflagsIf = 1u << 9, kEflagsTf = 1u << 8, kEflagsVm = 1u << 17;
+    if ((regs->cs & 3) != 0 || (regs->eflags & kEflagsVm)) {
+      skip("it runs user code");
+      continue;
+    }
+    if (installed_->addresses.InHandlerCode(regs->eip)) {
+      skip("it is inside tprd's handlers");
+      continue;
+    }
+    const PagingRegisters paging = PagingRegisters::From(*regs);
+    absl::StatusOr<Translation> code =
+        TranslateVirtual(memory, paging, installed_->addresses.tpr_poke);
+    absl::StatusOr<Translation> tpr = TranslateVirtual(memory, paging, profile_->tpr_va);
+    if (!code.ok() || !code->present() || !tpr.ok() || !tpr->present() || !tpr->writable) {
+      skip("its page tables do not map the handlers and the TPR");
+      continue;
+    }
+    const VcpuRegisters saved = *regs;
+    absl::Status s = vm_.WriteRegister(cpu.vcpu, WritableRegister::kEax, entry->shadow_tpr);
+    if (s.ok()) {
+      s = vm_.WriteRegister(cpu.vcpu, WritableRegister::kEflags,
+                            saved.eflags & ~(kEflagsIf | kEflagsTf));
+    }
+    if (s.ok())
+      s = vm_.WriteRegister(cpu.vcpu, WritableRegister::kEip, installed_->addresses.tpr_poke);
+    absl::StatusOr<StepResult> step =
+        s.ok() ? vm_.StepVcpu(cpu.vcpu, absl::Milliseconds(200)) : absl::StatusOr<StepResult>(s);
+    // Whatever happened, the vCPU gets its own state back (every register the step could have
+    // changed, should it have run further than the one instruction).
+    absl::Status restored = vm_.WriteRegister(cpu.vcpu, WritableRegister::kEip, saved.eip);
+    for (int r = 0; r < kGprCount && restored.ok(); ++r) {
+      restored = vm_.WriteRegister(cpu.vcpu, static_cast<WritableRegister>(r), saved.gpr[r]);
+    }
+    if (restored.ok()) {
+      restored = vm_.WriteRegister(cpu.vcpu, WritableRegister::kEflags, saved.eflags);
+    }
+    NoteError(restored);
+    if (step.ok() && step->completed && step->pc != installed_->addresses.tpr_poke + 5) {
+      NoteError(absl::InternalError(
+          absl::StrCat("vCPU ", cpu.vcpu, ": the step through the TPR poke ended at 0x",
+                       absl::Hex(step->pc), ", not after the one instruction")));
+    }
+    if (!step.ok()) {
+      skip(std::string(step.status().message()));
+      continue;
+    }
+    absl::StatusOr<uint8_t> now = vm_.ReadTpr(cpu.vcpu);
+    if (!step->completed || !now.ok() || *now != entry->shadow_tpr) {
+      skip(absl::StrCat("the step to set it did not ", step->completed ? "set it" : "complete"));
+      continue;
+    }
+    ++status_.real_tpr_restores;
+  }
 }
 
 absl::Status PatchManager::PlanSites() {
@@ -353,11 +461,91 @@ size_t PatchManager::ApplyStopped(const std::vector<uint32_t>& ids,
   return applied;
 }
 
+GuestByteReader PatchManager::OriginalCodeReader(int vcpu, bool* substituted) {
+  return [this, vcpu, substituted](uint32_t va, absl::Span<uint8_t> out) -> absl::Status {
+    TPRD_RETURN_IF_ERROR(vm_.ReadVirtual(vcpu, va, out));
+    const uint64_t end = uint64_t{va} + out.size();
+    for (const auto& [id, managed] : sites_) {
+      const Site& site = managed.site;
+      if (site.state != SiteState::kApplied || site.original.empty()) continue;
+      const uint64_t first = site.address, last = first + site.original.size();
+      if (last <= va || first >= end) continue;
+      for (uint64_t a = std::max<uint64_t>(first, va); a < std::min(last, end); ++a) {
+        out[a - va] = site.original[a - first];
+      }
+      if (substituted) *substituted = true;
+    }
+    return absl::OkStatus();
+  };
+}
+
 std::optional<uint32_t> PatchManager::SiteAt(uint32_t address) const {
   for (const auto& [id, managed] : sites_) {
     if (managed.site.address == address) return id;
   }
   return std::nullopt;
+}
+
+absl::Status PatchManager::EnsureTprAlias() {
+  if (!installed_ || !profile_) return absl::FailedPreconditionError("no blob installed");
+  GuestVmPhysicalReader memory(vm_);
+  const PagingRegisters& paging = profile_->vcpus[0].paging;
+  const uint32_t tpr_va = profile_->tpr_va;
+  const uint32_t field = installed_->addresses.tpr_write_va;
+  uint8_t raw[4];
+  TPRD_RETURN_IF_ERROR(vm_.ReadVirtual(0, field, absl::MakeSpan(raw)));
+  uint32_t current = 0;
+  std::memcpy(&current, raw, 4);
+  auto remember = [&](uint32_t alias_va) -> absl::Status {
+    absl::StatusOr<std::pair<uint64_t, int>> where = PageTableEntryOf(memory, paging, alias_va);
+    if (!where.ok()) return where.status();
+    uint8_t entry_bytes[8] = {};
+    TPRD_RETURN_IF_ERROR(
+        vm_.ReadPhysical(where->first, absl::MakeSpan(entry_bytes, where->second)));
+    uint64_t entry = 0;
+    std::memcpy(&entry, entry_bytes, where->second);
+    alias_ = AliasEntry{alias_va, where->first, entry, where->second};
+    return absl::OkStatus();
+  };
+  if (current != tpr_va) {
+    const uint32_t alias_va = current & ~uint32_t{0xFFF};
+    absl::StatusOr<bool> maps = AliasMapsTprPage(memory, paging, tpr_va, alias_va);
+    if (maps.ok() && *maps) return remember(alias_va);
+    // The guest's OS took the entry since: the handlers must not store through it any more.
+    uint8_t bytes[4];
+    std::memcpy(bytes, &tpr_va, 4);
+    TPRD_RETURN_IF_ERROR(WriteVerified(field, bytes));
+    NoteError(absl::DataLossError(
+        absl::StrCat("the blob's second mapping of the APIC page at 0x", absl::Hex(alias_va),
+                     " no longer maps it; the handlers store the TPR at its own address again")));
+  }
+  absl::StatusOr<TprAliasPlan> plan = PlanTprAlias(memory, paging, tpr_va);
+  if (!plan.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("strategy mmio needs a second mapping of the APIC page and there is none: ",
+                     plan.status().message(), "; use --strategy cr8 (AMD hosts) or exact"));
+  }
+  uint8_t entry_bytes[8];
+  std::memcpy(entry_bytes, &plan->entry, 8);
+  const absl::Span<const uint8_t> entry(entry_bytes, plan->entry_size);
+  TPRD_RETURN_IF_ERROR(vm_.WritePhysical(plan->entry_pa, entry));
+  uint8_t back[8] = {};
+  TPRD_RETURN_IF_ERROR(vm_.ReadPhysical(plan->entry_pa, absl::MakeSpan(back, plan->entry_size)));
+  absl::StatusOr<bool> maps = AliasMapsTprPage(memory, paging, tpr_va, plan->alias_va);
+  if (!std::equal(entry.begin(), entry.end(), back) || !maps.ok() || !*maps) {
+    // Leave no half-made mapping behind.
+    const uint8_t zero[8] = {};
+    (void)vm_.WritePhysical(plan->entry_pa, absl::MakeConstSpan(zero, plan->entry_size));
+    return absl::DataLossError(absl::StrCat("the page table entry at physical 0x",
+                                            absl::Hex(plan->entry_pa),
+                                            " did not read back what tprd wrote"));
+  }
+  const uint32_t alias_tpr = plan->alias_va + (tpr_va & 0xFFF);
+  uint8_t bytes[4];
+  std::memcpy(bytes, &alias_tpr, 4);
+  TPRD_RETURN_IF_ERROR(WriteVerified(field, bytes));
+  alias_ = AliasEntry{plan->alias_va, plan->entry_pa, plan->entry, plan->entry_size};
+  return absl::OkStatus();
 }
 
 absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) {
@@ -449,6 +637,7 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   for (uint32_t address : proven) {
     if (std::optional<uint32_t> id = SiteAt(address)) ids.push_back(*id);
   }
+  if (request.strategy == Strategy::kMmio) TPRD_RETURN_IF_ERROR(EnsureTprAlias());
   TPRD_RETURN_IF_ERROR(WriteStrategy(request.strategy));
   status_.requested_strategy = request.strategy;
   status_.guard_mismatches = 0;
@@ -518,6 +707,10 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
   options.handler_code_end = installed_->addresses.code_end;
   options.max_retries = 20;
   options.clock = &clock_;
+  options.after_stop = [this] {
+    std::vector<ManagerEvent> ignored_events;
+    AfterStop(std::nullopt, ignored_events);
+  };
   // RollbackSites stops (already stopped: idempotent) and resumes once.
   absl::StatusOr<TransactionReport> tx =
       RollbackSites(vm_, recorder, absl::MakeSpan(batch), options);
@@ -616,7 +809,7 @@ absl::Status PatchManager::RecordAdoptedStates(const ParsedBlob& blob) {
 }
 
 absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
-                                         absl::Duration proving_window) {
+                                         absl::Duration proving_window, int write_stop_limit) {
   absl::StatusOr<GuestProfile> profile = StopAndProfile();
   if (!profile.ok()) {
     (void)vm_.Resume();
@@ -649,6 +842,7 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
   guard_rejected_mmio_ =
       current == Strategy::kExact && requested == Strategy::kMmio && mismatches > 0;
   request_.proving_window = proving_window;
+  request_.unpatched_write_stops_per_second_limit = write_stop_limit;
 
   std::vector<ManagerEvent> events;
   absl::StatusOr<ScanResult> scan = ScanGuest(*profile);
@@ -674,16 +868,28 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
     return entry.second.site.state == SiteState::kRolledBack &&
            FormWritesTpr(entry.second.site.form);
   });
-  const Strategy word = requested == Strategy::kMmio && (restored_writer || guard_rejected_mmio_)
-                            ? Strategy::kExact
-                            : requested;
+  Strategy word = requested == Strategy::kMmio && (restored_writer || guard_rejected_mmio_)
+                      ? Strategy::kExact
+                      : requested;
+  if (s.ok() && word == Strategy::kMmio) {
+    if (absl::Status alias = EnsureTprAlias(); !alias.ok()) {
+      NoteError(alias);
+      word = Strategy::kExact;
+    }
+  }
   if (guard_rejected_mmio_) {
     NoteError(absl::FailedPreconditionError(absl::StrCat(
         "the guest's mmio guard found a stale shadow in this boot (", mismatches,
         " mismatches) and switched itself to exact; it stays on exact until the next tprctl "
         "enable")));
   }
-  if (s.ok()) s = InitPerCpu(/*from_real_tpr=*/current == Strategy::kExact);
+  // mmio's real TPR is always right (every write reaches it; a vCPU a killed tprd left stopped
+  // after an unpatched write has a stale shadow), so its shadows are taken from it too.
+  if (s.ok()) {
+    s = InitPerCpu(/*from_real_tpr=*/current == Strategy::kExact || current == Strategy::kMmio,
+                   /*clear_guard_evidence=*/false,
+                   /*cr8_missed_writes=*/current == Strategy::kCr8);
+  }
   if (s.ok()) s = WriteStrategy(word);
   if (s.ok()) status_.requested_strategy = requested;
   // A vCPU stopped at a candidate (a breakpoint hit) runs it next: patch it now.
@@ -692,6 +898,9 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
     proving_deadline_ = clock_.Now() + request_.proving_window;
     s = ArmTraps();
   }
+  // Hits the killed session left pending in QEMU would come late, at the next access to the
+  // APIC page; stepped out now, with the traps armed (a stepped TPR access is handled).
+  if (s.ok()) ConsumePendingHits(events, /*fix=*/word == Strategy::kCr8);
   NoteError(s);
   absl::Status resumed = vm_.Resume();
   if (!s.ok()) return s;

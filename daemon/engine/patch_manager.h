@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "daemon/engine/backward_decoder.h"
 #include "daemon/engine/blob.h"
 #include "daemon/engine/clock.h"
 #include "daemon/engine/guest_profile.h"
@@ -24,6 +25,7 @@
 #include "daemon/engine/placement.h"
 #include "daemon/engine/scanner.h"
 #include "daemon/engine/site.h"
+#include "daemon/engine/tpr_alias.h"
 
 namespace tprd::engine {
 
@@ -39,8 +41,11 @@ struct EnableRequest {
   Strategy strategy = Strategy::kMmio;  // already resolved from "auto" by the caller
   bool dry_run = false;
   // The learning window: an access watchpoint on the TPR, before anything is patched, proves
-  // hot sites (patched together in the enable's single stop) and finds writers the scan cannot
-  // patch (which make mmio unsafe). Bounded by time and by hits.
+  // hot sites (patched together in the enable's single stop) and finds accesses the scan cannot
+  // patch: a reader cr8 cannot fix up refuses cr8; a writer mmio cannot patch that runs often
+  // (more than learning_max_hits / 8 hits) refuses mmio, whose write watchpoint would stop the
+  // guest at each of its runs. Bounded by time and by hits; soundness does not depend on it
+  // (docs/design.md "Strategies").
   absl::Duration learning_window = absl::Milliseconds(500);
   int learning_max_hits = 400;
   uint32_t guard_period = kBlobDefaultGuardPeriod;
@@ -49,12 +54,14 @@ struct EnableRequest {
   // The first one already saw a wrong low nibble, so by default the first one switches.
   int unfixable_read_limit = 1;
   // How long execution breakpoints wait on unproven candidates after enable (or adopt). After
-  // that only the ones correctness needs stay: writers under mmio (an unpatched writer would
-  // leave the shadow stale). An unpatched reader is correct under mmio, and cr8's watchpoint
-  // catches (and patches) any late access. Bounded because under TCG every translation block
-  // on a page holding a breakpoint is cut to one instruction: the guest's hot code there runs
-  // many times slower for as long as the breakpoint stays (docs/design.md).
+  // that mmio keeps none: its write watchpoint catches (and patches) a late writer, and an
+  // unpatched reader is correct under mmio. cr8 keeps them (docs/design.md). Bounded because
+  // under TCG every translation block on a page holding a breakpoint is cut to one
+  // instruction: the guest's hot code there runs many times slower while the breakpoint stays.
   absl::Duration proving_window = absl::Seconds(60);
+  // mmio: stops at unpatchable TPR writes tolerated per second before the domain switches to
+  // exact (each one stops the guest; correctness does not depend on this limit).
+  int unpatched_write_stops_per_second_limit = 200;
 };
 
 struct EnableReport {
@@ -85,9 +92,13 @@ struct ManagerStatus {
   Strategy strategy = Strategy::kExact;            // the strategy word now
   Strategy requested_strategy = Strategy::kExact;  // what the operator asked for
   uint64_t traps_handled = 0;
-  uint64_t guard_mismatches = 0;     // the guest's mmio guard counters, summed over its CPUs
-  uint64_t unreported_fixups = 0;    // cr8 fix-ups of accesses no stop named (FixUpUnreported...)
-  bool proving_window_open = false;  // since enable: every candidate keeps its breakpoint
+  uint64_t guard_mismatches = 0;       // the guest's mmio guard counters, summed over its CPUs
+  uint64_t unreported_fixups = 0;      // cr8 fix-ups of accesses no stop named (FixUpUnreported...)
+  uint64_t unreported_steps = 0;       // cr8: vCPUs stepped so QEMU reports a hit no stop named
+  uint64_t unpatched_write_stops = 0;  // mmio: write watchpoint stops at unpatchable writers
+  uint64_t real_tpr_restores = 0;      // leaving cr8: real TPRs set back to their shadows
+  uint64_t shadow_resyncs = 0;         // mmio: shadows set from the real TPR after such a write
+  bool proving_window_open = false;    // since enable: every candidate keeps its breakpoint
   std::string last_error;
 };
 
@@ -106,8 +117,11 @@ class PatchManager {
   // `requested_hint`: the strategy the operator chose, when tprd remembers it (journal) and the
   // guest's strategy word says exact because tprd detached cleanly.
   // `proving_window`: as EnableRequest's, started afresh for the candidates adopt re-arms.
-  absl::StatusOr<bool> Adopt(std::optional<Strategy> requested_hint = std::nullopt,
-                             absl::Duration proving_window = EnableRequest{}.proving_window);
+  // `write_stop_limit`: as EnableRequest's unpatched_write_stops_per_second_limit.
+  absl::StatusOr<bool> Adopt(
+      std::optional<Strategy> requested_hint = std::nullopt,
+      absl::Duration proving_window = EnableRequest{}.proving_window,
+      int write_stop_limit = EnableRequest{}.unpatched_write_stops_per_second_limit);
   // Leaves the guest correct without tprd: strategy word exact, every trap removed. The guest
   // is left running (unless the host paused it).
   absl::Status Detach();
@@ -144,8 +158,18 @@ class PatchManager {
   absl::Status Install(const EnableRequest& request, const GuestProfile& profile);
   // `clear_guard_evidence`: the operator asked for a strategy again, so the guard's mismatch
   // counters of an earlier rejection are reset.
-  absl::Status InitPerCpu(bool from_real_tpr, bool clear_guard_evidence = false);
+  // `cr8_missed_writes` (adopting cr8): a shadow whose real TPR is not its high nibble follows
+  // the real TPR.
+  absl::Status InitPerCpu(bool from_real_tpr, bool clear_guard_evidence = false,
+                          bool cr8_missed_writes = false);
+  // Leaving cr8 for another strategy also gives every CPU's real TPR its shadow back
+  // (RestoreRealTprs).
   absl::Status WriteStrategy(Strategy strategy);
+  // After cr8: each enabled CPU whose real TPR differs from its shadow (a CR8 write cleared the
+  // low nibble) steps the blob's tpr_poke with eax = shadow and interrupts off, its eip, eax and
+  // EFLAGS restored after. Skips (and notes) a CPU in user mode, inside the handlers, or whose
+  // page tables do not map the poke and the TPR: a step there could fault.
+  void RestoreRealTprs();
   absl::Status WriteVerified(uint32_t va, absl::Span<const uint8_t> bytes);
   absl::Status PlanSites();
   // Applies sites with the guest already stopped; returns how many were applied.
@@ -160,15 +184,56 @@ class PatchManager {
   absl::Status EndProvingWindowIfDue(std::vector<ManagerEvent>& events);
   absl::Status DisarmTraps();
   absl::Status HandleStop(const StopEvent& event, std::vector<ManagerEvent>& events);
+  // The work for a trap stop once every vCPU is stopped (no resume).
+  absl::Status HandleStopped(const StopEvent& event, std::vector<ManagerEvent>& events);
   // `reported`: QEMU named this vCPU's stop. false: the vCPU was found just after a TPR access
   // at another vCPU's stop (QEMU reports one per stop); fixed only on proof it just ran it.
+  // `seen` (optional) says whether the instruction before pc accesses the TPR, and if it writes.
+  struct AccessSeen {
+    bool decoded = false;
+    bool is_write = false;
+  };
   absl::Status HandleWatchpoint(int vcpu, uint32_t pc, std::vector<ManagerEvent>& events,
-                                bool reported = true);
+                                bool reported = true, AccessSeen* seen = nullptr);
+  // cr8, SMP: steps a vCPU that stands just after a TPR access the stop did not name, alone, so
+  // that QEMU reports (and forgets) its pending watchpoint hit now; a write it proves resyncs
+  // the shadow. Without it that vCPU's next TPR access stops late (docs/design.md).
+  // `fix`: cr8's shadow and register work after the step; false only consumes the hit.
+  void StepPastUnreportedHit(int vcpu, const AccessSeen& before, std::vector<ManagerEvent>& events,
+                             bool fix);
   // cr8: every other vCPU that stands just after a TPR read it evidently ran gets its fix-up.
-  void FixUpUnreportedAccesses(std::optional<int> reported_vcpu, std::vector<ManagerEvent>& events);
+  // Every other vCPU that stands just after a TPR access is stepped (StepPastUnreportedHit):
+  // QEMU 7.2 frees a watchpoint without clearing a vCPU's pending hit on it, so no hit may be
+  // left pending when a watchpoint is removed, nor when the next access must stop on time.
+  // `learning`: the learning window's own watchpoint, nothing to fix.
+  void FixUpUnreportedAccesses(std::optional<int> reported_vcpu, std::vector<ManagerEvent>& events,
+                               bool learning = false);
+  // Steps every vCPU once (StepPastUnreportedHit): a hit left pending by a stop that did not
+  // report it (the learning window's stops step no one; a killed tprd's session) is reported
+  // and forgotten now, not at that vCPU's next access to the APIC page.
+  void ConsumePendingHits(std::vector<ManagerEvent>& events, bool fix);
+  // mmio: the write watchpoint stopped a vCPU after a TPR write no handler made. Patches it if it
+  // is a candidate; counts it (too many a second: exact). The shadows are resynced by AfterStop.
+  absl::Status HandleUnpatchedWrite(int vcpu, uint32_t pc, std::vector<ManagerEvent>& events);
+  // mmio with its write watchpoint: every enabled CPU's shadow set from its real TPR. Safe at any
+  // instruction boundary because the handlers store the real TPR before the shadow.
+  void ResyncShadowsFromRealTpr();
+  // The work every stop needs before the guest runs again, whoever made the stop.
+  void AfterStop(std::optional<int> reported_vcpu, std::vector<ManagerEvent>& events);
+  // mmio's second mapping of the APIC page: kept if the blob's write address still maps the
+  // APIC, else made (a free entry of the TPR's page table) and the blob pointed at it. The guest
+  // must be stopped. FAILED_PRECONDITION when no alias can be made: mmio is then unsound.
+  absl::Status EnsureTprAlias();
+  // While the guest runs: the alias's page table entry must still be tprd's. If the guest's OS
+  // took it, the handlers are pointed back at the TPR and the domain goes to exact.
+  void CheckTprAlias(std::vector<ManagerEvent>& events);
   // After a stop: patch candidates at which a stopped vCPU stands (they are about to run).
   void ApplyCandidatesAtVcpus(std::vector<ManagerEvent>& events);
   std::optional<uint32_t> SiteAt(uint32_t address) const;
+  // Reads guest code as it was before tprd patched it: a vCPU stopped just after a site may have
+  // run the original instruction before the site was patched (a hit that raced with the patch).
+  // `substituted` (optional) is set when original bytes were used.
+  GuestByteReader OriginalCodeReader(int vcpu, bool* substituted = nullptr);
   absl::Status SwitchToExact(const std::string& why, std::vector<ManagerEvent>& events);
   // While the guest runs (about once a second, without stopping it): reads the guest's strategy
   // word and guard counters, so the status says what the guest does. A flip of mmio to exact by
@@ -193,6 +258,20 @@ class PatchManager {
   uint32_t next_id_ = 0;
   std::set<uint32_t> armed_breakpoints_;
   bool tpr_watch_armed_ = false;
+  // False while a stop of tprd's own (a rollback's, a detach's) handles a raced hit: no site is
+  // patched behind the caller's back.
+  bool apply_at_stops_ = true;
+  WatchKind tpr_watch_kind_ = WatchKind::kAccess;  // cr8: access; mmio: write (needs alias_)
+  // mmio's alias: where its page table entry is and what it holds (nullopt: none known).
+  struct AliasEntry {
+    uint32_t va = 0;
+    uint64_t entry_pa = 0;
+    uint64_t entry = 0;
+    int entry_size = 4;
+  };
+  std::optional<AliasEntry> alias_;
+  absl::Time write_stop_window_start_ = absl::InfinitePast();
+  int write_stops_in_window_ = 0;
   EnableRequest request_;
   uint64_t unfixable_reads_ = 0;
   // End of the proving window (nullopt: over, or not started).

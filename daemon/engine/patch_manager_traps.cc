@@ -26,17 +26,15 @@ std::optional<std::string> PatchManager::CannotPatch(const ManagedSite& managed)
 bool PatchManager::WantsBreakpoint(const ManagedSite& managed) const {
   const Site& site = managed.site;
   if (site.state == SiteState::kApplied || site.state == SiteState::kRolledBack) return false;
-  if (CannotPatch(managed)) {
-    // Under mmio a writer that runs unpatched leaves the shadows stale: its breakpoint stays,
-    // so that running it switches the guest to exact (ApplyCandidatesAtVcpus).
-    return status_.strategy == Strategy::kMmio && FormWritesTpr(site.form);
-  }
+  // A site that can never be patched gains nothing from a breakpoint: both strategies keep a
+  // TPR watchpoint that sees it run (cr8 fixes it up, mmio resyncs the shadows).
+  if (CannotPatch(managed)) return false;
   if (proving_deadline_) return true;
   // cr8 keeps them all: measured under TCG, once no breakpoint was left on a page its
   // watchpoint fix-ups started to miss accesses there (TCG then runs whole blocks instead of
   // one instruction at a time); not understood yet, so correctness wins (docs/design.md).
-  if (status_.strategy == Strategy::kCr8) return true;
-  return status_.strategy == Strategy::kMmio && FormWritesTpr(site.form);
+  // mmio keeps none: its write watchpoint proves a late writer, and readers are correct.
+  return status_.strategy == Strategy::kCr8;
 }
 
 absl::Status PatchManager::EndProvingWindowIfDue(std::vector<ManagerEvent>& events) {
@@ -73,15 +71,30 @@ absl::Status PatchManager::ArmTraps() {
     managed.armed = true;
     armed_breakpoints_.insert(managed.site.address);
   }
-  if (status_.strategy == Strategy::kCr8 && !tpr_watch_armed_ && profile_) {
-    TPRD_RETURN_IF_ERROR(vm_.SetWatchpoint(profile_->tpr_va, 4, WatchKind::kAccess));
-    tpr_watch_armed_ = true;
+  if (!tpr_watch_armed_ && profile_) {
+    // cr8: every access (reads need fix-ups). mmio: writes only, and only once the handlers
+    // store through the alias; else every patched write would stop the guest.
+    std::optional<WatchKind> kind;
+    if (status_.strategy == Strategy::kCr8) kind = WatchKind::kAccess;
+    if (status_.strategy == Strategy::kMmio && alias_) kind = WatchKind::kWrite;
+    if (kind) {
+      TPRD_RETURN_IF_ERROR(vm_.SetWatchpoint(profile_->tpr_va, 4, *kind));
+      tpr_watch_armed_ = true;
+      tpr_watch_kind_ = *kind;
+    }
   }
   return absl::OkStatus();
 }
 
 absl::Status PatchManager::DisarmTraps() {
   absl::Status first = absl::OkStatus();
+  if (tpr_watch_armed_) {
+    // A hit left pending would outlive the watchpoint (QEMU frees it and keeps the vCPU's
+    // pointer): its late report stops the VM, even after tprd detached, and nobody resumes it
+    // (seen: a 4-vCPU guest left paused after a full rollback). Stepped out first.
+    std::vector<ManagerEvent> ignored;
+    ConsumePendingHits(ignored, /*fix=*/status_.strategy == Strategy::kCr8);
+  }
   for (uint32_t address : armed_breakpoints_) {
     absl::Status s = vm_.RemoveBreakpoint(address);
     if (first.ok()) first = s;
@@ -89,7 +102,7 @@ absl::Status PatchManager::DisarmTraps() {
   armed_breakpoints_.clear();
   for (auto& [id, managed] : sites_) managed.armed = false;
   if (tpr_watch_armed_ && profile_) {
-    absl::Status s = vm_.RemoveWatchpoint(profile_->tpr_va, 4, WatchKind::kAccess);
+    absl::Status s = vm_.RemoveWatchpoint(profile_->tpr_va, 4, tpr_watch_kind_);
     if (first.ok()) first = s;
     tpr_watch_armed_ = false;
   }
@@ -100,7 +113,7 @@ absl::Status PatchManager::SwitchToExact(const std::string& why,
                                          std::vector<ManagerEvent>& events) {
   TPRD_RETURN_IF_ERROR(WriteStrategy(Strategy::kExact));
   if (tpr_watch_armed_ && profile_) {
-    (void)vm_.RemoveWatchpoint(profile_->tpr_va, 4, WatchKind::kAccess);
+    (void)vm_.RemoveWatchpoint(profile_->tpr_va, 4, tpr_watch_kind_);
     tpr_watch_armed_ = false;
   }
   events.push_back({ManagerEvent::Kind::kStrategyChanged, std::nullopt,
@@ -125,24 +138,14 @@ void PatchManager::ApplyCandidatesAtVcpus(std::vector<ManagerEvent>& events) {
       armed_breakpoints_.erase(managed.site.address);
       managed.armed = false;
     }
-    std::optional<std::string> why = CannotPatch(managed);
-    if (why && status_.strategy == Strategy::kMmio && FormWritesTpr(managed.site.form)) {
-      // The vCPU is about to write the real TPR behind the shadows: exact before it does.
-      if (absl::Status s =
-              SwitchToExact(absl::StrCat("the TPR write at 0x", absl::Hex(managed.site.address),
-                                         " ran and cannot be patched: ", *why),
-                            events);
-          !s.ok()) {
-        NoteError(s);
-      }
-    }
     ids.push_back(*id);
   }
   ApplyStopped(ids, &events);
 }
 
 absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
-                                            std::vector<ManagerEvent>& events, bool reported) {
+                                            std::vector<ManagerEvent>& events, bool reported,
+                                            AccessSeen* seen) {
   if (!installed_ || !profile_) return absl::OkStatus();
   // A CPU on the exact path inside the handlers: nothing to fix.
   if (installed_->addresses.InHandlerCode(pc)) return absl::OkStatus();
@@ -151,9 +154,8 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   // A stop delivered late (it raced with the removal of a watchpoint, and the guest ran on):
   // the vCPU is elsewhere now, and fixing registers up would corrupt them.
   if (regs->eip != pc) return absl::OkStatus();
-  GuestByteReader reader = [&](uint32_t va, absl::Span<uint8_t> out) {
-    return vm_.ReadVirtual(vcpu, va, out);
-  };
+  bool original_bytes = false;
+  GuestByteReader reader = OriginalCodeReader(vcpu, &original_bytes);
   std::string why;
   std::optional<std::pair<uint32_t, Classification>> decoded =
       ResolveTrap(pc, reader, profile_->tpr_va, &why);
@@ -173,6 +175,7 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   const uint32_t start = decoded->first;
   const Classification& c = decoded->second;
   const bool is_write = IsWriter(c, start, reader);
+  if (seen) *seen = {true, is_write};
   // An unreported vCPU merely stands after a TPR access: it may have jumped there. Only a read
   // whose result still holds the real TPR (and so differs from the shadow) is proof enough.
   if (!reported && is_write) return absl::OkStatus();
@@ -197,7 +200,13 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   if (!reported && *tpr == entry->shadow_tpr) return absl::OkStatus();  // nothing to correct
 
   if (is_write) {
-    // The real TPR holds the written value: the shadow follows it.
+    // The real TPR holds the written value: the shadow follows it. After a site that is patched
+    // by now, the stop may be the patched call's return (its handler wrote CR8, which lost the
+    // low nibble): then the real TPR is the shadow's high nibble, and the shadow stays.
+    if (original_bytes && status_.strategy == Strategy::kCr8 &&
+        *tpr == (entry->shadow_tpr & 0xF0)) {
+      return absl::OkStatus();
+    }
     entry->shadow_tpr = *tpr;
     TPRD_RETURN_IF_ERROR(WriteVerified(entry_va, EncodePerCpuEntry(*entry)));
   } else if (std::optional<Gpr> reg = FixableReadDestination(c, start, reader)) {
@@ -237,27 +246,196 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   if (c.patchable) {
     if (std::optional<uint32_t> id = SiteAt(start)) {
       ++sites_[*id].hits;
-      if (sites_[*id].site.state == SiteState::kCandidate) ApplyStopped({*id}, &events);
+      if (sites_[*id].site.state == SiteState::kCandidate && apply_at_stops_) {
+        ApplyStopped({*id}, &events);
+      }
     }
   }
   return absl::OkStatus();
 }
 
+absl::Status PatchManager::HandleUnpatchedWrite(int vcpu, uint32_t pc,
+                                                std::vector<ManagerEvent>& events) {
+  if (!installed_ || !profile_) return absl::OkStatus();
+  if (installed_->addresses.InHandlerCode(pc)) return absl::OkStatus();
+  absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
+  if (!regs.ok()) return regs.status();
+  if (regs->eip == pc) {
+    GuestByteReader reader = OriginalCodeReader(vcpu);
+    std::string why;
+    std::optional<std::pair<uint32_t, Classification>> decoded =
+        ResolveTrap(pc, reader, profile_->tpr_va, &why);
+    if (!decoded) decoded = ResolveByAddress(pc, reader, profile_->tpr_va, *regs);
+    if (decoded) {
+      if (std::optional<uint32_t> id = SiteAt(decoded->first)) {
+        ManagedSite& managed = sites_[*id];
+        ++managed.hits;
+        if (managed.site.state == SiteState::kCandidate && !CannotPatch(managed) &&
+            apply_at_stops_) {
+          // A writer proven late (after the proving window): patched now, as at a breakpoint.
+          ApplyStopped({*id}, &events);
+          return absl::OkStatus();
+        }
+      }
+    }
+  }
+  ++status_.unpatched_write_stops;
+  const absl::Time now = clock_.Now();
+  if (now - write_stop_window_start_ >= absl::Seconds(1)) {
+    write_stop_window_start_ = now;
+    write_stops_in_window_ = 0;
+  }
+  if (++write_stops_in_window_ > request_.unpatched_write_stops_per_second_limit) {
+    return SwitchToExact(
+        absl::StrCat("a TPR write tprd cannot patch (last before 0x", absl::Hex(pc),
+                     ") runs more than ", request_.unpatched_write_stops_per_second_limit,
+                     " times a second, and mmio stops the guest at each run"),
+        events);
+  }
+  return absl::OkStatus();
+}
+
+void PatchManager::ResyncShadowsFromRealTpr() {
+  if (!installed_ || !profile_ || !tpr_watch_armed_ || tpr_watch_kind_ != WatchKind::kWrite) {
+    return;
+  }
+  for (const VcpuProfile& cpu : profile_->vcpus) {
+    const uint32_t va = installed_->addresses.PerCpuEntry(cpu.processor_number);
+    std::array<uint8_t, kPerCpuEntrySize> raw;
+    if (absl::Status s = vm_.ReadVirtual(0, va, absl::MakeSpan(raw)); !s.ok()) {
+      NoteError(s);
+      continue;
+    }
+    absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
+    if (!entry.ok() || !entry->enabled) continue;
+    absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(cpu.vcpu);
+    if (!tpr.ok()) {
+      NoteError(tpr.status());
+      continue;
+    }
+    if (*tpr == entry->shadow_tpr) continue;
+    entry->shadow_tpr = *tpr;
+    if (absl::Status s = WriteVerified(va, EncodePerCpuEntry(*entry)); !s.ok()) {
+      NoteError(s);
+      continue;
+    }
+    ++status_.shadow_resyncs;
+  }
+}
+
+void PatchManager::AfterStop(std::optional<int> reported_vcpu, std::vector<ManagerEvent>& events) {
+  FixUpUnreportedAccesses(reported_vcpu, events);
+  ResyncShadowsFromRealTpr();
+}
+
 void PatchManager::FixUpUnreportedAccesses(std::optional<int> reported_vcpu,
-                                           std::vector<ManagerEvent>& events) {
+                                           std::vector<ManagerEvent>& events, bool learning) {
   // QEMU reports one vCPU per stop: another that hit the TPR watchpoint at the same moment is
-  // stopped just after its access, unreported. Only cr8 keeps the watchpoint armed.
-  if (!tpr_watch_armed_ || status_.strategy != Strategy::kCr8) return;
+  // stopped just after its access, unreported, with its hit pending.
+  if (!tpr_watch_armed_ && !learning) return;
+  if (!profile_) return;
+  const bool cr8 = !learning && status_.strategy == Strategy::kCr8;
   absl::StatusOr<int> count = vm_.VcpuCount();
   if (!count.ok()) return;
   for (int v = 0; v < *count; ++v) {
     if (reported_vcpu == v) continue;
     absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(v);
     if (!regs.ok()) continue;
-    if (absl::Status s = HandleWatchpoint(v, regs->eip, events, /*reported=*/false); !s.ok()) {
-      NoteError(s);
+    AccessSeen seen;
+    if (cr8) {
+      if (absl::Status s = HandleWatchpoint(v, regs->eip, events, /*reported=*/false, &seen);
+          !s.ok()) {
+        NoteError(s);
+        continue;
+      }
+    } else {
+      GuestByteReader reader = OriginalCodeReader(v);
+      std::string why;
+      std::optional<std::pair<uint32_t, Classification>> decoded =
+          ResolveTrap(regs->eip, reader, profile_->tpr_va, &why);
+      if (!decoded) decoded = ResolveByAddress(regs->eip, reader, profile_->tpr_va, *regs);
+      if (decoded) seen = {true, IsWriter(decoded->second, decoded->first, reader)};
+    }
+    // Also on one vCPU: a stop of tprd's own that raced with a hit leaves that hit pending
+    // (QEMU reports no watchpoint for a VM that was already stopping).
+    if (seen.decoded) StepPastUnreportedHit(v, seen, events, cr8);
+  }
+}
+
+void PatchManager::ConsumePendingHits(std::vector<ManagerEvent>& events, bool fix) {
+  absl::StatusOr<int> count = vm_.VcpuCount();
+  if (!count.ok()) return;
+  for (int v = 0; v < *count; ++v) StepPastUnreportedHit(v, AccessSeen{}, events, fix);
+}
+
+void PatchManager::StepPastUnreportedHit(int vcpu, const AccessSeen& before,
+                                         std::vector<ManagerEvent>& events, bool fix) {
+  absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
+  if (!regs.ok()) return;
+  // A step over hlt never ends (the step masks interrupts): leave such a vCPU alone.
+  uint8_t next = 0;
+  if (!vm_.ReadVirtual(vcpu, regs->eip, absl::MakeSpan(&next, 1)).ok() || next == 0xF4) return;
+  // Generous: a step that has to be interrupted is reported as a pause, which leaves the hit
+  // pending (one instruction takes far less, even on a loaded host).
+  absl::StatusOr<StepResult> step = vm_.StepVcpu(vcpu, absl::Seconds(2));
+  if (!step.ok()) {
+    // No stepping on this backend, or a stop is already queued (it is handled next): nothing
+    // worse than before.
+    if (!absl::IsUnimplemented(step.status()) && !absl::IsFailedPrecondition(step.status())) {
+      NoteError(step.status());
+    }
+    return;
+  }
+  ++status_.unreported_steps;
+  if (!step->watchpoint_reported || !fix) return;  // merely jumped there, or nothing to fix
+  // QEMU reported a hit: the access before the step ran (or the stepped instruction is one).
+  AccessSeen after;
+  if (step->completed && profile_) {
+    // The stepped instruction may itself have been a TPR access (then the hit is its own, and
+    // it ran): handled as a reported hit. Anything else is no access, and no warning.
+    absl::StatusOr<VcpuRegisters> now = vm_.ReadRegisters(vcpu);
+    GuestByteReader reader = OriginalCodeReader(vcpu);
+    std::string why;
+    const bool access = now.ok() && (ResolveTrap(step->pc, reader, profile_->tpr_va, &why) ||
+                                     ResolveByAddress(step->pc, reader, profile_->tpr_va, *now));
+    if (access) {
+      if (absl::Status s = HandleWatchpoint(vcpu, step->pc, events, /*reported=*/true, &after);
+          !s.ok()) {
+        NoteError(s);
+      }
     }
   }
+  if (after.decoded || !before.is_write || !installed_ || !profile_) return;
+  // The write before the step ran: the real TPR holds it, and the shadow follows.
+  uint8_t number = 0;
+  for (const VcpuProfile& cpu : profile_->vcpus) {
+    if (cpu.vcpu == vcpu) number = cpu.processor_number;
+  }
+  const uint32_t entry_va = installed_->addresses.PerCpuEntry(number);
+  std::array<uint8_t, kPerCpuEntrySize> raw;
+  if (!vm_.ReadVirtual(0, entry_va, absl::MakeSpan(raw)).ok()) return;
+  absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
+  absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(vcpu);
+  if (!entry.ok() || !tpr.ok() || entry->shadow_tpr == *tpr) return;
+  entry->shadow_tpr = *tpr;
+  if (absl::Status s = WriteVerified(entry_va, EncodePerCpuEntry(*entry)); !s.ok()) NoteError(s);
+  ++status_.unreported_fixups;
+}
+
+absl::Status PatchManager::HandleStopped(const StopEvent& event,
+                                         std::vector<ManagerEvent>& events) {
+  absl::Status handled = absl::OkStatus();
+  if (event.kind == StopEvent::Kind::kWatchpoint) {
+    handled = tpr_watch_armed_ && tpr_watch_kind_ == WatchKind::kWrite
+                  ? HandleUnpatchedWrite(event.vcpu, event.pc, events)
+                  : HandleWatchpoint(event.vcpu, event.pc, events);
+  }
+  if (!handled.ok()) return handled;
+  AfterStop(
+      event.kind == StopEvent::Kind::kWatchpoint ? std::optional<int>(event.vcpu) : std::nullopt,
+      events);
+  if (apply_at_stops_) ApplyCandidatesAtVcpus(events);
+  return absl::OkStatus();
 }
 
 absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<ManagerEvent>& events) {
@@ -270,16 +448,7 @@ absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<Manage
       // A stop may be delivered after the guest ran on (it raced with a trap's removal):
       // make sure every vCPU is stopped before looking at any of them.
       handled = vm_.Stop();
-      if (handled.ok() && event.kind == StopEvent::Kind::kWatchpoint) {
-        handled = HandleWatchpoint(event.vcpu, event.pc, events);
-      }
-      if (handled.ok()) {
-        FixUpUnreportedAccesses(event.kind == StopEvent::Kind::kWatchpoint
-                                    ? std::optional<int>(event.vcpu)
-                                    : std::nullopt,
-                                events);
-      }
-      if (handled.ok()) ApplyCandidatesAtVcpus(events);
+      if (handled.ok()) handled = HandleStopped(event, events);
       break;
     case StopEvent::Kind::kPausedByHost:
       events.push_back({ManagerEvent::Kind::kHostPaused, std::nullopt,
@@ -305,6 +474,7 @@ void PatchManager::WatchGuestWord(std::vector<ManagerEvent>& events) {
   const absl::Time now = clock_.Now();
   if (next_word_check_ && now < *next_word_check_) return;
   next_word_check_ = now + absl::Seconds(1);
+  CheckTprAlias(events);
   uint8_t word_bytes[4];
   if (!vm_.ReadPhysicalLive(DataBlockPhysical(installed_->addresses.strategy_word), word_bytes)
            .ok()) {
@@ -351,6 +521,35 @@ void PatchManager::WatchGuestWord(std::vector<ManagerEvent>& events) {
   events.push_back({ManagerEvent::Kind::kStrategyChanged, std::nullopt,
                     absl::StrCat("the guest's strategy word changed to ",
                                  std::string(StrategyName(seen)), " behind tprd")});
+}
+
+void PatchManager::CheckTprAlias(std::vector<ManagerEvent>& events) {
+  if (!alias_) return;
+  uint8_t raw[8] = {};
+  if (!vm_.ReadPhysicalLive(alias_->entry_pa, absl::MakeSpan(raw, alias_->entry_size)).ok()) {
+    return;
+  }
+  uint64_t entry = 0;
+  std::memcpy(&entry, raw, alias_->entry_size);
+  // The CPU may set accessed/dirty in it; anything else is the guest's OS taking the entry.
+  constexpr uint64_t kAccessedDirty = (1u << 5) | (1u << 6);
+  if ((entry & ~kAccessedDirty) == (alias_->entry & ~kAccessedDirty)) return;
+  const std::string message = absl::StrCat(
+      "the guest changed tprd's second mapping of the APIC page at 0x", absl::Hex(alias_->va),
+      " (page table entry 0x", absl::Hex(alias_->entry), " now 0x", absl::Hex(entry),
+      "): the handlers store the TPR at its own address again, and the domain runs exact");
+  alias_.reset();
+  absl::Status s = StopGuest();
+  if (s.ok() && installed_ && profile_) {
+    uint8_t bytes[4];
+    std::memcpy(bytes, &profile_->tpr_va, 4);
+    s = WriteVerified(installed_->addresses.tpr_write_va, bytes);
+  }
+  if (s.ok()) s = SwitchToExact("the alias of the APIC page is gone", events);
+  NoteError(s);
+  (void)ResumeGuest();
+  events.push_back({ManagerEvent::Kind::kWarning, std::nullopt, message});
+  NoteError(absl::DataLossError(message));
 }
 
 absl::StatusOr<std::vector<ManagerEvent>> PatchManager::Poll(absl::Duration timeout) {

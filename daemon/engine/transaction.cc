@@ -36,7 +36,7 @@ class Transaction {
  public:
   Transaction(GuestVm& vm, PatchRecorder& recorder, absl::Span<Site> sites, Direction direction,
               GuestStop stop, int vcpu, bool force, uint32_t handler_start, uint32_t handler_end,
-              int max_retries, Clock* clock)
+              int max_retries, Clock* clock, std::function<void()> after_stop = nullptr)
       : vm_(vm),
         recorder_(recorder),
         sites_(sites),
@@ -47,7 +47,8 @@ class Transaction {
         handler_start_(handler_start),
         handler_end_(handler_end),
         max_retries_(std::max(max_retries, 0)),
-        clock_(clock) {}
+        clock_(clock),
+        after_stop_(std::move(after_stop)) {}
 
   absl::StatusOr<TransactionReport> Run();
 
@@ -79,6 +80,7 @@ class Transaction {
   const uint32_t handler_end_;
   const int max_retries_;
   Clock* const clock_;
+  const std::function<void()> after_stop_;
   std::vector<std::pair<int, uint32_t>> eips_;  // (vCPU, EIP)
   TransactionReport report_;
 };
@@ -360,6 +362,7 @@ absl::StatusOr<TransactionReport> Transaction::Run() {
     }
     ++report_.stop_count;
     stopped = true;
+    if (after_stop_) after_stop_();
   }
   if (report_.aborted) {
     for (size_t i : waiting) {
@@ -412,7 +415,7 @@ absl::StatusOr<TransactionReport> RollbackSites(GuestVm& vm, PatchRecorder& reco
                                                 const RollbackOptions& options) {
   Transaction transaction(vm, recorder, sites, Direction::kRollback, options.stop, options.vcpu,
                           options.force, options.handler_code_start, options.handler_code_end,
-                          options.max_retries, options.clock);
+                          options.max_retries, options.clock, options.after_stop);
   return transaction.Run();
 }
 

@@ -14,6 +14,7 @@
 #define TPRD_DAEMON_ENGINE_TRANSACTION_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -88,6 +89,9 @@ struct RollbackOptions {
   // a vCPU may not have run a single instruction (seen under TCG: 20 retries, same EIP).
   // Null: no wait.
   Clock* clock = nullptr;
+  // Called each time a retry has stopped the guest again, before anything is looked at: the
+  // owner's work for a stop (cr8 fix-ups, mmio shadow resyncs) before the guest runs again.
+  std::function<void()> after_stop = nullptr;
 };
 
 // Patches every site whose bytes are still site.original (or already site.patched). Updates
