@@ -21,7 +21,8 @@ TEST(ConfigTest, FileSettingsApplyAndFlagsWin) {
                          "poll_interval_ms = 250\n"
                          "log_level = debug\n"
                          "adopt_domains = winxp-*\n"
-                         "proving_window_s = 5\n";
+                         "proving_window_s = 5\n"
+                         "mmio_write_stops_per_second = 50\n";
   Config config;
   auto action = ParseCommandLine({"--config", path, "--socket=/run/other.sock"}, &config);
   ASSERT_TRUE(action.ok()) << action.status();
@@ -33,6 +34,7 @@ TEST(ConfigTest, FileSettingsApplyAndFlagsWin) {
   EXPECT_TRUE(config.debug);
   EXPECT_EQ(config.adopt_domains, "winxp-*");
   EXPECT_EQ(config.proving_window, absl::Seconds(5));
+  EXPECT_EQ(config.mmio_write_stops_per_second, 50);
   ASSERT_TRUE(ParseCommandLine({"--config", path, "--adopt-domains", "w2k3-*"}, &config).ok());
   EXPECT_EQ(config.adopt_domains, "w2k3-*");
 }
@@ -45,6 +47,7 @@ TEST(ConfigTest, BadLinesNameTheFileAndLine) {
   EXPECT_THAT(std::string(unknown.message()), HasSubstr("sokcet"));
   EXPECT_FALSE(ApplyConfigText("poll_interval_ms = soon\n", "f", &config).ok());
   EXPECT_FALSE(ApplyConfigText("just words\n", "f", &config).ok());
+  EXPECT_FALSE(ApplyConfigText("mmio_write_stops_per_second = 0\n", "f", &config).ok());
 }
 
 TEST(ConfigTest, UsageErrorsAndMissingConfigFile) {
