@@ -938,6 +938,17 @@ INSTANTIATE_TEST_SUITE_P(Mmio, HalStrategyTest, ::testing::ValuesIn(Cases("mmio"
 
 // ------------------------------------------------------------------------------ case 3
 
+// Starts tprd and its event watch and enables `strategy` on the HAL guest (a fatal failure if
+// the enable does not succeed).
+void StartAndEnable(HalE2e& e2e, TprdProcess& tprd, const std::string& strategy) {
+  tprd.Start();
+  if (::testing::Test::HasFatalFailure()) return;
+  e2e.StartWatch(tprd);
+  RunResult enabled = tprd.Ctl({"--json", "enable", e2e.domain()->name(), "--strategy", strategy});
+  ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << "\n"
+                                  << e2e.Annotate(enabled.err) << tprd.LogTail(60);
+}
+
 // kill -9 of tprd while patched under cr8: its traps stay armed in QEMU's gdbstub and the guest
 // stops at the next hit; a new tprd adopts the guest (the strategy word still says cr8) and
 // keeps it correct. The guest's checks must hold throughout: before, during and after.
@@ -953,13 +964,9 @@ TEST_P(HalKill9Test, KilledWhilePatchedUnderCr8AdoptedByANewTprdStaysCorrect) {
 
   TprdProcess tprd(MakeTprdDir(), TprdConfig());
   absl::Cleanup keep_logs = [&] { e2e.KeepLogs(&tprd, TestName()); };
-  tprd.Start();
-  if (HasFatalFailure()) return;
-  e2e.StartWatch(tprd);
   const size_t enable_from = domain.Lines().size();
-  RunResult enabled = tprd.Ctl({"--json", "enable", domain.name(), "--strategy", "cr8"});
-  ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << "\n"
-                                  << e2e.Annotate(enabled.err) << tprd.LogTail(60);
+  StartAndEnable(e2e, tprd, "cr8");
+  if (HasFatalFailure()) return;
 
   const int kills = Soak() ? 3 : 1;
   for (int kill = 0; kill < kills; ++kill) {
@@ -991,6 +998,67 @@ TEST_P(HalKill9Test, KilledWhilePatchedUnderCr8AdoptedByANewTprdStaysCorrect) {
   EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
   EXPECT_EQ(e2e.ReadGuestCode(), code_before) << "rollback restores the guest's code byte for byte";
 }
+
+// SIGTERM of tprd while patched: it leaves the guest on exact (under cr8 each CPU's real TPR gets
+// its low nibble back first), the guest runs without tprd for a guest second, and a new tprd
+// adopts it back to the strategy the operator chose (the journal remembers it; under mmio the
+// alias of the APIC page is reused). The guest's checks must hold throughout.
+class HalSigtermTest : public ::testing::TestWithParam<HalCase> {};
+
+TEST_P(HalSigtermTest, StoppedWhilePatchedRunsExactThenANewTprdTakesItBack) {
+  const HalCase& c = GetParam();
+  HalE2e e2e(c);
+  e2e.Boot();
+  if (HasFatalFailure()) return;
+  TestDomain& domain = *e2e.domain();
+  const std::vector<uint8_t> code_before = e2e.ReadGuestCode();
+
+  TprdProcess tprd(MakeTprdDir(), TprdConfig());
+  absl::Cleanup keep_logs = [&] { e2e.KeepLogs(&tprd, TestName()); };
+  const size_t enable_from = domain.Lines().size();
+  StartAndEnable(e2e, tprd, c.strategy);
+  if (HasFatalFailure()) return;
+  e2e.RunPatched(tprd, domain.Lines().size(), 3, 1, "patched before SIGTERM");
+
+  EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
+  const BlobState away = ReadBlobState(domain.name(), c.vcpus);
+  Say() << "after SIGTERM: domain " << DomainRunState(domain.name()) << "; " << Describe(away)
+        << std::endl;
+  EXPECT_EQ(DomainRunState(domain.name()), "running") << "tprd left the guest stopped";
+  EXPECT_EQ(StrategyName(away.strategy_word), "exact") << Describe(away);
+  const size_t away_from = domain.Lines().size();
+  e2e.WaitForUptime(away_from, e2e.Uptime() + 1000, absl::Seconds(60), "without tprd");
+
+  tprd.Start();  // adopts the domain
+  if (HasFatalFailure()) return;
+  e2e.StartWatch(tprd);
+  WaitForState(tprd, domain.name(), "patched", absl::Seconds(60), "adopted");
+  e2e.RunPatched(tprd, domain.Lines().size(), RunSeconds(), GuestSeconds(),
+                 "adopted after SIGTERM");
+  const BlobState back = ReadBlobState(domain.name(), c.vcpus);
+  Say() << Describe(back) << std::endl;
+  EXPECT_EQ(StrategyName(back.strategy_word), c.strategy) << Describe(back);
+
+  const size_t rollback_from = domain.Lines().size();
+  e2e.Rollback(tprd, "rollback after the restart");
+  const size_t rollback_done = domain.Lines().size();
+  e2e.CheckAroundRollback(tprd, enable_from, rollback_from, rollback_done, "SIGTERM");
+  EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
+  EXPECT_EQ(e2e.ReadGuestCode(), code_before) << "rollback restores the guest's code byte for byte";
+}
+
+std::vector<HalCase> SigtermCases() {
+  if (!Soak()) return {{"cr8", 2, 2}, {"mmio", 2, 3}};
+  return {{"cr8", 1, 1},
+          {"cr8", 4, 3},
+          {"mmio", 1, 1},
+          {"mmio", 4, 2},
+          {"cr8", 2, RandomSeed() + 11, true},
+          {"mmio", 2, RandomSeed() + 13, true}};
+}
+
+INSTANTIATE_TEST_SUITE_P(Hal, HalSigtermTest, ::testing::ValuesIn(SigtermCases()),
+                         [](const auto& info) { return CaseName(info.param); });
 
 // One vCPU by default: it isolates the kill and the adopt from cr8's SMP trouble (see the
 // Cr8/HalStrategyTest cases on 2 and 4 vCPUs); the soak adds SMP.
