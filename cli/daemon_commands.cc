@@ -156,11 +156,6 @@ std::string EventKindWord(tprd::v1::Event::Kind value) {
 Json OrNull(const std::string& text) { return text.empty() ? Json(nullptr) : Json(text); }
 std::string OrDash(const std::string& text) { return text.empty() ? "-" : text; }
 
-std::string Hex(const std::string& bytes) {
-  std::string out;
-  for (unsigned char byte : bytes) absl::StrAppendFormat(&out, "%02x", byte);
-  return out;
-}
 std::string Address(uint32_t address) { return absl::StrFormat("0x%08x", address); }
 
 Json SiteJson(const tprd::v1::Site& site) {
@@ -168,8 +163,8 @@ Json SiteJson(const tprd::v1::Site& site) {
               {"address", Address(site.address())},
               {"form", OrNull(FormWord(site.form()))},
               {"register", OrNull(site.register_())},
-              {"original", Hex(site.original())},
-              {"patched", Hex(site.patched())},
+              {"original", absl::BytesToHexString(site.original())},
+              {"patched", absl::BytesToHexString(site.patched())},
               {"disassembly", site.disassembly()},
               {"state", OrNull(SiteStateWord(site.state()))},
               {"hits", site.hits()}};

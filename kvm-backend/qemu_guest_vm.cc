@@ -2,17 +2,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/engine/status_macros.h"
 #include "kvm-backend/core/unix_socket_stream.h"
 
 namespace tprd::backend {
 namespace {
-
-#define TPRD_RETURN_IF_ERROR(expr)            \
-  do {                                        \
-    if (absl::Status s_ = (expr); !s_.ok()) { \
-      return s_;                              \
-    }                                         \
-  } while (false)
 
 const char* RegisterName(engine::WritableRegister reg) {
   switch (reg) {

@@ -5,7 +5,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git clang libclang-rt-14-dev binutils
   libzydis-dev libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
   protobuf-compiler grpc-proto libvirt-dev libsystemd-dev libcli11-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev zlib1g-dev
   qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   libvirt-daemon-system  # what a host installs: Debian's own qemu.conf, the libvirt-qemu account
   systemd  # systemd-analyze: tprd_access_test scores deploy/tprd.service offline

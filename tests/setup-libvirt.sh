@@ -44,7 +44,7 @@ cgroupfs_writable() {
   return 1
 }
 
-# 1. What libvirtd needs before it even reads qemu.conf (platform.md).
+# 1. What libvirtd needs before it even reads qemu.conf (shared/design/platform.md).
 mkdir -p /var/log/libvirt /var/log/libvirt/qemu
 if ! getent group libvirt-qemu >/dev/null; then
   log "creating group libvirt-qemu"

@@ -1,4 +1,4 @@
-// One actor per domain (style.md, Firecracker): a thread that owns the domain's
+// One actor per domain (shared/design/style.md, Firecracker): a thread that owns the domain's
 // DomainController and is the only code that touches that guest. Callers (gRPC handlers,
 // lifecycle callbacks, the stop path) send typed commands and wait, bounded by their deadline,
 // for a typed result.

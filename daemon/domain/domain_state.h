@@ -1,4 +1,5 @@
-// tprd's state for one domain (style.md, Firecracker): it gates which commands are legal.
+// tprd's state for one domain (shared/design/style.md, Firecracker): it gates which commands are
+// legal.
 #ifndef TPRD_DAEMON_DOMAIN_DOMAIN_STATE_H_
 #define TPRD_DAEMON_DOMAIN_DOMAIN_STATE_H_
 

@@ -1,5 +1,7 @@
 #include "daemon/engine/blob.h"
 
+#include <zlib.h>
+
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -24,15 +26,18 @@ void StoreU32(uint8_t* bytes, uint32_t value) {
   for (int i = 0; i < 4; ++i) bytes[i] = static_cast<uint8_t>(value >> (8 * i));
 }
 
+// zlib's CRC-32 (IEEE) of `bytes`, with the 4 bytes at `skip_offset` (the checksum field
+// itself) counted as zero.
 uint32_t Crc32(absl::Span<const uint8_t> bytes, uint32_t skip_offset) {
-  uint32_t crc = 0xFFFFFFFF;
-  for (uint32_t i = 0; i < bytes.size(); ++i) {
-    // The checksum field itself counts as zero.
-    const uint8_t byte = (i >= skip_offset && i < skip_offset + 4) ? 0 : bytes[i];
-    crc ^= byte;
-    for (int bit = 0; bit < 8; ++bit) crc = (crc >> 1) ^ (0xEDB88320 & (0u - (crc & 1)));
-  }
-  return ~crc;
+  static constexpr uint8_t kZeros[4] = {};
+  const size_t skip_begin = std::min<size_t>(skip_offset, bytes.size());
+  const size_t skip_end = std::min<size_t>(uint64_t{skip_offset} + 4, bytes.size());
+  uLong crc = crc32(0L, Z_NULL, 0);
+  // crc32() with a null buffer returns the initial value: pass only non-empty ranges.
+  if (skip_begin > 0) crc = crc32(crc, bytes.data(), skip_begin);
+  if (skip_end > skip_begin) crc = crc32(crc, kZeros, skip_end - skip_begin);
+  if (bytes.size() > skip_end) crc = crc32(crc, bytes.data() + skip_end, bytes.size() - skip_end);
+  return static_cast<uint32_t>(crc);
 }
 
 absl::Status Rejected(const std::string& reason) {
@@ -136,7 +141,8 @@ absl::Status ValidatePlacement(const BlobPlacement& placement) {
   return absl::OkStatus();
 }
 
-// Length and first opcode byte of each form's original instruction (prior-art.md).
+// Length and first opcode byte of each form's original instruction
+// (shared/design/prior-art.md).
 struct FormShape {
   Form form;
   uint32_t length;

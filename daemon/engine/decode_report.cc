@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
 #include "daemon/engine/planner.h"
 
@@ -37,10 +38,8 @@ std::string Hex32(uint32_t value) { return absl::StrFormat("0x%08x", value); }
 }  // namespace
 
 std::string HexString(absl::Span<const uint8_t> bytes) {
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (uint8_t byte : bytes) absl::StrAppendFormat(&out, "%02x", byte);
-  return out;
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
 }
 
 DecodeReport BuildDecodeReport(absl::Span<const uint8_t> bytes, uint32_t address, uint32_t tpr_va,

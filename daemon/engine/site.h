@@ -15,8 +15,9 @@ namespace tprd::engine {
 // The windows TPR: APIC page mapped at 0xFFFE0000, TPR at offset 0x80.
 inline constexpr uint32_t kDefaultTprVa = 0xFFFE0080;
 
-// The seven patchable TPR access forms (prior-art.md; the seventh from the GPLPV drivers,
-// shared/design/hal-research.md). Values are stored in the guest's site table: never renumber.
+// The seven patchable TPR access forms (shared/design/prior-art.md; the seventh from the GPLPV
+// drivers, shared/design/hal-research.md). Values are stored in the guest's site table: never
+// renumber.
 enum class Form : uint8_t {
   kMovEaxFromMoffs = 1,  // A1 moffs32          mov eax,[tpr]
   kMovMoffsFromEax = 2,  // A3 moffs32          mov [tpr],eax
@@ -51,18 +52,18 @@ std::optional<Strategy> StrategyFromName(std::string_view name);
 
 // Virtual addresses of the guest blob's handlers, which the planner targets.
 struct HandlerTable {
-  uint32_t set_tpr = 0;          // value pushed by the site; handler pops it (ret 4)
-  uint32_t set_tpr_eax = 0;      // value in eax
+  uint32_t set_tpr = 0;              // value pushed by the site; handler pops it (ret 4)
+  uint32_t set_tpr_eax = 0;          // value in eax
   uint32_t get_tpr[kGprCount] = {};  // indexed by Gpr; the kEsp slot is unused (0)
-  uint32_t get_tpr_stack = 0;    // for push [tpr], patched as push eax; call
-  uint32_t and_tpr_zero = 0;     // for and dword [tpr],0, patched as 66 90 (nop); call
+  uint32_t get_tpr_stack = 0;        // for push [tpr], patched as push eax; call
+  uint32_t and_tpr_zero = 0;         // for and dword [tpr],0, patched as 66 90 (nop); call
 };
 
 enum class SiteState : uint8_t {
-  kCandidate = 0,  // classified, not written
-  kPending = 1,    // the transaction is writing it: bytes may be either original or patched
-  kApplied = 2,    // patched bytes are in the guest
-  kRolledBack = 3, // original bytes restored
+  kCandidate = 0,   // classified, not written
+  kPending = 1,     // the transaction is writing it: bytes may be either original or patched
+  kApplied = 2,     // patched bytes are in the guest
+  kRolledBack = 3,  // original bytes restored
 };
 std::string_view SiteStateName(SiteState state);
 
@@ -70,8 +71,8 @@ struct Site {
   uint32_t id = 0;       // stable within a domain; also the index in the guest's site table
   uint32_t address = 0;  // guest virtual address of the instruction
   Form form = Form::kMovEaxFromMoffs;
-  Gpr reg = Gpr::kEax;   // the register read or written; kEax where the form has none
-  uint32_t imm = 0;      // kMovMemFromImm only
+  Gpr reg = Gpr::kEax;            // the register read or written; kEax where the form has none
+  uint32_t imm = 0;               // kMovMemFromImm only
   std::vector<uint8_t> original;  // bytes as classified
   std::vector<uint8_t> patched;   // replacement, same length
   SiteState state = SiteState::kCandidate;

@@ -1,6 +1,6 @@
 // Apply and roll back a batch of sites as one transaction against a GuestVm.
 //
-// Guarantees (architecture.md, "The engine"):
+// Guarantees (shared/design/architecture.md, "The engine"):
 // - The batch runs with every vCPU stopped once: one Stop() and one Resume() per batch, or none
 //   when the caller already holds the guest stopped (GuestStop::kCallerHoldsStopped).
 // - A site is written only when its bytes are exactly the expected "before" bytes and no vCPU's

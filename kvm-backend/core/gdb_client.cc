@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/engine/status_macros.h"
 
 namespace tprd::backend {
 namespace {
@@ -15,13 +16,6 @@ constexpr int kMaxThreadInfoRounds = 1024;
 constexpr int kMaxXmlDocuments = 16;
 // Room for `M<address>,<length>:` within one packet.
 constexpr size_t kWriteHeaderBytes = 32;
-
-#define TPRD_GDB_RETURN_IF_ERROR(expr)                  \
-  do {                                                  \
-    if (absl::Status _status = (expr); !_status.ok()) { \
-      return _status;                                   \
-    }                                                   \
-  } while (0)
 
 // The command as errors name it: long `M` packets are cut.
 std::string Named(std::string_view payload) {
@@ -139,7 +133,7 @@ absl::Status GdbClient::HandleStopPacket(std::string_view payload) {
 
 absl::StatusOr<std::string> GdbClient::Exchange(std::string_view payload, ReplyMode mode) {
   const std::string packet = EncodeGdbPacket(payload);
-  TPRD_GDB_RETURN_IF_ERROR(WriteRaw(packet));
+  TPRD_RETURN_IF_ERROR(WriteRaw(packet));
   const absl::Time deadline = absl::Now() + options_.reply_timeout;
   bool acked = false;
   bool stop_before_ack = false;
@@ -159,7 +153,7 @@ absl::StatusOr<std::string> GdbClient::Exchange(std::string_view payload, ReplyM
           retransmits < options_.max_retransmits) {
         ++retransmits;
         stop_before_ack = false;
-        TPRD_GDB_RETURN_IF_ERROR(WriteRaw(packet));
+        TPRD_RETURN_IF_ERROR(WriteRaw(packet));
         continue;
       }
       return Break(WithContext(
@@ -176,7 +170,7 @@ absl::StatusOr<std::string> GdbClient::Exchange(std::string_view payload, ReplyM
           return Break(absl::DataLossError(
               absl::StrCat("gdbstub rejected ", Named(payload), " ", retransmits, " times")));
         }
-        TPRD_GDB_RETURN_IF_ERROR(WriteRaw(packet));
+        TPRD_RETURN_IF_ERROR(WriteRaw(packet));
         break;
       case GdbPacketEvent::Kind::kNotification:
         break;
@@ -185,11 +179,11 @@ absl::StatusOr<std::string> GdbClient::Exchange(std::string_view payload, ReplyM
           return Break(absl::DataLossError(absl::StrCat("too many corrupt packets answering ",
                                                         Named(payload), ": ", event->payload)));
         }
-        TPRD_GDB_RETURN_IF_ERROR(WriteRaw("-"));
+        TPRD_RETURN_IF_ERROR(WriteRaw("-"));
         break;
       case GdbPacketEvent::Kind::kMalformed:
       case GdbPacketEvent::Kind::kOversized: {
-        TPRD_GDB_RETURN_IF_ERROR(WriteRaw("+"));
+        TPRD_RETURN_IF_ERROR(WriteRaw("+"));
         // The stream stays in step (the bad reply was consumed whole); only this command fails.
         const bool oversized = event->kind == GdbPacketEvent::Kind::kOversized;
         std::string message =
@@ -197,13 +191,13 @@ absl::StatusOr<std::string> GdbClient::Exchange(std::string_view payload, ReplyM
         return oversized ? absl::ResourceExhaustedError(message) : absl::DataLossError(message);
       }
       case GdbPacketEvent::Kind::kPacket: {
-        TPRD_GDB_RETURN_IF_ERROR(WriteRaw("+"));
+        TPRD_RETURN_IF_ERROR(WriteRaw("+"));
         const std::string& reply = event->payload;
         if (mode == ReplyMode::kStopReply && acked && LooksLikeGdbStopReply(reply)) return reply;
         if (LooksLikeGdbStopReply(reply)) {
           // Not our answer: a stop (a host resume let the VM run into a breakpoint, or the VM
           // was running and our packet interrupted it). Keep it for WaitForStop.
-          TPRD_GDB_RETURN_IF_ERROR(HandleStopPacket(reply));
+          TPRD_RETURN_IF_ERROR(HandleStopPacket(reply));
           if (gone_) return Usable(false);
           if (!acked) stop_before_ack = true;
           break;
@@ -221,7 +215,7 @@ absl::StatusOr<std::string> GdbClient::Exchange(std::string_view payload, ReplyM
 }
 
 absl::StatusOr<std::string> GdbClient::Command(std::string_view payload) {
-  TPRD_GDB_RETURN_IF_ERROR(Usable(true));
+  TPRD_RETURN_IF_ERROR(Usable(true));
   absl::StatusOr<std::string> reply = Exchange(payload, ReplyMode::kReply);
   if (!reply.ok()) return reply;
   if (std::optional<int> code = ErrorCode(*reply)) return ErrorReplyStatus(payload, *code);
@@ -244,7 +238,7 @@ absl::Status GdbClient::CommandExpectingOk(std::string_view payload) {
 
 absl::Status GdbClient::Attach() {
   if (attached_) return absl::FailedPreconditionError("already attached");
-  TPRD_GDB_RETURN_IF_ERROR(Usable(true));
+  TPRD_RETURN_IF_ERROR(Usable(true));
   absl::StatusOr<std::string> features =
       Command("qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+");
   if (!features.ok()) return WithContext(features.status(), "gdbstub handshake");
@@ -290,7 +284,7 @@ absl::Status GdbClient::Attach() {
   }
   absl::StatusOr<GdbRegisterLayout> layout = GdbRegisterLayout::FromTargetXml(documents);
   if (!layout.ok()) return layout.status();
-  TPRD_GDB_RETURN_IF_ERROR(layout->CheckI386());
+  TPRD_RETURN_IF_ERROR(layout->CheckI386());
   layout_ = *std::move(layout);
 
   absl::StatusOr<GdbStopReply> stop = QueryStopReason();
@@ -365,7 +359,7 @@ absl::Status GdbClient::SelectThread(const GdbThreadId& thread) {
 
 absl::Status GdbClient::ClearTrapsOfEveryThread(const std::vector<GdbThreadId>& threads) {
   for (size_t i = threads.size(); i-- > 0;) {  // threads[0] last: the continue thread after
-    TPRD_GDB_RETURN_IF_ERROR(
+    TPRD_RETURN_IF_ERROR(
         CommandExpectingOk(absl::StrCat("Hc", threads[i].ToString(multiprocess_))));
     absl::StatusOr<GdbStopReply> stop = QueryStopReason();
     if (!stop.ok()) return WithContext(stop.status(), "clearing a previous client's traps");
@@ -438,7 +432,7 @@ absl::Status GdbClient::WriteMemoryPacket(uint64_t address, absl::Span<const uin
 absl::Status GdbClient::WriteMemory(uint64_t address, absl::Span<const uint8_t> data) {
   const size_t chunk = max_write_in_one_packet();
   for (size_t done = 0; done < data.size(); done += chunk) {
-    TPRD_GDB_RETURN_IF_ERROR(
+    TPRD_RETURN_IF_ERROR(
         WriteMemoryPacket(address + done, data.subspan(done, std::min(chunk, data.size() - done))));
   }
   return absl::OkStatus();
@@ -477,7 +471,7 @@ absl::Status GdbClient::RemoveWatchpoint(uint64_t address, uint64_t length,
 }
 
 absl::Status GdbClient::Continue() {
-  TPRD_GDB_RETURN_IF_ERROR(Usable(true));
+  TPRD_RETURN_IF_ERROR(Usable(true));
   if (!pending_stops_.empty()) {
     // Resuming would hide a stop the owner has not seen yet.
     return absl::FailedPreconditionError(
@@ -490,7 +484,7 @@ absl::Status GdbClient::Continue() {
 }
 
 absl::Status GdbClient::Interrupt() {
-  TPRD_GDB_RETURN_IF_ERROR(Usable(false));
+  TPRD_RETURN_IF_ERROR(Usable(false));
   return WriteRaw(std::string_view(&kGdbInterrupt, 1));
 }
 
@@ -507,21 +501,21 @@ absl::StatusOr<bool> GdbClient::AwaitStops(size_t queued, absl::Time deadline,
       if (++bad_packets > options_.max_bad_packets) {
         return Break(absl::DataLossError("too many corrupt packets while waiting for a stop"));
       }
-      TPRD_GDB_RETURN_IF_ERROR(WriteRaw("-"));
+      TPRD_RETURN_IF_ERROR(WriteRaw("-"));
       continue;
     }
     if (event->kind == GdbPacketEvent::Kind::kMalformed ||
         event->kind == GdbPacketEvent::Kind::kOversized) {
-      TPRD_GDB_RETURN_IF_ERROR(WriteRaw("+"));
+      TPRD_RETURN_IF_ERROR(WriteRaw("+"));
       return Break(absl::DataLossError(
           absl::StrCat("unusable packet while waiting for a stop: ", event->payload)));
     }
     if (event->kind != GdbPacketEvent::Kind::kPacket) continue;  // acks, notifications
     // Any packet now means the VM stopped (or never ran), so acking cannot interrupt it.
-    TPRD_GDB_RETURN_IF_ERROR(WriteRaw("+"));
+    TPRD_RETURN_IF_ERROR(WriteRaw("+"));
     const std::string& payload = event->payload;
     if (LooksLikeGdbStopReply(payload)) {
-      TPRD_GDB_RETURN_IF_ERROR(HandleStopPacket(payload));
+      TPRD_RETURN_IF_ERROR(HandleStopPacket(payload));
       continue;
     }
     if (!command.empty()) {
@@ -539,7 +533,7 @@ absl::StatusOr<bool> GdbClient::AwaitStops(size_t queued, absl::Time deadline,
 
 absl::StatusOr<std::optional<GdbStopReply>> GdbClient::WaitForStop(absl::Duration timeout) {
   if (pending_stops_.empty()) {
-    TPRD_GDB_RETURN_IF_ERROR(Usable(false));
+    TPRD_RETURN_IF_ERROR(Usable(false));
     absl::StatusOr<bool> stopped = AwaitStops(0, absl::Now() + timeout, {});
     if (!stopped.ok()) return stopped.status();
     if (!*stopped) return std::nullopt;
@@ -552,19 +546,19 @@ absl::StatusOr<std::optional<GdbStopReply>> GdbClient::WaitForStop(absl::Duratio
 
 absl::StatusOr<GdbStepResult> GdbClient::StepThread(const GdbThreadId& thread,
                                                     absl::Duration timeout) {
-  TPRD_GDB_RETURN_IF_ERROR(Usable(true));
+  TPRD_RETURN_IF_ERROR(Usable(true));
   auto refuse_if_queued = [this]() -> absl::Status {
     if (pending_stops_.empty()) return absl::OkStatus();
     // Stepping would hide a stop the owner has not seen yet (as for Continue).
     return absl::FailedPreconditionError(
         "a stop is queued: take it with WaitForStop before stepping");
   };
-  TPRD_GDB_RETURN_IF_ERROR(refuse_if_queued());
+  TPRD_RETURN_IF_ERROR(refuse_if_queued());
   const std::string id = thread.ToString(multiprocess_);
   // QEMU reports a stop caused by an interrupt for the continue thread, and clears single-step
   // after any stop only on that thread: it must be the stepped one.
-  TPRD_GDB_RETURN_IF_ERROR(CommandExpectingOk(absl::StrCat("Hc", id)));
-  TPRD_GDB_RETURN_IF_ERROR(refuse_if_queued());  // the VM ran after all: its stop came
+  TPRD_RETURN_IF_ERROR(CommandExpectingOk(absl::StrCat("Hc", id)));
+  TPRD_RETURN_IF_ERROR(refuse_if_queued());  // the VM ran after all: its stop came
   const std::string payload = absl::StrCat("vCont;s:", id);
   absl::StatusOr<std::string> acked = Exchange(payload, ReplyMode::kAckOnly);
   if (!acked.ok()) return acked.status();
@@ -576,7 +570,7 @@ absl::StatusOr<GdbStepResult> GdbClient::StepThread(const GdbThreadId& thread,
   if (stopped.ok() && !*stopped) {
     // E.g. `hlt` with the interrupts that would end it masked by the step: stop it.
     result.interrupted = true;
-    TPRD_GDB_RETURN_IF_ERROR(Interrupt());
+    TPRD_RETURN_IF_ERROR(Interrupt());
     stopped = AwaitStops(earlier, absl::Now() + options_.reply_timeout, payload);
   }
   if (!stopped.ok()) {
@@ -598,7 +592,7 @@ absl::StatusOr<GdbStepResult> GdbClient::StepThread(const GdbThreadId& thread,
 }
 
 absl::StatusOr<GdbStopReply> GdbClient::QueryStopReason() {
-  TPRD_GDB_RETURN_IF_ERROR(Usable(true));
+  TPRD_RETURN_IF_ERROR(Usable(true));
   absl::StatusOr<std::string> reply = Exchange("?", ReplyMode::kStopReply);
   if (!reply.ok()) return reply.status();
   if (!LooksLikeGdbStopReply(*reply)) {
@@ -612,7 +606,7 @@ absl::StatusOr<GdbStopReply> GdbClient::QueryStopReason() {
 
 absl::Status GdbClient::Detach() {
   // Plain `D` answers E22 once multiprocess+ was negotiated and leaves the VM stopped.
-  TPRD_GDB_RETURN_IF_ERROR(CommandExpectingOk(multiprocess_ ? "D;1" : "D"));
+  TPRD_RETURN_IF_ERROR(CommandExpectingOk(multiprocess_ ? "D;1" : "D"));
   detached_ = true;
   stream_->Close();
   return absl::OkStatus();

@@ -175,6 +175,20 @@ TEST(BlobInstantiateTest, HeaderCarriesPlacementAndChecksumVerifies) {
   for (uint32_t i = TPRD_BLOB_PERCPU_AREA; i < kBlobSize; ++i) ASSERT_EQ(blob->bytes[i], 0) << i;
 }
 
+// Pins the checksum to CRC-32 (IEEE) bit for bit: the value below came from the original
+// bit-by-bit implementation. Only [0, data offset) counts, the checksum field as zero.
+TEST(BlobChecksumTest, KnownValue) {
+  static_assert(TPRD_BLOB_DATA_OFFSET == 0x1000 && TPRD_BLOB_HDR_CHECKSUM == 0x10,
+                "the known value assumes this layout; recompute it if the layout changes");
+  std::vector<uint8_t> bytes(TPRD_BLOB_DATA_OFFSET + 64);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 7 + 3);
+  EXPECT_EQ(BlobChecksum(bytes), 0xDB8BF097u);
+  StoreU32(bytes, TPRD_BLOB_HDR_CHECKSUM, 0);
+  bytes.back() ^= 0xFF;
+  EXPECT_EQ(BlobChecksum(bytes), 0xDB8BF097u);
+  EXPECT_EQ(BlobChecksum(std::vector<uint8_t>(TPRD_BLOB_DATA_OFFSET)), 0xC71C0011u);
+}
+
 TEST(BlobInstantiateTest, HandlerTableIsSymbolsPlusBase) {
   const BlobPlacement placement = XpPlacement();
   auto blob = InstantiateBlob(placement);

@@ -109,8 +109,8 @@ std::vector<std::string> BootAndCheck(int seed, int smp, const std::string& cpu 
   return lines;
 }
 
-// The HAL forms of hal-research.md must all be present as executed sites, plus the other
-// kinds (rare writers, register-relative, cmp/test, decoys).
+// The HAL forms of shared/design/hal-research.md must all be present as executed sites, plus the
+// other kinds (rare writers, register-relative, cmp/test, decoys).
 void CheckSites(const std::vector<std::string>& lines) {
   std::set<std::string> forms, kinds, names;
   for (const std::string& line : lines) {
