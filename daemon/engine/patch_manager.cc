@@ -326,6 +326,24 @@ absl::Status PatchManager::WriteStrategy(Strategy strategy) {
 
 void PatchManager::RestoreRealTprs() {
   if (!installed_ || !profile_) return;
+  constexpr int kAttempts = 20;
+  for (int attempt = 0;; ++attempt) {
+    if (!RestoreRealTprsOnce(/*last_try=*/attempt + 1 >= kAttempts)) return;
+    // A CPU inside the handlers may stand between its CR8 write and its shadow store; the word
+    // already says exact, so it leaves them within a few instructions: let the guest run a
+    // moment and look again (as a rollback does for a CPU inside a site).
+    if (!vm_.Resume().ok()) return;  // paused by the host meanwhile: left as it is
+    clock_.SleepFor(
+        std::min(absl::Milliseconds(1) * (1 << std::min(attempt, 5)), absl::Milliseconds(20)));
+    if (absl::Status s = StopGuest(); !s.ok()) {
+      NoteError(s);
+      return;
+    }
+  }
+}
+
+bool PatchManager::RestoreRealTprsOnce(bool last_try) {
+  bool in_handlers = false;
   GuestVmPhysicalReader memory(vm_);
   for (const VcpuProfile& cpu : profile_->vcpus) {
     const uint32_t entry_va = installed_->addresses.PerCpuEntry(cpu.processor_number);
@@ -347,7 +365,11 @@ void PatchManager::RestoreRealTprs() {
       continue;
     }
     if (installed_->addresses.InHandlerCode(regs->eip)) {
-      skip("it is inside tprd's handlers");
+      if (last_try) {
+        skip("it stayed inside tprd's handlers");
+      } else {
+        in_handlers = true;
+      }
       continue;
     }
     const PagingRegisters paging = PagingRegisters::From(*regs);
@@ -394,6 +416,7 @@ void PatchManager::RestoreRealTprs() {
     }
     ++status_.real_tpr_restores;
   }
+  return in_handlers;
 }
 
 absl::Status PatchManager::PlanSites() {
@@ -621,9 +644,11 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   if (!installed_) {
     TPRD_RETURN_IF_ERROR(Install(request, *profile));
   } else {
-    // Switching strategy: go through exact so no handler sees a half-made switch.
-    TPRD_RETURN_IF_ERROR(DisarmTraps());
+    // Switching strategy: go through exact so no handler sees a half-made switch. The word
+    // first: leaving cr8 gives each real TPR its low nibble back, which may let the guest run a
+    // moment, still under the traps that keep it correct.
     TPRD_RETURN_IF_ERROR(WriteStrategy(Strategy::kExact));
+    TPRD_RETURN_IF_ERROR(DisarmTraps());
   }
   // The operator asks for this strategy: an earlier guard rejection no longer holds.
   TPRD_RETURN_IF_ERROR(InitPerCpu(/*from_real_tpr=*/true, /*clear_guard_evidence=*/true));

@@ -170,6 +170,9 @@ class PatchManager {
   // EFLAGS restored after. Skips (and notes) a CPU in user mode, inside the handlers, or whose
   // page tables do not map the poke and the TPR: a step there could fault.
   void RestoreRealTprs();
+  // One pass; true when a CPU inside the handlers has to be looked at again (never on the last
+  // try, which notes it instead).
+  bool RestoreRealTprsOnce(bool last_try);
   absl::Status WriteVerified(uint32_t va, absl::Span<const uint8_t> bytes);
   absl::Status PlanSites();
   // Applies sites with the guest already stopped; returns how many were applied.

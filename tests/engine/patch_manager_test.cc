@@ -519,6 +519,36 @@ TEST_F(PatchManagerTest, LeavingCr8GivesEachRealTprItsShadowBack) {
   EXPECT_TRUE(manager_.Status().last_error.empty()) << manager_.Status().last_error;
 }
 
+// A CPU inside the handlers may be between its CR8 write and its shadow store: tprd lets the
+// guest run a moment (the word already says exact, so it leaves them) and pokes it then.
+TEST_F(PatchManagerTest, LeavingCr8WaitsForACpuInsideTheHandlers) {
+  EnableCr8();
+  vm_.SetTpr(1, 0x40);
+  const std::optional<ParsedBlob> blob = GuestBlob();
+  ASSERT_TRUE(blob);
+  const uint32_t poke = blob->addresses.tpr_poke;
+  vm_.SetEip(1, blob->handlers.set_tpr_eax);
+  int sleeps = 0;
+  clock_.OnSleep([&] {
+    if (++sleeps == 2) vm_.SetEip(1, kCode + 0x800);  // it returned from the handler
+  });
+  std::vector<int> poked;
+  vm_.OnStep([&](FakeGuestVm& vm, int vcpu) {
+    VcpuRegisters& r = vm.Registers(vcpu);
+    if (r.eip != poke) return true;
+    poked.push_back(vcpu);
+    vm.SetTpr(vcpu, static_cast<uint8_t>(r.reg(Gpr::kEax)));
+    r.eip += 5;
+    return true;
+  });
+  ASSERT_TRUE(manager_.Rollback({}, false).ok());
+  EXPECT_EQ(sleeps, 2);
+  EXPECT_EQ(poked, std::vector<int>{1});
+  ASSERT_TRUE(vm_.Stop().ok());
+  EXPECT_EQ(*vm_.ReadTpr(1), 0x41);
+  EXPECT_TRUE(manager_.Status().last_error.empty()) << manager_.Status().last_error;
+}
+
 // A CPU stopped in user mode is not stepped through kernel code; the gap is said, not hidden.
 TEST_F(PatchManagerTest, LeavingCr8LeavesAUserModeCpuAndSaysSo) {
   EnableCr8();
