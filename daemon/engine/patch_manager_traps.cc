@@ -113,6 +113,7 @@ absl::Status PatchManager::SwitchToExact(const std::string& why,
                                          std::vector<ManagerEvent>& events) {
   TPRD_RETURN_IF_ERROR(WriteStrategy(Strategy::kExact));
   if (tpr_watch_armed_ && profile_) {
+    ConsumePendingHits(events, /*fix=*/false);  // none may outlive the watchpoint (DisarmTraps)
     (void)vm_.RemoveWatchpoint(profile_->tpr_va, 4, tpr_watch_kind_);
     tpr_watch_armed_ = false;
   }
@@ -372,12 +373,16 @@ void PatchManager::StepPastUnreportedHit(int vcpu, const AccessSeen& before,
                                          std::vector<ManagerEvent>& events, bool fix) {
   absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
   if (!regs.ok()) return;
-  // A step over hlt never ends (the step masks interrupts): leave such a vCPU alone.
-  uint8_t next = 0;
-  if (!vm_.ReadVirtual(vcpu, regs->eip, absl::MakeSpan(&next, 1)).ok() || next == 0xF4) return;
-  // Generous: a step that has to be interrupted is reported as a pause, which leaves the hit
-  // pending (one instruction takes far less, even on a loaded host).
-  absl::StatusOr<StepResult> step = vm_.StepVcpu(vcpu, absl::Seconds(2));
+  // A step over hlt never ends (the step masks interrupts), nor does a step of a CPU halted
+  // already (its eip is just after the hlt; an idle guest's CPUs mostly are): leave them alone.
+  uint8_t around[2] = {};
+  if (!vm_.ReadVirtual(vcpu, regs->eip - 1, absl::MakeSpan(around)).ok() || around[0] == 0xF4 ||
+      around[1] == 0xF4) {
+    return;
+  }
+  // A step that has to be interrupted is reported as a pause, which leaves the hit pending; one
+  // instruction takes far less than this even on a loaded host, and the guest waits meanwhile.
+  absl::StatusOr<StepResult> step = vm_.StepVcpu(vcpu, absl::Milliseconds(250));
   if (!step.ok()) {
     // No stepping on this backend, or a stop is already queued (it is handled next): nothing
     // worse than before.

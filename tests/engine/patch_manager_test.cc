@@ -484,6 +484,18 @@ TEST_F(PatchManagerTest, Cr8DoesNotStepAVcpuAboutToHalt) {
   EXPECT_TRUE(vm_.running());
 }
 
+// Nor one halted already (an idle CPU: its eip is just after the hlt).
+TEST_F(PatchManagerTest, Cr8DoesNotStepAHaltedVcpu) {
+  EnableCr8();
+  const size_t steps = vm_.step_calls().size();
+  Put(kCode + 0x900, {0xF4});
+  vm_.SetEip(1, kCode + 0x901);
+  vm_.SetPendingWatchpointHit(1);
+  ASSERT_TRUE(manager_.Rollback({}, false).ok());  // removes the watchpoint: every vCPU stepped
+  EXPECT_EQ(StepsSince(steps), std::vector<int>{0}) << "the halted vCPU is left alone";
+  EXPECT_TRUE(vm_.running());
+}
+
 // Leaving cr8 (here: a full rollback) the real TPR lacks the low nibble CR8 writes clear, and
 // debug writes cannot reach the APIC: tprd steps each such CPU through the blob's one-instruction
 // poke with eax = its shadow and interrupts off, then gives the CPU its registers back.
