@@ -351,9 +351,17 @@ bool PatchManager::RestoreRealTprsOnce(bool last_try) {
     if (!vm_.ReadVirtual(0, entry_va, absl::MakeSpan(raw)).ok()) continue;
     absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
     absl::StatusOr<uint8_t> real = vm_.ReadTpr(cpu.vcpu);
-    if (!entry.ok() || !entry->enabled || !real.ok() || *real == entry->shadow_tpr) continue;
+    if (!entry.ok() || !entry->enabled || !real.ok()) continue;
     absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(cpu.vcpu);
     if (!regs.ok()) continue;
+    // Inside the handlers, whatever the TPR reads now: a CPU between its CR8 write and its
+    // shadow store makes them differ only after the store (seen: shadow and real 0xd0, then the
+    // store of 0xd7, and the real TPR stayed 0xd0 under exact).
+    if (installed_->addresses.InHandlerCode(regs->eip) && !last_try) {
+      in_handlers = true;
+      continue;
+    }
+    if (*real == entry->shadow_tpr) continue;
     auto skip = [&](const std::string& why) {
       NoteError(absl::FailedPreconditionError(
           absl::StrCat("vCPU ", cpu.vcpu, "'s TPR reads 0x", absl::Hex(*real), " instead of 0x",
@@ -365,11 +373,7 @@ bool PatchManager::RestoreRealTprsOnce(bool last_try) {
       continue;
     }
     if (installed_->addresses.InHandlerCode(regs->eip)) {
-      if (last_try) {
-        skip("it stayed inside tprd's handlers");
-      } else {
-        in_handlers = true;
-      }
+      skip("it stayed inside tprd's handlers");
       continue;
     }
     const PagingRegisters paging = PagingRegisters::From(*regs);

@@ -535,14 +535,30 @@ TEST_F(PatchManagerTest, LeavingCr8GivesEachRealTprItsShadowBack) {
 // guest run a moment (the word already says exact, so it leaves them) and pokes it then.
 TEST_F(PatchManagerTest, LeavingCr8WaitsForACpuInsideTheHandlers) {
   EnableCr8();
+  // Between its CR8 write and its shadow store: the real TPR and the old shadow agree (0x40),
+  // and the store of 0x41 comes when it runs on.
   vm_.SetTpr(1, 0x40);
+  {
+    ASSERT_TRUE(vm_.Stop().ok());
+    const uint32_t entry_va = GuestBlob()->addresses.PerCpuShadow(1);
+    const uint8_t old_shadow = 0x40;
+    ASSERT_TRUE(vm_.WriteVirtual(0, entry_va, {&old_shadow, 1}).ok());
+    ASSERT_TRUE(vm_.Resume().ok());
+  }
   const std::optional<ParsedBlob> blob = GuestBlob();
   ASSERT_TRUE(blob);
   const uint32_t poke = blob->addresses.tpr_poke;
   vm_.SetEip(1, blob->handlers.set_tpr_eax);
+  const uint64_t data_pa = blob->placement.data_apart() ? blob->placement.data_pa
+                                                        : blob->placement.pa + kBlobDataBlockOffset;
+  const uint64_t shadow_pa =
+      data_pa + (blob->addresses.PerCpuShadow(1) - blob->addresses.data_block);
   int sleeps = 0;
   clock_.OnSleep([&] {
-    if (++sleeps == 2) vm_.SetEip(1, kCode + 0x800);  // it returned from the handler
+    if (++sleeps != 2) return;
+    vm_.SetEip(1, kCode + 0x800);  // it stored the shadow and returned from the handler
+    const uint8_t shadow = 0x41;
+    ASSERT_TRUE(vm_.BackdoorWritePhysical(shadow_pa, {&shadow, 1}).ok());
   });
   std::vector<int> poked;
   vm_.OnStep([&](FakeGuestVm& vm, int vcpu) {
