@@ -21,17 +21,6 @@ constexpr uint64_t kPoolEnd = 0x200000;
 constexpr uint32_t kTpr = 0xFFFE0080;
 constexpr uint64_t kApic = 0xFEE00000;
 
-class Memory : public PhysicalMemoryReader {
- public:
-  explicit Memory(const FakeGuestVm& vm) : vm_(vm) {}
-  absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) override {
-    return vm_.BackdoorReadPhysical(pa, out);
-  }
-
- private:
-  const FakeGuestVm& vm_;
-};
-
 class TprAliasTest : public ::testing::TestWithParam<Mode> {
  protected:
   TprAliasTest()
@@ -50,7 +39,7 @@ class TprAliasTest : public ::testing::TestWithParam<Mode> {
   }
 
   FakeGuestVm vm_;
-  Memory memory_;
+  ::tprd::testing::FakeGuestVmBackdoorReader memory_;
   PageTableBuilder builder_;
 };
 

@@ -9,19 +9,6 @@ namespace {
 
 constexpr uint64_t kPageSize = 4096;
 
-// The walker reads page tables straight from the fake's memory: that is the hypervisor's own
-// translation, not an engine access, so it is neither counted nor failed by injection.
-class BackdoorReader : public engine::PhysicalMemoryReader {
- public:
-  explicit BackdoorReader(const FakeGuestVm& vm) : vm_(vm) {}
-  absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) override {
-    return vm_.BackdoorReadPhysical(pa, out);
-  }
-
- private:
-  const FakeGuestVm& vm_;
-};
-
 }  // namespace
 
 FakeGuestVm::FakeGuestVm(const Options& options)
@@ -247,7 +234,8 @@ absl::StatusOr<std::vector<uint64_t>> FakeGuestVm::TranslateRange(int vcpu, uint
   if (size > 0 && uint64_t{va} + size - 1 > 0xFFFFFFFFu) {
     return absl::OutOfRangeError(absl::StrFormat("virtual 0x%x+%d wraps past 4 GiB", va, size));
   }
-  BackdoorReader reader(*this);
+  // The hypervisor's own translation, not an engine access: neither counted nor failed.
+  FakeGuestVmBackdoorReader reader(*this);
   const engine::PagingRegisters paging = engine::PagingRegisters::From(vcpus_[vcpu].regs);
   std::vector<uint64_t> physical;
   physical.reserve(size);

@@ -221,6 +221,19 @@ class FakeGuestVm : public GuestVm {
   std::vector<int> step_calls_;
 };
 
+// Reads a FakeGuestVm's physical memory through its backdoor: page-table walks by the
+// "hypervisor" and tests, neither counted nor failed by fault injection.
+class FakeGuestVmBackdoorReader : public engine::PhysicalMemoryReader {
+ public:
+  explicit FakeGuestVmBackdoorReader(const FakeGuestVm& vm) : vm_(vm) {}
+  absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) override {
+    return vm_.BackdoorReadPhysical(pa, out);
+  }
+
+ private:
+  const FakeGuestVm& vm_;
+};
+
 }  // namespace tprd::testing
 
 #endif  // TPRD_TESTS_FAKES_FAKE_GUEST_VM_H_
