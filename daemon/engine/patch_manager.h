@@ -163,16 +163,25 @@ class PatchManager {
   absl::Status InitPerCpu(bool from_real_tpr, bool clear_guard_evidence = false,
                           bool cr8_missed_writes = false);
   // Leaving cr8 for another strategy also gives every CPU's real TPR its shadow back
-  // (RestoreRealTprs).
+  // (patch_manager_leave_cr8.cc). The guest must be stopped.
   absl::Status WriteStrategy(Strategy strategy);
-  // After cr8: each enabled CPU whose real TPR differs from its shadow (a CR8 write cleared the
-  // low nibble) steps the blob's tpr_poke with eax = shadow and interrupts off, its eip, eax and
-  // EFLAGS restored after. Skips (and notes) a CPU in user mode, inside the handlers, or whose
-  // page tables do not map the poke and the TPR: a step there could fault.
-  void RestoreRealTprs();
-  // One pass; true when a CPU inside the handlers has to be looked at again (never on the last
-  // try, which notes it instead).
-  bool RestoreRealTprsOnce(bool last_try);
+  // Leaving cr8, before the word changes: every CPU inside the handlers is stepped out of them
+  // (it finishes its CR8 write and shadow store under the cr8 word), and while a CPU whose real
+  // TPR lost its low nibble is halted (a step cannot run it) the guest runs on a moment under
+  // cr8, bounded, and is looked at again.
+  void PrepareToLeaveCr8();
+  void StepOutOfHandlers(int vcpu);
+  bool HaltedWithLostNibble(const VcpuProfile& cpu);
+  bool IsHalted(int vcpu, uint32_t eip);
+  std::optional<PerCpuEntry> ReadPerCpuEntry(uint8_t processor_number);
+  // After the word left cr8: a CPU whose real TPR differs from its shadow (a CR8 write cleared
+  // the low nibble) steps the blob's tpr_poke with eax = shadow and interrupts off, every
+  // register it had restored after. Skips (and notes) a CPU in user mode, inside the handlers,
+  // halted, or whose page tables do not map the poke and the TPR: a step there could fault.
+  void PokeRealTpr(const VcpuProfile& cpu);
+  // The TPR watchpoint is cr8's access watchpoint: an unpatched read is fixed up to the shadow
+  // (also while leaving cr8, until the watchpoint goes: a real TPR the poke skipped is wrong).
+  bool FixesAccesses() const;
   absl::Status WriteVerified(uint32_t va, absl::Span<const uint8_t> bytes);
   absl::Status PlanSites();
   // Applies sites with the guest already stopped; returns how many were applied.
@@ -195,7 +204,12 @@ class PatchManager {
   struct AccessSeen {
     bool decoded = false;
     bool is_write = false;
+    // The access is an applied site's original instruction: the CPU ran the patched call.
+    bool at_applied_site = false;
   };
+  // cr8: a CPU that stands after an applied writer ran the handler, which wrote CR8 (the real
+  // TPR is the shadow's high nibble) and the shadow: the shadow stays, whatever hit is reported.
+  bool Cr8HandlerWrote(bool at_applied_site, uint8_t real_tpr, uint8_t shadow) const;
   absl::Status HandleWatchpoint(int vcpu, uint32_t pc, std::vector<ManagerEvent>& events,
                                 bool reported = true, AccessSeen* seen = nullptr);
   // cr8, SMP: steps a vCPU that stands just after a TPR access the stop did not name, alone, so

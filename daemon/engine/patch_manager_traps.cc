@@ -93,7 +93,7 @@ absl::Status PatchManager::DisarmTraps() {
     // pointer): its late report stops the VM, even after tprd detached, and nobody resumes it
     // (seen: a 4-vCPU guest left paused after a full rollback). Stepped out first.
     std::vector<ManagerEvent> ignored;
-    ConsumePendingHits(ignored, /*fix=*/status_.strategy == Strategy::kCr8);
+    ConsumePendingHits(ignored, /*fix=*/FixesAccesses());
   }
   for (uint32_t address : armed_breakpoints_) {
     absl::Status s = vm_.RemoveBreakpoint(address);
@@ -113,7 +113,8 @@ absl::Status PatchManager::SwitchToExact(const std::string& why,
                                          std::vector<ManagerEvent>& events) {
   TPRD_RETURN_IF_ERROR(WriteStrategy(Strategy::kExact));
   if (tpr_watch_armed_ && profile_) {
-    ConsumePendingHits(events, /*fix=*/false);  // none may outlive the watchpoint (DisarmTraps)
+    // None may outlive the watchpoint (DisarmTraps); cr8's are still fixed up.
+    ConsumePendingHits(events, /*fix=*/FixesAccesses());
     (void)vm_.RemoveWatchpoint(profile_->tpr_va, 4, tpr_watch_kind_);
     tpr_watch_armed_ = false;
   }
@@ -176,7 +177,7 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   const uint32_t start = decoded->first;
   const Classification& c = decoded->second;
   const bool is_write = IsWriter(c, start, reader);
-  if (seen) *seen = {true, is_write};
+  if (seen) *seen = {true, is_write, original_bytes};
   // An unreported vCPU merely stands after a TPR access: it may have jumped there. Only a read
   // whose result still holds the real TPR (and so differs from the shadow) is proof enough.
   if (!reported && is_write) return absl::OkStatus();
@@ -204,10 +205,7 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
     // The real TPR holds the written value: the shadow follows it. After a site that is patched
     // by now, the stop may be the patched call's return (its handler wrote CR8, which lost the
     // low nibble): then the real TPR is the shadow's high nibble, and the shadow stays.
-    if (original_bytes && status_.strategy == Strategy::kCr8 &&
-        *tpr == (entry->shadow_tpr & 0xF0)) {
-      return absl::OkStatus();
-    }
+    if (Cr8HandlerWrote(original_bytes, *tpr, entry->shadow_tpr)) return absl::OkStatus();
     entry->shadow_tpr = *tpr;
     TPRD_RETURN_IF_ERROR(WriteVerified(entry_va, EncodePerCpuEntry(*entry)));
   } else if (std::optional<Gpr> reg = FixableReadDestination(c, start, reader)) {
@@ -253,6 +251,10 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
     }
   }
   return absl::OkStatus();
+}
+
+bool PatchManager::Cr8HandlerWrote(bool at_applied_site, uint8_t real_tpr, uint8_t shadow) const {
+  return at_applied_site && status_.strategy == Strategy::kCr8 && real_tpr == (shadow & 0xF0);
 }
 
 absl::Status PatchManager::HandleUnpatchedWrite(int vcpu, uint32_t pc,
@@ -335,7 +337,9 @@ void PatchManager::FixUpUnreportedAccesses(std::optional<int> reported_vcpu,
   // stopped just after its access, unreported, with its hit pending.
   if (!tpr_watch_armed_ && !learning) return;
   if (!profile_) return;
-  const bool cr8 = !learning && status_.strategy == Strategy::kCr8;
+  // cr8's access watchpoint, also while leaving cr8 (the word already exact): a read of a real
+  // TPR that lacks its low nibble is fixed up until the watchpoint goes.
+  const bool cr8 = !learning && FixesAccesses();
   absl::StatusOr<int> count = vm_.VcpuCount();
   if (!count.ok()) return;
   for (int v = 0; v < *count; ++v) {
@@ -422,6 +426,10 @@ void PatchManager::StepPastUnreportedHit(int vcpu, const AccessSeen& before,
   absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
   absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(vcpu);
   if (!entry.ok() || !tpr.ok() || entry->shadow_tpr == *tpr) return;
+  // The hit the step reported may be an older one, left pending since an access elsewhere
+  // (QEMU keeps it until the vCPU is stepped or stops): standing after an applied writer proves
+  // only that the handler wrote (seen on 2 vCPUs: the shadow 0x41 became the CR8 result 0x40).
+  if (Cr8HandlerWrote(before.at_applied_site, *tpr, entry->shadow_tpr)) return;
   entry->shadow_tpr = *tpr;
   if (absl::Status s = WriteVerified(entry_va, EncodePerCpuEntry(*entry)); !s.ok()) NoteError(s);
   ++status_.unreported_fixups;

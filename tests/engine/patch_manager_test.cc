@@ -3,6 +3,7 @@
 #include "daemon/engine/patch_manager.h"
 
 #include <cstring>
+#include <functional>
 #include <set>
 
 #include "daemon/engine/guest_site_table.h"
@@ -145,9 +146,45 @@ class PatchManagerTest : public ::testing::Test {
         {StopEvent::Kind::kWatchpoint, vcpu, pc_after, kDefaultTprVa, WatchKind::kAccess});
   }
 
+  // The physical address of a variable in the blob's data block (for backdoor access to the
+  // fake's memory while it runs).
+  static uint64_t DataPhysical(const ParsedBlob& blob, uint32_t va) {
+    const uint64_t base = blob.placement.data_apart() ? blob.placement.data_pa
+                                                      : blob.placement.pa + kBlobDataBlockOffset;
+    return base + (va - blob.addresses.data_block);
+  }
+  // Steps of the fake run the blob's tpr_poke (`mov [tpr], eax`: the vCPU's TPR becomes eax) and
+  // record the vCPU and its EFLAGS in pokes_; any other step goes to `other`, or moves eip 2.
+  struct Poke {
+    int vcpu;
+    uint32_t eflags;
+  };
+  void EmulatePoke(const ParsedBlob& blob,
+                   std::function<void(FakeGuestVm&, VcpuRegisters&)> other = nullptr) {
+    vm_.OnStep([this, poke = blob.addresses.tpr_poke, other](FakeGuestVm& vm, int vcpu) {
+      VcpuRegisters& r = vm.Registers(vcpu);
+      if (r.eip == poke) {
+        pokes_.push_back({vcpu, r.eflags});
+        vm.SetTpr(vcpu, static_cast<uint8_t>(r.reg(Gpr::kEax)));
+        r.eip += 5;
+      } else if (other) {
+        other(vm, r);
+      } else {
+        r.eip += 2;
+      }
+      return true;
+    });
+  }
+  std::vector<int> PokedVcpus() const {
+    std::vector<int> out;
+    for (const Poke& p : pokes_) out.push_back(p.vcpu);
+    return out;
+  }
+
   FakeGuestVm vm_;
   RecordingJournal journal_;
   FakeClock clock_;
+  std::vector<Poke> pokes_;
   PatchManager manager_;
 };
 
@@ -444,6 +481,26 @@ TEST_F(PatchManagerTest, Cr8StepsAnUnnamedVcpuAfterAWriteAndResyncsItsShadow) {
   EXPECT_TRUE(vm_.running());
 }
 
+// A vCPU standing after an applied writer ran the handler (CR8 write, shadow store), even when
+// the step that ends its pending hit reports one: that hit is an older access's, and the real
+// TPR is only the CR8 result, so the shadow stays (seen on 2 vCPUs: 0x41 became 0x40).
+TEST_F(PatchManagerTest, Cr8KeepsTheShadowOfAVcpuStandingAfterAnAppliedWriter) {
+  EnableCr8();
+  QueueBreakpoint(0, kWriteEcx);
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
+  ASSERT_EQ(SiteAt(kWriteEcx)->site.state, SiteState::kApplied);
+  vm_.SetEip(1, kWriteEcx + 6);  // returned from set_tpr: CR8 = 4, shadow 0x41
+  vm_.SetTpr(1, 0x40);
+  vm_.SetPendingWatchpointHit(1);
+  vm_.SetStepLength(2);
+  vm_.SetEip(0, kCode + 0x800);
+  vm_.QueueStopEvent({StopEvent::Kind::kInterrupted, 0, kCode + 0x800, 0, WatchKind::kAccess});
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
+  EXPECT_FALSE(vm_.pending_watchpoint_hit(1));
+  EXPECT_EQ(GuestBlob()->cpus[1].shadow_tpr, 0x41);
+  EXPECT_EQ(manager_.Status().unreported_fixups, 0u);
+}
+
 // The same place reached by a jump: the step reports no hit, so nothing was written and the
 // shadow (whose low nibble the real TPR lacks under cr8) stays.
 TEST_F(PatchManagerTest, Cr8StepsAnUnnamedVcpuThatJumpedAfterAWriteAndKeepsItsShadow) {
@@ -503,27 +560,17 @@ TEST_F(PatchManagerTest, LeavingCr8GivesEachRealTprItsShadowBack) {
   EnableCr8();
   // shadows: vCPU 0 0x20, vCPU 1 0x41
   vm_.SetTpr(1, 0x40);  // CR8 = 4 wrote the real TPR without its low nibble
-  const uint32_t poke = GuestBlob()->addresses.tpr_poke;
-  ASSERT_NE(poke, 0u);
-  uint32_t eflags_seen = 0;
-  std::vector<int> poked;
-  vm_.OnStep([&](FakeGuestVm& vm, int vcpu) {
-    VcpuRegisters& r = vm.Registers(vcpu);
-    if (r.eip != poke) return true;
-    poked.push_back(vcpu);
-    eflags_seen = r.eflags;
-    vm.SetTpr(vcpu, static_cast<uint8_t>(r.reg(Gpr::kEax)));  // mov [tpr], eax
-    r.eip += 5;
-    return true;
-  });
+  const std::optional<ParsedBlob> blob = GuestBlob();
+  ASSERT_TRUE(blob);
+  EmulatePoke(*blob, [](FakeGuestVm&, VcpuRegisters&) {});  // other steps: the CPU stays put
   vm_.Registers(1).reg(Gpr::kEax) = 0xCAFE;
   vm_.Registers(1).eflags = 0x202;  // IF and the reserved bit
   const uint32_t eip = vm_.Registers(1).eip;
   ASSERT_TRUE(manager_.Rollback({}, false).ok());
-  EXPECT_EQ(poked, std::vector<int>{1}) << "only the CPU whose TPR lost a nibble";
+  EXPECT_EQ(PokedVcpus(), std::vector<int>{1}) << "only the CPU whose TPR lost a nibble";
   ASSERT_TRUE(vm_.Stop().ok());
   EXPECT_EQ(*vm_.ReadTpr(1), 0x41);
-  EXPECT_EQ(eflags_seen & (1u << 9), 0u) << "stepped with interrupts off";
+  EXPECT_EQ(pokes_[0].eflags & (1u << 9), 0u) << "stepped with interrupts off";
   EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0xCAFEu);
   EXPECT_EQ(vm_.Registers(1).eip, eip);
   EXPECT_EQ(vm_.Registers(1).eflags, 0x202u);
@@ -531,50 +578,91 @@ TEST_F(PatchManagerTest, LeavingCr8GivesEachRealTprItsShadowBack) {
   EXPECT_TRUE(manager_.Status().last_error.empty()) << manager_.Status().last_error;
 }
 
-// A CPU inside the handlers may be between its CR8 write and its shadow store: tprd lets the
-// guest run a moment (the word already says exact, so it leaves them) and pokes it then.
-TEST_F(PatchManagerTest, LeavingCr8WaitsForACpuInsideTheHandlers) {
+// A CPU inside the handlers may be between its CR8 write and its shadow store. Left to run after
+// the word changed, that store would undo a poke (or a read there would take the exact path while
+// the real TPR lacks its nibble): it is stepped out of the handlers alone, under the cr8 word, and
+// poked then; the guest does not run meanwhile (seen in clean-clone runs: one wrong read per CPU).
+TEST_F(PatchManagerTest, LeavingCr8StepsACpuOutOfTheHandlersBeforeTheWordChanges) {
   EnableCr8();
   // Between its CR8 write and its shadow store: the real TPR and the old shadow agree (0x40),
-  // and the store of 0x41 comes when it runs on.
+  // and the store of 0x41 comes with its next instructions.
   vm_.SetTpr(1, 0x40);
-  {
-    ASSERT_TRUE(vm_.Stop().ok());
-    const uint32_t entry_va = GuestBlob()->addresses.PerCpuShadow(1);
-    const uint8_t old_shadow = 0x40;
-    ASSERT_TRUE(vm_.WriteVirtual(0, entry_va, {&old_shadow, 1}).ok());
-    ASSERT_TRUE(vm_.Resume().ok());
-  }
   const std::optional<ParsedBlob> blob = GuestBlob();
   ASSERT_TRUE(blob);
-  const uint32_t poke = blob->addresses.tpr_poke;
+  {
+    ASSERT_TRUE(vm_.Stop().ok());
+    const uint8_t old_shadow = 0x40;
+    ASSERT_TRUE(vm_.WriteVirtual(0, blob->addresses.PerCpuShadow(1), {&old_shadow, 1}).ok());
+    ASSERT_TRUE(vm_.Resume().ok());
+  }
   vm_.SetEip(1, blob->handlers.set_tpr_eax);
-  const uint64_t data_pa = blob->placement.data_apart() ? blob->placement.data_pa
-                                                        : blob->placement.pa + kBlobDataBlockOffset;
-  const uint64_t shadow_pa =
-      data_pa + (blob->addresses.PerCpuShadow(1) - blob->addresses.data_block);
+  const uint64_t shadow_pa = DataPhysical(*blob, blob->addresses.PerCpuShadow(1));
+  const uint64_t word_pa = DataPhysical(*blob, blob->addresses.strategy_word);
   int sleeps = 0;
-  clock_.OnSleep([&] {
-    if (++sleeps != 2) return;
-    vm_.SetEip(1, kCode + 0x800);  // it stored the shadow and returned from the handler
-    const uint8_t shadow = 0x41;
-    ASSERT_TRUE(vm_.BackdoorWritePhysical(shadow_pa, {&shadow, 1}).ok());
-  });
-  std::vector<int> poked;
-  vm_.OnStep([&](FakeGuestVm& vm, int vcpu) {
-    VcpuRegisters& r = vm.Registers(vcpu);
-    if (r.eip != poke) return true;
-    poked.push_back(vcpu);
-    vm.SetTpr(vcpu, static_cast<uint8_t>(r.reg(Gpr::kEax)));
-    r.eip += 5;
-    return true;
+  clock_.OnSleep([&] { ++sleeps; });
+  int handler_steps = 0;
+  EmulatePoke(*blob, [&](FakeGuestVm& vm, VcpuRegisters& r) {
+    if (!blob->addresses.InHandlerCode(r.eip)) {
+      r.eip += 2;
+      return;
+    }
+    uint8_t word = 0xFF;
+    EXPECT_TRUE(vm.BackdoorReadPhysical(word_pa, {&word, 1}).ok());
+    EXPECT_EQ(word, static_cast<uint8_t>(Strategy::kCr8)) << "stepped under the cr8 word";
+    if (++handler_steps == 3) {  // it stores the shadow and returns from the handler
+      const uint8_t shadow = 0x41;
+      EXPECT_TRUE(vm.BackdoorWritePhysical(shadow_pa, {&shadow, 1}).ok());
+      r.eip = kCode + 0x800;
+    } else {
+      r.eip += 1;
+    }
   });
   ASSERT_TRUE(manager_.Rollback({}, false).ok());
-  EXPECT_EQ(sleeps, 2);
-  EXPECT_EQ(poked, std::vector<int>{1});
+  EXPECT_EQ(handler_steps, 3);
+  EXPECT_EQ(sleeps, 0) << "the guest never ran between the first stop and the poke";
+  EXPECT_EQ(PokedVcpus(), std::vector<int>{1});
   ASSERT_TRUE(vm_.Stop().ok());
   EXPECT_EQ(*vm_.ReadTpr(1), 0x41);
   EXPECT_TRUE(manager_.Status().last_error.empty()) << manager_.Status().last_error;
+}
+
+// A halted CPU cannot be stepped through the poke (the step masks interrupts, and only an
+// interrupt ends a hlt). While one whose real TPR lost its nibble is halted, the guest runs on a
+// moment under cr8 (still correct there) and is looked at again.
+TEST_F(PatchManagerTest, LeavingCr8WaitsUnderCr8ForAHaltedCpuToWake) {
+  EnableCr8();
+  vm_.SetTpr(1, 0x40);  // shadow 0x41
+  Put(kCode + 0x900, {0xF4});
+  vm_.SetEip(1, kCode + 0x901);
+  const std::optional<ParsedBlob> blob = GuestBlob();
+  ASSERT_TRUE(blob);
+  const uint64_t word_pa = DataPhysical(*blob, blob->addresses.strategy_word);
+  int sleeps = 0;
+  clock_.OnSleep([&] {
+    uint8_t word = 0xFF;
+    EXPECT_TRUE(vm_.BackdoorReadPhysical(word_pa, {&word, 1}).ok());
+    EXPECT_EQ(word, static_cast<uint8_t>(Strategy::kCr8)) << "runs on under the cr8 word";
+    if (++sleeps == 2) vm_.SetEip(1, kCode + 0x800);  // an interrupt woke it
+  });
+  EmulatePoke(*blob);
+  ASSERT_TRUE(manager_.Rollback({}, false).ok());
+  EXPECT_EQ(sleeps, 2);
+  EXPECT_EQ(PokedVcpus(), std::vector<int>{1});
+  ASSERT_TRUE(vm_.Stop().ok());
+  EXPECT_EQ(*vm_.ReadTpr(1), 0x41);
+  EXPECT_TRUE(manager_.Status().last_error.empty()) << manager_.Status().last_error;
+}
+
+// One that never wakes is left, and said.
+TEST_F(PatchManagerTest, LeavingCr8LeavesACpuThatStaysHaltedAndSaysSo) {
+  EnableCr8();
+  vm_.SetTpr(1, 0x40);
+  Put(kCode + 0x900, {0xF4});
+  vm_.SetEip(1, kCode + 0x901);
+  ASSERT_TRUE(manager_.Rollback({}, false).ok());
+  EXPECT_EQ(vm_.Registers(1).eip, kCode + 0x901u) << "not pointed at the poke";
+  EXPECT_THAT(manager_.Status().last_error, HasSubstr("halted"));
+  EXPECT_TRUE(vm_.running());
 }
 
 // A CPU stopped in user mode is not stepped through kernel code; the gap is said, not hidden.

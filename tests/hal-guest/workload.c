@@ -594,10 +594,15 @@ void cpu_run(struct cpu* c) {
     round_once(c);
     now = rdtsc();
     if (now >= next_idle) {
-      /* The idle loop at PASSIVE_LEVEL: wait for the next interrupt (at most one timer
-       * period), which also leaves host CPU time to QEMU's timer thread. */
+      /* The idle loop as NT's KiIdleLoop runs it: at DISPATCH_LEVEL (TPR 0x41, whose low
+       * nibble a CR8 write loses), halted until the next interrupt (at most one timer period,
+       * whose vector class is above DISPATCH), which also leaves host CPU time to QEMU's timer
+       * thread. A tprd leaving cr8 meets CPUs halted here. */
+      u32 old = raise_fixed(c, R_DPC, 0x41);
       __asm__ volatile("hlt" ::: "memory");
       inc(&c->idles);
+      reads(c);
+      lower_via(c, lower_r(c), old);
       next_idle = now + idle;
     }
     if (rdtsc() >= c->next_stat_tsc) {
