@@ -147,6 +147,7 @@ class PatchManager {
   absl::StatusOr<GuestProfile> StopAndProfile();
   // tprd's blob in the legacy window, validated; nullopt when there is none.
   absl::StatusOr<std::optional<ParsedBlob>> FindInstalledBlob();
+  static std::string Disassemble(const Site& site);
   // Takes over a blob found in the guest and its site table; returns its strategy word.
   Strategy LoadInstalled(const ParsedBlob& blob);
   absl::Status RecordAdoptedStates(const ParsedBlob& blob);
