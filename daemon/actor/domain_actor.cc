@@ -23,11 +23,14 @@ bool LibvirtReconnecting(const absl::Status& status) {
          absl::StrContains(status.message(), "not connected to libvirtd") &&
          absl::StrContains(status.message(), "(reconnecting)");
 }
-}  // namespace
-namespace {
 
 bool SessionLost(const absl::Status& status) {
   return absl::IsUnavailable(status) || absl::IsNotFound(status) || absl::IsAborted(status);
+}
+
+absl::Status CancelledBeforeStart() {
+  return absl::CancelledError(
+      "command cancelled before it started: the caller gave up or tprd is stopping");
 }
 
 }  // namespace
@@ -45,7 +48,7 @@ DomainActor::DomainActor(DomainInfo domain, Hypervisor* hypervisor, Journal* jou
 DomainActor::~DomainActor() {
   {
     absl::MutexLock lock(&mu_);
-    stopping_ = true;
+    phase_ = ActorPhase::kStopping;
     if (interruptible_ != nullptr) interruptible_->Interrupt();
   }
   thread_.join();
@@ -58,41 +61,29 @@ DomainSnapshot DomainActor::Snapshot() {
 }
 
 template <typename T>
-absl::StatusOr<T> DomainActor::Call(const std::string& name, bool mutates, absl::Time deadline,
+absl::StatusOr<T> DomainActor::Call(ActorCommand kind, absl::Time deadline,
                                     std::function<absl::StatusOr<T>()> body) {
-  auto reply = std::make_shared<std::promise<absl::StatusOr<T>>>();
-  std::future<absl::StatusOr<T>> result = reply->get_future();
-  auto cancelled = std::make_shared<std::atomic<bool>>(false);
   {
     absl::MutexLock lock(&mu_);
-    if (stopping_ || (closing_ && name != "detach")) {
-      return absl::UnavailableError(absl::StrCat("tprd is stopping and has let go of ",
-                                                 snapshot_.domain.name,
-                                                 "; retry after it restarts"));
-    }
-    if (mutates && !snapshot_.busy_with.empty()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("domain ", snapshot_.domain.name, " is busy with ", snapshot_.busy_with,
-                       "; wait for it to finish (tprctl status ", snapshot_.domain.name, ")"));
-    }
-    if (mutates) snapshot_.busy_with = name;
+    absl::Status admitted = Admit(kind);
+    if (!admitted.ok()) return admitted;
   }
+  auto reply = std::make_shared<std::promise<absl::StatusOr<T>>>();
+  std::future<absl::StatusOr<T>> result = reply->get_future();
   Command command;
-  command.name = name;
-  command.cancelled = cancelled;
-  command.run = [this, reply, cancelled, body = std::move(body), mutates]() {
-    absl::StatusOr<T> result =
-        cancelled->load()
-            ? absl::StatusOr<T>(absl::CancelledError(
-                  "command cancelled before it started: the caller gave up or tprd is stopping"))
-            : body();
+  command.kind = kind;
+  command.cancelled = std::make_shared<std::atomic<bool>>(false);
+  command.run = [this, reply, body = std::move(body),
+                 claims = RuleFor(kind).claims_domain](const absl::Status& gate) {
+    absl::StatusOr<T> result = gate.ok() ? body() : absl::StatusOr<T>(gate);
     // Not busy any more before the caller hears back, so its next command is accepted.
-    if (mutates) {
+    if (claims) {
       absl::MutexLock lock(&mu_);
       snapshot_.busy_with.clear();
     }
     reply->set_value(std::move(result));
   };
+  std::shared_ptr<std::atomic<bool>> cancelled = command.cancelled;
   Enqueue(std::move(command));
 
   const absl::Duration wait = deadline - absl::Now();
@@ -103,24 +94,46 @@ absl::StatusOr<T> DomainActor::Call(const std::string& name, bool mutates, absl:
   if (status != std::future_status::ready) {
     cancelled->store(true);
     return absl::DeadlineExceededError(
-        absl::StrCat("domain ", Snapshot().domain.name, " did not finish ", name,
+        absl::StrCat("domain ", Snapshot().domain.name, " did not finish ", ActorCommandName(kind),
                      " before the deadline; it may still complete: check tprctl status"));
   }
   return result.get();
 }
 
+absl::Status DomainActor::Admit(ActorCommand kind) {
+  if (!AcceptedIn(kind, phase_)) {
+    return absl::UnavailableError(absl::StrCat("tprd is stopping and has let go of ",
+                                               snapshot_.domain.name, "; retry after it restarts"));
+  }
+  const ActorCommandRule& rule = RuleFor(kind);
+  if (!rule.claims_domain) return absl::OkStatus();
+  if (!snapshot_.busy_with.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("domain ", snapshot_.domain.name, " is busy with ", snapshot_.busy_with,
+                     "; wait for it to finish (tprctl status ", snapshot_.domain.name, ")"));
+  }
+  snapshot_.busy_with = rule.name;
+  return absl::OkStatus();
+}
+
+absl::Status DomainActor::StartGate(const Command& command) {
+  if (command.cancelled->load()) return CancelledBeforeStart();
+  const DomainState state = Snapshot().state;
+  if (!RunsIn(command.kind, state)) return NotLegalIn(command.kind, state);
+  return absl::OkStatus();
+}
+
 void DomainActor::Enqueue(Command command) {
   {
     absl::MutexLock lock(&mu_);
-    if (!stopping_) {
+    if (phase_ != ActorPhase::kStopping) {
       queue_.push_back(std::move(command));
       if (interruptible_ != nullptr) interruptible_->Interrupt();
       return;
     }
   }
   // The thread is gone or going: answer at once rather than leave the caller waiting.
-  command.cancelled->store(true);
-  command.run();
+  command.run(CancelledBeforeStart());
 }
 
 void DomainActor::Run() {
@@ -133,8 +146,9 @@ void DomainActor::Run() {
     {
       absl::MutexLock lock(&mu_);
       const bool patched = snapshot_.state == DomainState::kPatched && controller_ != nullptr;
-      auto ready = [this]()
-                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !queue_.empty(); };
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return phase_ == ActorPhase::kStopping || !queue_.empty();
+      };
       // While patched the controller must poll; otherwise sleep until a command arrives (or a
       // deferred retake is due).
       if (!patched) {
@@ -144,7 +158,7 @@ void DomainActor::Run() {
           mu_.Await(absl::Condition(&ready));
         }
       }
-      stop = stopping_;
+      stop = phase_ == ActorPhase::kStopping;
       if (stop) {
         remaining.swap(queue_);
       } else if (!queue_.empty()) {
@@ -161,14 +175,11 @@ void DomainActor::Run() {
       continue;
     }
     if (stop) {
-      for (Command& queued : remaining) {
-        queued.cancelled->store(true);
-        queued.run();
-      }
+      for (Command& queued : remaining) queued.run(CancelledBeforeStart());
       return;
     }
     if (command) {
-      command->run();
+      command->run(StartGate(*command));
     } else if (poll) {
       PollOnce();
     }
@@ -385,6 +396,14 @@ absl::Status DomainActor::GoneError() {
       "domain ", name, " is not running; start it (virsh start ", name, "), then retry"));
 }
 
+absl::Status DomainActor::NotLegalIn(ActorCommand kind, DomainState state) {
+  if (state == DomainState::kGone) return GoneError();
+  // No command is refused in another state today; kActorCommandRules may come to refuse one.
+  return absl::FailedPreconditionError(absl::StrCat("domain ", Snapshot().domain.name, " is ",
+                                                    DomainStateName(state), "; ",
+                                                    ActorCommandName(kind), " cannot run now"));
+}
+
 uint64_t DomainActor::RebootsSeen() {
   absl::MutexLock lock(&mu_);
   return reboots_seen_;
@@ -425,9 +444,8 @@ absl::Status DomainActor::StoppedDuring(const absl::Status& status, const std::s
 absl::StatusOr<DomainActor::EnableResult> DomainActor::Enable(const EnableOptions& options,
                                                               absl::Time deadline) {
   return Call<EnableResult>(
-      "enable", /*mutates=*/true, deadline, [this, options]() -> absl::StatusOr<EnableResult> {
+      ActorCommand::kEnable, deadline, [this, options]() -> absl::StatusOr<EnableResult> {
         const DomainState before = Snapshot().state;
-        if (before == DomainState::kGone) return GoneError();
         const bool had_session = controller_ != nullptr;
         // A guest we are away from may already hold our blob: take it back before enabling.
         absl::Status opened = EnsureController(before == DomainState::kExactWhileAway);
@@ -475,10 +493,10 @@ absl::StatusOr<DomainActor::EnableResult> DomainActor::Enable(const EnableOption
 absl::StatusOr<DomainActor::RollbackOutcome> DomainActor::Rollback(
     const std::vector<uint32_t>& site_ids, bool force, absl::Time deadline) {
   return Call<RollbackOutcome>(
-      "rollback", /*mutates=*/true, deadline,
+      ActorCommand::kRollback, deadline,
       [this, site_ids, force]() -> absl::StatusOr<RollbackOutcome> {
         const DomainSnapshot before = Snapshot();
-        if (before.state == DomainState::kGone) return GoneError();
+        // Not a refusal for the table: with nothing patched, rolling everything back is an answer.
         if (before.state == DomainState::kUnpatched && controller_ == nullptr) {
           if (!site_ids.empty()) {
             return absl::NotFoundError(
@@ -540,9 +558,7 @@ absl::StatusOr<DomainActor::RollbackOutcome> DomainActor::Rollback(
 
 absl::StatusOr<std::vector<ScanCandidateReport>> DomainActor::Scan(absl::Time deadline) {
   return Call<std::vector<ScanCandidateReport>>(
-      "scan", /*mutates=*/false, deadline,
-      [this]() -> absl::StatusOr<std::vector<ScanCandidateReport>> {
-        if (Snapshot().state == DomainState::kGone) return GoneError();
+      ActorCommand::kScan, deadline, [this]() -> absl::StatusOr<std::vector<ScanCandidateReport>> {
         const bool had_session = controller_ != nullptr;
         absl::Status opened = EnsureController(/*adopt=*/false);
         if (!opened.ok()) return opened;
@@ -553,11 +569,9 @@ absl::StatusOr<std::vector<ScanCandidateReport>> DomainActor::Scan(absl::Time de
 }
 
 absl::StatusOr<bool> DomainActor::Adopt(absl::Time deadline) {
-  // Not a claim on the domain (mutates=false): adopt runs at daemon start and on reconnect, and
-  // an operator's enable or rollback arriving meanwhile must queue behind it, not be refused
-  // as "busy". The actor runs one command at a time either way.
-  return Call<bool>("adopt", /*mutates=*/false, deadline, [this]() -> absl::StatusOr<bool> {
-    if (Snapshot().state == DomainState::kGone) return GoneError();
+  // Not a claim on the domain (kActorCommandRules): an operator's enable or rollback arriving
+  // meanwhile queues behind it. The actor runs one command at a time either way.
+  return Call<bool>(ActorCommand::kAdopt, deadline, [this]() -> absl::StatusOr<bool> {
     absl::Status opened = EnsureController(/*adopt=*/true);
     if (!opened.ok()) return opened;
     const bool patched = controller_->Status().patched;
@@ -585,33 +599,35 @@ absl::Status DomainActor::Detach(const std::string& reason, absl::Time deadline)
   {
     // No new work after this: whatever is queued runs, then the detach.
     absl::MutexLock lock(&mu_);
-    closing_ = true;
+    if (phase_ == ActorPhase::kOpen) phase_ = ActorPhase::kClosing;
   }
-  auto done =
-      Call<bool>("detach", /*mutates=*/false, deadline, [this, reason]() -> absl::StatusOr<bool> {
-        if (controller_ == nullptr) return false;
-        const ControllerStatus status = controller_->Status();
-        const bool patched = status.patched;
-        // The guest runs on exact from here; the adopt that follows restores this.
-        RecordOperation("detach", reason,
-                        patched ? std::optional(status.requested_strategy) : std::nullopt);
-        DropController(/*detach=*/true, reason);
-        if (patched) SetState(DomainState::kExactWhileAway, reason);
-        return patched;
-      });
+  auto done = Call<bool>(ActorCommand::kDetach, deadline, [this, reason]() -> absl::StatusOr<bool> {
+    if (controller_ == nullptr) return false;
+    const ControllerStatus status = controller_->Status();
+    const bool patched = status.patched;
+    // The guest runs on exact from here; the adopt that follows restores this.
+    RecordOperation("detach", reason,
+                    patched ? std::optional(status.requested_strategy) : std::nullopt);
+    DropController(/*detach=*/true, reason);
+    if (patched) SetState(DomainState::kExactWhileAway, reason);
+    return patched;
+  });
   return done.status();
 }
 
 void DomainActor::OnLifecycle(const LifecycleEvent& event) {
-  if (event.kind == LifecycleKind::kRebooted) {
+  {
     absl::MutexLock lock(&mu_);
-    ++reboots_seen_;  // a failing operation may be waiting for this (StoppedDuring)
+    // A failing operation may be waiting for this (StoppedDuring), even while stopping.
+    if (event.kind == LifecycleKind::kRebooted) ++reboots_seen_;
+    // Refused only while stopping: nobody waits for the answer, and the state dies with the actor.
+    if (!Admit(ActorCommand::kLifecycle).ok()) return;
   }
   Command command;
-  command.name = "lifecycle";
+  command.kind = ActorCommand::kLifecycle;
   command.cancelled = std::make_shared<std::atomic<bool>>(false);
-  command.run = [this, event, cancelled = command.cancelled]() {
-    if (!cancelled->load()) HandleLifecycle(event);
+  command.run = [this, event](const absl::Status& gate) {
+    if (gate.ok()) HandleLifecycle(event);
   };
   Enqueue(std::move(command));
 }

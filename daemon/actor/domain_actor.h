@@ -1,7 +1,8 @@
 // One actor per domain (shared/design/style.md, Firecracker): a thread that owns the domain's
 // DomainController and is the only code that touches that guest. Callers (gRPC handlers,
-// lifecycle callbacks, the stop path) send typed commands and wait, bounded by their deadline,
-// for a typed result.
+// lifecycle callbacks, the stop path) send typed commands (ActorCommand) and wait, bounded by
+// their deadline, for a typed result. Which command is legal when is one table
+// (actor_command.h); the actor checks it before a command's body runs.
 //
 // The loop: take the next command if one is queued, else, while the domain is patched, let the
 // controller handle guest stops for up to `poll_interval` (Poll); a new command interrupts Poll
@@ -23,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/actor/actor_command.h"
 #include "daemon/domain/domain_controller.h"
 #include "daemon/domain/domain_state.h"
 #include "daemon/domain/hypervisor.h"
@@ -63,7 +65,8 @@ class DomainActor {
   DomainSnapshot Snapshot();
 
   // Commands. Each fails with DEADLINE_EXCEEDED if the actor has not finished it by `deadline`
-  // (a command not yet started is then skipped; one already running completes).
+  // (a command not yet started is then skipped; one already running completes). Where
+  // kActorCommandRules says a command is not legal, it is refused and its body does not run.
   struct EnableResult {
     std::vector<SiteReport> sites;
     DomainSnapshot after;
@@ -86,14 +89,21 @@ class DomainActor {
 
  private:
   struct Command {
-    std::string name;
-    std::function<void()> run;  // fulfils the caller's reply
-    std::shared_ptr<std::atomic<bool>> cancelled;
+    ActorCommand kind;
+    // Answers the caller: runs the body when `gate` is OK, else answers `gate` without it.
+    std::function<void(const absl::Status& gate)> run;
+    std::shared_ptr<std::atomic<bool>> cancelled;  // the caller gave up waiting
   };
 
   template <typename T>
-  absl::StatusOr<T> Call(const std::string& name, bool mutates, absl::Time deadline,
+  absl::StatusOr<T> Call(ActorCommand kind, absl::Time deadline,
                          std::function<absl::StatusOr<T>()> body);
+  // Whether `kind` may be queued in the actor's phase and, for a claim, while no other claim is
+  // pending; claims the domain (busy_with) when it does.
+  absl::Status Admit(ActorCommand kind) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Actor thread, for a dequeued command: whether its body may run now (not cancelled, legal in
+  // the domain's current state).
+  absl::Status StartGate(const Command& command);
   void Enqueue(Command command);
   void Run();
   void PollOnce();
@@ -118,6 +128,7 @@ class DomainActor {
   void PublishError(const std::string& message);
   void HandleLifecycle(const LifecycleEvent& event);
   absl::Status GoneError();
+  absl::Status NotLegalIn(ActorCommand kind, DomainState state);
 
   Hypervisor* const hypervisor_;
   Journal* const journal_;
@@ -131,11 +142,10 @@ class DomainActor {
   absl::Mutex mu_;
   DomainSnapshot snapshot_ ABSL_GUARDED_BY(mu_);
   std::deque<Command> queue_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  ActorPhase phase_ ABSL_GUARDED_BY(mu_) = ActorPhase::kOpen;
   // A RetakeGuest that libvirtd's absence deferred: when to try again, and until when.
   std::optional<absl::Time> retake_at_ ABSL_GUARDED_BY(mu_);
   absl::Time retake_deadline_ ABSL_GUARDED_BY(mu_);
-  bool closing_ ABSL_GUARDED_BY(mu_) = false;  // detached for good: only "detach" accepted
   // Reboot events received (counted on the event thread, before the actor handles them).
   uint64_t reboots_seen_ ABSL_GUARDED_BY(mu_) = 0;
   // The controller to Interrupt() when a command arrives; set by the actor thread.

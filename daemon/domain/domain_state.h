@@ -1,5 +1,7 @@
-// tprd's state for one domain (shared/design/style.md, Firecracker): it gates which commands are
-// legal.
+// tprd's state for one domain (shared/design/style.md, Firecracker), as the domain's actor keeps
+// it and readers see it. The state gates nothing by itself: the actor's command table
+// (daemon/actor/actor_command.h) says which command may run in which state, and DomainActor
+// checks that table before a command's body runs.
 #ifndef TPRD_DAEMON_DOMAIN_DOMAIN_STATE_H_
 #define TPRD_DAEMON_DOMAIN_DOMAIN_STATE_H_
 
@@ -14,6 +16,8 @@ enum class DomainState : uint8_t {
   kExactWhileAway,  // patched but switched to exact: tprd detached (or is stopping)
   kGone,            // not running; its patches went with its memory
 };
+// For tables indexed by state (daemon/actor/actor_command.h).
+inline constexpr int kDomainStateCount = static_cast<int>(DomainState::kGone) + 1;
 
 inline const char* DomainStateName(DomainState state) {
   switch (state) {

@@ -1,6 +1,11 @@
 // The actors and the registry against FakeHypervisor / FakeDomainController, without gRPC.
 #include "daemon/actor/domain_actor.h"
 
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "daemon/actor/actor_command.h"
 #include "daemon/actor/domain_registry.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -45,6 +50,13 @@ class DomainActorTest : public ::testing::Test {
       absl::SleepFor(absl::Milliseconds(5));
     }
     return false;
+  }
+
+  // What each command that works on the guest answers, in table order.
+  static std::vector<absl::Status> EveryGuestCommand(DomainActor& actor) {
+    return {actor.Enable(EnableOptions{}, Soon()).status(),
+            actor.Rollback({}, false, Soon()).status(), actor.Scan(Soon()).status(),
+            actor.Adopt(Soon()).status()};
   }
 
   TestDir dir_;
@@ -475,6 +487,82 @@ TEST_F(DomainActorTest, LostSessionWhileLibvirtdReconnectsIsTakenBackWhenItIsBac
     return s.state == DomainState::kPatched;
   })) << "nobody took the guest back after libvirtd returned";
   EXPECT_EQ(guest_->adopts, adopts_before + 1);
+}
+
+TEST_F(DomainActorTest, AfterDetachOnlyAnotherDetachIsAcceptedAndEventsStillCount) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  ASSERT_TRUE(actor->Detach("tprd stopping", Soon()).ok());
+  const std::string let_go = "tprd is stopping and has let go of winxp-01; retry after it restarts";
+  for (const absl::Status& status : EveryGuestCommand(*actor)) {
+    EXPECT_TRUE(absl::IsUnavailable(status)) << status;
+    EXPECT_EQ(status.message(), let_go);
+  }
+  EXPECT_TRUE(actor->Snapshot().busy_with.empty()) << "a refused claim claims nothing";
+  EXPECT_TRUE(actor->Detach("again", Soon()).ok());
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kDestroyed);
+  EXPECT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kGone; }));
+}
+
+TEST_F(DomainActorTest, GoneDomainRefusesEveryGuestCommandButDetach) {
+  auto actor = Actor("winxp-01");
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kDestroyed);
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kGone; }));
+  const std::string not_running =
+      "domain winxp-01 is not running; start it (virsh start winxp-01), then retry";
+  for (const absl::Status& status : EveryGuestCommand(*actor)) {
+    EXPECT_TRUE(absl::IsFailedPrecondition(status)) << status;
+    EXPECT_EQ(status.message(), not_running);
+  }
+  EXPECT_EQ(guest_->opens, 0) << "a refused command never reaches the guest";
+  EXPECT_TRUE(actor->Snapshot().busy_with.empty());
+  EXPECT_TRUE(actor->Detach("tprd stopping", Soon()).ok());
+}
+
+// The legality table itself (actor_command.h), every command against every phase and state.
+constexpr ActorCommand kEveryCommand[] = {ActorCommand::kEnable, ActorCommand::kRollback,
+                                          ActorCommand::kScan,   ActorCommand::kAdopt,
+                                          ActorCommand::kDetach, ActorCommand::kLifecycle};
+constexpr DomainState kEveryState[] = {DomainState::kUnpatched, DomainState::kPatching,
+                                       DomainState::kPatched, DomainState::kExactWhileAway,
+                                       DomainState::kGone};
+static_assert(std::size(kEveryCommand) == kActorCommandCount);
+static_assert(std::size(kEveryState) == kDomainStateCount);
+
+TEST(ActorCommandTableTest, OpenTakesEverythingClosingOnlyDetachAndEventsStoppingNothing) {
+  for (ActorCommand command : kEveryCommand) {
+    const bool detach_or_event =
+        command == ActorCommand::kDetach || command == ActorCommand::kLifecycle;
+    EXPECT_TRUE(AcceptedIn(command, ActorPhase::kOpen)) << ActorCommandName(command);
+    EXPECT_EQ(AcceptedIn(command, ActorPhase::kClosing), detach_or_event)
+        << ActorCommandName(command);
+    EXPECT_FALSE(AcceptedIn(command, ActorPhase::kStopping)) << ActorCommandName(command);
+  }
+}
+
+TEST(ActorCommandTableTest, OnlyAGoneDomainRefusesAndOnlyWhatNeedsTheGuest) {
+  for (ActorCommand command : kEveryCommand) {
+    const bool needs_guest =
+        command != ActorCommand::kDetach && command != ActorCommand::kLifecycle;
+    for (DomainState state : kEveryState) {
+      EXPECT_EQ(RunsIn(command, state), !(needs_guest && state == DomainState::kGone))
+          << ActorCommandName(command) << " in " << DomainStateName(state);
+    }
+  }
+}
+
+TEST(ActorCommandTableTest, OnlyEnableAndRollbackClaimTheDomainUnderTheNamesCallersSee) {
+  std::vector<std::string> names;
+  for (ActorCommand command : kEveryCommand) {
+    names.push_back(ActorCommandName(command));
+    EXPECT_EQ(RuleFor(command).claims_domain,
+              command == ActorCommand::kEnable || command == ActorCommand::kRollback)
+        << ActorCommandName(command);
+  }
+  EXPECT_THAT(names,
+              ::testing::ElementsAre("enable", "rollback", "scan", "adopt", "detach", "lifecycle"));
 }
 
 TEST_F(DomainActorTest, RegistryResolvesByNameUuidAndIdAndRefusesStoppedDomains) {
