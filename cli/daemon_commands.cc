@@ -311,15 +311,31 @@ class Client {
   std::unique_ptr<tprd::v1::Tprd::Stub> stub_;
 };
 
+using Stub = tprd::v1::Tprd::Stub;
+
+template <typename Request, typename Response>
+using UnaryMethod = grpc::Status (Stub::*)(grpc::ClientContext*, const Request&, Response*);
+
+// The call every command but watch makes: one unary call under the command's deadline. Returns
+// kExitOk with `response` filled, or the failure's exit code after writing its message to `err`.
+template <typename Request, typename Response>
+int CallTprd(const GlobalOptions& global, double default_timeout_seconds,
+             UnaryMethod<Request, Response> method, const Request& request, Response* response,
+             std::ostream& err) {
+  Client client(global, default_timeout_seconds);
+  grpc::ClientContext context;
+  client.SetDeadline(context);
+  grpc::Status status = (client.stub().*method)(&context, request, response);
+  return status.ok() ? kExitOk : client.Fail(status, err);
+}
+
 void PrintJson(const Json& document, std::ostream& out) { out << document.dump() << "\n"; }
 
 int RunDomains(const GlobalOptions& global, std::ostream& out, std::ostream& err) {
-  Client client(global, kReadTimeoutSeconds);
-  grpc::ClientContext context;
-  client.SetDeadline(context);
   tprd::v1::ListDomainsResponse response;
-  grpc::Status status = client.stub().ListDomains(&context, {}, &response);
-  if (!status.ok()) return client.Fail(status, err);
+  const int called = CallTprd(global, kReadTimeoutSeconds, &Stub::ListDomains,
+                              tprd::v1::ListDomainsRequest(), &response, err);
+  if (called != kExitOk) return called;
   if (global.json) {
     Json domains = Json::array();
     for (const auto& summary : response.domains()) {
@@ -347,14 +363,12 @@ int RunDomains(const GlobalOptions& global, std::ostream& out, std::ostream& err
 
 int RunStatus(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
               std::ostream& err) {
-  Client client(global, kReadTimeoutSeconds);
-  grpc::ClientContext context;
-  client.SetDeadline(context);
   tprd::v1::GetDomainRequest request;
   request.set_domain(options.domain);
   tprd::v1::DomainStatus response;
-  grpc::Status status = client.stub().GetDomain(&context, request, &response);
-  if (!status.ok()) return client.Fail(status, err);
+  const int called =
+      CallTprd(global, kReadTimeoutSeconds, &Stub::GetDomain, request, &response, err);
+  if (called != kExitOk) return called;
   if (global.json) {
     PrintJson(StatusJson(response), out);
   } else {
@@ -372,10 +386,6 @@ tprd::v1::Strategy StrategyFromWord(const std::string& word) {
 
 int RunEnable(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
               std::ostream& err) {
-  Client client(
-      global, std::max(kGuestCommandTimeoutSeconds, options.budget_seconds + kEnableMarginSeconds));
-  grpc::ClientContext context;
-  client.SetDeadline(context);
   tprd::v1::EnablePatchingRequest request;
   request.set_domain(options.domain);
   request.set_strategy(StrategyFromWord(options.strategy));
@@ -383,8 +393,10 @@ int RunEnable(const GlobalOptions& global, const DaemonCommandOptions& options, 
   request.set_discovery_budget_ms(
       static_cast<uint32_t>(std::llround(options.budget_seconds * 1000)));
   tprd::v1::EnablePatchingResponse response;
-  grpc::Status status = client.stub().EnablePatching(&context, request, &response);
-  if (!status.ok()) return client.Fail(status, err);
+  const int called = CallTprd(
+      global, std::max(kGuestCommandTimeoutSeconds, options.budget_seconds + kEnableMarginSeconds),
+      &Stub::EnablePatching, request, &response, err);
+  if (called != kExitOk) return called;
   if (global.json) {
     Json sites = Json::array();
     for (const auto& site : response.sites()) sites.push_back(SiteJson(site));
@@ -410,14 +422,12 @@ int RunEnable(const GlobalOptions& global, const DaemonCommandOptions& options, 
 
 int RunSites(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
              std::ostream& err) {
-  Client client(global, kReadTimeoutSeconds);
-  grpc::ClientContext context;
-  client.SetDeadline(context);
   tprd::v1::ListSitesRequest request;
   request.set_domain(options.domain);
   tprd::v1::ListSitesResponse response;
-  grpc::Status status = client.stub().ListSites(&context, request, &response);
-  if (!status.ok()) return client.Fail(status, err);
+  const int called =
+      CallTprd(global, kReadTimeoutSeconds, &Stub::ListSites, request, &response, err);
+  if (called != kExitOk) return called;
   if (global.json) {
     Json sites = Json::array();
     for (const auto& site : response.sites()) sites.push_back(SiteJson(site));
@@ -432,16 +442,14 @@ int RunSites(const GlobalOptions& global, const DaemonCommandOptions& options, s
 
 int RunRollback(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
                 std::ostream& err) {
-  Client client(global, kGuestCommandTimeoutSeconds);
-  grpc::ClientContext context;
-  client.SetDeadline(context);
   tprd::v1::RollbackRequest request;
   request.set_domain(options.domain);
   for (uint32_t id : options.site_ids) request.add_site_ids(id);
   request.set_force(options.force);
   tprd::v1::RollbackResponse response;
-  grpc::Status status = client.stub().Rollback(&context, request, &response);
-  if (!status.ok()) return client.Fail(status, err);
+  const int called =
+      CallTprd(global, kGuestCommandTimeoutSeconds, &Stub::Rollback, request, &response, err);
+  if (called != kExitOk) return called;
   // Some sites left alone is a partial failure: scripts must not assume the guest is clean.
   const int code = response.refused_size() > 0 ? kExitFailed : kExitOk;
   if (global.json) {
@@ -475,14 +483,12 @@ int RunRollback(const GlobalOptions& global, const DaemonCommandOptions& options
 
 int RunScan(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
             std::ostream& err) {
-  Client client(global, kGuestCommandTimeoutSeconds);
-  grpc::ClientContext context;
-  client.SetDeadline(context);
   tprd::v1::ScanRequest request;
   request.set_domain(options.domain);
   tprd::v1::ScanResponse response;
-  grpc::Status status = client.stub().Scan(&context, request, &response);
-  if (!status.ok()) return client.Fail(status, err);
+  const int called =
+      CallTprd(global, kGuestCommandTimeoutSeconds, &Stub::Scan, request, &response, err);
+  if (called != kExitOk) return called;
   if (global.json) {
     Json candidates = Json::array();
     for (const auto& candidate : response.candidates()) {
