@@ -5,16 +5,10 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/engine/paging_bits.h"
 
 namespace tprd::engine {
 namespace {
-
-constexpr uint64_t kPresent = 1u << 0;
-constexpr uint64_t kWritable = 1u << 1;
-constexpr uint64_t kUser = 1u << 2;
-constexpr uint64_t kLargePage = 1u << 7;
-constexpr uint64_t kNoExecute = 1ull << 63;
-constexpr uint64_t kPageSize = 4096;
 
 struct Walk {
   PhysicalMemoryReader& memory;
@@ -29,7 +23,7 @@ struct Walk {
     const int bits = paging.physical_address_bits > 12 && paging.physical_address_bits <= 52
                          ? paging.physical_address_bits
                          : 36;
-    return ((1ull << bits) - 1) & ~(kPageSize - 1);
+    return ((1ull << bits) - 1) & ~(pte::kSmallPageBytes - 1);
   }
 
   bool Full() {
@@ -42,9 +36,9 @@ struct Walk {
 
   // Adds the 4 KiB pieces of [va, va + size) that fall in the range.
   void AddRange(uint64_t va, uint64_t pa, uint64_t size, bool writable, bool user, bool nx) {
-    const uint64_t first = std::max<uint64_t>(va, va_first & ~(kPageSize - 1));
+    const uint64_t first = std::max<uint64_t>(va, va_first & ~(pte::kSmallPageBytes - 1));
     const uint64_t last = std::min<uint64_t>(va + size - 1, va_last);
-    for (uint64_t page = first; page <= last && page < va + size; page += kPageSize) {
+    for (uint64_t page = first; page <= last && page < va + size; page += pte::kSmallPageBytes) {
       if (Full()) return;
       result.pages.push_back(
           MappedPage{static_cast<uint32_t>(page), pa + (page - va), writable, user, nx});
@@ -52,7 +46,7 @@ struct Walk {
   }
 
   bool Overlaps(uint64_t va, uint64_t size) const {
-    return va + size - 1 >= (va_first & ~(kPageSize - 1)) && va <= va_last;
+    return va + size - 1 >= (va_first & ~(pte::kSmallPageBytes - 1)) && va <= va_last;
   }
 
   template <typename Entry, size_t N>
@@ -70,11 +64,11 @@ struct Walk {
     for (uint64_t i = 0; i < 1024 && !result.truncated; ++i) {
       const uint32_t pde = directory[i];
       const uint64_t va = i << 22;
-      if (!(pde & kPresent) || !Overlaps(va, 4u << 20)) continue;
-      if ((pde & kLargePage) && pse) {
+      if (!(pde & pte::kPresent) || !Overlaps(va, 4u << 20)) continue;
+      if ((pde & pte::kLargePage) && pse) {
         // PSE-36: bits 13..20 hold physical address bits 32..39.
         const uint64_t pa = (pde & 0xFFC00000u) | (static_cast<uint64_t>((pde >> 13) & 0xFF) << 32);
-        AddRange(va, pa, 4u << 20, pde & kWritable, pde & kUser, false);
+        AddRange(va, pa, 4u << 20, pde & pte::kWritable, pde & pte::kUser, false);
         continue;
       }
       std::array<uint32_t, 1024> table;
@@ -85,9 +79,9 @@ struct Walk {
       for (uint64_t j = 0; j < 1024 && !result.truncated; ++j) {
         const uint32_t pte = table[j];
         const uint64_t page_va = va + (j << 12);
-        if (!(pte & kPresent) || !Overlaps(page_va, kPageSize)) continue;
-        AddRange(page_va, pte & ~0xFFFu, kPageSize, (pde & pte & kWritable) != 0,
-                 (pde & pte & kUser) != 0, false);
+        if (!(pte & pte::kPresent) || !Overlaps(page_va, pte::kSmallPageBytes)) continue;
+        AddRange(page_va, pte & ~0xFFFu, pte::kSmallPageBytes, (pde & pte & pte::kWritable) != 0,
+                 (pde & pte & pte::kUser) != 0, false);
       }
     }
   }
@@ -100,7 +94,7 @@ struct Walk {
     for (uint64_t i = 0; i < 4 && !result.truncated; ++i) {
       const uint64_t pdpte = pdpt[i];
       const uint64_t va = i << 30;
-      if (!(pdpte & kPresent) || !Overlaps(va, 1ull << 30)) continue;
+      if (!(pdpte & pte::kPresent) || !Overlaps(va, 1ull << 30)) continue;
       std::array<uint64_t, 512> directory;
       if (!ReadTable(pdpte & mask, directory)) {
         ++result.skipped_entries;
@@ -109,11 +103,11 @@ struct Walk {
       for (uint64_t j = 0; j < 512 && !result.truncated; ++j) {
         const uint64_t pde = directory[j];
         const uint64_t pde_va = va + (j << 21);
-        if (!(pde & kPresent) || !Overlaps(pde_va, 2u << 20)) continue;
-        const bool pde_nx = nxe && (pde & kNoExecute);
-        if (pde & kLargePage) {
-          AddRange(pde_va, pde & mask & ~((2ull << 20) - 1), 2u << 20, pde & kWritable, pde & kUser,
-                   pde_nx);
+        if (!(pde & pte::kPresent) || !Overlaps(pde_va, 2u << 20)) continue;
+        const bool pde_nx = nxe && (pde & pte::kNoExecute);
+        if (pde & pte::kLargePage) {
+          AddRange(pde_va, pde & mask & ~((2ull << 20) - 1), 2u << 20, pde & pte::kWritable,
+                   pde & pte::kUser, pde_nx);
           continue;
         }
         std::array<uint64_t, 512> table;
@@ -124,9 +118,9 @@ struct Walk {
         for (uint64_t k = 0; k < 512 && !result.truncated; ++k) {
           const uint64_t pte = table[k];
           const uint64_t page_va = pde_va + (k << 12);
-          if (!(pte & kPresent) || !Overlaps(page_va, kPageSize)) continue;
-          AddRange(page_va, pte & mask, kPageSize, (pde & pte & kWritable) != 0,
-                   (pde & pte & kUser) != 0, pde_nx || (nxe && (pte & kNoExecute)));
+          if (!(pte & pte::kPresent) || !Overlaps(page_va, pte::kSmallPageBytes)) continue;
+          AddRange(page_va, pte & mask, pte::kSmallPageBytes, (pde & pte & pte::kWritable) != 0,
+                   (pde & pte & pte::kUser) != 0, pde_nx || (nxe && (pte & pte::kNoExecute)));
         }
       }
     }

@@ -4,18 +4,10 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "daemon/engine/paging_bits.h"
 
 namespace tprd::engine {
 namespace {
-
-constexpr uint64_t kPresent = 1u << 0;
-constexpr uint64_t kWritable = 1u << 1;
-constexpr uint64_t kUser = 1u << 2;
-constexpr uint64_t kPageSize = 1u << 7;
-constexpr uint64_t kXd = uint64_t{1} << 63;
-constexpr uint32_t kSmallPage = 4096;
-constexpr uint32_t kPaeLargePage = 2u << 20;
-constexpr uint32_t kNonPaeLargePage = 4u << 20;
 
 uint64_t BitRange(int low, int high_exclusive) {
   if (high_exclusive <= low) return 0;
@@ -46,15 +38,15 @@ struct DecodedEntry {
 
 DecodedEntry DecodeEntry(EntryKind kind, uint64_t entry, const PagingRegisters& paging) {
   DecodedEntry d;
-  d.present = (entry & kPresent) != 0;
+  d.present = (entry & pte::kPresent) != 0;
   if (!d.present) return d;
   const int maxphy = MaxPhysicalBits(paging);
   const bool nxe = (paging.efer & kEferNxe) != 0;
-  d.writable = (entry & kWritable) != 0;
-  d.user = (entry & kUser) != 0;
+  d.writable = (entry & pte::kWritable) != 0;
+  d.user = (entry & pte::kUser) != 0;
   switch (kind) {
     case EntryKind::kNonPaePde:
-      d.large = (paging.cr4 & kCr4Pse) && (entry & kPageSize);
+      d.large = (paging.cr4 & kCr4Pse) && (entry & pte::kLargePage);
       if (d.large) {
         // PSE-36: physical bits 32.. live in entry bits 13..; bit 21 and bits past MAXPHYADDR
         // are reserved.
@@ -77,9 +69,9 @@ DecodedEntry DecodeEntry(EntryKind kind, uint64_t entry, const PagingRegisters& 
       return d;
     case EntryKind::kPaePde:
     case EntryKind::kPaePte:
-      d.reserved = (entry & BitRange(maxphy, 63)) != 0 || (!nxe && (entry & kXd));
-      d.no_execute = nxe && (entry & kXd);
-      d.large = kind == EntryKind::kPaePde && (entry & kPageSize);
+      d.reserved = (entry & BitRange(maxphy, 63)) != 0 || (!nxe && (entry & pte::kNoExecute));
+      d.no_execute = nxe && (entry & pte::kNoExecute);
+      d.large = kind == EntryKind::kPaePde && (entry & pte::kLargePage);
       if (d.large) {
         d.reserved = d.reserved || (entry & BitRange(13, 21)) != 0;
         d.next = entry & BitRange(21, maxphy);
@@ -141,7 +133,7 @@ absl::StatusOr<Translation> TranslateVirtual(PhysicalMemoryReader& memory,
   Translation t = StartTranslation();
   if (!PagingEnabled(paging)) {
     t.physical_address = va;
-    t.page_size = kSmallPage;
+    t.page_size = pte::kSmallPageBytes;
     return t;
   }
   if (!PaeEnabled(paging)) {
@@ -151,8 +143,8 @@ absl::StatusOr<Translation> TranslateVirtual(PhysicalMemoryReader& memory,
     const DecodedEntry dir = DecodeEntry(EntryKind::kNonPaePde, *pde, paging);
     if (Accumulate(dir, PagingLevel::kPde, t)) return t;
     if (dir.large) {
-      t.physical_address = dir.next | (va & (kNonPaeLargePage - 1));
-      t.page_size = kNonPaeLargePage;
+      t.physical_address = dir.next | (va & (pte::kNonPaeLargePageBytes - 1));
+      t.page_size = pte::kNonPaeLargePageBytes;
       return t;
     }
     absl::StatusOr<uint64_t> pte = ReadEntry(memory, dir.next + ((va >> 12) & 0x3FF) * 4, false);
@@ -160,7 +152,7 @@ absl::StatusOr<Translation> TranslateVirtual(PhysicalMemoryReader& memory,
     const DecodedEntry page = DecodeEntry(EntryKind::kNonPaePte, *pte, paging);
     if (Accumulate(page, PagingLevel::kPte, t)) return t;
     t.physical_address = page.next | (va & 0xFFF);
-    t.page_size = kSmallPage;
+    t.page_size = pte::kSmallPageBytes;
     return t;
   }
   const uint64_t pdpte_pa = (paging.cr3 & 0xFFFFFFE0u) + uint64_t{va >> 30} * 8;
@@ -173,8 +165,8 @@ absl::StatusOr<Translation> TranslateVirtual(PhysicalMemoryReader& memory,
   const DecodedEntry dir = DecodeEntry(EntryKind::kPaePde, *pde, paging);
   if (Accumulate(dir, PagingLevel::kPde, t)) return t;
   if (dir.large) {
-    t.physical_address = dir.next | (va & (kPaeLargePage - 1));
-    t.page_size = kPaeLargePage;
+    t.physical_address = dir.next | (va & (pte::kPaeLargePageBytes - 1));
+    t.page_size = pte::kPaeLargePageBytes;
     return t;
   }
   absl::StatusOr<uint64_t> pte = ReadEntry(memory, dir.next + ((va >> 12) & 0x1FF) * 8, true);
@@ -182,7 +174,7 @@ absl::StatusOr<Translation> TranslateVirtual(PhysicalMemoryReader& memory,
   const DecodedEntry page = DecodeEntry(EntryKind::kPaePte, *pte, paging);
   if (Accumulate(page, PagingLevel::kPte, t)) return t;
   t.physical_address = page.next | (va & 0xFFF);
-  t.page_size = kSmallPage;
+  t.page_size = pte::kSmallPageBytes;
   return t;
 }
 
@@ -200,7 +192,7 @@ class ReverseWalker {
       if (frame_ <= 0xFFFFF000u && frame_ >= (va_first_ & ~0xFFFu) && frame_ <= va_last_) {
         Translation t = StartTranslation();
         t.physical_address = frame_;
-        t.page_size = kSmallPage;
+        t.page_size = pte::kSmallPageBytes;
         result_.mappings.push_back({static_cast<uint32_t>(frame_), t});
       }
       return absl::OkStatus();
@@ -265,7 +257,7 @@ class ReverseWalker {
 
   absl::Status WalkDirectory(uint64_t pa, uint32_t base, const Translation& above, bool pae) {
     const size_t count = pae ? 512 : 1024;
-    const uint32_t span = pae ? kPaeLargePage : kNonPaeLargePage;
+    const uint32_t span = pae ? pte::kPaeLargePageBytes : pte::kNonPaeLargePageBytes;
     std::vector<uint64_t> directory;
     if (absl::Status s = ReadTable(pa, count, pae, directory); !s.ok()) return s;
     for (size_t i = 0; i < count; ++i) {
@@ -293,8 +285,8 @@ class ReverseWalker {
     std::vector<uint64_t> table;
     if (absl::Status s = ReadTable(pa, count, pae, table); !s.ok()) return s;
     for (size_t i = 0; i < count; ++i) {
-      const uint32_t page_va = base + static_cast<uint32_t>(i) * kSmallPage;
-      if (!Overlaps(page_va, kSmallPage)) continue;
+      const uint32_t page_va = base + static_cast<uint32_t>(i) * pte::kSmallPageBytes;
+      if (!Overlaps(page_va, pte::kSmallPageBytes)) continue;
       const DecodedEntry e =
           DecodeEntry(pae ? EntryKind::kPaePte : EntryKind::kNonPaePte, table[i], paging_);
       if (!e.present) continue;
@@ -303,7 +295,7 @@ class ReverseWalker {
         ++result_.skipped_entries;
         continue;
       }
-      MaybeRecord(page_va, e.next, kSmallPage, t);
+      MaybeRecord(page_va, e.next, pte::kSmallPageBytes, t);
     }
     return absl::OkStatus();
   }

@@ -4,16 +4,13 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "daemon/engine/paging_bits.h"
 
 namespace tprd::engine {
 namespace {
 
-constexpr uint64_t kPresent = 1u << 0;
-constexpr uint64_t kWritable = 1u << 1;
-constexpr uint64_t kCacheBits = (1u << 3) | (1u << 4);  // PWT, PCD: as the OS mapped the APIC
-constexpr uint64_t kAccessed = 1u << 5;
-constexpr uint64_t kDirty = 1u << 6;
-constexpr uint64_t kLargePage = 1u << 7;
+// PWT, PCD: the alias maps the APIC as the OS did.
+constexpr uint64_t kCacheBits = pte::kWriteThrough | pte::kCacheDisable;
 
 uint64_t LoadEntry(const std::vector<uint8_t>& table, size_t index, int size) {
   uint64_t value = 0;
@@ -48,13 +45,15 @@ absl::StatusOr<TableOf> FindPageTable(PhysicalMemoryReader& memory, const Paging
     if (absl::Status s = memory.ReadPhysical(pdpte_pa, raw); !s.ok()) return s;
     uint64_t pdpte;
     std::memcpy(&pdpte, raw, 8);
-    if (!(pdpte & kPresent)) return absl::FailedPreconditionError("the TPR's PDPTE is not present");
+    if (!(pdpte & pte::kPresent))
+      return absl::FailedPreconditionError("the TPR's PDPTE is not present");
     const uint64_t pde_pa = (pdpte & mask) + ((va >> 21) & 0x1FF) * 8;
     if (absl::Status s = memory.ReadPhysical(pde_pa, raw); !s.ok()) return s;
     uint64_t pde;
     std::memcpy(&pde, raw, 8);
-    if (!(pde & kPresent)) return absl::FailedPreconditionError("the TPR's PDE is not present");
-    if (pde & kLargePage) {
+    if (!(pde & pte::kPresent))
+      return absl::FailedPreconditionError("the TPR's PDE is not present");
+    if (pde & pte::kLargePage) {
       return absl::FailedPreconditionError("the TPR is mapped by a 2 MiB page: no page table");
     }
     t.table_pa = pde & mask;
@@ -69,8 +68,8 @@ absl::StatusOr<TableOf> FindPageTable(PhysicalMemoryReader& memory, const Paging
   if (absl::Status s = memory.ReadPhysical(pde_pa, raw); !s.ok()) return s;
   uint32_t pde;
   std::memcpy(&pde, raw, 4);
-  if (!(pde & kPresent)) return absl::FailedPreconditionError("the TPR's PDE is not present");
-  if ((pde & kLargePage) && (paging.cr4 & kCr4Pse)) {
+  if (!(pde & pte::kPresent)) return absl::FailedPreconditionError("the TPR's PDE is not present");
+  if ((pde & pte::kLargePage) && (paging.cr4 & kCr4Pse)) {
     return absl::FailedPreconditionError("the TPR is mapped by a 4 MiB page: no page table");
   }
   t.table_pa = pde & 0xFFFFF000u;
@@ -92,7 +91,7 @@ absl::StatusOr<TprAliasPlan> PlanTprAlias(PhysicalMemoryReader& memory,
     return s;
   }
   const uint64_t tpr_entry = LoadEntry(table, where->index, where->entry_size);
-  if (!(tpr_entry & kPresent) || !(tpr_entry & kWritable)) {
+  if (!(tpr_entry & pte::kPresent) || !(tpr_entry & pte::kWritable)) {
     return absl::FailedPreconditionError(
         absl::StrFormat("the TPR's page table entry 0x%x is not present and writable", tpr_entry));
   }
@@ -101,7 +100,7 @@ absl::StatusOr<TprAliasPlan> PlanTprAlias(PhysicalMemoryReader& memory,
     TprAliasPlan plan;
     plan.alias_va = where->region_va + static_cast<uint32_t>(i) * 4096u;
     plan.entry_pa = where->table_pa + i * where->entry_size;
-    plan.entry = tpr_entry & ~(kAccessed | kDirty);
+    plan.entry = tpr_entry & ~(pte::kAccessed | pte::kDirty);
     plan.entry_size = where->entry_size;
     plan.apic_page =
         where->entry_size == 8 ? (tpr_entry & PaeAddressMask(paging)) : (tpr_entry & 0xFFFFF000u);
@@ -143,7 +142,7 @@ absl::StatusOr<bool> AliasMapsTprPage(PhysicalMemoryReader& memory, const Paging
   absl::StatusOr<uint64_t> alias_entry = entry_at(*alias);
   if (!alias_entry.ok()) return alias_entry.status();
   const uint64_t mask = tpr->entry_size == 8 ? PaeAddressMask(paging) : 0xFFFFF000u;
-  const uint64_t needed = kPresent | kWritable;
+  const uint64_t needed = pte::kPresent | pte::kWritable;
   return (*alias_entry & needed) == needed && (*alias_entry & mask) == (*tpr_entry & mask) &&
          (*alias_entry & kCacheBits) == (*tpr_entry & kCacheBits);
 }
