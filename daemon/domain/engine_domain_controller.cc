@@ -1,7 +1,6 @@
 #include "daemon/domain/engine_domain_controller.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "daemon/engine/blob.h"
@@ -87,12 +86,7 @@ absl::StatusOr<bool> EngineDomainController::BlobPresentWithoutStopping() {
       !s.ok()) {
     return s;
   }
-  for (size_t offset = 0; offset + 4 <= window.size(); offset += 4096) {
-    uint32_t magic;
-    std::memcpy(&magic, window.data() + offset, 4);
-    if (magic == TPRD_BLOB_MAGIC) return true;
-  }
-  return false;
+  return !engine::PagesWithBlobMagic(window).empty();
 }
 
 absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<engine::Strategy> strategy_hint) {

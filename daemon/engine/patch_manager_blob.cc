@@ -145,11 +145,7 @@ absl::Status PatchManager::EnsureTprAlias() {
 absl::StatusOr<std::optional<ParsedBlob>> PatchManager::FindInstalledBlob() {
   std::vector<uint8_t> window(kLegacyWindowEnd - kLegacyWindowFirst);
   TPRD_RETURN_IF_ERROR(vm_.ReadPhysical(kLegacyWindowFirst, absl::MakeSpan(window)));
-  for (uint32_t offset = 0; offset + 4 <= window.size(); offset += 4096) {
-    uint32_t magic;
-    std::memcpy(&magic, window.data() + offset, 4);
-    if (magic != TPRD_BLOB_MAGIC) continue;
-    const uint32_t pa = kLegacyWindowFirst + offset;
+  for (const uint32_t pa : PagesWithBlobMagic(window)) {
     absl::StatusOr<ParsedBlob> parsed = ReadGuestBlob(vm_, 0, kLowMemoryVirtualBase + pa);
     if (!parsed.ok()) {
       // A forged or corrupt blob is never trusted; say so and keep looking.

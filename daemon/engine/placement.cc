@@ -1,9 +1,11 @@
 #include "daemon/engine/placement.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "daemon/engine/blob.h"
 #include "daemon/engine/page_walker.h"
 
 namespace tprd::engine {
@@ -145,6 +147,17 @@ absl::StatusOr<Placement> FindPlacement(GuestVm& vm, const GuestProfile& profile
       "no room for tprd's blob in 0xC0000-0xEFFFF: it needs ", request.image_size,
       " zero bytes (page aligned) for its code and ", request.data_size,
       " zero bytes of RAM on other pages for its data; zero runs found: ", DescribeRuns(*runs)));
+}
+
+std::vector<uint32_t> PagesWithBlobMagic(const std::vector<uint8_t>& window) {
+  std::vector<uint32_t> pages;
+  for (size_t offset = 0; offset + 4 <= window.size(); offset += 4096) {
+    uint32_t magic;
+    std::memcpy(&magic, window.data() + offset, 4);
+    if (magic == TPRD_BLOB_MAGIC)
+      pages.push_back(kLegacyWindowFirst + static_cast<uint32_t>(offset));
+  }
+  return pages;
 }
 
 }  // namespace tprd::engine

@@ -17,6 +17,11 @@ inline constexpr uint32_t kLegacyWindowFirst = 0xC0000;
 inline constexpr uint32_t kLegacyWindowEnd = 0xF0000;  // exclusive
 inline constexpr uint32_t kLowMemoryVirtualBase = 0x80000000;
 
+// The physical addresses of the pages of the legacy window that start with the blob's magic (a
+// blob, or bytes that claim to be one: the caller parses and checks). `window` holds the window's
+// bytes from kLegacyWindowFirst.
+std::vector<uint32_t> PagesWithBlobMagic(const std::vector<uint8_t>& window);
+
 struct PlacementRequest {
   uint32_t image_size = 0;  // header, code, site table: guest reads/executes only (page aligned)
   // The data block, written by the guest's handlers: must be RAM. The image holds a copy of it,
