@@ -26,12 +26,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cli/daemon_output.h"
 #include "tprd/v1/tprd.grpc.pb.h"
 
 namespace tprd::cli {
 namespace {
-
-using Json = nlohmann::ordered_json;
 
 // Default deadlines: commands that work on a guest may wait for discovery and the domain's
 // actor; reads answer from a snapshot.
@@ -127,132 +126,6 @@ bool CheckSocket(const std::string& socket, std::ostream& err) {
   return true;
 }
 
-// Lower-case enum word without its prefix ("FORM_PUSH_MEM" -> "push_mem"); empty for the
-// UNSPECIFIED value, "unknown(N)" for a value this tprctl does not know (a newer daemon).
-std::string EnumWord(const std::string& full_name, std::string_view prefix, int value) {
-  if (value == 0) return "";
-  if (full_name.empty()) return absl::StrCat("unknown(", value, ")");
-  std::string word = full_name.substr(std::min(prefix.size(), full_name.size()));
-  for (char& c : word) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return word;
-}
-
-std::string StrategyWord(tprd::v1::Strategy value) {
-  return EnumWord(tprd::v1::Strategy_Name(value), "STRATEGY_", value);
-}
-std::string DomainStateWord(tprd::v1::DomainState value) {
-  return EnumWord(tprd::v1::DomainState_Name(value), "DOMAIN_STATE_", value);
-}
-std::string FormWord(tprd::v1::Form value) {
-  return EnumWord(tprd::v1::Form_Name(value), "FORM_", value);
-}
-std::string SiteStateWord(tprd::v1::SiteState value) {
-  return EnumWord(tprd::v1::SiteState_Name(value), "SITE_STATE_", value);
-}
-std::string EventKindWord(tprd::v1::Event::Kind value) {
-  return EnumWord(tprd::v1::Event::Kind_Name(value), "KIND_", value);
-}
-
-Json OrNull(const std::string& text) { return text.empty() ? Json(nullptr) : Json(text); }
-std::string OrDash(const std::string& text) { return text.empty() ? "-" : text; }
-
-std::string Address(uint32_t address) { return absl::StrFormat("0x%08x", address); }
-
-Json SiteJson(const tprd::v1::Site& site) {
-  return Json{{"id", site.id()},
-              {"address", Address(site.address())},
-              {"form", OrNull(FormWord(site.form()))},
-              {"register", OrNull(site.register_())},
-              {"original", absl::BytesToHexString(site.original())},
-              {"patched", absl::BytesToHexString(site.patched())},
-              {"disassembly", site.disassembly()},
-              {"state", OrNull(SiteStateWord(site.state()))},
-              {"hits", site.hits()}};
-}
-
-Json StatusJson(const tprd::v1::DomainStatus& status) {
-  return Json{{"domain", status.domain().name()},
-              {"uuid", status.domain().uuid()},
-              {"id", status.domain().id()},
-              {"running", status.running()},
-              {"state", OrNull(DomainStateWord(status.state()))},
-              {"strategy", OrNull(StrategyWord(status.strategy()))},
-              {"sites_candidate", status.sites_candidate()},
-              {"sites_pending", status.sites_pending()},
-              {"sites_applied", status.sites_applied()},
-              {"sites_rolled_back", status.sites_rolled_back()},
-              {"traps_handled", status.traps_handled()},
-              {"tpr_accesses_per_second_before", status.tpr_accesses_per_second_before()},
-              {"tpr_accesses_per_second_after", status.tpr_accesses_per_second_after()},
-              {"last_error", status.last_error()},
-              {"busy_with", status.busy_with()},
-              {"proving_window_open", status.proving_window_open()},
-              {"guard_mismatches", status.guard_mismatches()}};
-}
-
-// Columns padded to their widest cell; the last column is left ragged.
-class Table {
- public:
-  explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
-  void Add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
-  void Print(std::ostream& out) const {
-    std::vector<size_t> widths(rows_[0].size(), 0);
-    for (const auto& row : rows_) {
-      for (size_t i = 0; i < row.size() && i < widths.size(); ++i) {
-        widths[i] = std::max(widths[i], row[i].size());
-      }
-    }
-    for (const auto& row : rows_) {
-      std::string line;
-      for (size_t i = 0; i < row.size(); ++i) {
-        line += row[i];
-        if (i + 1 < row.size()) line += std::string(widths[i] - row[i].size() + 2, ' ');
-      }
-      out << line << "\n";
-    }
-  }
-
- private:
-  std::vector<std::vector<std::string>> rows_;
-};
-
-void PrintSites(const google::protobuf::RepeatedPtrField<tprd::v1::Site>& sites,
-                std::ostream& out) {
-  Table table({"ID", "ADDRESS", "FORM", "REGISTER", "STATE", "HITS", "DISASSEMBLY"});
-  for (const auto& site : sites) {
-    table.Add({absl::StrCat(site.id()), Address(site.address()), OrDash(FormWord(site.form())),
-               OrDash(site.register_()), OrDash(SiteStateWord(site.state())),
-               absl::StrCat(site.hits()), site.disassembly()});
-  }
-  table.Print(out);
-}
-
-void PrintStatus(const tprd::v1::DomainStatus& status, std::ostream& out) {
-  const auto& domain = status.domain();
-  out << "domain:     " << domain.name() << " (id "
-      << (domain.id() < 0 ? std::string("-") : absl::StrCat(domain.id())) << ", uuid "
-      << domain.uuid() << ")\n";
-  out << "running:    " << (status.running() ? "yes" : "no") << "\n";
-  out << "state:      " << OrDash(DomainStateWord(status.state())) << "\n";
-  out << "strategy:   " << OrDash(StrategyWord(status.strategy())) << "\n";
-  out << absl::StrFormat("sites:      %u applied, %u pending, %u candidates, %u rolled back\n",
-                         status.sites_applied(), status.sites_pending(), status.sites_candidate(),
-                         status.sites_rolled_back());
-  out << "traps:      " << status.traps_handled() << " handled\n";
-  out << absl::StrFormat("TPR exits:  %.0f/s before, %.0f/s now\n",
-                         status.tpr_accesses_per_second_before(),
-                         status.tpr_accesses_per_second_after());
-  if (!status.busy_with().empty()) out << "busy with:  " << status.busy_with() << "\n";
-  if (status.proving_window_open()) {
-    out << "proving:    open (every candidate waits at a breakpoint until it ends)\n";
-  }
-  if (status.guard_mismatches() > 0) {
-    out << "guard:      " << status.guard_mismatches()
-        << " stale shadow reads caught in the guest (it switched itself to exact)\n";
-  }
-  if (!status.last_error().empty()) out << "last error: " << status.last_error() << "\n";
-}
-
 // One call's plumbing: the channel, and turning a failed status into a message and exit code.
 class Client {
  public:
@@ -328,8 +201,6 @@ int CallTprd(const GlobalOptions& global, double default_timeout_seconds,
   grpc::Status status = (client.stub().*method)(&context, request, response);
   return status.ok() ? kExitOk : client.Fail(status, err);
 }
-
-void PrintJson(const Json& document, std::ostream& out) { out << document.dump() << "\n"; }
 
 int RunDomains(const GlobalOptions& global, std::ostream& out, std::ostream& err) {
   tprd::v1::ListDomainsResponse response;
@@ -513,23 +384,6 @@ int RunScan(const GlobalOptions& global, const DaemonCommandOptions& options, st
   }
   table.Print(out);
   return kExitOk;
-}
-
-Json EventJson(const tprd::v1::Event& event) {
-  return Json{{"kind", OrNull(EventKindWord(event.kind()))},
-              {"time", event.time()},
-              {"domain", event.domain().name()},
-              {"state", OrNull(DomainStateWord(event.state()))},
-              {"lifecycle", OrNull(event.lifecycle())},
-              {"site", event.has_site() ? SiteJson(event.site()) : Json(nullptr)},
-              {"message", event.message()}};
-}
-
-void PrintEventLine(const tprd::v1::Event& event, std::ostream& out) {
-  const absl::Time time = absl::FromUnixNanos(static_cast<int64_t>(event.time() * 1e9));
-  out << absl::FormatTime("%Y-%m-%d %H:%M:%E3S", time, absl::LocalTimeZone()) << "  "
-      << OrDash(event.domain().name()) << "  " << OrDash(EventKindWord(event.kind())) << "  "
-      << event.message() << "\n";
 }
 
 // Streams until the daemon ends the stream or the user interrupts (SIGINT/SIGTERM), which is a
