@@ -70,29 +70,6 @@ class EngineDomainController : public DomainController {
   bool interrupted_ ABSL_GUARDED_BY(interrupt_mu_) = false;
 };
 
-// The Hypervisor over a libvirt connection: domain list and lookup, lifecycle events, and
-// EngineDomainController sessions.
-class LibvirtHypervisor : public Hypervisor, private backend::LibvirtEventSubscriber {
- public:
-  LibvirtHypervisor(std::unique_ptr<backend::LibvirtConnection> connection,
-                    EngineControllerOptions options);
-  ~LibvirtHypervisor() override;
-
-  absl::StatusOr<std::vector<DomainInfo>> ListDomains() override;
-  absl::StatusOr<DomainInfo> LookupDomain(const std::string& reference) override;
-  absl::StatusOr<std::unique_ptr<DomainController>> OpenController(
-      const DomainInfo& domain, engine::PatchRecorder* recorder) override;
-  void SetLifecycleHandler(std::function<void(const LifecycleEvent&)> handler) override;
-
- private:
-  void OnDomainEvent(const backend::DomainEvent& event) override;
-
-  std::unique_ptr<backend::LibvirtConnection> connection_;
-  const EngineControllerOptions options_;
-  absl::Mutex mu_;
-  std::function<void(const LifecycleEvent&)> handler_ ABSL_GUARDED_BY(mu_);
-};
-
 }  // namespace tprd::daemon
 
 #endif  // TPRD_DAEMON_DOMAIN_ENGINE_DOMAIN_CONTROLLER_H_

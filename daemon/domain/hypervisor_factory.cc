@@ -1,6 +1,6 @@
 #include "daemon/domain/hypervisor_factory.h"
 
-#include "daemon/domain/engine_domain_controller.h"
+#include "daemon/domain/libvirt_hypervisor.h"
 #include "kvm-backend/libvirt_connection.h"
 
 namespace tprd::daemon {

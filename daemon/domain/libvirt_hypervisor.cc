@@ -1,0 +1,94 @@
+#include "daemon/domain/libvirt_hypervisor.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace tprd::daemon {
+namespace {
+
+DomainInfo ToDaemonInfo(const backend::DomainInfo& info) {
+  DomainInfo out;
+  out.name = info.name;
+  out.uuid = info.uuid;
+  out.id = info.id;
+  out.running = info.state == backend::DomainState::kRunning ||
+                info.state == backend::DomainState::kPaused ||
+                info.state == backend::DomainState::kBlocked;
+  return out;
+}
+
+}  // namespace
+
+LibvirtHypervisor::LibvirtHypervisor(std::unique_ptr<backend::LibvirtConnection> connection,
+                                     EngineControllerOptions options)
+    : connection_(std::move(connection)), options_(std::move(options)) {
+  connection_->Subscribe(this);
+}
+
+LibvirtHypervisor::~LibvirtHypervisor() { connection_->Unsubscribe(this); }
+
+absl::StatusOr<std::vector<DomainInfo>> LibvirtHypervisor::ListDomains() {
+  absl::StatusOr<std::vector<backend::DomainInfo>> domains = connection_->ListDomains();
+  if (!domains.ok()) return domains.status();
+  std::vector<DomainInfo> out;
+  for (const backend::DomainInfo& d : *domains) out.push_back(ToDaemonInfo(d));
+  return out;
+}
+
+absl::StatusOr<DomainInfo> LibvirtHypervisor::LookupDomain(const std::string& reference) {
+  absl::StatusOr<backend::DomainInfo> domain = connection_->LookupDomain(reference);
+  if (!domain.ok()) return domain.status();
+  return ToDaemonInfo(*domain);
+}
+
+absl::StatusOr<std::unique_ptr<DomainController>> LibvirtHypervisor::OpenController(
+    const DomainInfo& domain, engine::PatchRecorder* recorder) {
+  if (!domain.running) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("domain ", domain.name, " is not running; start it first"));
+  }
+  return std::make_unique<EngineDomainController>(connection_.get(), domain, recorder, options_);
+}
+
+void LibvirtHypervisor::SetLifecycleHandler(std::function<void(const LifecycleEvent&)> handler) {
+  absl::MutexLock lock(&mu_);
+  handler_ = std::move(handler);
+}
+
+void LibvirtHypervisor::OnDomainEvent(const backend::DomainEvent& event) {
+  LifecycleEvent out;
+  switch (event.kind) {
+    case backend::DomainEvent::Kind::kStarted:
+      out.kind = LifecycleKind::kStarted;
+      break;
+    case backend::DomainEvent::Kind::kShutdown:
+      out.kind = LifecycleKind::kShutdown;
+      break;
+    case backend::DomainEvent::Kind::kStopped:
+      out.kind = LifecycleKind::kDestroyed;
+      break;
+    case backend::DomainEvent::Kind::kCrashed:
+      out.kind = LifecycleKind::kCrashed;
+      break;
+    case backend::DomainEvent::Kind::kRebooted:
+      out.kind = LifecycleKind::kRebooted;
+      break;
+    case backend::DomainEvent::Kind::kMigratedAway:
+      out.kind = LifecycleKind::kMigrated;
+      break;
+    default:
+      return;  // suspend/resume and the rest are not lifecycle changes for the daemon
+  }
+  out.domain.name = event.name;
+  out.domain.uuid = event.uuid;
+  out.domain.running = out.kind == LifecycleKind::kStarted || out.kind == LifecycleKind::kRebooted;
+  std::function<void(const LifecycleEvent&)> handler;
+  {
+    absl::MutexLock lock(&mu_);
+    handler = handler_;
+  }
+  if (handler) handler(out);
+}
+
+}  // namespace tprd::daemon

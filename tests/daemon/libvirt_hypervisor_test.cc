@@ -1,0 +1,107 @@
+// LibvirtHypervisor over FakeLibvirtConnection: which domains count as running, lookups, which
+// libvirt events become lifecycle events for the daemon (and which do not), and the refusal to
+// open a session on a domain that is not running. No QEMU: OpenController is only asked to
+// refuse.
+#include "daemon/domain/libvirt_hypervisor.h"
+
+#include <memory>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/fakes/fake_libvirt_connection.h"
+
+namespace tprd::daemon {
+namespace {
+
+using backend::DomainEvent;
+using backend::DomainState;
+using ::testing::HasSubstr;
+
+constexpr char kUuid[] = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+
+class LibvirtHypervisorTest : public ::testing::Test {
+ protected:
+  LibvirtHypervisorTest() {
+    auto connection = std::make_unique<backend::FakeLibvirtConnection>();
+    fake_ = connection.get();
+    fake_->AddDomain({"xp", kUuid, 3, DomainState::kRunning, 0});
+    fake_->AddDomain({"off", "11111111-2222-3333-4444-555555555555", -1, DomainState::kShutoff, 0});
+    hypervisor_ =
+        std::make_unique<LibvirtHypervisor>(std::move(connection), EngineControllerOptions{});
+    hypervisor_->SetLifecycleHandler(
+        [this](const LifecycleEvent& event) { events_.push_back(event); });
+  }
+
+  DomainEvent Event(DomainEvent::Kind kind) {
+    DomainEvent event;
+    event.kind = kind;
+    event.uuid = kUuid;
+    event.name = "xp";
+    return event;
+  }
+
+  backend::FakeLibvirtConnection* fake_ = nullptr;
+  std::unique_ptr<LibvirtHypervisor> hypervisor_;
+  std::vector<LifecycleEvent> events_;
+};
+
+TEST_F(LibvirtHypervisorTest, ListsDomainsWithWhetherTheyRun) {
+  fake_->SetState(kUuid, DomainState::kPaused, backend::kPausedReasonUnknown);
+  absl::StatusOr<std::vector<DomainInfo>> domains = hypervisor_->ListDomains();
+  ASSERT_TRUE(domains.ok()) << domains.status();
+  ASSERT_EQ(domains->size(), 2u);
+  for (const DomainInfo& d : *domains) {
+    // A paused domain (a gdbstub stop looks like one) still runs for tprd: it has a guest.
+    EXPECT_EQ(d.running, d.name == "xp") << d.name;
+  }
+  absl::StatusOr<DomainInfo> found = hypervisor_->LookupDomain("xp");
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(found->uuid, kUuid);
+  EXPECT_EQ(found->id, 3);
+  EXPECT_FALSE(hypervisor_->LookupDomain("nosuch").ok());
+}
+
+TEST_F(LibvirtHypervisorTest, TurnsLibvirtEventsIntoLifecycleEvents) {
+  const std::vector<std::pair<DomainEvent::Kind, LifecycleKind>> mapped = {
+      {DomainEvent::Kind::kStarted, LifecycleKind::kStarted},
+      {DomainEvent::Kind::kShutdown, LifecycleKind::kShutdown},
+      {DomainEvent::Kind::kStopped, LifecycleKind::kDestroyed},
+      {DomainEvent::Kind::kCrashed, LifecycleKind::kCrashed},
+      {DomainEvent::Kind::kRebooted, LifecycleKind::kRebooted},
+      {DomainEvent::Kind::kMigratedAway, LifecycleKind::kMigrated},
+  };
+  for (const auto& [in, out] : mapped) {
+    events_.clear();
+    fake_->EmitEvent(Event(in));
+    ASSERT_EQ(events_.size(), 1u) << static_cast<int>(in);
+    EXPECT_EQ(events_[0].kind, out);
+    EXPECT_EQ(events_[0].domain.uuid, kUuid);
+    EXPECT_EQ(events_[0].domain.name, "xp");
+    // After a start or a reboot there is a guest to work on; after the others there is none.
+    EXPECT_EQ(events_[0].domain.running,
+              out == LifecycleKind::kStarted || out == LifecycleKind::kRebooted);
+  }
+}
+
+TEST_F(LibvirtHypervisorTest, SuspendResumeAndMigrationStepsAreNotLifecycleChanges) {
+  for (DomainEvent::Kind kind : {DomainEvent::Kind::kSuspended, DomainEvent::Kind::kResumed,
+                                 DomainEvent::Kind::kMigrating, DomainEvent::Kind::kOther}) {
+    fake_->EmitEvent(Event(kind));
+  }
+  EXPECT_TRUE(events_.empty());
+}
+
+TEST_F(LibvirtHypervisorTest, RefusesASessionOnADomainThatDoesNotRun) {
+  DomainInfo off;
+  off.name = "off";
+  off.running = false;
+  absl::StatusOr<std::unique_ptr<DomainController>> controller =
+      hypervisor_->OpenController(off, nullptr);
+  ASSERT_FALSE(controller.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(controller.status())) << controller.status();
+  EXPECT_THAT(std::string(controller.status().message()), HasSubstr("off is not running"));
+}
+
+}  // namespace
+}  // namespace tprd::daemon
