@@ -428,6 +428,28 @@ int RunWatch(const GlobalOptions& global, const DaemonCommandOptions& options, s
   return client.Fail(status, err);
 }
 
+// Prometheus text exposition (format 0.0.4) of every domain tprd manages, from one
+// ListDomains and one GetDomain per domain tprd is not idle on. Gauges only: every number is
+// tprd's current view, and an enable or a new tprd starts them again.
+int RunMetrics(const GlobalOptions& global, std::ostream& out, std::ostream& err) {
+  tprd::v1::ListDomainsResponse domains;
+  int called = CallTprd(global, kReadTimeoutSeconds, &Stub::ListDomains,
+                        tprd::v1::ListDomainsRequest(), &domains, err);
+  if (called != kExitOk) return called;
+  std::vector<tprd::v1::DomainStatus> statuses;
+  for (const auto& summary : domains.domains()) {
+    if (!summary.running()) continue;
+    tprd::v1::GetDomainRequest request;
+    request.set_domain(summary.domain().uuid());
+    tprd::v1::DomainStatus status;
+    called = CallTprd(global, kReadTimeoutSeconds, &Stub::GetDomain, request, &status, err);
+    if (called != kExitOk) return called;
+    statuses.push_back(std::move(status));
+  }
+  PrintMetrics(statuses, out);
+  return kExitOk;
+}
+
 }  // namespace
 
 DaemonCommands::DaemonCommands(CLI::App& app, const GlobalOptions& global) : global_(global) {
@@ -437,6 +459,8 @@ DaemonCommands::DaemonCommands(CLI::App& app, const GlobalOptions& global) : glo
   domains_ = app.add_subcommand("domains", "List libvirt domains with their patch state");
   status_ = app.add_subcommand("status", "Show one domain's patch status");
   add_domain(status_);
+  metrics_ = app.add_subcommand(
+      "metrics", "Print every running domain's status as Prometheus text exposition");
   enable_ = app.add_subcommand("enable", "Find and patch the domain's TPR accesses");
   add_domain(enable_);
   enable_->add_option("--strategy", options_.strategy, "How handlers reach the real TPR")
@@ -461,7 +485,8 @@ DaemonCommands::DaemonCommands(CLI::App& app, const GlobalOptions& global) : glo
 }
 
 bool DaemonCommands::Parsed() const {
-  for (const CLI::App* command : {domains_, status_, enable_, sites_, rollback_, scan_, watch_}) {
+  for (const CLI::App* command :
+       {domains_, status_, metrics_, enable_, sites_, rollback_, scan_, watch_}) {
     if (command->parsed()) return true;
   }
   return false;
@@ -477,6 +502,7 @@ int DaemonCommands::Run(std::ostream& out, std::ostream& err) {
   if (!CheckSocket(SocketPath(global_), err)) return kExitUnreachable;
   if (domains_->parsed()) return RunDomains(global_, out, err);
   if (status_->parsed()) return RunStatus(global_, options_, out, err);
+  if (metrics_->parsed()) return RunMetrics(global_, out, err);
   if (enable_->parsed()) return RunEnable(global_, options_, out, err);
   if (sites_->parsed()) return RunSites(global_, options_, out, err);
   if (rollback_->parsed()) return RunRollback(global_, options_, out, err);

@@ -49,6 +49,7 @@ class DaemonCommands {
   DaemonCommandOptions options_;
   CLI::App* domains_ = nullptr;
   CLI::App* status_ = nullptr;
+  CLI::App* metrics_ = nullptr;
   CLI::App* enable_ = nullptr;
   CLI::App* sites_ = nullptr;
   CLI::App* rollback_ = nullptr;

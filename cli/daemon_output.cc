@@ -136,4 +136,81 @@ void PrintEventLine(const tprd::v1::Event& event, std::ostream& out) {
       << event.message() << "\n";
 }
 
+namespace {
+
+// A label value as the exposition format wants it: backslash, double quote and newline escaped.
+std::string LabelValue(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+struct MetricFamily {
+  const char* name;
+  const char* help;
+};
+
+void Header(const MetricFamily& family, std::ostream& out) {
+  out << "# HELP " << family.name << " " << family.help << "\n";
+  out << "# TYPE " << family.name << " gauge\n";
+}
+
+}  // namespace
+
+void PrintMetrics(const std::vector<tprd::v1::DomainStatus>& statuses, std::ostream& out) {
+  const auto domain = [](const tprd::v1::DomainStatus& s) {
+    return absl::StrCat("domain=\"", LabelValue(s.domain().name()), "\"");
+  };
+  const MetricFamily info{"tprd_domain_info",
+                          "1 for every running domain: tprd's state and the strategy in effect"};
+  Header(info, out);
+  for (const auto& s : statuses) {
+    out << info.name << "{" << domain(s) << ",uuid=\"" << LabelValue(s.domain().uuid())
+        << "\",state=\"" << LabelValue(DomainStateWord(s.state())) << "\",strategy=\""
+        << LabelValue(StrategyWord(s.strategy())) << "\"} 1\n";
+  }
+  const MetricFamily sites{"tprd_sites", "TPR sites tprd knows in the domain, by state"};
+  Header(sites, out);
+  for (const auto& s : statuses) {
+    const std::pair<const char*, uint32_t> by_state[] = {{"applied", s.sites_applied()},
+                                                         {"pending", s.sites_pending()},
+                                                         {"candidate", s.sites_candidate()},
+                                                         {"rolled_back", s.sites_rolled_back()}};
+    for (const auto& [state, count] : by_state) {
+      out << sites.name << "{" << domain(s) << ",state=\"" << state << "\"} " << count << "\n";
+    }
+  }
+  const MetricFamily traps{"tprd_traps_handled",
+                           "Guest stops at tprd's breakpoints and watchpoints since the enable"};
+  Header(traps, out);
+  for (const auto& s : statuses)
+    out << traps.name << "{" << domain(s) << "} " << s.traps_handled() << "\n";
+  const MetricFamily guard{
+      "tprd_guard_mismatches",
+      "mmio: stale shadow reads the guest's guard caught (it then runs exact)"};
+  Header(guard, out);
+  for (const auto& s : statuses) {
+    out << guard.name << "{" << domain(s) << "} " << s.guard_mismatches() << "\n";
+  }
+  const MetricFamily proving{"tprd_proving_window_open",
+                             "1 while the proving window after an enable is open"};
+  Header(proving, out);
+  for (const auto& s : statuses) {
+    out << proving.name << "{" << domain(s) << "} " << (s.proving_window_open() ? 1 : 0) << "\n";
+  }
+  const MetricFamily error{"tprd_domain_error",
+                           "1 when the domain has a last error (tprctl status)"};
+  Header(error, out);
+  for (const auto& s : statuses) {
+    out << error.name << "{" << domain(s) << "} " << (s.last_error().empty() ? 0 : 1) << "\n";
+  }
+}
+
 }  // namespace tprd::cli

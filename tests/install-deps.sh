@@ -9,6 +9,7 @@ packages=(
   qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   libvirt-daemon-system  # what a host installs: Debian's own qemu.conf, the libvirt-qemu account
   systemd  # systemd-analyze: tprd_access_test scores deploy/tprd.service offline
+  python3 python3-prometheus-client  # tprctl_test parses `tprctl metrics` with it
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -18,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "daemon/actor/domain_registry.h"
 #include "daemon/server/api_server.h"
 #include "daemon/service/tprd_service.h"
@@ -263,6 +266,35 @@ TEST_F(TprctlTest, DomainsTableListsEveryDomain) {
   EXPECT_THAT(result.out, HasSubstr("unpatched"));
   EXPECT_THAT(result.out, HasSubstr("\nwinxp-off "));
   EXPECT_THAT(result.out, HasSubstr("gone"));
+}
+
+// The exposition parses with Debian's python3-prometheus-client, and says what status says.
+TEST_F(TprctlTest, MetricsIsPrometheusTextThatSaysWhatStatusSays) {
+  ASSERT_EQ(Run({"enable", "--strategy", "mmio", "winxp-01"}).exit_code, 0);
+  RunResult metrics = Run({"metrics"});
+  ASSERT_EQ(metrics.exit_code, 0) << metrics.err;
+  EXPECT_EQ(metrics.err, "");
+  const std::string text = dir_.File("metrics.txt");
+  const std::string parsed = dir_.File("parsed.txt");
+  {
+    std::ofstream file(text);
+    file << metrics.out;
+  }
+  const std::string command =
+      absl::StrCat("/usr/bin/python3 ", PARSE_METRICS_PY, " ", text, " >", parsed, " 2>&1");
+  const int rc = std::system(command.c_str());
+  std::ifstream in(parsed);
+  const std::string samples((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_EQ(rc, 0) << samples << "\n" << metrics.out;
+  EXPECT_THAT(samples, HasSubstr("tprd_domain_info gauge tprd_domain_info{domain=winxp-01,"
+                                 "state=patched,strategy=mmio,uuid="));
+  EXPECT_THAT(samples, HasSubstr("tprd_sites gauge tprd_sites{domain=winxp-01,state=applied} 3\n"));
+  EXPECT_THAT(samples,
+              HasSubstr("tprd_sites gauge tprd_sites{domain=winxp-01,state=rolled_back} 0\n"));
+  EXPECT_THAT(samples, HasSubstr("tprd_traps_handled gauge tprd_traps_handled{domain=winxp-01} "));
+  EXPECT_THAT(samples, HasSubstr("tprd_domain_error gauge tprd_domain_error{domain=winxp-01} 0\n"));
+  // Only running domains: winxp-off is not there.
+  EXPECT_THAT(samples, Not(HasSubstr("winxp-off")));
 }
 
 TEST_F(TprctlTest, DomainsJsonIsOneDocument) {
