@@ -279,6 +279,9 @@ class PatchManager {
   // False while a stop of tprd's own (a rollback's, a detach's) handles a raced hit: no site is
   // patched behind the caller's back.
   bool apply_at_stops_ = true;
+  // PrepareToLeaveCr8 runs (it may let the guest run a moment and handle a stop meanwhile): a
+  // switch to exact asked for at such a stop is left to it, which is leaving cr8 already.
+  bool leaving_cr8_ = false;
   WatchKind tpr_watch_kind_ = WatchKind::kAccess;  // cr8: access; mmio: write (needs alias_)
   // mmio's alias: where its page table entry is and what it holds (nullopt: none known).
   struct AliasEntry {

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <string>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/engine/blob.h"
 #include "daemon/engine/page_walker.h"
@@ -49,6 +50,8 @@ absl::Status PatchManager::WriteStrategy(Strategy strategy) {
 
 void PatchManager::PrepareToLeaveCr8() {
   if (!installed_ || !profile_) return;
+  leaving_cr8_ = true;
+  absl::Cleanup done = [this] { leaving_cr8_ = false; };
   for (int attempt = 0;; ++attempt) {
     bool halted_behind = false;
     for (const VcpuProfile& cpu : profile_->vcpus) {

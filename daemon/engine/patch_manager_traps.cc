@@ -111,6 +111,14 @@ absl::Status PatchManager::DisarmTraps() {
 
 absl::Status PatchManager::SwitchToExact(const std::string& why,
                                          std::vector<ManagerEvent>& events) {
+  if (leaving_cr8_) {
+    // A stop handled while cr8 is being left: the leave ends on exact (or the operator's next
+    // strategy) and removes or keeps the traps as its caller decides; a nested leave here would
+    // change the word under it.
+    events.push_back(
+        {ManagerEvent::Kind::kNotice, std::nullopt, absl::StrCat("leaving cr8 already; ", why)});
+    return absl::OkStatus();
+  }
   TPRD_RETURN_IF_ERROR(WriteStrategy(Strategy::kExact));
   if (tpr_watch_armed_ && profile_) {
     // None may outlive the watchpoint (DisarmTraps); cr8's are still fixed up.
