@@ -147,7 +147,7 @@ TEST_F(RaceTest, ResetDuringEnableClearsStateAndEnableWorksAgain) {
 // a failure says the domain stopped; tprd keeps serving.
 void RaceTest::StopDuringEnable(const std::string& how,
                                 const std::function<void(TestDomain&)>& stop) {
-  int interrupted = 0;
+  int interrupted = 0, gone_first = 0;
   for (int round = 0; round < kRounds; ++round) {
     const std::string when = absl::StrCat(how, " round ", round);
     std::unique_ptr<TestDomain> domain = BootTestGuest("nobench", false);
@@ -157,8 +157,14 @@ void RaceTest::StopDuringEnable(const std::string& how,
         [&] { stop(*domain); }, tprd_->socket() + ".ctl");
     ExpectClearOutcome(r, when);
     if (r.exit_code != 0) {
-      ++interrupted;
-      EXPECT_NE(r.out.find("stopped during the enable"), std::string::npos) << when << r.out;
+      // Either the domain stopped while the enable ran, or it was gone before the enable reached
+      // the domain's actor (the draw can fall before that; seen in a clean-clone run): both say
+      // so in words.
+      const bool during = r.out.find("stopped during the enable") != std::string::npos;
+      const bool before = r.out.find("is not running; start it") != std::string::npos;
+      if (during) ++interrupted;
+      if (before) ++gone_first;
+      EXPECT_TRUE(during || before) << when << r.out;
     }
     ASSERT_TRUE(
         PollUntil(absl::Seconds(30), [&] { return DomainRunState(domain->name()) != "running"; }))
@@ -170,7 +176,8 @@ void RaceTest::StopDuringEnable(const std::string& how,
     EXPECT_EQ(tprd_->Ctl({"domains"}).exit_code, 0) << when << "\n" << tprd_->LogTail();
   }
   std::cout << "RESULT " << how << " racing enable: " << interrupted << " of " << kRounds
-            << " enables failed as 'stopped during the enable', the rest completed first\n";
+            << " enables failed as 'stopped during the enable', " << gone_first
+            << " found the domain gone before they started, the rest completed first\n";
 }
 
 TEST_F(RaceTest, DestroyDuringEnableIsReportedAndTprdServesOn) {
