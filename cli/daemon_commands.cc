@@ -428,9 +428,9 @@ int RunWatch(const GlobalOptions& global, const DaemonCommandOptions& options, s
   return client.Fail(status, err);
 }
 
-// Prometheus text exposition (format 0.0.4) of every domain tprd manages, from one
-// ListDomains and one GetDomain per domain tprd is not idle on. Gauges only: every number is
-// tprd's current view, and an enable or a new tprd starts them again.
+// Prometheus text exposition (format 0.0.4) of every running domain, from one ListDomains and
+// one GetDomain per running domain. Gauges only: every number is tprd's current view, and an
+// enable or a new tprd starts them again.
 int RunMetrics(const GlobalOptions& global, std::ostream& out, std::ostream& err) {
   tprd::v1::ListDomainsResponse domains;
   int called = CallTprd(global, kReadTimeoutSeconds, &Stub::ListDomains,

@@ -173,7 +173,14 @@ class PatchManager {
   void PrepareToLeaveCr8();
   void StepOutOfHandlers(int vcpu);
   bool HaltedWithLostNibble(const VcpuProfile& cpu);
-  bool IsHalted(int vcpu, uint32_t eip);
+  // The hlt a vCPU stands at (about to halt) or just after (halted: an idle guest's CPUs mostly
+  // are). A step never ends at either (it masks interrupts, and only one ends a hlt).
+  struct HltAround {
+    bool readable = false;  // the bytes around eip could be read
+    bool halted = false;
+    bool about_to_halt = false;
+  };
+  HltAround LookForHlt(int vcpu, uint32_t eip);
   std::optional<PerCpuEntry> ReadPerCpuEntry(uint8_t processor_number);
   // After the word left cr8: a CPU whose real TPR differs from its shadow (a CR8 write cleared
   // the low nibble) steps the blob's tpr_poke with eax = shadow and interrupts off, every

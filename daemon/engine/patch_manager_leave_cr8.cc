@@ -40,10 +40,8 @@ absl::Status PatchManager::WriteStrategy(Strategy strategy) {
   std::memcpy(bytes, &word, 4);
   TPRD_RETURN_IF_ERROR(WriteVerified(installed_->addresses.strategy_word, bytes));
   status_.strategy = strategy;
-  if (leaving_cr8) {
-    for (const VcpuProfile& cpu : profile_ ? profile_->vcpus : std::vector<VcpuProfile>{}) {
-      PokeRealTpr(cpu);
-    }
+  if (leaving_cr8 && profile_) {
+    for (const VcpuProfile& cpu : profile_->vcpus) PokeRealTpr(cpu);
   }
   return absl::OkStatus();
 }
@@ -83,23 +81,16 @@ void PatchManager::StepOutOfHandlers(int vcpu) {
       if (!absl::IsUnimplemented(stepped.status())) NoteError(stepped.status());
       return;
     }
-    ++status_.unreported_steps;
     if (!stepped->completed) return;
   }
 }
 
 bool PatchManager::HaltedWithLostNibble(const VcpuProfile& cpu) {
   absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(cpu.vcpu);
-  if (!regs.ok() || !IsHalted(cpu.vcpu, regs->eip)) return false;
+  if (!regs.ok() || !LookForHlt(cpu.vcpu, regs->eip).halted) return false;
   std::optional<PerCpuEntry> entry = ReadPerCpuEntry(cpu.processor_number);
   absl::StatusOr<uint8_t> real = vm_.ReadTpr(cpu.vcpu);
   return entry && entry->enabled && real.ok() && *real != entry->shadow_tpr;
-}
-
-bool PatchManager::IsHalted(int vcpu, uint32_t eip) {
-  // A halted CPU's eip is just after its hlt. A step (which masks interrupts) never ends there.
-  uint8_t before = 0;
-  return vm_.ReadVirtual(vcpu, eip - 1, absl::MakeSpan(&before, 1)).ok() && before == 0xF4;
 }
 
 std::optional<PerCpuEntry> PatchManager::ReadPerCpuEntry(uint8_t processor_number) {
@@ -126,7 +117,7 @@ void PatchManager::PokeRealTpr(const VcpuProfile& cpu) {
   if (installed_->addresses.InHandlerCode(regs->eip)) {
     return skip("it stayed inside tprd's handlers");
   }
-  if (IsHalted(cpu.vcpu, regs->eip)) return skip("it stayed halted");
+  if (LookForHlt(cpu.vcpu, regs->eip).halted) return skip("it stayed halted");
   GuestVmPhysicalReader memory(vm_);
   const PagingRegisters paging = PagingRegisters::From(*regs);
   absl::StatusOr<Translation> code =

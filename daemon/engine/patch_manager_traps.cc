@@ -381,17 +381,22 @@ void PatchManager::ConsumePendingHits(std::vector<ManagerEvent>& events, bool fi
   for (int v = 0; v < *count; ++v) StepPastUnreportedHit(v, AccessSeen{}, events, fix);
 }
 
+PatchManager::HltAround PatchManager::LookForHlt(int vcpu, uint32_t eip) {
+  uint8_t around[2] = {};
+  HltAround out;
+  out.readable = vm_.ReadVirtual(vcpu, eip - 1, absl::MakeSpan(around)).ok();
+  out.halted = out.readable && around[0] == 0xF4;
+  out.about_to_halt = out.readable && around[1] == 0xF4;
+  return out;
+}
+
 void PatchManager::StepPastUnreportedHit(int vcpu, const AccessSeen& before,
                                          std::vector<ManagerEvent>& events, bool fix) {
   absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
   if (!regs.ok()) return;
-  // A step over hlt never ends (the step masks interrupts), nor does a step of a CPU halted
-  // already (its eip is just after the hlt; an idle guest's CPUs mostly are): leave them alone.
-  uint8_t around[2] = {};
-  if (!vm_.ReadVirtual(vcpu, regs->eip - 1, absl::MakeSpan(around)).ok() || around[0] == 0xF4 ||
-      around[1] == 0xF4) {
-    return;
-  }
+  // A step over hlt never ends, nor does a step of a CPU halted already: leave them alone.
+  const HltAround hlt = LookForHlt(vcpu, regs->eip);
+  if (!hlt.readable || hlt.halted || hlt.about_to_halt) return;
   // A step that has to be interrupted is reported as a pause, which leaves the hit pending; one
   // instruction takes far less than this even on a loaded host, and the guest waits meanwhile.
   absl::StatusOr<StepResult> step = vm_.StepVcpu(vcpu, absl::Milliseconds(250));
@@ -428,18 +433,19 @@ void PatchManager::StepPastUnreportedHit(int vcpu, const AccessSeen& before,
   for (const VcpuProfile& cpu : profile_->vcpus) {
     if (cpu.vcpu == vcpu) number = cpu.processor_number;
   }
-  const uint32_t entry_va = installed_->addresses.PerCpuEntry(number);
-  std::array<uint8_t, kPerCpuEntrySize> raw;
-  if (!vm_.ReadVirtual(0, entry_va, absl::MakeSpan(raw)).ok()) return;
-  absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
+  std::optional<PerCpuEntry> entry = ReadPerCpuEntry(number);
   absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(vcpu);
-  if (!entry.ok() || !tpr.ok() || entry->shadow_tpr == *tpr) return;
+  if (!entry || !tpr.ok() || entry->shadow_tpr == *tpr) return;
   // The hit the step reported may be an older one, left pending since an access elsewhere
   // (QEMU keeps it until the vCPU is stepped or stops): standing after an applied writer proves
   // only that the handler wrote (seen on 2 vCPUs: the shadow 0x41 became the CR8 result 0x40).
   if (Cr8HandlerWrote(before.at_applied_site, *tpr, entry->shadow_tpr)) return;
   entry->shadow_tpr = *tpr;
-  if (absl::Status s = WriteVerified(entry_va, EncodePerCpuEntry(*entry)); !s.ok()) NoteError(s);
+  if (absl::Status s =
+          WriteVerified(installed_->addresses.PerCpuEntry(number), EncodePerCpuEntry(*entry));
+      !s.ok()) {
+    NoteError(s);
+  }
   ++status_.unreported_fixups;
 }
 

@@ -175,6 +175,19 @@ class PatchManagerTest : public ::testing::Test {
       return true;
     });
   }
+  // The blob's strategy word as the guest holds it now, read behind the fake's back (it may run).
+  Strategy WordNow(const ParsedBlob& blob) {
+    uint8_t word = 0xFF;
+    EXPECT_TRUE(
+        vm_.BackdoorReadPhysical(DataPhysical(blob, blob.addresses.strategy_word), {&word, 1})
+            .ok());
+    return static_cast<Strategy>(word);
+  }
+  // The vCPU is halted: its eip stands just after a hlt.
+  void Halt(int vcpu) {
+    Put(kCode + 0x900, {0xF4});
+    vm_.SetEip(vcpu, kCode + 0x901);
+  }
   std::vector<int> PokedVcpus() const {
     std::vector<int> out;
     for (const Poke& p : pokes_) out.push_back(p.vcpu);
@@ -545,8 +558,7 @@ TEST_F(PatchManagerTest, Cr8DoesNotStepAVcpuAboutToHalt) {
 TEST_F(PatchManagerTest, Cr8DoesNotStepAHaltedVcpu) {
   EnableCr8();
   const size_t steps = vm_.step_calls().size();
-  Put(kCode + 0x900, {0xF4});
-  vm_.SetEip(1, kCode + 0x901);
+  Halt(1);
   vm_.SetPendingWatchpointHit(1);
   ASSERT_TRUE(manager_.Rollback({}, false).ok());  // removes the watchpoint: every vCPU stepped
   EXPECT_EQ(StepsSince(steps), std::vector<int>{0}) << "the halted vCPU is left alone";
@@ -597,7 +609,6 @@ TEST_F(PatchManagerTest, LeavingCr8StepsACpuOutOfTheHandlersBeforeTheWordChanges
   }
   vm_.SetEip(1, blob->handlers.set_tpr_eax);
   const uint64_t shadow_pa = DataPhysical(*blob, blob->addresses.PerCpuShadow(1));
-  const uint64_t word_pa = DataPhysical(*blob, blob->addresses.strategy_word);
   int sleeps = 0;
   clock_.OnSleep([&] { ++sleeps; });
   int handler_steps = 0;
@@ -606,9 +617,7 @@ TEST_F(PatchManagerTest, LeavingCr8StepsACpuOutOfTheHandlersBeforeTheWordChanges
       r.eip += 2;
       return;
     }
-    uint8_t word = 0xFF;
-    EXPECT_TRUE(vm.BackdoorReadPhysical(word_pa, {&word, 1}).ok());
-    EXPECT_EQ(word, static_cast<uint8_t>(Strategy::kCr8)) << "stepped under the cr8 word";
+    EXPECT_EQ(WordNow(*blob), Strategy::kCr8) << "stepped under the cr8 word";
     if (++handler_steps == 3) {  // it stores the shadow and returns from the handler
       const uint8_t shadow = 0x41;
       EXPECT_TRUE(vm.BackdoorWritePhysical(shadow_pa, {&shadow, 1}).ok());
@@ -632,16 +641,12 @@ TEST_F(PatchManagerTest, LeavingCr8StepsACpuOutOfTheHandlersBeforeTheWordChanges
 TEST_F(PatchManagerTest, LeavingCr8WaitsUnderCr8ForAHaltedCpuToWake) {
   EnableCr8();
   vm_.SetTpr(1, 0x40);  // shadow 0x41
-  Put(kCode + 0x900, {0xF4});
-  vm_.SetEip(1, kCode + 0x901);
+  Halt(1);
   const std::optional<ParsedBlob> blob = GuestBlob();
   ASSERT_TRUE(blob);
-  const uint64_t word_pa = DataPhysical(*blob, blob->addresses.strategy_word);
   int sleeps = 0;
   clock_.OnSleep([&] {
-    uint8_t word = 0xFF;
-    EXPECT_TRUE(vm_.BackdoorReadPhysical(word_pa, {&word, 1}).ok());
-    EXPECT_EQ(word, static_cast<uint8_t>(Strategy::kCr8)) << "runs on under the cr8 word";
+    EXPECT_EQ(WordNow(*blob), Strategy::kCr8) << "runs on under the cr8 word";
     if (++sleeps == 2) vm_.SetEip(1, kCode + 0x800);  // an interrupt woke it
   });
   EmulatePoke(*blob);
@@ -657,8 +662,7 @@ TEST_F(PatchManagerTest, LeavingCr8WaitsUnderCr8ForAHaltedCpuToWake) {
 TEST_F(PatchManagerTest, LeavingCr8LeavesACpuThatStaysHaltedAndSaysSo) {
   EnableCr8();
   vm_.SetTpr(1, 0x40);
-  Put(kCode + 0x900, {0xF4});
-  vm_.SetEip(1, kCode + 0x901);
+  Halt(1);
   ASSERT_TRUE(manager_.Rollback({}, false).ok());
   EXPECT_EQ(vm_.Registers(1).eip, kCode + 0x901u) << "not pointed at the poke";
   EXPECT_THAT(manager_.Status().last_error, HasSubstr("halted"));
