@@ -344,17 +344,22 @@ absl::Status QemuGuestVm::RemoveWatchpoint(uint32_t va, uint32_t length, engine:
   return absl::OkStatus();
 }
 
-absl::StatusOr<engine::StepResult> QemuGuestVm::StepVcpu(int vcpu, absl::Duration timeout) {
+absl::Status QemuGuestVm::CheckCanRunAlone(int vcpu) {
   TPRD_RETURN_IF_ERROR(CheckUsable(true));
   if (vcpu < 0 || vcpu >= static_cast<int>(threads_.size())) {
     return absl::InvalidArgumentError(
         absl::StrCat("no vCPU ", vcpu, " (domain has ", threads_.size(), ")"));
   }
   if (pending_stop_) {
-    // A second foreign stop from the step would have nowhere to go.
+    // A second foreign stop from the run would have nowhere to go.
     return absl::FailedPreconditionError(
-        "a stop is pending: take it with WaitForStop before stepping");
+        "a stop is pending: take it with WaitForStop before running one vCPU");
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<engine::StepResult> QemuGuestVm::StepVcpu(int vcpu, absl::Duration timeout) {
+  TPRD_RETURN_IF_ERROR(CheckCanRunAlone(vcpu));
   absl::StatusOr<GdbStepResult> step = gdb_->StepThread(threads_[vcpu], timeout);
   selected_vcpu_ = -1;  // QEMU switches its current thread to the one that stopped
   if (!step.ok()) {
@@ -379,6 +384,22 @@ absl::StatusOr<engine::StepResult> QemuGuestVm::StepVcpu(int vcpu, absl::Duratio
   if (!eip.ok()) return eip.status();
   result.pc = static_cast<uint32_t>(*eip);
   return result;
+}
+
+absl::StatusOr<engine::StopEvent> QemuGuestVm::RunVcpuAlone(int vcpu, absl::Duration timeout) {
+  TPRD_RETURN_IF_ERROR(CheckCanRunAlone(vcpu));
+  absl::StatusOr<GdbStepResult> run = gdb_->ContinueThread(threads_[vcpu], timeout);
+  selected_vcpu_ = -1;
+  if (!run.ok()) {
+    TPRD_RETURN_IF_ERROR(Gone());
+    return run.status();
+  }
+  engine::StopEvent event = ToStopEvent(run->stop);
+  if (event.kind == engine::StopEvent::Kind::kGone) {
+    pending_stop_ = event;
+    return Gone().ok() ? absl::UnavailableError("domain gone") : Gone();
+  }
+  return event;
 }
 
 absl::Status QemuGuestVm::Detach() {

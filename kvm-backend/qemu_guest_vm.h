@@ -71,6 +71,7 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   // (another vCPU's trap, a host pause) is kept for WaitForStop like Stop() keeps a raced one;
   // the interrupt's own stop is dropped. FAILED_PRECONDITION while such a kept stop is pending.
   absl::StatusOr<engine::StepResult> StepVcpu(int vcpu, absl::Duration timeout) override;
+  absl::StatusOr<engine::StopEvent> RunVcpuAlone(int vcpu, absl::Duration timeout) override;
 
   const std::string& uuid() const { return uuid_; }
   // Reads of physical memory served by process_vm_readv (the rest went through the gdbstub).
@@ -86,6 +87,8 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   absl::Status SetPhysicalMode(bool physical);
   // libvirt (not us) holds the domain paused: FAILED_PRECONDITION naming the reason.
   absl::Status CheckNotPausedByHost();
+  // StepVcpu's and RunVcpuAlone's preconditions: stopped, a known vCPU, no stop pending.
+  absl::Status CheckCanRunAlone(int vcpu);
   engine::StopEvent ToStopEvent(const GdbStopReply& reply);
 
   LibvirtConnection* connection_;

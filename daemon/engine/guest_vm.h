@@ -149,6 +149,17 @@ class GuestVm {
     return absl::UnimplementedError("no single-step on this backend");
   }
 
+  // Lets `vcpu` alone run (every other vCPU stays stopped), with its interrupts and timers, until
+  // its next stop (a breakpoint or watchpoint it meets), at most `timeout`; then interrupts it.
+  // Requires the guest stopped; on OK it is stopped again and that stop is returned (kInterrupted
+  // when the timeout ended it). Leaving cr8 wakes a halted CPU this way: only an interrupt ends a
+  // `hlt`, and no other CPU may run meanwhile. UNIMPLEMENTED where the backend cannot.
+  virtual absl::StatusOr<StopEvent> RunVcpuAlone(int vcpu, absl::Duration timeout) {
+    (void)vcpu;
+    (void)timeout;
+    return absl::UnimplementedError("no single-vCPU run on this backend");
+  }
+
   // Execution breakpoints stop a vCPU before the instruction at `va` runs.
   virtual absl::Status SetBreakpoint(uint32_t va) = 0;
   virtual absl::Status RemoveBreakpoint(uint32_t va) = 0;

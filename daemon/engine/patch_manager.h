@@ -167,10 +167,19 @@ class PatchManager {
   // (patch_manager_leave_cr8.cc). The guest must be stopped.
   absl::Status WriteStrategy(Strategy strategy);
   // Leaving cr8, before the word changes: every CPU inside the handlers is stepped out of them
-  // (it finishes its CR8 write and shadow store under the cr8 word), and while a CPU whose real
-  // TPR lost its low nibble is halted (a step cannot run it) the guest runs on a moment under
-  // cr8, bounded, and is looked at again.
+  // (it finishes its CR8 write and shadow store under the cr8 word), and a CPU whose real TPR
+  // lost its low nibble and is halted (a step cannot run it) runs alone under cr8 until it wakes
+  // (WakeAlone); failing that the guest runs on a moment under cr8, bounded, and is looked at
+  // again.
   void PrepareToLeaveCr8();
+  enum class WakeResult : uint8_t {
+    kWoken,        // back at the instruction after its hlt, awake (in woken_vcpus_)
+    kMoved,        // stopped elsewhere (a trap, or interrupted while running): looked at again
+    kStillHalted,  // nothing woke it in time, or the backend cannot run one vCPU alone
+    kGiveUp,       // the host paused the domain, or it is gone
+  };
+  // Runs `vcpu` alone (every other vCPU stopped) to a breakpoint after its hlt.
+  WakeResult WakeAlone(int vcpu);
   void StepOutOfHandlers(int vcpu);
   bool HaltedWithLostNibble(const VcpuProfile& cpu);
   // The hlt a vCPU stands at (about to halt) or just after (halted: an idle guest's CPUs mostly
@@ -289,6 +298,10 @@ class PatchManager {
   // PrepareToLeaveCr8 runs (it may let the guest run a moment and handle a stop meanwhile): a
   // switch to exact asked for at such a stop is left to it, which is leaving cr8 already.
   bool leaving_cr8_ = false;
+  // vCPUs WakeAlone saw wake since the guest last ran as a whole: they stand after their hlt,
+  // which LookForHlt would take for halted.
+  std::set<int> woken_vcpus_;
+  std::map<int, std::string> wake_notes_;          // what WakeAlone last saw, per vCPU
   WatchKind tpr_watch_kind_ = WatchKind::kAccess;  // cr8: access; mmio: write (needs alias_)
   // mmio's alias: where its page table entry is and what it holds (nullopt: none known).
   struct AliasEntry {

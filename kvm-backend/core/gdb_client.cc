@@ -546,6 +546,16 @@ absl::StatusOr<std::optional<GdbStopReply>> GdbClient::WaitForStop(absl::Duratio
 
 absl::StatusOr<GdbStepResult> GdbClient::StepThread(const GdbThreadId& thread,
                                                     absl::Duration timeout) {
+  return RunThreadAlone(thread, 's', timeout);
+}
+
+absl::StatusOr<GdbStepResult> GdbClient::ContinueThread(const GdbThreadId& thread,
+                                                        absl::Duration timeout) {
+  return RunThreadAlone(thread, 'c', timeout);
+}
+
+absl::StatusOr<GdbStepResult> GdbClient::RunThreadAlone(const GdbThreadId& thread, char action,
+                                                        absl::Duration timeout) {
   TPRD_RETURN_IF_ERROR(Usable(true));
   auto refuse_if_queued = [this]() -> absl::Status {
     if (pending_stops_.empty()) return absl::OkStatus();
@@ -559,7 +569,7 @@ absl::StatusOr<GdbStepResult> GdbClient::StepThread(const GdbThreadId& thread,
   // after any stop only on that thread: it must be the stepped one.
   TPRD_RETURN_IF_ERROR(CommandExpectingOk(absl::StrCat("Hc", id)));
   TPRD_RETURN_IF_ERROR(refuse_if_queued());  // the VM ran after all: its stop came
-  const std::string payload = absl::StrCat("vCont;s:", id);
+  const std::string payload = absl::StrCat("vCont;", std::string(1, action), ":", id);
   absl::StatusOr<std::string> acked = Exchange(payload, ReplyMode::kAckOnly);
   if (!acked.ok()) return acked.status();
   running_ = true;
@@ -568,7 +578,8 @@ absl::StatusOr<GdbStepResult> GdbClient::StepThread(const GdbThreadId& thread,
   GdbStepResult result;
   absl::StatusOr<bool> stopped = AwaitStops(earlier, absl::Now() + timeout, payload);
   if (stopped.ok() && !*stopped) {
-    // E.g. `hlt` with the interrupts that would end it masked by the step: stop it.
+    // E.g. `hlt` with the interrupts that would end it masked by the step (or, continued, a
+    // vCPU that met no breakpoint in time): stop it.
     result.interrupted = true;
     TPRD_RETURN_IF_ERROR(Interrupt());
     stopped = AwaitStops(earlier, absl::Now() + options_.reply_timeout, payload);

@@ -132,6 +132,10 @@ class GdbClient {
   // reconnect). Stops that arrived before the stub acked the vCont (the VM was resumed behind
   // our back) are not the step's: they stay queued for WaitForStop.
   absl::StatusOr<GdbStepResult> StepThread(const GdbThreadId& thread, absl::Duration timeout);
+  // As StepThread, with `vCont;c:<thread>`: `thread` alone runs (interrupts and timers on, every
+  // other vCPU stays stopped) until any stop, at most `timeout`, then is interrupted. completed
+  // = a SIGTRAP stop of `thread` (a breakpoint or watchpoint it hit).
+  absl::StatusOr<GdbStepResult> ContinueThread(const GdbThreadId& thread, absl::Duration timeout);
   // Sends the single byte 0x03 (anything else would be taken as an interrupt as well, and lost).
   // The resulting stop arrives through WaitForStop. Harmless if the VM already stopped.
   absl::Status Interrupt();
@@ -164,6 +168,9 @@ class GdbClient {
   absl::Status Usable(bool require_stopped) const;
   absl::Status Break(absl::Status reason);
   absl::StatusOr<std::string> ReadFeatureDocument(std::string_view annex);
+  // StepThread ('s') and ContinueThread ('c').
+  absl::StatusOr<GdbStepResult> RunThreadAlone(const GdbThreadId& thread, char action,
+                                               absl::Duration timeout);
   absl::Status WriteMemoryPacket(uint64_t address, absl::Span<const uint8_t> data);
   absl::Status HandleStopPacket(std::string_view payload);
   // Reads packets until more than `queued` stops are queued (true) or `deadline` passed (false).

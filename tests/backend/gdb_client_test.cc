@@ -304,6 +304,41 @@ TEST_F(GdbClientTest, StepThatDoesNotFinishIsInterrupted) {
   ExpectScriptDone();
 }
 
+// vCont;c runs one vCPU alone until its breakpoint (leaving cr8 wakes a halted CPU this way).
+TEST_F(GdbClientTest, ContinueThreadRunsThatThreadAloneUntilItsStop) {
+  Attach();
+  fake_->ExpectCommand("Hcp01.02", "OK")
+      .ExpectWrite(EncodeGdbPacket("vCont;c:p01.02"))
+      .Send("+")
+      .Send(EncodeGdbPacket("T05thread:p01.02;swbreak:;"))
+      .ExpectWrite("+");
+  absl::StatusOr<GdbStepResult> run = client_->ContinueThread({1, 2}, absl::Seconds(1));
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_TRUE(run->completed);
+  EXPECT_FALSE(run->interrupted);
+  EXPECT_EQ(run->stop.thread->vcpu_index(), 1);
+  EXPECT_FALSE(client_->running());
+  ExpectScriptDone();
+}
+
+// One that meets no stop in time is interrupted, as a step is.
+TEST_F(GdbClientTest, ContinueThreadThatMeetsNoStopIsInterrupted) {
+  Attach();
+  fake_->ExpectCommand("Hcp01.01", "OK")
+      .ExpectWrite(EncodeGdbPacket("vCont;c:p01.01"))
+      .Send("+")
+      .Stall()
+      .ExpectWrite("\x03")
+      .Send(EncodeGdbPacket("T02thread:p01.01;"))
+      .ExpectWrite("+");
+  absl::StatusOr<GdbStepResult> run = client_->ContinueThread({1, 1}, absl::Milliseconds(1));
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_FALSE(run->completed);
+  EXPECT_TRUE(run->interrupted);
+  EXPECT_FALSE(client_->running());
+  ExpectScriptDone();
+}
+
 TEST_F(GdbClientTest, StepThatNotEvenTheInterruptStopsIsDeadlineExceeded) {
   Attach();
   fake_->ExpectCommand("Hcp01.01", "OK")

@@ -104,11 +104,13 @@ struct HalCase {
   int vcpus = 2;
   uint32_t seed = 1;
   bool random = false;
+  // idle=heavy: every CPU halted most of the time, as on an idle machine (what leaving cr8 meets).
+  bool idle = false;
 };
 
 std::string CaseName(const HalCase& c) {
   return absl::StrCat(c.strategy, "_smp", c.vcpus, c.random ? "_random" : "_seed",
-                      c.random ? "" : absl::StrCat(c.seed));
+                      c.random ? "" : absl::StrCat(c.seed), c.idle ? "_idle" : "");
 }
 
 void PrintTo(const HalCase& c, std::ostream* os) { *os << CaseName(c) << " seed=" << c.seed; }
@@ -118,11 +120,16 @@ std::vector<HalCase> Cases(const std::string& strategy) {
   if (!Soak()) {
     // Seed 3 places a hot writer across a page boundary (seed % 3 == 0, docs/hal-guest.md).
     cases = {{strategy, 1, 1}, {strategy, 2, 2}, {strategy, 4, 3}};
-    if (strategy == "cr8") cases.push_back({strategy, 2, RandomSeed(), true});
+    if (strategy == "cr8") {
+      cases.push_back({strategy, 2, RandomSeed(), true});
+      // An idle guest: its CPUs are halted when the rollback leaves cr8.
+      cases.push_back({strategy, 4, 5, false, true});
+    }
   } else {
     for (int vcpus : {1, 2, 4}) {
       for (uint32_t seed = 1; seed <= 6; ++seed) cases.push_back({strategy, vcpus, seed});
       cases.push_back({strategy, vcpus, RandomSeed() + static_cast<uint32_t>(vcpus), true});
+      cases.push_back({strategy, vcpus, 7, false, true});
     }
   }
   return cases;
@@ -501,7 +508,7 @@ class HalE2e {
     TestDomainOptions options;
     options.kernel = HalGuestElf();
     options.vcpus = case_.vcpus;
-    options.cmdline = absl::StrCat("seed=", case_.seed);
+    options.cmdline = absl::StrCat("seed=", case_.seed, case_.idle ? " idle=heavy" : "");
     options.cr8legacy_cpu = case_.strategy == "cr8";
     options.reboot_restarts = reboot_restarts;
     absl::StatusOr<std::unique_ptr<TestDomain>> created = TestDomain::Create(options);
@@ -720,6 +727,9 @@ class HalE2e {
     EXPECT_EQ(s.state, "unpatched") << when << ": after a full rollback: " << s.raw;
     EXPECT_TRUE(s.strategy.empty() || s.strategy == "exact")
         << when << ": after a full rollback: " << s.raw;
+    // E.g. "vCPU 2's TPR reads 0x40 instead of 0x41 until its next TPR write: it stayed halted":
+    // leaving cr8 must give every CPU its real TPR back, halted or not.
+    EXPECT_EQ(s.last_error, "") << when << ": the rollback left an error: " << s.raw;
   }
 
   // `tprctl --json watch DOMAIN` into watch.log, for the logs kept on failure. A watch ends with
@@ -1119,11 +1129,13 @@ INSTANTIATE_TEST_SUITE_P(Hal, HalRebootTest, ::testing::ValuesIn(RebootCases()),
                          [](const auto& info) { return CaseName(info.param); });
 
 std::vector<HalCase> SigtermCases() {
-  if (!Soak()) return {{"cr8", 2, 2}, {"mmio", 2, 3}};
+  // The idle case: systemd stopping tprd on an idle host meets halted CPUs under cr8.
+  if (!Soak()) return {{"cr8", 2, 2}, {"mmio", 2, 3}, {"cr8", 2, 6, false, true}};
   return {{"cr8", 1, 1},
           {"cr8", 4, 3},
           {"mmio", 1, 1},
           {"mmio", 4, 2},
+          {"cr8", 4, 6, false, true},
           {"cr8", 2, RandomSeed() + 11, true},
           {"mmio", 2, RandomSeed() + 13, true}};
 }

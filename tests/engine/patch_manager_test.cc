@@ -636,8 +636,92 @@ TEST_F(PatchManagerTest, LeavingCr8StepsACpuOutOfTheHandlersBeforeTheWordChanges
 }
 
 // A halted CPU cannot be stepped through the poke (the step masks interrupts, and only an
-// interrupt ends a hlt). While one whose real TPR lost its nibble is halted, the guest runs on a
-// moment under cr8 (still correct there) and is looked at again.
+// interrupt ends a hlt). It runs alone, under cr8, every other CPU stopped, to a breakpoint on
+// the instruction after its hlt: there it is awake, and the poke runs before the guest does.
+TEST_F(PatchManagerTest, LeavingCr8WakesAHaltedCpuAloneThenPokesIt) {
+  EnableCr8();
+  vm_.SetTpr(1, 0x40);  // shadow 0x41
+  Halt(1);
+  const std::optional<ParsedBlob> blob = GuestBlob();
+  ASSERT_TRUE(blob);
+  const uint32_t after_hlt = kCode + 0x901;
+  int sleeps = 0;
+  clock_.OnSleep([&] { ++sleeps; });
+  vm_.OnRunAlone([&](FakeGuestVm& vm, int vcpu) {
+    EXPECT_EQ(WordNow(*blob), Strategy::kCr8) << "woken under the cr8 word";
+    EXPECT_TRUE(vm.breakpoints().count(after_hlt)) << "a breakpoint after its hlt";
+    // Its timer interrupt ran (the handler's CR8 writes leave the real TPR 0x40 again) and
+    // returned to the instruction after the hlt.
+    vm.SetTpr(vcpu, 0x40);
+    return StopEvent{StopEvent::Kind::kBreakpoint, vcpu, after_hlt, 0, WatchKind::kAccess};
+  });
+  EmulatePoke(*blob);
+  ASSERT_TRUE(manager_.Rollback({}, false).ok());
+  EXPECT_EQ(vm_.run_alone_calls(), std::vector<int>{1});
+  EXPECT_EQ(sleeps, 0) << "the guest never ran as a whole between the first stop and the poke";
+  EXPECT_EQ(PokedVcpus(), std::vector<int>{1});
+  EXPECT_EQ(vm_.Registers(1).eip, after_hlt) << "back where it woke";
+  EXPECT_FALSE(vm_.breakpoints().count(after_hlt)) << "the wake's breakpoint is gone";
+  ASSERT_TRUE(vm_.Stop().ok());
+  EXPECT_EQ(*vm_.ReadTpr(1), 0x41);
+  EXPECT_TRUE(manager_.Status().last_error.empty()) << manager_.Status().last_error;
+}
+
+// Its interrupt handler's unpatched read of the TPR stops it on cr8's access watchpoint: fixed
+// up as at any stop; it stands after that read, awake, and is poked.
+TEST_F(PatchManagerTest, LeavingCr8FixesUpAReadTheWokenCpuMadeAndPokesIt) {
+  EnableCr8();
+  vm_.SetTpr(1, 0x40);
+  Halt(1);
+  const std::optional<ParsedBlob> blob = GuestBlob();
+  ASSERT_TRUE(blob);
+  vm_.OnRunAlone([&](FakeGuestVm& vm, int vcpu) {
+    vm.SetEip(vcpu, kReadEax + 5);
+    vm.Registers(vcpu).reg(Gpr::kEax) = 0x40;
+    return StopEvent{StopEvent::Kind::kWatchpoint, vcpu, kReadEax + 5, kDefaultTprVa,
+                     WatchKind::kAccess};
+  });
+  EmulatePoke(*blob);
+  ASSERT_TRUE(manager_.Rollback({}, false).ok());
+  EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x41u) << "the read fixed up to the shadow";
+  EXPECT_EQ(PokedVcpus(), std::vector<int>{1});
+  ASSERT_TRUE(vm_.Stop().ok());
+  EXPECT_EQ(*vm_.ReadTpr(1), 0x41);
+  EXPECT_TRUE(manager_.Status().last_error.empty()) << manager_.Status().last_error;
+}
+
+// QEMU reports a vCPU's not yet reported watchpoint hit at its next run, before it executes
+// anything: the first step of the poke then ends still at the poke. It is stepped again.
+TEST_F(PatchManagerTest, LeavingCr8StepsThePokeAgainWhenAnOldHitEndedTheFirstStep) {
+  EnableCr8();
+  vm_.SetTpr(1, 0x40);  // shadow 0x41
+  const std::optional<ParsedBlob> blob = GuestBlob();
+  ASSERT_TRUE(blob);
+  EmulatePoke(*blob);
+  vm_.OnStep([this, &blob, first = true](FakeGuestVm& vm, int vcpu) mutable {
+    VcpuRegisters& r = vm.Registers(vcpu);
+    if (r.eip != blob->addresses.tpr_poke) {
+      r.eip += 2;
+      return true;
+    }
+    if (first) {  // the old hit is reported; nothing ran
+      first = false;
+      return true;
+    }
+    pokes_.push_back({vcpu, r.eflags});
+    vm.SetTpr(vcpu, static_cast<uint8_t>(r.reg(Gpr::kEax)));
+    r.eip += 5;
+    return true;
+  });
+  ASSERT_TRUE(manager_.Rollback({}, false).ok());
+  EXPECT_EQ(PokedVcpus(), std::vector<int>{1});
+  ASSERT_TRUE(vm_.Stop().ok());
+  EXPECT_EQ(*vm_.ReadTpr(1), 0x41);
+  EXPECT_TRUE(manager_.Status().last_error.empty()) << manager_.Status().last_error;
+}
+
+// Nothing wakes it alone (it may wait for another CPU's IPI): the guest runs on a moment under
+// cr8 (still correct there) and is looked at again.
 TEST_F(PatchManagerTest, LeavingCr8WaitsUnderCr8ForAHaltedCpuToWake) {
   EnableCr8();
   vm_.SetTpr(1, 0x40);  // shadow 0x41

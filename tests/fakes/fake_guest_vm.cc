@@ -398,6 +398,18 @@ absl::StatusOr<StepResult> FakeGuestVm::StepVcpu(int vcpu, absl::Duration /*time
   return result;
 }
 
+absl::StatusOr<StopEvent> FakeGuestVm::RunVcpuAlone(int vcpu, absl::Duration /*timeout*/) {
+  if (absl::Status s = RequireStopped("RunVcpuAlone"); !s.ok()) return s;
+  if (absl::Status s = CheckVcpu(vcpu); !s.ok()) return s;
+  run_alone_calls_.push_back(vcpu);
+  if (on_run_alone_) return on_run_alone_(*this, vcpu);
+  StopEvent stop;
+  stop.kind = StopEvent::Kind::kInterrupted;
+  stop.vcpu = vcpu;
+  stop.pc = vcpus_[vcpu].regs.eip;
+  return stop;
+}
+
 void FakeGuestVm::SetPagingAll(uint32_t cr0, uint32_t cr3, uint32_t cr4, uint64_t efer) {
   for (Vcpu& v : vcpus_) {
     v.regs.cr0 = cr0;

@@ -94,6 +94,9 @@ class FakeGuestVm : public GuestVm {
   // vCPU's eip (completed). A completed step reports and clears the vCPU's pending watchpoint
   // hit; an incomplete one leaves it pending (as QEMU does when the step is interrupted).
   absl::StatusOr<StepResult> StepVcpu(int vcpu, absl::Duration timeout) override;
+  // Stopped guest only. Runs the run-alone hook if one is set; without one nothing wakes the
+  // vCPU: an interrupted stop at its eip. The guest is stopped afterwards.
+  absl::StatusOr<StopEvent> RunVcpuAlone(int vcpu, absl::Duration timeout) override;
 
   // --- State a test sets up or inspects (no fault injection, no log, any run state). ---
   absl::Status BackdoorWritePhysical(uint64_t pa, absl::Span<const uint8_t> data);
@@ -144,6 +147,12 @@ class FakeGuestVm : public GuestVm {
     vcpus_.at(vcpu).pending_watchpoint_hit = pending;
   }
   bool pending_watchpoint_hit(int vcpu) const { return vcpus_.at(vcpu).pending_watchpoint_hit; }
+  // Plays RunVcpuAlone: the hook moves the vCPU (Registers()/Backdoor*) and returns its stop.
+  void OnRunAlone(std::function<StopEvent(FakeGuestVm&, int vcpu)> hook) {
+    on_run_alone_ = std::move(hook);
+  }
+  // The vCPU of every RunVcpuAlone, in call order.
+  const std::vector<int>& run_alone_calls() const { return run_alone_calls_; }
   // The vCPU of every successful StepVcpu, in call order.
   const std::vector<int>& step_calls() const { return step_calls_; }
 
@@ -219,6 +228,8 @@ class FakeGuestVm : public GuestVm {
   uint32_t step_length_ = 1;
   std::function<bool(FakeGuestVm&, int)> on_step_;
   std::vector<int> step_calls_;
+  std::function<StopEvent(FakeGuestVm&, int)> on_run_alone_;
+  std::vector<int> run_alone_calls_;
 };
 
 // Reads a FakeGuestVm's physical memory through its backdoor: page-table walks by the

@@ -11,6 +11,7 @@ u32 tsc_khz = 1000000;
 u64 tsc_boot;
 u32 seed = 1;
 u32 inject_mode;
+u32 idle_heavy;
 static u32 apic_ticks_per_ms = 62500;
 static char cmdline[256];
 static u8 apic_to_cpu[256];
@@ -379,6 +380,8 @@ static void parse_cmdline(void) {
       u32 v = 0;
       for (u32 k = 5; k < len && w[k] >= '0' && w[k] <= '9'; k++) v = v * 10 + (u32)(w[k] - '0');
       seed = v;
+    } else if (word_is(w, len, "idle=heavy", 10) && len == 10) {
+      idle_heavy = 1;
     } else if (word_is(w, len, "inject=stale", 12) && len == 12) {
       inject_mode = 1; /* a TPR write behind the HAL's back */
     } else if (word_is(w, len, "inject=book", 11) && len == 11) {
@@ -407,10 +410,10 @@ void kernel_main(void) {
   hal_cpu_init(&cpus[0]);
   start_aps();
   print_line(
-      "BOOT guest=hal cpus=%u expected=%u seed=%u inject=%s tsc_khz=%u apic_ticks_per_ms=%u "
+      "BOOT guest=hal cpus=%u expected=%u seed=%u inject=%s idle=%s tsc_khz=%u apic_ticks_per_ms=%u "
       "timer_hz=%u kernel=0x%x-0x%x kpcr0=0x%x tpr_va=0x%x apic_va=0x%x legacy_va=0x%x "
       "ram_mapped=0x%x code=0x%x-0x%x",
-      online_cpus, expected_cpus, seed, inject_name(), tsc_khz, apic_ticks_per_ms, hal_timer_hz(),
+      online_cpus, expected_cpus, seed, inject_name(), idle_heavy ? "heavy" : "light", tsc_khz, apic_ticks_per_ms, hal_timer_hz(),
       (u32)kernel_start, (u32)kernel_end, (u32)cpus[0].kpcr, TPR_VA, APIC_VA, LEGACY_VA,
       boot_ram_mapped, hal_code_start(), hal_code_end());
   hal_print_boot_info();
