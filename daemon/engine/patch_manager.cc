@@ -7,7 +7,6 @@
 #include <array>
 #include <cstring>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/engine/decode_report.h"
 #include "daemon/engine/guest_site_table.h"
@@ -51,6 +50,12 @@ void PatchManager::NoteError(const absl::Status& status) {
 
 absl::Status PatchManager::ResumeGuest() {
   absl::Status s = vm_.Resume();
+  NoteError(s);
+  return s;
+}
+
+absl::Status PatchManager::ResumeGuest(StoppedGuestScope& stopped) {
+  absl::Status s = stopped.Resume();
   NoteError(s);
   return s;
 }
@@ -128,12 +133,10 @@ void PatchManager::MergeCandidates(const ScanResult& scan) {
 
 absl::StatusOr<std::vector<ManagedSite>> PatchManager::Scan() {
   absl::StatusOr<GuestProfile> profile = StopAndProfile();
-  if (!profile.ok()) {
-    (void)vm_.Resume();
-    return profile.status();
-  }
+  StoppedGuestScope stopped(vm_);
+  if (!profile.ok()) return profile.status();
   absl::StatusOr<ScanResult> scan = ScanGuest(*profile);
-  TPRD_RETURN_IF_ERROR(ResumeGuest());
+  TPRD_RETURN_IF_ERROR(ResumeGuest(stopped));
   if (!scan.ok()) return scan.status();
   std::vector<ManagedSite> out;
   for (const ScanCandidate& c : scan->candidates) {
@@ -374,9 +377,7 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   }
 
   absl::StatusOr<GuestProfile> profile = StopAndProfile();
-  // Every way out of this function lets the guest run again; the successful ones through
-  // ResumeGuest (which leaves a guest the host paused alone) after cancelling this.
-  absl::Cleanup resume_on_error = [this] { (void)vm_.Resume(); };
+  StoppedGuestScope stopped(vm_);  // every way out lets the guest run again
   if (!profile.ok()) return profile.status();
   if (!installed_) {
     // A blob from an earlier session (tprd restarted, or detached and enabled again): reuse
@@ -399,8 +400,7 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
     if (m.site.state != SiteState::kRolledBack) ++report.candidates;
   }
   if (request.dry_run) {
-    std::move(resume_on_error).Cancel();
-    TPRD_RETURN_IF_ERROR(ResumeGuest());
+    TPRD_RETURN_IF_ERROR(ResumeGuest(stopped));
     return report;
   }
 
@@ -445,8 +445,7 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   for (const auto& [id, m] : sites_) {
     if (m.armed) ++report.armed;
   }
-  std::move(resume_on_error).Cancel();
-  TPRD_RETURN_IF_ERROR(ResumeGuest());
+  TPRD_RETURN_IF_ERROR(ResumeGuest(stopped));
   report.strategy = request.strategy;
   return report;
 }
@@ -470,17 +469,13 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
   RollbackReport report;
   if (!installed_) return report;
   TPRD_RETURN_IF_ERROR(StopGuest());
+  StoppedGuestScope stopped(vm_);
   // A rolled-back writer would leave the shadow stale while other sites still read it; going
   // through exact keeps every remaining patched site correct.
   std::vector<ManagerEvent> ignored;
   bool writer = false;
   for (const Site& s : batch) writer |= FormWritesTpr(s.form);
-  if (all || writer) {
-    if (absl::Status s = WriteStrategy(Strategy::kExact); !s.ok()) {
-      (void)vm_.Resume();
-      return s;
-    }
-  }
+  if (all || writer) TPRD_RETURN_IF_ERROR(WriteStrategy(Strategy::kExact));
   if (all) {
     (void)DisarmTraps();
   } else {
@@ -507,6 +502,7 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
     AfterStop(std::nullopt, ignored_events);
   };
   // RollbackSites stops (already stopped: idempotent) and resumes once.
+  stopped.Release();
   absl::StatusOr<TransactionReport> tx =
       RollbackSites(vm_, recorder, absl::MakeSpan(batch), options);
   if (!tx.ok()) return tx.status();
@@ -529,9 +525,10 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
 absl::Status PatchManager::Detach() {
   if (!installed_) return absl::OkStatus();
   TPRD_RETURN_IF_ERROR(StopGuest());
+  StoppedGuestScope stopped(vm_);
   absl::Status strategy = WriteStrategy(Strategy::kExact);
   absl::Status traps = DisarmTraps();
-  absl::Status resumed = vm_.Resume();
+  absl::Status resumed = stopped.Resume();
   if (!strategy.ok()) return strategy;
   if (!traps.ok()) return traps;
   if (!resumed.ok() && !absl::IsFailedPrecondition(resumed)) return resumed;

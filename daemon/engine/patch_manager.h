@@ -26,6 +26,7 @@
 #include "daemon/engine/scanner.h"
 #include "daemon/engine/site.h"
 #include "daemon/engine/tpr_alias.h"
+#include "daemon/engine/transaction.h"
 
 namespace tprd::engine {
 
@@ -276,6 +277,8 @@ class PatchManager {
   // Guest physical address of a byte of the data block (strategy word, per-CPU area).
   uint64_t DataBlockPhysical(uint32_t va) const;
   absl::Status ResumeGuest();
+  // Ends a stop of tprd's own (the guest runs again), noting a failure as ResumeGuest does.
+  absl::Status ResumeGuest(StoppedGuestScope& stopped);
   // vm_.Stop(), then the fix-ups of a cr8 watchpoint hit that raced with the stop: its stop
   // reply is kept by the backend and delivered after tprd's own work resumed the guest, too
   // late to fix anything, so every tprd-initiated stop looks at every vCPU first.

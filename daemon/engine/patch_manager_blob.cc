@@ -206,15 +206,14 @@ absl::Status PatchManager::RecordAdoptedStates(const ParsedBlob& blob) {
 absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
                                          absl::Duration proving_window, int write_stop_limit) {
   absl::StatusOr<GuestProfile> profile = StopAndProfile();
+  StoppedGuestScope stopped(vm_);
   if (!profile.ok()) {
-    (void)vm_.Resume();
     // A guest tprd cannot patch holds no patches of tprd's.
     return absl::IsFailedPrecondition(profile.status()) ? absl::StatusOr<bool>(false)
                                                         : profile.status();
   }
   absl::StatusOr<std::optional<ParsedBlob>> found = FindInstalledBlob();
   if (!found.ok() || !found->has_value()) {
-    (void)vm_.Resume();
     if (!found.ok()) return found.status();
     return false;
   }
@@ -297,7 +296,7 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
   // APIC page; stepped out now, with the traps armed (a stepped TPR access is handled).
   if (s.ok()) ConsumePendingHits(events, /*fix=*/word == Strategy::kCr8);
   NoteError(s);
-  absl::Status resumed = vm_.Resume();
+  absl::Status resumed = stopped.Resume();
   if (!s.ok()) return s;
   if (!resumed.ok() && !absl::IsFailedPrecondition(resumed)) return resumed;
   return true;

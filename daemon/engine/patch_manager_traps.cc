@@ -47,6 +47,7 @@ absl::Status PatchManager::EndProvingWindowIfDue(std::vector<ManagerEvent>& even
   if (unwanted.empty()) return absl::OkStatus();
   // Breakpoints can only be removed with the guest stopped: one short stop for all of them.
   TPRD_RETURN_IF_ERROR(StopGuest());
+  StoppedGuestScope stopped(vm_);
   for (ManagedSite* managed : unwanted) {
     (void)vm_.RemoveBreakpoint(managed->site.address);
     armed_breakpoints_.erase(managed->site.address);
@@ -54,7 +55,7 @@ absl::Status PatchManager::EndProvingWindowIfDue(std::vector<ManagerEvent>& even
     managed->note = "not run within the proving window: a reader, correct unpatched";
   }
   ApplyCandidatesAtVcpus(events);  // a vCPU may stand at one right now
-  TPRD_RETURN_IF_ERROR(ResumeGuest());
+  TPRD_RETURN_IF_ERROR(ResumeGuest(stopped));
   events.push_back({ManagerEvent::Kind::kNotice, std::nullopt,
                     absl::StrCat("proving window over: ", unwanted.size(),
                                  " candidate(s) never ran; their breakpoints are removed")});
@@ -567,6 +568,7 @@ void PatchManager::CheckTprAlias(std::vector<ManagerEvent>& events) {
       "): the handlers store the TPR at its own address again, and the domain runs exact");
   alias_.reset();
   absl::Status s = StopGuest();
+  StoppedGuestScope stopped(vm_);
   if (s.ok() && installed_ && profile_) {
     uint8_t bytes[4];
     std::memcpy(bytes, &profile_->tpr_va, 4);
@@ -574,7 +576,7 @@ void PatchManager::CheckTprAlias(std::vector<ManagerEvent>& events) {
   }
   if (s.ok()) s = SwitchToExact("the alias of the APIC page is gone", events);
   NoteError(s);
-  (void)ResumeGuest();
+  (void)ResumeGuest(stopped);
   events.push_back({ManagerEvent::Kind::kWarning, std::nullopt, message});
   NoteError(absl::DataLossError(message));
 }

@@ -107,19 +107,24 @@ absl::StatusOr<TransactionReport> RollbackSites(GuestVm& vm, PatchRecorder& reco
                                                 const RollbackOptions& options = {});
 
 // Holds the guest stopped for several operations (e.g. install the blob, then apply with
-// GuestStop::kCallerHoldsStopped). Resume() once when done; the destructor resumes if the
-// caller did not.
+// GuestStop::kCallerHoldsStopped): every way out of a stop of tprd's own lets the guest run
+// again. Resume() once when done; the destructor resumes if the caller did not (a guest the host
+// paused meanwhile stays paused: GuestVm::Resume refuses it). Release() when something else
+// (e.g. RollbackSites) resumes it.
 class StoppedGuestScope {
  public:
+  // Stops the guest, then holds it.
   static absl::StatusOr<std::unique_ptr<StoppedGuestScope>> Enter(GuestVm& vm);
+  // Holds a guest the caller stopped (or tried to: a half-made stop is let go as well).
+  explicit StoppedGuestScope(GuestVm& vm) : vm_(vm) {}
   ~StoppedGuestScope();
   StoppedGuestScope(const StoppedGuestScope&) = delete;
   StoppedGuestScope& operator=(const StoppedGuestScope&) = delete;
 
   absl::Status Resume();
+  void Release() { resumed_ = true; }
 
  private:
-  explicit StoppedGuestScope(GuestVm& vm) : vm_(vm) {}
   GuestVm& vm_;
   bool resumed_ = false;
 };

@@ -1330,4 +1330,14 @@ TEST_F(PatchManagerTest, EnableThatFailsAfterItsStopLetsTheGuestRun) {
   EXPECT_TRUE(vm_.running()) << "the guest is not left stopped";
 }
 
+// The same for a rollback whose switch to exact fails.
+TEST_F(PatchManagerTest, RollbackThatFailsAfterItsStopLetsTheGuestRun) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  vm_.FailNthWrite(1);
+  EXPECT_FALSE(manager_.Rollback({}, false).ok());
+  EXPECT_TRUE(vm_.running()) << "the rollback left the guest stopped";
+}
+
 }  // namespace tprd::engine
