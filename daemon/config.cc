@@ -1,12 +1,14 @@
 #include "daemon/config.h"
 
+#include <CLI/CLI.hpp>
+#include <cstdlib>
 #include <fstream>
-#include <map>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace tprd::daemon {
 namespace {
@@ -61,6 +63,51 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
   return absl::OkStatus();
 }
 
+// What the command line gave; an option's count says whether it was given at all.
+struct Flags {
+  std::string connect, socket, state_dir, config, adopt_domains;
+};
+
+bool LooksLikeFlag(const std::string& arg) { return arg.size() > 1 && arg.front() == '-'; }
+
+// CLI11 2.1 (Debian 12) would read `--socket=` (empty) and `--socket --x` by taking the next
+// argument, whatever it is, as the value, and `-c=URI` as "=URI". So before CLI11 parses, each
+// option that takes a value is split from its value here: after `=` the value is exactly what
+// follows, even empty or starting with '-' (as tprd read it before CLI11); a separate value must
+// exist and must not look like a flag (before CLI11, tprd took any next argument). Returns the
+// arguments reversed, as App::parse wants them.
+absl::StatusOr<std::vector<std::string>> SeparateValues(const CLI::App& app,
+                                                        const std::vector<std::string>& args) {
+  std::vector<std::string> separated;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "--") {  // the rest are positional (and so unknown) for CLI11 to report
+      separated.insert(separated.end(), args.begin() + i, args.end());
+      break;
+    }
+    const size_t equals = arg.find('=');
+    const std::string name = arg.substr(0, equals);
+    const CLI::Option* option = LooksLikeFlag(name) ? app.get_option_no_throw(name) : nullptr;
+    if (option == nullptr || option->get_items_expected_max() == 0) {
+      separated.push_back(arg);
+      continue;
+    }
+    separated.push_back(name);
+    if (equals != std::string::npos) {
+      separated.push_back(arg.substr(equals + 1));
+    } else if (i + 1 < args.size() && !LooksLikeFlag(args[i + 1])) {
+      separated.push_back(args[++i]);
+    } else if (i + 1 < args.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(option->get_name(), " needs a value, not the flag \"", args[i + 1],
+                       "\" (write ", option->get_name(), "=", args[i + 1], " for that value)"));
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(option->get_name(), " needs a value"));
+    }
+  }
+  return std::vector<std::string>(separated.rbegin(), separated.rend());
+}
+
 }  // namespace
 
 absl::Status ApplyConfigText(const std::string& text, const std::string& origin, Config* config) {
@@ -110,49 +157,53 @@ std::string UsageText() {
 
 absl::StatusOr<CommandLineAction> ParseCommandLine(const std::vector<std::string>& args,
                                                    Config* config) {
-  std::map<std::string, std::string> flags;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (arg == "--help" || arg == "-h") return CommandLineAction::kHelp;
-    if (arg == "--version") return CommandLineAction::kVersion;
-    std::string name = arg, value;
-    const size_t equals = arg.find('=');
-    if (equals != std::string::npos) {
-      name = arg.substr(0, equals);
-      value = arg.substr(equals + 1);
-    }
-    if (name == "-c") name = "--connect";
-    if (name != "--connect" && name != "--socket" && name != "--state-dir" && name != "--config" &&
-        name != "--adopt-domains") {
-      return absl::InvalidArgumentError(absl::StrCat("unknown argument \"", arg, "\""));
-    }
-    if (equals == std::string::npos) {
-      if (i + 1 >= args.size()) {
-        return absl::InvalidArgumentError(absl::StrCat(name, " needs a value"));
-      }
-      value = args[++i];
-    }
-    flags[name] = value;
+  // UsageText() is the help; CLI11 only parses (so its option descriptions stay empty).
+  CLI::App app{"tprd"};
+  Flags flags;
+  try {
+    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    app.set_version_flag("--version", kVersionText);
+    app.add_option("-c,--connect", flags.connect);
+    app.add_option("--socket", flags.socket);
+    app.add_option("--state-dir", flags.state_dir);
+    app.add_option("--config", flags.config);
+    app.add_option("--adopt-domains", flags.adopt_domains);
+    absl::StatusOr<std::vector<std::string>> reversed = SeparateValues(app, args);
+    if (!reversed.ok()) return reversed.status();
+    app.parse(*reversed);
+  } catch (const CLI::CallForHelp&) {
+    return CommandLineAction::kHelp;
+  } catch (const CLI::CallForVersion&) {
+    return CommandLineAction::kVersion;
+  } catch (const CLI::ExtrasError&) {
+    const std::vector<std::string> extras = app.remaining();
+    return absl::InvalidArgumentError(
+        absl::StrCat(extras.size() == 1 ? "unknown argument \"" : "unknown arguments \"",
+                     absl::StrJoin(extras, "\", \""), "\""));
+  } catch (const CLI::Error& error) {
+    return absl::InvalidArgumentError(error.what());
   }
   // Environment below the file, the file below the flags.
   if (const char* uri = std::getenv("LIBVIRT_DEFAULT_URI"); uri != nullptr && *uri != '\0') {
     config->connect = uri;
   }
-  if (auto it = flags.find("--config"); it != flags.end()) {
-    config->config_file = it->second;
-    absl::Status read = ApplyConfigFile(it->second, config);
+  if (app.count("--config") > 0) {
+    config->config_file = flags.config;
+    absl::Status read = ApplyConfigFile(flags.config, config);
     if (!read.ok()) return read;
   } else {
     absl::Status read = ApplyConfigFile(kDefaultConfigFile, config);
     if (!read.ok() && !absl::IsNotFound(read)) return read;
     if (read.ok()) config->config_file = kDefaultConfigFile;
   }
-  if (auto it = flags.find("--connect"); it != flags.end()) config->connect = it->second;
-  if (auto it = flags.find("--socket"); it != flags.end()) config->socket = it->second;
-  if (auto it = flags.find("--state-dir"); it != flags.end()) config->state_dir = it->second;
-  if (auto it = flags.find("--adopt-domains"); it != flags.end()) {
-    if (it->second.empty()) return absl::InvalidArgumentError("--adopt-domains needs a pattern");
-    config->adopt_domains = it->second;
+  if (app.count("--connect") > 0) config->connect = flags.connect;
+  if (app.count("--socket") > 0) config->socket = flags.socket;
+  if (app.count("--state-dir") > 0) config->state_dir = flags.state_dir;
+  if (app.count("--adopt-domains") > 0) {
+    if (flags.adopt_domains.empty()) {
+      return absl::InvalidArgumentError("--adopt-domains needs a pattern");
+    }
+    config->adopt_domains = flags.adopt_domains;
   }
   return CommandLineAction::kRun;
 }

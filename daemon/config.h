@@ -48,9 +48,14 @@ absl::Status ApplyConfigText(const std::string& text, const std::string& origin,
 // Reads a config file into `config`. NOT_FOUND if it does not exist.
 absl::Status ApplyConfigFile(const std::string& path, Config* config);
 
+inline constexpr char kVersionText[] = "tprd 0.1.0";
+
 // Parses `tprd [--connect URI] [--socket PATH] [--state-dir DIR] [--config FILE]
-// [--adopt-domains GLOB]` (plus
-// --help/--version, reported through `action`). Reads the config file first so flags win.
+// [--adopt-domains GLOB]` (plus -h/--help and --version, reported through the action) with
+// CLI11, as tprctl does. A value follows its flag as `--flag VALUE` (VALUE must not look like
+// a flag) or `--flag=VALUE` (anything, even empty); `-c` is --connect; a flag given twice keeps its
+// last value. Reads the config file first so flags win. INVALID_ARGUMENT names the bad argument;
+// a config file's errors come back as ApplyConfigFile returns them. Never throws.
 enum class CommandLineAction { kRun, kHelp, kVersion };
 absl::StatusOr<CommandLineAction> ParseCommandLine(const std::vector<std::string>& args,
                                                    Config* config);

@@ -139,7 +139,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*action == CommandLineAction::kVersion) {
-    std::cout << "tprd 0.1.0\n";
+    std::cout << tprd::daemon::kVersionText << "\n";
     return 0;
   }
   return tprd::daemon::Run(config);

@@ -33,6 +33,10 @@ expect(2 "^$" "^tprd: [^\n]*stray[^\n]*${then_help}" stray)
 expect(2 "^$" "^tprd: [^\n]*--adopt-domains[^\n]*${then_help}" --adopt-domains)
 expect(2 "^$" "^tprd: [^\n]*connect[^\n]*${then_help}" -c)
 expect(2 "^$" "^tprd: [^\n]*--adopt-domains[^\n]*${then_help}" --adopt-domains=)
+# A flag is never the value of the flag before it, and `--flag=` takes nothing after it.
+expect(2 "^$" "^tprd: --socket needs a value[^\n]*--x[^\n]*${then_help}" --socket --x)
+expect(2 "^$" "^tprd: --connect needs a value[^\n]*${then_help}" -c --socket x.sock)
+expect(2 "^$" "^tprd: unknown argument \"--x\"${then_help}" --socket= --x)
 
 # The config file is read before tprd starts: its errors are usage errors too, in both flag
 # forms, and a flag given twice keeps its last value.
