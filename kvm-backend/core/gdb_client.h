@@ -8,6 +8,9 @@
 // After a timeout, a lost connection or a desynchronised stream the client is "broken": every
 // later call fails and the owner must reconnect (a late reply could otherwise be taken for the
 // answer to the next command).
+//
+// Two source files: gdb_client_transport.cc (packet exchange, the stop queue, running and
+// stepping) and gdb_client_commands.cc (handshake, threads, registers, memory, traps, detach).
 #ifndef TPRD_KVM_BACKEND_CORE_GDB_CLIENT_H_
 #define TPRD_KVM_BACKEND_CORE_GDB_CLIENT_H_
 
