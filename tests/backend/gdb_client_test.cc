@@ -10,39 +10,13 @@
 #include "gtest/gtest.h"
 #include "kvm-backend/core/gdb_packet.h"
 #include "tests/fakes/fake_byte_stream.h"
+#include "tests/fakes/qemu_gdbstub_script.h"
 
 namespace tprd::backend {
 namespace {
 
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
-
-constexpr char kTargetXml[] =
-    R"(<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd"><target>)"
-    R"(<architecture>i386</architecture><xi:include href="i386-32bit.xml"/></target>)";
-
-// Shaped like QEMU 7.2's i386-32bit.xml, including its commented-out registers; the `*` and `}`
-// in the comment exercise escapes of the qXfer reply.
-std::string I386Xml() {
-  std::string xml = R"(<feature name="org.gnu.gdb.i386.core">)"
-                    R"(<reg name="eax" bitsize="32" type="int32" regnum="0"/>)";
-  for (const char* name : {"ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags", "cs",
-                           "ss", "ds", "es", "fs", "gs"}) {
-    absl::StrAppend(&xml, R"(<reg name=")", name, R"(" bitsize="32" type="int32"/>)");
-  }
-  xml += R"(<!-- * } <reg name="cs_base" bitsize="32" type="int32"/> -->)";
-  for (const char* name :
-       {"fs_base", "gs_base", "k_gs_base", "cr0", "cr2", "cr3", "cr4", "cr8", "efer"}) {
-    absl::StrAppend(&xml, R"(<reg name=")", name, R"(" bitsize="32" type="int32"/>)");
-  }
-  xml += R"(<reg name="st0" bitsize="80" type="i387_ext"/>)"
-         R"(<reg name="fctrl" bitsize="32" type="int" group="float"/></feature>)";
-  return xml;
-}
-
-std::string Le32(uint32_t v) {
-  return absl::StrFormat("%02x%02x%02x%02x", v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, v >> 24);
-}
 
 // A `g` reply: register n (of the 25 32-bit ones) holds 0x1000 + n, cr3 holds 0x39000.
 std::string GReply() {
@@ -60,30 +34,7 @@ class GdbClientTest : public ::testing::Test {
     client_ = std::make_unique<GdbClient>(std::move(stream));
   }
 
-  // QEMU's handshake when the VM was running: the unsolicited stop comes first.
-  // (absl::StrCat, not "literal" + std::string: GCC 12 at -O3 warns -Wrestrict on the latter,
-  // a false positive, GCC bug 105329.)
-  void ScriptHandshake(bool vm_was_running) {
-    fake_->ExpectWrite(
-        EncodeGdbPacket("qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+"));
-    if (vm_was_running) fake_->Send(EncodeGdbPacket("T02thread:01;")).ExpectWrite("+");
-    fake_
-        ->Send(absl::StrCat("+",
-                            EncodeGdbPacket("PacketSize=1000;qXfer:features:read+;multiprocess+")))
-        .ExpectWrite("+");
-    fake_->ExpectCommand("qXfer:features:read:target.xml:0,ffb",
-                         absl::StrCat("l", EscapeGdbBinary(kTargetXml)));
-    std::string xml = EscapeGdbBinary(I386Xml());
-    // Two parts, to exercise `m` continuation.
-    size_t half = xml.size() / 2;
-    if (xml[half - 1] == '}') ++half;
-    fake_->ExpectCommand("qXfer:features:read:i386-32bit.xml:0,ffb",
-                         absl::StrCat("m", xml.substr(0, half)));
-    fake_->ExpectCommand(absl::StrFormat("qXfer:features:read:i386-32bit.xml:%x,ffb",
-                                         UnescapeGdbBinary(xml.substr(0, half))->size()),
-                         absl::StrCat("l", xml.substr(half)));
-    fake_->ExpectCommand("?", "T02thread:p01.01;");
-  }
+  void ScriptHandshake(bool vm_was_running) { ScriptQemuGdbHandshake(*fake_, vm_was_running); }
 
   void Attach() {
     ScriptHandshake(false);
