@@ -44,6 +44,12 @@ bool PausedByHost(const DomainInfo& info) {
 
 }  // namespace
 
+absl::StatusOr<std::unique_ptr<ByteStream>> StartGdbServerOnSocketpair(QemuMonitor& monitor) {
+  absl::StatusOr<std::unique_ptr<UnixSocketStream>> stream = monitor.StartGdbServer();
+  if (!stream.ok()) return stream.status();
+  return std::unique_ptr<ByteStream>(*std::move(stream));
+}
+
 QemuGuestVm::QemuGuestVm(LibvirtConnection* connection, std::string uuid,
                          QemuGuestVmOptions options)
     : connection_(connection),
@@ -63,7 +69,7 @@ absl::StatusOr<std::unique_ptr<QemuGuestVm>> QemuGuestVm::Attach(LibvirtConnecti
   }
   std::unique_ptr<QemuGuestVm> vm(new QemuGuestVm(connection, uuid, std::move(options)));
   connection->Subscribe(vm.get());
-  absl::StatusOr<std::unique_ptr<UnixSocketStream>> stream = vm->monitor_.StartGdbServer();
+  absl::StatusOr<std::unique_ptr<ByteStream>> stream = vm->options_.open_gdb_stream(vm->monitor_);
   if (!stream.ok()) return stream.status();
   auto fail = [&](absl::Status status) {
     (void)vm->monitor_.StopGdbServer();  // leave no gdbstub behind

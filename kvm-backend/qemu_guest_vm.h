@@ -9,6 +9,7 @@
 #ifndef TPRD_KVM_BACKEND_QEMU_GUEST_VM_H_
 #define TPRD_KVM_BACKEND_QEMU_GUEST_VM_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -19,6 +20,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/engine/guest_vm.h"
+#include "kvm-backend/core/byte_stream.h"
 #include "kvm-backend/core/gdb_client.h"
 #include "kvm-backend/libvirt_connection.h"
 #include "kvm-backend/process_memory.h"
@@ -26,8 +28,16 @@
 
 namespace tprd::backend {
 
+// Starts the domain's gdbstub and returns tprd's end of its byte stream (Detach stops the stub
+// through the monitor). The seam lets unit tests run QemuGuestVm over a scripted gdbstub.
+using GdbStreamOpener = std::function<absl::StatusOr<std::unique_ptr<ByteStream>>(QemuMonitor&)>;
+
+// The real opener: QemuMonitor::StartGdbServer (a socketpair whose other end QEMU gets).
+absl::StatusOr<std::unique_ptr<ByteStream>> StartGdbServerOnSocketpair(QemuMonitor& monitor);
+
 struct QemuGuestVmOptions {
   GdbClientOptions gdb;
+  GdbStreamOpener open_gdb_stream = StartGdbServerOnSocketpair;
   // While waiting for a stop, how often to look whether the domain still exists.
   absl::Duration liveness_check_interval = absl::Milliseconds(200);
   // How long Stop() waits for the stop that follows an interrupt.

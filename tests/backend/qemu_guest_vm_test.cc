@@ -1,0 +1,248 @@
+// QemuGuestVm's own logic over a scripted gdbstub (FakeByteStream, handed in through
+// QemuGuestVmOptions::open_gdb_stream) and FakeLibvirtConnection: what Attach does before the VM
+// is usable, which stops it keeps for later, what it refuses, and what Detach leaves behind. No
+// QEMU: tests/integration covers the real gdbstub.
+#include "kvm-backend/qemu_guest_vm.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kvm-backend/core/gdb_packet.h"
+#include "tests/fakes/fake_byte_stream.h"
+#include "tests/fakes/fake_libvirt_connection.h"
+#include "tests/fakes/qemu_gdbstub_script.h"
+
+namespace tprd::backend {
+namespace {
+
+using engine::StopEvent;
+using ::testing::Contains;
+using ::testing::IsEmpty;
+
+constexpr char kUuid[] = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+constexpr char kStopGdbServer[] = "hmp: gdbserver none";
+
+// What the VM owns in place of the gdbstub socket: it forwards to the test's script, which so
+// outlives the VM's GdbClient (Detach destroys that) and can be checked afterwards.
+class ForwardingByteStream : public ByteStream {
+ public:
+  explicit ForwardingByteStream(FakeByteStream* script) : script_(script) {}
+  absl::Status Write(std::string_view data, absl::Time deadline) override {
+    return script_->Write(data, deadline);
+  }
+  absl::StatusOr<std::string> Read(size_t max_bytes, absl::Time deadline) override {
+    return script_->Read(max_bytes, deadline);
+  }
+  void Close() override { script_->Close(); }
+
+ private:
+  FakeByteStream* script_;
+};
+
+class QemuGuestVmTest : public ::testing::Test {
+ protected:
+  QemuGuestVmTest() {
+    libvirt_.AddDomain({"xp", kUuid, 3, DomainState::kRunning, 0});
+    libvirt_.SetMonitorReply("gdbserver none", "Disabled gdbserver");
+  }
+
+  QemuGuestVmOptions Options() {
+    QemuGuestVmOptions options;
+    options.open_gdb_stream = [this](QemuMonitor&) -> absl::StatusOr<std::unique_ptr<ByteStream>> {
+      ++streams_opened_;
+      return std::make_unique<ForwardingByteStream>(&stub_);
+    };
+    return options;
+  }
+
+  // Attach over a stub with two vCPUs, each asked for the old traps' removal (`Hc` + `?`).
+  void Attach() {
+    ScriptQemuGdbHandshake(stub_, /*vm_was_running=*/false);
+    stub_.ExpectCommand("qfThreadInfo", "mp01.01,p01.02")
+        .ExpectCommand("qsThreadInfo", "l")
+        .ExpectCommand("Hcp01.02", "OK")
+        .ExpectCommand("?", "T05thread:p01.02;")
+        .ExpectCommand("Hcp01.01", "OK")
+        .ExpectCommand("?", "T05thread:p01.01;");
+    absl::StatusOr<std::unique_ptr<QemuGuestVm>> vm =
+        QemuGuestVm::Attach(&libvirt_, kUuid, Options());
+    ASSERT_TRUE(vm.ok()) << vm.status();
+    vm_ = *std::move(vm);
+    ExpectScriptDone();
+  }
+
+  // Resume, then a Stop() whose interrupt is answered by `stop` (from vCPU `vcpu`, whose eip is
+  // then read back at `pc`).
+  void ResumeThenStopWith(const std::string& stop, int vcpu, uint32_t pc) {
+    stub_.ExpectWrite(EncodeGdbPacket("c")).Send("+");
+    ASSERT_TRUE(vm_->Resume().ok());
+    const std::string thread = vcpu == 0 ? "p01.01" : "p01.02";
+    stub_.ExpectWrite("\x03")
+        .Send(EncodeGdbPacket(stop))
+        .ExpectWrite("+")
+        .ExpectCommand(absl::StrCat("Hg", thread), "OK")
+        .ExpectCommand("p8", Le32(pc));
+    absl::Status stopped = vm_->Stop();
+    ASSERT_TRUE(stopped.ok()) << stopped;
+    ExpectScriptDone();
+  }
+
+  // WaitForStop has no kept stop to return and asks the stub, which is silent.
+  void ExpectNoStopKept() {
+    absl::StatusOr<std::optional<StopEvent>> next = vm_->WaitForStop(absl::ZeroDuration());
+    ASSERT_TRUE(next.ok()) << next.status();
+    EXPECT_FALSE(next->has_value());
+  }
+
+  void ExpectScriptDone() {
+    EXPECT_THAT(stub_.failures(), IsEmpty());
+    EXPECT_TRUE(stub_.ScriptDone());
+  }
+
+  // Declared before vm_, which must go first (its destructor detaches through both).
+  FakeLibvirtConnection libvirt_;
+  FakeByteStream stub_;
+  int streams_opened_ = 0;
+  std::unique_ptr<QemuGuestVm> vm_;
+};
+
+TEST_F(QemuGuestVmTest, AttachClearsOldTrapsOnEveryVcpuAndLeavesTheVmStopped) {
+  Attach();
+  absl::StatusOr<int> vcpus = vm_->VcpuCount();
+  ASSERT_TRUE(vcpus.ok()) << vcpus.status();
+  EXPECT_EQ(*vcpus, 2);
+  EXPECT_EQ(streams_opened_, 1);
+  // No PID from libvirt: no process_vm_readv path, reads of a running guest are refused.
+  std::vector<uint8_t> byte(1);
+  EXPECT_TRUE(absl::IsUnimplemented(vm_->ReadPhysicalLive(0x1000, absl::MakeSpan(byte))));
+}
+
+TEST_F(QemuGuestVmTest, AttachRefusesADomainThatDoesNotRunWithoutStartingAGdbstub) {
+  libvirt_.SetState(kUuid, DomainState::kShutoff, 0);
+  absl::StatusOr<std::unique_ptr<QemuGuestVm>> vm =
+      QemuGuestVm::Attach(&libvirt_, kUuid, Options());
+  EXPECT_TRUE(absl::IsFailedPrecondition(vm.status())) << vm.status();
+  EXPECT_EQ(streams_opened_, 0);
+  EXPECT_THAT(libvirt_.monitor_log(), IsEmpty());
+}
+
+TEST_F(QemuGuestVmTest, AttachThatFailsAfterStartingTheGdbstubStopsIt) {
+  stub_.ClosePeer();
+  absl::StatusOr<std::unique_ptr<QemuGuestVm>> vm =
+      QemuGuestVm::Attach(&libvirt_, kUuid, Options());
+  EXPECT_FALSE(vm.ok());
+  EXPECT_EQ(streams_opened_, 1);
+  EXPECT_THAT(libvirt_.monitor_log(), Contains(kStopGdbServer));
+}
+
+TEST_F(QemuGuestVmTest, StopKeepsARacedWatchpointHitThatTakeRacedWatchpointStopReturnsOnce) {
+  Attach();
+  ResumeThenStopWith("T05thread:p01.02;watch:fffe0080;", 1, 0x80501236);
+  std::optional<StopEvent> raced = vm_->TakeRacedWatchpointStop();
+  ASSERT_TRUE(raced.has_value());
+  EXPECT_EQ(raced->kind, StopEvent::Kind::kWatchpoint);
+  EXPECT_EQ(raced->vcpu, 1);
+  EXPECT_EQ(raced->pc, 0x80501236u);
+  EXPECT_EQ(raced->data_address, 0xfffe0080u);
+  EXPECT_EQ(raced->watch, engine::WatchKind::kWrite);
+  EXPECT_FALSE(vm_->TakeRacedWatchpointStop().has_value());
+  ExpectNoStopKept();
+}
+
+TEST_F(QemuGuestVmTest, StopKeepsARacedBreakpointForWaitForStopNotForTheWatchpointTaker) {
+  Attach();
+  ResumeThenStopWith("T05thread:p01.01;swbreak:;", 0, 0x80401000);
+  EXPECT_FALSE(vm_->TakeRacedWatchpointStop().has_value());
+  absl::StatusOr<std::optional<StopEvent>> raced = vm_->WaitForStop(absl::ZeroDuration());
+  ASSERT_TRUE(raced.ok() && raced->has_value()) << raced.status();
+  EXPECT_EQ((*raced)->kind, StopEvent::Kind::kBreakpoint);
+  EXPECT_EQ((*raced)->vcpu, 0);
+  EXPECT_EQ((*raced)->pc, 0x80401000u);
+  ExpectNoStopKept();
+}
+
+TEST_F(QemuGuestVmTest, StopEndedByItsOwnInterruptKeepsNothing) {
+  Attach();
+  ResumeThenStopWith("T02thread:p01.01;", 0, 0x80401000);
+  EXPECT_FALSE(vm_->TakeRacedWatchpointStop().has_value());
+  ExpectNoStopKept();
+}
+
+TEST_F(QemuGuestVmTest, RunningOneVcpuIsRefusedWhileAStopIsPending) {
+  Attach();
+  ResumeThenStopWith("T05thread:p01.02;swbreak:;", 1, 0x80401000);
+  absl::StatusOr<engine::StepResult> step = vm_->StepVcpu(0, absl::Seconds(1));
+  EXPECT_TRUE(absl::IsFailedPrecondition(step.status())) << step.status();
+  absl::StatusOr<StopEvent> run = vm_->RunVcpuAlone(0, absl::Seconds(1));
+  EXPECT_TRUE(absl::IsFailedPrecondition(run.status())) << run.status();
+  ExpectScriptDone();  // nothing reached the stub
+}
+
+TEST_F(QemuGuestVmTest, VcpuOutOfRangeIsInvalidArgument) {
+  Attach();
+  EXPECT_TRUE(absl::IsInvalidArgument(vm_->ReadRegisters(2).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(vm_->ReadRegisters(-1).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(vm_->StepVcpu(2, absl::Seconds(1)).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(vm_->RunVcpuAlone(-1, absl::Seconds(1)).status()));
+  ExpectScriptDone();  // nothing reached the stub
+}
+
+TEST_F(QemuGuestVmTest, DetachRemovesTheTrapsItInsertedThenDetachesAndStopsTheGdbstub) {
+  Attach();
+  stub_.ExpectCommand("Z0,80401000,1", "OK")
+      .ExpectCommand("Z0,80402000,1", "OK")
+      .ExpectCommand("Z2,fffe0080,4", "OK")
+      .ExpectCommand("z0,80402000,1", "OK");
+  ASSERT_TRUE(vm_->SetBreakpoint(0x80401000).ok());
+  ASSERT_TRUE(vm_->SetBreakpoint(0x80402000).ok());
+  ASSERT_TRUE(vm_->SetWatchpoint(0xfffe0080, 4, engine::WatchKind::kWrite).ok());
+  ASSERT_TRUE(vm_->RemoveBreakpoint(0x80402000).ok());
+  ExpectScriptDone();
+
+  // The removed breakpoint is not removed twice; `D;1` lets the VM run.
+  stub_.ExpectCommand("z0,80401000,1", "OK")
+      .ExpectCommand("z2,fffe0080,4", "OK")
+      .ExpectCommand("D;1", "OK");
+  absl::Status detached = vm_->Detach();
+  EXPECT_TRUE(detached.ok()) << detached;
+  ExpectScriptDone();
+  EXPECT_TRUE(stub_.closed_by_client());
+  EXPECT_EQ(libvirt_.monitor_log().back(), kStopGdbServer);
+  EXPECT_TRUE(vm_->Detach().ok());  // idempotent
+  EXPECT_TRUE(absl::IsFailedPrecondition(vm_->VcpuCount().status()));
+}
+
+TEST_F(QemuGuestVmTest, DetachLeavesADomainLibvirtPausedPausedWithoutDetachingThroughTheStub) {
+  Attach();
+  stub_.ExpectCommand("Z0,80401000,1", "OK");
+  ASSERT_TRUE(vm_->SetBreakpoint(0x80401000).ok());
+  libvirt_.SetState(kUuid, DomainState::kPaused, kPausedReasonUser);
+  // `D;1` would resume it: the traps go, then the connection just closes.
+  stub_.ExpectCommand("z0,80401000,1", "OK");
+  EXPECT_TRUE(vm_->Detach().ok());
+  ExpectScriptDone();
+  EXPECT_TRUE(stub_.closed_by_client());
+  EXPECT_EQ(libvirt_.monitor_log().back(), kStopGdbServer);
+}
+
+TEST_F(QemuGuestVmTest, DomainGoneEventEndsTheWaitWithoutTheStub) {
+  Attach();
+  DomainEvent gone;
+  gone.kind = DomainEvent::Kind::kStopped;
+  gone.uuid = kUuid;
+  gone.name = "xp";
+  libvirt_.EmitEvent(gone);
+  absl::StatusOr<std::optional<StopEvent>> stop = vm_->WaitForStop(absl::Seconds(1));
+  ASSERT_TRUE(stop.ok() && stop->has_value()) << stop.status();
+  EXPECT_EQ((*stop)->kind, StopEvent::Kind::kGone);
+  EXPECT_TRUE(absl::IsUnavailable(vm_->ReadRegisters(0).status()));
+  ExpectScriptDone();
+}
+
+}  // namespace
+}  // namespace tprd::backend
