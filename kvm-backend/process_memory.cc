@@ -33,6 +33,16 @@ absl::StatusOr<std::unique_ptr<ProcessMemory>> ProcessMemory::Create(int pid,
   return std::make_unique<ProcessMemory>(pid, std::move(windows));
 }
 
+absl::StatusOr<std::unique_ptr<LiveMemoryReader>> OpenProcessMemory(LibvirtConnection* connection,
+                                                                    const std::string& uuid) {
+  absl::StatusOr<int> pid = connection->QemuPid(uuid);
+  if (!pid.ok()) return pid.status();
+  QemuMonitor monitor(connection, uuid);
+  absl::StatusOr<std::unique_ptr<ProcessMemory>> memory = ProcessMemory::Create(*pid, monitor);
+  if (!memory.ok()) return memory.status();
+  return std::unique_ptr<LiveMemoryReader>(*std::move(memory));
+}
+
 absl::Status ProcessMemory::Read(uint64_t gpa, absl::Span<uint8_t> out) const {
   if (out.empty()) return absl::OkStatus();
   uint64_t last = gpa + out.size() - 1;

@@ -6,17 +6,20 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "daemon/engine/guest_vm.h"
+#include "kvm-backend/libvirt_connection.h"
+#include "kvm-backend/live_memory_reader.h"
 #include "kvm-backend/qemu_monitor.h"
 
 namespace tprd::backend {
 
-class ProcessMemory {
+class ProcessMemory : public LiveMemoryReader {
  public:
   // One linear window: guest physical [start, end] is at host address hva_of_start in `pid`.
   struct Window {
@@ -35,7 +38,7 @@ class ProcessMemory {
 
   // OUT_OF_RANGE if any byte lies outside the windows (the caller falls back to the gdbstub);
   // UNAVAILABLE / PERMISSION_DENIED from the kernel (QEMU gone, not root, ...).
-  absl::Status Read(uint64_t gpa, absl::Span<uint8_t> out) const;
+  absl::Status Read(uint64_t gpa, absl::Span<uint8_t> out) const override;
 
   int pid() const { return pid_; }
   const std::vector<Window>& windows() const { return windows_; }
@@ -44,6 +47,11 @@ class ProcessMemory {
   int pid_;
   std::vector<Window> windows_;
 };
+
+// ProcessMemory of a running domain's QEMU: its PID from libvirt (local connections only), its
+// RAM windows from the monitor.
+absl::StatusOr<std::unique_ptr<LiveMemoryReader>> OpenProcessMemory(LibvirtConnection* connection,
+                                                                    const std::string& uuid);
 
 }  // namespace tprd::backend
 

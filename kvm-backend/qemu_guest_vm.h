@@ -106,7 +106,7 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   const QemuGuestVmOptions options_;
   QemuMonitor monitor_;
   std::unique_ptr<GdbClient> gdb_;
-  std::unique_ptr<ProcessMemory> process_memory_;
+  std::unique_ptr<LiveMemoryReader> process_memory_;  // ProcessMemory; null if it did not open
   std::vector<GdbThreadId> threads_;
   int selected_vcpu_ = -1;
   std::optional<bool> physical_mode_;

@@ -6,8 +6,6 @@
 #include "daemon/engine/blob.h"
 #include "daemon/engine/placement.h"
 #include "daemon/log.h"
-#include "kvm-backend/process_memory.h"
-#include "kvm-backend/qemu_monitor.h"
 
 namespace tprd::daemon {
 namespace {
@@ -64,11 +62,8 @@ absl::Status EngineDomainController::EnsureAttached() {
 }
 
 absl::StatusOr<bool> EngineDomainController::BlobPresentWithoutStopping() {
-  absl::StatusOr<int> pid = connection_->QemuPid(domain_.uuid);
-  if (!pid.ok()) return pid.status();
-  backend::QemuMonitor monitor(connection_, domain_.uuid);
-  absl::StatusOr<std::unique_ptr<backend::ProcessMemory>> memory =
-      backend::ProcessMemory::Create(*pid, monitor);
+  absl::StatusOr<std::unique_ptr<backend::LiveMemoryReader>> memory =
+      options_.open_live_memory(connection_, domain_.uuid);
   if (!memory.ok()) return memory.status();
   std::vector<uint8_t> window(engine::kLegacyWindowEnd - engine::kLegacyWindowFirst);
   if (absl::Status s = (*memory)->Read(engine::kLegacyWindowFirst, absl::MakeSpan(window));

@@ -6,6 +6,7 @@
 #define TPRD_DAEMON_DOMAIN_ENGINE_DOMAIN_CONTROLLER_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,9 +17,16 @@
 #include "daemon/engine/clock.h"
 #include "daemon/engine/patch_manager.h"
 #include "kvm-backend/libvirt_connection.h"
+#include "kvm-backend/live_memory_reader.h"
+#include "kvm-backend/process_memory.h"
 #include "kvm-backend/qemu_guest_vm.h"
 
 namespace tprd::daemon {
+
+// Opens a reader of the domain's guest memory that does not stop the guest, for Adopt's look
+// for tprd's blob. A seam: the daemon's tests hand in a fake reader.
+using LiveMemoryOpener = std::function<absl::StatusOr<std::unique_ptr<backend::LiveMemoryReader>>(
+    backend::LibvirtConnection* connection, const std::string& uuid)>;
 
 struct EngineControllerOptions {
   // Poll waits for guest stops in slices this long so Interrupt() is seen promptly.
@@ -28,6 +36,8 @@ struct EngineControllerOptions {
   // engine::EnableRequest::unpatched_write_stops_per_second_limit (config
   // mmio_write_stops_per_second).
   int mmio_write_stops_per_second = engine::EnableRequest{}.unpatched_write_stops_per_second_limit;
+  // Default: process_vm_readv of the domain's QEMU process.
+  LiveMemoryOpener open_live_memory = backend::OpenProcessMemory;
 };
 
 class EngineDomainController : public DomainController {
@@ -48,10 +58,12 @@ class EngineDomainController : public DomainController {
   absl::Status Detach(const std::string& reason) override;
   void Abandon(const std::string& reason) override;
 
+  // Whether a page of the legacy window starts with tprd's blob magic, read through
+  // options.open_live_memory without stopping the guest (Adopt attaches only if so).
+  absl::StatusOr<bool> BlobPresentWithoutStopping();
+
  private:
   absl::Status EnsureAttached();
-  // Whether tprd's blob is in the guest, read without stopping it.
-  absl::StatusOr<bool> BlobPresentWithoutStopping();
   std::vector<SiteReport> Reports() const;
   // Waits until `timeout` passes or Interrupt() is called.
   void IdleWait(absl::Duration timeout);
