@@ -26,6 +26,7 @@
 #include "daemon/service/tprd_service.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/daemon/in_process_tprd.h"
 #include "tests/daemon/test_dir.h"
 #include "tests/fakes/fake_domain_controller.h"
 
@@ -181,38 +182,10 @@ struct RunResult {
 
 class TprctlTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    guest_ = hypervisor_.AddDomain("winxp-01", "aaaaaaaa-0000-0000-0000-000000000001", true);
-    fakes::AddFakeCandidates(*guest_, 3);
-    SiteReport look_alike;
-    look_alike.site.id = 100;
-    look_alike.site.address = 0x80700010;
-    look_alike.site.form = engine::Form::kMovRegFromMem;
-    look_alike.site.original = {0x8B, 0x04, 0x25, 0x80, 0x00, 0xFE, 0xFF};
-    look_alike.disassembly = "mov eax, dword ptr [0xFFFE0080+eiz*1]";
-    guest_->unpatchable.push_back({look_alike, false, "SIB addressing"});
-    hypervisor_.AddDomain("winxp-off", "aaaaaaaa-0000-0000-0000-000000000002", false);
-    auto journal = Journal::Open(dir_.File(Journal::kFileName));
-    ASSERT_TRUE(journal.ok());
-    journal_ = *std::move(journal);
-    registry_ = std::make_unique<DomainRegistry>(&hypervisor_, journal_.get(), &bus_,
-                                                 DomainActorOptions{absl::Milliseconds(50)});
-    TprdServiceOptions options;
-    options.watch_check_interval = absl::Milliseconds(20);
-    service_ = std::make_unique<TprdService>(registry_.get(), &bus_, options);
-    ApiServerOptions server_options;
-    server_options.socket_path = dir_.File("run/tprd.sock");
-    auto server = ApiServer::Start(server_options, service_.get());
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-  }
+  void SetUp() override { tprd_.Start(); }
+  void TearDown() override { tprd_.Stop(); }
 
-  void TearDown() override {
-    if (service_) service_->StopStreams();
-    if (server_) server_->Shutdown(absl::Now() + absl::Seconds(5));
-  }
-
-  const std::string& socket() const { return server_->socket_path(); }
+  const std::string& socket() const { return tprd_.server->socket_path(); }
 
   // Runs tprctl with `args` (no socket added) to completion.
   static RunResult RunRaw(const std::vector<std::string>& args,
@@ -247,14 +220,7 @@ class TprctlTest : public ::testing::Test {
     return keys;
   }
 
-  TestDir dir_;
-  fakes::FakeHypervisor hypervisor_;
-  std::shared_ptr<fakes::FakeGuest> guest_;
-  EventBus bus_;
-  std::unique_ptr<Journal> journal_;
-  std::unique_ptr<DomainRegistry> registry_;
-  std::unique_ptr<TprdService> service_;
-  std::unique_ptr<ApiServer> server_;
+  InProcessTprd tprd_;
 };
 
 TEST_F(TprctlTest, DomainsTableListsEveryDomain) {
@@ -274,8 +240,8 @@ TEST_F(TprctlTest, MetricsIsPrometheusTextThatSaysWhatStatusSays) {
   RunResult metrics = Run({"metrics"});
   ASSERT_EQ(metrics.exit_code, 0) << metrics.err;
   EXPECT_EQ(metrics.err, "");
-  const std::string text = dir_.File("metrics.txt");
-  const std::string parsed = dir_.File("parsed.txt");
+  const std::string text = tprd_.dir.File("metrics.txt");
+  const std::string parsed = tprd_.dir.File("parsed.txt");
   {
     std::ofstream file(text);
     file << metrics.out;
@@ -371,8 +337,8 @@ TEST_F(TprctlTest, EnableDryRunWritesNothing) {
   Json parsed = ParseJson(result);
   EXPECT_EQ(parsed["dry_run"], true);
   EXPECT_EQ(parsed["sites"].size(), 3u);
-  std::lock_guard<std::mutex> lock(guest_->mu);
-  EXPECT_FALSE(guest_->blob_present);
+  std::lock_guard<std::mutex> lock(tprd_.guest->mu);
+  EXPECT_FALSE(tprd_.guest->blob_present);
 }
 
 TEST_F(TprctlTest, RollbackOneSiteThenTheRest) {
@@ -417,16 +383,16 @@ TEST_F(TprctlTest, FailedPreconditionExits1) {
 }
 
 TEST_F(TprctlTest, MissingSocketExits4WithAPlainMessage) {
-  RunResult result = RunRaw({"--socket", dir_.File("nothing-here.sock"), "domains"});
+  RunResult result = RunRaw({"--socket", tprd_.dir.File("nothing-here.sock"), "domains"});
   EXPECT_EQ(result.exit_code, 4);
   EXPECT_THAT(result.err,
-              StartsWith("tprctl: cannot reach tprd at " + dir_.File("nothing-here.sock")));
+              StartsWith("tprctl: cannot reach tprd at " + tprd_.dir.File("nothing-here.sock")));
   EXPECT_THAT(result.err, HasSubstr("is tprd running? are you in group tprd?"));
 }
 
 TEST_F(TprctlTest, SocketWithNobodyListeningExits4) {
   // A stale socket file, as a killed tprd leaves behind: bound, never listening.
-  const std::string stale = dir_.File("stale.sock");
+  const std::string stale = tprd_.dir.File("stale.sock");
   const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
   ASSERT_GE(fd, 0);
   sockaddr_un address{};
@@ -441,7 +407,7 @@ TEST_F(TprctlTest, SocketWithNobodyListeningExits4) {
 }
 
 TEST_F(TprctlTest, LibvirtDownIsUnavailableWithTheDaemonsMessage) {
-  hypervisor_.SetUnavailable(true);
+  tprd_.hypervisor.SetUnavailable(true);
   RunResult result = Run({"domains"});
   EXPECT_EQ(result.exit_code, 4);
   EXPECT_THAT(result.err, HasSubstr("libvirt"));
@@ -486,12 +452,12 @@ TEST_F(TprctlTest, TprdSocketEnvironmentVariableSetsTheSocketAndSocketOverridesI
   EXPECT_THAT(from_env.out, HasSubstr("winxp-01"));
 
   RunResult overridden =
-      RunRaw({"--socket", socket(), "domains"}, {"TPRD_SOCKET=" + dir_.File("wrong.sock")});
+      RunRaw({"--socket", socket(), "domains"}, {"TPRD_SOCKET=" + tprd_.dir.File("wrong.sock")});
   EXPECT_EQ(overridden.exit_code, 0) << overridden.err;
 
-  RunResult wrong_env = RunRaw({"domains"}, {"TPRD_SOCKET=" + dir_.File("wrong.sock")});
+  RunResult wrong_env = RunRaw({"domains"}, {"TPRD_SOCKET=" + tprd_.dir.File("wrong.sock")});
   EXPECT_EQ(wrong_env.exit_code, 4);
-  EXPECT_THAT(wrong_env.err, HasSubstr(dir_.File("wrong.sock")));
+  EXPECT_THAT(wrong_env.err, HasSubstr(tprd_.dir.File("wrong.sock")));
 }
 
 TEST_F(TprctlTest, DecodeStillWorksAndHonoursTheGlobalJson) {
@@ -508,7 +474,7 @@ TEST_F(TprctlTest, WatchJsonPrintsOneObjectPerEventUntilInterrupted) {
   const auto deadline = Clock::now() + std::chrono::seconds(20);
   bool subscribed = false;
   while (!subscribed && Clock::now() < deadline) {
-    hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kRebooted);
+    tprd_.hypervisor.EmitLifecycle("winxp-01", LifecycleKind::kRebooted);
     subscribed = watch.ReadUntil([&] { return !watch.OutLines().empty(); },
                                  Clock::now() + std::chrono::milliseconds(200));
   }

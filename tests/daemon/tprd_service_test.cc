@@ -15,6 +15,7 @@
 #include "daemon/service/proto_convert.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/daemon/in_process_tprd.h"
 #include "tests/daemon/test_dir.h"
 #include "tests/fakes/fake_domain_controller.h"
 #include "tprd/v1/tprd.grpc.pb.h"
@@ -27,41 +28,13 @@ using ::testing::HasSubstr;
 class TprdServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    guest_ = hypervisor_.AddDomain("winxp-01", "aaaaaaaa-0000-0000-0000-000000000001", true);
-    fakes::AddFakeCandidates(*guest_, 3);
-    guest_->unpatchable.push_back({fakes_look_alike(), false, "SIB addressing"});
-    hypervisor_.AddDomain("winxp-off", "aaaaaaaa-0000-0000-0000-000000000002", false);
-    auto journal = Journal::Open(dir_.File(Journal::kFileName));
-    ASSERT_TRUE(journal.ok());
-    journal_ = *std::move(journal);
-    registry_ = std::make_unique<DomainRegistry>(&hypervisor_, journal_.get(), &bus_,
-                                                 DomainActorOptions{absl::Milliseconds(50)});
-    TprdServiceOptions options;
-    options.watch_check_interval = absl::Milliseconds(20);
-    service_ = std::make_unique<TprdService>(registry_.get(), &bus_, options);
-    ApiServerOptions server_options;
-    server_options.socket_path = dir_.File("run/tprd.sock");
-    auto server = ApiServer::Start(server_options, service_.get());
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+    tprd_.Start();
+    if (::testing::Test::HasFatalFailure()) return;
+    channel_ = grpc::CreateChannel(tprd_.server->address(), grpc::InsecureChannelCredentials());
     stub_ = tprd::v1::Tprd::NewStub(channel_);
   }
 
-  void TearDown() override {
-    if (service_) service_->StopStreams();
-    if (server_) server_->Shutdown(absl::Now() + absl::Seconds(5));
-  }
-
-  static SiteReport fakes_look_alike() {
-    SiteReport report;
-    report.site.id = 100;
-    report.site.address = 0x80700010;
-    report.site.form = engine::Form::kMovRegFromMem;
-    report.site.original = {0x8B, 0x04, 0x25, 0x80, 0x00, 0xFE, 0xFF};
-    report.disassembly = "mov eax, dword ptr [0xFFFE0080+eiz*1]";
-    return report;
-  }
+  void TearDown() override { tprd_.Stop(); }
 
   // Every client call carries a deadline.
   static void Deadline(grpc::ClientContext* context, int seconds = 10) {
@@ -78,24 +51,17 @@ class TprdServiceTest : public ::testing::Test {
     return stub_->EnablePatching(&context, request, response);
   }
 
-  TestDir dir_;
-  fakes::FakeHypervisor hypervisor_;
-  std::shared_ptr<fakes::FakeGuest> guest_;
-  EventBus bus_;
-  std::unique_ptr<Journal> journal_;
-  std::unique_ptr<DomainRegistry> registry_;
-  std::unique_ptr<TprdService> service_;
-  std::unique_ptr<ApiServer> server_;
+  InProcessTprd tprd_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<tprd::v1::Tprd::Stub> stub_;
 };
 
 TEST_F(TprdServiceTest, SocketIsGroupOnlyInAPrivateDirectory) {
   struct stat info;
-  ASSERT_EQ(::stat(server_->socket_path().c_str(), &info), 0);
+  ASSERT_EQ(::stat(tprd_.server->socket_path().c_str(), &info), 0);
   EXPECT_TRUE(S_ISSOCK(info.st_mode));
   EXPECT_EQ(info.st_mode & 0777, 0660u);
-  ASSERT_EQ(::stat(dir_.File("run").c_str(), &info), 0);
+  ASSERT_EQ(::stat(tprd_.dir.File("run").c_str(), &info), 0);
   EXPECT_EQ(info.st_mode & 0777, 0750u);
 }
 
@@ -171,8 +137,8 @@ TEST_F(TprdServiceTest, ScanReportsCandidatesAndLookAlikesWithoutWriting) {
   EXPECT_TRUE(response.candidates(0).patchable());
   EXPECT_FALSE(response.candidates(3).patchable());
   EXPECT_EQ(response.candidates(3).reason(), "SIB addressing");
-  std::lock_guard<std::mutex> lock(guest_->mu);
-  EXPECT_FALSE(guest_->blob_present);
+  std::lock_guard<std::mutex> lock(tprd_.guest->mu);
+  EXPECT_FALSE(tprd_.guest->blob_present);
 }
 
 TEST_F(TprdServiceTest, ErrorsMapToCodesWithActionableMessages) {
@@ -189,11 +155,11 @@ TEST_F(TprdServiceTest, ErrorsMapToCodesWithActionableMessages) {
   EXPECT_EQ(Enable("winxp-01", &response, static_cast<tprd::v1::Strategy>(77)).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
 
-  guest_->enable_error = absl::FailedPreconditionError("no KPCR found on vCPU 0");
+  tprd_.guest->enable_error = absl::FailedPreconditionError("no KPCR found on vCPU 0");
   grpc::Status refused = Enable("winxp-01", &response);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(refused.error_message(), "no KPCR found on vCPU 0");
-  guest_->enable_error = absl::OkStatus();
+  tprd_.guest->enable_error = absl::OkStatus();
 
   {
     grpc::ClientContext context;
@@ -206,7 +172,7 @@ TEST_F(TprdServiceTest, ErrorsMapToCodesWithActionableMessages) {
               grpc::StatusCode::NOT_FOUND);
   }
 
-  hypervisor_.SetUnavailable(true);
+  tprd_.hypervisor.SetUnavailable(true);
   grpc::ClientContext context;
   Deadline(&context);
   tprd::v1::ListDomainsResponse domains;
@@ -230,13 +196,13 @@ TEST(GrpcStatusTest, EveryAbslCodeKeepsItsMeaning) {
 }
 
 TEST_F(TprdServiceTest, ReadsAnswerWhileTheActorIsBusyAndConcurrentCallsAllComplete) {
-  guest_->hold_enable = true;
+  tprd_.guest->hold_enable = true;
   grpc::Status first_status;
   std::thread first([&] {
     tprd::v1::EnablePatchingResponse response;
     first_status = Enable("winxp-01", &response);
   });
-  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->enable_entered; }));
+  ASSERT_TRUE(tprd_.guest->WaitUntil([&] { return tprd_.guest->enable_entered; }));
 
   constexpr int kCallers = 8;
   std::vector<std::thread> callers;
@@ -265,18 +231,18 @@ TEST_F(TprdServiceTest, ReadsAnswerWhileTheActorIsBusyAndConcurrentCallsAllCompl
   EXPECT_EQ(busy_seen.load(), kCallers / 2) << "status must not wait for the busy actor";
   EXPECT_EQ(refused_second_enable.load(), kCallers / 2);
 
-  guest_->ReleaseEnable();
+  tprd_.guest->ReleaseEnable();
   first.join();
   EXPECT_TRUE(first_status.ok()) << first_status.error_message();
 }
 
 TEST_F(TprdServiceTest, ScanBehindABusyActorHitsTheCallDeadline) {
-  guest_->hold_enable = true;
+  tprd_.guest->hold_enable = true;
   std::thread first([&] {
     tprd::v1::EnablePatchingResponse response;
     EXPECT_TRUE(Enable("winxp-01", &response).ok());
   });
-  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->enable_entered; }));
+  ASSERT_TRUE(tprd_.guest->WaitUntil([&] { return tprd_.guest->enable_entered; }));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
   tprd::v1::ScanRequest request;
@@ -284,7 +250,7 @@ TEST_F(TprdServiceTest, ScanBehindABusyActorHitsTheCallDeadline) {
   tprd::v1::ScanResponse response;
   EXPECT_EQ(stub_->Scan(&context, request, &response).error_code(),
             grpc::StatusCode::DEADLINE_EXCEEDED);
-  guest_->ReleaseEnable();
+  tprd_.guest->ReleaseEnable();
   first.join();
 }
 
@@ -299,7 +265,7 @@ TEST_F(TprdServiceTest, WatchEventsStreamsSiteAndLifecycleEvents) {
 
   tprd::v1::EnablePatchingResponse enabled;
   ASSERT_TRUE(Enable("winxp-01", &enabled).ok());
-  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kRebooted);
+  tprd_.hypervisor.EmitLifecycle("winxp-01", LifecycleKind::kRebooted);
 
   int site_events = 0;
   bool rebooted = false;
