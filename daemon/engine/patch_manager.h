@@ -98,7 +98,6 @@ struct ManagerStatus {
   uint64_t unreported_steps = 0;       // cr8: vCPUs stepped so QEMU reports a hit no stop named
   uint64_t unpatched_write_stops = 0;  // mmio: write watchpoint stops at unpatchable writers
   uint64_t real_tpr_restores = 0;      // leaving cr8: real TPRs set back to their shadows
-  uint64_t reader_steps = 0;           // cr8: unpatchable readers stepped at their breakpoint
   uint64_t shadow_resyncs = 0;         // mmio: shadows set from the real TPR after such a write
   bool proving_window_open = false;    // since enable: every candidate keeps its breakpoint
   std::string last_error;
@@ -192,13 +191,6 @@ class PatchManager {
     bool about_to_halt = false;
   };
   HltAround LookForHlt(int vcpu, uint32_t eip);
-  // cr8: a reader tprd fixed up but cannot patch gets a kept breakpoint, so that at its later
-  // runs the vCPU stops before it and StepOverReader steps it alone: the fix-up then never
-  // depends on where QEMU reports a watchpoint hit (under TCG one was seen reported several
-  // instructions late, a cmp's flags left wrong; docs/design.md). Only addresses a hit proved to
-  // be code get one.
-  void KeepReaderBreakpoint(uint32_t address);
-  absl::Status StepOverReader(int vcpu, std::vector<ManagerEvent>& events);
   std::optional<PerCpuEntry> ReadPerCpuEntry(uint8_t processor_number);
   // After the word left cr8: a CPU whose real TPR differs from its shadow (a CR8 write cleared
   // the low nibble) steps the blob's tpr_poke with eax = shadow and interrupts off, every
@@ -302,9 +294,6 @@ class PatchManager {
   std::map<uint32_t, ManagedSite> sites_;  // by id
   uint32_t next_id_ = 0;
   std::set<uint32_t> armed_breakpoints_;
-  // cr8: readers tprd cannot patch, proven by a fix-up (so code, not data), with a kept
-  // breakpoint (also in armed_breakpoints_). See KeepReaderBreakpoint.
-  std::set<uint32_t> reader_breakpoints_;
   bool tpr_watch_armed_ = false;
   // False while a stop of tprd's own (a rollback's, a detach's) handles a raced hit: no site is
   // patched behind the caller's back.

@@ -101,7 +101,6 @@ absl::Status PatchManager::DisarmTraps() {
     if (first.ok()) first = s;
   }
   armed_breakpoints_.clear();
-  reader_breakpoints_.clear();
   for (auto& [id, managed] : sites_) managed.armed = false;
   if (tpr_watch_armed_ && profile_) {
     absl::Status s = vm_.RemoveWatchpoint(profile_->tpr_va, 4, tpr_watch_kind_);
@@ -211,7 +210,6 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   }
   if (!reported && *tpr == entry->shadow_tpr) return absl::OkStatus();  // nothing to correct
 
-  bool fixed_read = false;
   if (is_write) {
     // The real TPR holds the written value: the shadow follows it. After a site that is patched
     // by now, the stop may be the patched call's return (its handler wrote CR8, which lost the
@@ -224,7 +222,6 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
     if (!reported && regs->reg(*reg) != *tpr) return absl::OkStatus();
     TPRD_RETURN_IF_ERROR(
         vm_.WriteRegister(vcpu, static_cast<WritableRegister>(*reg), entry->shadow_tpr));
-    fixed_read = true;
   } else if (c.form == Form::kPushMem) {
     const uint32_t esp = regs->reg(Gpr::kEsp);
     if (!reported) {
@@ -238,7 +235,6 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
     uint8_t bytes[4];
     std::memcpy(bytes, &value, 4);
     TPRD_RETURN_IF_ERROR(vm_.WriteVirtual(vcpu, esp, bytes));
-    fixed_read = true;
   } else if (std::optional<uint32_t> eflags =
                  FixedEflags(c, start, reader, entry->shadow_tpr, profile_->tpr_va, *regs)) {
     // A cmp/test compared the real TPR, whose low nibble a CR8 write cleared: its flags become
@@ -247,7 +243,6 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
       return absl::OkStatus();
     }
     TPRD_RETURN_IF_ERROR(vm_.WriteRegister(vcpu, WritableRegister::kEflags, *eflags));
-    fixed_read = true;
   } else if (!reported) {
     return absl::OkStatus();
   } else if (++unfixable_reads_ >= static_cast<uint64_t>(request_.unfixable_read_limit)) {
@@ -256,7 +251,6 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
                          events);
   }
   if (!reported) ++status_.unreported_fixups;
-  if (fixed_read && FixesAccesses() && !SiteAt(start)) KeepReaderBreakpoint(start);
   if (c.patchable) {
     if (std::optional<uint32_t> id = SiteAt(start)) {
       ++sites_[*id].hits;
@@ -266,30 +260,6 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
     }
   }
   return absl::OkStatus();
-}
-
-void PatchManager::KeepReaderBreakpoint(uint32_t address) {
-  if (reader_breakpoints_.count(address) || armed_breakpoints_.count(address)) return;
-  if (!vm_.SetBreakpoint(address).ok()) return;  // the watchpoint still sees it run
-  reader_breakpoints_.insert(address);
-  armed_breakpoints_.insert(address);
-}
-
-absl::Status PatchManager::StepOverReader(int vcpu, std::vector<ManagerEvent>& events) {
-  absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
-  if (!regs.ok()) return regs.status();
-  if (!reader_breakpoints_.count(regs->eip)) return absl::OkStatus();
-  absl::StatusOr<StepResult> step = vm_.StepVcpu(vcpu, absl::Milliseconds(250));
-  if (!step.ok()) {
-    return absl::IsUnimplemented(step.status()) || absl::IsFailedPrecondition(step.status())
-               ? absl::OkStatus()
-               : step.status();
-  }
-  // Not run (interrupted): it meets the breakpoint again.
-  if (!step->completed) return absl::OkStatus();
-  ++status_.reader_steps;
-  // Exactly that one instruction ran: the fix-up decodes it right before the vCPU's eip.
-  return HandleWatchpoint(vcpu, step->pc, events, /*reported=*/true);
 }
 
 bool PatchManager::Cr8HandlerWrote(bool at_applied_site, uint8_t real_tpr, uint8_t shadow) const {
@@ -373,19 +343,15 @@ void PatchManager::AfterStop(std::optional<int> reported_vcpu, std::vector<Manag
 absl::Status PatchManager::HandleStopped(const StopEvent& event,
                                          std::vector<ManagerEvent>& events) {
   absl::Status handled = absl::OkStatus();
-  // The vCPU whose hit this stop reported (or whose step did): nothing of it is left pending.
-  std::optional<int> reported_vcpu;
   if (event.kind == StopEvent::Kind::kWatchpoint) {
     handled = tpr_watch_armed_ && tpr_watch_kind_ == WatchKind::kWrite
                   ? HandleUnpatchedWrite(event.vcpu, event.pc, events)
                   : HandleWatchpoint(event.vcpu, event.pc, events);
-    reported_vcpu = event.vcpu;
-  } else if (event.kind == StopEvent::Kind::kBreakpoint && reader_breakpoints_.count(event.pc)) {
-    handled = StepOverReader(event.vcpu, events);
-    reported_vcpu = event.vcpu;
   }
   if (!handled.ok()) return handled;
-  AfterStop(reported_vcpu, events);
+  AfterStop(
+      event.kind == StopEvent::Kind::kWatchpoint ? std::optional<int>(event.vcpu) : std::nullopt,
+      events);
   if (apply_at_stops_) ApplyCandidatesAtVcpus(events);
   return absl::OkStatus();
 }

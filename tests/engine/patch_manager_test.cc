@@ -853,42 +853,6 @@ TEST_F(PatchManagerTest, Cr8FixesUpARegisterRelativeReadFoundByItsAddress) {
   EXPECT_EQ(manager_.Status().strategy, Strategy::kCr8);
 }
 
-// A reader tprd fixed up but cannot patch keeps a breakpoint from then on: its next run stops
-// before it, and it is stepped alone and fixed up right after (the fix-up no longer depends on
-// where QEMU reports the watchpoint hit). The breakpoint goes with the traps.
-TEST_F(PatchManagerTest, Cr8KeepsABreakpointOnAFixedUpReaderAndStepsItThere) {
-  EnableCr8();
-  vm_.SetTpr(1, 0x40);  // shadow 0x41
-  vm_.Registers(1).reg(Gpr::kEcx) = 0xFFFE0000;
-  vm_.Registers(1).reg(Gpr::kEax) = 0x40;
-  QueueWatchpoint(1, kReadViaEcx + 6);
-  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
-  EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x41u);
-  EXPECT_TRUE(vm_.breakpoints().count(kReadViaEcx)) << "proven code: a kept breakpoint";
-
-  // Its next run: stopped before it, stepped (the step runs the read: eax = the real TPR).
-  vm_.OnStep([](FakeGuestVm& vm, int vcpu) {
-    VcpuRegisters& r = vm.Registers(vcpu);
-    if (r.eip == kReadViaEcx) r.reg(Gpr::kEax) = 0x40;
-    r.eip += r.eip == kReadViaEcx ? 6 : 2;
-    return true;
-  });
-  const size_t steps = vm_.step_calls().size();
-  QueueBreakpoint(1, kReadViaEcx);
-  absl::StatusOr<std::vector<ManagerEvent>> events = manager_.Poll(absl::Milliseconds(10));
-  ASSERT_TRUE(events.ok()) << events.status();
-  EXPECT_TRUE(events->empty()) << (*events)[0].message;
-  EXPECT_EQ(StepsSince(steps), std::vector<int>{1});
-  EXPECT_EQ(vm_.Registers(1).eip, kReadViaEcx + 6);
-  EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x41u);
-  EXPECT_EQ(manager_.Status().reader_steps, 1u);
-  EXPECT_TRUE(vm_.breakpoints().count(kReadViaEcx)) << "kept";
-  EXPECT_TRUE(manager_.Status().last_error.empty()) << manager_.Status().last_error;
-
-  ASSERT_TRUE(manager_.Rollback({}, false).ok());
-  EXPECT_FALSE(vm_.breakpoints().count(kReadViaEcx)) << "gone with the traps";
-}
-
 // The test guest's np_es_8b_edx: "26 8B 15 tpr" also decodes from the 8B. Either way it loads
 // edx from the TPR, so it is fixed up; the prefixed instruction is never patched.
 TEST_F(PatchManagerTest, Cr8FixesUpAReadThatAFlatSegmentPrefixMakesAmbiguous) {
