@@ -1,4 +1,4 @@
-// Small helpers for the benchmark harness (bench/tpr_bench.cc): child processes, statistics,
+// Small helpers for the benchmark harness (bench/tpr_bench*.cc): child processes, statistics,
 // QEMU trace counting. Not a library anyone else should use.
 #ifndef TPRD_BENCH_BENCH_UTIL_H_
 #define TPRD_BENCH_BENCH_UTIL_H_
