@@ -240,7 +240,6 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
   // strategy's own watchpoint: the window's stops stepped no one.
   std::vector<ManagerEvent> ignored_events;
   ConsumePendingHits(ignored_events, /*fix=*/false);
-  FlushHitsOfHaltedVcpus();
   TPRD_RETURN_IF_ERROR(vm_.RemoveWatchpoint(profile.tpr_va, 4, WatchKind::kAccess));
   return verdict;
 }

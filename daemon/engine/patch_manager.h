@@ -98,7 +98,6 @@ struct ManagerStatus {
   uint64_t unreported_steps = 0;       // cr8: vCPUs stepped so QEMU reports a hit no stop named
   uint64_t unpatched_write_stops = 0;  // mmio: write watchpoint stops at unpatchable writers
   uint64_t real_tpr_restores = 0;      // leaving cr8: real TPRs set back to their shadows
-  uint64_t halted_flushes = 0;         // learning window's end: halted vCPUs run to a breakpoint
   uint64_t shadow_resyncs = 0;         // mmio: shadows set from the real TPR after such a write
   bool proving_window_open = false;    // since enable: every candidate keeps its breakpoint
   std::string last_error;
@@ -182,15 +181,6 @@ class PatchManager {
   };
   // Runs `vcpu` alone (every other vCPU stopped) to a breakpoint after its hlt.
   WakeResult WakeAlone(int vcpu);
-  // Runs `vcpu` alone, at most kWakeAloneTimeout, to a breakpoint at `resume_at`.
-  absl::StatusOr<StopEvent> RunAloneTo(int vcpu, uint32_t resume_at);
-  static bool CameBack(const StopEvent& stop, int vcpu, uint32_t resume_at);
-  // The learning window's end, the guest still unpatched: each vCPU halted (or about to halt)
-  // runs alone until it comes back after its hlt. Its stop makes QEMU report, and clear, a hit
-  // it still held (a step cannot reach a halted CPU): left in place, such a hit makes QEMU
-  // report the vCPU's next access to the APIC page late, after the value was used (QEMU keeps it
-  // across a guest reset; docs/design.md "Soundness", cr8).
-  void FlushHitsOfHaltedVcpus();
   void StepOutOfHandlers(int vcpu);
   bool HaltedWithLostNibble(const VcpuProfile& cpu);
   // The hlt a vCPU stands at (about to halt) or just after (halted: an idle guest's CPUs mostly

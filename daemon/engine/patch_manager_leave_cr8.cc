@@ -93,44 +93,6 @@ void PatchManager::PrepareToLeaveCr8() {
   }
 }
 
-absl::StatusOr<StopEvent> PatchManager::RunAloneTo(int vcpu, uint32_t resume_at) {
-  // A breakpoint tprd keeps there anyway (an unproven site) stops it as well, and stays.
-  const bool own_breakpoint = !armed_breakpoints_.count(resume_at);
-  if (own_breakpoint) TPRD_RETURN_IF_ERROR(vm_.SetBreakpoint(resume_at));
-  absl::StatusOr<StopEvent> stop = vm_.RunVcpuAlone(vcpu, kWakeAloneTimeout);
-  if (own_breakpoint && (stop.ok() || !absl::IsUnavailable(stop.status()))) {
-    NoteError(vm_.RemoveBreakpoint(resume_at));
-  }
-  return stop;
-}
-
-bool PatchManager::CameBack(const StopEvent& stop, int vcpu, uint32_t resume_at) {
-  // QEMU reports the breakpoint as a watchpoint hit when the vCPU still held a hit it had never
-  // reported (and so clears it); the instruction before resume_at is a hlt, no access.
-  return (stop.kind == StopEvent::Kind::kBreakpoint || stop.kind == StopEvent::Kind::kWatchpoint) &&
-         stop.vcpu == vcpu && stop.pc == resume_at;
-}
-
-void PatchManager::FlushHitsOfHaltedVcpus() {
-  absl::StatusOr<int> count = vm_.VcpuCount();
-  if (!count.ok()) return;
-  for (int v = 0; v < *count; ++v) {
-    absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(v);
-    if (!regs.ok()) continue;
-    const HltAround hlt = LookForHlt(v, regs->eip);
-    if (!hlt.readable || (!hlt.halted && !hlt.about_to_halt)) continue;
-    // About to halt: it halts, wakes and comes back after the hlt.
-    const uint32_t resume_at = hlt.halted ? regs->eip : regs->eip + 1;
-    absl::StatusOr<StopEvent> stop = RunAloneTo(v, resume_at);
-    if (!stop.ok() && absl::IsUnavailable(stop.status())) return;
-    if (stop.ok() &&
-        (stop->kind == StopEvent::Kind::kPausedByHost || stop->kind == StopEvent::Kind::kGone)) {
-      return;
-    }
-    ++status_.halted_flushes;
-  }
-}
-
 PatchManager::WakeResult PatchManager::WakeAlone(int vcpu) {
   std::string& note = wake_notes_[vcpu];  // what the last try saw, for the error if it stays
   absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
@@ -139,12 +101,18 @@ PatchManager::WakeResult PatchManager::WakeAlone(int vcpu) {
     return WakeResult::kStillHalted;
   }
   const uint32_t resume_at = regs->eip;
-  absl::StatusOr<StopEvent> stop = RunAloneTo(vcpu, resume_at);
-  if (stop.ok() && CameBack(*stop, vcpu, resume_at)) {
-    // Awake, back where it halted: the byte before is still the hlt, but it ran.
-    woken_vcpus_.insert(vcpu);
-    note = "woken";
-    return WakeResult::kWoken;
+  // The instruction after its hlt: an interrupt's handler returns there. A breakpoint tprd keeps
+  // there anyway (an unproven site) stops it as well, and stays.
+  const bool own_breakpoint = !armed_breakpoints_.count(resume_at);
+  if (own_breakpoint) {
+    if (absl::Status s = vm_.SetBreakpoint(resume_at); !s.ok()) {
+      note = absl::StrCat("no breakpoint: ", s.message());
+      return WakeResult::kStillHalted;
+    }
+  }
+  absl::StatusOr<StopEvent> stop = vm_.RunVcpuAlone(vcpu, kWakeAloneTimeout);
+  if (own_breakpoint && (stop.ok() || !absl::IsUnavailable(stop.status()))) {
+    NoteError(vm_.RemoveBreakpoint(resume_at));
   }
   if (!stop.ok()) {
     note = std::string(stop.status().message());
@@ -169,6 +137,12 @@ PatchManager::WakeResult PatchManager::WakeAlone(int vcpu) {
       return WakeResult::kMoved;
     }
     case StopEvent::Kind::kBreakpoint:
+      if (stop->vcpu == vcpu && stop->pc == resume_at) {
+        // Awake, back where it halted: the byte before is still the hlt, but it ran.
+        woken_vcpus_.insert(vcpu);
+        note = "woken";
+        return WakeResult::kWoken;
+      }
       note =
           absl::StrCat("vCPU ", stop->vcpu, " stopped at a breakpoint at 0x", absl::Hex(stop->pc));
       return WakeResult::kMoved;

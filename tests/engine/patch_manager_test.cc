@@ -720,26 +720,6 @@ TEST_F(PatchManagerTest, LeavingCr8StepsThePokeAgainWhenAnOldHitEndedTheFirstSte
   EXPECT_TRUE(manager_.Status().last_error.empty()) << manager_.Status().last_error;
 }
 
-// At the learning window's end (the guest still unpatched) a halted vCPU cannot be stepped; it
-// runs alone to a breakpoint after its hlt, whose stop makes QEMU report and clear a hit it
-// still held (one kept across a guest reset made a later access be reported late). QEMU reports
-// that breakpoint as a watchpoint hit then: the vCPU came back all the same.
-TEST_F(PatchManagerTest, EnableRunsAHaltedVcpuAloneAtTheLearningWindowsEnd) {
-  Halt(1);
-  const uint32_t after_hlt = kCode + 0x901;
-  vm_.OnRunAlone([&](FakeGuestVm& vm, int vcpu) {
-    EXPECT_TRUE(vm.breakpoints().count(after_hlt)) << "a breakpoint after its hlt";
-    EXPECT_EQ(vm.watchpoints().size(), 1u) << "still the learning window's watchpoint";
-    return StopEvent{StopEvent::Kind::kWatchpoint, vcpu, after_hlt, kDefaultTprVa,
-                     WatchKind::kAccess};
-  });
-  EnableCr8();
-  EXPECT_EQ(vm_.run_alone_calls(), std::vector<int>{1});
-  EXPECT_EQ(manager_.Status().halted_flushes, 1u);
-  EXPECT_FALSE(vm_.breakpoints().count(after_hlt)) << "its breakpoint is gone";
-  EXPECT_TRUE(manager_.Status().last_error.empty()) << manager_.Status().last_error;
-}
-
 // Nothing wakes it alone (it may wait for another CPU's IPI): the guest runs on a moment under
 // cr8 (still correct there) and is looked at again.
 TEST_F(PatchManagerTest, LeavingCr8WaitsUnderCr8ForAHaltedCpuToWake) {
