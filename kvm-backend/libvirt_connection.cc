@@ -20,49 +20,49 @@
 
 namespace tprd::backend {
 
-std::string_view LibvirtDomainStateName(LibvirtDomainState state) {
+std::string_view DomainStateName(DomainState state) {
   switch (state) {
-    case LibvirtDomainState::kNoState:
+    case DomainState::kNoState:
       return "nostate";
-    case LibvirtDomainState::kRunning:
+    case DomainState::kRunning:
       return "running";
-    case LibvirtDomainState::kBlocked:
+    case DomainState::kBlocked:
       return "blocked";
-    case LibvirtDomainState::kPaused:
+    case DomainState::kPaused:
       return "paused";
-    case LibvirtDomainState::kShuttingDown:
+    case DomainState::kShuttingDown:
       return "shutdown";
-    case LibvirtDomainState::kShutoff:
+    case DomainState::kShutoff:
       return "shut off";
-    case LibvirtDomainState::kCrashed:
+    case DomainState::kCrashed:
       return "crashed";
-    case LibvirtDomainState::kPmSuspended:
+    case DomainState::kPmSuspended:
       return "pmsuspended";
   }
   return "?";
 }
 
-std::string_view LibvirtDomainEventKindName(LibvirtDomainEvent::Kind kind) {
+std::string_view DomainEventKindName(DomainEvent::Kind kind) {
   switch (kind) {
-    case LibvirtDomainEvent::Kind::kStarted:
+    case DomainEvent::Kind::kStarted:
       return "started";
-    case LibvirtDomainEvent::Kind::kSuspended:
+    case DomainEvent::Kind::kSuspended:
       return "suspended";
-    case LibvirtDomainEvent::Kind::kResumed:
+    case DomainEvent::Kind::kResumed:
       return "resumed";
-    case LibvirtDomainEvent::Kind::kShutdown:
+    case DomainEvent::Kind::kShutdown:
       return "shutdown";
-    case LibvirtDomainEvent::Kind::kStopped:
+    case DomainEvent::Kind::kStopped:
       return "stopped";
-    case LibvirtDomainEvent::Kind::kCrashed:
+    case DomainEvent::Kind::kCrashed:
       return "crashed";
-    case LibvirtDomainEvent::Kind::kRebooted:
+    case DomainEvent::Kind::kRebooted:
       return "rebooted";
-    case LibvirtDomainEvent::Kind::kMigratedAway:
+    case DomainEvent::Kind::kMigratedAway:
       return "migrated-away";
-    case LibvirtDomainEvent::Kind::kMigrating:
+    case DomainEvent::Kind::kMigrating:
       return "migrating";
-    case LibvirtDomainEvent::Kind::kOther:
+    case DomainEvent::Kind::kOther:
       return "other";
   }
   return "?";
@@ -107,53 +107,52 @@ absl::Status LibvirtError(std::string_view what) {
   }
 }
 
-LibvirtDomainState ToDomainState(int state) {
+DomainState ToDomainState(int state) {
   switch (state) {
     case VIR_DOMAIN_RUNNING:
-      return LibvirtDomainState::kRunning;
+      return DomainState::kRunning;
     case VIR_DOMAIN_BLOCKED:
-      return LibvirtDomainState::kBlocked;
+      return DomainState::kBlocked;
     case VIR_DOMAIN_PAUSED:
-      return LibvirtDomainState::kPaused;
+      return DomainState::kPaused;
     case VIR_DOMAIN_SHUTDOWN:
-      return LibvirtDomainState::kShuttingDown;
+      return DomainState::kShuttingDown;
     case VIR_DOMAIN_SHUTOFF:
-      return LibvirtDomainState::kShutoff;
+      return DomainState::kShutoff;
     case VIR_DOMAIN_CRASHED:
-      return LibvirtDomainState::kCrashed;
+      return DomainState::kCrashed;
     case VIR_DOMAIN_PMSUSPENDED:
-      return LibvirtDomainState::kPmSuspended;
+      return DomainState::kPmSuspended;
     default:
-      return LibvirtDomainState::kNoState;
+      return DomainState::kNoState;
   }
 }
 
-LibvirtDomainEvent::Kind ToEventKind(int event, int detail) {
+DomainEvent::Kind ToEventKind(int event, int detail) {
   switch (event) {
     case VIR_DOMAIN_EVENT_STARTED:
-      return detail == VIR_DOMAIN_EVENT_STARTED_MIGRATED ? LibvirtDomainEvent::Kind::kMigrating
-                                                         : LibvirtDomainEvent::Kind::kStarted;
+      return detail == VIR_DOMAIN_EVENT_STARTED_MIGRATED ? DomainEvent::Kind::kMigrating
+                                                         : DomainEvent::Kind::kStarted;
     case VIR_DOMAIN_EVENT_SUSPENDED:
       return detail == VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED ||
                      detail == VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY
-                 ? LibvirtDomainEvent::Kind::kMigrating
-                 : LibvirtDomainEvent::Kind::kSuspended;
+                 ? DomainEvent::Kind::kMigrating
+                 : DomainEvent::Kind::kSuspended;
     case VIR_DOMAIN_EVENT_RESUMED:
       return detail == VIR_DOMAIN_EVENT_RESUMED_MIGRATED ||
                      detail == VIR_DOMAIN_EVENT_RESUMED_POSTCOPY
-                 ? LibvirtDomainEvent::Kind::kMigrating
-                 : LibvirtDomainEvent::Kind::kResumed;
+                 ? DomainEvent::Kind::kMigrating
+                 : DomainEvent::Kind::kResumed;
     case VIR_DOMAIN_EVENT_STOPPED:
-      if (detail == VIR_DOMAIN_EVENT_STOPPED_MIGRATED)
-        return LibvirtDomainEvent::Kind::kMigratedAway;
-      if (detail == VIR_DOMAIN_EVENT_STOPPED_CRASHED) return LibvirtDomainEvent::Kind::kCrashed;
-      return LibvirtDomainEvent::Kind::kStopped;
+      if (detail == VIR_DOMAIN_EVENT_STOPPED_MIGRATED) return DomainEvent::Kind::kMigratedAway;
+      if (detail == VIR_DOMAIN_EVENT_STOPPED_CRASHED) return DomainEvent::Kind::kCrashed;
+      return DomainEvent::Kind::kStopped;
     case VIR_DOMAIN_EVENT_SHUTDOWN:
-      return LibvirtDomainEvent::Kind::kShutdown;
+      return DomainEvent::Kind::kShutdown;
     case VIR_DOMAIN_EVENT_CRASHED:
-      return LibvirtDomainEvent::Kind::kCrashed;
+      return DomainEvent::Kind::kCrashed;
     default:
-      return LibvirtDomainEvent::Kind::kOther;
+      return DomainEvent::Kind::kOther;
   }
 }
 
@@ -163,8 +162,8 @@ std::string DomainUuid(virDomainPtr domain) {
   return uuid;
 }
 
-absl::StatusOr<LibvirtDomainInfo> DescribeDomain(virDomainPtr domain) {
-  LibvirtDomainInfo info;
+absl::StatusOr<DomainInfo> DescribeDomain(virDomainPtr domain) {
+  DomainInfo info;
   const char* name = virDomainGetName(domain);
   if (name == nullptr) return LibvirtError("virDomainGetName");
   info.name = name;
@@ -219,7 +218,7 @@ void FreeSharedRef(void* opaque) { delete static_cast<SharedPtr*>(opaque); }
 
 int OnLifecycle(virConnectPtr, virDomainPtr domain, int event, int detail, void* opaque) {
   SharedState& shared = **static_cast<SharedPtr*>(opaque);
-  LibvirtDomainEvent e;
+  DomainEvent e;
   e.kind = ToEventKind(event, detail);
   e.uuid = DomainUuid(domain);
   const char* name = virDomainGetName(domain);
@@ -232,8 +231,8 @@ int OnLifecycle(virConnectPtr, virDomainPtr domain, int event, int detail, void*
 
 void OnReboot(virConnectPtr, virDomainPtr domain, void* opaque) {
   SharedState& shared = **static_cast<SharedPtr*>(opaque);
-  LibvirtDomainEvent e;
-  e.kind = LibvirtDomainEvent::Kind::kRebooted;
+  DomainEvent e;
+  e.kind = DomainEvent::Kind::kRebooted;
   e.uuid = DomainUuid(domain);
   const char* name = virDomainGetName(domain);
   e.name = name ? name : "";
@@ -276,16 +275,16 @@ class LibvirtConnectionImpl : public LibvirtConnection {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::vector<LibvirtDomainInfo>> ListDomains() override {
+  absl::StatusOr<std::vector<DomainInfo>> ListDomains() override {
     absl::StatusOr<virConnectPtr> conn = AcquireConnection();
     if (!conn.ok()) return conn.status();
     virDomainPtr* domains = nullptr;
     int count = virConnectListAllDomains(*conn, &domains, 0);
     absl::Status error = count < 0 ? LibvirtError("virConnectListAllDomains") : absl::OkStatus();
-    std::vector<LibvirtDomainInfo> result;
+    std::vector<DomainInfo> result;
     for (int i = 0; i < std::max(count, 0); ++i) {
       DomainRef ref(domains[i]);
-      absl::StatusOr<LibvirtDomainInfo> info = DescribeDomain(ref.domain);
+      absl::StatusOr<DomainInfo> info = DescribeDomain(ref.domain);
       if (info.ok()) result.push_back(std::move(*info));  // a domain may vanish meanwhile
     }
     free(domains);
@@ -294,7 +293,7 @@ class LibvirtConnectionImpl : public LibvirtConnection {
     return result;
   }
 
-  absl::StatusOr<LibvirtDomainInfo> LookupDomain(std::string_view key) override {
+  absl::StatusOr<DomainInfo> LookupDomain(std::string_view key) override {
     absl::StatusOr<virConnectPtr> conn = AcquireConnection();
     if (!conn.ok()) return conn.status();
     std::string text(key);
@@ -309,8 +308,8 @@ class LibvirtConnectionImpl : public LibvirtConnection {
         domain = virDomainLookupByID(*conn, id);
       }
     }
-    absl::StatusOr<LibvirtDomainInfo> result =
-        domain == nullptr ? absl::StatusOr<LibvirtDomainInfo>(absl::NotFoundError(
+    absl::StatusOr<DomainInfo> result =
+        domain == nullptr ? absl::StatusOr<DomainInfo>(absl::NotFoundError(
                                 absl::StrCat("no libvirt domain with name, UUID or ID '",
                                              absl::CHexEscape(text), "' on ", options_.uri)))
                           : DescribeDomain(domain);
@@ -320,12 +319,12 @@ class LibvirtConnectionImpl : public LibvirtConnection {
     return result;
   }
 
-  absl::StatusOr<LibvirtDomainInfo> GetDomain(std::string_view uuid) override {
+  absl::StatusOr<DomainInfo> GetDomain(std::string_view uuid) override {
     return WithDomain(uuid, [](virDomainPtr domain) { return DescribeDomain(domain); });
   }
 
   absl::StatusOr<int> QemuPid(std::string_view uuid) override {
-    absl::StatusOr<LibvirtDomainInfo> info = GetDomain(uuid);
+    absl::StatusOr<DomainInfo> info = GetDomain(uuid);
     if (!info.ok()) return info.status();
     if (info->id < 0) {
       return absl::FailedPreconditionError(absl::StrCat("domain ", info->name, " is not running"));

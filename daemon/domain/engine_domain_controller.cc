@@ -80,8 +80,8 @@ absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<engine::Strateg
     // A tprd killed while it held the guest stopped, before its blob went in, left it stopped:
     // the gdbstub keeps a VM stopped when its client vanishes. Attaching here and the detach
     // that follows let it run; a VM libvirt paused (any other reason) stays paused.
-    absl::StatusOr<backend::LibvirtDomainInfo> info = connection_->GetDomain(domain_.uuid);
-    if (info.ok() && info->state == backend::LibvirtDomainState::kPaused &&
+    absl::StatusOr<backend::DomainInfo> info = connection_->GetDomain(domain_.uuid);
+    if (info.ok() && info->state == backend::DomainState::kPaused &&
         info->reason == backend::kPausedReasonUnknown) {
       LogInfo(absl::StrCat(domain_.name, ": stopped by a gdbstub nobody holds; letting it run"));
       if (absl::Status s = EnsureAttached(); !s.ok()) return s;

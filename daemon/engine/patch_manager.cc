@@ -1,7 +1,6 @@
 // PatchManager's operations: scan, learn, enable, apply, rollback, detach. Its blob in the guest
 // (install, adopt, per-CPU entries, mmio's alias) is in patch_manager_blob.cc, its traps in
-// patch_manager_traps.cc, hits QEMU left unreported in patch_manager_pending_hits.cc, leaving
-// cr8 in patch_manager_leave_cr8.cc.
+// patch_manager_traps.cc, leaving cr8 in patch_manager_leave_cr8.cc.
 #include "daemon/engine/patch_manager.h"
 
 #include <algorithm>

@@ -47,7 +47,7 @@ class ForwardingByteStream : public ByteStream {
 class QemuGuestVmTest : public ::testing::Test {
  protected:
   QemuGuestVmTest() {
-    libvirt_.AddDomain({"xp", kUuid, 3, LibvirtDomainState::kRunning, 0});
+    libvirt_.AddDomain({"xp", kUuid, 3, DomainState::kRunning, 0});
     libvirt_.SetMonitorReply("gdbserver none", "Disabled gdbserver");
   }
 
@@ -123,7 +123,7 @@ TEST_F(QemuGuestVmTest, AttachClearsOldTrapsOnEveryVcpuAndLeavesTheVmStopped) {
 }
 
 TEST_F(QemuGuestVmTest, AttachRefusesADomainThatDoesNotRunWithoutStartingAGdbstub) {
-  libvirt_.SetState(kUuid, LibvirtDomainState::kShutoff, 0);
+  libvirt_.SetState(kUuid, DomainState::kShutoff, 0);
   absl::StatusOr<std::unique_ptr<QemuGuestVm>> vm =
       QemuGuestVm::Attach(&libvirt_, kUuid, Options());
   EXPECT_TRUE(absl::IsFailedPrecondition(vm.status())) << vm.status();
@@ -221,7 +221,7 @@ TEST_F(QemuGuestVmTest, DetachLeavesADomainLibvirtPausedPausedWithoutDetachingTh
   Attach();
   stub_.ExpectCommand("Z0,80401000,1", "OK");
   ASSERT_TRUE(vm_->SetBreakpoint(0x80401000).ok());
-  libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, kPausedReasonUser);
+  libvirt_.SetState(kUuid, DomainState::kPaused, kPausedReasonUser);
   // `D;1` would resume it: the traps go, then the connection just closes.
   stub_.ExpectCommand("z0,80401000,1", "OK");
   EXPECT_TRUE(vm_->Detach().ok());
@@ -232,8 +232,8 @@ TEST_F(QemuGuestVmTest, DetachLeavesADomainLibvirtPausedPausedWithoutDetachingTh
 
 TEST_F(QemuGuestVmTest, DomainGoneEventEndsTheWaitWithoutTheStub) {
   Attach();
-  LibvirtDomainEvent gone;
-  gone.kind = LibvirtDomainEvent::Kind::kStopped;
+  DomainEvent gone;
+  gone.kind = DomainEvent::Kind::kStopped;
   gone.uuid = kUuid;
   gone.name = "xp";
   libvirt_.EmitEvent(gone);

@@ -25,10 +25,10 @@ constexpr char kNoChardevs[] =
 class QemuMonitorChannelTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    LibvirtDomainInfo domain;
+    DomainInfo domain;
     domain.name = "xp";
     domain.uuid = kUuid;
-    domain.state = LibvirtDomainState::kRunning;
+    domain.state = DomainState::kRunning;
     connection_.AddDomain(domain, 1234);
   }
 
