@@ -72,13 +72,15 @@ void PatchManager::PrepareToLeaveCr8() {
     if (halted.empty() || attempt + 1 >= kHaltedAttempts || clock_.Now() >= deadline) return;
     // Each halted CPU runs alone until it wakes; the others stay stopped, so once every CPU is
     // awake they all are at once, and stay so until the pokes.
-    bool all_moved = true;
-    for (int vcpu : halted) {
-      const WakeResult woke = WakeAlone(vcpu);
-      if (woke == WakeResult::kGiveUp) return;
-      all_moved &= woke != WakeResult::kStillHalted;
+    if (request_.wake_halted_cpus_alone) {
+      bool all_moved = true;
+      for (int vcpu : halted) {
+        const WakeResult woke = WakeAlone(vcpu);
+        if (woke == WakeResult::kGiveUp) return;
+        all_moved &= woke != WakeResult::kStillHalted;
+      }
+      if (all_moved) continue;
     }
-    if (all_moved) continue;
     // One stayed halted (it may wait for another CPU's IPI, or the backend cannot run one CPU
     // alone): the whole guest runs a moment under cr8, still correct there, and is looked at
     // again.

@@ -60,12 +60,6 @@ TEST_P(TprdEndToEndStrategy, SustainedRunStaysCorrectAcrossTheProvingWindowAndRo
   // runs on (docs/design.md, "Soundness of each strategy"): no check fails at the rollback or
   // after it: each CPU's fail count (since boot) stays 0 through two more STAT lines.
   ExpectGuestPasses(domain, domain.Lines().size(), "after the rollback", c.vcpus, /*rounds=*/2);
-  // And tprd did not leave a CPU behind ("vCPU N's TPR reads 0x40 instead of 0x41 ...").
-  RunResult after = tprd.Ctl({"--json", "status", domain.name()});
-  nlohmann::json after_doc = nlohmann::json::parse(after.out, nullptr, false);
-  ASSERT_FALSE(after_doc.is_discarded()) << after.out << after.err;
-  EXPECT_TRUE(after_doc["last_error"].is_null() || after_doc["last_error"] == "")
-      << "the rollback left an error: " << after.out;
   EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
 }
 

@@ -94,6 +94,7 @@ class PatchManagerTest : public ::testing::Test {
     vm_.SetFeatures({.cr8legacy = true, .qemu_vapic_active = false});
     EnableRequest request;
     request.strategy = Strategy::kCr8;
+    request.wake_halted_cpus_alone = true;
     absl::StatusOr<EnableReport> report = manager_.Enable(request);
     ASSERT_TRUE(report.ok()) << report.status();
   }
