@@ -430,6 +430,10 @@ absl::Status QemuGuestVm::Detach() {
     absl::StatusOr<DomainInfo> info = connection_->GetDomain(uuid_);
     if (info.ok() && PausedByHost(*info)) {
       gdb_.reset();
+      // Said, not hidden: a guest tprd leaves stopped must be explainable from its log.
+      note(absl::FailedPreconditionError(
+          absl::StrCat("domain ", info->name, " stays paused: libvirt holds it paused (reason ",
+                       info->reason, "), so tprd let go without resuming it")));
     } else {
       note(gdb_->Detach());
     }

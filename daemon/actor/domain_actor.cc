@@ -257,7 +257,9 @@ void DomainActor::DropController(bool detach, const std::string& reason) {
   if (controller_ == nullptr) return;
   if (detach) {
     absl::Status detached = controller_->Detach(reason);
-    if (!detached.ok()) {
+    if (absl::IsFailedPrecondition(detached)) {
+      LogInfo(absl::StrCat(Snapshot().domain.name, ": detached: ", detached.message()));
+    } else if (!detached.ok()) {
       LogWarning(absl::StrCat(Snapshot().domain.name, ": detach failed: ", detached.message()));
     }
   } else {

@@ -506,6 +506,11 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
   absl::StatusOr<TransactionReport> tx =
       RollbackSites(vm_, recorder, absl::MakeSpan(batch), options);
   if (!tx.ok()) return tx.status();
+  if (!tx->resume_status.ok()) {
+    NoteError(absl::Status(
+        tx->resume_status.code(),
+        absl::StrCat("the guest stays stopped after the rollback: ", tx->resume_status.message())));
+  }
   for (size_t i = 0; i < batch.size(); ++i) {
     ManagedSite& managed = sites_[batch[i].id];
     managed.site.state = batch[i].state;

@@ -224,7 +224,10 @@ TEST_F(QemuGuestVmTest, DetachLeavesADomainLibvirtPausedPausedWithoutDetachingTh
   libvirt_.SetState(kUuid, DomainState::kPaused, kPausedReasonUser);
   // `D;1` would resume it: the traps go, then the connection just closes.
   stub_.ExpectCommand("z0,80401000,1", "OK");
-  EXPECT_TRUE(vm_->Detach().ok());
+  // Said, so that a guest left stopped is explained in tprd's log.
+  absl::Status detached = vm_->Detach();
+  EXPECT_TRUE(absl::IsFailedPrecondition(detached)) << detached;
+  EXPECT_THAT(std::string(detached.message()), ::testing::HasSubstr("stays paused"));
   ExpectScriptDone();
   EXPECT_TRUE(stub_.closed_by_client());
   EXPECT_EQ(libvirt_.monitor_log().back(), kStopGdbServer);

@@ -389,7 +389,7 @@ CodeRange TestGuestCodeRange() {
 }
 
 std::string DomainRunState(const std::string& name) {
-  RunResult r = Virsh({"domstate", name});
+  RunResult r = Virsh({"domstate", "--reason", name});
   return std::string(absl::StripAsciiWhitespace(r.out));
 }
 
