@@ -44,6 +44,18 @@ struct DomainInfo {
 };
 inline constexpr int kPausedReasonUnknown = 0;
 inline constexpr int kPausedReasonUser = 1;
+// virDomainPausedReason values of libvirt jobs that copy the guest's state elsewhere: migration,
+// save (also managedsave), dump, snapshot, postcopy.
+inline constexpr int kPausedReasonMigration = 2;
+inline constexpr int kPausedReasonSave = 3;
+inline constexpr int kPausedReasonDump = 4;
+inline constexpr int kPausedReasonSnapshot = 9;
+inline constexpr int kPausedReasonPostcopy = 12;
+inline bool PausedToCopyState(int reason) {
+  return reason == kPausedReasonMigration || reason == kPausedReasonSave ||
+         reason == kPausedReasonDump || reason == kPausedReasonSnapshot ||
+         reason == kPausedReasonPostcopy;
+}
 
 // A lifecycle event of one domain, from the event-loop thread.
 struct DomainEvent {

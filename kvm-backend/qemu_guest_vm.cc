@@ -154,7 +154,35 @@ absl::Status QemuGuestVm::CheckNotPausedByHost() {
   return absl::OkStatus();
 }
 
+void QemuGuestVm::NoteRunState(const GdbStopReply& reply) {
+  debug_run_state_ = !reply.process_gone() && reply.signal == kGdbSignalTrap;
+}
+
+absl::Status QemuGuestVm::LeaveDebugRunState() {
+  // Every trap of ours is removed by now, so the interrupt is the only thing that can stop the
+  // guest again; it ran for the round trip of one packet (tens of microseconds). A watchpoint
+  // hit QEMU still held from before may still end it in "debug": try again.
+  for (int attempt = 0; debug_run_state_ && attempt < 3; ++attempt) {
+    TPRD_RETURN_IF_ERROR(gdb_->Continue());
+    TPRD_RETURN_IF_ERROR(gdb_->Interrupt());
+    absl::StatusOr<std::optional<GdbStopReply>> stop = gdb_->WaitForStop(options_.stop_timeout);
+    if (!stop.ok()) return stop.status();
+    if (!stop->has_value()) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("domain ", uuid_, " did not stop again within ",
+                       absl::FormatDuration(options_.stop_timeout), " of leaving the debug state"));
+    }
+    NoteRunState(**stop);
+  }
+  if (debug_run_state_) {
+    return absl::InternalError(
+        "QEMU stayed in its debug run state: a save or migration of this domain would fail");
+  }
+  return absl::OkStatus();
+}
+
 engine::StopEvent QemuGuestVm::ToStopEvent(const GdbStopReply& reply) {
+  NoteRunState(reply);
   engine::StopEvent event;
   if (reply.process_gone()) {
     event.kind = engine::StopEvent::Kind::kGone;
@@ -217,7 +245,9 @@ absl::Status QemuGuestVm::Resume() {
   if (gdb_->running()) return absl::OkStatus();
   TPRD_RETURN_IF_ERROR(CheckNotPausedByHost());
   selected_vcpu_ = -1;
-  return gdb_->Continue();
+  TPRD_RETURN_IF_ERROR(gdb_->Continue());
+  debug_run_state_ = false;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::optional<engine::StopEvent>> QemuGuestVm::WaitForStop(absl::Duration timeout) {
@@ -370,6 +400,7 @@ absl::StatusOr<engine::StepResult> QemuGuestVm::StepVcpu(int vcpu, absl::Duratio
     return step.status();
   }
   engine::StepResult result;
+  NoteRunState(step->stop);
   result.completed = step->completed;
   if (step->completed) {
     result.watchpoint_reported = step->stop.watch.has_value();
@@ -417,6 +448,7 @@ absl::Status QemuGuestVm::Detach() {
       note(gdb_->Interrupt());
       absl::StatusOr<std::optional<GdbStopReply>> stop = gdb_->WaitForStop(options_.stop_timeout);
       if (!stop.ok()) note(stop.status());
+      if (stop.ok() && stop->has_value()) NoteRunState(**stop);
     }
     for (uint32_t va : breakpoints_) note(gdb_->RemoveBreakpoint(va));
     for (const auto& [va, length, kind] : watchpoints_) {
@@ -429,6 +461,7 @@ absl::Status QemuGuestVm::Detach() {
     // then leaves it stopped, and libvirt still owns its resume).
     absl::StatusOr<DomainInfo> info = connection_->GetDomain(uuid_);
     if (info.ok() && PausedByHost(*info)) {
+      note(LeaveDebugRunState());
       gdb_.reset();
       // Said, not hidden: a guest tprd leaves stopped must be explainable from its log.
       note(absl::FailedPreconditionError(

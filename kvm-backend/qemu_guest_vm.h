@@ -100,6 +100,13 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   // StepVcpu's and RunVcpuAlone's preconditions: stopped, a known vCPU, no stop pending.
   absl::Status CheckCanRunAlone(int vcpu);
   engine::StopEvent ToStopEvent(const GdbStopReply& reply);
+  // A stop QEMU reported with SIGTRAP (breakpoint, watchpoint, step) leaves its run state
+  // "debug"; our interrupt and the host's `stop` leave it "paused".
+  void NoteRunState(const GdbStopReply& reply);
+  // Detach from a domain libvirt holds paused: takes QEMU from "debug" to "paused" without
+  // resuming it for more than a moment. QEMU 7.2 cannot restore a saved or migrated state taken
+  // in "debug" (the target aborts: "invalid runstate transition: 'inmigrate' -> 'debug'").
+  absl::Status LeaveDebugRunState();
 
   LibvirtConnection* connection_;
   const std::string uuid_;
@@ -111,6 +118,7 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   int selected_vcpu_ = -1;
   std::optional<bool> physical_mode_;
   bool detached_ = false;
+  bool debug_run_state_ = false;                   // QEMU's run state is "debug" (see NoteRunState)
   std::optional<engine::StopEvent> pending_stop_;  // a stop that arrived during Stop()/StepVcpu()
   std::set<uint32_t> breakpoints_;
   std::set<std::tuple<uint32_t, uint32_t, engine::WatchKind>> watchpoints_;

@@ -149,6 +149,15 @@ void DomainActor::Run() {
   }
 }
 
+void DomainActor::TakeBackAfterLettingGo() {
+  if (controller_ != nullptr) return;
+  {
+    absl::MutexLock lock(&mu_);
+    retake_deadline_ = absl::Now() + kRetakeWindow;
+  }
+  RetakeGuest();
+}
+
 void DomainActor::RetakeGuest() {
   {
     absl::MutexLock lock(&mu_);
@@ -171,8 +180,8 @@ void DomainActor::RetakeGuest() {
                               "; tprctl enable retries"));
     }
   } else if (controller_->Status().patched) {
-    RecordOperation("adopt", "took the guest back after a lost session");
-    SetState(DomainState::kPatched, "adopted again after a lost session");
+    RecordOperation("adopt", "took the guest back (a lost session, a restore, a resume)");
+    SetState(DomainState::kPatched, "adopted again");
     RefreshSnapshot(/*with_sites=*/true);
   } else {
     DropController(/*detach=*/true, "nothing to adopt");
@@ -227,9 +236,26 @@ void DomainActor::PollOnce() {
           snapshot_.last_error = event.message;
         }
         break;
+      case ControllerEvent::Kind::kHostCopiesState:
+        LetGoForStateCopy(event.message);
+        return;
     }
   }
   RefreshSnapshot(sites_changed);
+}
+
+void DomainActor::LetGoForStateCopy(const std::string& message) {
+  // The copy (a save file, a migration target, a snapshot) must run correctly without tprd:
+  // exact, no traps, and QEMU not left in the gdbstub's debug run state (QemuGuestVm::Detach).
+  RecordOperation("let go", message);
+  LogInfo(absl::StrCat(Snapshot().domain.name, ": ", message));
+  DropController(/*detach=*/true, message);
+  {
+    absl::MutexLock lock(&mu_);
+    awaiting_host_resume_ = true;
+  }
+  SetState(DomainState::kExactWhileAway, message);
+  RefreshSnapshot(/*with_sites=*/true);
 }
 
 absl::Status DomainActor::EnsureController(bool adopt) {
@@ -379,6 +405,7 @@ void DomainActor::OnLifecycle(const LifecycleEvent& event) {
     absl::MutexLock lock(&mu_);
     // A failing operation may be waiting for this (StoppedDuring), even while stopping.
     if (event.kind == LifecycleKind::kRebooted) ++reboots_seen_;
+    if (event.kind == LifecycleKind::kResumed && !awaiting_host_resume_) return;
     // Refused only while stopping: nobody waits for the answer, and the state dies with the actor.
     if (!Admit(ActorCommand::kLifecycle).ok()) return;
   }
@@ -408,10 +435,32 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
   published.message = absl::StrCat("domain ", published.domain.name, " ", kind);
   bus_->Publish(published);
   RecordOperation("lifecycle", kind);
+  if (event.kind != LifecycleKind::kResumed) {
+    absl::MutexLock lock(&mu_);
+    awaiting_host_resume_ = false;
+  }
   switch (event.kind) {
     case LifecycleKind::kStarted:
       if (Snapshot().state == DomainState::kGone) SetState(DomainState::kUnpatched, "started");
+      // A restore, a managedsave start or a snapshot revert brings tprd's blob back with the
+      // guest: adopted as at daemon start (nothing is attached when no blob is there). libvirt
+      // may still hold it paused (starting up): then its first resume tries again.
+      TakeBackAfterLettingGo();
+      if (controller_ == nullptr) {
+        absl::MutexLock lock(&mu_);
+        awaiting_host_resume_ = true;
+      }
       break;
+    case LifecycleKind::kResumed: {
+      bool waiting = false;
+      {
+        absl::MutexLock lock(&mu_);
+        waiting = awaiting_host_resume_;
+        awaiting_host_resume_ = false;
+      }
+      if (waiting) TakeBackAfterLettingGo();
+      break;
+    }
     case LifecycleKind::kRebooted:
       DropController(/*detach=*/false, "guest rebooted");
       {

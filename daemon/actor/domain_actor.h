@@ -111,6 +111,10 @@ class DomainActor {
   // away (restarting), schedules another try instead of giving up: the guest's traps are still
   // armed in QEMU and would hold it stopped with nobody to resume it.
   void RetakeGuest();
+  // RetakeGuest with a fresh retry window, unless a controller is already there.
+  void TakeBackAfterLettingGo();
+  // kHostCopiesState: detach to exact and wait for the domain to run again.
+  void LetGoForStateCopy(const std::string& message);
 
   // Actor thread only.
   absl::Status EnsureController(bool adopt);
@@ -146,6 +150,10 @@ class DomainActor {
   // A RetakeGuest that libvirtd's absence deferred: when to try again, and until when.
   std::optional<absl::Time> retake_at_ ABSL_GUARDED_BY(mu_);
   absl::Time retake_deadline_ ABSL_GUARDED_BY(mu_);
+  // Let go while libvirt copied the guest's state (kHostCopiesState): the next resume of the
+  // domain takes it back. Other resumes (tprd's own stops, about a hundred a second) are
+  // dropped before they reach the queue.
+  bool awaiting_host_resume_ ABSL_GUARDED_BY(mu_) = false;
   // Reboot events received (counted on the event thread, before the actor handles them).
   uint64_t reboots_seen_ ABSL_GUARDED_BY(mu_) = 0;
   // The controller to Interrupt() when a command arrives; set by the actor thread.

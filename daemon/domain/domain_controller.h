@@ -78,6 +78,9 @@ struct ControllerEvent {
     kStrategyChanged,  // e.g. switched to exact because an unpatchable writer kept firing
     kError,            // a problem worth telling the user; the guest keeps running
     kNotice,           // worth telling, not a problem: journal and log, not last_error
+    // libvirt paused the domain to copy its state (save, migration, snapshot, dump): the guest
+    // must be correct wherever that copy runs, without tprd. The owner lets go (Detach).
+    kHostCopiesState,
   };
   Kind kind = Kind::kError;
   std::optional<SiteReport> site;  // kSiteChanged

@@ -217,14 +217,25 @@ absl::StatusOr<std::vector<ControllerEvent>> EngineDomainController::Poll(absl::
     absl::StatusOr<std::vector<engine::ManagerEvent>> got =
         manager_->Poll(std::min(left, options_.poll_slice));
     if (!got.ok()) {
-      // Stopped by the host (libvirt paused it): nothing to handle until it runs again.
+      // Stopped by the host (libvirt paused it): nothing to handle until it runs again, unless
+      // the pause is for a copy of the guest's state.
       if (absl::IsFailedPrecondition(got.status())) {
+        if (std::optional<ControllerEvent> copy = HostCopiesState()) {
+          events.push_back(*std::move(copy));
+          break;
+        }
         IdleWait(std::min(left, options_.poll_slice));
         continue;
       }
       return got.status();
     }
     for (const engine::ManagerEvent& e : *got) {
+      if (e.kind == engine::ManagerEvent::Kind::kHostPaused) {
+        if (std::optional<ControllerEvent> copy = HostCopiesState()) {
+          events.push_back(*std::move(copy));
+          continue;
+        }
+      }
       ControllerEvent event;
       event.kind = EventKind(e.kind);
       event.message = e.message;
@@ -237,6 +248,22 @@ absl::StatusOr<std::vector<ControllerEvent>> EngineDomainController::Poll(absl::
     }
   }
   return events;
+}
+
+std::optional<ControllerEvent> EngineDomainController::HostCopiesState() {
+  absl::StatusOr<backend::DomainInfo> info = connection_->GetDomain(domain_.uuid);
+  if (!info.ok() || info->state != backend::DomainState::kPaused ||
+      !backend::PausedToCopyState(info->reason)) {
+    return std::nullopt;
+  }
+  ControllerEvent event;
+  event.kind = ControllerEvent::Kind::kHostCopiesState;
+  event.message = absl::StrCat(
+      "libvirt paused the domain to copy its state (save, migration, snapshot or dump; reason ",
+      info->reason,
+      "): tprd switches it to exact, removes its traps and lets go, so that the copy runs "
+      "correctly without tprd");
+  return event;
 }
 
 void EngineDomainController::Interrupt() {

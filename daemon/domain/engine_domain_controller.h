@@ -67,6 +67,8 @@ class EngineDomainController : public DomainController {
   std::vector<SiteReport> Reports() const;
   // Waits until `timeout` passes or Interrupt() is called.
   void IdleWait(absl::Duration timeout);
+  // A kHostCopiesState event when libvirt holds the domain paused to copy its state.
+  std::optional<ControllerEvent> HostCopiesState();
 
   backend::LibvirtConnection* connection_;
   const DomainInfo domain_;

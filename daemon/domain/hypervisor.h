@@ -29,6 +29,7 @@ enum class LifecycleKind : uint8_t {
   kCrashed,
   kRebooted,
   kMigrated,  // migrated away: the target's daemon adopts
+  kResumed,   // running again after a pause (tprd's own stops resume it too: filter early)
 };
 inline const char* LifecycleName(LifecycleKind kind) {
   switch (kind) {
@@ -44,6 +45,8 @@ inline const char* LifecycleName(LifecycleKind kind) {
       return "rebooted";
     case LifecycleKind::kMigrated:
       return "migrated";
+    case LifecycleKind::kResumed:
+      return "resumed";
   }
   return "unknown";
 }

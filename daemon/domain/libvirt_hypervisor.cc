@@ -77,12 +77,16 @@ void LibvirtHypervisor::OnDomainEvent(const backend::DomainEvent& event) {
     case backend::DomainEvent::Kind::kMigratedAway:
       out.kind = LifecycleKind::kMigrated;
       break;
+    case backend::DomainEvent::Kind::kResumed:
+      out.kind = LifecycleKind::kResumed;
+      break;
     default:
       return;  // suspend/resume and the rest are not lifecycle changes for the daemon
   }
   out.domain.name = event.name;
   out.domain.uuid = event.uuid;
-  out.domain.running = out.kind == LifecycleKind::kStarted || out.kind == LifecycleKind::kRebooted;
+  out.domain.running = out.kind == LifecycleKind::kStarted ||
+                       out.kind == LifecycleKind::kRebooted || out.kind == LifecycleKind::kResumed;
   std::function<void(const LifecycleEvent&)> handler;
   {
     absl::MutexLock lock(&mu_);

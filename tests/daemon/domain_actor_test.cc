@@ -443,6 +443,32 @@ TEST_F(DomainActorTest, LostSessionIsReportedAndTheGuestIsTakenBackAtOnce) {
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok()) << "and it serves commands again";
 }
 
+TEST_F(DomainActorTest, APauseToCopyTheStateLetsGoAndTheNextResumeTakesTheGuestBack) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  const int detaches_before = guest_->detaches;
+  const int adopts_before = guest_->adopts;
+  ControllerEvent copy;
+  copy.kind = ControllerEvent::Kind::kHostCopiesState;
+  copy.message = "libvirt paused the domain to copy its state";
+  guest_->PushPollEvent(copy);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->detaches == detaches_before + 1; }))
+      << "a save or migration must find the guest let go (exact, no traps)";
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kExactWhileAway; }));
+  // tprd's own stops resume the domain too; those must not take it back early, and a resume
+  // while nothing is let go must not adopt.
+  EXPECT_EQ(guest_->adopts, adopts_before);
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kResumed);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }))
+      << "the resume after the copy (a snapshot done, a failed migration) takes it back";
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kPatched; }));
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kResumed);
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());  // the queue has run past it
+  EXPECT_EQ(guest_->adopts, adopts_before + 1) << "a later resume adopts nothing";
+}
+
 TEST_F(DomainActorTest, LostSessionOfAGuestThatCannotBeTakenBackWaitsForTheOperator) {
   auto actor = Actor("winxp-01");
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());

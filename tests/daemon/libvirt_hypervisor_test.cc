@@ -84,12 +84,20 @@ TEST_F(LibvirtHypervisorTest, TurnsLibvirtEventsIntoLifecycleEvents) {
   }
 }
 
-TEST_F(LibvirtHypervisorTest, SuspendResumeAndMigrationStepsAreNotLifecycleChanges) {
-  for (DomainEvent::Kind kind : {DomainEvent::Kind::kSuspended, DomainEvent::Kind::kResumed,
-                                 DomainEvent::Kind::kMigrating, DomainEvent::Kind::kOther}) {
+TEST_F(LibvirtHypervisorTest, SuspendAndMigrationStepsAreNotLifecycleChanges) {
+  for (DomainEvent::Kind kind :
+       {DomainEvent::Kind::kSuspended, DomainEvent::Kind::kMigrating, DomainEvent::Kind::kOther}) {
     fake_->EmitEvent(Event(kind));
   }
   EXPECT_TRUE(events_.empty());
+}
+
+// A resume ends a pause tprd let go for (a save, a snapshot): the actor filters the others.
+TEST_F(LibvirtHypervisorTest, AResumeIsPassedOnAsARunningDomain) {
+  fake_->EmitEvent(Event(DomainEvent::Kind::kResumed));
+  ASSERT_EQ(events_.size(), 1u);
+  EXPECT_EQ(events_[0].kind, LifecycleKind::kResumed);
+  EXPECT_TRUE(events_[0].domain.running);
 }
 
 TEST_F(LibvirtHypervisorTest, RefusesASessionOnADomainThatDoesNotRun) {
