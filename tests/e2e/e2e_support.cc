@@ -389,6 +389,11 @@ CodeRange TestGuestCodeRange() {
 }
 
 std::string DomainRunState(const std::string& name) {
+  RunResult r = Virsh({"domstate", name});
+  return std::string(absl::StripAsciiWhitespace(r.out));
+}
+
+std::string DomainRunStateAndReason(const std::string& name) {
   RunResult r = Virsh({"domstate", "--reason", name});
   return std::string(absl::StripAsciiWhitespace(r.out));
 }

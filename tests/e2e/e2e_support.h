@@ -149,6 +149,8 @@ CodeRange TestGuestCodeRange();
 
 // libvirt's state of the domain ("running", "paused", ...), from `virsh domstate`.
 std::string DomainRunState(const std::string& name);
+// "paused (user)", "running (unpaused)": for failure messages.
+std::string DomainRunStateAndReason(const std::string& name);
 
 }  // namespace tprd::testing
 

@@ -595,7 +595,8 @@ class HalE2e {
       }
       ADD_FAILURE() << when << ": not every CPU reached guest uptime " << uptime_ms << " ms within "
                     << timeout << " (STAT uptimes:" << behind
-                    << "); domain state: " << DomainRunState(domain_->name()) << "\nvCPUs:\n"
+                    << "); domain state: " << DomainRunStateAndReason(domain_->name())
+                    << "\nvCPUs:\n"
                     << Virsh(
                            {"qemu-monitor-command", domain_->name(), "--hmp", "info registers -a"})
                            .out.substr(0, 6000)
@@ -766,7 +767,7 @@ class HalE2e {
           absl::StrCat("STAT cpu=", cpu, " "), absl::Seconds(60), rollback_done, &index);
       ASSERT_TRUE(stat.ok()) << label << ": no STAT from cpu " << cpu
                              << " after the rollback: " << stat.status()
-                             << "\ndomain state: " << DomainRunState(domain_->name())
+                             << "\ndomain state: " << DomainRunStateAndReason(domain_->name())
                              << "\nvCPUs:\n"
                              << Virsh({"qemu-monitor-command", domain_->name(), "--hmp",
                                        "info registers -a"})
