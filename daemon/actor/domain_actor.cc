@@ -18,6 +18,9 @@ namespace {
 // How long a lost session's guest is retried while libvirtd is away, and how often.
 constexpr absl::Duration kRetakeWindow = absl::Seconds(120);
 constexpr absl::Duration kRetakeInterval = absl::Milliseconds(500);
+// After a start, how often the blob is looked for: libvirt reports a restore started before
+// QEMU has loaded the guest's memory. A fresh boot costs that many reads of 128 KiB.
+constexpr int kProbesAfterStart = 10;
 // The backend's answer while its libvirt connection is down and reconnecting
 // (kvm-backend/libvirt_connection.cc, AcquireConnection): worth another try, unlike a gdbstub
 // or QEMU that refused.
@@ -185,6 +188,11 @@ void DomainActor::RetakeGuest() {
     RefreshSnapshot(/*with_sites=*/true);
   } else {
     DropController(/*detach=*/true, "nothing to adopt");
+    absl::MutexLock lock(&mu_);
+    if (probes_after_start_ > 0) {
+      --probes_after_start_;
+      retake_at_ = absl::Now() + kRetakeInterval;
+    }
   }
 }
 
@@ -438,6 +446,7 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
   if (event.kind != LifecycleKind::kResumed) {
     absl::MutexLock lock(&mu_);
     awaiting_host_resume_ = false;
+    probes_after_start_ = 0;
   }
   switch (event.kind) {
     case LifecycleKind::kStarted:
@@ -445,6 +454,10 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
       // A restore, a managedsave start or a snapshot revert brings tprd's blob back with the
       // guest: adopted as at daemon start (nothing is attached when no blob is there). libvirt
       // may still hold it paused (starting up): then its first resume tries again.
+      {
+        absl::MutexLock lock(&mu_);
+        probes_after_start_ = kProbesAfterStart;
+      }
       TakeBackAfterLettingGo();
       if (controller_ == nullptr) {
         absl::MutexLock lock(&mu_);

@@ -154,6 +154,8 @@ class DomainActor {
   // domain takes it back. Other resumes (tprd's own stops, about a hundred a second) are
   // dropped before they reach the queue.
   bool awaiting_host_resume_ ABSL_GUARDED_BY(mu_) = false;
+  // Looks for tprd's blob left after a start (kProbesAfterStart in domain_actor.cc).
+  int probes_after_start_ ABSL_GUARDED_BY(mu_) = 0;
   // Reboot events received (counted on the event thread, before the actor handles them).
   uint64_t reboots_seen_ ABSL_GUARDED_BY(mu_) = 0;
   // The controller to Interrupt() when a command arrives; set by the actor thread.

@@ -159,6 +159,17 @@ void DomainRegistry::OnLifecycle(const LifecycleEvent& event) {
     actor->OnLifecycle(event);
     return;
   }
+  // A domain tprd patched before (it may have been saved while this tprd was not running, and
+  // come back by a restore): its actor looks for tprd's blob, as the daemon's start does.
+  if (event.kind == LifecycleKind::kStarted && journal_ != nullptr) {
+    std::optional<engine::Strategy> last = journal_->LastStrategy(event.domain.uuid);
+    if (last && *last != engine::Strategy::kExact) {
+      if (auto actor = ActorFor(event.domain.uuid); actor.ok()) {
+        (*actor)->OnLifecycle(event);
+        return;
+      }
+    }
+  }
   // No actor: nothing of ours was in it; still tell watchers.
   DomainEvent published;
   published.kind = DomainEvent::Kind::kLifecycle;
