@@ -1,6 +1,7 @@
 // PatchManager's operations: scan, learn, enable, apply, rollback, detach. Its blob in the guest
-// (install, adopt, per-CPU entries, mmio's alias) is in patch_manager_blob.cc, its traps in
-// patch_manager_traps.cc, leaving cr8 in patch_manager_leave_cr8.cc.
+// (install, adopt, per-CPU entries, mmio's alias) is in patch_manager_blob.cc, what it does at
+// its traps in patch_manager_traps.cc (the traps themselves are a TrapSet, trap_set.h), leaving
+// cr8 in patch_manager_leave_cr8.cc.
 #include "daemon/engine/patch_manager.h"
 
 #include <algorithm>
@@ -42,7 +43,7 @@ std::string PatchManager::Disassemble(const Site& site) {
 }
 
 PatchManager::PatchManager(GuestVm& vm, PatchRecorder& journal, Clock& clock)
-    : vm_(vm), journal_(journal), clock_(clock) {}
+    : vm_(vm), journal_(journal), clock_(clock), traps_(vm, clock) {}
 
 void PatchManager::NoteError(const absl::Status& status) {
   if (!status.ok()) status_.last_error = std::string(status.message());
@@ -437,8 +438,9 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   status_.requested_strategy = request.strategy;
   status_.guard_mismatches = 0;
   report.applied_at_enable = ApplyStopped(ids, nullptr);
-  proving_deadline_ = clock_.Now() + request.proving_window;
-  if (absl::Status s = ArmTraps(); !s.ok()) {
+  traps_.OpenProvingWindow(request.proving_window);
+  if (absl::Status s = traps_.Arm(sites_, status_.strategy, profile_, alias_.has_value());
+      !s.ok()) {
     NoteError(s);
   }
   report.pause = clock_.Now() - paused;
@@ -481,11 +483,7 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
   } else {
     for (const Site& s : batch) {
       ManagedSite& managed = sites_[s.id];
-      if (managed.armed) {
-        (void)vm_.RemoveBreakpoint(s.address);
-        armed_breakpoints_.erase(s.address);
-        managed.armed = false;
-      }
+      if (managed.armed) traps_.RemoveBreakpoint(managed);
     }
   }
   GuestSiteTable guest_table(vm_, 0, installed_->addresses.va);

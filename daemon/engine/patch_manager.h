@@ -21,22 +21,16 @@
 #include "daemon/engine/clock.h"
 #include "daemon/engine/guest_profile.h"
 #include "daemon/engine/guest_vm.h"
+#include "daemon/engine/managed_site.h"
 #include "daemon/engine/patch_recorder.h"
 #include "daemon/engine/placement.h"
 #include "daemon/engine/scanner.h"
 #include "daemon/engine/site.h"
 #include "daemon/engine/tpr_alias.h"
 #include "daemon/engine/transaction.h"
+#include "daemon/engine/trap_set.h"
 
 namespace tprd::engine {
-
-struct ManagedSite {
-  Site site;                // state kCandidate = armed, waiting for its first execution
-  std::string disassembly;  // the original instruction
-  uint64_t hits = 0;        // breakpoint and watchpoint stops attributed to it
-  bool armed = false;       // an execution breakpoint is set on it
-  std::string note;         // why it is not patched, when it is not
-};
 
 struct EnableRequest {
   Strategy strategy = Strategy::kMmio;  // already resolved from "auto" by the caller
@@ -136,7 +130,7 @@ class PatchManager {
   std::vector<ManagedSite> Sites() const;
   ManagerStatus Status() const {
     ManagerStatus status = status_;
-    status.proving_window_open = proving_deadline_.has_value();
+    status.proving_window_open = traps_.proving_window_open();
     return status;
   }
   // Rolled-back and candidate sites included. Used by the daemon for ListSites.
@@ -201,21 +195,13 @@ class PatchManager {
   // register it had restored after. Skips (and notes) a CPU in user mode, inside the handlers,
   // halted, or whose page tables do not map the poke and the TPR: a step there could fault.
   void PokeRealTpr(const VcpuProfile& cpu);
-  // The TPR watchpoint is cr8's access watchpoint: an unpatched read is fixed up to the shadow
-  // (also while leaving cr8, until the watchpoint goes: a real TPR the poke skipped is wrong).
-  bool FixesAccesses() const;
   absl::Status WriteVerified(uint32_t va, absl::Span<const uint8_t> bytes);
   absl::Status PlanSites();
   // Applies sites with the guest already stopped; returns how many were applied.
   size_t ApplyStopped(const std::vector<uint32_t>& ids, std::vector<ManagerEvent>* events);
-  absl::Status ArmTraps();
-  // Whether a candidate's breakpoint is still wanted (the proving window, or correctness).
-  bool WantsBreakpoint(const ManagedSite& managed) const;
-  // Why a candidate can never be patched in this session (no slot in the guest's site table, or
-  // no replacement planned), or nullopt.
-  static std::optional<std::string> CannotPatch(const ManagedSite& managed);
   // Once the proving window has passed: disarms the breakpoints only the window wanted.
   absl::Status EndProvingWindowIfDue(std::vector<ManagerEvent>& events);
+  // Every trap removed (traps_), with no watchpoint hit left pending first.
   absl::Status DisarmTraps();
   absl::Status HandleStop(const StopEvent& event, std::vector<ManagerEvent>& events);
   // The work for a trap stop once every vCPU is stopped (no resume).
@@ -297,8 +283,7 @@ class PatchManager {
   std::optional<Installed> installed_;
   std::map<uint32_t, ManagedSite> sites_;  // by id
   uint32_t next_id_ = 0;
-  std::set<uint32_t> armed_breakpoints_;
-  bool tpr_watch_armed_ = false;
+  TrapSet traps_;
   // False while a stop of tprd's own (a rollback's, a detach's) handles a raced hit: no site is
   // patched behind the caller's back.
   bool apply_at_stops_ = true;
@@ -308,8 +293,7 @@ class PatchManager {
   // vCPUs WakeAlone saw wake since the guest last ran as a whole: they stand after their hlt,
   // which LookForHlt would take for halted.
   std::set<int> woken_vcpus_;
-  std::map<int, std::string> wake_notes_;          // what WakeAlone last saw, per vCPU
-  WatchKind tpr_watch_kind_ = WatchKind::kAccess;  // cr8: access; mmio: write (needs alias_)
+  std::map<int, std::string> wake_notes_;  // what WakeAlone last saw, per vCPU
   // mmio's alias: where its page table entry is and what it holds (nullopt: none known).
   struct AliasEntry {
     uint32_t va = 0;
@@ -322,8 +306,6 @@ class PatchManager {
   int write_stops_in_window_ = 0;
   EnableRequest request_;
   uint64_t unfixable_reads_ = 0;
-  // End of the proving window (nullopt: over, or not started).
-  std::optional<absl::Time> proving_deadline_;
   std::optional<absl::Time> next_word_check_;
   // The guest's guard found a stale shadow under mmio in this boot (its mismatch counters, kept
   // in guest memory): mmio stays off until the operator asks for it again.

@@ -289,8 +289,8 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
   // A vCPU stopped at a candidate (a breakpoint hit) runs it next: patch it now.
   if (s.ok()) ApplyCandidatesAtVcpus(events);
   if (s.ok() && requested != Strategy::kExact) {
-    proving_deadline_ = clock_.Now() + request_.proving_window;
-    s = ArmTraps();
+    traps_.OpenProvingWindow(request_.proving_window);
+    s = traps_.Arm(sites_, status_.strategy, profile_, alias_.has_value());
   }
   // Hits the killed session left pending in QEMU would come late, at the next access to the
   // APIC page; stepped out now, with the traps armed (a stepped TPR access is handled).

@@ -33,10 +33,6 @@ constexpr absl::Duration kLeaveBudget = absl::Seconds(1);
 
 }  // namespace
 
-bool PatchManager::FixesAccesses() const {
-  return tpr_watch_armed_ && tpr_watch_kind_ == WatchKind::kAccess;
-}
-
 absl::Status PatchManager::WriteStrategy(Strategy strategy) {
   if (!installed_) return absl::FailedPreconditionError("no blob installed");
   const bool leaving_cr8 = status_.strategy == Strategy::kCr8 && strategy != Strategy::kCr8;
@@ -105,7 +101,7 @@ PatchManager::WakeResult PatchManager::WakeAlone(int vcpu) {
   const uint32_t resume_at = regs->eip;
   // The instruction after its hlt: an interrupt's handler returns there. A breakpoint tprd keeps
   // there anyway (an unproven site) stops it as well, and stays.
-  const bool own_breakpoint = !armed_breakpoints_.count(resume_at);
+  const bool own_breakpoint = !traps_.HasBreakpointAt(resume_at);
   if (own_breakpoint) {
     if (absl::Status s = vm_.SetBreakpoint(resume_at); !s.ok()) {
       note = absl::StrCat("no breakpoint: ", s.message());

@@ -1,6 +1,6 @@
-// PatchManager's traps: the breakpoints and the watchpoint it keeps after enable (which, for
-// how long, and why), and what it does when the guest stops at one. The rest of PatchManager
-// is in patch_manager.cc.
+// PatchManager at its traps: what it does when the guest stops at one, the end of the proving
+// window, and what must happen before the TPR watchpoint goes. Which traps are armed, for how
+// long and why is TrapSet's (trap_set.h). The rest of PatchManager is in patch_manager.cc.
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -13,45 +13,20 @@
 
 namespace tprd::engine {
 
-std::optional<std::string> PatchManager::CannotPatch(const ManagedSite& managed) {
-  if (managed.site.id >= kBlobMaxSites) {
-    return absl::StrCat("the guest's site table is full (", kBlobMaxSites, " sites)");
-  }
-  if (managed.site.patched.empty()) {
-    return managed.note.empty() ? std::string("no replacement planned") : managed.note;
-  }
-  return std::nullopt;
-}
-
-bool PatchManager::WantsBreakpoint(const ManagedSite& managed) const {
-  const Site& site = managed.site;
-  if (site.state == SiteState::kApplied || site.state == SiteState::kRolledBack) return false;
-  // A site that can never be patched gains nothing from a breakpoint: both strategies keep a
-  // TPR watchpoint that sees it run (cr8 fixes it up, mmio resyncs the shadows).
-  if (CannotPatch(managed)) return false;
-  if (proving_deadline_) return true;
-  // cr8 keeps them all: measured under TCG, once no breakpoint was left on a page its
-  // watchpoint fix-ups started to miss accesses there (TCG then runs whole blocks instead of
-  // one instruction at a time); not understood yet, so correctness wins (docs/design.md).
-  // mmio keeps none: its write watchpoint proves a late writer, and readers are correct.
-  return status_.strategy == Strategy::kCr8;
-}
-
 absl::Status PatchManager::EndProvingWindowIfDue(std::vector<ManagerEvent>& events) {
-  if (!proving_deadline_ || clock_.Now() < *proving_deadline_) return absl::OkStatus();
-  proving_deadline_.reset();
+  if (!traps_.CloseProvingWindowIfDue()) return absl::OkStatus();
   std::vector<ManagedSite*> unwanted;
   for (auto& [id, managed] : sites_) {
-    if (managed.armed && !WantsBreakpoint(managed)) unwanted.push_back(&managed);
+    if (managed.armed && !traps_.WantsBreakpoint(managed, status_.strategy)) {
+      unwanted.push_back(&managed);
+    }
   }
   if (unwanted.empty()) return absl::OkStatus();
   // Breakpoints can only be removed with the guest stopped: one short stop for all of them.
   TPRD_RETURN_IF_ERROR(StopGuest());
   StoppedGuestScope stopped(vm_);
   for (ManagedSite* managed : unwanted) {
-    (void)vm_.RemoveBreakpoint(managed->site.address);
-    armed_breakpoints_.erase(managed->site.address);
-    managed->armed = false;
+    traps_.RemoveBreakpoint(*managed);
     managed->note = "not run within the proving window: a reader, correct unpatched";
   }
   ApplyCandidatesAtVcpus(events);  // a vCPU may stand at one right now
@@ -62,52 +37,15 @@ absl::Status PatchManager::EndProvingWindowIfDue(std::vector<ManagerEvent>& even
   return absl::OkStatus();
 }
 
-absl::Status PatchManager::ArmTraps() {
-  for (auto& [id, managed] : sites_) {
-    if (!WantsBreakpoint(managed) || managed.armed) continue;
-    if (absl::Status s = vm_.SetBreakpoint(managed.site.address); !s.ok()) {
-      managed.note = absl::StrCat("breakpoint not set: ", s.message());
-      continue;
-    }
-    managed.armed = true;
-    armed_breakpoints_.insert(managed.site.address);
-  }
-  if (!tpr_watch_armed_ && profile_) {
-    // cr8: every access (reads need fix-ups). mmio: writes only, and only once the handlers
-    // store through the alias; else every patched write would stop the guest.
-    std::optional<WatchKind> kind;
-    if (status_.strategy == Strategy::kCr8) kind = WatchKind::kAccess;
-    if (status_.strategy == Strategy::kMmio && alias_) kind = WatchKind::kWrite;
-    if (kind) {
-      TPRD_RETURN_IF_ERROR(vm_.SetWatchpoint(profile_->tpr_va, 4, *kind));
-      tpr_watch_armed_ = true;
-      tpr_watch_kind_ = *kind;
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status PatchManager::DisarmTraps() {
-  absl::Status first = absl::OkStatus();
-  if (tpr_watch_armed_) {
+  if (traps_.watch_armed()) {
     // A hit left pending would outlive the watchpoint (QEMU frees it and keeps the vCPU's
     // pointer): its late report stops the VM, even after tprd detached, and nobody resumes it
     // (seen: a 4-vCPU guest left paused after a full rollback). Stepped out first.
     std::vector<ManagerEvent> ignored;
-    ConsumePendingHits(ignored, /*fix=*/FixesAccesses());
+    ConsumePendingHits(ignored, /*fix=*/traps_.WatchesAccesses());
   }
-  for (uint32_t address : armed_breakpoints_) {
-    absl::Status s = vm_.RemoveBreakpoint(address);
-    if (first.ok()) first = s;
-  }
-  armed_breakpoints_.clear();
-  for (auto& [id, managed] : sites_) managed.armed = false;
-  if (tpr_watch_armed_ && profile_) {
-    absl::Status s = vm_.RemoveWatchpoint(profile_->tpr_va, 4, tpr_watch_kind_);
-    if (first.ok()) first = s;
-    tpr_watch_armed_ = false;
-  }
-  return first;
+  return traps_.RemoveAll(sites_, profile_);
 }
 
 absl::Status PatchManager::SwitchToExact(const std::string& why,
@@ -121,11 +59,10 @@ absl::Status PatchManager::SwitchToExact(const std::string& why,
     return absl::OkStatus();
   }
   TPRD_RETURN_IF_ERROR(WriteStrategy(Strategy::kExact));
-  if (tpr_watch_armed_ && profile_) {
+  if (traps_.watch_armed() && profile_) {
     // None may outlive the watchpoint (DisarmTraps); cr8's are still fixed up.
-    ConsumePendingHits(events, /*fix=*/FixesAccesses());
-    (void)vm_.RemoveWatchpoint(profile_->tpr_va, 4, tpr_watch_kind_);
-    tpr_watch_armed_ = false;
+    ConsumePendingHits(events, /*fix=*/traps_.WatchesAccesses());
+    (void)traps_.RemoveWatchpoint(profile_->tpr_va);
   }
   events.push_back({ManagerEvent::Kind::kStrategyChanged, std::nullopt,
                     absl::StrCat("switched to exact: ", why)});
@@ -144,11 +81,7 @@ void PatchManager::ApplyCandidatesAtVcpus(std::vector<ManagerEvent>& events) {
     ManagedSite& managed = sites_[*id];
     if (managed.site.state != SiteState::kCandidate) continue;
     ++managed.hits;
-    if (managed.armed) {
-      (void)vm_.RemoveBreakpoint(managed.site.address);
-      armed_breakpoints_.erase(managed.site.address);
-      managed.armed = false;
-    }
+    if (managed.armed) traps_.RemoveBreakpoint(managed);
     ids.push_back(*id);
   }
   ApplyStopped(ids, &events);
@@ -176,10 +109,10 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
       // Only cr8 keeps the watchpoint: under mmio or exact this is a stop of the learning
       // window delivered late, with nothing to fix, so it is a notice, not the domain's error.
       events.push_back(
-          {tpr_watch_armed_ ? ManagerEvent::Kind::kWarning : ManagerEvent::Kind::kNotice,
+          {traps_.watch_armed() ? ManagerEvent::Kind::kWarning : ManagerEvent::Kind::kNotice,
            std::nullopt,
            absl::StrCat("TPR access before 0x", absl::Hex(pc), " could not be decoded: ", why,
-                        tpr_watch_armed_ ? "" : " (a late stop; nothing to fix)")});
+                        traps_.watch_armed() ? "" : " (a late stop; nothing to fix)")});
     }
     return absl::OkStatus();
   }
@@ -308,9 +241,7 @@ absl::Status PatchManager::HandleUnpatchedWrite(int vcpu, uint32_t pc,
 }
 
 void PatchManager::ResyncShadowsFromRealTpr() {
-  if (!installed_ || !profile_ || !tpr_watch_armed_ || tpr_watch_kind_ != WatchKind::kWrite) {
-    return;
-  }
+  if (!installed_ || !profile_ || !traps_.WatchesWrites()) return;
   for (const VcpuProfile& cpu : profile_->vcpus) {
     const uint32_t va = installed_->addresses.PerCpuEntry(cpu.processor_number);
     std::array<uint8_t, kPerCpuEntrySize> raw;
@@ -344,11 +275,11 @@ void PatchManager::FixUpUnreportedAccesses(std::optional<int> reported_vcpu,
                                            std::vector<ManagerEvent>& events, bool learning) {
   // QEMU reports one vCPU per stop: another that hit the TPR watchpoint at the same moment is
   // stopped just after its access, unreported, with its hit pending.
-  if (!tpr_watch_armed_ && !learning) return;
+  if (!traps_.watch_armed() && !learning) return;
   if (!profile_) return;
   // cr8's access watchpoint, also while leaving cr8 (the word already exact): a read of a real
   // TPR that lacks its low nibble is fixed up until the watchpoint goes.
-  const bool cr8 = !learning && FixesAccesses();
+  const bool cr8 = !learning && traps_.WatchesAccesses();
   absl::StatusOr<int> count = vm_.VcpuCount();
   if (!count.ok()) return;
   for (int v = 0; v < *count; ++v) {
@@ -454,9 +385,8 @@ absl::Status PatchManager::HandleStopped(const StopEvent& event,
                                          std::vector<ManagerEvent>& events) {
   absl::Status handled = absl::OkStatus();
   if (event.kind == StopEvent::Kind::kWatchpoint) {
-    handled = tpr_watch_armed_ && tpr_watch_kind_ == WatchKind::kWrite
-                  ? HandleUnpatchedWrite(event.vcpu, event.pc, events)
-                  : HandleWatchpoint(event.vcpu, event.pc, events);
+    handled = traps_.WatchesWrites() ? HandleUnpatchedWrite(event.vcpu, event.pc, events)
+                                     : HandleWatchpoint(event.vcpu, event.pc, events);
   }
   if (!handled.ok()) return handled;
   AfterStop(
@@ -589,7 +519,9 @@ absl::StatusOr<std::vector<ManagerEvent>> PatchManager::Poll(absl::Duration time
     if (absl::IsUnavailable(s) || absl::IsNotFound(s)) return s;
     events.push_back({ManagerEvent::Kind::kWarning, std::nullopt, std::string(s.message())});
   }
-  if (proving_deadline_) timeout = std::min(timeout, *proving_deadline_ - clock_.Now());
+  if (std::optional<absl::Time> deadline = traps_.proving_deadline()) {
+    timeout = std::min(timeout, *deadline - clock_.Now());
+  }
   absl::StatusOr<std::optional<StopEvent>> stop =
       vm_.WaitForStop(std::max(timeout, absl::ZeroDuration()));
   if (!stop.ok()) return stop.status();

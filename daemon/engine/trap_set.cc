@@ -1,0 +1,82 @@
+#include "daemon/engine/trap_set.h"
+
+#include "absl/strings/str_cat.h"
+#include "daemon/engine/status_macros.h"
+
+namespace tprd::engine {
+
+bool TrapSet::WantsBreakpoint(const ManagedSite& managed, Strategy strategy) const {
+  const Site& site = managed.site;
+  if (site.state == SiteState::kApplied || site.state == SiteState::kRolledBack) return false;
+  // A site that can never be patched gains nothing from a breakpoint: both strategies keep a
+  // TPR watchpoint that sees it run (cr8 fixes it up, mmio resyncs the shadows).
+  if (CannotPatch(managed)) return false;
+  if (proving_deadline_) return true;
+  // cr8 keeps them all: measured under TCG, once no breakpoint was left on a page its
+  // watchpoint fix-ups started to miss accesses there (TCG then runs whole blocks instead of
+  // one instruction at a time); not understood yet, so correctness wins (docs/design.md).
+  // mmio keeps none: its write watchpoint proves a late writer, and readers are correct.
+  return strategy == Strategy::kCr8;
+}
+
+absl::Status TrapSet::Arm(std::map<uint32_t, ManagedSite>& sites, Strategy strategy,
+                          const std::optional<GuestProfile>& profile, bool mmio_alias) {
+  for (auto& [id, managed] : sites) {
+    if (!WantsBreakpoint(managed, strategy) || managed.armed) continue;
+    if (absl::Status s = vm_.SetBreakpoint(managed.site.address); !s.ok()) {
+      managed.note = absl::StrCat("breakpoint not set: ", s.message());
+      continue;
+    }
+    managed.armed = true;
+    breakpoints_.insert(managed.site.address);
+  }
+  if (!watch_armed_ && profile) {
+    // cr8: every access (reads need fix-ups). mmio: writes only, and only once the handlers
+    // store through the alias; else every patched write would stop the guest.
+    std::optional<WatchKind> kind;
+    if (strategy == Strategy::kCr8) kind = WatchKind::kAccess;
+    if (strategy == Strategy::kMmio && mmio_alias) kind = WatchKind::kWrite;
+    if (kind) {
+      TPRD_RETURN_IF_ERROR(vm_.SetWatchpoint(profile->tpr_va, 4, *kind));
+      watch_armed_ = true;
+      watch_kind_ = *kind;
+    }
+  }
+  return absl::OkStatus();
+}
+
+void TrapSet::RemoveBreakpoint(ManagedSite& managed) {
+  (void)vm_.RemoveBreakpoint(managed.site.address);
+  breakpoints_.erase(managed.site.address);
+  managed.armed = false;
+}
+
+absl::Status TrapSet::RemoveAll(std::map<uint32_t, ManagedSite>& sites,
+                                const std::optional<GuestProfile>& profile) {
+  absl::Status first = absl::OkStatus();
+  for (uint32_t address : breakpoints_) {
+    absl::Status s = vm_.RemoveBreakpoint(address);
+    if (first.ok()) first = s;
+  }
+  breakpoints_.clear();
+  for (auto& [id, managed] : sites) managed.armed = false;
+  if (watch_armed_ && profile) {
+    absl::Status s = RemoveWatchpoint(profile->tpr_va);
+    if (first.ok()) first = s;
+  }
+  return first;
+}
+
+absl::Status TrapSet::RemoveWatchpoint(uint32_t tpr_va) {
+  absl::Status s = vm_.RemoveWatchpoint(tpr_va, 4, watch_kind_);
+  watch_armed_ = false;
+  return s;
+}
+
+bool TrapSet::CloseProvingWindowIfDue() {
+  if (!proving_deadline_ || clock_.Now() < *proving_deadline_) return false;
+  proving_deadline_.reset();
+  return true;
+}
+
+}  // namespace tprd::engine
