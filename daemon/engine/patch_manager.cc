@@ -1,7 +1,8 @@
-// PatchManager's operations: scan, learn, enable, apply, rollback, detach. Its blob in the guest
-// (install, adopt, per-CPU entries, mmio's alias) is in patch_manager_blob.cc, what it does at
-// its traps in patch_manager_traps.cc (the traps themselves are a TrapSet, trap_set.h), leaving
-// cr8 in patch_manager_leave_cr8.cc.
+// PatchManager's operations: scan, learn, enable, apply, rollback, detach. Adopting a blob
+// already in the guest, mmio's alias and watching the guest's word are in patch_manager_blob.cc,
+// what it does at its traps in patch_manager_traps.cc, leaving cr8 in
+// patch_manager_leave_cr8.cc. The blob itself is a BlobInstallation (blob_installation.h), the
+// traps a TrapSet (trap_set.h).
 #include "daemon/engine/patch_manager.h"
 
 #include <algorithm>
@@ -43,7 +44,7 @@ std::string PatchManager::Disassemble(const Site& site) {
 }
 
 PatchManager::PatchManager(GuestVm& vm, PatchRecorder& journal, Clock& clock)
-    : vm_(vm), journal_(journal), clock_(clock), traps_(vm, clock) {}
+    : vm_(vm), journal_(journal), clock_(clock), blob_(vm), traps_(vm, clock) {}
 
 void PatchManager::NoteError(const absl::Status& status) {
   if (!status.ok()) status_.last_error = std::string(status.message());
@@ -105,10 +106,10 @@ absl::StatusOr<ScanResult> PatchManager::ScanGuest(const GuestProfile& profile) 
     }
     return false;
   };
-  if (installed_) {
-    options.exclude.emplace_back(installed_->addresses.va, installed_->addresses.end - 1);
-    options.exclude.emplace_back(installed_->addresses.data_block,
-                                 installed_->addresses.data_block + kBlobDataBlockSize - 1);
+  if (blob_.installed()) {
+    options.exclude.emplace_back(blob_.addresses().va, blob_.addresses().end - 1);
+    options.exclude.emplace_back(blob_.addresses().data_block,
+                                 blob_.addresses().data_block + kBlobDataBlockSize - 1);
   }
   GuestVmPhysicalReader memory(vm_);
   return ScanKernelCode(memory, profile.vcpus[0].paging, options);
@@ -244,22 +245,11 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
   return verdict;
 }
 
-absl::Status PatchManager::WriteVerified(uint32_t va, absl::Span<const uint8_t> bytes) {
-  TPRD_RETURN_IF_ERROR(vm_.WriteVirtual(0, va, bytes));
-  std::vector<uint8_t> back(bytes.size());
-  TPRD_RETURN_IF_ERROR(vm_.ReadVirtual(0, va, absl::MakeSpan(back)));
-  if (!std::equal(back.begin(), back.end(), bytes.begin())) {
-    return absl::DataLossError(
-        absl::StrCat("guest memory at 0x", absl::Hex(va), " did not read back what tprd wrote"));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status PatchManager::PlanSites() {
-  if (!installed_) return absl::FailedPreconditionError("no blob installed");
+  if (!blob_.installed()) return absl::FailedPreconditionError("no blob installed");
   for (auto& [id, managed] : sites_) {
     if (managed.site.state == SiteState::kApplied || !managed.site.patched.empty()) continue;
-    absl::StatusOr<std::vector<uint8_t>> plan = PlanReplacement(managed.site, installed_->handlers);
+    absl::StatusOr<std::vector<uint8_t>> plan = PlanReplacement(managed.site, blob_.handlers());
     if (!plan.ok()) {
       managed.note = std::string(plan.status().message());
       continue;
@@ -284,7 +274,7 @@ size_t PatchManager::ApplyStopped(const std::vector<uint32_t>& ids,
     batch.push_back(it->second.site);
   }
   if (batch.empty()) return 0;
-  GuestSiteTable guest_table(vm_, 0, installed_->addresses.va);
+  GuestSiteTable guest_table(vm_, 0, blob_.addresses().va);
   BothRecorders recorder(guest_table, journal_);
   ApplyOptions options;
   options.stop = GuestStop::kCallerHoldsStopped;
@@ -366,7 +356,7 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   const bool any_rolled_back = std::any_of(sites_.begin(), sites_.end(), [](const auto& entry) {
     return entry.second.site.state == SiteState::kRolledBack;
   });
-  if (installed_ && status_.requested_strategy == request.strategy &&
+  if (blob_.installed() && status_.requested_strategy == request.strategy &&
       status_.strategy == request.strategy && !any_rolled_back && !request.dry_run) {
     report.changed = false;
     report.strategy = request.strategy;
@@ -380,10 +370,11 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   absl::StatusOr<GuestProfile> profile = StopAndProfile();
   StoppedGuestScope stopped(vm_);  // every way out lets the guest run again
   if (!profile.ok()) return profile.status();
-  if (!installed_) {
+  if (!blob_.installed()) {
     // A blob from an earlier session (tprd restarted, or detached and enabled again): reuse
     // it and its site table; never place a second one.
-    absl::StatusOr<std::optional<ParsedBlob>> found = FindInstalledBlob();
+    absl::StatusOr<std::optional<ParsedBlob>> found =
+        blob_.Find([this](const absl::Status& skipped) { NoteError(skipped); });
     if (!found.ok()) return found.status();
     if (found->has_value()) LoadInstalled(**found);
   }
@@ -406,14 +397,14 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   }
 
   std::set<uint32_t> proven;
-  if (!installed_) {
+  if (!blob_.installed()) {
     absl::Status learned = Learn(request, *profile, proven, report.learning_hits);
     if (!learned.ok()) return learned;
   }
   request_ = request;
   const absl::Time paused = clock_.Now();
-  if (!installed_) {
-    TPRD_RETURN_IF_ERROR(Install(request, *profile));
+  if (!blob_.installed()) {
+    TPRD_RETURN_IF_ERROR(blob_.Install(*profile, request.guard_period));
   } else {
     // Switching strategy: go through exact so no handler sees a half-made switch. The word
     // first: leaving cr8 gives each real TPR its low nibble back, which may let the guest run a
@@ -422,7 +413,8 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
     TPRD_RETURN_IF_ERROR(DisarmTraps());
   }
   // The operator asks for this strategy: an earlier guard rejection no longer holds.
-  TPRD_RETURN_IF_ERROR(InitPerCpu(/*from_real_tpr=*/true, /*clear_guard_evidence=*/true));
+  TPRD_RETURN_IF_ERROR(
+      blob_.InitPerCpu(profile_, /*from_real_tpr=*/true, /*clear_guard_evidence=*/true));
   guard_rejected_mmio_ = false;
   TPRD_RETURN_IF_ERROR(PlanSites());
   // Sites proven by the learning window, and those a stopped vCPU is about to execute.
@@ -469,7 +461,7 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
     }
   }
   RollbackReport report;
-  if (!installed_) return report;
+  if (!blob_.installed()) return report;
   TPRD_RETURN_IF_ERROR(StopGuest());
   StoppedGuestScope stopped(vm_);
   // A rolled-back writer would leave the shadow stale while other sites still read it; going
@@ -486,13 +478,13 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
       if (managed.armed) traps_.RemoveBreakpoint(managed);
     }
   }
-  GuestSiteTable guest_table(vm_, 0, installed_->addresses.va);
+  GuestSiteTable guest_table(vm_, 0, blob_.addresses().va);
   BothRecorders recorder(guest_table, journal_);
   RollbackOptions options;
   options.stop = GuestStop::kStopAndResume;
   options.force = force;
-  options.handler_code_start = installed_->addresses.code_start;
-  options.handler_code_end = installed_->addresses.code_end;
+  options.handler_code_start = blob_.addresses().code_start;
+  options.handler_code_end = blob_.addresses().code_end;
   options.max_retries = 20;
   options.clock = &clock_;
   options.after_stop = [this] {
@@ -526,7 +518,7 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
 }
 
 absl::Status PatchManager::Detach() {
-  if (!installed_) return absl::OkStatus();
+  if (!blob_.installed()) return absl::OkStatus();
   TPRD_RETURN_IF_ERROR(StopGuest());
   StoppedGuestScope stopped(vm_);
   absl::Status strategy = WriteStrategy(Strategy::kExact);

@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "daemon/engine/backward_decoder.h"
 #include "daemon/engine/blob.h"
+#include "daemon/engine/blob_installation.h"
 #include "daemon/engine/clock.h"
 #include "daemon/engine/guest_profile.h"
 #include "daemon/engine/guest_vm.h"
@@ -130,6 +131,7 @@ class PatchManager {
   std::vector<ManagedSite> Sites() const;
   ManagerStatus Status() const {
     ManagerStatus status = status_;
+    status.installed = blob_.installed();
     status.proving_window_open = traps_.proving_window_open();
     return status;
   }
@@ -137,15 +139,7 @@ class PatchManager {
   bool HasSite(uint32_t id) const { return sites_.count(id) != 0; }
 
  private:
-  struct Installed {
-    BlobAddresses addresses;
-    HandlerTable handlers;
-    BlobPlacement placement;
-  };
-
   absl::StatusOr<GuestProfile> StopAndProfile();
-  // tprd's blob in the legacy window, validated; nullopt when there is none.
-  absl::StatusOr<std::optional<ParsedBlob>> FindInstalledBlob();
   static std::string Disassemble(const Site& site);
   // Takes over a blob found in the guest and its site table; returns its strategy word.
   Strategy LoadInstalled(const ParsedBlob& blob);
@@ -155,13 +149,6 @@ class PatchManager {
   // Learning window; the guest runs during it and is stopped again at the end.
   absl::Status Learn(const EnableRequest& request, const GuestProfile& profile,
                      std::set<uint32_t>& proven, size_t& hits);
-  absl::Status Install(const EnableRequest& request, const GuestProfile& profile);
-  // `clear_guard_evidence`: the operator asked for a strategy again, so the guard's mismatch
-  // counters of an earlier rejection are reset.
-  // `cr8_missed_writes` (adopting cr8): a shadow whose real TPR is not its high nibble follows
-  // the real TPR.
-  absl::Status InitPerCpu(bool from_real_tpr, bool clear_guard_evidence = false,
-                          bool cr8_missed_writes = false);
   // Leaving cr8 for another strategy also gives every CPU's real TPR its shadow back
   // (patch_manager_leave_cr8.cc). The guest must be stopped.
   absl::Status WriteStrategy(Strategy strategy);
@@ -189,13 +176,11 @@ class PatchManager {
     bool about_to_halt = false;
   };
   HltAround LookForHlt(int vcpu, uint32_t eip);
-  std::optional<PerCpuEntry> ReadPerCpuEntry(uint8_t processor_number);
   // After the word left cr8: a CPU whose real TPR differs from its shadow (a CR8 write cleared
   // the low nibble) steps the blob's tpr_poke with eax = shadow and interrupts off, every
   // register it had restored after. Skips (and notes) a CPU in user mode, inside the handlers,
   // halted, or whose page tables do not map the poke and the TPR: a step there could fault.
   void PokeRealTpr(const VcpuProfile& cpu);
-  absl::Status WriteVerified(uint32_t va, absl::Span<const uint8_t> bytes);
   absl::Status PlanSites();
   // Applies sites with the guest already stopped; returns how many were applied.
   size_t ApplyStopped(const std::vector<uint32_t>& ids, std::vector<ManagerEvent>* events);
@@ -264,8 +249,6 @@ class PatchManager {
   // word and guard counters, so the status says what the guest does. A flip of mmio to exact by
   // the guest's guard is reported once and sticks until the operator enables again.
   void WatchGuestWord(std::vector<ManagerEvent>& events);
-  // Guest physical address of a byte of the data block (strategy word, per-CPU area).
-  uint64_t DataBlockPhysical(uint32_t va) const;
   absl::Status ResumeGuest();
   // Ends a stop of tprd's own (the guest runs again), noting a failure as ResumeGuest does.
   absl::Status ResumeGuest(StoppedGuestScope& stopped);
@@ -280,7 +263,7 @@ class PatchManager {
   Clock& clock_;
 
   std::optional<GuestProfile> profile_;
-  std::optional<Installed> installed_;
+  BlobInstallation blob_;
   std::map<uint32_t, ManagedSite> sites_;  // by id
   uint32_t next_id_ = 0;
   TrapSet traps_;

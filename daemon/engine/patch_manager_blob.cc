@@ -1,7 +1,8 @@
-// PatchManager's blob in the guest: installing it, finding and adopting one already there
-// (after a restart of tprd or a kill -9), its per-CPU entries, and mmio's second mapping of the
-// APIC page. The rest of PatchManager is in patch_manager.cc, patch_manager_traps.cc and
-// patch_manager_leave_cr8.cc.
+// PatchManager and its blob in the guest: adopting one already there (after a restart of tprd
+// or a kill -9), mmio's second mapping of the APIC page, and watching the guest's strategy word
+// and guard counters while it runs. Finding, installing and writing the blob is
+// BlobInstallation's (blob_installation.h). The rest of PatchManager is in patch_manager.cc,
+// patch_manager_traps.cc and patch_manager_leave_cr8.cc.
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -17,75 +18,12 @@
 
 namespace tprd::engine {
 
-absl::Status PatchManager::Install(const EnableRequest& request, const GuestProfile& profile) {
-  PlacementRequest want;
-  want.image_size = kBlobSize;
-  want.data_size = kBlobDataBlockSize;
-  absl::StatusOr<Placement> where = FindPlacement(vm_, profile, want);
-  if (!where.ok()) return where.status();
-  BlobPlacement placement;
-  placement.va = where->image_va;
-  placement.pa = where->image_pa;
-  placement.data_va = where->data_va;
-  placement.data_pa = where->data_pa;
-  placement.tpr_va = profile.tpr_va;
-  placement.strategy = Strategy::kExact;  // switched once every shadow is set
-  placement.cpu_count = static_cast<uint32_t>(profile.vcpus.size());
-  for (const VcpuProfile& cpu : profile.vcpus) {
-    placement.cpu_count = std::max<uint32_t>(placement.cpu_count, cpu.processor_number + 1u);
-  }
-  placement.guard_period = request.guard_period;
-  absl::StatusOr<BlobInstance> blob = InstantiateBlob(placement);
-  if (!blob.ok()) return blob.status();
-  // The data block first: the image's header points at it.
-  if (!blob->data_block.empty()) {
-    TPRD_RETURN_IF_ERROR(WriteVerified(placement.data_va, blob->data_block));
-  }
-  // The magic last: a tprd killed mid-write (the image takes several gdbstub packets) leaves
-  // nothing that looks like a blob.
-  const absl::Span<const uint8_t> image(blob->bytes);
-  TPRD_RETURN_IF_ERROR(WriteVerified(placement.va + 4, image.subspan(4)));
-  TPRD_RETURN_IF_ERROR(WriteVerified(placement.va, image.first(4)));
-  installed_ = Installed{blob->addresses, blob->handlers, placement};
-  status_.installed = true;
-  return absl::OkStatus();
-}
-
-absl::Status PatchManager::InitPerCpu(bool from_real_tpr, bool clear_guard_evidence,
-                                      bool cr8_missed_writes) {
-  if (!installed_ || !profile_) return absl::FailedPreconditionError("no blob installed");
-  for (const VcpuProfile& cpu : profile_->vcpus) {
-    const uint32_t va = installed_->addresses.PerCpuEntry(cpu.processor_number);
-    std::array<uint8_t, kPerCpuEntrySize> raw;
-    TPRD_RETURN_IF_ERROR(vm_.ReadVirtual(0, va, absl::MakeSpan(raw)));
-    absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
-    if (!entry.ok()) return entry.status();
-    if (from_real_tpr || !entry->enabled) {
-      absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(cpu.vcpu);
-      if (!tpr.ok()) return tpr.status();
-      entry->shadow_tpr = *tpr;
-    } else if (cr8_missed_writes) {
-      // Under cr8 the real TPR is the shadow's high nibble unless something wrote the APIC
-      // behind the handlers (a write whose resync a killed tprd never made): then it is that
-      // write. (A CPU between its CR8 write and its shadow store also differs; the store follows.)
-      absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(cpu.vcpu);
-      if (!tpr.ok()) return tpr.status();
-      if (*tpr != (entry->shadow_tpr & 0xF0)) entry->shadow_tpr = *tpr;
-    }
-    entry->enabled = true;
-    entry->reads_since_check = 0;
-    if (clear_guard_evidence) entry->mismatches = 0;
-    TPRD_RETURN_IF_ERROR(WriteVerified(va, EncodePerCpuEntry(*entry)));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status PatchManager::EnsureTprAlias() {
-  if (!installed_ || !profile_) return absl::FailedPreconditionError("no blob installed");
+  if (!blob_.installed() || !profile_) return absl::FailedPreconditionError("no blob installed");
   GuestVmPhysicalReader memory(vm_);
   const PagingRegisters& paging = profile_->vcpus[0].paging;
   const uint32_t tpr_va = profile_->tpr_va;
-  const uint32_t field = installed_->addresses.tpr_write_va;
+  const uint32_t field = blob_.addresses().tpr_write_va;
   uint8_t raw[4];
   TPRD_RETURN_IF_ERROR(vm_.ReadVirtual(0, field, absl::MakeSpan(raw)));
   uint32_t current = 0;
@@ -108,7 +46,7 @@ absl::Status PatchManager::EnsureTprAlias() {
     // The guest's OS took the entry since: the handlers must not store through it any more.
     uint8_t bytes[4];
     std::memcpy(bytes, &tpr_va, 4);
-    TPRD_RETURN_IF_ERROR(WriteVerified(field, bytes));
+    TPRD_RETURN_IF_ERROR(blob_.WriteVerified(field, bytes));
     NoteError(absl::DataLossError(
         absl::StrCat("the blob's second mapping of the APIC page at 0x", absl::Hex(alias_va),
                      " no longer maps it; the handlers store the TPR at its own address again")));
@@ -137,34 +75,13 @@ absl::Status PatchManager::EnsureTprAlias() {
   const uint32_t alias_tpr = plan->alias_va + (tpr_va & 0xFFF);
   uint8_t bytes[4];
   std::memcpy(bytes, &alias_tpr, 4);
-  TPRD_RETURN_IF_ERROR(WriteVerified(field, bytes));
+  TPRD_RETURN_IF_ERROR(blob_.WriteVerified(field, bytes));
   alias_ = AliasEntry{plan->alias_va, plan->entry_pa, plan->entry, plan->entry_size};
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::optional<ParsedBlob>> PatchManager::FindInstalledBlob() {
-  std::vector<uint8_t> window(kLegacyWindowEnd - kLegacyWindowFirst);
-  TPRD_RETURN_IF_ERROR(vm_.ReadPhysical(kLegacyWindowFirst, absl::MakeSpan(window)));
-  for (const uint32_t pa : PagesWithBlobMagic(window)) {
-    absl::StatusOr<ParsedBlob> parsed = ReadGuestBlob(vm_, 0, kLowMemoryVirtualBase + pa);
-    if (!parsed.ok()) {
-      // A forged or corrupt blob is never trusted; say so and keep looking.
-      NoteError(parsed.status());
-      continue;
-    }
-    if (parsed->placement.pa != pa) {
-      NoteError(absl::DataLossError(absl::StrCat("a blob at physical 0x", absl::Hex(pa),
-                                                 " names another physical address: ignored")));
-      continue;
-    }
-    return std::optional<ParsedBlob>(*std::move(parsed));
-  }
-  return std::optional<ParsedBlob>();
-}
-
 Strategy PatchManager::LoadInstalled(const ParsedBlob& blob) {
-  installed_ = Installed{blob.addresses, blob.handlers, blob.placement};
-  status_.installed = true;
+  blob_.Take(blob);
   status_.strategy = blob.placement.strategy;
   // Sites as the guest recorded them, checked against the bytes actually there.
   for (const Site& recorded : blob.sites) {
@@ -190,7 +107,7 @@ Strategy PatchManager::LoadInstalled(const ParsedBlob& blob) {
 }
 
 absl::Status PatchManager::RecordAdoptedStates(const ParsedBlob& blob) {
-  GuestSiteTable guest_table(vm_, 0, installed_->addresses.va);
+  GuestSiteTable guest_table(vm_, 0, blob_.addresses().va);
   std::vector<Site> now;
   for (const Site& recorded : blob.sites) {
     const ManagedSite& managed = sites_[recorded.id];
@@ -212,7 +129,8 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
     return absl::IsFailedPrecondition(profile.status()) ? absl::StatusOr<bool>(false)
                                                         : profile.status();
   }
-  absl::StatusOr<std::optional<ParsedBlob>> found = FindInstalledBlob();
+  absl::StatusOr<std::optional<ParsedBlob>> found =
+      blob_.Find([this](const absl::Status& skipped) { NoteError(skipped); });
   if (!found.ok() || !found->has_value()) {
     if (!found.ok()) return found.status();
     return false;
@@ -280,9 +198,10 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
   // mmio's real TPR is always right (every write reaches it; a vCPU a killed tprd left stopped
   // after an unpatched write has a stale shadow), so its shadows are taken from it too.
   if (s.ok()) {
-    s = InitPerCpu(/*from_real_tpr=*/current == Strategy::kExact || current == Strategy::kMmio,
-                   /*clear_guard_evidence=*/false,
-                   /*cr8_missed_writes=*/current == Strategy::kCr8);
+    s = blob_.InitPerCpu(
+        profile_, /*from_real_tpr=*/current == Strategy::kExact || current == Strategy::kMmio,
+        /*clear_guard_evidence=*/false,
+        /*cr8_missed_writes=*/current == Strategy::kCr8);
   }
   if (s.ok()) s = WriteStrategy(word);
   if (s.ok()) status_.requested_strategy = requested;
@@ -300,6 +219,90 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
   if (!s.ok()) return s;
   if (!resumed.ok() && !absl::IsFailedPrecondition(resumed)) return resumed;
   return true;
+}
+
+void PatchManager::WatchGuestWord(std::vector<ManagerEvent>& events) {
+  if (!blob_.installed()) return;
+  const absl::Time now = clock_.Now();
+  if (next_word_check_ && now < *next_word_check_) return;
+  next_word_check_ = now + absl::Seconds(1);
+  CheckTprAlias(events);
+  uint8_t word_bytes[4];
+  if (!vm_.ReadPhysicalLive(blob_.DataBlockPhysical(blob_.addresses().strategy_word), word_bytes)
+           .ok()) {
+    return;  // no live path (or a transient failure): the status keeps what tprd wrote last
+  }
+  uint32_t word = 0;
+  std::memcpy(&word, word_bytes, sizeof(word));
+  uint64_t mismatches = 0;
+  std::string per_cpu;
+  for (uint32_t cpu = 0; cpu < blob_.placement().cpu_count; ++cpu) {
+    std::array<uint8_t, kPerCpuEntrySize> raw;
+    if (!vm_.ReadPhysicalLive(blob_.DataBlockPhysical(blob_.addresses().PerCpuEntry(cpu)),
+                              absl::MakeSpan(raw))
+             .ok()) {
+      return;
+    }
+    absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
+    if (!entry.ok()) return;
+    mismatches += entry->mismatches;
+    if (entry->mismatches > 0) absl::StrAppend(&per_cpu, " CPU ", cpu, ": ", entry->mismatches);
+  }
+  status_.guard_mismatches = mismatches;
+  const Strategy seen = static_cast<Strategy>(word);
+  if (seen == status_.strategy) return;
+  if (word > static_cast<uint32_t>(Strategy::kCr8)) {
+    events.push_back({ManagerEvent::Kind::kWarning, std::nullopt,
+                      absl::StrCat("the guest's strategy word reads ", word,
+                                   ", which is no strategy: changed behind tprd")});
+    return;
+  }
+  if (seen == Strategy::kExact && status_.strategy == Strategy::kMmio) {
+    guard_rejected_mmio_ = true;
+    status_.strategy = Strategy::kExact;
+    const std::string message = absl::StrCat(
+        "the guest's mmio guard found a stale shadow (mismatches:",
+        per_cpu.empty() ? " ?" : per_cpu,
+        ") and switched itself to exact: an unpatched TPR writer runs; it stays on exact until "
+        "the next tprctl enable");
+    events.push_back({ManagerEvent::Kind::kStrategyChanged, std::nullopt, message});
+    events.push_back({ManagerEvent::Kind::kWarning, std::nullopt, message});
+    return;
+  }
+  status_.strategy = seen;
+  events.push_back({ManagerEvent::Kind::kStrategyChanged, std::nullopt,
+                    absl::StrCat("the guest's strategy word changed to ",
+                                 std::string(StrategyName(seen)), " behind tprd")});
+}
+
+void PatchManager::CheckTprAlias(std::vector<ManagerEvent>& events) {
+  if (!alias_) return;
+  uint8_t raw[8] = {};
+  if (!vm_.ReadPhysicalLive(alias_->entry_pa, absl::MakeSpan(raw, alias_->entry_size)).ok()) {
+    return;
+  }
+  uint64_t entry = 0;
+  std::memcpy(&entry, raw, alias_->entry_size);
+  // The CPU may set accessed/dirty in it; anything else is the guest's OS taking the entry.
+  constexpr uint64_t kAccessedDirty = (1u << 5) | (1u << 6);
+  if ((entry & ~kAccessedDirty) == (alias_->entry & ~kAccessedDirty)) return;
+  const std::string message = absl::StrCat(
+      "the guest changed tprd's second mapping of the APIC page at 0x", absl::Hex(alias_->va),
+      " (page table entry 0x", absl::Hex(alias_->entry), " now 0x", absl::Hex(entry),
+      "): the handlers store the TPR at its own address again, and the domain runs exact");
+  alias_.reset();
+  absl::Status s = StopGuest();
+  StoppedGuestScope stopped(vm_);
+  if (s.ok() && blob_.installed() && profile_) {
+    uint8_t bytes[4];
+    std::memcpy(bytes, &profile_->tpr_va, 4);
+    s = blob_.WriteVerified(blob_.addresses().tpr_write_va, bytes);
+  }
+  if (s.ok()) s = SwitchToExact("the alias of the APIC page is gone", events);
+  NoteError(s);
+  (void)ResumeGuest(stopped);
+  events.push_back({ManagerEvent::Kind::kWarning, std::nullopt, message});
+  NoteError(absl::DataLossError(message));
 }
 
 }  // namespace tprd::engine

@@ -34,13 +34,10 @@ constexpr absl::Duration kLeaveBudget = absl::Seconds(1);
 }  // namespace
 
 absl::Status PatchManager::WriteStrategy(Strategy strategy) {
-  if (!installed_) return absl::FailedPreconditionError("no blob installed");
+  if (!blob_.installed()) return absl::FailedPreconditionError("no blob installed");
   const bool leaving_cr8 = status_.strategy == Strategy::kCr8 && strategy != Strategy::kCr8;
   if (leaving_cr8) PrepareToLeaveCr8();
-  uint32_t word = static_cast<uint32_t>(strategy);
-  uint8_t bytes[4];
-  std::memcpy(bytes, &word, 4);
-  if (absl::Status s = WriteVerified(installed_->addresses.strategy_word, bytes); !s.ok()) {
+  if (absl::Status s = blob_.WriteStrategyWord(strategy); !s.ok()) {
     woken_vcpus_.clear();
     return s;
   }
@@ -53,7 +50,7 @@ absl::Status PatchManager::WriteStrategy(Strategy strategy) {
 }
 
 void PatchManager::PrepareToLeaveCr8() {
-  if (!installed_ || !profile_) return;
+  if (!blob_.installed() || !profile_) return;
   leaving_cr8_ = true;
   woken_vcpus_.clear();
   wake_notes_.clear();
@@ -161,7 +158,7 @@ void PatchManager::StepOutOfHandlers(int vcpu) {
   // take the exact path and read a real TPR that still lacks its low nibble.
   for (int step = 0; step < kMaxHandlerSteps; ++step) {
     absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
-    if (!regs.ok() || !installed_->addresses.InHandlerCode(regs->eip)) return;
+    if (!regs.ok() || !blob_.addresses().InHandlerCode(regs->eip)) return;
     absl::StatusOr<StepResult> stepped = vm_.StepVcpu(vcpu, absl::Milliseconds(250));
     if (!stepped.ok()) {
       if (!absl::IsUnimplemented(stepped.status())) NoteError(stepped.status());
@@ -174,22 +171,13 @@ void PatchManager::StepOutOfHandlers(int vcpu) {
 bool PatchManager::HaltedWithLostNibble(const VcpuProfile& cpu) {
   absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(cpu.vcpu);
   if (!regs.ok() || !LookForHlt(cpu.vcpu, regs->eip).halted) return false;
-  std::optional<PerCpuEntry> entry = ReadPerCpuEntry(cpu.processor_number);
+  std::optional<PerCpuEntry> entry = blob_.ReadPerCpuEntry(cpu.processor_number);
   absl::StatusOr<uint8_t> real = vm_.ReadTpr(cpu.vcpu);
   return entry && entry->enabled && real.ok() && *real != entry->shadow_tpr;
 }
 
-std::optional<PerCpuEntry> PatchManager::ReadPerCpuEntry(uint8_t processor_number) {
-  std::array<uint8_t, kPerCpuEntrySize> raw;
-  const uint32_t va = installed_->addresses.PerCpuEntry(processor_number);
-  if (!vm_.ReadVirtual(0, va, absl::MakeSpan(raw)).ok()) return std::nullopt;
-  absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
-  if (!entry.ok()) return std::nullopt;
-  return *entry;
-}
-
 void PatchManager::PokeRealTpr(const VcpuProfile& cpu) {
-  std::optional<PerCpuEntry> entry = ReadPerCpuEntry(cpu.processor_number);
+  std::optional<PerCpuEntry> entry = blob_.ReadPerCpuEntry(cpu.processor_number);
   absl::StatusOr<uint8_t> real = vm_.ReadTpr(cpu.vcpu);
   if (!entry || !entry->enabled || !real.ok() || *real == entry->shadow_tpr) return;
   absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(cpu.vcpu);
@@ -200,7 +188,7 @@ void PatchManager::PokeRealTpr(const VcpuProfile& cpu) {
                      absl::Hex(entry->shadow_tpr), " until its next TPR write: ", why)));
   };
   if ((regs->cs & 3) != 0 || (regs->eflags & kEflagsVm)) return skip("it runs user code");
-  if (installed_->addresses.InHandlerCode(regs->eip)) {
+  if (blob_.addresses().InHandlerCode(regs->eip)) {
     return skip("it stayed inside tprd's handlers");
   }
   if (!woken_vcpus_.count(cpu.vcpu) && LookForHlt(cpu.vcpu, regs->eip).halted) {
@@ -212,8 +200,7 @@ void PatchManager::PokeRealTpr(const VcpuProfile& cpu) {
   }
   GuestVmPhysicalReader memory(vm_);
   const PagingRegisters paging = PagingRegisters::From(*regs);
-  absl::StatusOr<Translation> code =
-      TranslateVirtual(memory, paging, installed_->addresses.tpr_poke);
+  absl::StatusOr<Translation> code = TranslateVirtual(memory, paging, blob_.addresses().tpr_poke);
   absl::StatusOr<Translation> tpr = TranslateVirtual(memory, paging, profile_->tpr_va);
   if (!code.ok() || !code->present() || !tpr.ok() || !tpr->present() || !tpr->writable) {
     return skip("its page tables do not map the handlers and the TPR");
@@ -225,8 +212,7 @@ void PatchManager::PokeRealTpr(const VcpuProfile& cpu) {
     s = vm_.WriteRegister(cpu.vcpu, WritableRegister::kEflags,
                           saved.eflags & ~(kEflagsIf | kEflagsTf));
   }
-  if (s.ok())
-    s = vm_.WriteRegister(cpu.vcpu, WritableRegister::kEip, installed_->addresses.tpr_poke);
+  if (s.ok()) s = vm_.WriteRegister(cpu.vcpu, WritableRegister::kEip, blob_.addresses().tpr_poke);
   absl::StatusOr<StepResult> step =
       s.ok() ? absl::StatusOr<StepResult>(absl::InternalError("not stepped")) : s;
   // A vCPU with a watchpoint hit QEMU has not reported yet (an access it finished just as
@@ -235,7 +221,7 @@ void PatchManager::PokeRealTpr(const VcpuProfile& cpu) {
   // once in ten rollbacks; which access left that hit was not found). Step again.
   for (int attempt = 0; s.ok() && attempt < 3; ++attempt) {
     step = vm_.StepVcpu(cpu.vcpu, absl::Milliseconds(200));
-    if (!step.ok() || !step->completed || step->pc != installed_->addresses.tpr_poke) break;
+    if (!step.ok() || !step->completed || step->pc != blob_.addresses().tpr_poke) break;
   }
   // Whatever happened, the vCPU gets its own state back (every register the step could have
   // changed, should it have run further than the one instruction).
@@ -246,7 +232,7 @@ void PatchManager::PokeRealTpr(const VcpuProfile& cpu) {
   if (restored.ok())
     restored = vm_.WriteRegister(cpu.vcpu, WritableRegister::kEflags, saved.eflags);
   NoteError(restored);
-  if (step.ok() && step->completed && step->pc != installed_->addresses.tpr_poke + 5) {
+  if (step.ok() && step->completed && step->pc != blob_.addresses().tpr_poke + 5) {
     NoteError(absl::InternalError(
         absl::StrCat("vCPU ", cpu.vcpu, ": the step through the TPR poke ended at 0x",
                      absl::Hex(step->pc), ", not after the one instruction")));

@@ -90,9 +90,9 @@ void PatchManager::ApplyCandidatesAtVcpus(std::vector<ManagerEvent>& events) {
 absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
                                             std::vector<ManagerEvent>& events, bool reported,
                                             AccessSeen* seen) {
-  if (!installed_ || !profile_) return absl::OkStatus();
+  if (!blob_.installed() || !profile_) return absl::OkStatus();
   // A CPU on the exact path inside the handlers: nothing to fix.
-  if (installed_->addresses.InHandlerCode(pc)) return absl::OkStatus();
+  if (blob_.addresses().InHandlerCode(pc)) return absl::OkStatus();
   absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
   if (!regs.ok()) return regs.status();
   // A stop delivered late (it raced with the removal of a watchpoint, and the guest ran on):
@@ -128,7 +128,7 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   for (const VcpuProfile& cpu : profile_->vcpus) {
     if (cpu.vcpu == vcpu) number = cpu.processor_number;
   }
-  const uint32_t entry_va = installed_->addresses.PerCpuEntry(number);
+  const uint32_t entry_va = blob_.addresses().PerCpuEntry(number);
   std::array<uint8_t, kPerCpuEntrySize> raw;
   TPRD_RETURN_IF_ERROR(vm_.ReadVirtual(0, entry_va, absl::MakeSpan(raw)));
   absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
@@ -149,7 +149,7 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
     // low nibble): then the real TPR is the shadow's high nibble, and the shadow stays.
     if (Cr8HandlerWrote(original_bytes, *tpr, entry->shadow_tpr)) return absl::OkStatus();
     entry->shadow_tpr = *tpr;
-    TPRD_RETURN_IF_ERROR(WriteVerified(entry_va, EncodePerCpuEntry(*entry)));
+    TPRD_RETURN_IF_ERROR(blob_.WriteVerified(entry_va, EncodePerCpuEntry(*entry)));
   } else if (std::optional<Gpr> reg = FixableReadDestination(c, start, reader)) {
     // The read saw the real TPR, whose low nibble a CR8 write cleared: give it the shadow.
     if (!reported && regs->reg(*reg) != *tpr) return absl::OkStatus();
@@ -201,8 +201,8 @@ bool PatchManager::Cr8HandlerWrote(bool at_applied_site, uint8_t real_tpr, uint8
 
 absl::Status PatchManager::HandleUnpatchedWrite(int vcpu, uint32_t pc,
                                                 std::vector<ManagerEvent>& events) {
-  if (!installed_ || !profile_) return absl::OkStatus();
-  if (installed_->addresses.InHandlerCode(pc)) return absl::OkStatus();
+  if (!blob_.installed() || !profile_) return absl::OkStatus();
+  if (blob_.addresses().InHandlerCode(pc)) return absl::OkStatus();
   absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
   if (!regs.ok()) return regs.status();
   if (regs->eip == pc) {
@@ -241,9 +241,9 @@ absl::Status PatchManager::HandleUnpatchedWrite(int vcpu, uint32_t pc,
 }
 
 void PatchManager::ResyncShadowsFromRealTpr() {
-  if (!installed_ || !profile_ || !traps_.WatchesWrites()) return;
+  if (!blob_.installed() || !profile_ || !traps_.WatchesWrites()) return;
   for (const VcpuProfile& cpu : profile_->vcpus) {
-    const uint32_t va = installed_->addresses.PerCpuEntry(cpu.processor_number);
+    const uint32_t va = blob_.addresses().PerCpuEntry(cpu.processor_number);
     std::array<uint8_t, kPerCpuEntrySize> raw;
     if (absl::Status s = vm_.ReadVirtual(0, va, absl::MakeSpan(raw)); !s.ok()) {
       NoteError(s);
@@ -258,7 +258,7 @@ void PatchManager::ResyncShadowsFromRealTpr() {
     }
     if (*tpr == entry->shadow_tpr) continue;
     entry->shadow_tpr = *tpr;
-    if (absl::Status s = WriteVerified(va, EncodePerCpuEntry(*entry)); !s.ok()) {
+    if (absl::Status s = blob_.WriteVerified(va, EncodePerCpuEntry(*entry)); !s.ok()) {
       NoteError(s);
       continue;
     }
@@ -359,13 +359,13 @@ void PatchManager::StepPastUnreportedHit(int vcpu, const AccessSeen& before,
       }
     }
   }
-  if (after.decoded || !before.is_write || !installed_ || !profile_) return;
+  if (after.decoded || !before.is_write || !blob_.installed() || !profile_) return;
   // The write before the step ran: the real TPR holds it, and the shadow follows.
   uint8_t number = 0;
   for (const VcpuProfile& cpu : profile_->vcpus) {
     if (cpu.vcpu == vcpu) number = cpu.processor_number;
   }
-  std::optional<PerCpuEntry> entry = ReadPerCpuEntry(number);
+  std::optional<PerCpuEntry> entry = blob_.ReadPerCpuEntry(number);
   absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(vcpu);
   if (!entry || !tpr.ok() || entry->shadow_tpr == *tpr) return;
   // The hit the step reported may be an older one, left pending since an access elsewhere
@@ -374,7 +374,7 @@ void PatchManager::StepPastUnreportedHit(int vcpu, const AccessSeen& before,
   if (Cr8HandlerWrote(before.at_applied_site, *tpr, entry->shadow_tpr)) return;
   entry->shadow_tpr = *tpr;
   if (absl::Status s =
-          WriteVerified(installed_->addresses.PerCpuEntry(number), EncodePerCpuEntry(*entry));
+          blob_.WriteVerified(blob_.addresses().PerCpuEntry(number), EncodePerCpuEntry(*entry));
       !s.ok()) {
     NoteError(s);
   }
@@ -418,97 +418,6 @@ absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<Manage
   // Resume even after a failed fix-up: a guest left stopped is worse than one unfixed read.
   absl::Status resumed = ResumeGuest();
   return handled.ok() ? resumed : handled;
-}
-
-uint64_t PatchManager::DataBlockPhysical(uint32_t va) const {
-  const BlobPlacement& placement = installed_->placement;
-  const uint64_t block_pa =
-      placement.data_apart() ? placement.data_pa : placement.pa + kBlobDataBlockOffset;
-  return block_pa + (va - installed_->addresses.data_block);
-}
-
-void PatchManager::WatchGuestWord(std::vector<ManagerEvent>& events) {
-  if (!installed_) return;
-  const absl::Time now = clock_.Now();
-  if (next_word_check_ && now < *next_word_check_) return;
-  next_word_check_ = now + absl::Seconds(1);
-  CheckTprAlias(events);
-  uint8_t word_bytes[4];
-  if (!vm_.ReadPhysicalLive(DataBlockPhysical(installed_->addresses.strategy_word), word_bytes)
-           .ok()) {
-    return;  // no live path (or a transient failure): the status keeps what tprd wrote last
-  }
-  uint32_t word = 0;
-  std::memcpy(&word, word_bytes, sizeof(word));
-  uint64_t mismatches = 0;
-  std::string per_cpu;
-  for (uint32_t cpu = 0; cpu < installed_->placement.cpu_count; ++cpu) {
-    std::array<uint8_t, kPerCpuEntrySize> raw;
-    if (!vm_.ReadPhysicalLive(DataBlockPhysical(installed_->addresses.PerCpuEntry(cpu)),
-                              absl::MakeSpan(raw))
-             .ok()) {
-      return;
-    }
-    absl::StatusOr<PerCpuEntry> entry = DecodePerCpuEntry(raw);
-    if (!entry.ok()) return;
-    mismatches += entry->mismatches;
-    if (entry->mismatches > 0) absl::StrAppend(&per_cpu, " CPU ", cpu, ": ", entry->mismatches);
-  }
-  status_.guard_mismatches = mismatches;
-  const Strategy seen = static_cast<Strategy>(word);
-  if (seen == status_.strategy) return;
-  if (word > static_cast<uint32_t>(Strategy::kCr8)) {
-    events.push_back({ManagerEvent::Kind::kWarning, std::nullopt,
-                      absl::StrCat("the guest's strategy word reads ", word,
-                                   ", which is no strategy: changed behind tprd")});
-    return;
-  }
-  if (seen == Strategy::kExact && status_.strategy == Strategy::kMmio) {
-    guard_rejected_mmio_ = true;
-    status_.strategy = Strategy::kExact;
-    const std::string message = absl::StrCat(
-        "the guest's mmio guard found a stale shadow (mismatches:",
-        per_cpu.empty() ? " ?" : per_cpu,
-        ") and switched itself to exact: an unpatched TPR writer runs; it stays on exact until "
-        "the next tprctl enable");
-    events.push_back({ManagerEvent::Kind::kStrategyChanged, std::nullopt, message});
-    events.push_back({ManagerEvent::Kind::kWarning, std::nullopt, message});
-    return;
-  }
-  status_.strategy = seen;
-  events.push_back({ManagerEvent::Kind::kStrategyChanged, std::nullopt,
-                    absl::StrCat("the guest's strategy word changed to ",
-                                 std::string(StrategyName(seen)), " behind tprd")});
-}
-
-void PatchManager::CheckTprAlias(std::vector<ManagerEvent>& events) {
-  if (!alias_) return;
-  uint8_t raw[8] = {};
-  if (!vm_.ReadPhysicalLive(alias_->entry_pa, absl::MakeSpan(raw, alias_->entry_size)).ok()) {
-    return;
-  }
-  uint64_t entry = 0;
-  std::memcpy(&entry, raw, alias_->entry_size);
-  // The CPU may set accessed/dirty in it; anything else is the guest's OS taking the entry.
-  constexpr uint64_t kAccessedDirty = (1u << 5) | (1u << 6);
-  if ((entry & ~kAccessedDirty) == (alias_->entry & ~kAccessedDirty)) return;
-  const std::string message = absl::StrCat(
-      "the guest changed tprd's second mapping of the APIC page at 0x", absl::Hex(alias_->va),
-      " (page table entry 0x", absl::Hex(alias_->entry), " now 0x", absl::Hex(entry),
-      "): the handlers store the TPR at its own address again, and the domain runs exact");
-  alias_.reset();
-  absl::Status s = StopGuest();
-  StoppedGuestScope stopped(vm_);
-  if (s.ok() && installed_ && profile_) {
-    uint8_t bytes[4];
-    std::memcpy(bytes, &profile_->tpr_va, 4);
-    s = WriteVerified(installed_->addresses.tpr_write_va, bytes);
-  }
-  if (s.ok()) s = SwitchToExact("the alias of the APIC page is gone", events);
-  NoteError(s);
-  (void)ResumeGuest(stopped);
-  events.push_back({ManagerEvent::Kind::kWarning, std::nullopt, message});
-  NoteError(absl::DataLossError(message));
 }
 
 absl::StatusOr<std::vector<ManagerEvent>> PatchManager::Poll(absl::Duration timeout) {
