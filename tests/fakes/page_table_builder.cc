@@ -181,4 +181,19 @@ absl::StatusOr<PageTableBuilder> BuildXpLikeLayout(FakeGuestVm& vm, const XpLike
   return builder;
 }
 
+absl::Status SetXpLikeKpcrs(FakeGuestVm& vm, int vcpu_count) {
+  for (int v = 0; v < vcpu_count; ++v) {
+    const uint32_t kpcr = kXpKernelBase + 0x40000 + v * 0x1000;
+    vm.BackdoorWrite32(kpcr - kXpKernelBase + 0x1C, kpcr);
+    const uint8_t number = static_cast<uint8_t>(v);
+    if (absl::Status s = vm.BackdoorWritePhysical(kpcr - kXpKernelBase + 0x51, {&number, 1});
+        !s.ok()) {
+      return s;
+    }
+    vm.Registers(v).fs_base = kpcr;
+    vm.Registers(v).cs = 8;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace tprd::testing

@@ -82,6 +82,11 @@ absl::StatusOr<PageTableBuilder> BuildXpLikeLayout(FakeGuestVm& vm, const XpLike
 // Options for a FakeGuestVm big enough for BuildXpLikeLayout.
 FakeGuestVm::Options XpLikeVmOptions(const XpLikeOptions& options);
 
+// Gives vCPUs 0..vcpu_count-1 a KPCR as Windows keeps one (at 0x80040000 + vCPU * 0x1000: its
+// own address at +0x1C, the processor number at +0x51, fs based there) and kernel-mode cs, which
+// is what the engine's guest profile looks for. Needs BuildXpLikeLayout's mapping.
+absl::Status SetXpLikeKpcrs(FakeGuestVm& vm, int vcpu_count);
+
 }  // namespace tprd::testing
 
 #endif  // TPRD_TESTS_FAKES_PAGE_TABLE_BUILDER_H_
