@@ -106,6 +106,7 @@ void DomainActor::Run() {
     bool poll = false;
     bool stop = false;
     bool retake = false;
+    bool intent = false;
     {
       absl::MutexLock lock(&mu_);
       const bool patched = snapshot_.state == DomainState::kPatched && controller_ != nullptr;
@@ -113,10 +114,12 @@ void DomainActor::Run() {
         return phase_ == ActorPhase::kStopping || !queue_.empty();
       };
       // While patched the controller must poll; otherwise sleep until a command arrives (or a
-      // deferred retake is due).
+      // deferred retake or intent attempt is due). Both are scheduled on this thread only.
       if (!patched) {
-        if (retake_at_) {
-          mu_.AwaitWithDeadline(absl::Condition(&ready), *retake_at_);
+        std::optional<absl::Time> wake = retake_at_;
+        if (intent_at_ && (!wake || *intent_at_ < *wake)) wake = intent_at_;
+        if (wake) {
+          mu_.AwaitWithDeadline(absl::Condition(&ready), *wake);
         } else {
           mu_.Await(absl::Condition(&ready));
         }
@@ -129,12 +132,18 @@ void DomainActor::Run() {
         queue_.pop_front();
       } else if (retake_at_ && absl::Now() >= *retake_at_) {
         retake = true;
+      } else if (intent_at_ && absl::Now() >= *intent_at_) {
+        intent = true;
       } else {
         poll = patched;
       }
     }
     if (retake) {
       RetakeGuest();
+      continue;
+    }
+    if (intent) {
+      TryIntent();
       continue;
     }
     if (stop) {
@@ -411,6 +420,7 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
   switch (event.kind) {
     case LifecycleKind::kStarted:
       if (Snapshot().state == DomainState::kGone) SetState(DomainState::kUnpatched, "started");
+      ApplyIntent("started");
       break;
     case LifecycleKind::kRebooted:
       DropController(/*detach=*/false, "guest rebooted");
@@ -420,11 +430,13 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
         snapshot_.last_error.clear();
       }
       SetState(DomainState::kUnpatched, "guest rebooted: its patches went with its memory");
+      ApplyIntent("rebooted");
       break;
     case LifecycleKind::kShutdown:
     case LifecycleKind::kDestroyed:
     case LifecycleKind::kCrashed:
     case LifecycleKind::kMigrated:
+      StopIntent(absl::StrCat("the domain ", kind));
       DropController(/*detach=*/false, kind);
       SetState(DomainState::kGone, absl::StrCat(kind, ": patches gone with the guest's memory"));
       break;
