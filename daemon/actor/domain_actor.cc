@@ -383,7 +383,7 @@ uint64_t DomainActor::RebootsSeen() {
   return reboots_seen_;
 }
 
-void DomainActor::OnLifecycle(const LifecycleEvent& event) {
+void DomainActor::OnLifecycle(const LifecycleEvent& event, bool apply_intent) {
   {
     absl::MutexLock lock(&mu_);
     // A failing operation may be waiting for this (StoppedDuring), even while stopping.
@@ -394,13 +394,13 @@ void DomainActor::OnLifecycle(const LifecycleEvent& event) {
   Command command;
   command.kind = ActorCommand::kLifecycle;
   command.cancelled = std::make_shared<std::atomic<bool>>(false);
-  command.run = [this, event](const absl::Status& gate) {
-    if (gate.ok()) HandleLifecycle(event);
+  command.run = [this, event, apply_intent](const absl::Status& gate) {
+    if (gate.ok()) HandleLifecycle(event, apply_intent);
   };
   Enqueue(std::move(command));
 }
 
-void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
+void DomainActor::HandleLifecycle(const LifecycleEvent& event, bool apply_intent) {
   const std::string kind = LifecycleName(event.kind);
   DomainEvent published;
   published.kind = DomainEvent::Kind::kLifecycle;
@@ -420,7 +420,7 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
   switch (event.kind) {
     case LifecycleKind::kStarted:
       if (Snapshot().state == DomainState::kGone) SetState(DomainState::kUnpatched, "started");
-      ApplyIntent("started");
+      if (apply_intent) ApplyIntent("started");
       break;
     case LifecycleKind::kRebooted:
       DropController(/*detach=*/false, "guest rebooted");
@@ -430,7 +430,7 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
         snapshot_.last_error.clear();
       }
       SetState(DomainState::kUnpatched, "guest rebooted: its patches went with its memory");
-      ApplyIntent("rebooted");
+      if (apply_intent) ApplyIntent("rebooted");
       break;
     case LifecycleKind::kShutdown:
     case LifecycleKind::kDestroyed:

@@ -113,9 +113,9 @@ class DomainActor {
   // Orderly stop: leave the guest correct without tprd (exact, no traps), drop the session.
   // The actor accepts no further commands (UNAVAILABLE) afterwards.
   absl::Status Detach(const std::string& reason, absl::Time deadline);
-  // From the hypervisor's event thread: never blocks on the actor. A start or reboot makes the
-  // actor apply the domain's intent, if it has one.
-  void OnLifecycle(const LifecycleEvent& event);
+  // From the hypervisor's event thread: never blocks on the actor. With `apply_intent`, a start
+  // or reboot makes the actor apply the domain's intent, if it has one.
+  void OnLifecycle(const LifecycleEvent& event, bool apply_intent);
 
  private:
   struct Command {
@@ -173,7 +173,7 @@ class DomainActor {
                        std::optional<engine::Strategy> strategy = std::nullopt);
   void PublishSite(const SiteReport& site);
   void PublishError(const std::string& message);
-  void HandleLifecycle(const LifecycleEvent& event);
+  void HandleLifecycle(const LifecycleEvent& event, bool apply_intent);
   absl::Status GoneError();
   absl::Status NotLegalIn(ActorCommand kind, DomainState state);
 

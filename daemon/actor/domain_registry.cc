@@ -204,23 +204,24 @@ std::shared_ptr<DomainActor> DomainRegistry::MakeActor(const DomainInfo& domain)
 }
 
 void DomainRegistry::OnLifecycle(const LifecycleEvent& event) {
+  std::string glob;
+  {
+    absl::MutexLock lock(&mu_);
+    glob = manage_glob_;
+  }
+  // Another tprd on this host may own the domain's intent (adopt_domains), even when an
+  // operator's command gave this tprd an actor for it.
+  const bool ours = fnmatch(glob.c_str(), event.domain.name.c_str(), 0) == 0;
   if (auto actor = FindActor(event.domain.uuid)) {
-    actor->OnLifecycle(event);
+    actor->OnLifecycle(event, /*apply_intent=*/ours);
     return;
   }
   // A domain tprd has not met starts (or boots again): its actor applies the intent it may have.
   // Made here from the event (asking libvirt on its event thread could stall it); the actor reads
   // the metadata on its own thread.
-  if (event.kind == LifecycleKind::kStarted || event.kind == LifecycleKind::kRebooted) {
-    std::string glob;
-    {
-      absl::MutexLock lock(&mu_);
-      glob = manage_glob_;
-    }
-    std::shared_ptr<DomainActor> actor;
-    if (fnmatch(glob.c_str(), event.domain.name.c_str(), 0) == 0) actor = MakeActor(event.domain);
-    if (actor != nullptr) {
-      actor->OnLifecycle(event);
+  if (ours && (event.kind == LifecycleKind::kStarted || event.kind == LifecycleKind::kRebooted)) {
+    if (std::shared_ptr<DomainActor> actor = MakeActor(event.domain)) {
+      actor->OnLifecycle(event, /*apply_intent=*/true);
       return;
     }
   }

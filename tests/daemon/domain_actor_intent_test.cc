@@ -261,13 +261,24 @@ TEST_F(IntentTest, StartOfADomainWithoutAnIntentChangesNothing) {
   EXPECT_EQ(IntentEntries(""), 0);
 }
 
-TEST_F(IntentTest, StartsOutsideTheAdoptGlobAreLeftToAnotherTprd) {
+TEST_F(IntentTest, StartsAndRebootsOutsideTheAdoptGlobAreLeftToAnotherTprd) {
   MakeRegistry();
   ASSERT_TRUE(registry_->AdoptRunning(Soon(), "test-*").ok());
   hypervisor_.SetIntentXml(kStopped, "<intent strategy=\"mmio\"/>");
   fakes::AddFakeCandidates(*stopped_, 2);
   hypervisor_.EmitLifecycle(kStopped, LifecycleKind::kStarted);
+  // Also a domain this tprd has an actor for (an operator's command made it).
+  auto actor = Actor(kRunning);
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon(), kMmio).ok());
+  hypervisor_.EmitLifecycle(kRunning, LifecycleKind::kRebooted);
+  ASSERT_TRUE(WaitFor(kRunning,
+                      [](const DomainSnapshot& s) { return s.state == DomainState::kUnpatched; }));
   absl::SleepFor(absl::Milliseconds(150));
+  EXPECT_EQ(actor->Snapshot().state, DomainState::kUnpatched);
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    EXPECT_EQ(guest_->enables, 1) << "only the operator's";
+  }
   std::lock_guard<std::mutex> lock(stopped_->mu);
   EXPECT_EQ(stopped_->enables, 0);
 }
