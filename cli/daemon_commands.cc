@@ -216,17 +216,20 @@ int RunDomains(const GlobalOptions& global, std::ostream& out, std::ostream& err
                              {"running", summary.running()},
                              {"state", OrNull(DomainStateWord(summary.state()))},
                              {"strategy", OrNull(StrategyWord(summary.strategy()))},
-                             {"sites_applied", summary.sites_applied()}});
+                             {"sites_applied", summary.sites_applied()},
+                             {"intent", IntentJson(summary)},
+                             {"intent_error", summary.intent_error()}});
     }
     PrintJson(Json{{"domains", domains}}, out);
     return kExitOk;
   }
-  Table table({"NAME", "ID", "STATE", "STRATEGY", "SITES", "UUID"});
+  Table table({"NAME", "ID", "STATE", "STRATEGY", "SITES", "INTENT", "UUID"});
   for (const auto& summary : response.domains()) {
     const int id = summary.domain().id();
     table.Add({summary.domain().name(), id < 0 ? "-" : absl::StrCat(id),
                OrDash(DomainStateWord(summary.state())), OrDash(StrategyWord(summary.strategy())),
-               absl::StrCat(summary.sites_applied()), summary.domain().uuid()});
+               absl::StrCat(summary.sites_applied()), IntentWord(summary),
+               summary.domain().uuid()});
   }
   table.Print(out);
   return kExitOk;
@@ -263,6 +266,7 @@ int RunEnable(const GlobalOptions& global, const DaemonCommandOptions& options, 
   request.set_dry_run(options.dry_run);
   request.set_discovery_budget_ms(
       static_cast<uint32_t>(std::llround(options.budget_seconds * 1000)));
+  request.set_transient(options.transient);
   tprd::v1::EnablePatchingResponse response;
   const int called = CallTprd(
       global, std::max(kGuestCommandTimeoutSeconds, options.budget_seconds + kEnableMarginSeconds),
@@ -311,33 +315,28 @@ int RunSites(const GlobalOptions& global, const DaemonCommandOptions& options, s
   return kExitOk;
 }
 
-int RunRollback(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
-                std::ostream& err) {
-  tprd::v1::RollbackRequest request;
-  request.set_domain(options.domain);
-  for (uint32_t id : options.site_ids) request.add_site_ids(id);
-  request.set_force(options.force);
-  tprd::v1::RollbackResponse response;
-  const int called =
-      CallTprd(global, kGuestCommandTimeoutSeconds, &Stub::Rollback, request, &response, err);
-  if (called != kExitOk) return called;
-  // Some sites left alone is a partial failure: scripts must not assume the guest is clean.
+// What rollback and disable print: the sites restored and refused, the state after. Some sites
+// left alone is a partial failure: scripts must not assume the guest is clean.
+int PrintRollback(const GlobalOptions& global, const tprd::v1::RollbackResponse& response,
+                  const std::string& intent_note, Json extra, std::ostream& out,
+                  std::ostream& err) {
   const int code = response.refused_size() > 0 ? kExitFailed : kExitOk;
   if (global.json) {
     Json refused = Json::array();
     for (const auto& refusal : response.refused()) {
       refused.push_back(Json{{"id", refusal.site_id()}, {"reason", refusal.reason()}});
     }
-    PrintJson(Json{{"domain", response.status().domain().name()},
-                   {"rolled_back", Json(std::vector<uint32_t>(response.rolled_back().begin(),
-                                                              response.rolled_back().end()))},
-                   {"refused", refused},
-                   {"status", StatusJson(response.status())}},
-              out);
+    Json document = Json{{"domain", response.status().domain().name()}};
+    document.update(extra);
+    document["rolled_back"] =
+        Json(std::vector<uint32_t>(response.rolled_back().begin(), response.rolled_back().end()));
+    document["refused"] = refused;
+    document["status"] = StatusJson(response.status());
+    PrintJson(document, out);
     return code;
   }
-  out << response.status().domain().name() << ": rolled back " << response.rolled_back_size()
-      << " sites";
+  out << response.status().domain().name() << ": " << intent_note << "rolled back "
+      << response.rolled_back_size() << " sites";
   if (response.rolled_back_size() > 0) {
     out << " (" << absl::StrJoin(response.rolled_back(), " ") << ")";
   }
@@ -350,6 +349,33 @@ int RunRollback(const GlobalOptions& global, const DaemonCommandOptions& options
         << " sites were not rolled back (see above; --force overwrites changed bytes)\n";
   }
   return code;
+}
+
+int RunRollback(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
+                std::ostream& err) {
+  tprd::v1::RollbackRequest request;
+  request.set_domain(options.domain);
+  for (uint32_t id : options.site_ids) request.add_site_ids(id);
+  request.set_force(options.force);
+  tprd::v1::RollbackResponse response;
+  const int called =
+      CallTprd(global, kGuestCommandTimeoutSeconds, &Stub::Rollback, request, &response, err);
+  if (called != kExitOk) return called;
+  return PrintRollback(global, response, "", Json::object(), out, err);
+}
+
+int RunDisable(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
+               std::ostream& err) {
+  tprd::v1::DisablePatchingRequest request;
+  request.set_domain(options.domain);
+  request.set_force(options.force);
+  tprd::v1::DisablePatchingResponse response;
+  const int called = CallTprd(global, kGuestCommandTimeoutSeconds, &Stub::DisablePatching, request,
+                              &response, err);
+  if (called != kExitOk) return called;
+  return PrintRollback(global, response.rollback(),
+                       response.intent_removed() ? "intent removed, " : "no intent was recorded, ",
+                       Json{{"intent_removed", response.intent_removed()}}, out, err);
 }
 
 int RunScan(const GlobalOptions& global, const DaemonCommandOptions& options, std::ostream& out,
@@ -467,17 +493,29 @@ DaemonCommands::DaemonCommands(CLI::App& app, const GlobalOptions& global) : glo
       ->check(CLI::IsMember({"auto", "mmio", "cr8", "exact"}))
       ->capture_default_str();
   enable_->add_flag("--dry-run", options_.dry_run, "Report what would be patched; write nothing");
+  enable_->add_flag("--transient", options_.transient,
+                    "Patch this boot only: record no intent in the domain's metadata");
   enable_
       ->add_option("--budget", options_.budget_seconds,
                    "Seconds discovery may take (0: the daemon's default)")
       ->check(CLI::Range(0.0, 86400.0));
   sites_ = app.add_subcommand("sites", "List the TPR sites tprd knows for a domain");
   add_domain(sites_);
-  rollback_ = app.add_subcommand("rollback", "Restore original bytes (all sites or --site IDs)");
+  rollback_ = app.add_subcommand(
+      "rollback",
+      "Restore original bytes (all sites or --site IDs); keeps the intent, so the guest's next "
+      "start or reboot patches it again (see disable)");
   add_domain(rollback_);
   rollback_->add_option("--site", options_.site_ids, "Only this site id (repeatable)");
   rollback_->add_flag("--force", options_.force,
                       "Restore even where the guest changed the patched bytes");
+  disable_ = app.add_subcommand(
+      "disable",
+      "Forget the intent (tprd no longer patches the domain when it starts or reboots) "
+      "and restore every site's original bytes");
+  add_domain(disable_);
+  disable_->add_flag("--force", options_.force,
+                     "Restore even where the guest changed the patched bytes");
   scan_ = app.add_subcommand("scan", "Report candidate TPR sites in guest code; change nothing");
   add_domain(scan_);
   watch_ = app.add_subcommand("watch", "Stream site and lifecycle events until Ctrl-C");
@@ -486,7 +524,7 @@ DaemonCommands::DaemonCommands(CLI::App& app, const GlobalOptions& global) : glo
 
 bool DaemonCommands::Parsed() const {
   for (const CLI::App* command :
-       {domains_, status_, metrics_, enable_, sites_, rollback_, scan_, watch_}) {
+       {domains_, status_, metrics_, enable_, sites_, rollback_, disable_, scan_, watch_}) {
     if (command->parsed()) return true;
   }
   return false;
@@ -506,6 +544,7 @@ int DaemonCommands::Run(std::ostream& out, std::ostream& err) {
   if (enable_->parsed()) return RunEnable(global_, options_, out, err);
   if (sites_->parsed()) return RunSites(global_, options_, out, err);
   if (rollback_->parsed()) return RunRollback(global_, options_, out, err);
+  if (disable_->parsed()) return RunDisable(global_, options_, out, err);
   if (scan_->parsed()) return RunScan(global_, options_, out, err);
   if (watch_->parsed()) return RunWatch(global_, options_, out, err);
   err << "tprctl: no command given (see tprctl --help)\n";

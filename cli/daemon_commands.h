@@ -1,6 +1,6 @@
-// tprctl's commands that talk to tprd over gRPC: domains, status, enable, sites, rollback,
-// scan, watch. Only in the full build (they need tprd_proto and gRPC); the header itself needs
-// neither, so main can hold the options unconditionally.
+// tprctl's commands that talk to tprd over gRPC: domains, status, metrics, enable, sites,
+// rollback, disable, scan, watch. Only in the full build (they need tprd_proto and gRPC); the
+// header itself needs neither, so main can hold the options unconditionally.
 #ifndef TPRD_CLI_DAEMON_COMMANDS_H_
 #define TPRD_CLI_DAEMON_COMMANDS_H_
 
@@ -27,6 +27,7 @@ struct DaemonCommandOptions {
   std::string domain;  // name, UUID or ID; empty for `watch` means every domain
   std::string strategy = "auto";
   bool dry_run = false;
+  bool transient = false;     // enable: record no intent
   double budget_seconds = 0;  // 0: the daemon's default
   std::vector<uint32_t> site_ids;
   bool force = false;
@@ -53,6 +54,7 @@ class DaemonCommands {
   CLI::App* enable_ = nullptr;
   CLI::App* sites_ = nullptr;
   CLI::App* rollback_ = nullptr;
+  CLI::App* disable_ = nullptr;
   CLI::App* scan_ = nullptr;
   CLI::App* watch_ = nullptr;
 };

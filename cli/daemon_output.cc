@@ -48,6 +48,28 @@ std::string OrDash(const std::string& text) { return text.empty() ? "-" : text; 
 
 std::string Address(uint32_t address) { return absl::StrFormat("0x%08x", address); }
 
+namespace {
+
+template <typename Message>
+std::string IntentWordOf(const Message& message) {
+  if (message.has_intent()) return StrategyWord(message.intent().strategy());
+  return message.intent_error().empty() ? "-" : "invalid";
+}
+
+template <typename Message>
+Json IntentJsonOf(const Message& message) {
+  if (!message.has_intent()) return nullptr;
+  return Json{{"strategy", OrNull(StrategyWord(message.intent().strategy()))},
+              {"discovery_budget_ms", message.intent().discovery_budget_ms()}};
+}
+
+}  // namespace
+
+std::string IntentWord(const tprd::v1::DomainSummary& summary) { return IntentWordOf(summary); }
+std::string IntentWord(const tprd::v1::DomainStatus& status) { return IntentWordOf(status); }
+Json IntentJson(const tprd::v1::DomainSummary& summary) { return IntentJsonOf(summary); }
+Json IntentJson(const tprd::v1::DomainStatus& status) { return IntentJsonOf(status); }
+
 Json SiteJson(const tprd::v1::Site& site) {
   return Json{{"id", site.id()},
               {"address", Address(site.address())},
@@ -77,7 +99,10 @@ Json StatusJson(const tprd::v1::DomainStatus& status) {
               {"last_error", status.last_error()},
               {"busy_with", status.busy_with()},
               {"proving_window_open", status.proving_window_open()},
-              {"guard_mismatches", status.guard_mismatches()}};
+              {"guard_mismatches", status.guard_mismatches()},
+              {"intent", IntentJson(status)},
+              {"intent_error", status.intent_error()},
+              {"intent_progress", status.intent_progress()}};
 }
 
 void PrintSites(const google::protobuf::RepeatedPtrField<tprd::v1::Site>& sites,
@@ -106,6 +131,15 @@ void PrintStatus(const tprd::v1::DomainStatus& status, std::ostream& out) {
   out << absl::StrFormat("TPR exits:  %.0f/s before, %.0f/s now\n",
                          status.tpr_accesses_per_second_before(),
                          status.tpr_accesses_per_second_after());
+  out << "intent:     " << IntentWord(status);
+  if (status.has_intent() && status.intent().discovery_budget_ms() > 0) {
+    out << " (discovery budget " << status.intent().discovery_budget_ms() << " ms)";
+  }
+  out << "\n";
+  if (!status.intent_error().empty()) out << "intent err: " << status.intent_error() << "\n";
+  if (!status.intent_progress().empty()) {
+    out << "applying:   " << status.intent_progress() << "\n";
+  }
   if (!status.busy_with().empty()) out << "busy with:  " << status.busy_with() << "\n";
   if (status.proving_window_open()) {
     out << "proving:    open (every candidate waits at a breakpoint until it ends)\n";

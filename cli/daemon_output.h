@@ -27,6 +27,13 @@ Json OrNull(const std::string& text);
 std::string OrDash(const std::string& text);
 std::string Address(uint32_t address);
 
+// The recorded intent: its strategy word ("auto", "mmio", ...), "invalid" when the metadata
+// holds one tprd refuses, "-" when none.
+std::string IntentWord(const tprd::v1::DomainSummary& summary);
+std::string IntentWord(const tprd::v1::DomainStatus& status);
+// {"strategy", "discovery_budget_ms"} or null.
+Json IntentJson(const tprd::v1::DomainSummary& summary);
+Json IntentJson(const tprd::v1::DomainStatus& status);
 Json SiteJson(const tprd::v1::Site& site);
 Json StatusJson(const tprd::v1::DomainStatus& status);
 Json EventJson(const tprd::v1::Event& event);

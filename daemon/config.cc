@@ -33,7 +33,8 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
     if (value.empty()) return absl::InvalidArgumentError("adopt_domains must not be empty");
     config->adopt_domains = value;
   } else if (key == "poll_interval_ms" || key == "stop_timeout_s" || key == "proving_window_s" ||
-             key == "mmio_write_stops_per_second") {
+             key == "mmio_write_stops_per_second" || key == "intent_retry_s" ||
+             key == "intent_retry_interval_ms") {
     int number = 0;
     if (!absl::SimpleAtoi(value, &number) || number <= 0) {
       return absl::InvalidArgumentError(
@@ -45,6 +46,10 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
       config->proving_window = absl::Seconds(number);
     } else if (key == "mmio_write_stops_per_second") {
       config->mmio_write_stops_per_second = number;
+    } else if (key == "intent_retry_s") {
+      config->intent_retry_window = absl::Seconds(number);
+    } else if (key == "intent_retry_interval_ms") {
+      config->intent_retry_interval = absl::Milliseconds(number);
     } else {
       config->stop_timeout = absl::Seconds(number);
     }
@@ -58,7 +63,8 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown setting \"", key,
         "\"; known: connect, socket, socket_group, state_dir, poll_interval_ms, stop_timeout_s, "
-        "log_level, adopt_domains, proving_window_s, mmio_write_stops_per_second"));
+        "log_level, adopt_domains, proving_window_s, mmio_write_stops_per_second, intent_retry_s, "
+        "intent_retry_interval_ms"));
   }
   return absl::OkStatus();
 }

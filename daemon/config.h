@@ -12,7 +12,11 @@
 //   proving_window_s how long breakpoints wait on candidates not yet run (default 60); after
 //                    that only mmio's writers keep theirs
 //   adopt_domains    shell glob of domain names adopted at start (default *: every domain);
-//                    operators' commands reach any domain either way
+//                    operators' commands reach any domain either way; also which domains'
+//                    recorded intent tprd applies
+//   intent_retry_s   how long tprd keeps trying to apply a domain's intent after it starts or
+//                    reboots (default 300): its kernel must boot before there is anything to patch
+//   intent_retry_interval_ms  how often it tries meanwhile (default 2000)
 #ifndef TPRD_DAEMON_CONFIG_H_
 #define TPRD_DAEMON_CONFIG_H_
 
@@ -38,6 +42,8 @@ struct Config {
   int mmio_write_stops_per_second = 200;
   bool debug = false;
   std::string adopt_domains = "*";
+  absl::Duration intent_retry_window = absl::Minutes(5);
+  absl::Duration intent_retry_interval = absl::Seconds(2);
 };
 
 inline constexpr char kDefaultConfigFile[] = "/etc/tprd/tprd.conf";

@@ -77,6 +77,8 @@ int Run(const Config& config) {
   EventBus bus;
   DomainActorOptions actor_options;
   actor_options.poll_interval = config.poll_interval;
+  actor_options.intent_retry_window = config.intent_retry_window;
+  actor_options.intent_retry_interval = config.intent_retry_interval;
   auto registry =
       std::make_unique<DomainRegistry>(hypervisor->get(), journal->get(), &bus, actor_options);
   TprdService service(registry.get(), &bus);

@@ -364,6 +364,47 @@ class LibvirtConnectionImpl : public LibvirtConnection {
     });
   }
 
+  absl::StatusOr<std::optional<std::string>> GetMetadata(std::string_view uuid,
+                                                         std::string_view uri) override {
+    std::string key(uri);
+    return WithDomain(uuid, [&](virDomainPtr domain) -> absl::StatusOr<std::optional<std::string>> {
+      // CURRENT: the live definition of a running domain, else the persistent one.
+      char* xml = virDomainGetMetadata(domain, VIR_DOMAIN_METADATA_ELEMENT, key.c_str(),
+                                       VIR_DOMAIN_AFFECT_CURRENT);
+      if (xml == nullptr) {
+        virErrorPtr error = virGetLastError();
+        if (error != nullptr && error->code == VIR_ERR_NO_DOMAIN_METADATA) {
+          virResetLastError();
+          return std::nullopt;  // none recorded: not an error
+        }
+        return LibvirtError(absl::StrCat("virDomainGetMetadata ", key));
+      }
+      std::string out = xml;
+      free(xml);
+      return std::optional<std::string>(std::move(out));
+    });
+  }
+
+  absl::Status SetMetadata(std::string_view uuid, std::string_view uri, std::string_view prefix,
+                           const std::optional<std::string>& xml) override {
+    std::string key(uri), name(prefix);
+    return WithDomain(uuid, [&](virDomainPtr domain) -> absl::Status {
+      const int active = virDomainIsActive(domain);
+      const int persistent = virDomainIsPersistent(domain);
+      if (active < 0 || persistent < 0) return LibvirtError("virDomainIsActive/IsPersistent");
+      // LIVE fails on a shut-off domain and CONFIG on a transient one: name what exists.
+      unsigned flags = 0;
+      if (active == 1) flags |= VIR_DOMAIN_AFFECT_LIVE;
+      if (persistent == 1) flags |= VIR_DOMAIN_AFFECT_CONFIG;
+      const int rc = xml ? virDomainSetMetadata(domain, VIR_DOMAIN_METADATA_ELEMENT, xml->c_str(),
+                                                name.c_str(), key.c_str(), flags)
+                         : virDomainSetMetadata(domain, VIR_DOMAIN_METADATA_ELEMENT, nullptr,
+                                                nullptr, key.c_str(), flags);
+      if (rc != 0) return LibvirtError(absl::StrCat("virDomainSetMetadata ", key));
+      return absl::OkStatus();
+    });
+  }
+
   void Subscribe(LibvirtEventSubscriber* subscriber) override {
     absl::MutexLock lock(&shared_->subscribers_mu);
     shared_->subscribers.push_back(subscriber);

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -112,6 +113,19 @@ class LibvirtConnection {
   // caller keeps `fd` and closes it.
   virtual absl::StatusOr<std::string> QmpCommandWithFd(std::string_view uuid, std::string_view json,
                                                        int fd) = 0;
+
+  // The domain's metadata element in namespace `uri` (virDomainGetMetadata), from the live
+  // definition of a running domain, else the persistent one; nullopt when it has none. libvirt
+  // returns the element without its prefix.
+  virtual absl::StatusOr<std::optional<std::string>> GetMetadata(std::string_view uuid,
+                                                                 std::string_view uri) = 0;
+  // Sets the element `xml` (no prefix: libvirt gives it `prefix`) in namespace `uri`, or removes
+  // it when `xml` is nullopt (removing what is not there succeeds): in the live definition of a
+  // running domain and in the persistent one of a defined domain, so that it survives both a
+  // restart and a migration.
+  virtual absl::Status SetMetadata(std::string_view uuid, std::string_view uri,
+                                   std::string_view prefix,
+                                   const std::optional<std::string>& xml) = 0;
 
   // Subscribers stay registered across reconnects. Unsubscribe waits for a running callback.
   virtual void Subscribe(LibvirtEventSubscriber* subscriber) = 0;

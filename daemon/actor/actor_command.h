@@ -25,6 +25,7 @@ enum class ActorCommand : uint8_t {
   kScan,
   kAdopt,
   kDetach,
+  kDisable,    // forget the operator's intent, then roll back every site
   kLifecycle,  // a libvirt lifecycle event, queued from the hypervisor's event thread
 };
 inline constexpr int kActorCommandCount = static_cast<int>(ActorCommand::kLifecycle) + 1;
@@ -50,6 +51,7 @@ struct ActorCommandRule {
 // arriving meanwhile queues behind it. While closing, only the detach itself is taken, and
 // lifecycle events, which keep the snapshot true until the actor stops. Detach and lifecycle
 // events run on a gone domain: there is a session to drop or a state to update, no guest to use.
+// Disable runs on a gone domain too: it forgets the intent, and has no guest to roll back.
 // clang-format off
 inline constexpr std::array<ActorCommandRule, kActorCommandCount> kActorCommandRules = {{
     //                                      claims  accepted  runs when the domain is: unpatched,
@@ -59,6 +61,7 @@ inline constexpr std::array<ActorCommandRule, kActorCommandCount> kActorCommandR
     {ActorCommand::kScan,      "scan",      false,  false,    {true, true, true, true, false}},
     {ActorCommand::kAdopt,     "adopt",     false,  false,    {true, true, true, true, false}},
     {ActorCommand::kDetach,    "detach",    false,  true,     {true, true, true, true, true}},
+    {ActorCommand::kDisable,   "disable",   true,   false,    {true, true, true, true, true}},
     {ActorCommand::kLifecycle, "lifecycle", false,  true,     {true, true, true, true, true}},
 }};
 // clang-format on

@@ -109,6 +109,7 @@ void DomainActor::Run() {
     bool poll = false;
     bool stop = false;
     bool retake = false;
+    bool intent = false;
     {
       absl::MutexLock lock(&mu_);
       const bool patched = snapshot_.state == DomainState::kPatched && controller_ != nullptr;
@@ -116,10 +117,12 @@ void DomainActor::Run() {
         return phase_ == ActorPhase::kStopping || !queue_.empty();
       };
       // While patched the controller must poll; otherwise sleep until a command arrives (or a
-      // deferred retake is due).
+      // deferred retake or intent attempt is due). Both are scheduled on this thread only.
       if (!patched) {
-        if (retake_at_) {
-          mu_.AwaitWithDeadline(absl::Condition(&ready), *retake_at_);
+        std::optional<absl::Time> wake = retake_at_;
+        if (intent_at_ && (!wake || *intent_at_ < *wake)) wake = intent_at_;
+        if (wake) {
+          mu_.AwaitWithDeadline(absl::Condition(&ready), *wake);
         } else {
           mu_.Await(absl::Condition(&ready));
         }
@@ -132,12 +135,18 @@ void DomainActor::Run() {
         queue_.pop_front();
       } else if (retake_at_ && absl::Now() >= *retake_at_) {
         retake = true;
+      } else if (intent_at_ && absl::Now() >= *intent_at_) {
+        intent = true;
       } else {
         poll = patched;
       }
     }
     if (retake) {
       RetakeGuest();
+      continue;
+    }
+    if (intent) {
+      TryIntent();
       continue;
     }
     if (stop) {
@@ -408,7 +417,7 @@ uint64_t DomainActor::RebootsSeen() {
   return reboots_seen_;
 }
 
-void DomainActor::OnLifecycle(const LifecycleEvent& event) {
+void DomainActor::OnLifecycle(const LifecycleEvent& event, bool apply_intent) {
   {
     absl::MutexLock lock(&mu_);
     // A failing operation may be waiting for this (StoppedDuring), even while stopping.
@@ -420,13 +429,13 @@ void DomainActor::OnLifecycle(const LifecycleEvent& event) {
   Command command;
   command.kind = ActorCommand::kLifecycle;
   command.cancelled = std::make_shared<std::atomic<bool>>(false);
-  command.run = [this, event](const absl::Status& gate) {
-    if (gate.ok()) HandleLifecycle(event);
+  command.run = [this, event, apply_intent](const absl::Status& gate) {
+    if (gate.ok()) HandleLifecycle(event, apply_intent);
   };
   Enqueue(std::move(command));
 }
 
-void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
+void DomainActor::HandleLifecycle(const LifecycleEvent& event, bool apply_intent) {
   const std::string kind = LifecycleName(event.kind);
   DomainEvent published;
   published.kind = DomainEvent::Kind::kLifecycle;
@@ -453,7 +462,8 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
       if (Snapshot().state == DomainState::kGone) SetState(DomainState::kUnpatched, "started");
       // A restore, a managedsave start or a snapshot revert brings tprd's blob back with the
       // guest: adopted as at daemon start (nothing is attached when no blob is there). libvirt
-      // may still hold it paused (starting up): then its first resume tries again.
+      // may still hold it paused (starting up): then its first resume tries again. A fresh boot
+      // has no blob: the operator's intent applies to it.
       {
         absl::MutexLock lock(&mu_);
         probes_after_start_ = kProbesAfterStart;
@@ -463,6 +473,7 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
         absl::MutexLock lock(&mu_);
         awaiting_host_resume_ = true;
       }
+      if (apply_intent && controller_ == nullptr) ApplyIntent("started");
       break;
     case LifecycleKind::kResumed: {
       bool waiting = false;
@@ -482,11 +493,13 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event) {
         snapshot_.last_error.clear();
       }
       SetState(DomainState::kUnpatched, "guest rebooted: its patches went with its memory");
+      if (apply_intent) ApplyIntent("rebooted");
       break;
     case LifecycleKind::kShutdown:
     case LifecycleKind::kDestroyed:
     case LifecycleKind::kCrashed:
     case LifecycleKind::kMigrated:
+      StopIntent(absl::StrCat("the domain ", kind));
       DropController(/*detach=*/false, kind);
       SetState(DomainState::kGone, absl::StrCat(kind, ": patches gone with the guest's memory"));
       break;

@@ -28,6 +28,7 @@
 #include "daemon/domain/domain_controller.h"
 #include "daemon/domain/domain_state.h"
 #include "daemon/domain/hypervisor.h"
+#include "daemon/domain/intent.h"
 #include "daemon/events/event_bus.h"
 #include "daemon/journal/journal.h"
 
@@ -41,6 +42,12 @@ struct DomainSnapshot {
   std::vector<SiteReport> sites;
   std::string busy_with;  // the command running or queued that changes the guest; empty if none
   std::string last_error;
+  // The operator's intent as the domain's metadata holds it (the registry reads it for
+  // ListDomains and Describe), or why it could not be read or was refused.
+  std::optional<Intent> intent;
+  std::string intent_error;
+  // While the actor applies the intent after a start or reboot: what its last attempt found.
+  std::string intent_progress;
 };
 
 struct DomainActorOptions {
@@ -49,6 +56,13 @@ struct DomainActorOptions {
   // a reset makes the next gdbstub read fail (no paging yet) a moment before libvirt's event
   // arrives.
   absl::Duration reboot_event_grace = absl::Seconds(2);
+  // Applying the operator's intent after the guest starts or reboots (and at tprd's start): a
+  // fresh guest has no kernel to patch yet, so the actor tries every `intent_retry_interval`
+  // until the scan finds sites, for at most `intent_retry_window` (config intent_retry_s).
+  absl::Duration intent_retry_interval = absl::Seconds(2);
+  absl::Duration intent_retry_window = absl::Minutes(5);
+  // The discovery budget of an intent that names none (the service's default).
+  absl::Duration default_discovery_budget = absl::Seconds(10);
 };
 
 class DomainActor {
@@ -71,21 +85,37 @@ class DomainActor {
     std::vector<SiteReport> sites;
     DomainSnapshot after;
   };
-  absl::StatusOr<EnableResult> Enable(const EnableOptions& options, absl::Time deadline);
+  // `record`: the intent a successful enable records in the domain's metadata (none for a dry
+  // run or a transient enable). Ends the actor's own attempts to apply the intent.
+  absl::StatusOr<EnableResult> Enable(const EnableOptions& options, absl::Time deadline,
+                                      std::optional<Intent> record = std::nullopt);
   struct RollbackOutcome {
     RollbackResult result;
     DomainSnapshot after;
   };
   absl::StatusOr<RollbackOutcome> Rollback(const std::vector<uint32_t>& site_ids, bool force,
                                            absl::Time deadline);
+  // Forgets the operator's intent (removes it from the domain's metadata; nothing else changes
+  // when that fails), then rolls back every site as Rollback does (nothing to roll back when the
+  // domain is gone).
+  struct DisableOutcome {
+    RollbackResult result;
+    bool intent_removed = false;  // an intent was recorded
+    DomainSnapshot after;
+  };
+  absl::StatusOr<DisableOutcome> Disable(bool force, absl::Time deadline);
   absl::StatusOr<std::vector<ScanCandidateReport>> Scan(absl::Time deadline);
-  // Looks for tprd's blob and takes a patched guest back; returns whether it holds patches.
+  // Looks for tprd's blob and takes a patched guest back; returns whether it holds patches. A
+  // guest without the blob (booted while tprd was away) then gets the domain's intent, if it
+  // has one, as after a start (ApplyIntent); one holding the blob unpatched was rolled back by
+  // an operator and is left so.
   absl::StatusOr<bool> Adopt(absl::Time deadline);
   // Orderly stop: leave the guest correct without tprd (exact, no traps), drop the session.
   // The actor accepts no further commands (UNAVAILABLE) afterwards.
   absl::Status Detach(const std::string& reason, absl::Time deadline);
-  // From the hypervisor's event thread: never blocks on the actor.
-  void OnLifecycle(const LifecycleEvent& event);
+  // From the hypervisor's event thread: never blocks on the actor. With `apply_intent`, a start
+  // or reboot makes the actor apply the domain's intent, if it has one.
+  void OnLifecycle(const LifecycleEvent& event, bool apply_intent);
 
  private:
   struct Command {
@@ -116,6 +146,23 @@ class DomainActor {
   // kHostCopiesState: detach to exact and wait for the domain to run again.
   void LetGoForStateCopy(const std::string& message);
 
+  // The bodies of Enable and Rollback, also run by the actor itself (ApplyIntent, Disable).
+  absl::StatusOr<EnableResult> RunEnable(const EnableOptions& options,
+                                         const std::optional<Intent>& record);
+  absl::StatusOr<RollbackOutcome> RunRollback(const std::vector<uint32_t>& site_ids, bool force);
+  // Applying the intent: (re)starts the attempts (`why`: "started", "rebooted", ...), makes one,
+  // ends them (`why` journaled when attempts were under way).
+  void ApplyIntent(const std::string& why);
+  void TryIntent();
+  void StopIntent(const std::string& why);
+  // Schedules the next attempt, or gives up when the window is over.
+  void RetryIntent(int attempt, const std::string& outcome);
+  // Writes `intent` to the domain's metadata after a successful enable; a failure leaves the
+  // guest patched and says so in last_error.
+  void RecordIntent(const Intent& intent);
+  // Removes the intent from the domain's metadata; returns whether one was there.
+  absl::StatusOr<bool> ForgetIntent();
+
   // Actor thread only.
   absl::Status EnsureController(bool adopt);
   void DropController(bool detach, const std::string& reason);
@@ -130,7 +177,7 @@ class DomainActor {
                        std::optional<engine::Strategy> strategy = std::nullopt);
   void PublishSite(const SiteReport& site);
   void PublishError(const std::string& message);
-  void HandleLifecycle(const LifecycleEvent& event);
+  void HandleLifecycle(const LifecycleEvent& event, bool apply_intent);
   absl::Status GoneError();
   absl::Status NotLegalIn(ActorCommand kind, DomainState state);
 
@@ -156,6 +203,10 @@ class DomainActor {
   bool awaiting_host_resume_ ABSL_GUARDED_BY(mu_) = false;
   // Looks for tprd's blob left after a start (kProbesAfterStart in domain_actor.cc).
   int probes_after_start_ ABSL_GUARDED_BY(mu_) = 0;
+  // Applying the intent: when the next attempt is due, until when to try, attempts made.
+  std::optional<absl::Time> intent_at_ ABSL_GUARDED_BY(mu_);
+  absl::Time intent_deadline_ ABSL_GUARDED_BY(mu_);
+  int intent_attempts_ ABSL_GUARDED_BY(mu_) = 0;
   // Reboot events received (counted on the event thread, before the actor handles them).
   uint64_t reboots_seen_ ABSL_GUARDED_BY(mu_) = 0;
   // The controller to Interrupt() when a command arrives; set by the actor thread.

@@ -86,115 +86,155 @@ absl::Status DomainActor::StoppedDuring(const absl::Status& status, const std::s
 }
 
 absl::StatusOr<DomainActor::EnableResult> DomainActor::Enable(const EnableOptions& options,
-                                                              absl::Time deadline) {
-  return Call<EnableResult>(
-      ActorCommand::kEnable, deadline, [this, options]() -> absl::StatusOr<EnableResult> {
-        const DomainState before = Snapshot().state;
-        const bool had_session = controller_ != nullptr;
-        // A guest we are away from may already hold our blob: take it back before enabling.
-        absl::Status opened = EnsureController(before == DomainState::kExactWhileAway);
-        if (!opened.ok()) return opened;
-        const uint64_t reboots_before = RebootsSeen();
-        if (!options.dry_run) SetState(DomainState::kPatching, "enable started");
-        RecordOperation("enable", options.dry_run ? "dry run" : "started");
-        auto sites = controller_->Enable(options);
-        if (!sites.ok()) sites = StoppedDuring(sites.status(), "enable", reboots_before);
-        if (!sites.ok()) {
-          const std::string message = std::string(sites.status().message());
-          {
-            absl::MutexLock lock(&mu_);
-            snapshot_.last_error = message;
-          }
-          RecordOperation("enable", absl::StrCat("failed: ", message));
-          PublishError(message);
-          const bool patched = controller_->Status().patched;
-          if (!patched && !had_session) DropController(/*detach=*/true, "enable failed");
-          SetState(patched ? DomainState::kPatched : DomainState::kUnpatched, "enable failed");
-          RefreshSnapshot(/*with_sites=*/true);
-          return sites.status();
-        }
-        if (options.dry_run) {
-          if (!had_session && !controller_->Status().patched) {
-            DropController(/*detach=*/true, "dry run done");
-          }
-        } else {
-          for (const SiteReport& site : *sites) PublishSite(site);
-          RecordOperation("enable", absl::StrCat("done: ", sites->size(), " sites"),
-                          controller_->Status().requested_strategy);
-          SetState(controller_->Status().patched ? DomainState::kPatched : DomainState::kUnpatched,
-                   absl::StrCat("enable done, ", sites->size(), " sites"));
-          absl::MutexLock lock(&mu_);
-          snapshot_.last_error.clear();
-        }
-        RefreshSnapshot(/*with_sites=*/true);
-        EnableResult result;
-        result.sites = *std::move(sites);
-        result.after = Snapshot();
-        return result;
-      });
+                                                              absl::Time deadline,
+                                                              std::optional<Intent> record) {
+  return Call<EnableResult>(ActorCommand::kEnable, deadline,
+                            [this, options, record]() -> absl::StatusOr<EnableResult> {
+                              // The operator's hand takes over from the actor's own attempts.
+                              if (!options.dry_run) StopIntent("an operator's enable");
+                              return RunEnable(options, record);
+                            });
+}
+
+absl::StatusOr<DomainActor::EnableResult> DomainActor::RunEnable(
+    const EnableOptions& options, const std::optional<Intent>& record) {
+  const DomainState before = Snapshot().state;
+  const bool had_session = controller_ != nullptr;
+  // A guest we are away from may already hold our blob: take it back before enabling.
+  absl::Status opened = EnsureController(before == DomainState::kExactWhileAway);
+  if (!opened.ok()) return opened;
+  const uint64_t reboots_before = RebootsSeen();
+  if (!options.dry_run) SetState(DomainState::kPatching, "enable started");
+  RecordOperation("enable", options.dry_run ? "dry run" : "started");
+  auto sites = controller_->Enable(options);
+  if (!sites.ok()) sites = StoppedDuring(sites.status(), "enable", reboots_before);
+  if (!sites.ok()) {
+    const std::string message = std::string(sites.status().message());
+    {
+      absl::MutexLock lock(&mu_);
+      snapshot_.last_error = message;
+    }
+    RecordOperation("enable", absl::StrCat("failed: ", message));
+    PublishError(message);
+    const bool patched = controller_->Status().patched;
+    if (!patched && !had_session) DropController(/*detach=*/true, "enable failed");
+    SetState(patched ? DomainState::kPatched : DomainState::kUnpatched, "enable failed");
+    RefreshSnapshot(/*with_sites=*/true);
+    return sites.status();
+  }
+  if (options.dry_run) {
+    if (!had_session && !controller_->Status().patched) {
+      DropController(/*detach=*/true, "dry run done");
+    }
+  } else {
+    for (const SiteReport& site : *sites) PublishSite(site);
+    RecordOperation("enable", absl::StrCat("done: ", sites->size(), " sites"),
+                    controller_->Status().requested_strategy);
+    SetState(controller_->Status().patched ? DomainState::kPatched : DomainState::kUnpatched,
+             absl::StrCat("enable done, ", sites->size(), " sites"));
+    {
+      absl::MutexLock lock(&mu_);
+      snapshot_.last_error.clear();
+    }
+    if (record) RecordIntent(*record);
+  }
+  RefreshSnapshot(/*with_sites=*/true);
+  EnableResult result;
+  result.sites = *std::move(sites);
+  result.after = Snapshot();
+  return result;
 }
 
 absl::StatusOr<DomainActor::RollbackOutcome> DomainActor::Rollback(
     const std::vector<uint32_t>& site_ids, bool force, absl::Time deadline) {
-  return Call<RollbackOutcome>(
-      ActorCommand::kRollback, deadline,
-      [this, site_ids, force]() -> absl::StatusOr<RollbackOutcome> {
-        const DomainSnapshot before = Snapshot();
-        // Not a refusal for the table: with nothing patched, rolling everything back is an answer.
-        if (before.state == DomainState::kUnpatched && controller_ == nullptr) {
-          if (!site_ids.empty()) {
-            return absl::NotFoundError(
-                absl::StrCat("site ", site_ids.front(), ": domain ", before.domain.name,
-                             " has no patched sites (tprctl sites ", before.domain.name, ")"));
+  return Call<RollbackOutcome>(ActorCommand::kRollback, deadline,
+                               [this, site_ids, force]() -> absl::StatusOr<RollbackOutcome> {
+                                 // Keeps the intent; ends the actor's own attempts to apply it.
+                                 StopIntent("an operator's rollback");
+                                 return RunRollback(site_ids, force);
+                               });
+}
+
+absl::StatusOr<DomainActor::RollbackOutcome> DomainActor::RunRollback(
+    const std::vector<uint32_t>& site_ids, bool force) {
+  const DomainSnapshot before = Snapshot();
+  // Not a refusal for the table: with nothing patched, rolling everything back is an answer.
+  if (before.state == DomainState::kUnpatched && controller_ == nullptr) {
+    if (!site_ids.empty()) {
+      return absl::NotFoundError(
+          absl::StrCat("site ", site_ids.front(), ": domain ", before.domain.name,
+                       " has no patched sites (tprctl sites ", before.domain.name, ")"));
+    }
+    RollbackOutcome nothing;
+    nothing.after = before;
+    return nothing;  // nothing patched: rolling back everything is already true
+  }
+  const uint64_t reboots_before = RebootsSeen();
+  absl::Status opened = EnsureController(/*adopt=*/true);
+  if (!opened.ok()) return opened;
+  // An unknown id is the caller's mistake, not the domain's: refused as a whole before
+  // anything is journaled, and not recorded as the domain's last error.
+  if (!site_ids.empty()) {
+    auto known = controller_->ListSites();
+    if (!known.ok()) return known.status();
+    std::set<uint32_t> ids;
+    for (const SiteReport& site : *known) ids.insert(site.site.id);
+    for (uint32_t id : site_ids) {
+      if (ids.count(id) == 0) {
+        return absl::NotFoundError(absl::StrCat("no site ", id, " in domain ", before.domain.name,
+                                                "; see tprctl sites ", before.domain.name));
+      }
+    }
+  }
+  // Rolling back everything ends the operator's choice: a guest adopted later stays exact.
+  RecordOperation("rollback", site_ids.empty() ? "all sites" : "selected sites",
+                  site_ids.empty() ? std::optional(engine::Strategy::kExact) : std::nullopt);
+  auto result = controller_->Rollback(site_ids, force);
+  if (!result.ok()) result = StoppedDuring(result.status(), "rollback", reboots_before);
+  if (!result.ok()) {
+    absl::MutexLock lock(&mu_);
+    snapshot_.last_error = std::string(result.status().message());
+    return result.status();
+  }
+  RefreshSnapshot(/*with_sites=*/true);
+  for (const SiteReport& site : Snapshot().sites) {
+    for (uint32_t id : result->rolled_back) {
+      if (site.site.id == id) PublishSite(site);
+    }
+  }
+  RecordOperation("rollback", absl::StrCat("done: ", result->rolled_back.size(), " restored, ",
+                                           result->refused.size(), " refused"));
+  if (!controller_->Status().patched) {
+    // Nothing of ours is live any more: leave no traps behind.
+    DropController(/*detach=*/true, "rolled back");
+    SetState(DomainState::kUnpatched, "every site rolled back");
+  }
+  RollbackOutcome outcome;
+  outcome.result = *std::move(result);
+  outcome.after = Snapshot();
+  return outcome;
+}
+
+absl::StatusOr<DomainActor::DisableOutcome> DomainActor::Disable(bool force, absl::Time deadline) {
+  return Call<DisableOutcome>(
+      ActorCommand::kDisable, deadline, [this, force]() -> absl::StatusOr<DisableOutcome> {
+        StopIntent("an operator's disable");
+        // Forget first: a guest that reboots while (or after) its sites are rolled back must
+        // not be patched again. Nothing else happens when libvirt cannot be told.
+        DisableOutcome outcome;
+        auto removed = ForgetIntent();
+        if (!removed.ok()) return removed.status();
+        outcome.intent_removed = *removed;
+        if (Snapshot().state != DomainState::kGone) {
+          auto rolled_back = RunRollback({}, force);
+          if (!rolled_back.ok()) {
+            return absl::Status(
+                rolled_back.status().code(),
+                absl::StrCat(rolled_back.status().message(),
+                             outcome.intent_removed ? " (the intent is removed)" : ""));
           }
-          RollbackOutcome nothing;
-          nothing.after = before;
-          return nothing;  // nothing patched: rolling back everything is already true
+          outcome.result = std::move(rolled_back->result);
         }
-        const uint64_t reboots_before = RebootsSeen();
-        absl::Status opened = EnsureController(/*adopt=*/true);
-        if (!opened.ok()) return opened;
-        // An unknown id is the caller's mistake, not the domain's: refused as a whole before
-        // anything is journaled, and not recorded as the domain's last error.
-        if (!site_ids.empty()) {
-          auto known = controller_->ListSites();
-          if (!known.ok()) return known.status();
-          std::set<uint32_t> ids;
-          for (const SiteReport& site : *known) ids.insert(site.site.id);
-          for (uint32_t id : site_ids) {
-            if (ids.count(id) == 0) {
-              return absl::NotFoundError(absl::StrCat("no site ", id, " in domain ",
-                                                      before.domain.name, "; see tprctl sites ",
-                                                      before.domain.name));
-            }
-          }
-        }
-        // Rolling back everything ends the operator's choice: a guest adopted later stays exact.
-        RecordOperation("rollback", site_ids.empty() ? "all sites" : "selected sites",
-                        site_ids.empty() ? std::optional(engine::Strategy::kExact) : std::nullopt);
-        auto result = controller_->Rollback(site_ids, force);
-        if (!result.ok()) result = StoppedDuring(result.status(), "rollback", reboots_before);
-        if (!result.ok()) {
-          absl::MutexLock lock(&mu_);
-          snapshot_.last_error = std::string(result.status().message());
-          return result.status();
-        }
-        RefreshSnapshot(/*with_sites=*/true);
-        for (const SiteReport& site : Snapshot().sites) {
-          for (uint32_t id : result->rolled_back) {
-            if (site.site.id == id) PublishSite(site);
-          }
-        }
-        RecordOperation("rollback",
-                        absl::StrCat("done: ", result->rolled_back.size(), " restored, ",
-                                     result->refused.size(), " refused"));
-        if (!controller_->Status().patched) {
-          // Nothing of ours is live any more: leave no traps behind.
-          DropController(/*detach=*/true, "rolled back");
-          SetState(DomainState::kUnpatched, "every site rolled back");
-        }
-        RollbackOutcome outcome;
-        outcome.result = *std::move(result);
         outcome.after = Snapshot();
         return outcome;
       });
@@ -219,6 +259,9 @@ absl::StatusOr<bool> DomainActor::Adopt(absl::Time deadline) {
     absl::Status opened = EnsureController(/*adopt=*/true);
     if (!opened.ok()) return opened;
     const bool patched = controller_->Status().patched;
+    // No blob: the guest booted while tprd was away (a blob with nothing patched is an
+    // operator's rollback, which keeps the guest as it is).
+    if (!patched && !controller_->Status().holds_blob) ApplyIntent("tprd started");
     if (patched) {
       RecordOperation("adopt", "took back a patched guest");
       SetState(DomainState::kPatched, "adopted");
@@ -246,6 +289,7 @@ absl::Status DomainActor::Detach(const std::string& reason, absl::Time deadline)
     if (phase_ == ActorPhase::kOpen) phase_ = ActorPhase::kClosing;
   }
   auto done = Call<bool>(ActorCommand::kDetach, deadline, [this, reason]() -> absl::StatusOr<bool> {
+    StopIntent(reason);
     if (controller_ == nullptr) return false;
     const ControllerStatus status = controller_->Status();
     const bool patched = status.patched;

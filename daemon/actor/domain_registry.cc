@@ -6,6 +6,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "daemon/domain/intent.h"
 #include "daemon/log.h"
 
 namespace tprd::daemon {
@@ -54,6 +55,26 @@ std::shared_ptr<DomainActor> DomainRegistry::FindActor(const std::string& uuid) 
   return it == actors_.end() ? nullptr : it->second;
 }
 
+void DomainRegistry::ReadIntent(DomainSnapshot& snapshot) {
+  snapshot.intent.reset();
+  snapshot.intent_error.clear();
+  auto xml = hypervisor_->ReadIntentXml(snapshot.domain.uuid);
+  if (!xml.ok()) {
+    // A domain undefined since it was listed has no intent to show.
+    if (!absl::IsNotFound(xml.status())) {
+      snapshot.intent_error = absl::StrCat("cannot read the intent: ", xml.status().message());
+    }
+    return;
+  }
+  if (!xml->has_value()) return;
+  absl::StatusOr<Intent> intent = ParseIntentXml(**xml);
+  if (intent.ok()) {
+    snapshot.intent = *intent;
+  } else {
+    snapshot.intent_error = std::string(intent.status().message());
+  }
+}
+
 absl::StatusOr<std::vector<DomainSnapshot>> DomainRegistry::ListDomains() {
   auto domains = hypervisor_->ListDomains();
   if (!domains.ok()) return domains.status();
@@ -69,6 +90,7 @@ absl::StatusOr<std::vector<DomainSnapshot>> DomainRegistry::ListDomains() {
       snapshot.state = domain.running ? DomainState::kUnpatched : DomainState::kGone;
       snapshots.push_back(std::move(snapshot));
     }
+    ReadIntent(snapshots.back());
   }
   std::sort(snapshots.begin(), snapshots.end(),
             [](const DomainSnapshot& a, const DomainSnapshot& b) {
@@ -84,11 +106,13 @@ absl::StatusOr<DomainSnapshot> DomainRegistry::Describe(const std::string& refer
     DomainSnapshot snapshot = actor->Snapshot();
     snapshot.domain.running = domain->running;
     snapshot.domain.id = domain->id;
+    ReadIntent(snapshot);
     return snapshot;
   }
   DomainSnapshot snapshot;
   snapshot.domain = *domain;
   snapshot.state = domain->running ? DomainState::kUnpatched : DomainState::kGone;
+  ReadIntent(snapshot);
   return snapshot;
 }
 
@@ -114,6 +138,10 @@ absl::StatusOr<std::shared_ptr<DomainActor>> DomainRegistry::ActorFor(
 
 absl::StatusOr<int> DomainRegistry::AdoptRunning(absl::Time deadline,
                                                  const std::string& name_glob) {
+  {
+    absl::MutexLock lock(&mu_);
+    manage_glob_ = name_glob;
+  }
   auto domains = hypervisor_->ListDomains();
   if (!domains.ok()) return domains.status();
   int adopted = 0;
@@ -154,20 +182,47 @@ absl::Status DomainRegistry::DetachAll(const std::string& reason, absl::Time dea
   return first_error;
 }
 
+absl::StatusOr<DomainActor::DisableOutcome> DomainRegistry::Disable(const std::string& reference,
+                                                                    bool force,
+                                                                    absl::Time deadline) {
+  auto domain = Resolve(reference);
+  if (!domain.ok()) return domain.status();
+  // Also for a domain that is not running: its actor (gone) has only the intent to forget.
+  std::shared_ptr<DomainActor> actor = MakeActor(*domain);
+  if (actor == nullptr) return absl::UnavailableError("tprd is stopping; retry after it restarts");
+  return actor->Disable(force, deadline);
+}
+
+std::shared_ptr<DomainActor> DomainRegistry::MakeActor(const DomainInfo& domain) {
+  absl::MutexLock lock(&mu_);
+  if (closing_) return nullptr;
+  auto [it, created] = actors_.emplace(domain.uuid, nullptr);
+  if (created) {
+    it->second = std::make_shared<DomainActor>(domain, hypervisor_, journal_, bus_, actor_options_);
+  }
+  return it->second;
+}
+
 void DomainRegistry::OnLifecycle(const LifecycleEvent& event) {
+  std::string glob;
+  {
+    absl::MutexLock lock(&mu_);
+    glob = manage_glob_;
+  }
+  // Another tprd on this host may own the domain's intent (adopt_domains), even when an
+  // operator's command gave this tprd an actor for it.
+  const bool ours = fnmatch(glob.c_str(), event.domain.name.c_str(), 0) == 0;
   if (auto actor = FindActor(event.domain.uuid)) {
-    actor->OnLifecycle(event);
+    actor->OnLifecycle(event, /*apply_intent=*/ours);
     return;
   }
-  // A domain tprd patched before (it may have been saved while this tprd was not running, and
-  // come back by a restore): its actor looks for tprd's blob, as the daemon's start does.
-  if (event.kind == LifecycleKind::kStarted && journal_ != nullptr) {
-    std::optional<engine::Strategy> last = journal_->LastStrategy(event.domain.uuid);
-    if (last && *last != engine::Strategy::kExact) {
-      if (auto actor = ActorFor(event.domain.uuid); actor.ok()) {
-        (*actor)->OnLifecycle(event);
-        return;
-      }
+  // A domain tprd has not met starts (or boots again): its actor applies the intent it may have.
+  // Made here from the event (asking libvirt on its event thread could stall it); the actor reads
+  // the metadata on its own thread.
+  if (ours && (event.kind == LifecycleKind::kStarted || event.kind == LifecycleKind::kRebooted)) {
+    if (std::shared_ptr<DomainActor> actor = MakeActor(event.domain)) {
+      actor->OnLifecycle(event, /*apply_intent=*/true);
+      return;
     }
   }
   // No actor: nothing of ours was in it; still tell watchers.

@@ -29,10 +29,11 @@ class DomainRegistry {
                  DomainActorOptions actor_options);
   ~DomainRegistry();
 
-  // Every domain the hypervisor knows, with tprd's view of it (sorted by name).
+  // Every domain the hypervisor knows, with tprd's view of it and its intent (sorted by name).
   absl::StatusOr<std::vector<DomainSnapshot>> ListDomains();
 
-  // The snapshot of one domain, whether or not it has an actor. NOT_FOUND if unknown.
+  // The snapshot of one domain with its intent, whether or not it has an actor. NOT_FOUND if
+  // unknown.
   absl::StatusOr<DomainSnapshot> Describe(const std::string& reference);
 
   // The actor of a running domain (created if needed). NOT_FOUND unknown domain;
@@ -46,9 +47,15 @@ class DomainRegistry {
   static constexpr size_t kMaxDomainReference = 1024;
 
   // Daemon start: every running domain whose name matches `name_glob` (fnmatch) gets an actor
-  // that looks for tprd's blob and takes patched guests back. Failures are logged per domain;
-  // returns how many were adopted.
+  // that looks for tprd's blob and takes patched guests back; one without the blob gets its
+  // intent applied. Failures are logged per domain; returns how many were adopted. The glob also
+  // limits which domains' starts make tprd apply their intent (several tprds may share a host).
   absl::StatusOr<int> AdoptRunning(absl::Time deadline, const std::string& name_glob = "*");
+
+  // DisablePatching: the domain's actor disables it (DomainActor::Disable); a domain that is not
+  // running only has its intent removed.
+  absl::StatusOr<DomainActor::DisableOutcome> Disable(const std::string& reference, bool force,
+                                                      absl::Time deadline);
 
   // Orderly stop: every actor leaves its guest correct without tprd (exact, no traps) and
   // detaches. Returns the first error, after trying every domain.
@@ -56,8 +63,14 @@ class DomainRegistry {
 
   void OnLifecycle(const LifecycleEvent& event);
 
+  // Fills the snapshot's intent (or intent_error) from the domain's metadata: the actors'
+  // snapshots do not hold it (an operator may change it behind tprd's back).
+  void ReadIntent(DomainSnapshot& snapshot);
+
  private:
   std::shared_ptr<DomainActor> FindActor(const std::string& uuid);
+  // The domain's actor, made if it has none, running or not; null while closing.
+  std::shared_ptr<DomainActor> MakeActor(const DomainInfo& domain);
 
   Hypervisor* const hypervisor_;
   Journal* const journal_;
@@ -66,7 +79,8 @@ class DomainRegistry {
 
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<DomainActor>> actors_ ABSL_GUARDED_BY(mu_);  // by UUID
-  bool closing_ ABSL_GUARDED_BY(mu_) = false;  // DetachAll began
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;           // DetachAll began
+  std::string manage_glob_ ABSL_GUARDED_BY(mu_) = "*";  // AdoptRunning's name_glob
 };
 
 }  // namespace tprd::daemon

@@ -68,6 +68,9 @@ struct ControllerStatus {
   double tpr_accesses_per_second_after = 0;
   bool proving_window_open = false;  // every candidate still waits at its breakpoint
   uint64_t guard_mismatches = 0;     // the guest's mmio guard counters (ManagerStatus)
+  // tprd's blob is in the guest (found by Adopt, or placed): tprd patched it during this boot,
+  // even if nothing is patched now (a rollback leaves the blob).
+  bool holds_blob = false;
   std::string last_error;
 };
 

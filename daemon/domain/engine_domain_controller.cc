@@ -76,6 +76,7 @@ absl::StatusOr<bool> EngineDomainController::BlobPresentWithoutStopping() {
 absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<engine::Strategy> strategy_hint) {
   absl::StatusOr<bool> present = BlobPresentWithoutStopping();
   if (!present.ok()) return present.status();
+  blob_seen_ = *present;
   if (!*present) {
     // A tprd killed while it held the guest stopped, before its blob went in, left it stopped:
     // the gdbstub keeps a VM stopped when its client vanishes. Attaching here and the detach
@@ -176,8 +177,10 @@ absl::StatusOr<std::vector<ScanCandidateReport>> EngineDomainController::Scan() 
 
 ControllerStatus EngineDomainController::Status() {
   ControllerStatus status;
+  status.holds_blob = blob_seen_;
   if (manager_ == nullptr) return status;
   const engine::ManagerStatus m = manager_->Status();
+  status.holds_blob |= m.installed;
   for (const engine::ManagedSite& s : manager_->Sites()) {
     status.patched |= s.site.state == engine::SiteState::kApplied;
   }

@@ -82,6 +82,7 @@ class EngineDomainController : public DomainController {
 
   absl::Mutex interrupt_mu_;
   bool interrupted_ ABSL_GUARDED_BY(interrupt_mu_) = false;
+  bool blob_seen_ = false;  // Adopt found tprd's blob in the guest
 };
 
 }  // namespace tprd::daemon

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -70,6 +71,15 @@ class Hypervisor {
   // controller reports every site state change to it before and after each guest write.
   virtual absl::StatusOr<std::unique_ptr<DomainController>> OpenController(
       const DomainInfo& domain, engine::PatchRecorder* recorder) = 0;
+
+  // The operator's intent (daemon/domain/intent.h) in the domain's metadata, as the text of its
+  // element; nullopt when the domain has none. The caller parses it: anyone who may edit the
+  // domain may have written it. NOT_FOUND unknown domain, UNAVAILABLE hypervisor unreachable.
+  virtual absl::StatusOr<std::optional<std::string>> ReadIntentXml(const std::string& uuid) = 0;
+  // Records the element (`xml`) or removes it (nullopt; removing none succeeds), in the domain's
+  // live definition and, when it is defined, its persistent one.
+  virtual absl::Status WriteIntentXml(const std::string& uuid,
+                                      const std::optional<std::string>& xml) = 0;
 
   // Lifecycle events arrive on the hypervisor's own thread; the handler must not block long.
   // Set once, before events are wanted; an implementation re-registers its own callbacks after

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/domain/intent.h"
 
 namespace tprd::daemon {
 namespace {
@@ -49,6 +50,16 @@ absl::StatusOr<std::unique_ptr<DomainController>> LibvirtHypervisor::OpenControl
         absl::StrCat("domain ", domain.name, " is not running; start it first"));
   }
   return std::make_unique<EngineDomainController>(connection_.get(), domain, recorder, options_);
+}
+
+absl::StatusOr<std::optional<std::string>> LibvirtHypervisor::ReadIntentXml(
+    const std::string& uuid) {
+  return connection_->GetMetadata(uuid, kIntentNamespace);
+}
+
+absl::Status LibvirtHypervisor::WriteIntentXml(const std::string& uuid,
+                                               const std::optional<std::string>& xml) {
+  return connection_->SetMetadata(uuid, kIntentNamespace, kIntentPrefix, xml);
 }
 
 void LibvirtHypervisor::SetLifecycleHandler(std::function<void(const LifecycleEvent&)> handler) {

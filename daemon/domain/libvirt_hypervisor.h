@@ -26,6 +26,9 @@ class LibvirtHypervisor : public Hypervisor, private backend::LibvirtEventSubscr
   absl::StatusOr<DomainInfo> LookupDomain(const std::string& reference) override;
   absl::StatusOr<std::unique_ptr<DomainController>> OpenController(
       const DomainInfo& domain, engine::PatchRecorder* recorder) override;
+  absl::StatusOr<std::optional<std::string>> ReadIntentXml(const std::string& uuid) override;
+  absl::Status WriteIntentXml(const std::string& uuid,
+                              const std::optional<std::string>& xml) override;
   void SetLifecycleHandler(std::function<void(const LifecycleEvent&)> handler) override;
 
  private:

@@ -77,6 +77,26 @@ void ToProto(const SiteReport& report, tprd::v1::Site* out) {
   out->set_hits(report.hits);
 }
 
+tprd::v1::Strategy ToProto(RequestedStrategy strategy) {
+  switch (strategy) {
+    case RequestedStrategy::kAuto:
+      return tprd::v1::STRATEGY_AUTO;
+    case RequestedStrategy::kMmio:
+      return tprd::v1::STRATEGY_MMIO;
+    case RequestedStrategy::kCr8:
+      return tprd::v1::STRATEGY_CR8;
+    case RequestedStrategy::kExact:
+      return tprd::v1::STRATEGY_EXACT;
+  }
+  return tprd::v1::STRATEGY_AUTO;
+}
+
+void ToProto(const Intent& intent, tprd::v1::Intent* out) {
+  out->set_strategy(ToProto(intent.strategy));
+  out->set_discovery_budget_ms(
+      static_cast<uint32_t>(absl::ToInt64Milliseconds(intent.discovery_budget)));
+}
+
 void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainStatus* out) {
   ToProto(snapshot.domain, out->mutable_domain());
   out->set_running(snapshot.domain.running);
@@ -112,6 +132,9 @@ void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainStatus* out) {
   out->set_last_error(!snapshot.last_error.empty() ? snapshot.last_error
                                                    : snapshot.status.last_error);
   out->set_busy_with(snapshot.busy_with);
+  if (snapshot.intent) ToProto(*snapshot.intent, out->mutable_intent());
+  out->set_intent_error(snapshot.intent_error);
+  out->set_intent_progress(snapshot.intent_progress);
 }
 
 void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainSummary* out) {
@@ -122,6 +145,8 @@ void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainSummary* out) {
   out->set_state(status.state());
   out->set_strategy(status.strategy());
   out->set_sites_applied(status.sites_applied());
+  if (status.has_intent()) *out->mutable_intent() = status.intent();
+  out->set_intent_error(status.intent_error());
 }
 
 void ToProto(const DomainEvent& event, tprd::v1::Event* out) {
@@ -148,6 +173,16 @@ void ToProto(const DomainEvent& event, tprd::v1::Event* out) {
   out->set_state(ToProto(event.state));
   out->set_lifecycle(event.lifecycle);
   out->set_message(event.message);
+}
+
+void ToProto(const RollbackResult& result, google::protobuf::RepeatedField<uint32_t>* rolled_back,
+             google::protobuf::RepeatedPtrField<tprd::v1::SiteRefusal>* refused) {
+  for (uint32_t id : result.rolled_back) rolled_back->Add(id);
+  for (const auto& refusal : result.refused) {
+    tprd::v1::SiteRefusal* out = refused->Add();
+    out->set_site_id(refusal.site_id);
+    out->set_reason(refusal.reason);
+  }
 }
 
 absl::StatusOr<RequestedStrategy> FromProto(tprd::v1::Strategy strategy) {

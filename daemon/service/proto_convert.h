@@ -15,7 +15,12 @@ void ToProto(const SiteReport& site, tprd::v1::Site* out);
 void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainStatus* out);
 void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainSummary* out);
 void ToProto(const DomainEvent& event, tprd::v1::Event* out);
+// A rollback's result into a response's rolled_back and refused fields.
+void ToProto(const RollbackResult& result, google::protobuf::RepeatedField<uint32_t>* rolled_back,
+             google::protobuf::RepeatedPtrField<tprd::v1::SiteRefusal>* refused);
+void ToProto(const Intent& intent, tprd::v1::Intent* out);
 tprd::v1::Strategy ToProto(engine::Strategy strategy);
+tprd::v1::Strategy ToProto(RequestedStrategy strategy);
 tprd::v1::DomainState ToProto(DomainState state);
 tprd::v1::Form ToProto(engine::Form form);
 tprd::v1::SiteState ToProto(engine::SiteState state);

@@ -47,8 +47,16 @@ grpc::Status TprdService::EnablePatching(grpc::ServerContext* context,
   options.discovery_budget = request->discovery_budget_ms() > 0
                                  ? absl::Milliseconds(request->discovery_budget_ms())
                                  : options_.default_discovery_budget;
-  auto result = (*actor)->Enable(options, DeadlineOf(context));
+  std::optional<Intent> record;
+  if (!request->dry_run() && !request->transient()) {
+    // The budget as asked: an intent without one follows the daemon's default when applied.
+    record =
+        Intent{*strategy,
+               absl::Milliseconds(std::min(request->discovery_budget_ms(), kMaxIntentBudgetMs))};
+  }
+  auto result = (*actor)->Enable(options, DeadlineOf(context), record);
   if (!result.ok()) return ToGrpcStatus(result.status());
+  registry_->ReadIntent(result->after);
   ToProto(result->after, response->mutable_status());
   for (const SiteReport& site : result->sites) ToProto(site, response->add_sites());
   return grpc::Status::OK;
@@ -62,13 +70,22 @@ grpc::Status TprdService::Rollback(grpc::ServerContext* context,
   const std::vector<uint32_t> ids(request->site_ids().begin(), request->site_ids().end());
   auto outcome = (*actor)->Rollback(ids, request->force(), DeadlineOf(context));
   if (!outcome.ok()) return ToGrpcStatus(outcome.status());
-  for (uint32_t id : outcome->result.rolled_back) response->add_rolled_back(id);
-  for (const auto& refusal : outcome->result.refused) {
-    auto* out = response->add_refused();
-    out->set_site_id(refusal.site_id);
-    out->set_reason(refusal.reason);
-  }
+  ToProto(outcome->result, response->mutable_rolled_back(), response->mutable_refused());
+  registry_->ReadIntent(outcome->after);
   ToProto(outcome->after, response->mutable_status());
+  return grpc::Status::OK;
+}
+
+grpc::Status TprdService::DisablePatching(grpc::ServerContext* context,
+                                          const tprd::v1::DisablePatchingRequest* request,
+                                          tprd::v1::DisablePatchingResponse* response) {
+  auto outcome = registry_->Disable(request->domain(), request->force(), DeadlineOf(context));
+  if (!outcome.ok()) return ToGrpcStatus(outcome.status());
+  tprd::v1::RollbackResponse* rollback = response->mutable_rollback();
+  ToProto(outcome->result, rollback->mutable_rolled_back(), rollback->mutable_refused());
+  response->set_intent_removed(outcome->intent_removed);
+  registry_->ReadIntent(outcome->after);
+  ToProto(outcome->after, rollback->mutable_status());
   return grpc::Status::OK;
 }
 

@@ -38,6 +38,9 @@ class TprdService final : public tprd::v1::Tprd::Service {
                               tprd::v1::EnablePatchingResponse* response) override;
   grpc::Status Rollback(grpc::ServerContext* context, const tprd::v1::RollbackRequest* request,
                         tprd::v1::RollbackResponse* response) override;
+  grpc::Status DisablePatching(grpc::ServerContext* context,
+                               const tprd::v1::DisablePatchingRequest* request,
+                               tprd::v1::DisablePatchingResponse* response) override;
   grpc::Status ListSites(grpc::ServerContext* context, const tprd::v1::ListSitesRequest* request,
                          tprd::v1::ListSitesResponse* response) override;
   grpc::Status Scan(grpc::ServerContext* context, const tprd::v1::ScanRequest* request,

@@ -9,6 +9,7 @@
 #include "daemon/actor/domain_registry.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/daemon/registry_fixture.h"
 #include "tests/daemon/test_dir.h"
 #include "tests/fakes/fake_domain_controller.h"
 
@@ -21,24 +22,13 @@ using ::testing::HasSubstr;
 
 absl::Time Soon() { return absl::Now() + absl::Seconds(10); }
 
-class DomainActorTest : public ::testing::Test {
+class DomainActorTest : public RegistryFixture {
  protected:
   DomainActorTest() {
-    guest_ = hypervisor_.AddDomain("winxp-01", "aaaaaaaa-0000-0000-0000-000000000001", true);
-    fakes::AddFakeCandidates(*guest_, 3);
-    stopped_ = hypervisor_.AddDomain("winxp-off", "aaaaaaaa-0000-0000-0000-000000000002", false);
-    auto journal = Journal::Open(dir_.File(Journal::kFileName));
-    EXPECT_TRUE(journal.ok());
-    journal_ = *std::move(journal);
-    registry_ = std::make_unique<DomainRegistry>(
-        &hypervisor_, journal_.get(), &bus_,
-        DomainActorOptions{absl::Milliseconds(50), /*reboot_event_grace=*/absl::Milliseconds(300)});
-  }
-
-  std::shared_ptr<DomainActor> Actor(const std::string& name) {
-    auto actor = registry_->ActorFor(name);
-    EXPECT_TRUE(actor.ok()) << actor.status();
-    return actor.ok() ? *actor : nullptr;
+    DomainActorOptions options;
+    options.poll_interval = absl::Milliseconds(50);
+    options.reboot_event_grace = absl::Milliseconds(300);
+    MakeRegistry(options);
   }
 
   // Waits (bounded) for the actor's snapshot to satisfy `condition`.
@@ -58,14 +48,6 @@ class DomainActorTest : public ::testing::Test {
             actor.Rollback({}, false, Soon()).status(), actor.Scan(Soon()).status(),
             actor.Adopt(Soon()).status()};
   }
-
-  TestDir dir_;
-  FakeHypervisor hypervisor_;
-  EventBus bus_;
-  std::unique_ptr<Journal> journal_;
-  std::shared_ptr<FakeGuest> guest_;
-  std::shared_ptr<FakeGuest> stopped_;
-  std::unique_ptr<DomainRegistry> registry_;
 };
 
 TEST_F(DomainActorTest, EnablePatchesJournalsAndKeepsPolling) {
@@ -548,9 +530,9 @@ TEST_F(DomainActorTest, GoneDomainRefusesEveryGuestCommandButDetach) {
 }
 
 // The legality table itself (actor_command.h), every command against every phase and state.
-constexpr ActorCommand kEveryCommand[] = {ActorCommand::kEnable, ActorCommand::kRollback,
-                                          ActorCommand::kScan,   ActorCommand::kAdopt,
-                                          ActorCommand::kDetach, ActorCommand::kLifecycle};
+constexpr ActorCommand kEveryCommand[] = {
+    ActorCommand::kEnable, ActorCommand::kRollback, ActorCommand::kScan,     ActorCommand::kAdopt,
+    ActorCommand::kDetach, ActorCommand::kDisable,  ActorCommand::kLifecycle};
 constexpr DomainState kEveryState[] = {DomainState::kUnpatched, DomainState::kPatching,
                                        DomainState::kPatched, DomainState::kExactWhileAway,
                                        DomainState::kGone};
@@ -570,8 +552,10 @@ TEST(ActorCommandTableTest, OpenTakesEverythingClosingOnlyDetachAndEventsStoppin
 
 TEST(ActorCommandTableTest, OnlyAGoneDomainRefusesAndOnlyWhatNeedsTheGuest) {
   for (ActorCommand command : kEveryCommand) {
-    const bool needs_guest =
-        command != ActorCommand::kDetach && command != ActorCommand::kLifecycle;
+    // Disable on a gone domain still forgets its intent.
+    const bool needs_guest = command != ActorCommand::kDetach &&
+                             command != ActorCommand::kLifecycle &&
+                             command != ActorCommand::kDisable;
     for (DomainState state : kEveryState) {
       EXPECT_EQ(RunsIn(command, state), !(needs_guest && state == DomainState::kGone))
           << ActorCommandName(command) << " in " << DomainStateName(state);
@@ -579,16 +563,17 @@ TEST(ActorCommandTableTest, OnlyAGoneDomainRefusesAndOnlyWhatNeedsTheGuest) {
   }
 }
 
-TEST(ActorCommandTableTest, OnlyEnableAndRollbackClaimTheDomainUnderTheNamesCallersSee) {
+TEST(ActorCommandTableTest, OnlyTheOperatorsChangesClaimTheDomainUnderTheNamesCallersSee) {
   std::vector<std::string> names;
   for (ActorCommand command : kEveryCommand) {
     names.push_back(ActorCommandName(command));
-    EXPECT_EQ(RuleFor(command).claims_domain,
-              command == ActorCommand::kEnable || command == ActorCommand::kRollback)
+    EXPECT_EQ(RuleFor(command).claims_domain, command == ActorCommand::kEnable ||
+                                                  command == ActorCommand::kRollback ||
+                                                  command == ActorCommand::kDisable)
         << ActorCommandName(command);
   }
-  EXPECT_THAT(names,
-              ::testing::ElementsAre("enable", "rollback", "scan", "adopt", "detach", "lifecycle"));
+  EXPECT_THAT(names, ::testing::ElementsAre("enable", "rollback", "scan", "adopt", "detach",
+                                            "disable", "lifecycle"));
 }
 
 TEST_F(DomainActorTest, RegistryResolvesByNameUuidAndIdAndRefusesStoppedDomains) {

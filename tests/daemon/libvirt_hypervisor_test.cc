@@ -111,5 +111,24 @@ TEST_F(LibvirtHypervisorTest, RefusesASessionOnADomainThatDoesNotRun) {
   EXPECT_THAT(std::string(controller.status().message()), HasSubstr("off is not running"));
 }
 
+// The intent goes to libvirt under tprd's namespace and prefix, and comes back as libvirt holds it.
+TEST_F(LibvirtHypervisorTest, IntentIsTheMetadataElementInTprdsNamespace) {
+  auto none = hypervisor_->ReadIntentXml(kUuid);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(*none, std::nullopt);
+  ASSERT_TRUE(hypervisor_->WriteIntentXml(kUuid, "<intent strategy=\"cr8\"/>").ok());
+  EXPECT_EQ(fake_->metadata_prefix(kUuid, "https://github.com/tprd/tprd/intent/1"), "tprd");
+  auto read = hypervisor_->ReadIntentXml(kUuid);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*read, "<intent strategy=\"cr8\"/>");
+  ASSERT_TRUE(hypervisor_->WriteIntentXml(kUuid, std::nullopt).ok());
+  EXPECT_EQ(*hypervisor_->ReadIntentXml(kUuid), std::nullopt);
+
+  fake_->FailNextMetadataCall(absl::UnavailableError("libvirtd restarting"));
+  EXPECT_TRUE(absl::IsUnavailable(hypervisor_->ReadIntentXml(kUuid).status()));
+  EXPECT_TRUE(absl::IsNotFound(
+      hypervisor_->ReadIntentXml("99999999-9999-9999-9999-999999999999").status()));
+}
+
 }  // namespace
 }  // namespace tprd::daemon

@@ -355,6 +355,59 @@ TEST_F(TprctlTest, RollbackOneSiteThenTheRest) {
   EXPECT_EQ(parsed["status"]["state"], "unpatched");
 }
 
+TEST_F(TprctlTest, DomainsAndStatusShowTheIntentEnableRecordsAndDisableRemoves) {
+  RunResult before = Run({"domains"});
+  ASSERT_EQ(before.exit_code, 0) << before.err;
+  EXPECT_THAT(before.out, StartsWith("NAME "));
+  EXPECT_THAT(before.out, HasSubstr(" INTENT "));
+
+  ASSERT_EQ(Run({"enable", "--strategy", "mmio", "winxp-01"}).exit_code, 0);
+  RunResult table = Run({"domains"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_THAT(table.out, ::testing::ContainsRegex("\nwinxp-01 +1 +patched +mmio +3 +mmio +aaaa"));
+  EXPECT_THAT(table.out, ::testing::ContainsRegex("\nwinxp-off +- +gone +- +0 +- +aaaa"));
+
+  Json listed = ParseJson(Run({"--json", "domains"}));
+  EXPECT_EQ(listed["domains"][0]["intent"]["strategy"], "mmio");
+  EXPECT_EQ(listed["domains"][0]["intent"]["discovery_budget_ms"], 0);
+  EXPECT_EQ(listed["domains"][1]["intent"], nullptr);
+
+  RunResult status = Run({"status", "winxp-01"});
+  EXPECT_THAT(status.out, HasSubstr("intent:     mmio\n"));
+
+  RunResult rollback = Run({"rollback", "winxp-01"});
+  ASSERT_EQ(rollback.exit_code, 0) << rollback.err;
+  EXPECT_EQ(ParseJson(Run({"--json", "status", "winxp-01"}))["intent"]["strategy"], "mmio")
+      << "rollback keeps the intent";
+
+  RunResult disabled = Run({"disable", "winxp-01"});
+  ASSERT_EQ(disabled.exit_code, 0) << disabled.err;
+  EXPECT_THAT(disabled.out, HasSubstr("winxp-01: intent removed, rolled back 0 sites"));
+  EXPECT_EQ(ParseJson(Run({"--json", "status", "winxp-01"}))["intent"], nullptr);
+  EXPECT_EQ(tprd_.hypervisor.IntentXml("winxp-01"), std::nullopt);
+
+  ASSERT_EQ(Run({"enable", "--transient", "winxp-01"}).exit_code, 0);
+  EXPECT_EQ(tprd_.hypervisor.IntentXml("winxp-01"), std::nullopt);
+  Json json = ParseJson(Run({"--json", "disable", "winxp-01"}));
+  EXPECT_EQ(json["intent_removed"], false);
+  EXPECT_EQ(json["rolled_back"], Json::parse("[0, 1, 2]"));
+  EXPECT_EQ(json["status"]["state"], "unpatched");
+}
+
+TEST_F(TprctlTest, AnIntentTprdRefusesShowsAsInvalidWithTheReason) {
+  tprd_.hypervisor.SetIntentXml("winxp-off", std::string("<intent strategy=\"\x1b[31m\"/>"));
+  RunResult table = Run({"domains"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_THAT(table.out, ::testing::ContainsRegex("\nwinxp-off +- +gone +- +0 +invalid +aaaa"));
+  RunResult status = Run({"status", "winxp-off"});
+  ASSERT_EQ(status.exit_code, 0) << status.err;
+  EXPECT_THAT(status.out, HasSubstr("intent err: tprd's intent metadata"));
+  EXPECT_EQ(status.out.find('\x1b'), std::string::npos) << "hostile text is escaped";
+  RunResult disabled = Run({"disable", "winxp-off"});
+  ASSERT_EQ(disabled.exit_code, 0) << disabled.err;
+  EXPECT_THAT(disabled.out, HasSubstr("winxp-off: intent removed"));
+}
+
 TEST_F(TprctlTest, ScanJsonReportsLookAlikesAsNotPatchable) {
   RunResult result = Run({"--json", "scan", "winxp-01"});
   ASSERT_EQ(result.exit_code, 0) << result.err;

@@ -51,6 +51,16 @@ class TprdServiceTest : public ::testing::Test {
     return stub_->EnablePatching(&context, request, response);
   }
 
+  using Stub = tprd::v1::Tprd::Stub;
+  // One unary call with a deadline.
+  template <typename Request, typename Response>
+  grpc::Status Call(grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+                    const Request& request, Response* response) {
+    grpc::ClientContext context;
+    Deadline(&context);
+    return (stub_.get()->*method)(&context, request, response);
+  }
+
   InProcessTprd tprd_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<tprd::v1::Tprd::Stub> stub_;
@@ -124,6 +134,67 @@ TEST_F(TprdServiceTest, EnableThenStatusSitesAndRollback) {
     EXPECT_EQ(rolled.rolled_back_size(), 3);
     EXPECT_EQ(rolled.status().state(), tprd::v1::DOMAIN_STATE_UNPATCHED);
   }
+}
+
+// The intent: recorded by an enable that writes (not a dry run, not a transient one), kept by
+// rollback, shown by GetDomain and ListDomains, forgotten by DisablePatching.
+TEST_F(TprdServiceTest, EnableRecordsTheIntentRollbackKeepsItDisableRemovesIt) {
+  const auto enable = [&](bool dry_run, bool transient, uint32_t budget_ms) {
+    tprd::v1::EnablePatchingRequest request;
+    request.set_domain("winxp-01");
+    request.set_strategy(tprd::v1::STRATEGY_MMIO);
+    request.set_dry_run(dry_run);
+    request.set_transient(transient);
+    request.set_discovery_budget_ms(budget_ms);
+    tprd::v1::EnablePatchingResponse response;
+    return Call(&Stub::EnablePatching, request, &response);
+  };
+  ASSERT_TRUE(enable(/*dry_run=*/true, false, 0).ok());
+  ASSERT_TRUE(enable(false, /*transient=*/true, 0).ok());
+  EXPECT_EQ(tprd_.hypervisor.IntentXml("winxp-01"), std::nullopt);
+  ASSERT_TRUE(enable(false, false, 4000).ok());
+  EXPECT_EQ(tprd_.hypervisor.IntentXml("winxp-01"),
+            "<intent strategy=\"mmio\" discovery_budget_ms=\"4000\"/>");
+
+  tprd::v1::GetDomainRequest get;
+  get.set_domain("winxp-01");
+  tprd::v1::DomainStatus status;
+  ASSERT_TRUE(Call(&Stub::GetDomain, get, &status).ok());
+  EXPECT_TRUE(status.has_intent());
+  EXPECT_EQ(status.intent().strategy(), tprd::v1::STRATEGY_MMIO);
+  EXPECT_EQ(status.intent().discovery_budget_ms(), 4000u);
+
+  tprd::v1::RollbackRequest rollback;
+  rollback.set_domain("winxp-01");
+  tprd::v1::RollbackResponse rolled;
+  ASSERT_TRUE(Call(&Stub::Rollback, rollback, &rolled).ok());
+  EXPECT_TRUE(rolled.status().has_intent()) << "rollback keeps the intent";
+
+  ASSERT_TRUE(enable(false, false, 0).ok());
+  tprd::v1::DisablePatchingRequest disable;
+  disable.set_domain("winxp-01");
+  tprd::v1::DisablePatchingResponse disabled;
+  ASSERT_TRUE(Call(&Stub::DisablePatching, disable, &disabled).ok());
+  EXPECT_TRUE(disabled.intent_removed());
+  EXPECT_EQ(disabled.rollback().rolled_back_size(), 3);
+  EXPECT_EQ(disabled.rollback().status().state(), tprd::v1::DOMAIN_STATE_UNPATCHED);
+  EXPECT_FALSE(disabled.rollback().status().has_intent());
+  EXPECT_EQ(tprd_.hypervisor.IntentXml("winxp-01"), std::nullopt);
+
+  disable.set_domain("no-such-domain");
+  EXPECT_EQ(Call(&Stub::DisablePatching, disable, &disabled).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(TprdServiceTest, ListDomainsShowsARefusedIntentAsAnError) {
+  tprd_.hypervisor.SetIntentXml("winxp-off", "<intent strategy=\"turbo\"/>");
+  tprd::v1::ListDomainsResponse response;
+  ASSERT_TRUE(Call(&Stub::ListDomains, tprd::v1::ListDomainsRequest(), &response).ok());
+  ASSERT_EQ(response.domains_size(), 2);
+  EXPECT_FALSE(response.domains(0).has_intent());
+  EXPECT_EQ(response.domains(0).intent_error(), "");
+  EXPECT_FALSE(response.domains(1).has_intent());
+  EXPECT_THAT(response.domains(1).intent_error(), HasSubstr("'turbo'"));
 }
 
 TEST_F(TprdServiceTest, ScanReportsCandidatesAndLookAlikesWithoutWriting) {

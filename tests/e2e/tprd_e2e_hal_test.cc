@@ -971,7 +971,10 @@ void StartAndEnable(HalE2e& e2e, TprdProcess& tprd, const std::string& strategy)
   tprd.Start();
   if (::testing::Test::HasFatalFailure()) return;
   e2e.StartWatch(tprd);
-  RunResult enabled = tprd.Ctl({"--json", "enable", e2e.domain()->name(), "--strategy", strategy});
+  // Transient: the reset test checks the guest stays unpatched until it enables again, which a
+  // recorded intent would undo (docs/usage.md).
+  RunResult enabled =
+      tprd.Ctl({"--json", "enable", e2e.domain()->name(), "--strategy", strategy, "--transient"});
   ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << "\n"
                                   << e2e.Annotate(enabled.err) << tprd.LogTail(60);
 }

@@ -75,7 +75,8 @@ TEST(TprdEndToEndLifecycle, RebootWhilePatchedClearsStateAndEnableWorksAgain) {
   TprdProcess tprd(MakeTprdDir());
   tprd.Start();
   if (HasFatalFailure()) return;
-  RunResult enabled = tprd.Ctl({"enable", domain->name(), "--strategy", "mmio"});
+  // Transient: a recorded intent would patch the rebooted guest by itself (docs/usage.md).
+  RunResult enabled = tprd.Ctl({"enable", domain->name(), "--strategy", "mmio", "--transient"});
   ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
   WaitForApplied(tprd, domain->name(), HotSites(), absl::Seconds(90), "first enable");
   if (HasFailure()) return;

@@ -203,6 +203,7 @@ ControllerStatus FakeDomainController::Status() {
   std::lock_guard<std::mutex> lock(guest_->mu);
   ControllerStatus status;
   status.patched = PatchedLocked();
+  status.holds_blob = guest_->blob_present;
   status.strategy = guest_->strategy_word;
   status.requested_strategy = status.patched ? guest_->chosen_strategy : engine::Strategy::kExact;
   status.traps_handled = traps_handled_;
@@ -352,6 +353,54 @@ absl::StatusOr<std::unique_ptr<daemon::DomainController>> FakeHypervisor::OpenCo
   if (!guest->open_error.ok()) return guest->open_error;
   return std::unique_ptr<daemon::DomainController>(
       std::make_unique<FakeDomainController>(guest, recorder));
+}
+
+void FakeHypervisor::SetIntentXml(const std::string& name, std::optional<std::string> xml) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = domains_.find(name);
+  if (it != domains_.end()) it->second.intent_xml = std::move(xml);
+}
+
+std::optional<std::string> FakeHypervisor::IntentXml(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = domains_.find(name);
+  return it == domains_.end() ? std::nullopt : it->second.intent_xml;
+}
+
+void FakeHypervisor::SetIntentError(absl::Status error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  intent_error_ = std::move(error);
+}
+
+int FakeHypervisor::intent_writes() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return intent_writes_;
+}
+
+FakeHypervisor::Entry* FakeHypervisor::FindByUuid(const std::string& uuid) {
+  for (auto& [name, entry] : domains_) {
+    if (entry.info.uuid == uuid) return &entry;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<std::optional<std::string>> FakeHypervisor::ReadIntentXml(const std::string& uuid) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!intent_error_.ok()) return intent_error_;
+  Entry* entry = FindByUuid(uuid);
+  if (entry == nullptr) return absl::NotFoundError(absl::StrCat("no domain with UUID ", uuid));
+  return entry->intent_xml;
+}
+
+absl::Status FakeHypervisor::WriteIntentXml(const std::string& uuid,
+                                            const std::optional<std::string>& xml) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!intent_error_.ok()) return intent_error_;
+  Entry* entry = FindByUuid(uuid);
+  if (entry == nullptr) return absl::NotFoundError(absl::StrCat("no domain with UUID ", uuid));
+  entry->intent_xml = xml;
+  ++intent_writes_;
+  return absl::OkStatus();
 }
 
 void FakeHypervisor::SetLifecycleHandler(

@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -103,22 +104,35 @@ class FakeHypervisor : public daemon::Hypervisor {
   // Changes a domain's running state and delivers the lifecycle event to the handler.
   void EmitLifecycle(const std::string& name, daemon::LifecycleKind kind);
   void SetUnavailable(bool unavailable);
+  // The domain's intent metadata as the daemon would read it (nullopt: none).
+  void SetIntentXml(const std::string& name, std::optional<std::string> xml);
+  std::optional<std::string> IntentXml(const std::string& name);
+  // Intent reads and writes fail with this while it is not OK.
+  void SetIntentError(absl::Status error);
+  int intent_writes();
 
   absl::StatusOr<std::vector<daemon::DomainInfo>> ListDomains() override;
   absl::StatusOr<daemon::DomainInfo> LookupDomain(const std::string& reference) override;
   absl::StatusOr<std::unique_ptr<daemon::DomainController>> OpenController(
       const daemon::DomainInfo& domain, engine::PatchRecorder* recorder) override;
+  absl::StatusOr<std::optional<std::string>> ReadIntentXml(const std::string& uuid) override;
+  absl::Status WriteIntentXml(const std::string& uuid,
+                              const std::optional<std::string>& xml) override;
   void SetLifecycleHandler(std::function<void(const daemon::LifecycleEvent&)> handler) override;
 
  private:
   struct Entry {
     daemon::DomainInfo info;
     std::shared_ptr<FakeGuest> guest;
+    std::optional<std::string> intent_xml;
   };
+  Entry* FindByUuid(const std::string& uuid);  // needs mu_
   std::mutex mu_;
   std::map<std::string, Entry> domains_;  // by name
   int next_id_ = 1;
   bool unavailable_ = false;
+  absl::Status intent_error_;
+  int intent_writes_ = 0;
   std::function<void(const daemon::LifecycleEvent&)> handler_;
 };
 

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -145,6 +146,56 @@ absl::StatusOr<std::string> FakeLibvirtConnection::QmpCommandWithFd(std::string_
     return absl::InvalidArgumentError(absl::StrCat("fake libvirtd: descriptor ", fd, " is closed"));
   }
   return Monitor(uuid, json, false);
+}
+
+absl::StatusOr<std::optional<std::string>> FakeLibvirtConnection::GetMetadata(
+    std::string_view uuid, std::string_view uri) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!connected_) return absl::UnavailableError("fake libvirtd: not connected");
+  if (!metadata_error_.ok()) return std::exchange(metadata_error_, absl::OkStatus());
+  if (domains_.find(std::string(uuid)) == domains_.end()) {
+    return absl::NotFoundError(absl::StrCat("domain ", std::string(uuid)));
+  }
+  auto it = metadata_.find({std::string(uuid), std::string(uri)});
+  if (it == metadata_.end()) return std::nullopt;
+  return std::optional<std::string>(it->second.xml);
+}
+
+absl::Status FakeLibvirtConnection::SetMetadata(std::string_view uuid, std::string_view uri,
+                                                std::string_view prefix,
+                                                const std::optional<std::string>& xml) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!connected_) return absl::UnavailableError("fake libvirtd: not connected");
+  if (!metadata_error_.ok()) return std::exchange(metadata_error_, absl::OkStatus());
+  if (domains_.find(std::string(uuid)) == domains_.end()) {
+    return absl::NotFoundError(absl::StrCat("domain ", std::string(uuid)));
+  }
+  const std::pair<std::string, std::string> key{std::string(uuid), std::string(uri)};
+  if (xml) {
+    metadata_[key] = Metadata{std::string(prefix), *xml};
+  } else {
+    metadata_.erase(key);
+  }
+  return absl::OkStatus();
+}
+
+void FakeLibvirtConnection::PutMetadata(const std::string& uuid, const std::string& uri,
+                                        std::string xml) {
+  std::lock_guard<std::mutex> lock(mu_);
+  metadata_[{uuid, uri}] = Metadata{"", std::move(xml)};
+}
+
+std::optional<std::string> FakeLibvirtConnection::metadata_prefix(const std::string& uuid,
+                                                                  const std::string& uri) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = metadata_.find({uuid, uri});
+  if (it == metadata_.end()) return std::nullopt;
+  return it->second.prefix;
+}
+
+void FakeLibvirtConnection::FailNextMetadataCall(absl::Status error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  metadata_error_ = std::move(error);
 }
 
 void FakeLibvirtConnection::Subscribe(LibvirtEventSubscriber* subscriber) {

@@ -7,7 +7,9 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -44,6 +46,17 @@ class FakeLibvirtConnection : public LibvirtConnection {
   // Answers and logs like QmpCommand; the descriptor is only checked to be open.
   absl::StatusOr<std::string> QmpCommandWithFd(std::string_view uuid, std::string_view json,
                                                int fd) override;
+  // Metadata by (uuid, uri); the prefix is kept for the test to inspect.
+  absl::StatusOr<std::optional<std::string>> GetMetadata(std::string_view uuid,
+                                                         std::string_view uri) override;
+  absl::Status SetMetadata(std::string_view uuid, std::string_view uri, std::string_view prefix,
+                           const std::optional<std::string>& xml) override;
+  // What SetMetadata last stored (or the test put there), without going through the interface.
+  void PutMetadata(const std::string& uuid, const std::string& uri, std::string xml);
+  std::optional<std::string> metadata_prefix(const std::string& uuid, const std::string& uri);
+  // The next metadata call fails with this (then it is cleared).
+  void FailNextMetadataCall(absl::Status error);
+
   void Subscribe(LibvirtEventSubscriber* subscriber) override;
   void Unsubscribe(LibvirtEventSubscriber* subscriber) override;
   bool IsConnected() override;
@@ -58,6 +71,12 @@ class FakeLibvirtConnection : public LibvirtConnection {
   MonitorHandler handler_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> monitor_log_ ABSL_GUARDED_BY(mu_);
   std::vector<LibvirtEventSubscriber*> subscribers_ ABSL_GUARDED_BY(mu_);
+  struct Metadata {
+    std::string prefix;
+    std::string xml;
+  };
+  std::map<std::pair<std::string, std::string>, Metadata> metadata_ ABSL_GUARDED_BY(mu_);
+  absl::Status metadata_error_ ABSL_GUARDED_BY(mu_);
   bool connected_ ABSL_GUARDED_BY(mu_) = true;
 };
 

@@ -305,6 +305,15 @@ class HostileInput : public ::testing::Test {
       out["Rollback"] = stub().Rollback(&context, request, &response);
     }
     {
+      // Resolved like the others (DomainRegistry::Resolve) before it changes anything.
+      tprd::v1::DisablePatchingRequest request;
+      request.set_domain(reference);
+      tprd::v1::DisablePatchingResponse response;
+      grpc::ClientContext context;
+      Deadline(&context);
+      out["DisablePatching"] = stub().DisablePatching(&context, request, &response);
+    }
+    {
       tprd::v1::ScanRequest request;
       request.set_domain(reference);
       tprd::v1::ScanResponse response;

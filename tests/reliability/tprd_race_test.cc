@@ -93,7 +93,7 @@ class RaceTest : public ::testing::Test {
   void StopDuringEnable(const std::string& how, const std::function<void(TestDomain&)>& stop);
   absl::Duration TimedEnable(const std::string& name) {
     const absl::Time start = absl::Now();
-    RunResult r = tprd_->Ctl({"enable", name, "--strategy", "mmio"});
+    RunResult r = tprd_->Ctl({"enable", name, "--strategy", "mmio", "--transient"});
     EXPECT_EQ(r.exit_code, 0) << r.out << r.err << tprd_->LogTail();
     return absl::Now() - start;
   }
@@ -115,7 +115,7 @@ TEST_F(RaceTest, ResetDuringEnableClearsStateAndEnableWorksAgain) {
     ASSERT_EQ(tprd_->Ctl({"rollback", domain->name()}).exit_code, 0);
     const size_t before = domain->Lines().size();
     RunResult r = RaceWith(
-        *tprd_, {"enable", domain->name(), "--strategy", "mmio"}, Draw(span),
+        *tprd_, {"enable", domain->name(), "--strategy", "mmio", "--transient"}, Draw(span),
         [&] {
           EXPECT_EQ(Virsh({"reset", domain->name()}).exit_code, 0);
         },
@@ -153,8 +153,8 @@ void RaceTest::StopDuringEnable(const std::string& how,
     std::unique_ptr<TestDomain> domain = BootTestGuest("nobench", false);
     ASSERT_NE(domain, nullptr);
     RunResult r = RaceWith(
-        *tprd_, {"enable", domain->name(), "--strategy", "mmio"}, Draw(absl::Milliseconds(1500)),
-        [&] { stop(*domain); }, tprd_->socket() + ".ctl");
+        *tprd_, {"enable", domain->name(), "--strategy", "mmio", "--transient"},
+        Draw(absl::Milliseconds(1500)), [&] { stop(*domain); }, tprd_->socket() + ".ctl");
     ExpectClearOutcome(r, when);
     if (r.exit_code != 0) {
       // Either the domain stopped while the enable ran, or it was gone before the enable reached
@@ -217,6 +217,7 @@ TEST_F(RaceTest, SuspendDuringEnableOrRollbackLeavesTheGuestPausedAndEverySiteWh
       if (std::string(op) == "enable") {
         args.push_back("--strategy");
         args.push_back("mmio");
+        args.push_back("--transient");
       } else {
         // Something to roll back: patched again, hot sites applied.
         TimedEnable(domain->name());
