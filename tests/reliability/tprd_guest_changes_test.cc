@@ -97,7 +97,9 @@ TEST(TprdGuestChanges, ACorruptOrForgedBlobIsNeverAdopted) {
   TprdProcess tprd(MakeTprdDir(), "proving_window_s = 5\n");
   tprd.Start();
   if (HasFatalFailure()) return;
-  RunResult enabled = tprd.Ctl({"enable", domain->name(), "--strategy", "mmio"});
+  // --transient: no intent, so the restarted tprd only adopts (what this test is about); with an
+  // intent it would enable the guest afresh next to a blob it cannot recognise.
+  RunResult enabled = tprd.Ctl({"enable", domain->name(), "--strategy", "mmio", "--transient"});
   ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
   WaitForApplied(tprd, domain->name(), HotSites(), absl::Seconds(90), "enable");
   if (HasFailure()) return;
