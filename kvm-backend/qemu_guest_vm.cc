@@ -461,7 +461,9 @@ absl::Status QemuGuestVm::Detach() {
     // then leaves it stopped, and libvirt still owns its resume).
     absl::StatusOr<DomainInfo> info = connection_->GetDomain(uuid_);
     if (info.ok() && PausedByHost(*info)) {
-      note(LeaveDebugRunState());
+      // Only for a copy of the state: after an operator's pause the guest must not run at all
+      // (a backup may be taking its disk), so QEMU may stay in "debug" (docs/design.md).
+      if (PausedToCopyState(info->reason)) note(LeaveDebugRunState());
       gdb_.reset();
       // Said, not hidden: a guest tprd leaves stopped must be explainable from its log.
       note(absl::FailedPreconditionError(

@@ -217,6 +217,34 @@ TEST_F(QemuGuestVmTest, DetachRemovesTheTrapsItInsertedThenDetachesAndStopsTheGd
   EXPECT_TRUE(absl::IsFailedPrecondition(vm_->VcpuCount().status()));
 }
 
+// QEMU 7.2 cannot load a saved state taken in its "debug" run state (where a trap stop leaves
+// it): when libvirt paused the domain to save it, the let-go takes QEMU to "paused" first.
+TEST_F(QemuGuestVmTest, DetachForASaveTakesQemuOutOfItsDebugStateWithoutResumingIt) {
+  Attach();
+  ResumeThenStopWith("T05thread:p01.01;swbreak:;", 0, 0x80401000);
+  libvirt_.SetState(kUuid, DomainState::kPaused, kPausedReasonSave);
+  stub_.ExpectWrite(EncodeGdbPacket("c"))
+      .Send("+")
+      .ExpectWrite("\x03")
+      .Send(EncodeGdbPacket("T02thread:p01.01;"))
+      .ExpectWrite("+");
+  absl::Status detached = vm_->Detach();
+  EXPECT_TRUE(absl::IsFailedPrecondition(detached)) << detached;
+  ExpectScriptDone();
+  EXPECT_TRUE(stub_.closed_by_client()) << "no `D;1`: that would resume it";
+}
+
+// After an operator's pause the guest does not run at all, not even out of "debug".
+TEST_F(QemuGuestVmTest, DetachFromAnOperatorsPauseLeavesQemuAsItIs) {
+  Attach();
+  ResumeThenStopWith("T05thread:p01.01;swbreak:;", 0, 0x80401000);
+  libvirt_.SetState(kUuid, DomainState::kPaused, kPausedReasonUser);
+  absl::Status detached = vm_->Detach();
+  EXPECT_TRUE(absl::IsFailedPrecondition(detached)) << detached;
+  ExpectScriptDone();
+  EXPECT_TRUE(stub_.closed_by_client());
+}
+
 TEST_F(QemuGuestVmTest, DetachLeavesADomainLibvirtPausedPausedWithoutDetachingThroughTheStub) {
   Attach();
   stub_.ExpectCommand("Z0,80401000,1", "OK");
