@@ -166,7 +166,11 @@ class PatchManager {
   };
   // Runs `vcpu` alone (every other vCPU stopped) to a breakpoint after its hlt.
   WakeResult WakeAlone(int vcpu);
-  void StepOutOfHandlers(int vcpu);
+  // `note_errors`: a step that fails is the domain's last error (else the caller copes, e.g. a
+  // rollback that retries).
+  void StepOutOfHandlers(int vcpu, bool note_errors = true);
+  // Rollback: every CPU inside the handlers is stepped out of them.
+  void StepAllOutOfHandlers();
   bool HaltedWithLostNibble(const VcpuProfile& cpu);
   // The hlt a vCPU stands at (about to halt) or just after (halted: an idle guest's CPUs mostly
   // are). A step never ends at either (it masks interrupts, and only one ends a hlt).

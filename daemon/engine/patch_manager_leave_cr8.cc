@@ -151,7 +151,12 @@ PatchManager::WakeResult PatchManager::WakeAlone(int vcpu) {
   return moved ? WakeResult::kMoved : WakeResult::kStillHalted;
 }
 
-void PatchManager::StepOutOfHandlers(int vcpu) {
+void PatchManager::StepAllOutOfHandlers() {
+  if (!profile_) return;
+  for (const VcpuProfile& cpu : profile_->vcpus) StepOutOfHandlers(cpu.vcpu, /*note_errors=*/false);
+}
+
+void PatchManager::StepOutOfHandlers(int vcpu, bool note_errors) {
   // Under the cr8 word a CPU inside the handlers is on the cr8 path (or before the word's
   // check): stepped alone, it finishes its CR8 write and its shadow store before the word
   // changes. Left to run after the change, its CR8 write would undo the poke, or its read would
@@ -161,7 +166,7 @@ void PatchManager::StepOutOfHandlers(int vcpu) {
     if (!regs.ok() || !blob_.addresses().InHandlerCode(regs->eip)) return;
     absl::StatusOr<StepResult> stepped = vm_.StepVcpu(vcpu, absl::Milliseconds(250));
     if (!stepped.ok()) {
-      if (!absl::IsUnimplemented(stepped.status())) NoteError(stepped.status());
+      if (note_errors && !absl::IsUnimplemented(stepped.status())) NoteError(stepped.status());
       return;
     }
     if (!stepped->completed) return;
