@@ -20,49 +20,49 @@
 
 namespace tprd::backend {
 
-std::string_view DomainStateName(DomainState state) {
+std::string_view LibvirtDomainStateName(LibvirtDomainState state) {
   switch (state) {
-    case DomainState::kNoState:
+    case LibvirtDomainState::kNoState:
       return "nostate";
-    case DomainState::kRunning:
+    case LibvirtDomainState::kRunning:
       return "running";
-    case DomainState::kBlocked:
+    case LibvirtDomainState::kBlocked:
       return "blocked";
-    case DomainState::kPaused:
+    case LibvirtDomainState::kPaused:
       return "paused";
-    case DomainState::kShuttingDown:
+    case LibvirtDomainState::kShuttingDown:
       return "shutdown";
-    case DomainState::kShutoff:
+    case LibvirtDomainState::kShutoff:
       return "shut off";
-    case DomainState::kCrashed:
+    case LibvirtDomainState::kCrashed:
       return "crashed";
-    case DomainState::kPmSuspended:
+    case LibvirtDomainState::kPmSuspended:
       return "pmsuspended";
   }
   return "?";
 }
 
-std::string_view DomainEventKindName(DomainEvent::Kind kind) {
+std::string_view LibvirtDomainEventKindName(LibvirtDomainEvent::Kind kind) {
   switch (kind) {
-    case DomainEvent::Kind::kStarted:
+    case LibvirtDomainEvent::Kind::kStarted:
       return "started";
-    case DomainEvent::Kind::kSuspended:
+    case LibvirtDomainEvent::Kind::kSuspended:
       return "suspended";
-    case DomainEvent::Kind::kResumed:
+    case LibvirtDomainEvent::Kind::kResumed:
       return "resumed";
-    case DomainEvent::Kind::kShutdown:
+    case LibvirtDomainEvent::Kind::kShutdown:
       return "shutdown";
-    case DomainEvent::Kind::kStopped:
+    case LibvirtDomainEvent::Kind::kStopped:
       return "stopped";
-    case DomainEvent::Kind::kCrashed:
+    case LibvirtDomainEvent::Kind::kCrashed:
       return "crashed";
-    case DomainEvent::Kind::kRebooted:
+    case LibvirtDomainEvent::Kind::kRebooted:
       return "rebooted";
-    case DomainEvent::Kind::kMigratedAway:
+    case LibvirtDomainEvent::Kind::kMigratedAway:
       return "migrated-away";
-    case DomainEvent::Kind::kMigrating:
+    case LibvirtDomainEvent::Kind::kMigrating:
       return "migrating";
-    case DomainEvent::Kind::kOther:
+    case LibvirtDomainEvent::Kind::kOther:
       return "other";
   }
   return "?";
@@ -107,52 +107,53 @@ absl::Status LibvirtError(std::string_view what) {
   }
 }
 
-DomainState ToDomainState(int state) {
+LibvirtDomainState ToDomainState(int state) {
   switch (state) {
     case VIR_DOMAIN_RUNNING:
-      return DomainState::kRunning;
+      return LibvirtDomainState::kRunning;
     case VIR_DOMAIN_BLOCKED:
-      return DomainState::kBlocked;
+      return LibvirtDomainState::kBlocked;
     case VIR_DOMAIN_PAUSED:
-      return DomainState::kPaused;
+      return LibvirtDomainState::kPaused;
     case VIR_DOMAIN_SHUTDOWN:
-      return DomainState::kShuttingDown;
+      return LibvirtDomainState::kShuttingDown;
     case VIR_DOMAIN_SHUTOFF:
-      return DomainState::kShutoff;
+      return LibvirtDomainState::kShutoff;
     case VIR_DOMAIN_CRASHED:
-      return DomainState::kCrashed;
+      return LibvirtDomainState::kCrashed;
     case VIR_DOMAIN_PMSUSPENDED:
-      return DomainState::kPmSuspended;
+      return LibvirtDomainState::kPmSuspended;
     default:
-      return DomainState::kNoState;
+      return LibvirtDomainState::kNoState;
   }
 }
 
-DomainEvent::Kind ToEventKind(int event, int detail) {
+LibvirtDomainEvent::Kind ToEventKind(int event, int detail) {
   switch (event) {
     case VIR_DOMAIN_EVENT_STARTED:
-      return detail == VIR_DOMAIN_EVENT_STARTED_MIGRATED ? DomainEvent::Kind::kMigrating
-                                                         : DomainEvent::Kind::kStarted;
+      return detail == VIR_DOMAIN_EVENT_STARTED_MIGRATED ? LibvirtDomainEvent::Kind::kMigrating
+                                                         : LibvirtDomainEvent::Kind::kStarted;
     case VIR_DOMAIN_EVENT_SUSPENDED:
       return detail == VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED ||
                      detail == VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY
-                 ? DomainEvent::Kind::kMigrating
-                 : DomainEvent::Kind::kSuspended;
+                 ? LibvirtDomainEvent::Kind::kMigrating
+                 : LibvirtDomainEvent::Kind::kSuspended;
     case VIR_DOMAIN_EVENT_RESUMED:
       return detail == VIR_DOMAIN_EVENT_RESUMED_MIGRATED ||
                      detail == VIR_DOMAIN_EVENT_RESUMED_POSTCOPY
-                 ? DomainEvent::Kind::kMigrating
-                 : DomainEvent::Kind::kResumed;
+                 ? LibvirtDomainEvent::Kind::kMigrating
+                 : LibvirtDomainEvent::Kind::kResumed;
     case VIR_DOMAIN_EVENT_STOPPED:
-      if (detail == VIR_DOMAIN_EVENT_STOPPED_MIGRATED) return DomainEvent::Kind::kMigratedAway;
-      if (detail == VIR_DOMAIN_EVENT_STOPPED_CRASHED) return DomainEvent::Kind::kCrashed;
-      return DomainEvent::Kind::kStopped;
+      if (detail == VIR_DOMAIN_EVENT_STOPPED_MIGRATED)
+        return LibvirtDomainEvent::Kind::kMigratedAway;
+      if (detail == VIR_DOMAIN_EVENT_STOPPED_CRASHED) return LibvirtDomainEvent::Kind::kCrashed;
+      return LibvirtDomainEvent::Kind::kStopped;
     case VIR_DOMAIN_EVENT_SHUTDOWN:
-      return DomainEvent::Kind::kShutdown;
+      return LibvirtDomainEvent::Kind::kShutdown;
     case VIR_DOMAIN_EVENT_CRASHED:
-      return DomainEvent::Kind::kCrashed;
+      return LibvirtDomainEvent::Kind::kCrashed;
     default:
-      return DomainEvent::Kind::kOther;
+      return LibvirtDomainEvent::Kind::kOther;
   }
 }
 
@@ -162,8 +163,8 @@ std::string DomainUuid(virDomainPtr domain) {
   return uuid;
 }
 
-absl::StatusOr<DomainInfo> DescribeDomain(virDomainPtr domain) {
-  DomainInfo info;
+absl::StatusOr<LibvirtDomainInfo> DescribeDomain(virDomainPtr domain) {
+  LibvirtDomainInfo info;
   const char* name = virDomainGetName(domain);
   if (name == nullptr) return LibvirtError("virDomainGetName");
   info.name = name;
@@ -218,7 +219,7 @@ void FreeSharedRef(void* opaque) { delete static_cast<SharedPtr*>(opaque); }
 
 int OnLifecycle(virConnectPtr, virDomainPtr domain, int event, int detail, void* opaque) {
   SharedState& shared = **static_cast<SharedPtr*>(opaque);
-  DomainEvent e;
+  LibvirtDomainEvent e;
   e.kind = ToEventKind(event, detail);
   e.uuid = DomainUuid(domain);
   const char* name = virDomainGetName(domain);
@@ -231,8 +232,8 @@ int OnLifecycle(virConnectPtr, virDomainPtr domain, int event, int detail, void*
 
 void OnReboot(virConnectPtr, virDomainPtr domain, void* opaque) {
   SharedState& shared = **static_cast<SharedPtr*>(opaque);
-  DomainEvent e;
-  e.kind = DomainEvent::Kind::kRebooted;
+  LibvirtDomainEvent e;
+  e.kind = LibvirtDomainEvent::Kind::kRebooted;
   e.uuid = DomainUuid(domain);
   const char* name = virDomainGetName(domain);
   e.name = name ? name : "";
@@ -275,16 +276,16 @@ class LibvirtConnectionImpl : public LibvirtConnection {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::vector<DomainInfo>> ListDomains() override {
+  absl::StatusOr<std::vector<LibvirtDomainInfo>> ListDomains() override {
     absl::StatusOr<virConnectPtr> conn = AcquireConnection();
     if (!conn.ok()) return conn.status();
     virDomainPtr* domains = nullptr;
     int count = virConnectListAllDomains(*conn, &domains, 0);
     absl::Status error = count < 0 ? LibvirtError("virConnectListAllDomains") : absl::OkStatus();
-    std::vector<DomainInfo> result;
+    std::vector<LibvirtDomainInfo> result;
     for (int i = 0; i < std::max(count, 0); ++i) {
       DomainRef ref(domains[i]);
-      absl::StatusOr<DomainInfo> info = DescribeDomain(ref.domain);
+      absl::StatusOr<LibvirtDomainInfo> info = DescribeDomain(ref.domain);
       if (info.ok()) result.push_back(std::move(*info));  // a domain may vanish meanwhile
     }
     free(domains);
@@ -293,7 +294,7 @@ class LibvirtConnectionImpl : public LibvirtConnection {
     return result;
   }
 
-  absl::StatusOr<DomainInfo> LookupDomain(std::string_view key) override {
+  absl::StatusOr<LibvirtDomainInfo> LookupDomain(std::string_view key) override {
     absl::StatusOr<virConnectPtr> conn = AcquireConnection();
     if (!conn.ok()) return conn.status();
     std::string text(key);
@@ -308,8 +309,8 @@ class LibvirtConnectionImpl : public LibvirtConnection {
         domain = virDomainLookupByID(*conn, id);
       }
     }
-    absl::StatusOr<DomainInfo> result =
-        domain == nullptr ? absl::StatusOr<DomainInfo>(absl::NotFoundError(
+    absl::StatusOr<LibvirtDomainInfo> result =
+        domain == nullptr ? absl::StatusOr<LibvirtDomainInfo>(absl::NotFoundError(
                                 absl::StrCat("no libvirt domain with name, UUID or ID '",
                                              absl::CHexEscape(text), "' on ", options_.uri)))
                           : DescribeDomain(domain);
@@ -319,12 +320,12 @@ class LibvirtConnectionImpl : public LibvirtConnection {
     return result;
   }
 
-  absl::StatusOr<DomainInfo> GetDomain(std::string_view uuid) override {
+  absl::StatusOr<LibvirtDomainInfo> GetDomain(std::string_view uuid) override {
     return WithDomain(uuid, [](virDomainPtr domain) { return DescribeDomain(domain); });
   }
 
   absl::StatusOr<int> QemuPid(std::string_view uuid) override {
-    absl::StatusOr<DomainInfo> info = GetDomain(uuid);
+    absl::StatusOr<LibvirtDomainInfo> info = GetDomain(uuid);
     if (!info.ok()) return info.status();
     if (info->id < 0) {
       return absl::FailedPreconditionError(absl::StrCat("domain ", info->name, " is not running"));

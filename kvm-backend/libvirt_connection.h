@@ -20,8 +20,9 @@
 
 namespace tprd::backend {
 
-// libvirt's virDomainState, by name.
-enum class DomainState : uint8_t {
+// libvirt's virDomainState, by name. The Libvirt prefix keeps these apart from the daemon's
+// DomainState (daemon/domain/domain_state.h: patched, unpatched, ...), DomainInfo and DomainEvent.
+enum class LibvirtDomainState : uint8_t {
   kNoState,
   kRunning,
   kBlocked,
@@ -31,13 +32,13 @@ enum class DomainState : uint8_t {
   kCrashed,
   kPmSuspended,
 };
-std::string_view DomainStateName(DomainState state);
+std::string_view LibvirtDomainStateName(LibvirtDomainState state);
 
-struct DomainInfo {
+struct LibvirtDomainInfo {
   std::string name;
   std::string uuid;  // canonical lower-case 36-character form
   int id = -1;       // -1 when the domain is not running
-  DomainState state = DomainState::kNoState;
+  LibvirtDomainState state = LibvirtDomainState::kNoState;
   // libvirt's state reason (virDomainPausedReason etc.): for kPaused, VIR_DOMAIN_PAUSED_USER (1)
   // means someone paused it through libvirt; VIR_DOMAIN_PAUSED_UNKNOWN (0) is what libvirt
   // reports when QEMU stopped on its own, which includes our gdbstub stopping it.
@@ -59,7 +60,7 @@ inline bool PausedToCopyState(int reason) {
 }
 
 // A lifecycle event of one domain, from the event-loop thread.
-struct DomainEvent {
+struct LibvirtDomainEvent {
   enum class Kind : uint8_t {
     kStarted,
     kSuspended,     // paused (by a user, an I/O error, migration, ... or our gdbstub)
@@ -78,14 +79,14 @@ struct DomainEvent {
   int libvirt_event = -1;   // virDomainEventType, -1 for reboot
   int libvirt_detail = -1;  // event detail
 };
-std::string_view DomainEventKindName(DomainEvent::Kind kind);
+std::string_view LibvirtDomainEventKindName(LibvirtDomainEvent::Kind kind);
 
 // Receives events on the connection's event-loop thread. Implementations must return quickly
 // and must not call Subscribe/Unsubscribe from inside a callback.
 class LibvirtEventSubscriber {
  public:
   virtual ~LibvirtEventSubscriber() = default;
-  virtual void OnDomainEvent(const DomainEvent& event) = 0;
+  virtual void OnDomainEvent(const LibvirtDomainEvent& event) = 0;
   // libvirtd went away; reconnecting in the background. Events may have been missed.
   virtual void OnConnectionLost() {}
   // Reconnected; event callbacks are registered again. Re-read any state you cache.
@@ -97,11 +98,11 @@ class LibvirtConnection {
   virtual ~LibvirtConnection() = default;
 
   // Every domain libvirt knows (running and defined).
-  virtual absl::StatusOr<std::vector<DomainInfo>> ListDomains() = 0;
+  virtual absl::StatusOr<std::vector<LibvirtDomainInfo>> ListDomains() = 0;
   // By name, then UUID, then numeric ID. NOT_FOUND when none matches.
-  virtual absl::StatusOr<DomainInfo> LookupDomain(std::string_view name_uuid_or_id) = 0;
+  virtual absl::StatusOr<LibvirtDomainInfo> LookupDomain(std::string_view name_uuid_or_id) = 0;
   // Current state and reason by UUID. NOT_FOUND when the domain no longer exists.
-  virtual absl::StatusOr<DomainInfo> GetDomain(std::string_view uuid) = 0;
+  virtual absl::StatusOr<LibvirtDomainInfo> GetDomain(std::string_view uuid) = 0;
   // PID of the domain's QEMU process (running domains, local connections only).
   virtual absl::StatusOr<int> QemuPid(std::string_view uuid) = 0;
   // A monitor command through virDomainQemuMonitorCommand; returns QEMU's reply text.

@@ -36,10 +36,10 @@ const char* RegisterName(engine::WritableRegister reg) {
   return "?";
 }
 
-bool PausedByHost(const DomainInfo& info) {
+bool PausedByHost(const LibvirtDomainInfo& info) {
   // libvirt records PAUSED_UNKNOWN when QEMU stopped by itself, which is what our gdbstub
   // stops look like; every other reason is libvirt's (user, migration, save, I/O error, ...).
-  return info.state == DomainState::kPaused && info.reason != kPausedReasonUnknown;
+  return info.state == LibvirtDomainState::kPaused && info.reason != kPausedReasonUnknown;
 }
 
 }  // namespace
@@ -60,12 +60,12 @@ QemuGuestVm::QemuGuestVm(LibvirtConnection* connection, std::string uuid,
 absl::StatusOr<std::unique_ptr<QemuGuestVm>> QemuGuestVm::Attach(LibvirtConnection* connection,
                                                                  const std::string& uuid,
                                                                  QemuGuestVmOptions options) {
-  absl::StatusOr<DomainInfo> info = connection->GetDomain(uuid);
+  absl::StatusOr<LibvirtDomainInfo> info = connection->GetDomain(uuid);
   if (!info.ok()) return info.status();
-  if (info->state != DomainState::kRunning && info->state != DomainState::kPaused) {
-    return absl::FailedPreconditionError(absl::StrCat("domain ", info->name, " is ",
-                                                      std::string(DomainStateName(info->state)),
-                                                      ", not running or paused"));
+  if (info->state != LibvirtDomainState::kRunning && info->state != LibvirtDomainState::kPaused) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("domain ", info->name, " is ",
+                     std::string(LibvirtDomainStateName(info->state)), ", not running or paused"));
   }
   std::unique_ptr<QemuGuestVm> vm(new QemuGuestVm(connection, uuid, std::move(options)));
   connection->Subscribe(vm.get());
@@ -95,13 +95,14 @@ QemuGuestVm::~QemuGuestVm() {
   connection_->Unsubscribe(this);
 }
 
-void QemuGuestVm::OnDomainEvent(const DomainEvent& event) {
+void QemuGuestVm::OnDomainEvent(const LibvirtDomainEvent& event) {
   if (event.uuid != uuid_) return;
-  if (event.kind == DomainEvent::Kind::kStopped || event.kind == DomainEvent::Kind::kCrashed ||
-      event.kind == DomainEvent::Kind::kMigratedAway) {
+  if (event.kind == LibvirtDomainEvent::Kind::kStopped ||
+      event.kind == LibvirtDomainEvent::Kind::kCrashed ||
+      event.kind == LibvirtDomainEvent::Kind::kMigratedAway) {
     absl::MutexLock lock(&events_mu_);
     gone_reason_ = absl::StrCat("domain ", event.name, " is gone (libvirt event ",
-                                std::string(DomainEventKindName(event.kind)), ", detail ",
+                                std::string(LibvirtDomainEventKindName(event.kind)), ", detail ",
                                 event.libvirt_detail, ")");
   }
 }
@@ -144,7 +145,7 @@ absl::Status QemuGuestVm::SetPhysicalMode(bool physical) {
 }
 
 absl::Status QemuGuestVm::CheckNotPausedByHost() {
-  absl::StatusOr<DomainInfo> info = connection_->GetDomain(uuid_);
+  absl::StatusOr<LibvirtDomainInfo> info = connection_->GetDomain(uuid_);
   if (!info.ok()) return info.status();
   if (PausedByHost(*info)) {
     return absl::FailedPreconditionError(
@@ -197,7 +198,7 @@ engine::StopEvent QemuGuestVm::ToStopEvent(const GdbStopReply& reply) {
   } else if (reply.signal == kGdbSignalTrap) {
     event.kind = engine::StopEvent::Kind::kBreakpoint;
   } else {
-    absl::StatusOr<DomainInfo> info = connection_->GetDomain(uuid_);
+    absl::StatusOr<LibvirtDomainInfo> info = connection_->GetDomain(uuid_);
     event.kind = info.ok() && PausedByHost(*info) ? engine::StopEvent::Kind::kPausedByHost
                                                   : engine::StopEvent::Kind::kInterrupted;
   }
@@ -459,7 +460,7 @@ absl::Status QemuGuestVm::Detach() {
     if (physical_mode_ == true) note(gdb_->SetPhysicalMemoryMode(false));
     // D;1 resumes the VM. A VM libvirt holds paused must stay paused: just disconnect (QEMU
     // then leaves it stopped, and libvirt still owns its resume).
-    absl::StatusOr<DomainInfo> info = connection_->GetDomain(uuid_);
+    absl::StatusOr<LibvirtDomainInfo> info = connection_->GetDomain(uuid_);
     if (info.ok() && PausedByHost(*info)) {
       // Only for a copy of the state: after an operator's pause the guest must not run at all
       // (a backup may be taking its disk), so QEMU may stay in "debug" (docs/design.md).

@@ -90,7 +90,7 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
  private:
   QemuGuestVm(LibvirtConnection* connection, std::string uuid, QemuGuestVmOptions options);
 
-  void OnDomainEvent(const DomainEvent& event) override;
+  void OnDomainEvent(const LibvirtDomainEvent& event) override;
   absl::Status Gone() const;
   absl::Status CheckUsable(bool require_stopped);
   absl::Status SelectVcpu(int vcpu);

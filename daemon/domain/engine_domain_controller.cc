@@ -81,8 +81,8 @@ absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<engine::Strateg
     // A tprd killed while it held the guest stopped, before its blob went in, left it stopped:
     // the gdbstub keeps a VM stopped when its client vanishes. Attaching here and the detach
     // that follows let it run; a VM libvirt paused (any other reason) stays paused.
-    absl::StatusOr<backend::DomainInfo> info = connection_->GetDomain(domain_.uuid);
-    if (info.ok() && info->state == backend::DomainState::kPaused &&
+    absl::StatusOr<backend::LibvirtDomainInfo> info = connection_->GetDomain(domain_.uuid);
+    if (info.ok() && info->state == backend::LibvirtDomainState::kPaused &&
         info->reason == backend::kPausedReasonUnknown) {
       LogInfo(absl::StrCat(domain_.name, ": stopped by a gdbstub nobody holds; letting it run"));
       if (absl::Status s = EnsureAttached(); !s.ok()) return s;
@@ -254,8 +254,8 @@ absl::StatusOr<std::vector<ControllerEvent>> EngineDomainController::Poll(absl::
 }
 
 std::optional<ControllerEvent> EngineDomainController::HostCopiesState() {
-  absl::StatusOr<backend::DomainInfo> info = connection_->GetDomain(domain_.uuid);
-  if (!info.ok() || info->state != backend::DomainState::kPaused ||
+  absl::StatusOr<backend::LibvirtDomainInfo> info = connection_->GetDomain(domain_.uuid);
+  if (!info.ok() || info->state != backend::LibvirtDomainState::kPaused ||
       !backend::PausedToCopyState(info->reason)) {
     return std::nullopt;
   }

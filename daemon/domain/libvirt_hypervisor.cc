@@ -8,14 +8,14 @@
 namespace tprd::daemon {
 namespace {
 
-DomainInfo ToDaemonInfo(const backend::DomainInfo& info) {
+DomainInfo ToDaemonInfo(const backend::LibvirtDomainInfo& info) {
   DomainInfo out;
   out.name = info.name;
   out.uuid = info.uuid;
   out.id = info.id;
-  out.running = info.state == backend::DomainState::kRunning ||
-                info.state == backend::DomainState::kPaused ||
-                info.state == backend::DomainState::kBlocked;
+  out.running = info.state == backend::LibvirtDomainState::kRunning ||
+                info.state == backend::LibvirtDomainState::kPaused ||
+                info.state == backend::LibvirtDomainState::kBlocked;
   return out;
 }
 
@@ -30,15 +30,15 @@ LibvirtHypervisor::LibvirtHypervisor(std::unique_ptr<backend::LibvirtConnection>
 LibvirtHypervisor::~LibvirtHypervisor() { connection_->Unsubscribe(this); }
 
 absl::StatusOr<std::vector<DomainInfo>> LibvirtHypervisor::ListDomains() {
-  absl::StatusOr<std::vector<backend::DomainInfo>> domains = connection_->ListDomains();
+  absl::StatusOr<std::vector<backend::LibvirtDomainInfo>> domains = connection_->ListDomains();
   if (!domains.ok()) return domains.status();
   std::vector<DomainInfo> out;
-  for (const backend::DomainInfo& d : *domains) out.push_back(ToDaemonInfo(d));
+  for (const backend::LibvirtDomainInfo& d : *domains) out.push_back(ToDaemonInfo(d));
   return out;
 }
 
 absl::StatusOr<DomainInfo> LibvirtHypervisor::LookupDomain(const std::string& reference) {
-  absl::StatusOr<backend::DomainInfo> domain = connection_->LookupDomain(reference);
+  absl::StatusOr<backend::LibvirtDomainInfo> domain = connection_->LookupDomain(reference);
   if (!domain.ok()) return domain.status();
   return ToDaemonInfo(*domain);
 }
@@ -67,28 +67,28 @@ void LibvirtHypervisor::SetLifecycleHandler(std::function<void(const LifecycleEv
   handler_ = std::move(handler);
 }
 
-void LibvirtHypervisor::OnDomainEvent(const backend::DomainEvent& event) {
+void LibvirtHypervisor::OnDomainEvent(const backend::LibvirtDomainEvent& event) {
   LifecycleEvent out;
   switch (event.kind) {
-    case backend::DomainEvent::Kind::kStarted:
+    case backend::LibvirtDomainEvent::Kind::kStarted:
       out.kind = LifecycleKind::kStarted;
       break;
-    case backend::DomainEvent::Kind::kShutdown:
+    case backend::LibvirtDomainEvent::Kind::kShutdown:
       out.kind = LifecycleKind::kShutdown;
       break;
-    case backend::DomainEvent::Kind::kStopped:
+    case backend::LibvirtDomainEvent::Kind::kStopped:
       out.kind = LifecycleKind::kDestroyed;
       break;
-    case backend::DomainEvent::Kind::kCrashed:
+    case backend::LibvirtDomainEvent::Kind::kCrashed:
       out.kind = LifecycleKind::kCrashed;
       break;
-    case backend::DomainEvent::Kind::kRebooted:
+    case backend::LibvirtDomainEvent::Kind::kRebooted:
       out.kind = LifecycleKind::kRebooted;
       break;
-    case backend::DomainEvent::Kind::kMigratedAway:
+    case backend::LibvirtDomainEvent::Kind::kMigratedAway:
       out.kind = LifecycleKind::kMigrated;
       break;
-    case backend::DomainEvent::Kind::kResumed:
+    case backend::LibvirtDomainEvent::Kind::kResumed:
       out.kind = LifecycleKind::kResumed;
       break;
     default:

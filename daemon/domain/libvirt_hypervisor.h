@@ -32,7 +32,7 @@ class LibvirtHypervisor : public Hypervisor, private backend::LibvirtEventSubscr
   void SetLifecycleHandler(std::function<void(const LifecycleEvent&)> handler) override;
 
  private:
-  void OnDomainEvent(const backend::DomainEvent& event) override;
+  void OnDomainEvent(const backend::LibvirtDomainEvent& event) override;
 
   std::unique_ptr<backend::LibvirtConnection> connection_;
   const EngineControllerOptions options_;

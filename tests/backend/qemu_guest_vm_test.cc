@@ -47,7 +47,7 @@ class ForwardingByteStream : public ByteStream {
 class QemuGuestVmTest : public ::testing::Test {
  protected:
   QemuGuestVmTest() {
-    libvirt_.AddDomain({"xp", kUuid, 3, DomainState::kRunning, 0});
+    libvirt_.AddDomain({"xp", kUuid, 3, LibvirtDomainState::kRunning, 0});
     libvirt_.SetMonitorReply("gdbserver none", "Disabled gdbserver");
   }
 
@@ -123,7 +123,7 @@ TEST_F(QemuGuestVmTest, AttachClearsOldTrapsOnEveryVcpuAndLeavesTheVmStopped) {
 }
 
 TEST_F(QemuGuestVmTest, AttachRefusesADomainThatDoesNotRunWithoutStartingAGdbstub) {
-  libvirt_.SetState(kUuid, DomainState::kShutoff, 0);
+  libvirt_.SetState(kUuid, LibvirtDomainState::kShutoff, 0);
   absl::StatusOr<std::unique_ptr<QemuGuestVm>> vm =
       QemuGuestVm::Attach(&libvirt_, kUuid, Options());
   EXPECT_TRUE(absl::IsFailedPrecondition(vm.status())) << vm.status();
@@ -222,7 +222,7 @@ TEST_F(QemuGuestVmTest, DetachRemovesTheTrapsItInsertedThenDetachesAndStopsTheGd
 TEST_F(QemuGuestVmTest, DetachForASaveTakesQemuOutOfItsDebugStateWithoutResumingIt) {
   Attach();
   ResumeThenStopWith("T05thread:p01.01;swbreak:;", 0, 0x80401000);
-  libvirt_.SetState(kUuid, DomainState::kPaused, kPausedReasonSave);
+  libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, kPausedReasonSave);
   stub_.ExpectWrite(EncodeGdbPacket("c"))
       .Send("+")
       .ExpectWrite("\x03")
@@ -238,7 +238,7 @@ TEST_F(QemuGuestVmTest, DetachForASaveTakesQemuOutOfItsDebugStateWithoutResuming
 TEST_F(QemuGuestVmTest, DetachFromAnOperatorsPauseLeavesQemuAsItIs) {
   Attach();
   ResumeThenStopWith("T05thread:p01.01;swbreak:;", 0, 0x80401000);
-  libvirt_.SetState(kUuid, DomainState::kPaused, kPausedReasonUser);
+  libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, kPausedReasonUser);
   absl::Status detached = vm_->Detach();
   EXPECT_TRUE(absl::IsFailedPrecondition(detached)) << detached;
   ExpectScriptDone();
@@ -249,7 +249,7 @@ TEST_F(QemuGuestVmTest, DetachLeavesADomainLibvirtPausedPausedWithoutDetachingTh
   Attach();
   stub_.ExpectCommand("Z0,80401000,1", "OK");
   ASSERT_TRUE(vm_->SetBreakpoint(0x80401000).ok());
-  libvirt_.SetState(kUuid, DomainState::kPaused, kPausedReasonUser);
+  libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, kPausedReasonUser);
   // `D;1` would resume it: the traps go, then the connection just closes.
   stub_.ExpectCommand("z0,80401000,1", "OK");
   // Said, so that a guest left stopped is explained in tprd's log.
@@ -263,8 +263,8 @@ TEST_F(QemuGuestVmTest, DetachLeavesADomainLibvirtPausedPausedWithoutDetachingTh
 
 TEST_F(QemuGuestVmTest, DomainGoneEventEndsTheWaitWithoutTheStub) {
   Attach();
-  DomainEvent gone;
-  gone.kind = DomainEvent::Kind::kStopped;
+  LibvirtDomainEvent gone;
+  gone.kind = LibvirtDomainEvent::Kind::kStopped;
   gone.uuid = kUuid;
   gone.name = "xp";
   libvirt_.EmitEvent(gone);

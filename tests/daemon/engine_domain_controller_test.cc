@@ -55,7 +55,7 @@ class FakeLiveMemoryReader : public backend::LiveMemoryReader {
 class EngineDomainControllerTest : public ::testing::Test {
  protected:
   EngineDomainControllerTest() : window_(kWindowBytes) {
-    libvirt_.AddDomain({"xp", kUuid, 3, backend::DomainState::kRunning, 0});
+    libvirt_.AddDomain({"xp", kUuid, 3, backend::LibvirtDomainState::kRunning, 0});
   }
 
   void PutMagic(uint32_t pa) {

@@ -14,8 +14,8 @@
 namespace tprd::daemon {
 namespace {
 
-using backend::DomainEvent;
-using backend::DomainState;
+using backend::LibvirtDomainEvent;
+using backend::LibvirtDomainState;
 using ::testing::HasSubstr;
 
 constexpr char kUuid[] = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
@@ -25,16 +25,17 @@ class LibvirtHypervisorTest : public ::testing::Test {
   LibvirtHypervisorTest() {
     auto connection = std::make_unique<backend::FakeLibvirtConnection>();
     fake_ = connection.get();
-    fake_->AddDomain({"xp", kUuid, 3, DomainState::kRunning, 0});
-    fake_->AddDomain({"off", "11111111-2222-3333-4444-555555555555", -1, DomainState::kShutoff, 0});
+    fake_->AddDomain({"xp", kUuid, 3, LibvirtDomainState::kRunning, 0});
+    fake_->AddDomain(
+        {"off", "11111111-2222-3333-4444-555555555555", -1, LibvirtDomainState::kShutoff, 0});
     hypervisor_ =
         std::make_unique<LibvirtHypervisor>(std::move(connection), EngineControllerOptions{});
     hypervisor_->SetLifecycleHandler(
         [this](const LifecycleEvent& event) { events_.push_back(event); });
   }
 
-  DomainEvent Event(DomainEvent::Kind kind) {
-    DomainEvent event;
+  LibvirtDomainEvent Event(LibvirtDomainEvent::Kind kind) {
+    LibvirtDomainEvent event;
     event.kind = kind;
     event.uuid = kUuid;
     event.name = "xp";
@@ -47,7 +48,7 @@ class LibvirtHypervisorTest : public ::testing::Test {
 };
 
 TEST_F(LibvirtHypervisorTest, ListsDomainsWithWhetherTheyRun) {
-  fake_->SetState(kUuid, DomainState::kPaused, backend::kPausedReasonUnknown);
+  fake_->SetState(kUuid, LibvirtDomainState::kPaused, backend::kPausedReasonUnknown);
   absl::StatusOr<std::vector<DomainInfo>> domains = hypervisor_->ListDomains();
   ASSERT_TRUE(domains.ok()) << domains.status();
   ASSERT_EQ(domains->size(), 2u);
@@ -63,13 +64,13 @@ TEST_F(LibvirtHypervisorTest, ListsDomainsWithWhetherTheyRun) {
 }
 
 TEST_F(LibvirtHypervisorTest, TurnsLibvirtEventsIntoLifecycleEvents) {
-  const std::vector<std::pair<DomainEvent::Kind, LifecycleKind>> mapped = {
-      {DomainEvent::Kind::kStarted, LifecycleKind::kStarted},
-      {DomainEvent::Kind::kShutdown, LifecycleKind::kShutdown},
-      {DomainEvent::Kind::kStopped, LifecycleKind::kDestroyed},
-      {DomainEvent::Kind::kCrashed, LifecycleKind::kCrashed},
-      {DomainEvent::Kind::kRebooted, LifecycleKind::kRebooted},
-      {DomainEvent::Kind::kMigratedAway, LifecycleKind::kMigrated},
+  const std::vector<std::pair<LibvirtDomainEvent::Kind, LifecycleKind>> mapped = {
+      {LibvirtDomainEvent::Kind::kStarted, LifecycleKind::kStarted},
+      {LibvirtDomainEvent::Kind::kShutdown, LifecycleKind::kShutdown},
+      {LibvirtDomainEvent::Kind::kStopped, LifecycleKind::kDestroyed},
+      {LibvirtDomainEvent::Kind::kCrashed, LifecycleKind::kCrashed},
+      {LibvirtDomainEvent::Kind::kRebooted, LifecycleKind::kRebooted},
+      {LibvirtDomainEvent::Kind::kMigratedAway, LifecycleKind::kMigrated},
   };
   for (const auto& [in, out] : mapped) {
     events_.clear();
@@ -85,8 +86,9 @@ TEST_F(LibvirtHypervisorTest, TurnsLibvirtEventsIntoLifecycleEvents) {
 }
 
 TEST_F(LibvirtHypervisorTest, SuspendAndMigrationStepsAreNotLifecycleChanges) {
-  for (DomainEvent::Kind kind :
-       {DomainEvent::Kind::kSuspended, DomainEvent::Kind::kMigrating, DomainEvent::Kind::kOther}) {
+  for (LibvirtDomainEvent::Kind kind :
+       {LibvirtDomainEvent::Kind::kSuspended, LibvirtDomainEvent::Kind::kMigrating,
+        LibvirtDomainEvent::Kind::kOther}) {
     fake_->EmitEvent(Event(kind));
   }
   EXPECT_TRUE(events_.empty());
@@ -94,7 +96,7 @@ TEST_F(LibvirtHypervisorTest, SuspendAndMigrationStepsAreNotLifecycleChanges) {
 
 // A resume ends a pause tprd let go for (a save, a snapshot): the actor filters the others.
 TEST_F(LibvirtHypervisorTest, AResumeIsPassedOnAsARunningDomain) {
-  fake_->EmitEvent(Event(DomainEvent::Kind::kResumed));
+  fake_->EmitEvent(Event(LibvirtDomainEvent::Kind::kResumed));
   ASSERT_EQ(events_.size(), 1u);
   EXPECT_EQ(events_[0].kind, LifecycleKind::kResumed);
   EXPECT_TRUE(events_[0].domain.running);

@@ -25,10 +25,10 @@ constexpr char kNoChardevs[] =
 class QemuMonitorChannelTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    DomainInfo domain;
+    LibvirtDomainInfo domain;
     domain.name = "xp";
     domain.uuid = kUuid;
-    domain.state = DomainState::kRunning;
+    domain.state = LibvirtDomainState::kRunning;
     connection_.AddDomain(domain, 1234);
   }
 

@@ -9,7 +9,7 @@
 
 namespace tprd::backend {
 
-void FakeLibvirtConnection::AddDomain(DomainInfo domain, int qemu_pid) {
+void FakeLibvirtConnection::AddDomain(LibvirtDomainInfo domain, int qemu_pid) {
   std::lock_guard<std::mutex> lock(mu_);
   pids_[domain.uuid] = qemu_pid;
   domains_[domain.uuid] = std::move(domain);
@@ -21,7 +21,8 @@ void FakeLibvirtConnection::RemoveDomain(const std::string& uuid) {
   pids_.erase(uuid);
 }
 
-void FakeLibvirtConnection::SetState(const std::string& uuid, DomainState state, int reason) {
+void FakeLibvirtConnection::SetState(const std::string& uuid, LibvirtDomainState state,
+                                     int reason) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = domains_.find(uuid);
   if (it == domains_.end()) return;
@@ -44,7 +45,7 @@ std::vector<std::string> FakeLibvirtConnection::monitor_log() {
   return monitor_log_;
 }
 
-void FakeLibvirtConnection::EmitEvent(const DomainEvent& event) {
+void FakeLibvirtConnection::EmitEvent(const LibvirtDomainEvent& event) {
   std::vector<LibvirtEventSubscriber*> subscribers;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -73,15 +74,15 @@ void FakeLibvirtConnection::SimulateConnectionRestored() {
   for (LibvirtEventSubscriber* s : subscribers) s->OnConnectionRestored();
 }
 
-absl::StatusOr<std::vector<DomainInfo>> FakeLibvirtConnection::ListDomains() {
+absl::StatusOr<std::vector<LibvirtDomainInfo>> FakeLibvirtConnection::ListDomains() {
   std::lock_guard<std::mutex> lock(mu_);
   if (!connected_) return absl::UnavailableError("fake libvirtd: not connected");
-  std::vector<DomainInfo> out;
+  std::vector<LibvirtDomainInfo> out;
   for (const auto& [uuid, domain] : domains_) out.push_back(domain);
   return out;
 }
 
-absl::StatusOr<DomainInfo> FakeLibvirtConnection::LookupDomain(std::string_view key) {
+absl::StatusOr<LibvirtDomainInfo> FakeLibvirtConnection::LookupDomain(std::string_view key) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!connected_) return absl::UnavailableError("fake libvirtd: not connected");
   for (const auto& [uuid, domain] : domains_) {
@@ -95,7 +96,7 @@ absl::StatusOr<DomainInfo> FakeLibvirtConnection::LookupDomain(std::string_view 
       absl::StrCat("no libvirt domain with name, UUID or ID '", std::string(key), "'"));
 }
 
-absl::StatusOr<DomainInfo> FakeLibvirtConnection::GetDomain(std::string_view uuid) {
+absl::StatusOr<LibvirtDomainInfo> FakeLibvirtConnection::GetDomain(std::string_view uuid) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!connected_) return absl::UnavailableError("fake libvirtd: not connected");
   auto it = domains_.find(std::string(uuid));

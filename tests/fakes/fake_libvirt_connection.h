@@ -23,9 +23,9 @@ class FakeLibvirtConnection : public LibvirtConnection {
   using MonitorHandler =
       std::function<absl::StatusOr<std::string>(const std::string&, const std::string&, bool)>;
 
-  void AddDomain(DomainInfo domain, int qemu_pid = 0);
+  void AddDomain(LibvirtDomainInfo domain, int qemu_pid = 0);
   void RemoveDomain(const std::string& uuid);
-  void SetState(const std::string& uuid, DomainState state, int reason);
+  void SetState(const std::string& uuid, LibvirtDomainState state, int reason);
   // Exact-match reply for a command; checked before the handler.
   void SetMonitorReply(const std::string& command, std::string reply);
   void SetMonitorHandler(MonitorHandler handler);
@@ -33,13 +33,13 @@ class FakeLibvirtConnection : public LibvirtConnection {
   std::vector<std::string> monitor_log();
 
   // Delivers to subscribers synchronously on the caller's thread.
-  void EmitEvent(const DomainEvent& event);
+  void EmitEvent(const LibvirtDomainEvent& event);
   void SimulateConnectionLost();
   void SimulateConnectionRestored();
 
-  absl::StatusOr<std::vector<DomainInfo>> ListDomains() override;
-  absl::StatusOr<DomainInfo> LookupDomain(std::string_view name_uuid_or_id) override;
-  absl::StatusOr<DomainInfo> GetDomain(std::string_view uuid) override;
+  absl::StatusOr<std::vector<LibvirtDomainInfo>> ListDomains() override;
+  absl::StatusOr<LibvirtDomainInfo> LookupDomain(std::string_view name_uuid_or_id) override;
+  absl::StatusOr<LibvirtDomainInfo> GetDomain(std::string_view uuid) override;
   absl::StatusOr<int> QemuPid(std::string_view uuid) override;
   absl::StatusOr<std::string> HmpCommand(std::string_view uuid, std::string_view command) override;
   absl::StatusOr<std::string> QmpCommand(std::string_view uuid, std::string_view json) override;
@@ -65,7 +65,7 @@ class FakeLibvirtConnection : public LibvirtConnection {
   absl::StatusOr<std::string> Monitor(std::string_view uuid, std::string_view command, bool hmp);
 
   std::mutex mu_;
-  std::map<std::string, DomainInfo> domains_ ABSL_GUARDED_BY(mu_);  // by uuid
+  std::map<std::string, LibvirtDomainInfo> domains_ ABSL_GUARDED_BY(mu_);  // by uuid
   std::map<std::string, int> pids_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> replies_ ABSL_GUARDED_BY(mu_);
   MonitorHandler handler_ ABSL_GUARDED_BY(mu_);

@@ -358,9 +358,10 @@ TEST_F(SharedDomainTest, BreakpointOnATprSiteStopsBeforeItRuns) {
 TEST_F(SharedDomainTest, ZzDetachLeavesTheGuestRunningAndPassing) {
   const size_t before = session_->domain->Lines().size();
   ASSERT_TRUE(vm_->Detach().ok());
-  absl::StatusOr<DomainInfo> info = session_->connection->GetDomain(session_->domain->uuid());
+  absl::StatusOr<LibvirtDomainInfo> info =
+      session_->connection->GetDomain(session_->domain->uuid());
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(info->state, DomainState::kRunning);
+  EXPECT_EQ(info->state, LibvirtDomainState::kRunning);
   // Two fresh STAT lines per CPU, all with fail=0.
   for (int cpu = 0; cpu < 2; ++cpu) {
     size_t from = before;
@@ -623,7 +624,7 @@ TEST(QemuGuestVmIntegrationTest, DISABLED_PatchManagerCr8KeepsTheGuestCorrectAnd
 class RecordingSubscriber : public LibvirtEventSubscriber {
  public:
   explicit RecordingSubscriber(std::string uuid) : uuid_(std::move(uuid)) {}
-  void OnDomainEvent(const DomainEvent& event) override {
+  void OnDomainEvent(const LibvirtDomainEvent& event) override {
     if (event.uuid != uuid_) return;
     absl::MutexLock lock(&mu_);
     kinds_.push_back(event.kind);
@@ -632,7 +633,7 @@ class RecordingSubscriber : public LibvirtEventSubscriber {
     absl::MutexLock lock(&mu_);
     ++restored_;
   }
-  bool WaitFor(DomainEvent::Kind kind, absl::Duration timeout) {
+  bool WaitFor(LibvirtDomainEvent::Kind kind, absl::Duration timeout) {
     absl::MutexLock lock(&mu_);
     auto seen = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return std::find(kinds_.begin(), kinds_.end(), kind) != kinds_.end();
@@ -648,7 +649,7 @@ class RecordingSubscriber : public LibvirtEventSubscriber {
  private:
   const std::string uuid_;
   absl::Mutex mu_;
-  std::vector<DomainEvent::Kind> kinds_ ABSL_GUARDED_BY(mu_);
+  std::vector<LibvirtDomainEvent::Kind> kinds_ ABSL_GUARDED_BY(mu_);
   int restored_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
@@ -681,9 +682,9 @@ TEST(QemuGuestVmIntegrationTest, SessionSurvivesALibvirtdRestart) {
   // Lifecycle events arrive again after the reconnect.
   const std::string name = session->domain->name();
   ASSERT_EQ(std::system(absl::StrCat("virsh -q -c qemu:///system suspend ", name).c_str()), 0);
-  EXPECT_TRUE(events.WaitFor(DomainEvent::Kind::kSuspended, absl::Seconds(20)));
+  EXPECT_TRUE(events.WaitFor(LibvirtDomainEvent::Kind::kSuspended, absl::Seconds(20)));
   ASSERT_EQ(std::system(absl::StrCat("virsh -q -c qemu:///system resume ", name).c_str()), 0);
-  EXPECT_TRUE(events.WaitFor(DomainEvent::Kind::kResumed, absl::Seconds(20)));
+  EXPECT_TRUE(events.WaitFor(LibvirtDomainEvent::Kind::kResumed, absl::Seconds(20)));
   session->connection->Unsubscribe(&events);
 }
 

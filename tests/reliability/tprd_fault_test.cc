@@ -55,9 +55,9 @@ class StoppedWatch {
     if (!conn.ok()) return;
     std::optional<absl::Time> paused_since;
     while (!done_) {
-      absl::StatusOr<backend::DomainInfo> info = (*conn)->GetDomain(uuid_);
+      absl::StatusOr<backend::LibvirtDomainInfo> info = (*conn)->GetDomain(uuid_);
       const absl::Time now = absl::Now();
-      if (info.ok() && info->state == backend::DomainState::kPaused) {
+      if (info.ok() && info->state == backend::LibvirtDomainState::kPaused) {
         if (!paused_since) paused_since = now;
         const int64_t ms = absl::ToInt64Milliseconds(now - *paused_since);
         if (ms > longest_ms_) longest_ms_ = ms;
