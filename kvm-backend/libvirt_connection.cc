@@ -8,7 +8,6 @@
 #include <charconv>
 #include <cstdlib>
 #include <fstream>
-#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -17,6 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "kvm-backend/core/monitor_parsers.h"
+#include "kvm-backend/libvirt_calls.h"
+#include "kvm-backend/libvirt_event_stream.h"
 
 namespace tprd::backend {
 
@@ -42,70 +43,7 @@ std::string_view LibvirtDomainStateName(LibvirtDomainState state) {
   return "?";
 }
 
-std::string_view LibvirtDomainEventKindName(LibvirtDomainEvent::Kind kind) {
-  switch (kind) {
-    case LibvirtDomainEvent::Kind::kStarted:
-      return "started";
-    case LibvirtDomainEvent::Kind::kSuspended:
-      return "suspended";
-    case LibvirtDomainEvent::Kind::kResumed:
-      return "resumed";
-    case LibvirtDomainEvent::Kind::kShutdown:
-      return "shutdown";
-    case LibvirtDomainEvent::Kind::kStopped:
-      return "stopped";
-    case LibvirtDomainEvent::Kind::kCrashed:
-      return "crashed";
-    case LibvirtDomainEvent::Kind::kRebooted:
-      return "rebooted";
-    case LibvirtDomainEvent::Kind::kMigratedAway:
-      return "migrated-away";
-    case LibvirtDomainEvent::Kind::kMigrating:
-      return "migrating";
-    case LibvirtDomainEvent::Kind::kOther:
-      return "other";
-  }
-  return "?";
-}
-
 namespace {
-
-// libvirt prints every error to stderr by default; tprd reports them as Status instead.
-void IgnoreLibvirtError(void*, virErrorPtr) {}
-
-// One process-wide libvirt event loop on its own thread (libvirt allows one default impl per
-// process). It lives until the process exits.
-void StartEventLoopOnce() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    virSetErrorFunc(nullptr, IgnoreLibvirtError);
-    virEventRegisterDefaultImpl();
-    std::thread([] {
-      for (;;) virEventRunDefaultImpl();
-    }).detach();
-  });
-}
-
-absl::Status LibvirtError(std::string_view what) {
-  virErrorPtr error = virGetLastError();
-  std::string message =
-      absl::StrCat(std::string(what), ": ", error && error->message ? error->message : "unknown");
-  int code = error ? error->code : VIR_ERR_INTERNAL_ERROR;
-  virResetLastError();
-  switch (code) {
-    case VIR_ERR_NO_DOMAIN:
-      return absl::NotFoundError(message);
-    case VIR_ERR_OPERATION_INVALID:
-      return absl::FailedPreconditionError(message);
-    case VIR_ERR_NO_CONNECT:
-    case VIR_ERR_RPC:
-    case VIR_ERR_SYSTEM_ERROR:
-    case VIR_ERR_INVALID_CONN:
-      return absl::UnavailableError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
 
 LibvirtDomainState ToDomainState(int state) {
   switch (state) {
@@ -126,41 +64,6 @@ LibvirtDomainState ToDomainState(int state) {
     default:
       return LibvirtDomainState::kNoState;
   }
-}
-
-LibvirtDomainEvent::Kind ToEventKind(int event, int detail) {
-  switch (event) {
-    case VIR_DOMAIN_EVENT_STARTED:
-      return detail == VIR_DOMAIN_EVENT_STARTED_MIGRATED ? LibvirtDomainEvent::Kind::kMigrating
-                                                         : LibvirtDomainEvent::Kind::kStarted;
-    case VIR_DOMAIN_EVENT_SUSPENDED:
-      return detail == VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED ||
-                     detail == VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY
-                 ? LibvirtDomainEvent::Kind::kMigrating
-                 : LibvirtDomainEvent::Kind::kSuspended;
-    case VIR_DOMAIN_EVENT_RESUMED:
-      return detail == VIR_DOMAIN_EVENT_RESUMED_MIGRATED ||
-                     detail == VIR_DOMAIN_EVENT_RESUMED_POSTCOPY
-                 ? LibvirtDomainEvent::Kind::kMigrating
-                 : LibvirtDomainEvent::Kind::kResumed;
-    case VIR_DOMAIN_EVENT_STOPPED:
-      if (detail == VIR_DOMAIN_EVENT_STOPPED_MIGRATED)
-        return LibvirtDomainEvent::Kind::kMigratedAway;
-      if (detail == VIR_DOMAIN_EVENT_STOPPED_CRASHED) return LibvirtDomainEvent::Kind::kCrashed;
-      return LibvirtDomainEvent::Kind::kStopped;
-    case VIR_DOMAIN_EVENT_SHUTDOWN:
-      return LibvirtDomainEvent::Kind::kShutdown;
-    case VIR_DOMAIN_EVENT_CRASHED:
-      return LibvirtDomainEvent::Kind::kCrashed;
-    default:
-      return LibvirtDomainEvent::Kind::kOther;
-  }
-}
-
-std::string DomainUuid(virDomainPtr domain) {
-  char uuid[VIR_UUID_STRING_BUFLEN] = {};
-  if (virDomainGetUUIDString(domain, uuid) != 0) return "";
-  return uuid;
 }
 
 absl::StatusOr<LibvirtDomainInfo> DescribeDomain(virDomainPtr domain) {
@@ -192,67 +95,10 @@ struct DomainRef {
   }
 };
 
-// State shared with libvirt callbacks. Callbacks hold a shared_ptr to it (released by
-// libvirt's free callback), so a callback that runs after the connection object is gone still
-// reaches valid memory and finds no subscribers.
-struct SharedState {
-  absl::Mutex mu;
-  virConnectPtr conn ABSL_GUARDED_BY(mu) = nullptr;
-  bool lost ABSL_GUARDED_BY(mu) = false;  // close callback fired; reconnect thread tears down
-  bool stopping ABSL_GUARDED_BY(mu) = false;
-  std::vector<int> callback_ids ABSL_GUARDED_BY(mu);
-
-  // Separate lock: callbacks dispatch under it, API calls never hold it.
-  absl::Mutex subscribers_mu;
-  std::vector<LibvirtEventSubscriber*> subscribers ABSL_GUARDED_BY(subscribers_mu);
-
-  template <typename F>
-  void ForEachSubscriber(F f) {
-    absl::MutexLock lock(&subscribers_mu);
-    for (LibvirtEventSubscriber* s : subscribers) f(s);
-  }
-};
-
-using SharedPtr = std::shared_ptr<SharedState>;
-
-void FreeSharedRef(void* opaque) { delete static_cast<SharedPtr*>(opaque); }
-
-int OnLifecycle(virConnectPtr, virDomainPtr domain, int event, int detail, void* opaque) {
-  SharedState& shared = **static_cast<SharedPtr*>(opaque);
-  LibvirtDomainEvent e;
-  e.kind = ToEventKind(event, detail);
-  e.uuid = DomainUuid(domain);
-  const char* name = virDomainGetName(domain);
-  e.name = name ? name : "";
-  e.libvirt_event = event;
-  e.libvirt_detail = detail;
-  shared.ForEachSubscriber([&](LibvirtEventSubscriber* s) { s->OnDomainEvent(e); });
-  return 0;
-}
-
-void OnReboot(virConnectPtr, virDomainPtr domain, void* opaque) {
-  SharedState& shared = **static_cast<SharedPtr*>(opaque);
-  LibvirtDomainEvent e;
-  e.kind = LibvirtDomainEvent::Kind::kRebooted;
-  e.uuid = DomainUuid(domain);
-  const char* name = virDomainGetName(domain);
-  e.name = name ? name : "";
-  shared.ForEachSubscriber([&](LibvirtEventSubscriber* s) { s->OnDomainEvent(e); });
-}
-
-void OnClose(virConnectPtr, int /*reason*/, void* opaque) {
-  SharedState& shared = **static_cast<SharedPtr*>(opaque);
-  {
-    absl::MutexLock lock(&shared.mu);
-    shared.lost = true;
-  }
-  shared.ForEachSubscriber([](LibvirtEventSubscriber* s) { s->OnConnectionLost(); });
-}
-
 class LibvirtConnectionImpl : public LibvirtConnection {
  public:
   explicit LibvirtConnectionImpl(const LibvirtConnectionOptions& options)
-      : options_(options), shared_(std::make_shared<SharedState>()) {}
+      : options_(options), shared_(std::make_shared<LibvirtSharedState>()) {}
 
   ~LibvirtConnectionImpl() override {
     {
@@ -519,23 +365,12 @@ class LibvirtConnectionImpl : public LibvirtConnection {
                                options_.keepalive_count) < 0) {
       virResetLastError();  // local drivers do not support keepalive: not fatal
     }
-    int close_ok =
-        virConnectRegisterCloseCallback(conn, OnClose, new SharedPtr(shared_), FreeSharedRef);
-    int lifecycle = virConnectDomainEventRegisterAny(conn, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                                     VIR_DOMAIN_EVENT_CALLBACK(OnLifecycle),
-                                                     new SharedPtr(shared_), FreeSharedRef);
-    int reboot = virConnectDomainEventRegisterAny(conn, nullptr, VIR_DOMAIN_EVENT_ID_REBOOT,
-                                                  VIR_DOMAIN_EVENT_CALLBACK(OnReboot),
-                                                  new SharedPtr(shared_), FreeSharedRef);
-    if (close_ok < 0 || lifecycle < 0 || reboot < 0) {
-      absl::Status error = LibvirtError("register libvirt event callbacks");
-      if (close_ok >= 0) virConnectUnregisterCloseCallback(conn, OnClose);
-      if (lifecycle >= 0) virConnectDomainEventDeregisterAny(conn, lifecycle);
-      if (reboot >= 0) virConnectDomainEventDeregisterAny(conn, reboot);
+    absl::StatusOr<std::vector<int>> callback_ids = RegisterEventCallbacks(conn, shared_);
+    if (!callback_ids.ok()) {
       virConnectClose(conn);
-      return error;
+      return callback_ids.status();
     }
-    return OpenConnection{conn, {lifecycle, reboot}};
+    return OpenConnection{conn, *std::move(callback_ids)};
   }
 
   void Install(const OpenConnection& opened) {
@@ -555,8 +390,7 @@ class LibvirtConnectionImpl : public LibvirtConnection {
 
   static void TearDown(const OpenConnection& old) {
     if (old.conn == nullptr) return;
-    virConnectUnregisterCloseCallback(old.conn, OnClose);
-    for (int id : old.callback_ids) virConnectDomainEventDeregisterAny(old.conn, id);
+    DeregisterEventCallbacks(old.conn, old.callback_ids);
     virConnectClose(old.conn);
     virResetLastError();
   }
@@ -593,7 +427,7 @@ class LibvirtConnectionImpl : public LibvirtConnection {
   }
 
   const LibvirtConnectionOptions options_;
-  SharedPtr shared_;
+  LibvirtSharedStatePtr shared_;
   std::thread reconnect_thread_;
 };
 
@@ -601,7 +435,7 @@ class LibvirtConnectionImpl : public LibvirtConnection {
 
 absl::StatusOr<std::unique_ptr<LibvirtConnection>> ConnectToLibvirt(
     const LibvirtConnectionOptions& options) {
-  StartEventLoopOnce();
+  StartLibvirtEventLoopOnce();
   auto connection = std::make_unique<LibvirtConnectionImpl>(options);
   if (absl::Status s = connection->Start(); !s.ok()) return s;
   return connection;

@@ -1,6 +1,7 @@
 // tprd's view of libvirtd: domains, their state, the QEMU monitor (through libvirt-qemu) and
 // lifecycle events. An interface so the daemon and QemuGuestVm are testable with
-// tests/fakes/fake_libvirt_connection.h; LibvirtConnectionImpl is the real one.
+// tests/fakes/fake_libvirt_connection.h; LibvirtConnectionImpl is the real one
+// (libvirt_connection.cc, its event side in libvirt_event_stream.cc).
 //
 // Domains are named by UUID string in every call after lookup: a UUID survives a libvirtd
 // restart (a virDomainPtr does not) and is unique (names may be reused, IDs change at start).
