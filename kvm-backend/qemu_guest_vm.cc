@@ -85,7 +85,8 @@ absl::StatusOr<std::unique_ptr<QemuGuestVm>> QemuGuestVm::Attach(LibvirtConnecti
   if (absl::Status s = vm->gdb_->ClearTrapsOfEveryThread(*threads); !s.ok()) return fail(s);
   vm->threads_ = std::move(*threads);
   // The fast path is optional: without it (not root, remote libvirtd) reads use the gdbstub.
-  absl::StatusOr<std::unique_ptr<LiveMemoryReader>> memory = OpenProcessMemory(connection, uuid);
+  absl::StatusOr<std::unique_ptr<LiveMemoryReader>> memory =
+      vm->options_.open_live_memory(connection, uuid);
   if (memory.ok()) vm->process_memory_ = *std::move(memory);
   return vm;
 }

@@ -38,6 +38,8 @@ absl::StatusOr<std::unique_ptr<ByteStream>> StartGdbServerOnSocketpair(QemuMonit
 struct QemuGuestVmOptions {
   GdbClientOptions gdb;
   GdbStreamOpener open_gdb_stream = StartGdbServerOnSocketpair;
+  // ReadPhysical's fast path and ReadPhysicalLive's only one; a seam like open_gdb_stream.
+  LiveMemoryOpener open_live_memory = OpenProcessMemory;
   // While waiting for a stop, how often to look whether the domain still exists.
   absl::Duration liveness_check_interval = absl::Milliseconds(200);
   // How long Stop() waits for the stop that follows an interrupt.

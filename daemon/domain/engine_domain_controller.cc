@@ -51,6 +51,7 @@ EngineDomainController::~EngineDomainController() = default;
 absl::Status EngineDomainController::EnsureAttached() {
   if (vm_ != nullptr) return absl::OkStatus();
   backend::QemuGuestVmOptions vm_options;
+  vm_options.open_live_memory = options_.open_live_memory;
   absl::StatusOr<std::unique_ptr<backend::QemuGuestVm>> vm =
       backend::QemuGuestVm::Attach(connection_, domain_.uuid, vm_options);
   if (!vm.ok()) return vm.status();

@@ -6,7 +6,6 @@
 #define TPRD_DAEMON_DOMAIN_ENGINE_DOMAIN_CONTROLLER_H_
 
 #include <atomic>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,11 +22,6 @@
 
 namespace tprd::daemon {
 
-// Opens a reader of the domain's guest memory that does not stop the guest, for Adopt's look
-// for tprd's blob. A seam: the daemon's tests hand in a fake reader.
-using LiveMemoryOpener = std::function<absl::StatusOr<std::unique_ptr<backend::LiveMemoryReader>>(
-    backend::LibvirtConnection* connection, const std::string& uuid)>;
-
 struct EngineControllerOptions {
   // Poll waits for guest stops in slices this long so Interrupt() is seen promptly.
   absl::Duration poll_slice = absl::Milliseconds(50);
@@ -36,8 +30,10 @@ struct EngineControllerOptions {
   // engine::EnableRequest::unpatched_write_stops_per_second_limit (config
   // mmio_write_stops_per_second).
   int mmio_write_stops_per_second = engine::EnableRequest{}.unpatched_write_stops_per_second_limit;
-  // Default: process_vm_readv of the domain's QEMU process.
-  LiveMemoryOpener open_live_memory = backend::OpenProcessMemory;
+  // Opens a reader of the domain's guest memory that does not stop the guest: for Adopt's look
+  // for tprd's blob, and the session's own (QemuGuestVmOptions::open_live_memory). A seam: the
+  // daemon's tests hand in a fake reader. Default: process_vm_readv of the domain's QEMU process.
+  backend::LiveMemoryOpener open_live_memory = backend::OpenProcessMemory;
 };
 
 class EngineDomainController : public DomainController {

@@ -1,7 +1,8 @@
 // QemuGuestVm's own logic over a scripted gdbstub (FakeByteStream, handed in through
-// QemuGuestVmOptions::open_gdb_stream) and FakeLibvirtConnection: what Attach does before the VM
-// is usable, which stops it keeps for later, what it refuses, and what Detach leaves behind. No
-// QEMU: tests/integration covers the real gdbstub.
+// QemuGuestVmOptions::open_gdb_stream), a fake process_vm_readv path (FakeLiveMemoryReader,
+// through open_live_memory) and FakeLibvirtConnection: what Attach does before the VM is usable,
+// which stops it keeps for later, which path serves a physical read, what it refuses, and what
+// Detach leaves behind. No QEMU: tests/integration covers the real gdbstub.
 #include "kvm-backend/qemu_guest_vm.h"
 
 #include <memory>
@@ -15,6 +16,7 @@
 #include "kvm-backend/core/gdb_packet.h"
 #include "tests/fakes/fake_byte_stream.h"
 #include "tests/fakes/fake_libvirt_connection.h"
+#include "tests/fakes/fake_live_memory_reader.h"
 #include "tests/fakes/qemu_gdbstub_script.h"
 
 namespace tprd::backend {
@@ -26,6 +28,13 @@ using ::testing::IsEmpty;
 
 constexpr char kUuid[] = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 constexpr char kStopGdbServer[] = "hmp: gdbserver none";
+
+// 256 bytes of guest RAM whose values are their offsets.
+std::vector<uint8_t> CountingBytes() {
+  std::vector<uint8_t> bytes(0x100);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i);
+  return bytes;
+}
 
 // What the VM owns in place of the gdbstub socket: it forwards to the test's script, which so
 // outlives the VM's GdbClient (Detach destroys that) and can be checked afterwards.
@@ -60,8 +69,21 @@ class QemuGuestVmTest : public ::testing::Test {
     return options;
   }
 
+  // Options() with a process_vm_readv path to this QEMU: guest physical [first_gpa, first_gpa +
+  // bytes.size()) is readable without the gdbstub.
+  QemuGuestVmOptions OptionsWithLiveMemory(uint64_t first_gpa, std::vector<uint8_t> bytes) {
+    QemuGuestVmOptions options = Options();
+    options.open_live_memory = [this, first_gpa, bytes](LibvirtConnection*, const std::string& uuid)
+        -> absl::StatusOr<std::unique_ptr<LiveMemoryReader>> {
+      live_memory_opened_.push_back(uuid);
+      return std::make_unique<FakeLiveMemoryReader>(first_gpa, bytes, absl::OkStatus(),
+                                                    &live_reads_);
+    };
+    return options;
+  }
+
   // Attach over a stub with two vCPUs, each asked for the old traps' removal (`Hc` + `?`).
-  void Attach() {
+  void Attach(QemuGuestVmOptions options) {
     ScriptQemuGdbHandshake(stub_, /*vm_was_running=*/false);
     stub_.ExpectCommand("qfThreadInfo", "mp01.01,p01.02")
         .ExpectCommand("qsThreadInfo", "l")
@@ -70,11 +92,12 @@ class QemuGuestVmTest : public ::testing::Test {
         .ExpectCommand("Hcp01.01", "OK")
         .ExpectCommand("?", "T05thread:p01.01;");
     absl::StatusOr<std::unique_ptr<QemuGuestVm>> vm =
-        QemuGuestVm::Attach(&libvirt_, kUuid, Options());
+        QemuGuestVm::Attach(&libvirt_, kUuid, std::move(options));
     ASSERT_TRUE(vm.ok()) << vm.status();
     vm_ = *std::move(vm);
     ExpectScriptDone();
   }
+  void Attach() { Attach(Options()); }
 
   // Resume, then a Stop() whose interrupt is answered by `stop` (from vCPU `vcpu`, whose eip is
   // then read back at `pc`).
@@ -108,6 +131,8 @@ class QemuGuestVmTest : public ::testing::Test {
   FakeLibvirtConnection libvirt_;
   FakeByteStream stub_;
   int streams_opened_ = 0;
+  std::vector<std::string> live_memory_opened_;
+  std::vector<LiveMemoryRead> live_reads_;
   std::unique_ptr<QemuGuestVm> vm_;
 };
 
@@ -259,6 +284,55 @@ TEST_F(QemuGuestVmTest, DetachLeavesADomainLibvirtPausedPausedWithoutDetachingTh
   ExpectScriptDone();
   EXPECT_TRUE(stub_.closed_by_client());
   EXPECT_EQ(libvirt_.monitor_log().back(), kStopGdbServer);
+}
+
+TEST_F(QemuGuestVmTest, ReadPhysicalInsideTheLiveWindowNeverReachesTheGdbstub) {
+  Attach(OptionsWithLiveMemory(0x1000, CountingBytes()));
+  EXPECT_EQ(live_memory_opened_, std::vector<std::string>{kUuid});
+  std::vector<uint8_t> out(4);
+  absl::Status read = vm_->ReadPhysical(0x1010, absl::MakeSpan(out));
+  ASSERT_TRUE(read.ok()) << read;
+  EXPECT_EQ(out, (std::vector<uint8_t>{0x10, 0x11, 0x12, 0x13}));
+  EXPECT_EQ(vm_->fast_physical_reads(), 1u);
+  ASSERT_EQ(live_reads_.size(), 1u);
+  EXPECT_EQ(live_reads_[0].gpa, 0x1010u);
+  EXPECT_EQ(live_reads_[0].size, 4u);
+  ExpectScriptDone();  // nothing reached the stub
+}
+
+// A range the process_vm_readv path cannot serve (outside its RAM windows) is read through the
+// gdbstub, in its physical-memory mode, which is switched on once.
+TEST_F(QemuGuestVmTest, ReadPhysicalOutsideTheLiveWindowFallsBackToTheGdbstubsPhysicalMode) {
+  Attach(OptionsWithLiveMemory(0x1000, CountingBytes()));
+  stub_.ExpectCommand("Qqemu.PhyMemMode:1", "OK")
+      .ExpectCommand("m10fe,4", "a1a2a3a4")
+      .ExpectCommand("m2000,2", "b1b2");
+  std::vector<uint8_t> straddling(4);
+  absl::Status read = vm_->ReadPhysical(0x10fe, absl::MakeSpan(straddling));
+  ASSERT_TRUE(read.ok()) << read;
+  EXPECT_EQ(straddling, (std::vector<uint8_t>{0xa1, 0xa2, 0xa3, 0xa4}));
+  std::vector<uint8_t> outside(2);
+  read = vm_->ReadPhysical(0x2000, absl::MakeSpan(outside));
+  ASSERT_TRUE(read.ok()) << read;
+  EXPECT_EQ(outside, (std::vector<uint8_t>{0xb1, 0xb2}));
+  EXPECT_EQ(vm_->fast_physical_reads(), 0u);
+  EXPECT_EQ(live_reads_.size(), 2u);  // each tried the fast path first
+  ExpectScriptDone();
+}
+
+// The guest is not stopped for a live read; an ordinary physical read of a running guest is
+// refused instead.
+TEST_F(QemuGuestVmTest, ReadPhysicalLiveReadsAGuestThatRunsThroughTheLiveReaderOnly) {
+  Attach(OptionsWithLiveMemory(0x1000, CountingBytes()));
+  stub_.ExpectWrite(EncodeGdbPacket("c")).Send("+");
+  ASSERT_TRUE(vm_->Resume().ok());
+  std::vector<uint8_t> out(2);
+  absl::Status read = vm_->ReadPhysicalLive(0x10fe, absl::MakeSpan(out));
+  ASSERT_TRUE(read.ok()) << read;
+  EXPECT_EQ(out, (std::vector<uint8_t>{0xfe, 0xff}));
+  EXPECT_TRUE(absl::IsOutOfRange(vm_->ReadPhysicalLive(0x1100, absl::MakeSpan(out))));
+  EXPECT_TRUE(absl::IsFailedPrecondition(vm_->ReadPhysical(0x1000, absl::MakeSpan(out))));
+  ExpectScriptDone();  // nothing but the resume reached the stub
 }
 
 TEST_F(QemuGuestVmTest, DomainGoneEventEndsTheWaitWithoutTheStub) {

@@ -14,43 +14,17 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fakes/fake_libvirt_connection.h"
+#include "tests/fakes/fake_live_memory_reader.h"
 
 namespace tprd::daemon {
 namespace {
 
+using backend::FakeLiveMemoryReader;
+using backend::LiveMemoryRead;
 using ::testing::IsEmpty;
 
 constexpr char kUuid[] = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 constexpr size_t kWindowBytes = engine::kLegacyWindowEnd - engine::kLegacyWindowFirst;
-
-// One read the controller made.
-struct ReadCall {
-  uint64_t gpa = 0;
-  size_t size = 0;
-};
-
-// The legacy window's bytes, or an error for every read; remembers what was read.
-class FakeLiveMemoryReader : public backend::LiveMemoryReader {
- public:
-  FakeLiveMemoryReader(std::vector<uint8_t> window, absl::Status error,
-                       std::vector<ReadCall>* reads)
-      : window_(std::move(window)), error_(std::move(error)), reads_(reads) {}
-
-  absl::Status Read(uint64_t gpa, absl::Span<uint8_t> out) const override {
-    reads_->push_back({gpa, out.size()});
-    if (!error_.ok()) return error_;
-    if (gpa < engine::kLegacyWindowFirst || gpa + out.size() > engine::kLegacyWindowEnd) {
-      return absl::OutOfRangeError("outside the fake's window");
-    }
-    std::memcpy(out.data(), window_.data() + (gpa - engine::kLegacyWindowFirst), out.size());
-    return absl::OkStatus();
-  }
-
- private:
-  std::vector<uint8_t> window_;
-  absl::Status error_;
-  std::vector<ReadCall>* reads_;
-};
 
 class EngineDomainControllerTest : public ::testing::Test {
  protected:
@@ -71,7 +45,8 @@ class EngineDomainControllerTest : public ::testing::Test {
             backend::LibvirtConnection*,
             const std::string& uuid) -> absl::StatusOr<std::unique_ptr<backend::LiveMemoryReader>> {
       opened_.push_back(uuid);
-      return std::make_unique<FakeLiveMemoryReader>(window_, read_error, &reads_);
+      return std::make_unique<FakeLiveMemoryReader>(engine::kLegacyWindowFirst, window_, read_error,
+                                                    &reads_);
     };
     return std::make_unique<EngineDomainController>(&libvirt_, DomainInfo{"xp", kUuid, 3, true},
                                                     nullptr, options);
@@ -80,7 +55,7 @@ class EngineDomainControllerTest : public ::testing::Test {
   backend::FakeLibvirtConnection libvirt_;
   std::vector<uint8_t> window_;
   std::vector<std::string> opened_;
-  std::vector<ReadCall> reads_;
+  std::vector<LiveMemoryRead> reads_;
 };
 
 TEST_F(EngineDomainControllerTest, WindowWithTheBlobMagicAtAPageStartHoldsTheBlob) {
