@@ -7,18 +7,12 @@
 #include "absl/strings/str_format.h"
 #include "daemon/engine/blob.h"
 #include "daemon/engine/decode_report.h"
+#include "daemon/engine/hex.h"
 
 namespace tprd::cli {
 namespace {
 
 constexpr size_t kMaxInstructionBytes = 15;
-
-int HexDigit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 }  // namespace
 
@@ -43,8 +37,8 @@ absl::StatusOr<uint32_t> ParseAddress(const std::string& text) {
   }
   uint64_t value = 0;
   for (char c : digits) {
-    const int digit =
-        hex ? HexDigit(c) : (std::isdigit(static_cast<unsigned char>(c)) ? c - '0' : -1);
+    const int digit = hex ? engine::HexDigitValue(c)
+                          : (std::isdigit(static_cast<unsigned char>(c)) ? c - '0' : -1);
     if (digit < 0) return absl::InvalidArgumentError(absl::StrCat("bad address '", text, "'"));
     value = value * (hex ? 16 : 10) + static_cast<uint64_t>(digit);
   }
@@ -58,7 +52,7 @@ absl::StatusOr<std::vector<uint8_t>> ParseHexBytes(const std::string& text) {
   std::string digits;
   for (char c : text) {
     if (std::isspace(static_cast<unsigned char>(c))) continue;
-    if (HexDigit(c) < 0) {
+    if (engine::HexDigitValue(c) < 0) {
       return absl::InvalidArgumentError(absl::StrFormat("'%c' is not a hex digit", c));
     }
     digits.push_back(c);
@@ -71,11 +65,7 @@ absl::StatusOr<std::vector<uint8_t>> ParseHexBytes(const std::string& text) {
     return absl::InvalidArgumentError(
         absl::StrFormat("%d bytes given; an x86 instruction is at most 15", digits.size() / 2));
   }
-  std::vector<uint8_t> bytes;
-  for (size_t i = 0; i < digits.size(); i += 2) {
-    bytes.push_back(static_cast<uint8_t>(HexDigit(digits[i]) * 16 + HexDigit(digits[i + 1])));
-  }
-  return bytes;
+  return engine::HexDecode(digits);  // every digit checked above: cannot fail
 }
 
 int RunDecode(const DecodeOptions& options, std::ostream& out, std::ostream& err) {

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -76,33 +77,54 @@ struct Flags {
 
 bool LooksLikeFlag(const std::string& arg) { return arg.size() > 1 && arg.front() == '-'; }
 
+absl::Status UnknownArgument(const std::string& arg) {
+  return absl::InvalidArgumentError(absl::StrCat("unknown argument \"", arg, "\""));
+}
+
+// The command line as CLI11 is to parse it (reversed, as App::parse wants it), and --help or
+// --version when one ended it.
+struct SeparatedArgs {
+  std::vector<std::string> reversed;
+  std::optional<CommandLineAction> then;
+};
+
 // CLI11 2.1 (Debian 12) would read `--socket=` (empty) and `--socket --x` by taking the next
-// argument, whatever it is, as the value, and `-c=URI` as "=URI". So before CLI11 parses, each
-// option that takes a value is split from its value here: after `=` the value is exactly what
-// follows, even empty or starting with '-' (as tprd read it before CLI11); a separate value must
-// exist and must not look like a flag (before CLI11, tprd took any next argument). Returns the
-// arguments reversed, as App::parse wants them.
-absl::StatusOr<std::vector<std::string>> SeparateValues(const CLI::App& app,
-                                                        const std::vector<std::string>& args) {
-  std::vector<std::string> separated;
+// argument, whatever it is, as the value, `-c=URI` as "=URI", and a value glued to a short flag
+// (`-cURI`; so `-connect=URI` connects to "onnect=URI"). So before CLI11 parses, each option that
+// takes a value is split from its value here: after `=` the value is exactly what follows, even
+// empty or starting with '-' (as tprd read it before CLI11); a separate value must exist and must
+// not look like a flag (before CLI11, tprd took any next argument). As before CLI11, a single-dash
+// argument is a whole flag name or unknown, --help/-h/--version take no `=value`, and the first of
+// them ends the command line: what follows is not read, what precedes must parse.
+absl::StatusOr<SeparatedArgs> SeparateValues(const CLI::App& app,
+                                             const std::vector<std::string>& args) {
+  SeparatedArgs separated;
+  std::vector<std::string> in_order;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg == "--") {  // the rest are positional (and so unknown) for CLI11 to report
-      separated.insert(separated.end(), args.begin() + i, args.end());
+      in_order.insert(in_order.end(), args.begin() + i, args.end());
       break;
     }
     const size_t equals = arg.find('=');
     const std::string name = arg.substr(0, equals);
     const CLI::Option* option = LooksLikeFlag(name) ? app.get_option_no_throw(name) : nullptr;
-    if (option == nullptr || option->get_items_expected_max() == 0) {
-      separated.push_back(arg);
+    if (option == nullptr) {
+      if (arg.size() > 2 && arg[0] == '-' && arg[1] != '-') return UnknownArgument(arg);
+      in_order.push_back(arg);
       continue;
     }
-    separated.push_back(name);
+    if (option->get_items_expected_max() == 0) {  // --help, -h, --version
+      if (equals != std::string::npos) return UnknownArgument(arg);
+      separated.then =
+          option == app.get_help_ptr() ? CommandLineAction::kHelp : CommandLineAction::kVersion;
+      break;
+    }
+    in_order.push_back(name);
     if (equals != std::string::npos) {
-      separated.push_back(arg.substr(equals + 1));
+      in_order.push_back(arg.substr(equals + 1));
     } else if (i + 1 < args.size() && !LooksLikeFlag(args[i + 1])) {
-      separated.push_back(args[++i]);
+      in_order.push_back(args[++i]);
     } else if (i + 1 < args.size()) {
       return absl::InvalidArgumentError(
           absl::StrCat(option->get_name(), " needs a value, not the flag \"", args[i + 1],
@@ -111,7 +133,8 @@ absl::StatusOr<std::vector<std::string>> SeparateValues(const CLI::App& app,
       return absl::InvalidArgumentError(absl::StrCat(option->get_name(), " needs a value"));
     }
   }
-  return std::vector<std::string>(separated.rbegin(), separated.rend());
+  separated.reversed.assign(in_order.rbegin(), in_order.rend());
+  return separated;
 }
 
 }  // namespace
@@ -174,13 +197,10 @@ absl::StatusOr<CommandLineAction> ParseCommandLine(const std::vector<std::string
     app.add_option("--state-dir", flags.state_dir);
     app.add_option("--config", flags.config);
     app.add_option("--adopt-domains", flags.adopt_domains);
-    absl::StatusOr<std::vector<std::string>> reversed = SeparateValues(app, args);
-    if (!reversed.ok()) return reversed.status();
-    app.parse(*reversed);
-  } catch (const CLI::CallForHelp&) {
-    return CommandLineAction::kHelp;
-  } catch (const CLI::CallForVersion&) {
-    return CommandLineAction::kVersion;
+    absl::StatusOr<SeparatedArgs> separated = SeparateValues(app, args);
+    if (!separated.ok()) return separated.status();
+    app.parse(separated->reversed);
+    if (separated->then) return *separated->then;
   } catch (const CLI::ExtrasError&) {
     const std::vector<std::string> extras = app.remaining();
     return absl::InvalidArgumentError(

@@ -57,11 +57,12 @@ absl::Status ApplyConfigFile(const std::string& path, Config* config);
 inline constexpr char kVersionText[] = "tprd 0.1.0";
 
 // Parses `tprd [--connect URI] [--socket PATH] [--state-dir DIR] [--config FILE]
-// [--adopt-domains GLOB]` (plus -h/--help and --version, reported through the action) with
-// CLI11, as tprctl does. A value follows its flag as `--flag VALUE` (VALUE must not look like
-// a flag) or `--flag=VALUE` (anything, even empty); `-c` is --connect; a flag given twice keeps its
-// last value. Reads the config file first so flags win. INVALID_ARGUMENT names the bad argument;
-// a config file's errors come back as ApplyConfigFile returns them. Never throws.
+// [--adopt-domains GLOB]` (plus -h/--help and --version, reported through the action; the first
+// of them ends the command line) with CLI11, as tprctl does. A value follows its flag as
+// `--flag VALUE` (VALUE must not look like a flag) or `--flag=VALUE` (anything, even empty),
+// never glued to a short flag; `-c` is --connect; a flag given twice keeps its last value. Reads
+// the config file first so flags win. INVALID_ARGUMENT names the bad argument; a config file's
+// errors come back as ApplyConfigFile returns them. Never throws.
 enum class CommandLineAction { kRun, kHelp, kVersion };
 absl::StatusOr<CommandLineAction> ParseCommandLine(const std::vector<std::string>& args,
                                                    Config* config);

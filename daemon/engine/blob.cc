@@ -26,20 +26,6 @@ void StoreU32(uint8_t* bytes, uint32_t value) {
   for (int i = 0; i < 4; ++i) bytes[i] = static_cast<uint8_t>(value >> (8 * i));
 }
 
-// zlib's CRC-32 (IEEE) of `bytes`, with the 4 bytes at `skip_offset` (the checksum field
-// itself) counted as zero.
-uint32_t Crc32(absl::Span<const uint8_t> bytes, uint32_t skip_offset) {
-  static constexpr uint8_t kZeros[4] = {};
-  const size_t skip_begin = std::min<size_t>(skip_offset, bytes.size());
-  const size_t skip_end = std::min<size_t>(uint64_t{skip_offset} + 4, bytes.size());
-  uLong crc = crc32(0L, Z_NULL, 0);
-  // crc32() with a null buffer returns the initial value: pass only non-empty ranges.
-  if (skip_begin > 0) crc = crc32(crc, bytes.data(), skip_begin);
-  if (skip_end > skip_begin) crc = crc32(crc, kZeros, skip_end - skip_begin);
-  if (bytes.size() > skip_end) crc = crc32(crc, bytes.data() + skip_end, bytes.size() - skip_end);
-  return static_cast<uint32_t>(crc);
-}
-
 absl::Status Rejected(const std::string& reason) {
   return absl::DataLossError(absl::StrCat("guest blob rejected: ", reason));
 }
@@ -196,9 +182,21 @@ absl::StatusOr<HandlerTable> HandlerTableForBlob(uint32_t blob_va) {
   return HandlerTableFromSlots(slots);
 }
 
+uint32_t Crc32WithFieldZeroed(absl::Span<const uint8_t> bytes, uint32_t field_offset) {
+  static constexpr uint8_t kZeros[4] = {};
+  const size_t skip_begin = std::min<size_t>(field_offset, bytes.size());
+  const size_t skip_end = std::min<size_t>(uint64_t{field_offset} + 4, bytes.size());
+  uLong crc = crc32(0L, Z_NULL, 0);
+  // crc32() with a null buffer returns the initial value: pass only non-empty ranges.
+  if (skip_begin > 0) crc = crc32(crc, bytes.data(), skip_begin);
+  if (skip_end > skip_begin) crc = crc32(crc, kZeros, skip_end - skip_begin);
+  if (bytes.size() > skip_end) crc = crc32(crc, bytes.data() + skip_end, bytes.size() - skip_end);
+  return static_cast<uint32_t>(crc);
+}
+
 uint32_t BlobChecksum(absl::Span<const uint8_t> blob) {
   if (blob.size() < TPRD_BLOB_DATA_OFFSET) return 0;
-  return Crc32(blob.subspan(0, TPRD_BLOB_DATA_OFFSET), TPRD_BLOB_HDR_CHECKSUM);
+  return Crc32WithFieldZeroed(blob.subspan(0, TPRD_BLOB_DATA_OFFSET), TPRD_BLOB_HDR_CHECKSUM);
 }
 
 absl::StatusOr<BlobInstance> InstantiateBlob(const BlobPlacement& placement) {

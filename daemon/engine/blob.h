@@ -98,6 +98,9 @@ absl::StatusOr<BlobInstance> InstantiateBlob(const BlobPlacement& placement);
 // CRC-32 (IEEE) of the immutable part [0, immutable size) of `blob`, with the checksum field
 // taken as zero. `blob` must hold at least that many bytes (else 0).
 uint32_t BlobChecksum(absl::Span<const uint8_t> blob);
+// zlib's CRC-32 (IEEE) of `bytes`, the 4 bytes at `field_offset` (a checksum field itself)
+// counted as zero. BlobChecksum's arithmetic, apart so that a test can check it on any input.
+uint32_t Crc32WithFieldZeroed(absl::Span<const uint8_t> bytes, uint32_t field_offset);
 
 // One CPU's entry in the per-CPU area.
 struct PerCpuEntry {

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
+#include "daemon/engine/hex.h"
 #include "daemon/engine/planner.h"
 
 namespace tprd::engine {
@@ -37,11 +37,6 @@ std::string Hex32(uint32_t value) { return absl::StrFormat("0x%08x", value); }
 
 }  // namespace
 
-std::string HexString(absl::Span<const uint8_t> bytes) {
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
-}
-
 DecodeReport BuildDecodeReport(absl::Span<const uint8_t> bytes, uint32_t address, uint32_t tpr_va,
                                const std::optional<HandlerTable>& handlers) {
   DecodeReport report;
@@ -71,7 +66,7 @@ std::string DecodeReportJson(const DecodeReport& report, int indent) {
   const Classification& c = report.classification;
   nlohmann::ordered_json json;
   json["address"] = Hex32(report.address);
-  json["bytes"] = HexString(report.bytes);
+  json["bytes"] = HexEncode(report.bytes);
   json["length"] = c.length;
   json["tpr_access"] = c.tpr_access;
   json["form"] = c.form ? nlohmann::ordered_json(std::string(FormName(*c.form))) : nullptr;
@@ -81,7 +76,7 @@ std::string DecodeReportJson(const DecodeReport& report, int indent) {
   json["reason"] = std::string(RejectReasonName(c.reason));
   json["reason_detail"] = c.detail;
   json["disassembly"] = report.disassembly;
-  json["replacement"] = HexString(report.replacement);
+  json["replacement"] = HexEncode(report.replacement);
   if (!report.replacement_error.empty()) json["replacement_error"] = report.replacement_error;
   // Guest bytes can be anything; replace rather than throw on invalid UTF-8 (there is none
   // today, but the dump must never be the thing that fails).
@@ -92,7 +87,7 @@ std::string DecodeReportText(const DecodeReport& report) {
   const Classification& c = report.classification;
   std::string out;
   absl::StrAppendFormat(&out, "address:     0x%08x\n", report.address);
-  absl::StrAppendFormat(&out, "bytes:       %s (%d)\n", HexString(report.bytes), c.length);
+  absl::StrAppendFormat(&out, "bytes:       %s (%d)\n", HexEncode(report.bytes), c.length);
   absl::StrAppendFormat(&out, "disassembly: %s\n",
                         report.disassembly.empty() ? "(does not decode)" : report.disassembly);
   absl::StrAppendFormat(&out, "tpr access:  %s (tpr 0x%08x)\n", c.tpr_access ? "yes" : "no",
@@ -111,7 +106,7 @@ std::string DecodeReportText(const DecodeReport& report) {
                           std::string(RejectReasonName(c.reason)), c.detail);
   }
   if (!report.replacement.empty()) {
-    absl::StrAppendFormat(&out, "replacement: %s\n", HexString(report.replacement));
+    absl::StrAppendFormat(&out, "replacement: %s\n", HexEncode(report.replacement));
   } else if (!report.replacement_error.empty()) {
     absl::StrAppendFormat(&out, "replacement: none: %s\n", report.replacement_error);
   }

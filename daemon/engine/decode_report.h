@@ -40,9 +40,6 @@ std::string DecodeReportJson(const DecodeReport& report, int indent = -1);
 // Readable multi-line summary, ending in a newline.
 std::string DecodeReportText(const DecodeReport& report);
 
-// Lower-case hex without separators ("a18000feff").
-std::string HexString(absl::Span<const uint8_t> bytes);
-
 }  // namespace tprd::engine
 
 #endif  // TPRD_DAEMON_ENGINE_DECODE_REPORT_H_

@@ -50,12 +50,6 @@ void PatchManager::NoteError(const absl::Status& status) {
   if (!status.ok()) status_.last_error = std::string(status.message());
 }
 
-absl::Status PatchManager::ResumeGuest() {
-  absl::Status s = vm_.Resume();
-  NoteError(s);
-  return s;
-}
-
 absl::Status PatchManager::ResumeGuest(StoppedGuestScope& stopped) {
   absl::Status s = stopped.Resume();
   NoteError(s);
@@ -88,7 +82,9 @@ absl::StatusOr<GuestProfile> PatchManager::StopAndProfile() {
       if (profile.ok()) profile_ = *profile;
       return profile;
     }
-    // A vCPU ran user code when it stopped: let the guest run a moment and look again.
+    // A vCPU ran user code when it stopped: let the guest run a moment and look again. (No
+    // StoppedGuestScope: the guest is meant to run here, and the caller's scope holds the stop
+    // this loop ends with.)
     TPRD_RETURN_IF_ERROR(vm_.Resume());
     absl::StatusOr<std::optional<StopEvent>> stop = vm_.WaitForStop(absl::Milliseconds(2));
     if (!stop.ok()) return stop.status();
@@ -159,6 +155,9 @@ absl::StatusOr<std::vector<ManagedSite>> PatchManager::Scan() {
 absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfile& profile,
                                  std::set<uint32_t>& proven, size_t& hits) {
   TPRD_RETURN_IF_ERROR(vm_.SetWatchpoint(profile.tpr_va, 4, WatchKind::kAccess));
+  // The window is the guest running under the watchpoint: these resumes (here and after each
+  // hit) are the point, not the end of a stop. Enable's StoppedGuestScope covers every early
+  // return, and the Stop() after the loop hands the guest back to it stopped.
   TPRD_RETURN_IF_ERROR(vm_.Resume());
   const absl::Time deadline = clock_.Now() + request.learning_window;
   absl::Status verdict = absl::OkStatus();

@@ -253,8 +253,7 @@ class PatchManager {
   // word and guard counters, so the status says what the guest does. A flip of mmio to exact by
   // the guest's guard is reported once and sticks until the operator enables again.
   void WatchGuestWord(std::vector<ManagerEvent>& events);
-  absl::Status ResumeGuest();
-  // Ends a stop of tprd's own (the guest runs again), noting a failure as ResumeGuest does.
+  // Ends a stop (the guest runs again), noting a failure in the status's last error.
   absl::Status ResumeGuest(StoppedGuestScope& stopped);
   // vm_.Stop(), then the fix-ups of a cr8 watchpoint hit that raced with the stop: its stop
   // reply is kept by the backend and delivered after tprd's own work resumed the guest, too

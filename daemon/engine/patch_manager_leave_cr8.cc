@@ -76,7 +76,8 @@ void PatchManager::PrepareToLeaveCr8() {
     }
     // One stayed halted (it may wait for another CPU's IPI, or the backend cannot run one CPU
     // alone): the whole guest runs a moment under cr8, still correct there, and is looked at
-    // again.
+    // again. (No StoppedGuestScope: the guest is meant to run here; each caller's scope holds
+    // the stop this loop ends with.)
     woken_vcpus_.clear();
     if (!vm_.Resume().ok()) return;  // paused by the host meanwhile: left as it is
     clock_.SleepFor(

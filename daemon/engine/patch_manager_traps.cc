@@ -398,15 +398,10 @@ absl::Status PatchManager::HandleStopped(const StopEvent& event,
 
 absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<ManagerEvent>& events) {
   ++status_.traps_handled;
-  absl::Status handled = absl::OkStatus();
   switch (event.kind) {
     case StopEvent::Kind::kBreakpoint:
     case StopEvent::Kind::kInterrupted:
     case StopEvent::Kind::kWatchpoint:
-      // A stop may be delivered after the guest ran on (it raced with a trap's removal):
-      // make sure every vCPU is stopped before looking at any of them.
-      handled = vm_.Stop();
-      if (handled.ok()) handled = HandleStopped(event, events);
       break;
     case StopEvent::Kind::kPausedByHost:
       events.push_back({ManagerEvent::Kind::kHostPaused, std::nullopt,
@@ -415,8 +410,14 @@ absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<Manage
     case StopEvent::Kind::kGone:
       return absl::UnavailableError("the domain is gone");
   }
-  // Resume even after a failed fix-up: a guest left stopped is worse than one unfixed read.
-  absl::Status resumed = ResumeGuest();
+  // Resume even after a failed fix-up (or a failed stop): a guest left stopped is worse than one
+  // unfixed read.
+  StoppedGuestScope stopped(vm_);
+  // A stop may be delivered after the guest ran on (it raced with a trap's removal): make sure
+  // every vCPU is stopped before looking at any of them.
+  absl::Status handled = vm_.Stop();
+  if (handled.ok()) handled = HandleStopped(event, events);
+  absl::Status resumed = ResumeGuest(stopped);
   return handled.ok() ? resumed : handled;
 }
 

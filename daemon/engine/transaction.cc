@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "absl/strings/str_format.h"
+#include "daemon/engine/hex.h"
 
 namespace tprd::engine {
 namespace {
@@ -11,12 +12,6 @@ namespace {
 constexpr size_t kMaxSiteBytes = 15;  // the longest x86 instruction
 
 using Bytes = std::vector<uint8_t>;
-
-std::string HexBytes(absl::Span<const uint8_t> bytes) {
-  std::string out;
-  for (uint8_t b : bytes) absl::StrAppendFormat(&out, "%s%02x", out.empty() ? "" : " ", b);
-  return out;
-}
 
 bool Equal(absl::Span<const uint8_t> a, absl::Span<const uint8_t> b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
@@ -193,7 +188,7 @@ void Transaction::Recover(Site& site, const Transition& t, SiteOutcome& outcome,
     // whole again (every vCPU is stopped, so nothing runs the bytes in between). A successful
     // write is trusted even if the check read fails.
     const std::string found = now.ok()
-                                  ? "torn bytes " + HexBytes(*now)
+                                  ? "torn bytes " + HexEncode(*now, " ")
                                   : "re-read failed (" + std::string(now.status().message()) + ")";
     absl::Status restore = vm_.WriteVirtual(vcpu_, site.address, t.before);
     absl::StatusOr<Bytes> check = restore.ok() ? ReadSite(site) : absl::StatusOr<Bytes>(restore);
@@ -201,7 +196,7 @@ void Transaction::Recover(Site& site, const Transition& t, SiteOutcome& outcome,
       outcome.kind = SiteOutcome::Kind::kTorn;
       outcome.reason = absl::StrFormat(
           "%s; %s; restoring the old bytes failed (%s): left pending", what, found,
-          restore.ok() ? "read back " + HexBytes(*check) : std::string(restore.message()));
+          restore.ok() ? "read back " + HexEncode(*check, " ") : std::string(restore.message()));
       return;
     }
     reason = absl::StrFormat("%s; %s; old bytes written back", what, found);
@@ -259,8 +254,8 @@ void Transaction::ProcessSite(size_t index) {
   } else {
     outcome.kind = SiteOutcome::Kind::kSkipped;
     outcome.reason = absl::StrFormat("bytes changed since %s: expected %s, found %s",
-                                     apply ? "classification" : "patching", HexBytes(expected),
-                                     HexBytes(*current));
+                                     apply ? "classification" : "patching",
+                                     HexEncode(expected, " "), HexEncode(*current, " "));
     return;
   }
 
@@ -282,7 +277,7 @@ void Transaction::ProcessSite(size_t index) {
     return;
   }
   if (!Equal(*readback, t.after)) {
-    Recover(site, t, outcome, absl::StrFormat("read back %s", HexBytes(*readback)));
+    Recover(site, t, outcome, absl::StrFormat("read back %s", HexEncode(*readback, " ")));
     return;
   }
   Succeed(site, t, outcome);

@@ -8,10 +8,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/engine/hex.h"
 
 namespace tprd::daemon {
 namespace {
@@ -27,18 +27,18 @@ json SiteToJson(const engine::Site& site) {
       {"form", std::string(engine::FormName(site.form))},
       {"register", std::string(engine::GprName(site.reg))},
       {"imm", site.imm},
-      {"original", absl::BytesToHexString(std::string(site.original.begin(), site.original.end()))},
-      {"patched", absl::BytesToHexString(std::string(site.patched.begin(), site.patched.end()))},
+      {"original", engine::HexEncode(site.original)},
+      {"patched", engine::HexEncode(site.patched)},
       {"state", std::string(engine::SiteStateName(site.state))},
   };
 }
 
 absl::StatusOr<std::vector<uint8_t>> HexToBytes(const std::string& hex) {
-  if (hex.size() % 2 != 0 || hex.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos) {
+  absl::StatusOr<std::vector<uint8_t>> bytes = engine::HexDecode(hex);
+  if (!bytes.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("not a hex byte string: \"", hex, "\""));
   }
-  const std::string raw = absl::HexStringToBytes(hex);
-  return std::vector<uint8_t>(raw.begin(), raw.end());
+  return bytes;
 }
 
 absl::StatusOr<engine::SiteState> SiteStateFromName(const std::string& name) {

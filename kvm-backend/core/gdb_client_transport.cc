@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/engine/hex.h"
 #include "daemon/engine/status_macros.h"
 #include "kvm-backend/core/gdb_client.h"
 #include "kvm-backend/core/gdb_client_errors.h"
@@ -42,7 +43,8 @@ absl::Status ErrorReplyStatus(std::string_view payload, int code) {
 // Console output packets (`O` + hex) may arrive instead of a reply; they carry nothing for us.
 bool IsConsoleOutput(std::string_view payload) {
   if (payload.size() < 3 || payload[0] != 'O' || payload.size() % 2 != 1) return false;
-  return payload.find_first_not_of("0123456789abcdefABCDEF", 1) == std::string_view::npos;
+  return std::all_of(payload.begin() + 1, payload.end(),
+                     [](char c) { return engine::HexDigitValue(c) >= 0; });
 }
 
 }  // namespace

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -10,13 +9,6 @@ namespace tprd::backend {
 namespace {
 
 bool NeedsEscape(char c) { return c == '$' || c == '#' || c == '}' || c == '*'; }
-
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 // Run-length counts are printable characters; the repeat count is the character minus 29.
 // `#` and `$` are excluded because they frame packets.
@@ -77,35 +69,13 @@ std::vector<std::string_view> SplitGdbFields(std::string_view text, char separat
   }
 }
 
-std::string HexEncode(absl::Span<const uint8_t> bytes) {
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
-}
-
-absl::StatusOr<std::vector<uint8_t>> HexDecode(std::string_view hex) {
-  if (hex.size() % 2 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("odd-length hex string of ", hex.size()));
-  }
-  std::vector<uint8_t> out;
-  out.reserve(hex.size() / 2);
-  for (size_t i = 0; i < hex.size(); i += 2) {
-    int high = HexValue(hex[i]);
-    int low = HexValue(hex[i + 1]);
-    if (high < 0 || low < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("non-hex character at offset ", i));
-    }
-    out.push_back(static_cast<uint8_t>(high << 4 | low));
-  }
-  return out;
-}
-
 absl::StatusOr<uint64_t> ParseGdbHex(std::string_view text) {
   if (text.empty() || text.size() > 16) {
     return absl::InvalidArgumentError(absl::StrCat("bad hex number of ", text.size(), " digits"));
   }
   uint64_t value = 0;
   for (char c : text) {
-    int digit = HexValue(c);
+    int digit = engine::HexDigitValue(c);
     if (digit < 0) return absl::InvalidArgumentError("non-hex character in a number");
     value = value << 4 | static_cast<uint64_t>(digit);
   }
@@ -167,8 +137,8 @@ void GdbPacketParser::FinishPacket(std::vector<GdbPacketEvent>& events) {
     raw_.clear();
     return;
   }
-  int high = HexValue(checksum_[0]);
-  int low = HexValue(checksum_[1]);
+  int high = engine::HexDigitValue(checksum_[0]);
+  int low = engine::HexDigitValue(checksum_[1]);
   if (high < 0 || low < 0 || static_cast<uint8_t>(high << 4 | low) != sum_) {
     events.push_back({GdbPacketEvent::Kind::kBadChecksum,
                       absl::StrFormat("checksum `%c%c` does not match computed %02x", checksum_[0],

@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "daemon/engine/hex.h"
 
 namespace tprd::backend {
 
@@ -42,9 +43,9 @@ absl::StatusOr<std::string> UnescapeGdbBinary(std::string_view data);
 std::vector<std::string_view> SplitGdbFields(std::string_view text, char separator,
                                              bool skip_empty);
 
-// Lower-case hex of bytes, and back. HexDecode fails on odd length or non-hex characters.
-std::string HexEncode(absl::Span<const uint8_t> bytes);
-absl::StatusOr<std::vector<uint8_t>> HexDecode(std::string_view hex);
+// Memory and registers travel as tprd's one hex codec writes and reads them.
+using engine::HexDecode;
+using engine::HexEncode;
 // A hex number of 1-16 digits, no sign or prefix (addresses, sizes, error codes).
 absl::StatusOr<uint64_t> ParseGdbHex(std::string_view text);
 

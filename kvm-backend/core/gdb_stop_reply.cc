@@ -4,24 +4,20 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/engine/hex.h"
 #include "kvm-backend/core/gdb_packet.h"
 
 namespace tprd::backend {
 namespace {
 
-bool IsHexDigit(char c) {
-  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
+bool IsHexDigit(char c) { return engine::HexDigitValue(c) >= 0; }
 
-// Parses 1-16 hex digits. absl::SimpleHexAtoi accepts a sign and "0x": the wire format does not.
+// Parses 1-16 hex digits (ParseGdbHex). absl::SimpleHexAtoi accepts a sign and "0x": the wire
+// format does not.
 bool ParseHex(std::string_view text, uint64_t& value) {
-  if (text.empty() || text.size() > 16) return false;
-  value = 0;
-  for (char c : text) {
-    if (!IsHexDigit(c)) return false;
-    int digit = c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
-    value = value << 4 | static_cast<uint64_t>(digit);
-  }
+  absl::StatusOr<uint64_t> parsed = ParseGdbHex(text);
+  if (!parsed.ok()) return false;
+  value = *parsed;
   return true;
 }
 

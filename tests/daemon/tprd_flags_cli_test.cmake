@@ -37,6 +37,12 @@ expect(2 "^$" "^tprd: [^\n]*--adopt-domains[^\n]*${then_help}" --adopt-domains=)
 expect(2 "^$" "^tprd: --socket needs a value[^\n]*--x[^\n]*${then_help}" --socket --x)
 expect(2 "^$" "^tprd: --connect needs a value[^\n]*${then_help}" -c --socket x.sock)
 expect(2 "^$" "^tprd: unknown argument \"--x\"${then_help}" --socket= --x)
+# A value is never glued to a short flag (CLI11 would read -connect=URI as -c "onnect=URI"), and
+# the first --help or --version ends the command line, what precedes it parsed first.
+expect(2 "^$" "^tprd: unknown argument \"-connect=test:///default\"${then_help}"
+  -connect=test:///default)
+expect(2 "^$" "^tprd: unknown argument \"--bogus\"${then_help}" --bogus --help)
+expect(0 "^tprd 0.1.0\n$" "^$" --version --help --bogus)
 
 # The config file is read before tprd starts: its errors are usage errors too, in both flag
 # forms, and a flag given twice keeps its last value.

@@ -136,6 +136,42 @@ TEST_F(TprdFlagsTest, HelpAndVersion) {
   EXPECT_EQ(*Parse({"--version"}), CommandLineAction::kVersion);
 }
 
+// CLI11 reads a value glued to a short flag: `-connect=URI` (one dash) would connect to
+// "onnect=URI". tprd takes a value only as the next argument or after `=`.
+TEST_F(TprdFlagsTest, ASingleDashArgumentIsAWholeFlagName) {
+  EXPECT_EQ(Error({"-ctest:///default"}), "unknown argument \"-ctest:///default\"");
+  EXPECT_EQ(Error({"-connect=test:///default"}), "unknown argument \"-connect=test:///default\"");
+  EXPECT_EQ(Error({"-connect", "test:///default"}), "unknown argument \"-connect\"");
+  EXPECT_EQ(Error({"-ch"}), "unknown argument \"-ch\"");
+  EXPECT_EQ(Error({"-hc"}), "unknown argument \"-hc\"");
+  EXPECT_EQ(config_.connect, "qemu:///system");
+  ASSERT_TRUE(Parse({"-c=", "--socket", "-"}).ok());  // `-c=` is -c with an empty value
+  EXPECT_EQ(config_.connect, "");
+}
+
+TEST_F(TprdFlagsTest, HelpAndVersionTakeNoValue) {
+  EXPECT_EQ(Error({"--help=yes"}), "unknown argument \"--help=yes\"");
+  EXPECT_EQ(Error({"-h=1"}), "unknown argument \"-h=1\"");
+  EXPECT_EQ(Error({"--version=1"}), "unknown argument \"--version=1\"");
+}
+
+// As tprd's first parser did: the first --help or --version ends the command line (what
+// follows is not read), and what precedes it must parse.
+TEST_F(TprdFlagsTest, TheFirstOfHelpAndVersionWinsAndEndsTheCommandLine) {
+  EXPECT_EQ(*Parse({"--help", "--version"}), CommandLineAction::kHelp);
+  EXPECT_EQ(*Parse({"--version", "-h"}), CommandLineAction::kVersion);
+  EXPECT_EQ(*Parse({"--help", "--bogus"}), CommandLineAction::kHelp);
+  EXPECT_EQ(*Parse({"--help", "--socket"}), CommandLineAction::kHelp);
+  EXPECT_EQ(*Parse({"--adopt-domains=", "--help"}), CommandLineAction::kHelp);
+  EXPECT_EQ(*Parse({"--config=/nonexistent.conf", "--version"}), CommandLineAction::kVersion);
+  EXPECT_EQ(Error({"--bogus", "--help"}), "unknown argument \"--bogus\"");
+  EXPECT_EQ(Error({"stray", "--version"}), "unknown argument \"stray\"");
+  EXPECT_EQ(Error({"--socket", "--help"}),
+            "--socket needs a value, not the flag \"--help\" "
+            "(write --socket=--help for that value)");
+  EXPECT_EQ(config_.socket, "/run/tprd/tprd.sock");
+}
+
 TEST_F(TprdFlagsTest, EnvironmentThenFileThenFlags) {
   const std::string conf = dir_.File("tprd.conf");
   std::ofstream(conf) << "connect = qemu+ssh://file/system\nsocket = /tmp/file.sock\n";

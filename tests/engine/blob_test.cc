@@ -2,8 +2,10 @@
 
 #include <Zydis/Zydis.h>
 
+#include <algorithm>
 #include <functional>
 #include <map>
+#include <random>
 #include <set>
 #include <string>
 #include <tuple>
@@ -187,6 +189,81 @@ TEST(BlobChecksumTest, KnownValue) {
   bytes.back() ^= 0xFF;
   EXPECT_EQ(BlobChecksum(bytes), 0xDB8BF097u);
   EXPECT_EQ(BlobChecksum(std::vector<uint8_t>(TPRD_BLOB_DATA_OFFSET)), 0xC71C0011u);
+}
+
+// The bit-by-bit CRC-32 that blob.cc computed before it used zlib's crc32, kept here only as the
+// reference the zlib one must match: the checksum is in every blob tprd placed in a guest.
+uint32_t BitwiseCrc32WithFieldZeroed(absl::Span<const uint8_t> bytes, uint32_t skip_offset) {
+  uint32_t crc = 0xFFFFFFFF;
+  for (uint32_t i = 0; i < bytes.size(); ++i) {
+    const uint8_t byte = (i >= skip_offset && i < skip_offset + 4) ? 0 : bytes[i];
+    crc ^= byte;
+    for (int bit = 0; bit < 8; ++bit) crc = (crc >> 1) ^ (0xEDB88320 & (0u - (crc & 1)));
+  }
+  return ~crc;
+}
+
+// The published CRC-32 check values, with the zeroed field past the end, and the same inputs
+// with a field inside them counted as zero.
+TEST(BlobChecksumTest, StandardCheckValues) {
+  const std::vector<std::pair<std::string, uint32_t>> vectors = {
+      {"", 0x00000000u},
+      {"a", 0xE8B7BE43u},
+      {"abc", 0x352441C2u},
+      {"123456789", 0xCBF43926u},
+      {"message digest", 0x20159D7Fu},
+      {"The quick brown fox jumps over the lazy dog", 0x414FA339u},
+  };
+  for (const auto& [text, crc] : vectors) {
+    const std::vector<uint8_t> bytes(text.begin(), text.end());
+    const uint32_t past_end = static_cast<uint32_t>(bytes.size());
+    EXPECT_EQ(Crc32WithFieldZeroed(bytes, past_end), crc) << '"' << text << '"';
+    EXPECT_EQ(BitwiseCrc32WithFieldZeroed(bytes, past_end), crc) << '"' << text << '"';
+  }
+  // "1234" counted as zero is the CRC-32 of four zero bytes and "56789".
+  const std::string digits = "123456789";
+  const std::vector<uint8_t> bytes(digits.begin(), digits.end());
+  std::vector<uint8_t> zeroed = bytes;
+  std::fill(zeroed.begin(), zeroed.begin() + 4, 0);
+  EXPECT_EQ(Crc32WithFieldZeroed(bytes, 0), Crc32WithFieldZeroed(zeroed, 10));
+  EXPECT_EQ(Crc32WithFieldZeroed(bytes, 0), BitwiseCrc32WithFieldZeroed(bytes, 0));
+}
+
+// zlib's crc32 against the old implementation on random contents: every size up to a little
+// past the field with the field at every place (before, across and past the end), random
+// sizes and offsets, and whole blobs as BlobChecksum sees them.
+TEST(BlobChecksumTest, MatchesTheBitwiseImplementationOnRandomBuffers) {
+  std::mt19937 random(20261206);
+  auto random_bytes = [&](size_t size) {
+    std::vector<uint8_t> bytes(size);
+    for (uint8_t& b : bytes) b = static_cast<uint8_t>(random());
+    return bytes;
+  };
+  for (uint32_t size = 0; size <= 40; ++size) {
+    const std::vector<uint8_t> bytes = random_bytes(size);
+    for (uint32_t field = 0; field <= size + 4; ++field) {
+      ASSERT_EQ(Crc32WithFieldZeroed(bytes, field), BitwiseCrc32WithFieldZeroed(bytes, field))
+          << "size " << size << ", field at " << field;
+    }
+  }
+  for (int i = 0; i < 300; ++i) {
+    const std::vector<uint8_t> bytes = random_bytes(random() % 20000);
+    const uint32_t field = static_cast<uint32_t>(random() % (bytes.size() + 8));
+    ASSERT_EQ(Crc32WithFieldZeroed(bytes, field), BitwiseCrc32WithFieldZeroed(bytes, field))
+        << "size " << bytes.size() << ", field at " << field;
+  }
+  for (int i = 0; i < 50; ++i) {
+    const std::vector<uint8_t> blob = random_bytes(kBlobSize);
+    ASSERT_EQ(BlobChecksum(blob), BitwiseCrc32WithFieldZeroed(
+                                      absl::MakeConstSpan(blob).subspan(0, TPRD_BLOB_DATA_OFFSET),
+                                      TPRD_BLOB_HDR_CHECKSUM));
+  }
+  absl::StatusOr<BlobInstance> blob = InstantiateBlob(XpPlacement());
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  EXPECT_EQ(BlobChecksum(blob->bytes),
+            BitwiseCrc32WithFieldZeroed(
+                absl::MakeConstSpan(blob->bytes).subspan(0, TPRD_BLOB_DATA_OFFSET),
+                TPRD_BLOB_HDR_CHECKSUM));
 }
 
 TEST(BlobInstantiateTest, HandlerTableIsSymbolsPlusBase) {

@@ -18,6 +18,7 @@
 
 #include "daemon/engine/blob.h"
 #include "daemon/engine/decode_report.h"
+#include "daemon/engine/hex.h"
 
 namespace tprd::engine {
 namespace {
@@ -45,11 +46,9 @@ uint32_t ParseHex32(const Json& value) {
 }
 
 std::vector<uint8_t> ParseHexBytes(const std::string& hex) {
-  std::vector<uint8_t> bytes;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    bytes.push_back(static_cast<uint8_t>(std::stoul(hex.substr(i, 2), nullptr, 16)));
-  }
-  return bytes;
+  absl::StatusOr<std::vector<uint8_t>> bytes = HexDecode(hex);
+  EXPECT_TRUE(bytes.ok()) << bytes.status() << " in \"" << hex << "\"";
+  return bytes.ok() ? *bytes : std::vector<uint8_t>();
 }
 
 TEST(DecodeGoldenTest, GoldenFilesExist) {
