@@ -31,8 +31,9 @@
 
 namespace tprd::testing {
 std::unique_ptr<TestDomain> BootTestGuest(const std::string& cmdline, bool reboot_restarts,
-                                          int vcpus) {
+                                          int vcpus, bool persistent) {
   TestDomainOptions options;
+  options.persistent = persistent;
   options.reboot_restarts = reboot_restarts;
   options.kernel = TestGuestElf();
   options.vcpus = vcpus;

@@ -33,10 +33,10 @@ bool PollUntil(absl::Duration timeout, Predicate done,
   }
 }
 
-// Boots the test guest (2 vCPUs unless said) and waits for its first checks on every CPU.
-// nullptr, with a test failure, when it does not come up.
+// Boots the test guest (2 vCPUs unless said; transient unless `persistent`) and waits for its
+// first checks on every CPU. nullptr, with a test failure, when it does not come up.
 std::unique_ptr<TestDomain> BootTestGuest(const std::string& cmdline, bool reboot_restarts,
-                                          int vcpus = 2);
+                                          int vcpus = 2, bool persistent = false);
 
 // `virsh -c qemu:///system ARGS...`
 RunResult Virsh(const std::vector<std::string>& args);

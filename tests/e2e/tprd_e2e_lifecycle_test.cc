@@ -118,6 +118,21 @@ void EnableMmio(TprdProcess& tprd, TestDomain& domain) {
   ASSERT_FALSE(::testing::Test::HasFailure());
 }
 
+// After a restore of a guest tprd had let go: tprd takes it back on mmio, the guest passes
+// from serial line `from` on and runs, and a rollback and SIGTERM end the test cleanly.
+void ExpectTakenBackOnMmio(TprdProcess& tprd, TestDomain& domain, size_t from, const char* when) {
+  WaitForState(tprd, domain.name(), "patched", absl::Seconds(30), when);
+  RunResult status = tprd.Ctl({"--json", "status", domain.name()});
+  nlohmann::json doc = nlohmann::json::parse(status.out, nullptr, false);
+  ASSERT_FALSE(doc.is_discarded()) << status.out;
+  EXPECT_TRUE(doc["strategy"].is_string() && doc["strategy"].get<std::string>() == "mmio")
+      << when << ": " << status.out << tprd.LogTail(40);
+  ExpectGuestPasses(domain, from, when);
+  EXPECT_EQ(DomainRunState(domain.name()), "running") << when;
+  EXPECT_EQ(tprd.Ctl({"rollback", domain.name()}).exit_code, 0) << when;
+  EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
+}
+
 // SIGTERM leaves the guest on exact; the restarted tprd adopts it and switches back to the
 // strategy the operator chose (the journal's), not exact.
 TEST(TprdEndToEndLifecycle, SigtermThenRestartSwitchesBackToTheOperatorsStrategy) {
@@ -166,16 +181,31 @@ TEST(TprdEndToEndLifecycle, SaveOfAGuestTprdLetGoRestoresCorrectAndIsTakenBack) 
   std::remove(image.c_str());
   ASSERT_EQ(restored.exit_code, 0) << restored.out << restored.err << "\n"
                                    << DomainRunStateAndReason(domain->name());
-  WaitForState(tprd, domain->name(), "patched", absl::Seconds(30), "taken back after the restore");
-  RunResult status = tprd.Ctl({"--json", "status", domain->name()});
-  nlohmann::json doc = nlohmann::json::parse(status.out, nullptr, false);
-  ASSERT_FALSE(doc.is_discarded()) << status.out;
-  EXPECT_TRUE(doc["strategy"].is_string() && doc["strategy"].get<std::string>() == "mmio")
-      << status.out << tprd.LogTail(40);
-  ExpectGuestPasses(*domain, before_restore, "restored and taken back");
-  EXPECT_EQ(DomainRunState(domain->name()), "running");
-  EXPECT_EQ(tprd.Ctl({"rollback", domain->name()}).exit_code, 0);
-  EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
+  ExpectTakenBackOnMmio(tprd, *domain, before_restore, "restored and taken back");
+}
+
+// The host-shutdown path (tprd.service stops before libvirt-guests saves the guests): tprd
+// lets go, `virsh managedsave` keeps the image with the domain, and the next `virsh start`
+// restores it; tprd finds its blob in the restored memory and takes the guest back.
+TEST(TprdEndToEndLifecycle, ManagedSaveOfAGuestTprdLetGoStartsCorrectAndIsTakenBack) {
+  std::unique_ptr<TestDomain> domain = BootTestGuest("nobench", false, 2, /*persistent=*/true);
+  ASSERT_NE(domain, nullptr);
+  TprdProcess tprd(MakeTprdDir(), "proving_window_s = 5\n");
+  EnableMmio(tprd, *domain);
+  if (HasFatalFailure()) return;
+  ASSERT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
+
+  RunResult saved = Virsh({"managedsave", domain->name()});
+  ASSERT_EQ(saved.exit_code, 0) << saved.out << saved.err;
+  EXPECT_EQ(DomainRunStateAndReason(domain->name()), "shut off (saved)");
+  tprd.Start();
+  if (HasFatalFailure()) return;
+  const size_t before_start = domain->Lines().size();
+  RunResult started = Virsh({"start", domain->name()});
+  ASSERT_EQ(started.exit_code, 0) << started.out << started.err << "\n"
+                                  << DomainRunStateAndReason(domain->name());
+  ExpectTakenBackOnMmio(tprd, *domain, before_start,
+                        "started from its managed save and taken back");
 }
 
 }  // namespace

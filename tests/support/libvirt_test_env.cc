@@ -54,12 +54,18 @@ class ScopedConnection {
 
 bool ProcessAlive(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
 
+bool UndefineWithItsImages(virDomainPtr domain) {
+  return virDomainUndefineFlags(domain, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+                                            VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA) == 0;
+}
+
 // A test process killed by ctest's timeout runs no destructor: its transient domains keep
 // running under TCG and load the machine for every later test. Each test process destroys the
 // domains of dead ones (PREFIX-<pid>-<n> with no process <pid>) before it creates its first.
 void DestroyDomainsOfDeadTestProcesses(virConnectPtr connection, const std::string& prefix) {
   virDomainPtr* domains = nullptr;
-  const int count = virConnectListAllDomains(connection, &domains, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+  // Inactive ones too: a persistent test domain may be shut off (a managed save) or defined.
+  const int count = virConnectListAllDomains(connection, &domains, 0);
   for (int i = 0; i < count; ++i) {
     const char* name = virDomainGetName(domains[i]);
     absl::string_view rest = name != nullptr ? name : "";
@@ -69,7 +75,8 @@ void DestroyDomainsOfDeadTestProcesses(virConnectPtr connection, const std::stri
     if (ours && dash != absl::string_view::npos && absl::SimpleAtoi(rest.substr(0, dash), &pid) &&
         pid > 0 && !ProcessAlive(pid)) {
       std::fprintf(stderr, "test env: destroying %s, left by dead test process %d\n", name, pid);
-      (void)virDomainDestroy(domains[i]);
+      if (virDomainIsActive(domains[i]) == 1) (void)virDomainDestroy(domains[i]);
+      if (virDomainIsPersistent(domains[i]) == 1) (void)UndefineWithItsImages(domains[i]);
     }
     virDomainFree(domains[i]);
   }
@@ -175,10 +182,27 @@ absl::StatusOr<std::unique_ptr<TestDomain>> TestDomain::Create(const TestDomainO
   static std::once_flag reaped;
   std::call_once(reaped,
                  [&] { DestroyDomainsOfDeadTestProcesses(connection.get(), options.name_prefix); });
-  virDomainPtr created = virDomainCreateXML(connection.get(), xml.c_str(), 0);
-  if (created == nullptr) {
-    return absl::InternalError(absl::StrCat("virDomainCreateXML(", domain->name_,
-                                            ") failed: ", LastLibvirtError(), "\nXML:\n", xml));
+  domain->persistent_ = options.persistent;
+  virDomainPtr created = nullptr;
+  if (options.persistent) {
+    created = virDomainDefineXML(connection.get(), xml.c_str());
+    if (created == nullptr) {
+      return absl::InternalError(absl::StrCat("virDomainDefineXML(", domain->name_,
+                                              ") failed: ", LastLibvirtError(), "\nXML:\n", xml));
+    }
+    if (virDomainCreate(created) != 0) {
+      const std::string error = LastLibvirtError();
+      (void)UndefineWithItsImages(created);
+      virDomainFree(created);
+      return absl::InternalError(
+          absl::StrCat("virDomainCreate(", domain->name_, ") failed: ", error));
+    }
+  } else {
+    created = virDomainCreateXML(connection.get(), xml.c_str(), 0);
+    if (created == nullptr) {
+      return absl::InternalError(absl::StrCat("virDomainCreateXML(", domain->name_,
+                                              ") failed: ", LastLibvirtError(), "\nXML:\n", xml));
+    }
   }
   char uuid[VIR_UUID_STRING_BUFLEN] = {};
   const int uuid_result = virDomainGetUUIDString(created, uuid);
@@ -208,6 +232,17 @@ absl::Status TestDomain::Destroy() {
   virDomainPtr domain = virDomainLookupByUUIDString(connection.get(), uuid_.c_str());
   if (domain == nullptr) {
     destroyed_ = true;  // transient and already gone
+    return absl::OkStatus();
+  }
+  if (persistent_) {
+    // Shut off (a managed save) or running: either way it goes, with its images.
+    if (virDomainIsActive(domain) == 1) (void)virDomainDestroy(domain);
+    const bool undefined = UndefineWithItsImages(domain);
+    const std::string error = undefined ? "" : LastLibvirtError();
+    virDomainFree(domain);
+    if (!undefined)
+      return absl::InternalError(absl::StrCat("cannot undefine ", name_, ": ", error));
+    destroyed_ = true;
     return absl::OkStatus();
   }
   const int result = virDomainDestroy(domain);

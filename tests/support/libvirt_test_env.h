@@ -35,6 +35,9 @@ struct TestDomainOptions {
   // <on_reboot>restart: a reset reboots the guest. Off by default, so that a guest that
   // triple-faults ends its test instead of looping (QEMU runs with -no-reboot).
   bool reboot_restarts = false;
+  // Defined (virDomainDefineXML) and then started, instead of created transient: what
+  // `virsh managedsave` needs. Destroy() also undefines it, with its managed-save image.
+  bool persistent = false;
   std::string uri = "qemu:///system";
   std::string name_prefix = "tprd-it";  // names are PREFIX-<pid>-<n>
 };
@@ -50,7 +53,8 @@ class TestDomain {
   TestDomain(const TestDomain&) = delete;
   TestDomain& operator=(const TestDomain&) = delete;
 
-  // virDomainDestroy; OK when the domain is already gone. Idempotent.
+  // virDomainDestroy (and, if persistent, undefine); OK when the domain is already gone.
+  // Idempotent.
   absl::Status Destroy();
 
   const std::string& name() const { return name_; }
@@ -77,6 +81,7 @@ class TestDomain {
   std::string uuid_;
   std::string directory_;
   std::string serial_path_;
+  bool persistent_ = false;
   bool destroyed_ = false;
 };
 
