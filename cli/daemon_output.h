@@ -34,6 +34,8 @@ std::string IntentWord(const tprd::v1::DomainStatus& status);
 // {"strategy", "discovery_budget_ms"} or null.
 Json IntentJson(const tprd::v1::DomainSummary& summary);
 Json IntentJson(const tprd::v1::DomainStatus& status);
+// tprctl's own JSON, not protobuf's JSON mapping of the message: its keys, enum words, nulls and
+// hex bytes are an interface scripts rely on (docs/usage.md), free of the proto's evolution.
 Json SiteJson(const tprd::v1::Site& site);
 Json StatusJson(const tprd::v1::DomainStatus& status);
 Json EventJson(const tprd::v1::Event& event);

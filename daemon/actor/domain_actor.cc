@@ -334,7 +334,7 @@ void DomainActor::SetState(DomainState state, const std::string& message) {
 
 void DomainActor::RefreshSnapshot(bool with_sites) {
   ControllerStatus status;
-  std::vector<SiteReport> sites;
+  std::vector<engine::ManagedSite> sites;
   bool have_sites = false;
   if (controller_ != nullptr) {
     status = controller_->Status();
@@ -370,7 +370,7 @@ void DomainActor::RecordOperation(const std::string& what, const std::string& me
   if (!status.ok()) LogWarning(std::string(status.message()));
 }
 
-void DomainActor::PublishSite(const SiteReport& site) {
+void DomainActor::PublishSite(const engine::ManagedSite& site) {
   DomainEvent event;
   event.kind = DomainEvent::Kind::kSite;
   event.time = absl::Now();

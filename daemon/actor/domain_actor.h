@@ -39,7 +39,7 @@ struct DomainSnapshot {
   DomainInfo domain;
   DomainState state = DomainState::kUnpatched;
   ControllerStatus status;  // zero values while no session exists
-  std::vector<SiteReport> sites;
+  std::vector<engine::ManagedSite> sites;
   std::string busy_with;  // the command running or queued that changes the guest; empty if none
   std::string last_error;
   // The operator's intent as the domain's metadata holds it (the registry reads it for
@@ -82,7 +82,7 @@ class DomainActor {
   // (a command not yet started is then skipped; one already running completes). Where
   // kActorCommandRules says a command is not legal, it is refused and its body does not run.
   struct EnableResult {
-    std::vector<SiteReport> sites;
+    std::vector<engine::ManagedSite> sites;
     DomainSnapshot after;
   };
   // `record`: the intent a successful enable records in the domain's metadata (none for a dry
@@ -104,7 +104,7 @@ class DomainActor {
     DomainSnapshot after;
   };
   absl::StatusOr<DisableOutcome> Disable(bool force, absl::Time deadline);
-  absl::StatusOr<std::vector<ScanCandidateReport>> Scan(absl::Time deadline);
+  absl::StatusOr<std::vector<engine::ManagedSite>> Scan(absl::Time deadline);
   // Looks for tprd's blob and takes a patched guest back; returns whether it holds patches. A
   // guest without the blob (booted while tprd was away) then gets the domain's intent, if it
   // has one, as after a start (ApplyIntent); one holding the blob unpatched was rolled back by
@@ -175,7 +175,7 @@ class DomainActor {
   uint64_t RebootsSeen();
   void RecordOperation(const std::string& what, const std::string& message,
                        std::optional<engine::Strategy> strategy = std::nullopt);
-  void PublishSite(const SiteReport& site);
+  void PublishSite(const engine::ManagedSite& site);
   void PublishError(const std::string& message);
   void HandleLifecycle(const LifecycleEvent& event, bool apply_intent);
   absl::Status GoneError();

@@ -127,7 +127,7 @@ absl::StatusOr<DomainActor::EnableResult> DomainActor::RunEnable(
       DropController(/*detach=*/true, "dry run done");
     }
   } else {
-    for (const SiteReport& site : *sites) PublishSite(site);
+    for (const engine::ManagedSite& site : *sites) PublishSite(site);
     RecordOperation("enable", absl::StrCat("done: ", sites->size(), " sites"),
                     controller_->Status().requested_strategy);
     SetState(controller_->Status().patched ? DomainState::kPatched : DomainState::kUnpatched,
@@ -178,7 +178,7 @@ absl::StatusOr<DomainActor::RollbackOutcome> DomainActor::RunRollback(
     auto known = controller_->ListSites();
     if (!known.ok()) return known.status();
     std::set<uint32_t> ids;
-    for (const SiteReport& site : *known) ids.insert(site.site.id);
+    for (const engine::ManagedSite& site : *known) ids.insert(site.site.id);
     for (uint32_t id : site_ids) {
       if (ids.count(id) == 0) {
         return absl::NotFoundError(absl::StrCat("no site ", id, " in domain ", before.domain.name,
@@ -197,7 +197,7 @@ absl::StatusOr<DomainActor::RollbackOutcome> DomainActor::RunRollback(
     return result.status();
   }
   RefreshSnapshot(/*with_sites=*/true);
-  for (const SiteReport& site : Snapshot().sites) {
+  for (const engine::ManagedSite& site : Snapshot().sites) {
     for (uint32_t id : result->rolled_back) {
       if (site.site.id == id) PublishSite(site);
     }
@@ -240,9 +240,9 @@ absl::StatusOr<DomainActor::DisableOutcome> DomainActor::Disable(bool force, abs
       });
 }
 
-absl::StatusOr<std::vector<ScanCandidateReport>> DomainActor::Scan(absl::Time deadline) {
-  return Call<std::vector<ScanCandidateReport>>(
-      ActorCommand::kScan, deadline, [this]() -> absl::StatusOr<std::vector<ScanCandidateReport>> {
+absl::StatusOr<std::vector<engine::ManagedSite>> DomainActor::Scan(absl::Time deadline) {
+  return Call<std::vector<engine::ManagedSite>>(
+      ActorCommand::kScan, deadline, [this]() -> absl::StatusOr<std::vector<engine::ManagedSite>> {
         const bool had_session = controller_ != nullptr;
         absl::Status opened = EnsureController(/*adopt=*/false);
         if (!opened.ok()) return opened;

@@ -147,7 +147,9 @@ void DomainActor::TryIntent() {
   auto scanned = controller_->Scan();
   int patchable = 0;
   if (scanned.ok()) {
-    for (const ScanCandidateReport& candidate : *scanned) patchable += candidate.patchable ? 1 : 0;
+    for (const engine::ManagedSite& candidate : *scanned) {
+      if (candidate.note.empty()) ++patchable;  // the note says why one cannot be patched
+    }
   }
   if (!scanned.ok() || patchable == 0) {
     if (!had_session) DropController(/*detach=*/true, "intent: nothing to patch yet");

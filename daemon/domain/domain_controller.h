@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "daemon/engine/managed_site.h"
 #include "daemon/engine/site.h"
 
 namespace tprd::daemon {
@@ -32,20 +33,8 @@ struct EnableOptions {
   absl::Duration discovery_budget = absl::Seconds(10);  // scan + mmio learning window
 };
 
-// A site as the daemon reports it: the engine's site plus what only the session knows.
-struct SiteReport {
-  engine::Site site;
-  std::string disassembly;  // the original instruction, e.g. "mov ecx, dword ptr [0xFFFE0080]"
-  uint64_t hits = 0;        // executions seen (breakpoint / trap hits)
-};
-
-// A scan candidate: patchable or not, with the reason when not.
-struct ScanCandidateReport {
-  SiteReport site;
-  bool patchable = false;
-  std::string reason;
-};
-
+// Holds what engine::RollbackReport holds. Kept apart only so that this interface need not
+// include patch_manager.h; to be merged once RollbackReport has a header of its own.
 struct RollbackResult {
   std::vector<uint32_t> rolled_back;
   struct Refusal {
@@ -74,7 +63,9 @@ struct ControllerStatus {
   std::string last_error;
 };
 
-// Something the session did or saw on its own, reported by Poll().
+// Something the session did or saw on its own, reported by Poll(). What it adds to the engine's
+// ManagerEvent: the site as it now stands (the actor has no PatchManager to look an id up in),
+// and kHostCopiesState, which only libvirt's pause reason tells (the engine never sees libvirt).
 struct ControllerEvent {
   enum class Kind : uint8_t {
     kSiteChanged,      // a site was patched on first execution, or changed state
@@ -86,7 +77,7 @@ struct ControllerEvent {
     kHostCopiesState,
   };
   Kind kind = Kind::kError;
-  std::optional<SiteReport> site;  // kSiteChanged
+  std::optional<engine::ManagedSite> site;  // kSiteChanged
   std::string message;
 };
 
@@ -105,16 +96,17 @@ class DomainController {
 
   // Discover, classify and patch; keep the guest correct afterwards (through Poll). Calling it
   // on a patched guest with the same options changes nothing; with another strategy, switches.
-  virtual absl::StatusOr<std::vector<SiteReport>> Enable(const EnableOptions& options) = 0;
+  virtual absl::StatusOr<std::vector<engine::ManagedSite>> Enable(const EnableOptions& options) = 0;
 
   // Restore original bytes. Empty `site_ids` means every site. Unknown ids: NOT_FOUND.
   virtual absl::StatusOr<RollbackResult> Rollback(const std::vector<uint32_t>& site_ids,
                                                   bool force) = 0;
 
-  virtual absl::StatusOr<std::vector<SiteReport>> ListSites() = 0;
+  virtual absl::StatusOr<std::vector<engine::ManagedSite>> ListSites() = 0;
 
-  // Report-only: candidates in the guest's code. Never writes to the guest.
-  virtual absl::StatusOr<std::vector<ScanCandidateReport>> Scan() = 0;
+  // Report-only: candidates in the guest's code. Never writes to the guest. A candidate is
+  // patchable when its note is empty; else the note says why not.
+  virtual absl::StatusOr<std::vector<engine::ManagedSite>> Scan() = 0;
 
   virtual ControllerStatus Status() = 0;
 

@@ -28,14 +28,6 @@ ControllerEvent::Kind EventKind(engine::ManagerEvent::Kind kind) {
   return ControllerEvent::Kind::kError;
 }
 
-SiteReport ToReport(const engine::ManagedSite& managed) {
-  SiteReport report;
-  report.site = managed.site;
-  report.disassembly = managed.disassembly;
-  report.hits = managed.hits;
-  return report;
-}
-
 }  // namespace
 
 EngineDomainController::EngineDomainController(backend::LibvirtConnection* connection,
@@ -95,7 +87,7 @@ absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<engine::Strateg
                          options_.mmio_write_stops_per_second);
 }
 
-absl::StatusOr<std::vector<SiteReport>> EngineDomainController::Enable(
+absl::StatusOr<std::vector<engine::ManagedSite>> EngineDomainController::Enable(
     const EnableOptions& options) {
   if (absl::Status s = EnsureAttached(); !s.ok()) return s;
   engine::EnableRequest request;
@@ -132,7 +124,7 @@ absl::StatusOr<std::vector<SiteReport>> EngineDomainController::Enable(
         " applied_at_enable=", report->applied_at_enable, " armed=", report->armed,
         " candidates=", report->candidates, " learning_hits=", report->learning_hits));
   }
-  return Reports();
+  return manager_->Sites();
 }
 
 absl::StatusOr<RollbackResult> EngineDomainController::Rollback(
@@ -152,28 +144,14 @@ absl::StatusOr<RollbackResult> EngineDomainController::Rollback(
   return result;
 }
 
-std::vector<SiteReport> EngineDomainController::Reports() const {
-  std::vector<SiteReport> out;
-  if (manager_ == nullptr) return out;
-  for (const engine::ManagedSite& managed : manager_->Sites()) out.push_back(ToReport(managed));
-  return out;
+absl::StatusOr<std::vector<engine::ManagedSite>> EngineDomainController::ListSites() {
+  if (manager_ == nullptr) return std::vector<engine::ManagedSite>{};
+  return manager_->Sites();
 }
 
-absl::StatusOr<std::vector<SiteReport>> EngineDomainController::ListSites() { return Reports(); }
-
-absl::StatusOr<std::vector<ScanCandidateReport>> EngineDomainController::Scan() {
+absl::StatusOr<std::vector<engine::ManagedSite>> EngineDomainController::Scan() {
   if (absl::Status s = EnsureAttached(); !s.ok()) return s;
-  absl::StatusOr<std::vector<engine::ManagedSite>> candidates = manager_->Scan();
-  if (!candidates.ok()) return candidates.status();
-  std::vector<ScanCandidateReport> out;
-  for (const engine::ManagedSite& c : *candidates) {
-    ScanCandidateReport report;
-    report.site = ToReport(c);
-    report.patchable = c.note.empty();
-    report.reason = c.note;
-    out.push_back(std::move(report));
-  }
-  return out;
+  return manager_->Scan();
 }
 
 ControllerStatus EngineDomainController::Status() {
@@ -245,7 +223,7 @@ absl::StatusOr<std::vector<ControllerEvent>> EngineDomainController::Poll(absl::
       event.message = e.message;
       if (e.site_id) {
         for (const engine::ManagedSite& s : manager_->Sites()) {
-          if (s.site.id == *e.site_id) event.site = ToReport(s);
+          if (s.site.id == *e.site_id) event.site = s;
         }
       }
       events.push_back(std::move(event));

@@ -43,11 +43,11 @@ class EngineDomainController : public DomainController {
   ~EngineDomainController() override;
 
   absl::StatusOr<bool> Adopt(std::optional<engine::Strategy> strategy_hint) override;
-  absl::StatusOr<std::vector<SiteReport>> Enable(const EnableOptions& options) override;
+  absl::StatusOr<std::vector<engine::ManagedSite>> Enable(const EnableOptions& options) override;
   absl::StatusOr<RollbackResult> Rollback(const std::vector<uint32_t>& site_ids,
                                           bool force) override;
-  absl::StatusOr<std::vector<SiteReport>> ListSites() override;
-  absl::StatusOr<std::vector<ScanCandidateReport>> Scan() override;
+  absl::StatusOr<std::vector<engine::ManagedSite>> ListSites() override;
+  absl::StatusOr<std::vector<engine::ManagedSite>> Scan() override;
   ControllerStatus Status() override;
   absl::StatusOr<std::vector<ControllerEvent>> Poll(absl::Duration timeout) override;
   void Interrupt() override;
@@ -60,7 +60,6 @@ class EngineDomainController : public DomainController {
 
  private:
   absl::Status EnsureAttached();
-  std::vector<SiteReport> Reports() const;
   // Waits until `timeout` passes or Interrupt() is called.
   void IdleWait(absl::Duration timeout);
   // A kHostCopiesState event when libvirt holds the domain paused to copy its state.

@@ -1,5 +1,7 @@
 // A site as one domain's patching session keeps it: the site itself, what tprd knows about it
 // (its disassembly, how often it ran, why it is not patched) and whether a breakpoint waits on it.
+// The daemon reports sites as this type too (DomainController, snapshots, events); only the
+// service translates it, into tprd.v1.Site.
 #ifndef TPRD_DAEMON_ENGINE_MANAGED_SITE_H_
 #define TPRD_DAEMON_ENGINE_MANAGED_SITE_H_
 

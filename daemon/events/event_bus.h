@@ -21,12 +21,15 @@
 
 namespace tprd::daemon {
 
+// What a WatchEvents subscriber gets. What it adds to ControllerEvent: when, which domain and in
+// which state, and the events no session makes (state changes, lifecycle, lost events), so that
+// one bus serves every domain.
 struct DomainEvent {
   enum class Kind : uint8_t { kSite, kState, kLifecycle, kError, kEventsLost };
   Kind kind = Kind::kState;
   absl::Time time;
   DomainInfo domain;
-  std::optional<SiteReport> site;  // kSite
+  std::optional<engine::ManagedSite> site;  // kSite
   DomainState state = DomainState::kUnpatched;
   std::string lifecycle;  // kLifecycle: LifecycleName()
   std::string message;

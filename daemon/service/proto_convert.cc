@@ -60,8 +60,8 @@ tprd::v1::SiteState ToProto(engine::SiteState state) {
   return tprd::v1::SITE_STATE_UNSPECIFIED;
 }
 
-void ToProto(const SiteReport& report, tprd::v1::Site* out) {
-  const engine::Site& site = report.site;
+void ToProto(const engine::ManagedSite& managed, tprd::v1::Site* out) {
+  const engine::Site& site = managed.site;
   out->set_id(site.id);
   out->set_address(site.address);
   out->set_form(ToProto(site.form));
@@ -72,9 +72,9 @@ void ToProto(const SiteReport& report, tprd::v1::Site* out) {
   out->set_register_(has_register ? std::string(engine::GprName(site.reg)) : "");
   out->set_original(std::string(site.original.begin(), site.original.end()));
   out->set_patched(std::string(site.patched.begin(), site.patched.end()));
-  out->set_disassembly(report.disassembly);
+  out->set_disassembly(managed.disassembly);
   out->set_state(ToProto(site.state));
-  out->set_hits(report.hits);
+  out->set_hits(managed.hits);
 }
 
 tprd::v1::Strategy ToProto(RequestedStrategy strategy) {
@@ -108,7 +108,7 @@ void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainStatus* out) {
                                                ? engine::Strategy::kExact
                                                : snapshot.status.strategy)
                                  : tprd::v1::STRATEGY_UNSPECIFIED);
-  for (const SiteReport& site : snapshot.sites) {
+  for (const engine::ManagedSite& site : snapshot.sites) {
     switch (site.site.state) {
       case engine::SiteState::kCandidate:
         out->set_sites_candidate(out->sites_candidate() + 1);

@@ -1,4 +1,6 @@
-// Conversions between the daemon's types and tprd.v1 messages.
+// Conversions between the daemon's types and tprd.v1 messages. The messages are a rung of their
+// own: they are the API's vocabulary, and protobuf stays out of every layer below the service
+// (actor, events, domain, engine), so this file is the one place that translates.
 #ifndef TPRD_DAEMON_SERVICE_PROTO_CONVERT_H_
 #define TPRD_DAEMON_SERVICE_PROTO_CONVERT_H_
 
@@ -11,7 +13,7 @@
 namespace tprd::daemon {
 
 void ToProto(const DomainInfo& domain, tprd::v1::DomainRef* out);
-void ToProto(const SiteReport& site, tprd::v1::Site* out);
+void ToProto(const engine::ManagedSite& site, tprd::v1::Site* out);
 void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainStatus* out);
 void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainSummary* out);
 void ToProto(const DomainEvent& event, tprd::v1::Event* out);

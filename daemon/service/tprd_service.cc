@@ -58,7 +58,7 @@ grpc::Status TprdService::EnablePatching(grpc::ServerContext* context,
   if (!result.ok()) return ToGrpcStatus(result.status());
   registry_->ReadIntent(result->after);
   ToProto(result->after, response->mutable_status());
-  for (const SiteReport& site : result->sites) ToProto(site, response->add_sites());
+  for (const engine::ManagedSite& site : result->sites) ToProto(site, response->add_sites());
   return grpc::Status::OK;
 }
 
@@ -94,10 +94,12 @@ grpc::Status TprdService::ListSites(grpc::ServerContext*, const tprd::v1::ListSi
   auto snapshot = registry_->Describe(request->domain());
   if (!snapshot.ok()) return ToGrpcStatus(snapshot.status());
   ToProto(snapshot->domain, response->mutable_domain());
-  std::vector<SiteReport> sites = snapshot->sites;
+  std::vector<engine::ManagedSite> sites = snapshot->sites;
   std::sort(sites.begin(), sites.end(),
-            [](const SiteReport& a, const SiteReport& b) { return a.site.id < b.site.id; });
-  for (const SiteReport& site : sites) ToProto(site, response->add_sites());
+            [](const engine::ManagedSite& a, const engine::ManagedSite& b) {
+              return a.site.id < b.site.id;
+            });
+  for (const engine::ManagedSite& site : sites) ToProto(site, response->add_sites());
   return grpc::Status::OK;
 }
 
@@ -108,11 +110,11 @@ grpc::Status TprdService::Scan(grpc::ServerContext* context, const tprd::v1::Sca
   auto candidates = (*actor)->Scan(DeadlineOf(context));
   if (!candidates.ok()) return ToGrpcStatus(candidates.status());
   ToProto((*actor)->Snapshot().domain, response->mutable_domain());
-  for (const ScanCandidateReport& candidate : *candidates) {
+  for (const engine::ManagedSite& candidate : *candidates) {
     auto* out = response->add_candidates();
-    ToProto(candidate.site, out->mutable_site());
-    out->set_patchable(candidate.patchable);
-    out->set_reason(candidate.reason);
+    ToProto(candidate, out->mutable_site());
+    out->set_patchable(candidate.note.empty());
+    out->set_reason(candidate.note);
   }
   return grpc::Status::OK;
 }

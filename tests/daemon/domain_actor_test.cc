@@ -211,7 +211,7 @@ TEST_F(DomainActorTest, SitePatchedOnFirstExecutionIsPublished) {
   auto events = bus_.Subscribe("");
   ControllerEvent late;
   late.kind = ControllerEvent::Kind::kSiteChanged;
-  late.site = SiteReport{};
+  late.site = engine::ManagedSite{};
   late.site->site.id = 42;
   late.site->site.address = 0x80600000;
   late.site->site.state = engine::SiteState::kApplied;
@@ -277,7 +277,7 @@ TEST_F(DomainActorTest, RollbackNamingAnUnknownSiteIsRefusedAndLeavesTheDomainAl
   const DomainSnapshot after = actor->Snapshot();
   EXPECT_EQ(after.state, DomainState::kPatched);
   EXPECT_EQ(after.last_error, "") << "a caller's unknown id is not the domain's error";
-  for (const SiteReport& site : after.sites) {
+  for (const engine::ManagedSite& site : after.sites) {
     EXPECT_EQ(site.site.state, engine::SiteState::kApplied) << "site " << site.site.id;
   }
   auto entries_after = Journal::ReadAll(journal_->path(), nullptr);

@@ -27,7 +27,7 @@ class InProcessTprd {
   void Start() {
     guest = hypervisor.AddDomain("winxp-01", "aaaaaaaa-0000-0000-0000-000000000001", true);
     fakes::AddFakeCandidates(*guest, 3);
-    guest->unpatchable.push_back({LookAlike(), false, "SIB addressing"});
+    guest->unpatchable.push_back(LookAlike());
     hypervisor.AddDomain("winxp-off", "aaaaaaaa-0000-0000-0000-000000000002", false);
     auto opened = Journal::Open(dir.File(Journal::kFileName));
     ASSERT_TRUE(opened.ok()) << opened.status();
@@ -50,13 +50,14 @@ class InProcessTprd {
   }
 
   // `mov eax, [0xFFFE0080+eiz*1]`: reads the TPR, but through SIB addressing tprd does not patch.
-  static SiteReport LookAlike() {
-    SiteReport report;
+  static engine::ManagedSite LookAlike() {
+    engine::ManagedSite report;
     report.site.id = 100;
     report.site.address = 0x80700010;
     report.site.form = engine::Form::kMovRegFromMem;
     report.site.original = {0x8B, 0x04, 0x25, 0x80, 0x00, 0xFE, 0xFF};
     report.disassembly = "mov eax, dword ptr [0xFFFE0080+eiz*1]";
+    report.note = "SIB addressing";
     return report;
   }
 

@@ -10,8 +10,7 @@ using daemon::ControllerEvent;
 using daemon::ControllerStatus;
 using daemon::DomainInfo;
 using daemon::RequestedStrategy;
-using daemon::ScanCandidateReport;
-using daemon::SiteReport;
+using engine::ManagedSite;
 
 bool FakeGuest::WaitUntil(const std::function<bool()>& condition,
                           std::chrono::milliseconds timeout) {
@@ -39,7 +38,7 @@ void FakeGuest::PushPollEvent(ControllerEvent event) {
 
 void AddFakeCandidates(FakeGuest& guest, int count) {
   for (int i = 0; i < count; ++i) {
-    SiteReport report;
+    ManagedSite report;
     report.site.id = static_cast<uint32_t>(i);
     report.site.address = 0x80501000u + 0x40u * static_cast<uint32_t>(i);
     if (i % 2 == 0) {
@@ -65,7 +64,7 @@ FakeDomainController::FakeDomainController(std::shared_ptr<FakeGuest> guest,
 
 bool FakeDomainController::PatchedLocked() const {
   return guest_->blob_present &&
-         std::any_of(guest_->sites.begin(), guest_->sites.end(), [](const SiteReport& s) {
+         std::any_of(guest_->sites.begin(), guest_->sites.end(), [](const ManagedSite& s) {
            return s.site.state == engine::SiteState::kApplied;
          });
 }
@@ -87,7 +86,7 @@ absl::StatusOr<bool> FakeDomainController::Adopt(std::optional<engine::Strategy>
   return patched;
 }
 
-absl::StatusOr<std::vector<SiteReport>> FakeDomainController::Enable(
+absl::StatusOr<std::vector<ManagedSite>> FakeDomainController::Enable(
     const daemon::EnableOptions& options) {
   std::unique_lock<std::mutex> lock(guest_->mu);
   ++guest_->enables;
@@ -116,16 +115,16 @@ absl::StatusOr<std::vector<SiteReport>> FakeDomainController::Enable(
       break;
   }
   if (options.dry_run) return guest_->candidates;
-  std::vector<SiteReport> done;
-  for (const SiteReport& candidate : guest_->candidates) {
+  std::vector<ManagedSite> done;
+  for (const ManagedSite& candidate : guest_->candidates) {
     auto existing =
         std::find_if(guest_->sites.begin(), guest_->sites.end(),
-                     [&](const SiteReport& s) { return s.site.id == candidate.site.id; });
+                     [&](const ManagedSite& s) { return s.site.id == candidate.site.id; });
     if (existing != guest_->sites.end() && existing->site.state == engine::SiteState::kApplied) {
       done.push_back(*existing);  // already patched: enable is idempotent
       continue;
     }
-    SiteReport site = candidate;
+    ManagedSite site = candidate;
     site.site.state = engine::SiteState::kPending;
     if (recorder_ != nullptr) {
       absl::Status recorded = recorder_->RecordSite(site.site);
@@ -156,14 +155,14 @@ absl::StatusOr<daemon::RollbackResult> FakeDomainController::Rollback(
   std::lock_guard<std::mutex> lock(guest_->mu);
   for (uint32_t id : site_ids) {
     const bool known = std::any_of(guest_->sites.begin(), guest_->sites.end(),
-                                   [id](const SiteReport& s) { return s.site.id == id; });
+                                   [id](const ManagedSite& s) { return s.site.id == id; });
     if (!known) {
       return absl::NotFoundError(
           absl::StrCat("site ", id, " does not exist on this domain; list them with tprctl sites"));
     }
   }
   daemon::RollbackResult result;
-  for (SiteReport& site : guest_->sites) {
+  for (ManagedSite& site : guest_->sites) {
     const bool wanted = site_ids.empty() ||
                         std::find(site_ids.begin(), site_ids.end(), site.site.id) != site_ids.end();
     if (!wanted || site.site.state != engine::SiteState::kApplied) continue;
@@ -184,18 +183,15 @@ absl::StatusOr<daemon::RollbackResult> FakeDomainController::Rollback(
   return result;
 }
 
-absl::StatusOr<std::vector<SiteReport>> FakeDomainController::ListSites() {
+absl::StatusOr<std::vector<ManagedSite>> FakeDomainController::ListSites() {
   std::lock_guard<std::mutex> lock(guest_->mu);
   return guest_->sites;
 }
 
-absl::StatusOr<std::vector<ScanCandidateReport>> FakeDomainController::Scan() {
+absl::StatusOr<std::vector<ManagedSite>> FakeDomainController::Scan() {
   std::lock_guard<std::mutex> lock(guest_->mu);
-  std::vector<ScanCandidateReport> found;
-  for (const SiteReport& candidate : guest_->candidates) {
-    found.push_back({candidate, true, ""});
-  }
-  for (const ScanCandidateReport& look_alike : guest_->unpatchable) found.push_back(look_alike);
+  std::vector<ManagedSite> found = guest_->candidates;
+  found.insert(found.end(), guest_->unpatchable.begin(), guest_->unpatchable.end());
   return found;
 }
 
@@ -232,7 +228,7 @@ absl::StatusOr<std::vector<ControllerEvent>> FakeDomainController::Poll(absl::Du
     if (event.kind != ControllerEvent::Kind::kSiteChanged || !event.site) continue;
     auto existing =
         std::find_if(guest_->sites.begin(), guest_->sites.end(),
-                     [&](const SiteReport& s) { return s.site.id == event.site->site.id; });
+                     [&](const ManagedSite& s) { return s.site.id == event.site->site.id; });
     if (existing != guest_->sites.end()) {
       *existing = *event.site;
     } else {

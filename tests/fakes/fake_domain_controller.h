@@ -30,16 +30,16 @@ struct FakeGuest {
   std::condition_variable changed;
 
   // What a scan finds: patchable candidates (Enable patches them all) ...
-  std::vector<daemon::SiteReport> candidates;
-  // ... and look-alikes it reports but never patches.
-  std::vector<daemon::ScanCandidateReport> unpatchable;
+  std::vector<engine::ManagedSite> candidates;
+  // ... and look-alikes it reports but never patches (each with its note saying why).
+  std::vector<engine::ManagedSite> unpatchable;
   bool cr8legacy = false;
 
   // Guest memory: the blob's presence, its strategy word, the sites in its table.
   bool blob_present = false;
   engine::Strategy strategy_word = engine::Strategy::kExact;
   engine::Strategy chosen_strategy = engine::Strategy::kExact;  // what tprd keeps it at
-  std::vector<daemon::SiteReport> sites;
+  std::vector<engine::ManagedSite> sites;
   std::set<uint32_t> tampered;  // site ids whose bytes changed behind tprd's back
   bool traps_armed = false;
 
@@ -75,12 +75,12 @@ class FakeDomainController : public daemon::DomainController {
   FakeDomainController(std::shared_ptr<FakeGuest> guest, engine::PatchRecorder* recorder);
 
   absl::StatusOr<bool> Adopt(std::optional<engine::Strategy> strategy_hint) override;
-  absl::StatusOr<std::vector<daemon::SiteReport>> Enable(
+  absl::StatusOr<std::vector<engine::ManagedSite>> Enable(
       const daemon::EnableOptions& options) override;
   absl::StatusOr<daemon::RollbackResult> Rollback(const std::vector<uint32_t>& site_ids,
                                                   bool force) override;
-  absl::StatusOr<std::vector<daemon::SiteReport>> ListSites() override;
-  absl::StatusOr<std::vector<daemon::ScanCandidateReport>> Scan() override;
+  absl::StatusOr<std::vector<engine::ManagedSite>> ListSites() override;
+  absl::StatusOr<std::vector<engine::ManagedSite>> Scan() override;
   daemon::ControllerStatus Status() override;
   absl::StatusOr<std::vector<daemon::ControllerEvent>> Poll(absl::Duration timeout) override;
   void Interrupt() override;
