@@ -1,26 +1,19 @@
 // tprctl as a user runs it: the built binary as a subprocess against a real gRPC server with the
 // daemon's TprdService over FakeHypervisor / FakeDomainController, on a unix socket in a temp
 // dir. Checks output formats and exit codes (docs/usage.md).
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "daemon/actor/domain_registry.h"
 #include "daemon/server/api_server.h"
 #include "daemon/service/tprd_service.h"
@@ -29,8 +22,7 @@
 #include "tests/daemon/in_process_tprd.h"
 #include "tests/daemon/test_dir.h"
 #include "tests/fakes/fake_domain_controller.h"
-
-extern char** environ;
+#include "tests/support/subprocess.h"
 
 #ifndef TPRCTL_PATH
 #error "TPRCTL_PATH is defined by cli/CMakeLists.txt"
@@ -43,142 +35,18 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
 using Json = nlohmann::json;
-using Clock = std::chrono::steady_clock;
+using Clock = tprd::testing::ChildProcess::Clock;
+using tprd::testing::RunResult;
 
 constexpr auto kProcessTimeout = std::chrono::seconds(30);
 
-// A tprctl process with its stdout and stderr captured. Every wait is bounded.
-class TprctlProcess {
- public:
-  // `environment_overrides` are NAME=VALUE entries; TPRD_SOCKET from the test's own
-  // environment is never passed on, so tests decide it.
-  TprctlProcess(const std::vector<std::string>& args,
-                const std::vector<std::string>& environment_overrides = {}) {
-    int out_pipe[2], err_pipe[2];
-    if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) return;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
-    posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
-
-    std::vector<std::string> argv_strings = {TPRCTL_PATH};
-    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& arg : argv_strings) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-
-    std::vector<std::string> env_strings;
-    for (char** entry = environ; *entry != nullptr; ++entry) {
-      if (std::string_view(*entry).starts_with("TPRD_SOCKET=")) continue;
-      env_strings.emplace_back(*entry);
-    }
-    env_strings.insert(env_strings.end(), environment_overrides.begin(),
-                       environment_overrides.end());
-    std::vector<char*> envp;
-    for (auto& entry : env_strings) envp.push_back(entry.data());
-    envp.push_back(nullptr);
-
-    if (posix_spawn(&pid_, TPRCTL_PATH, &actions, nullptr, argv.data(), envp.data()) != 0) {
-      pid_ = -1;
-    }
-    posix_spawn_file_actions_destroy(&actions);
-    ::close(out_pipe[1]);
-    ::close(err_pipe[1]);
-    out_fd_ = out_pipe[0];
-    err_fd_ = err_pipe[0];
-  }
-
-  ~TprctlProcess() {
-    if (pid_ > 0 && !exit_code_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    if (out_fd_ >= 0) ::close(out_fd_);
-    if (err_fd_ >= 0) ::close(err_fd_);
-  }
-
-  bool started() const { return pid_ > 0; }
-  const std::string& out() const { return out_; }
-  const std::string& err() const { return err_; }
-
-  // Reads output until `done` holds or `deadline`; returns whether `done` held.
-  template <typename Predicate>
-  bool ReadUntil(Predicate done, Clock::time_point deadline) {
-    while (!done()) {
-      if (!PumpOnce(deadline)) return done();
-    }
-    return true;
-  }
-
-  // Complete lines of stdout so far.
-  std::vector<std::string> OutLines() const {
-    std::vector<std::string> lines;
-    std::istringstream stream(out_);
-    std::string line;
-    while (std::getline(stream, line)) lines.push_back(line);
-    if (!out_.empty() && out_.back() != '\n' && !lines.empty()) lines.pop_back();
-    return lines;
-  }
-
-  void Signal(int signal_number) {
-    if (pid_ > 0) ::kill(pid_, signal_number);
-  }
-
-  // Drains the output and reaps the process; nullopt if it did not end in time.
-  std::optional<int> Wait(Clock::time_point deadline = Clock::now() + kProcessTimeout) {
-    if (!started()) return std::nullopt;
-    while (out_fd_ >= 0 || err_fd_ >= 0) {
-      if (!PumpOnce(deadline)) return std::nullopt;
-    }
-    while (Clock::now() < deadline) {
-      int status = 0;
-      const pid_t reaped = ::waitpid(pid_, &status, WNOHANG);
-      if (reaped == pid_) {
-        exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        return exit_code_;
-      }
-      // The pipes are closed, so the process is exiting: yield briefly.
-      ::poll(nullptr, 0, 10);
-    }
-    return std::nullopt;
-  }
-
- private:
-  // Waits for output on either pipe and appends it; false at the deadline or with both closed.
-  bool PumpOnce(Clock::time_point deadline) {
-    std::vector<pollfd> fds;
-    if (out_fd_ >= 0) fds.push_back({out_fd_, POLLIN, 0});
-    if (err_fd_ >= 0) fds.push_back({err_fd_, POLLIN, 0});
-    if (fds.empty()) return false;
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
-    if (::poll(fds.data(), fds.size(), static_cast<int>(left)) <= 0) return false;
-    for (const pollfd& fd : fds) {
-      if (fd.revents == 0) continue;
-      char buffer[4096];
-      const ssize_t got = ::read(fd.fd, buffer, sizeof buffer);
-      const bool is_out = fd.fd == out_fd_;
-      if (got > 0) {
-        (is_out ? out_ : err_).append(buffer, static_cast<size_t>(got));
-      } else {
-        ::close(fd.fd);
-        (is_out ? out_fd_ : err_fd_) = -1;
-      }
-    }
-    return true;
-  }
-
-  pid_t pid_ = -1;
-  int out_fd_ = -1, err_fd_ = -1;
-  std::string out_, err_;
-  std::optional<int> exit_code_;
-};
-
-struct RunResult {
-  int exit_code = -1;
-  std::string out, err;
-};
+// The test decides the socket: a TPRD_SOCKET of the test's own environment is never passed on.
+tprd::testing::ChildProcess StartTprctl(const std::vector<std::string>& args,
+                                        const std::vector<std::string>& environment = {}) {
+  std::vector<std::string> argv = {TPRCTL_PATH};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return tprd::testing::ChildProcess(argv, {.set = environment, .unset = {"TPRD_SOCKET"}});
+}
 
 class TprctlTest : public ::testing::Test {
  protected:
@@ -190,10 +58,10 @@ class TprctlTest : public ::testing::Test {
   // Runs tprctl with `args` (no socket added) to completion.
   static RunResult RunRaw(const std::vector<std::string>& args,
                           const std::vector<std::string>& environment = {}) {
-    TprctlProcess process(args, environment);
+    tprd::testing::ChildProcess process = StartTprctl(args, environment);
     RunResult result;
     EXPECT_TRUE(process.started()) << "cannot start " << TPRCTL_PATH;
-    std::optional<int> code = process.Wait();
+    std::optional<int> code = process.Wait(Clock::now() + kProcessTimeout);
     EXPECT_TRUE(code.has_value()) << "tprctl did not finish within " << kProcessTimeout.count()
                                   << " s; stderr: " << process.err();
     result.exit_code = code.value_or(-1);
@@ -241,17 +109,14 @@ TEST_F(TprctlTest, MetricsIsPrometheusTextThatSaysWhatStatusSays) {
   ASSERT_EQ(metrics.exit_code, 0) << metrics.err;
   EXPECT_EQ(metrics.err, "");
   const std::string text = tprd_.dir.File("metrics.txt");
-  const std::string parsed = tprd_.dir.File("parsed.txt");
   {
     std::ofstream file(text);
     file << metrics.out;
   }
-  const std::string command =
-      absl::StrCat("/usr/bin/python3 ", PARSE_METRICS_PY, " ", text, " >", parsed, " 2>&1");
-  const int rc = std::system(command.c_str());
-  std::ifstream in(parsed);
-  const std::string samples((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  ASSERT_EQ(rc, 0) << samples << "\n" << metrics.out;
+  const RunResult parsed = tprd::testing::Run({"/usr/bin/python3", PARSE_METRICS_PY, text});
+  const std::string& samples = parsed.out;
+  const int rc = parsed.exit_code;
+  ASSERT_EQ(rc, 0) << samples << parsed.err << "\n" << metrics.out;
   EXPECT_THAT(samples, HasSubstr("tprd_domain_info gauge tprd_domain_info{domain=winxp-01,"
                                  "state=patched,strategy=mmio,uuid="));
   EXPECT_THAT(samples, HasSubstr("tprd_sites gauge tprd_sites{domain=winxp-01,state=applied} 3\n"));
@@ -480,8 +345,8 @@ TEST_F(TprctlTest, UsageErrorsExit2) {
   };
   for (const auto& args : bad) {
     RunResult result = Run(args);
-    EXPECT_EQ(result.exit_code, 2) << testing::PrintToString(args) << ": " << result.err;
-    EXPECT_THAT(result.err, StartsWith("tprctl: ")) << testing::PrintToString(args);
+    EXPECT_EQ(result.exit_code, 2) << ::testing::PrintToString(args) << ": " << result.err;
+    EXPECT_THAT(result.err, StartsWith("tprctl: ")) << ::testing::PrintToString(args);
   }
   // Empty domain reaches the daemon, which calls it malformed: usage too.
   EXPECT_EQ(Run({"status", ""}).exit_code, 2);
@@ -520,7 +385,8 @@ TEST_F(TprctlTest, DecodeStillWorksAndHonoursTheGlobalJson) {
 }
 
 TEST_F(TprctlTest, WatchJsonPrintsOneObjectPerEventUntilInterrupted) {
-  TprctlProcess watch({"--socket", socket(), "--json", "watch", "winxp-01"});
+  tprd::testing::ChildProcess watch =
+      StartTprctl({"--socket", socket(), "--json", "watch", "winxp-01"});
   ASSERT_TRUE(watch.started());
   // The subscription is live once an event comes through: nudge with lifecycle events until one
   // does, bounded.
@@ -546,7 +412,7 @@ TEST_F(TprctlTest, WatchJsonPrintsOneObjectPerEventUntilInterrupted) {
       << "site events missing; stdout: " << watch.out();
 
   watch.Signal(SIGINT);
-  std::optional<int> code = watch.Wait();
+  std::optional<int> code = watch.Wait(Clock::now() + kProcessTimeout);
   ASSERT_TRUE(code.has_value()) << "tprctl watch did not stop on SIGINT";
   EXPECT_EQ(*code, 0) << watch.err();
   for (const std::string& line : watch.OutLines()) {

@@ -1,6 +1,7 @@
 #include "tests/support/subprocess.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -8,7 +9,9 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <set>
 #include <sstream>
+#include <string_view>
 
 extern char** environ;
 
@@ -25,6 +28,20 @@ std::vector<char*> Argv(const std::vector<std::string>& args) {
 std::string TempPath(const char* what) {
   static int counter = 0;
   return "/tmp/tprd-run-" + std::to_string(getpid()) + "-" + std::to_string(counter++) + "." + what;
+}
+
+// NAME of a NAME=VALUE entry.
+std::string_view NameOf(std::string_view entry) { return entry.substr(0, entry.find('=')); }
+
+std::vector<std::string> ChildEnv(const ChildEnvironment& environment) {
+  std::set<std::string_view> dropped(environment.unset.begin(), environment.unset.end());
+  for (const std::string& entry : environment.set) dropped.insert(NameOf(entry));
+  std::vector<std::string> env;
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    if (dropped.count(NameOf(*entry)) == 0) env.emplace_back(*entry);
+  }
+  env.insert(env.end(), environment.set.begin(), environment.set.end());
+  return env;
 }
 
 double Seconds() {
@@ -87,6 +104,102 @@ std::string ReadFile(const std::string& path, uint64_t from) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   return buffer.str();
+}
+
+ChildProcess::ChildProcess(const std::vector<std::string>& args,
+                           const ChildEnvironment& environment) {
+  if (args.empty()) return;
+  int out_pipe[2], err_pipe[2];
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0) return;
+  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    ::close(out_pipe[0]);
+    ::close(out_pipe[1]);
+    return;
+  }
+  const std::vector<std::string> env = ChildEnv(environment);
+  std::vector<char*> argv = Argv(args), envp = Argv(env);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
+  if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), envp.data()) != 0) pid_ = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  out_fd_ = out_pipe[0];
+  err_fd_ = err_pipe[0];
+}
+
+ChildProcess::~ChildProcess() {
+  if (pid_ > 0 && !exit_code_) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  if (out_fd_ >= 0) ::close(out_fd_);
+  if (err_fd_ >= 0) ::close(err_fd_);
+}
+
+std::vector<std::string> ChildProcess::OutLines() const {
+  std::vector<std::string> lines;
+  std::istringstream stream(out_);
+  std::string line;
+  while (std::getline(stream, line)) lines.push_back(line);
+  if (!out_.empty() && out_.back() != '\n' && !lines.empty()) lines.pop_back();
+  return lines;
+}
+
+bool ChildProcess::ReadUntil(const std::function<bool()>& done, Clock::time_point deadline) {
+  while (!done()) {
+    if (!ReadSome(deadline)) return done();
+  }
+  return true;
+}
+
+void ChildProcess::Signal(int signal_number) {
+  if (pid_ > 0) ::kill(pid_, signal_number);
+}
+
+std::optional<int> ChildProcess::Wait(Clock::time_point deadline) {
+  if (!started()) return std::nullopt;
+  if (exit_code_) return exit_code_;
+  while (out_fd_ >= 0 || err_fd_ >= 0) {
+    if (!ReadSome(deadline)) return std::nullopt;
+  }
+  while (Clock::now() < deadline) {
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return exit_code_;
+    }
+    // The pipes are closed, so the child is exiting: yield briefly.
+    ::poll(nullptr, 0, 10);
+  }
+  return std::nullopt;
+}
+
+bool ChildProcess::ReadSome(Clock::time_point deadline) {
+  std::vector<pollfd> fds;
+  if (out_fd_ >= 0) fds.push_back({out_fd_, POLLIN, 0});
+  if (err_fd_ >= 0) fds.push_back({err_fd_, POLLIN, 0});
+  if (fds.empty()) return false;
+  const auto left =
+      std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  if (left <= 0) return false;
+  if (::poll(fds.data(), fds.size(), static_cast<int>(left)) <= 0) return false;
+  for (const pollfd& fd : fds) {
+    if (fd.revents == 0) continue;
+    char buffer[4096];
+    const ssize_t got = ::read(fd.fd, buffer, sizeof buffer);
+    const bool is_out = fd.fd == out_fd_;
+    if (got > 0) {
+      (is_out ? out_ : err_).append(buffer, static_cast<size_t>(got));
+    } else {
+      ::close(fd.fd);
+      (is_out ? out_fd_ : err_fd_) = -1;
+    }
+  }
+  return true;
 }
 
 uint64_t RssKib(pid_t pid) {
