@@ -419,7 +419,76 @@ absl::StatusOr<engine::StepResult> QemuGuestVm::StepVcpu(int vcpu, absl::Duratio
   absl::StatusOr<uint64_t> eip = gdb_->ReadRegister("eip");
   if (!eip.ok()) return eip.status();
   result.pc = static_cast<uint32_t>(*eip);
+  if (result.completed && result.watchpoint_reported) {
+    TPRD_RETURN_IF_ERROR(ConsumeStaleDebugInterrupt(vcpu, result.pc, timeout));
+  }
   return result;
+}
+
+absl::Status QemuGuestVm::ConsumeStaleDebugInterrupt(int vcpu, uint32_t pc,
+                                                     absl::Duration timeout) {
+  // QEMU 7.2 (TCG): when a single-stepped instruction hits a watchpoint, QEMU re-runs it and
+  // raises the vCPU's debug interrupt, but the step's own debug exception ends it first and the
+  // stop reports the hit; the raised interrupt stays pending. It fires at that vCPU's next run
+  // as a stop no trap explains, and after tprd has detached, with no debugger to resume it, the
+  // guest stays stopped in QEMU's "debug" state (seen in the HAL guest's cr8 SIGTERM case,
+  // QEMU's gdbstub trace; docs/design.md). So it is taken now: the vCPU runs alone with a
+  // breakpoint at its own pc, which stops it before any instruction whether or not the
+  // interrupt was pending (QEMU checks pending interrupts, then breakpoints, before a block),
+  // and with EFLAGS.IF clear meanwhile, so that no device interrupt runs its handler first
+  // (the caller has not fixed up the access yet). A step cannot do it: it would run the
+  // instruction at pc when nothing was pending.
+  constexpr uint64_t kEflagsIf = 1u << 9;
+  TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
+  absl::StatusOr<uint64_t> eflags = gdb_->ReadRegister("eflags");
+  if (!eflags.ok()) return eflags.status();
+  const bool unmask = (*eflags & kEflagsIf) != 0;
+  if (unmask) TPRD_RETURN_IF_ERROR(gdb_->WriteRegister("eflags", *eflags & ~kEflagsIf));
+  auto restore_eflags = [&]() -> absl::Status {
+    if (!unmask) return absl::OkStatus();
+    TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
+    TPRD_RETURN_IF_ERROR(gdb_->WriteRegister("eflags", *eflags));
+    absl::StatusOr<uint64_t> back = gdb_->ReadRegister("eflags");
+    if (!back.ok()) return back.status();
+    if (*back != *eflags) {
+      return absl::DataLossError(absl::StrCat("vCPU ", vcpu, "'s eflags read back 0x",
+                                              absl::Hex(*back), " after tprd restored 0x",
+                                              absl::Hex(*eflags)));
+    }
+    return absl::OkStatus();
+  };
+  const bool own_breakpoint = !breakpoints_.count(pc);
+  if (own_breakpoint) {
+    if (absl::Status inserted = gdb_->InsertBreakpoint(pc); !inserted.ok()) {
+      (void)restore_eflags();
+      return inserted;
+    }
+  }
+  absl::StatusOr<GdbStepResult> run = gdb_->ContinueThread(threads_[vcpu], timeout);
+  selected_vcpu_ = -1;
+  if (!run.ok()) {
+    TPRD_RETURN_IF_ERROR(Gone());
+    return run.status();
+  }
+  absl::Status removed = own_breakpoint ? gdb_->RemoveBreakpoint(pc) : absl::OkStatus();
+  engine::StopEvent event = ToStopEvent(run->stop);
+  if (event.kind == engine::StopEvent::Kind::kGone) {
+    pending_stop_ = event;
+    return Gone().ok() ? absl::UnavailableError("domain gone") : Gone();
+  }
+  absl::Status moved = absl::OkStatus();
+  if (!run->completed) {
+    // Not this vCPU's stop at its pc: a host pause, or its run timed out (it cannot, with the
+    // breakpoint in front of it). Kept for WaitForStop like any foreign stop.
+    if (event.kind != engine::StopEvent::Kind::kInterrupted) pending_stop_ = event;
+  } else if (event.pc != pc) {
+    moved = absl::InternalError(absl::StrCat("vCPU ", vcpu, " ran from 0x", absl::Hex(pc), " to 0x",
+                                             absl::Hex(event.pc),
+                                             " while tprd cleared its pending debug interrupt"));
+  }
+  absl::Status restored = restore_eflags();
+  if (!moved.ok()) return moved;
+  return restored.ok() ? removed : restored;
 }
 
 absl::StatusOr<engine::StopEvent> QemuGuestVm::RunVcpuAlone(int vcpu, absl::Duration timeout) {

@@ -101,6 +101,9 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   absl::Status CheckNotPausedByHost();
   // StepVcpu's and RunVcpuAlone's preconditions: stopped, a known vCPU, no stop pending.
   absl::Status CheckCanRunAlone(int vcpu);
+  // After a step that reported a watchpoint hit: takes the debug interrupt QEMU left pending on
+  // that vCPU, with no instruction run (see the .cc).
+  absl::Status ConsumeStaleDebugInterrupt(int vcpu, uint32_t pc, absl::Duration timeout);
   engine::StopEvent ToStopEvent(const GdbStopReply& reply);
   // A stop QEMU reported with SIGTRAP (breakpoint, watchpoint, step) leaves its run state
   // "debug"; our interrupt and the host's `stop` leave it "paused".

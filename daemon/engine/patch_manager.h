@@ -37,9 +37,10 @@ struct EnableRequest {
   Strategy strategy = Strategy::kMmio;  // already resolved from "auto" by the caller
   bool dry_run = false;
   // Leaving cr8: wake a halted CPU alone (WakeAlone) instead of only letting the whole guest run
-  // a moment. Off by default: with it on, clean-clone runs left a guest paused after its cr8
-  // rollback (ciL, cause not found; docs/design.md). Unit tests turn it on.
-  bool wake_halted_cpus_alone = false;
+  // a moment. Off in 2026-12-06's first builds: runs left a guest paused after leaving cr8 (ciL);
+  // the cause was a debug interrupt QEMU left pending after a stepped watchpoint hit, which the
+  // backend now takes at the step (QemuGuestVm::ConsumeStaleDebugInterrupt; docs/design.md).
+  bool wake_halted_cpus_alone = true;
   // The learning window: an access watchpoint on the TPR, before anything is patched, proves
   // hot sites (patched together in the enable's single stop) and finds accesses the scan cannot
   // patch: a reader cr8 cannot fix up refuses cr8; a writer mmio cannot patch that runs often

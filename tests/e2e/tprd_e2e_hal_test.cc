@@ -120,7 +120,11 @@ std::vector<HalCase> Cases(const std::string& strategy) {
   if (!Soak()) {
     // Seed 3 places a hot writer across a page boundary (seed % 3 == 0, docs/hal-guest.md).
     cases = {{strategy, 1, 1}, {strategy, 2, 2}, {strategy, 4, 3}};
-    if (strategy == "cr8") cases.push_back({strategy, 2, RandomSeed(), true});
+    if (strategy == "cr8") {
+      cases.push_back({strategy, 2, RandomSeed(), true});
+      // Every CPU halted most of the time: what leaving cr8 meets on an idle machine.
+      cases.push_back({strategy, 4, 7, false, true});
+    }
   } else {
     for (int vcpus : {1, 2, 4}) {
       for (uint32_t seed = 1; seed <= 6; ++seed) cases.push_back({strategy, vcpus, seed});
@@ -724,10 +728,10 @@ class HalE2e {
     EXPECT_EQ(s.state, "unpatched") << when << ": after a full rollback: " << s.raw;
     EXPECT_TRUE(s.strategy.empty() || s.strategy == "exact")
         << when << ": after a full rollback: " << s.raw;
-    // Not yet required: an empty last_error ("vCPU N's TPR reads 0x40 instead of 0x41 ...: it
-    // stayed halted" is still possible on an idle guest; docs/design.md).
-    if (!s.last_error.empty())
-      Say() << when << ": last_error after the rollback: " << s.last_error << std::endl;
+    // Leaving cr8 wakes each halted CPU alone so that its real TPR gets its low nibble back;
+    // "vCPU N's TPR reads 0x40 instead of 0x41 ... it stayed halted" here is a wrong value
+    // the guest may read (docs/design.md).
+    EXPECT_EQ(s.last_error, "") << when << ": after the rollback: " << s.raw;
   }
 
   // `tprctl --json watch DOMAIN` into watch.log, for the logs kept on failure. A watch ends with
@@ -1131,6 +1135,8 @@ INSTANTIATE_TEST_SUITE_P(Hal, HalRebootTest, ::testing::ValuesIn(RebootCases()),
 
 std::vector<HalCase> SigtermCases() {
   // The idle case: systemd stopping tprd on an idle host meets halted CPUs under cr8.
+  // The idle case is in the soak only: it failed 1 run in 3 with two wrong reads on one CPU at
+  // the SIGTERM (2026-12-06, open; docs/design.md).
   if (!Soak()) return {{"cr8", 2, 2}, {"mmio", 2, 3}};
   return {{"cr8", 1, 1},
           {"cr8", 4, 3},
