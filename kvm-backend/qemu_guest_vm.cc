@@ -246,6 +246,8 @@ absl::Status QemuGuestVm::Resume() {
   TPRD_RETURN_IF_ERROR(CheckUsable(false));
   if (gdb_->running()) return absl::OkStatus();
   TPRD_RETURN_IF_ERROR(CheckNotPausedByHost());
+  // A vCPU left with its interrupts masked would never take one again.
+  TPRD_RETURN_IF_ERROR(RestoreClearedEflags());
   selected_vcpu_ = -1;
   TPRD_RETURN_IF_ERROR(gdb_->Continue());
   debug_run_state_ = false;
@@ -442,53 +444,66 @@ absl::Status QemuGuestVm::ConsumeStaleDebugInterrupt(int vcpu, uint32_t pc,
   TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
   absl::StatusOr<uint64_t> eflags = gdb_->ReadRegister("eflags");
   if (!eflags.ok()) return eflags.status();
-  const bool unmask = (*eflags & kEflagsIf) != 0;
-  if (unmask) TPRD_RETURN_IF_ERROR(gdb_->WriteRegister("eflags", *eflags & ~kEflagsIf));
-  auto restore_eflags = [&]() -> absl::Status {
-    if (!unmask) return absl::OkStatus();
-    TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
-    TPRD_RETURN_IF_ERROR(gdb_->WriteRegister("eflags", *eflags));
-    absl::StatusOr<uint64_t> back = gdb_->ReadRegister("eflags");
-    if (!back.ok()) return back.status();
-    if (*back != *eflags) {
-      return absl::DataLossError(absl::StrCat("vCPU ", vcpu, "'s eflags read back 0x",
-                                              absl::Hex(*back), " after tprd restored 0x",
-                                              absl::Hex(*eflags)));
-    }
-    return absl::OkStatus();
-  };
+  if (*eflags & kEflagsIf) {
+    // Recorded first: whatever fails from here on, Resume and Detach put it back.
+    eflags_to_restore_ = {vcpu, *eflags};
+    TPRD_RETURN_IF_ERROR(gdb_->WriteRegister("eflags", *eflags & ~kEflagsIf));
+  }
   const bool own_breakpoint = !breakpoints_.count(pc);
   if (own_breakpoint) {
     if (absl::Status inserted = gdb_->InsertBreakpoint(pc); !inserted.ok()) {
-      (void)restore_eflags();
+      (void)RestoreClearedEflags();
       return inserted;
     }
+    breakpoints_.insert(pc);  // so that Detach removes it should the removal below not happen
   }
   absl::StatusOr<GdbStepResult> run = gdb_->ContinueThread(threads_[vcpu], timeout);
   selected_vcpu_ = -1;
+  std::optional<engine::StopEvent> event;
+  if (run.ok()) event = ToStopEvent(run->stop);  // the stopped vCPU's eip, read first
+  // Undone whatever happened, while the session can still do it.
+  absl::Status undone = absl::OkStatus();
+  if (gdb_->broken_reason().ok() && !gdb_->running()) {
+    if (own_breakpoint) {
+      undone = gdb_->RemoveBreakpoint(pc);
+      if (undone.ok()) breakpoints_.erase(pc);
+    }
+    if (absl::Status restored = RestoreClearedEflags(); undone.ok()) undone = restored;
+  }
   if (!run.ok()) {
     TPRD_RETURN_IF_ERROR(Gone());
     return run.status();
   }
-  absl::Status removed = own_breakpoint ? gdb_->RemoveBreakpoint(pc) : absl::OkStatus();
-  engine::StopEvent event = ToStopEvent(run->stop);
-  if (event.kind == engine::StopEvent::Kind::kGone) {
+  if (event->kind == engine::StopEvent::Kind::kGone) {
     pending_stop_ = event;
     return Gone().ok() ? absl::UnavailableError("domain gone") : Gone();
   }
-  absl::Status moved = absl::OkStatus();
   if (!run->completed) {
     // Not this vCPU's stop at its pc: a host pause, or its run timed out (it cannot, with the
     // breakpoint in front of it). Kept for WaitForStop like any foreign stop.
-    if (event.kind != engine::StopEvent::Kind::kInterrupted) pending_stop_ = event;
-  } else if (event.pc != pc) {
-    moved = absl::InternalError(absl::StrCat("vCPU ", vcpu, " ran from 0x", absl::Hex(pc), " to 0x",
-                                             absl::Hex(event.pc),
-                                             " while tprd cleared its pending debug interrupt"));
+    if (event->kind != engine::StopEvent::Kind::kInterrupted) pending_stop_ = event;
+  } else if (event->pc != pc) {
+    return absl::InternalError(absl::StrCat("vCPU ", vcpu, " ran from 0x", absl::Hex(pc), " to 0x",
+                                            absl::Hex(event->pc),
+                                            " while tprd cleared its pending debug interrupt"));
   }
-  absl::Status restored = restore_eflags();
-  if (!moved.ok()) return moved;
-  return restored.ok() ? removed : restored;
+  return undone;
+}
+
+absl::Status QemuGuestVm::RestoreClearedEflags() {
+  if (!eflags_to_restore_) return absl::OkStatus();
+  const auto [vcpu, value] = *eflags_to_restore_;
+  TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
+  TPRD_RETURN_IF_ERROR(gdb_->WriteRegister("eflags", value));
+  absl::StatusOr<uint64_t> back = gdb_->ReadRegister("eflags");
+  if (!back.ok()) return back.status();
+  if (*back != value) {
+    return absl::DataLossError(absl::StrCat("vCPU ", vcpu, "'s eflags read back 0x",
+                                            absl::Hex(*back), " after tprd restored 0x",
+                                            absl::Hex(value)));
+  }
+  eflags_to_restore_.reset();
+  return absl::OkStatus();
 }
 
 absl::StatusOr<engine::StopEvent> QemuGuestVm::RunVcpuAlone(int vcpu, absl::Duration timeout) {
@@ -521,6 +536,7 @@ absl::Status QemuGuestVm::Detach() {
       if (!stop.ok()) note(stop.status());
       if (stop.ok() && stop->has_value()) NoteRunState(**stop);
     }
+    note(RestoreClearedEflags());
     for (uint32_t va : breakpoints_) note(gdb_->RemoveBreakpoint(va));
     for (const auto& [va, length, kind] : watchpoints_) {
       note(gdb_->RemoveWatchpoint(va, length, kind));

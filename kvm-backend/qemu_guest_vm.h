@@ -104,6 +104,9 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   // After a step that reported a watchpoint hit: takes the debug interrupt QEMU left pending on
   // that vCPU, with no instruction run (see the .cc).
   absl::Status ConsumeStaleDebugInterrupt(int vcpu, uint32_t pc, absl::Duration timeout);
+  // Puts back the EFLAGS.IF that ConsumeStaleDebugInterrupt cleared, if it is still cleared
+  // (read back); a no-op otherwise.
+  absl::Status RestoreClearedEflags();
   engine::StopEvent ToStopEvent(const GdbStopReply& reply);
   // A stop QEMU reported with SIGTRAP (breakpoint, watchpoint, step) leaves its run state
   // "debug"; our interrupt and the host's `stop` leave it "paused".
@@ -126,6 +129,8 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   bool debug_run_state_ = false;                   // QEMU's run state is "debug" (see NoteRunState)
   std::optional<engine::StopEvent> pending_stop_;  // a stop that arrived during Stop()/StepVcpu()
   std::set<uint32_t> breakpoints_;
+  // The vCPU and eflags ConsumeStaleDebugInterrupt cleared IF in, until they are restored.
+  std::optional<std::pair<int, uint64_t>> eflags_to_restore_;
   std::set<std::tuple<uint32_t, uint32_t, engine::WatchKind>> watchpoints_;
   uint64_t fast_physical_reads_ = 0;
 

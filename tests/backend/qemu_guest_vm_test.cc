@@ -219,21 +219,26 @@ void ScriptStepOfVcpu1(FakeByteStream& stub, const std::string& stop, uint32_t p
       .ExpectCommand("p8", Le32(pc));
 }
 
-// What follows a step of vCPU 1 at 0x80501236 that reported a watchpoint hit: eflags 0x246
-// read, IF cleared, a breakpoint at the pc, vCPU 1 run alone and stopped there (its eip then
-// read back as `pc_after`), the breakpoint removed, eflags restored and read back.
-void ScriptTakingThePendingDebugInterrupt(FakeByteStream& stub, uint32_t pc_after) {
+// After a step of vCPU 1 at 0x80501236 that reported a watchpoint hit: eflags 0x246 read, IF
+// cleared, a breakpoint at the pc, and vCPU 1 run alone (its stop is each test's own).
+void ScriptMaskedRunOfVcpu1AtItsPc(FakeByteStream& stub) {
   stub.ExpectCommand("p9", Le32(0x246))
       .ExpectCommand("P9=46000000", "OK")
       .ExpectCommand("Z0,80501236,1", "OK")
       .ExpectCommand("Hcp01.02", "OK")
       .ExpectWrite(EncodeGdbPacket("vCont;c:p01.02"))
-      .Send("+")
-      .Send(EncodeGdbPacket("T05thread:p01.02;"))
+      .Send("+");
+}
+
+// The whole of it: stopped there (its eip read as `pc_after`), the breakpoint removed, eflags
+// restored and read back.
+void ScriptTakingThePendingDebugInterrupt(FakeByteStream& stub, uint32_t pc_after) {
+  ScriptMaskedRunOfVcpu1AtItsPc(stub);
+  stub.Send(EncodeGdbPacket("T05thread:p01.02;"))
       .ExpectWrite("+")
-      .ExpectCommand("z0,80501236,1", "OK")
       .ExpectCommand("Hgp01.02", "OK")
       .ExpectCommand("p8", Le32(pc_after))
+      .ExpectCommand("z0,80501236,1", "OK")
       .ExpectCommand("P9=46020000", "OK")
       .ExpectCommand("p9", Le32(0x246));
 }
@@ -273,6 +278,27 @@ TEST_F(QemuGuestVmTest, TakingThePendingDebugInterruptRefusesAVcpuThatMoved) {
   ScriptTakingThePendingDebugInterrupt(stub_, 0x80501240);
   absl::StatusOr<engine::StepResult> step = vm_->StepVcpu(1, absl::Seconds(1));
   EXPECT_TRUE(absl::IsInternal(step.status())) << step.status();
+  ExpectScriptDone();
+}
+
+// The stub refuses the run: the breakpoint goes and the vCPU's interrupts are unmasked again
+// at once, and the error is said.
+TEST_F(QemuGuestVmTest, ARefusedRunWhileTakingThePendingInterruptStillRestoresTheVcpu) {
+  Attach();
+  ScriptStepOfVcpu1(stub_, "T05thread:p01.02;awatch:fffe0080;", 0x80501236);
+  ScriptMaskedRunOfVcpu1AtItsPc(stub_);
+  stub_.Send(EncodeGdbPacket("E22"))
+      .ExpectWrite("+")
+      .ExpectCommand("z0,80501236,1", "OK")
+      .ExpectCommand("Hgp01.02", "OK")
+      .ExpectCommand("P9=46020000", "OK")
+      .ExpectCommand("p9", Le32(0x246));
+  absl::StatusOr<engine::StepResult> step = vm_->StepVcpu(1, absl::Seconds(1));
+  EXPECT_FALSE(step.ok());
+  ExpectScriptDone();
+  // Nothing is left to put back: Detach removes no breakpoint and writes no eflags.
+  stub_.ExpectCommand("D;1", "OK");
+  EXPECT_TRUE(vm_->Detach().ok());
   ExpectScriptDone();
 }
 
