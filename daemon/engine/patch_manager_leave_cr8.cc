@@ -221,10 +221,11 @@ void PatchManager::PokeRealTpr(const VcpuProfile& cpu) {
   if (s.ok()) s = vm_.WriteRegister(cpu.vcpu, WritableRegister::kEip, blob_.addresses().tpr_poke);
   absl::StatusOr<StepResult> step =
       s.ok() ? absl::StatusOr<StepResult>(absl::InternalError("not stepped")) : s;
-  // A vCPU with a watchpoint hit QEMU has not reported yet (an access it finished just as
-  // another vCPU's stop stopped it) reports that hit at its next run, before it executes
-  // anything: the step then "completes" still at the poke (seen in the 4-vCPU HAL e2e, about
-  // once in ten rollbacks; which access left that hit was not found). Step again.
+  // A vCPU with a debug stop QEMU has not delivered yet (an access it finished just as another
+  // vCPU's stop stopped it) takes it at its next run, before it executes anything: the step
+  // then "completes" still at the poke. Step again. (Seen in the 4-vCPU HAL e2e about once in
+  // ten rollbacks; most were the interrupt a stepped watchpoint hit left pending, which the
+  // QEMU backend now takes at that step, docs/design.md.)
   for (int attempt = 0; s.ok() && attempt < 3; ++attempt) {
     step = vm_.StepVcpu(cpu.vcpu, absl::Milliseconds(200));
     if (!step.ok() || !step->completed || step->pc != blob_.addresses().tpr_poke) break;
