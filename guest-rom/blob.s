@@ -18,9 +18,10 @@
 # ---- constants ----------------------------------------------------------------------------
         .globl MAGIC, LAYOUT_VERSION, HEADER_SIZE, TOTAL_SIZE, DATA_OFFSET
         .set MAGIC, 0x42525054              # "TPRB" little endian
-        .set LAYOUT_VERSION, 4              # 2: the data block may live apart (hdr_data_va);
+        .set LAYOUT_VERSION, 5              # 2: the data block may live apart (hdr_data_va);
                                             # 3: handler and_tpr_zero, site form 7 (83 /4);
-                                            # 4: TPR writes through tpr_write_va (data block)
+                                            # 4: TPR writes through tpr_write_va (data block);
+                                            # 5: per-CPU access counters (percpu_stats), 32 CPUs
         .set HEADER_SIZE, 0x84
         .set DATA_OFFSET, 0x1000            # first writable page; checksum covers [0, here)
         .set TOTAL_SIZE, 0x3000
@@ -42,7 +43,19 @@
         .set PCPU_READS, 2                  # u16: shadow reads left before the next guard check
         .set PCPU_MISMATCHES, 4             # u32: guard checks that found the shadow stale
         .set PCPU_SIZE, 8
-        .set PCPU_MAX, 64
+        .set PCPU_MAX, 32                   # 32-bit Windows runs at most 32 processors
+
+# Per-CPU access counters (u32, wrapping; the host reads them about once a second and adds the
+# differences), indexed like the per-CPU area and kept right after it, so that a handler holding
+# the entry pointer in ebx reaches its counters at PCPU_STATS_DELTA(%ebx). Written only by the
+# CPU they belong to, with interrupts off: no lock, no sharing.
+        .globl PCPU_STAT_NO_APIC, PCPU_STAT_APIC, PCPU_STAT_SIZE, PCPU_STATS_DELTA
+        .set PCPU_STAT_NO_APIC, 0           # served without the APIC's MMIO register: shadow
+                                            # reads (mmio fast path, cr8), CR8 writes (cr8)
+        .set PCPU_STAT_APIC, 4              # made to the APIC's MMIO register by the handlers:
+                                            # exact reads and writes, mmio writes, guard checks
+        .set PCPU_STAT_SIZE, 8
+        .set PCPU_STATS_DELTA, PCPU_MAX * PCPU_SIZE
 
 # Site table entry, indexed by the site id. An all-zero entry (length 0) is unused.
         .globl SITE_VA, SITE_LENGTH, SITE_FORM, SITE_REG, SITE_STATE, SITE_ORIGINAL, SITE_PATCHED
@@ -164,6 +177,7 @@ and_tpr_zero:
         jne     \slow
         subw    $1, percpu_area+PCPU_READS(,\dest,8)
         jbe     \slow                   # was 1 (due) or 0 (fresh entry): check now
+        incl    percpu_stats+PCPU_STAT_NO_APIC(,\dest,8)   # 8 = PCPU_STAT_SIZE (checked below)
         movzbl  percpu_area+PCPU_SHADOW(,\dest,8), \dest
         .endm
 
@@ -224,6 +238,7 @@ get_tpr_stack:
         jne     .Lget_stack_slow
         subw    $1, percpu_area+PCPU_READS(,%ecx,8)
         jbe     .Lget_stack_slow
+        incl    percpu_stats+PCPU_STAT_NO_APIC(,%ecx,8)
         movzbl  percpu_area+PCPU_SHADOW(,%ecx,8), %ecx
 .Lget_stack_done:
         movl    %ecx, 12(%esp)
@@ -253,6 +268,7 @@ tpr_read_slow:
         cmpl    $STRATEGY_CR8, %eax
         je      .Lread_shadow
         # exact (or an unknown word: the safe choice): real read, keep the shadow current
+        incl    PCPU_STATS_DELTA+PCPU_STAT_APIC(%ebx)
         movl    tpr_va, %eax
         movb    %al, PCPU_SHADOW(%ebx)
         jmp     .Lread_done
@@ -260,6 +276,7 @@ tpr_read_slow:
         # mmio, the guard is due: restart its count, then compare the real TPR with the shadow
         movl    hdr_guard_period, %eax
         movw    %ax, PCPU_READS(%ebx)
+        incl    PCPU_STATS_DELTA+PCPU_STAT_APIC(%ebx)
         movl    tpr_va, %eax
         movzbl  %al, %eax
         cmpb    %al, PCPU_SHADOW(%ebx)
@@ -270,6 +287,7 @@ tpr_read_slow:
         movl    $STRATEGY_EXACT, strategy_word
         jmp     .Lread_done
 .Lread_shadow:
+        incl    PCPU_STATS_DELTA+PCPU_STAT_NO_APIC(%ebx)
         movzbl  PCPU_SHADOW(%ebx), %eax
 .Lread_done:
         popl    %ebx
@@ -298,8 +316,10 @@ tpr_write_core:
         shrl    $4, %eax                # CR8 = TPR[7:4]
         .byte   0xF0, 0x0F, 0x22, 0xC0  # lock mov cr0, eax = mov cr8, eax (AMD AltMovCr8)
         popl    %eax
+        incl    PCPU_STATS_DELTA+PCPU_STAT_NO_APIC(%ebx)
         jmp     .Lwrite_shadow
 .Lwrite_mmio:
+        incl    PCPU_STATS_DELTA+PCPU_STAT_APIC(%ebx)
         pushl   %ecx
         movl    tpr_write_va, %ecx
         movl    %eax, (%ecx)
@@ -338,7 +358,7 @@ hdr_data_va:            .long strategy_word     # base relocation (data block ba
 hdr_data_pa:            .long 0                 # set at install
 
 # ---- writable data (pages 1-2) ------------------------------------------------------------
-        .globl strategy_word, tpr_write_va, percpu_area, site_table, blob_end
+        .globl strategy_word, tpr_write_va, percpu_area, percpu_stats, site_table, blob_end
         .org    DATA_OFFSET, 0
 strategy_word:
         .long   STRATEGY_EXACT          # set at install; the mmio guard may store EXACT here
@@ -348,10 +368,15 @@ tpr_write_va:
         .balign 64, 0
 percpu_area:
         .fill   PCPU_MAX * PCPU_SIZE, 1, 0
+percpu_stats:
+        .fill   PCPU_MAX * PCPU_STAT_SIZE, 1, 0
 site_table:
         .fill   SITE_MAX * SITE_SIZE, 1, 0
         .org    TOTAL_SIZE, 0
 blob_end:
-        .if PCPU_SIZE != 8
+        .if PCPU_SIZE != 8 || PCPU_STAT_SIZE != 8
         .error "the handlers scale the CPU number by 8: update them"
+        .endif
+        .if percpu_stats - percpu_area != PCPU_STATS_DELTA
+        .error "percpu_stats must follow percpu_area: the handlers reach it from the entry"
         .endif

@@ -164,6 +164,7 @@ BlobAddresses BlobAddressesAt(uint32_t va, uint32_t data_va) {
   addresses.strategy_word = data_va + (TPRD_BLOB_STRATEGY_WORD - kBlobDataBlockOffset);
   addresses.tpr_write_va = data_va + (TPRD_BLOB_TPR_WRITE_VA - kBlobDataBlockOffset);
   addresses.percpu_area = data_va + (TPRD_BLOB_PERCPU_AREA - kBlobDataBlockOffset);
+  addresses.percpu_stats = data_va + (TPRD_BLOB_PERCPU_STATS - kBlobDataBlockOffset);
   addresses.site_table = va + TPRD_BLOB_SITE_TABLE;
   return addresses;
 }
@@ -261,6 +262,15 @@ absl::StatusOr<PerCpuEntry> DecodePerCpuEntry(absl::Span<const uint8_t> bytes) {
       static_cast<uint16_t>(bytes[TPRD_BLOB_PCPU_READS] | bytes[TPRD_BLOB_PCPU_READS + 1] << 8);
   entry.mismatches = LoadU32(bytes, TPRD_BLOB_PCPU_MISMATCHES);
   return entry;
+}
+
+absl::StatusOr<PerCpuStats> DecodePerCpuStats(absl::Span<const uint8_t> bytes) {
+  if (bytes.size() != kPerCpuStatsSize) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("per-CPU counters are %u bytes, got %u", kPerCpuStatsSize, bytes.size()));
+  }
+  return PerCpuStats{LoadU32(bytes, TPRD_BLOB_PCPU_STAT_NO_APIC),
+                     LoadU32(bytes, TPRD_BLOB_PCPU_STAT_APIC)};
 }
 
 absl::StatusOr<std::optional<Site>> DecodeSiteEntry(uint32_t id, absl::Span<const uint8_t> bytes) {

@@ -25,6 +25,7 @@ inline constexpr uint32_t kBlobMaxSites = TPRD_BLOB_SITE_MAX;
 inline constexpr uint32_t kBlobDefaultGuardPeriod = TPRD_BLOB_DEFAULT_GUARD_PERIOD;
 inline constexpr uint32_t kBlobMaxGuardPeriod = TPRD_BLOB_MAX_GUARD_PERIOD;
 inline constexpr uint32_t kPerCpuEntrySize = TPRD_BLOB_PCPU_SIZE;
+inline constexpr uint32_t kPerCpuStatsSize = TPRD_BLOB_PCPU_STAT_SIZE;
 inline constexpr uint32_t kSiteEntrySize = TPRD_BLOB_SITE_SIZE;
 inline constexpr uint32_t kSiteBytesMax = TPRD_BLOB_SITE_BYTES_MAX;
 // The data block: the only bytes the handlers write (strategy word, per-CPU area). It sits at
@@ -60,6 +61,7 @@ struct BlobAddresses {
   uint32_t strategy_word = 0;  // u32, engine::Strategy
   uint32_t tpr_write_va = 0;   // u32: where the handlers store the TPR (the TPR, or an alias)
   uint32_t percpu_area = 0;
+  uint32_t percpu_stats = 0;  // the per-CPU access counters (PerCpuStats), after percpu_area
   uint32_t site_table = 0;
 
   uint32_t PerCpuEntry(uint32_t cpu) const { return percpu_area + cpu * kPerCpuEntrySize; }
@@ -69,6 +71,7 @@ struct BlobAddresses {
   uint32_t PerCpuMismatches(uint32_t cpu) const {
     return PerCpuEntry(cpu) + TPRD_BLOB_PCPU_MISMATCHES;
   }
+  uint32_t PerCpuStatsEntry(uint32_t cpu) const { return percpu_stats + cpu * kPerCpuStatsSize; }
   uint32_t SiteEntry(uint32_t id) const { return site_table + id * kSiteEntrySize; }
   bool InHandlerCode(uint32_t eip) const { return eip >= code_start && eip < code_end; }
 };
@@ -115,6 +118,16 @@ struct PerCpuEntry {
 std::array<uint8_t, kPerCpuEntrySize> EncodePerCpuEntry(const PerCpuEntry& entry);
 // Fails only on a wrong size. Any nonzero enabled byte counts as enabled, as in the handlers.
 absl::StatusOr<PerCpuEntry> DecodePerCpuEntry(absl::Span<const uint8_t> bytes);
+
+// One CPU's access counters (docs/blob-format.md "Per-CPU counters"): u32s the handlers increment
+// with interrupts off and that wrap; the host adds differences.
+struct PerCpuStats {
+  uint32_t no_apic = 0;  // TPR accesses served without the APIC's MMIO register (shadow, CR8)
+  uint32_t apic = 0;     // TPR accesses the handlers made to the APIC's MMIO register
+  friend bool operator==(const PerCpuStats&, const PerCpuStats&) = default;
+};
+// Fails only on a wrong size.
+absl::StatusOr<PerCpuStats> DecodePerCpuStats(absl::Span<const uint8_t> bytes);
 
 // A site table entry holds a Site's id (its index), address, form, register, state, original
 // and patched bytes (1..kSiteBytesMax, equal lengths). imm is not stored: it is re-derived from

@@ -160,6 +160,15 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
   // return, and the Stop() after the loop hands the guest back to it stopped.
   TPRD_RETURN_IF_ERROR(vm_.Resume());
   const absl::Time deadline = clock_.Now() + request.learning_window;
+  // How long the guest ran in the window: from each resume to the stop that ends it, as tprd
+  // sees them (the "before" rate of docs/design.md "Rates and metrics").
+  absl::Duration ran;
+  absl::Time resumed = clock_.Now();
+  bool running = true;
+  auto stopped_now = [&] {
+    if (running) ran += clock_.Now() - resumed;
+    running = false;
+  };
   absl::Status verdict = absl::OkStatus();
   // mmio keeps a write watchpoint: an unpatchable writer is correct there but stops the guest
   // at each run, so only one that runs often refuses mmio.
@@ -227,9 +236,17 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
     absl::StatusOr<std::optional<StopEvent>> stop = vm_.WaitForStop(left);
     if (!stop.ok()) return stop.status();
     if (!stop->has_value()) break;
+    stopped_now();
     TPRD_RETURN_IF_ERROR(learn(**stop));
-    if (verdict.ok()) TPRD_RETURN_IF_ERROR(vm_.Resume());
+    if (verdict.ok()) {
+      TPRD_RETURN_IF_ERROR(vm_.Resume());
+      resumed = clock_.Now();
+      running = true;
+    }
   }
+  stopped_now();
+  status_.learning_hits = hits;
+  status_.learning_run = ran;
   TPRD_RETURN_IF_ERROR(vm_.Stop());
   // A hit that raced with that stop would otherwise be delivered after the enable, and decoded
   // against code patched meanwhile: it is part of the window.

@@ -99,7 +99,21 @@ struct ManagerStatus {
   uint64_t unpatched_write_stops = 0;  // mmio: write watchpoint stops at unpatchable writers
   uint64_t real_tpr_restores = 0;      // leaving cr8: real TPRs set back to their shadows
   uint64_t shadow_resyncs = 0;         // mmio: shadows set from the real TPR after such a write
-  bool proving_window_open = false;    // since enable: every candidate keeps its breakpoint
+  // TPR accesses, counted where each can be (docs/design.md "Rates and metrics"). The guest's
+  // per-CPU counters (blob layout 5), summed over CPUs since the blob went in, as last read:
+  uint64_t handler_accesses_without_apic = 0;  // shadow reads, CR8 writes
+  uint64_t handler_accesses_to_apic = 0;       // exact path, mmio writes, guard checks
+  // Watchpoint stops at TPR accesses no handler made (cr8: every unpatched access; mmio: every
+  // unpatched write; unpatched reads under mmio and every unpatched access under exact are not
+  // seen by anything).
+  uint64_t unpatched_accesses_seen = 0;
+  absl::Time counters_read_at = absl::InfinitePast();  // when the guest's counters were read
+  // The learning window of the enable that placed the blob (before the first patch): watchpoint
+  // hits and the time the guest ran during it (from each resume to the next stop tprd received,
+  // so it includes the gdbstub's round trips: hits / run time is a lower bound of the rate).
+  uint64_t learning_hits = 0;
+  absl::Duration learning_run;
+  bool proving_window_open = false;  // since enable: every candidate keeps its breakpoint
   std::string last_error;
 };
 
@@ -254,6 +268,9 @@ class PatchManager {
   // word and guard counters, so the status says what the guest does. A flip of mmio to exact by
   // the guest's guard is reported once and sticks until the operator enables again.
   void WatchGuestWord(std::vector<ManagerEvent>& events);
+  // Part of WatchGuestWord: the guest's per-CPU access counters into the status (differences
+  // since the last read, so their u32 wraps are harmless while tprd reads once a second).
+  void ReadGuestCounters();
   // Ends a stop (the guest runs again), noting a failure in the status's last error.
   absl::Status ResumeGuest(StoppedGuestScope& stopped);
   // vm_.Stop(), then the fix-ups of a cr8 watchpoint hit that raced with the stop: its stop
@@ -294,6 +311,7 @@ class PatchManager {
   EnableRequest request_;
   uint64_t unfixable_reads_ = 0;
   std::optional<absl::Time> next_word_check_;
+  std::vector<PerCpuStats> counters_seen_;  // the guest's counters as last read, per CPU
   // The guest's guard found a stale shadow under mmio in this boot (its mismatch counters, kept
   // in guest memory): mmio stays off until the operator asks for it again.
   bool guard_rejected_mmio_ = false;

@@ -221,6 +221,27 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
   return true;
 }
 
+void PatchManager::ReadGuestCounters() {
+  const uint32_t cpus = blob_.placement().cpu_count;
+  std::vector<uint8_t> raw(size_t{cpus} * kPerCpuStatsSize);
+  if (!vm_.ReadPhysicalLive(blob_.DataBlockPhysical(blob_.addresses().PerCpuStatsEntry(0)),
+                            absl::MakeSpan(raw))
+           .ok()) {
+    return;
+  }
+  // Counted from 0 when the blob went in; a guest adopted later brings what it counted since.
+  counters_seen_.resize(cpus);
+  for (uint32_t cpu = 0; cpu < cpus; ++cpu) {
+    absl::StatusOr<PerCpuStats> now = DecodePerCpuStats(
+        absl::MakeConstSpan(raw).subspan(size_t{cpu} * kPerCpuStatsSize, kPerCpuStatsSize));
+    if (!now.ok()) return;
+    status_.handler_accesses_without_apic += uint32_t(now->no_apic - counters_seen_[cpu].no_apic);
+    status_.handler_accesses_to_apic += uint32_t(now->apic - counters_seen_[cpu].apic);
+    counters_seen_[cpu] = *now;
+  }
+  status_.counters_read_at = clock_.Now();
+}
+
 void PatchManager::WatchGuestWord(std::vector<ManagerEvent>& events) {
   if (!blob_.installed()) return;
   const absl::Time now = clock_.Now();
@@ -249,6 +270,7 @@ void PatchManager::WatchGuestWord(std::vector<ManagerEvent>& events) {
     if (entry->mismatches > 0) absl::StrAppend(&per_cpu, " CPU ", cpu, ": ", entry->mismatches);
   }
   status_.guard_mismatches = mismatches;
+  ReadGuestCounters();
   const Strategy seen = static_cast<Strategy>(word);
   if (seen == status_.strategy) return;
   if (word > static_cast<uint32_t>(Strategy::kCr8)) {

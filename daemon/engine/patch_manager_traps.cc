@@ -93,6 +93,7 @@ absl::Status PatchManager::HandleWatchpoint(int vcpu, uint32_t pc,
   if (!blob_.installed() || !profile_) return absl::OkStatus();
   // A CPU on the exact path inside the handlers: nothing to fix.
   if (blob_.addresses().InHandlerCode(pc)) return absl::OkStatus();
+  if (reported) ++status_.unpatched_accesses_seen;
   absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
   if (!regs.ok()) return regs.status();
   // A stop delivered late (it raced with the removal of a watchpoint, and the guest ran on):
@@ -203,6 +204,7 @@ absl::Status PatchManager::HandleUnpatchedWrite(int vcpu, uint32_t pc,
                                                 std::vector<ManagerEvent>& events) {
   if (!blob_.installed() || !profile_) return absl::OkStatus();
   if (blob_.addresses().InHandlerCode(pc)) return absl::OkStatus();
+  ++status_.unpatched_accesses_seen;
   absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
   if (!regs.ok()) return regs.status();
   if (regs->eip == pc) {

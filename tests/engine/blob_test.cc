@@ -66,7 +66,7 @@ std::vector<BlobPlacement> SeveralPlacements() {
 
 TEST(BlobLayoutTest, FitsTheBudgetAndKeepsDataOffTheCodePage) {
   EXPECT_LE(kBlobSize, 12u * 1024);
-  EXPECT_GE(kBlobMaxCpus, 64u);
+  EXPECT_GE(kBlobMaxCpus, 32u);  // 32-bit Windows runs at most 32 processors
   EXPECT_GE(kBlobMaxSites, 256u);
   const BlobAddresses a = BlobAddressesAt(0x800E8000);
   EXPECT_EQ(a.data_start % 0x1000, 0u);
@@ -74,7 +74,8 @@ TEST(BlobLayoutTest, FitsTheBudgetAndKeepsDataOffTheCodePage) {
   EXPECT_GE(a.code_start, a.va + TPRD_BLOB_HEADER_SIZE);
   EXPECT_GE(a.strategy_word, a.data_start);
   EXPECT_GE(a.percpu_area, a.strategy_word + 4);
-  EXPECT_GE(a.site_table, a.PerCpuEntry(kBlobMaxCpus));
+  EXPECT_GE(a.percpu_stats, a.PerCpuEntry(kBlobMaxCpus));
+  EXPECT_GE(a.site_table, a.PerCpuStatsEntry(kBlobMaxCpus));
   EXPECT_LE(a.SiteEntry(kBlobMaxSites), a.va + kBlobSize);
   EXPECT_EQ(a.end, a.va + kBlobSize);
 }
@@ -727,22 +728,29 @@ class HandlerCodeChecker {
       if (op.mem.segment == ZYDIS_REGISTER_FS && !interrupts_off) {
         Fail(name, address, "reads fs:[...] without cli");
       }
-      // ebx holds the per-CPU entry pointer: only touched with interrupts off, within an entry.
+      // ebx holds the per-CPU entry pointer: only touched with interrupts off, within an entry
+      // or within its counters (PCPU_STATS_DELTA further on).
       if (op.mem.base == ZYDIS_REGISTER_EBX) {
         if (!interrupts_off) Fail(name, address, "touches the per-CPU entry without cli");
-        if (op.mem.index != ZYDIS_REGISTER_NONE || disp >= kPerCpuEntrySize) {
+        const bool in_entry = disp < kPerCpuEntrySize;
+        const bool in_stats = disp >= uint32_t{TPRD_BLOB_PCPU_STATS_DELTA} &&
+                              disp < uint32_t{TPRD_BLOB_PCPU_STATS_DELTA} + kPerCpuStatsSize;
+        if (op.mem.index != ZYDIS_REGISTER_NONE || !(in_entry || in_stats)) {
           Fail(name, address, "ebx-relative access outside a per-CPU entry");
         }
       }
-      // The fast read paths index the per-CPU area by the CPU number: [percpu_area + field +
-      // cpu*8], with interrupts off and within one entry's fields.
+      // The fast read paths index the per-CPU area (and its counters) by the CPU number:
+      // [percpu_area + field + cpu*8], with interrupts off and within one entry's fields.
       const bool per_cpu_indexed = op.mem.base == ZYDIS_REGISTER_NONE &&
                                    op.mem.index != ZYDIS_REGISTER_NONE &&
                                    op.mem.segment != ZYDIS_REGISTER_FS;
       if (per_cpu_indexed) {
         if (!interrupts_off) Fail(name, address, "indexes the per-CPU area without cli");
-        if (op.mem.scale != kPerCpuEntrySize || disp < blob_.addresses.percpu_area ||
-            disp >= blob_.addresses.percpu_area + kPerCpuEntrySize) {
+        const bool in_entry = disp >= blob_.addresses.percpu_area &&
+                              disp < blob_.addresses.percpu_area + kPerCpuEntrySize;
+        const bool in_stats = disp >= blob_.addresses.percpu_stats &&
+                              disp < blob_.addresses.percpu_stats + kPerCpuStatsSize;
+        if (op.mem.scale != kPerCpuEntrySize || !(in_entry || in_stats)) {
           Fail(name, address, "indexed access that is not a per-CPU entry field");
         }
       }
@@ -931,7 +939,9 @@ std::string SymName(const Sym& v) {
 }
 
 struct TprEvent {
-  enum class Kind { kShadowStore, kTprStore, kCr8Write };
+  // kTprLoad: an MMIO read of the TPR. kCountNoApic / kCountApic: an increment of this CPU's
+  // access counters (percpu_stats).
+  enum class Kind { kShadowStore, kTprStore, kCr8Write, kTprLoad, kCountNoApic, kCountApic };
   Kind kind;
   Sym value;
 };
@@ -1059,6 +1069,31 @@ class SymbolicRunner {
                                  disp == blob_.addresses.percpu_area + TPRD_BLOB_PCPU_SHADOW;
     if ((shadow_by_pointer || shadow_by_index) && op.size == 8) {
       path.events.push_back({TprEvent::Kind::kShadowStore, value});
+    }
+    // The access counters, by the entry pointer or indexed by the CPU number.
+    for (const auto& [field, kind] :
+         {std::pair{uint32_t{TPRD_BLOB_PCPU_STAT_NO_APIC}, TprEvent::Kind::kCountNoApic},
+          std::pair{uint32_t{TPRD_BLOB_PCPU_STAT_APIC}, TprEvent::Kind::kCountApic}}) {
+      const bool by_pointer = op.mem.base == ZYDIS_REGISTER_EBX &&
+                              op.mem.index == ZYDIS_REGISTER_NONE &&
+                              disp == uint32_t{TPRD_BLOB_PCPU_STATS_DELTA} + field;
+      const bool by_index = op.mem.base == ZYDIS_REGISTER_NONE &&
+                            op.mem.index != ZYDIS_REGISTER_NONE &&
+                            disp == blob_.addresses.percpu_stats + field;
+      if (by_pointer || by_index) path.events.push_back({kind, {}});
+    }
+  }
+
+  // A read of the TPR's own address: an MMIO access.
+  void Load(SymPath& path, const ZydisDecodedOperand& op) {
+    if (op.type != ZYDIS_OPERAND_TYPE_MEMORY || op.mem.type == ZYDIS_MEMOP_TYPE_AGEN ||
+        !(op.actions & ZYDIS_OPERAND_ACTION_MASK_READ)) {
+      return;
+    }
+    if (op.mem.base == ZYDIS_REGISTER_NONE && op.mem.index == ZYDIS_REGISTER_NONE &&
+        op.mem.segment != ZYDIS_REGISTER_FS &&
+        static_cast<uint32_t>(op.mem.disp.value) == LoadU32(blob_.bytes, TPRD_BLOB_HDR_TPR_VA)) {
+      path.events.push_back({TprEvent::Kind::kTprLoad, {}});
     }
   }
 
@@ -1226,6 +1261,7 @@ class SymbolicRunner {
       default:
         break;
     }
+    for (int i = 0; i < insn.operand_count; ++i) Load(path, ops[i]);
     // Registers and memory the instruction writes.
     for (int i = 0; i < insn.operand_count; ++i) {
       const ZydisDecodedOperand& op = ops[i];
@@ -1286,6 +1322,36 @@ std::vector<HandlerContract> Contracts(const HandlerTable& h) {
   return contracts;
 }
 
+// The access counters (docs/blob-format.md "Layout version 5") on every path: at most one
+// count; a path that counts kApic makes exactly one MMIO access of the TPR and one that counts
+// kNoApic none; a path that counts nothing is the plain MMIO access of a CPU out of range or not
+// enabled. Under mmio and cr8 some path of every handler counts kNoApic (reads: the shadow;
+// writes: CR8 under cr8). (tpr_read_slow branches on a register copy of the strategy word, so
+// the runner also walks its other strategies' branches: exact is not checked for their absence.)
+void CountBreaches(const std::vector<SymEnd>& ends, Strategy strategy,
+                   const HandlerContract& contract,
+                   const std::function<void(size_t, const std::string&)>& breach) {
+  bool some_no_apic = false;
+  for (size_t p = 0; p < ends.size(); ++p) {
+    int no_apic = 0, apic = 0, mmio = 0;
+    for (const TprEvent& event : ends[p].path.events) {
+      no_apic += event.kind == TprEvent::Kind::kCountNoApic;
+      apic += event.kind == TprEvent::Kind::kCountApic;
+      mmio += event.kind == TprEvent::Kind::kTprLoad || event.kind == TprEvent::Kind::kTprStore;
+    }
+    some_no_apic |= no_apic > 0;
+    if (no_apic + apic > 1) breach(p, absl::StrFormat("counts %d times", no_apic + apic));
+    if (apic == 1 && mmio != 1) breach(p, absl::StrFormat("counts an APIC access, makes %d", mmio));
+    if (no_apic == 1 && mmio != 0) {
+      breach(p, absl::StrFormat("counts an access without the APIC, makes %d", mmio));
+    }
+    if (no_apic + apic == 0 && mmio != 1) breach(p, "counts nothing and is not the plain access");
+  }
+  const bool may_skip_apic =
+      strategy != Strategy::kExact && !(strategy == Strategy::kMmio && contract.writes);
+  if (may_skip_apic && !some_no_apic) breach(0, "no path counts an access without the APIC");
+}
+
 // Every way the contract is broken on any path, as sentences; empty when kept.
 std::vector<std::string> ContractBreaches(const BlobInstance& blob, Strategy strategy,
                                           const HandlerContract& contract) {
@@ -1297,6 +1363,7 @@ std::vector<std::string> ContractBreaches(const BlobInstance& blob, Strategy str
                                        std::string(StrategyName(strategy)), path, what));
   };
   if (ends.empty()) breach(0, "no path returns");
+  CountBreaches(ends, strategy, contract, breach);
   bool cr8_writes = false, mmio_writes = false, shadow_writes = false;
   for (size_t p = 0; p < ends.size(); ++p) {
     const SymPath& path = ends[p].path;
@@ -1318,6 +1385,10 @@ std::vector<std::string> ContractBreaches(const BlobInstance& blob, Strategy str
     }
     int real_writes = 0;
     for (const TprEvent& event : path.events) {
+      if (event.kind == TprEvent::Kind::kTprLoad || event.kind == TprEvent::Kind::kCountNoApic ||
+          event.kind == TprEvent::Kind::kCountApic) {
+        continue;  // CountBreaches
+      }
       if (event.kind == TprEvent::Kind::kShadowStore) {
         shadow_writes = true;
         // Real TPR first: the host may set a stopped CPU's shadow from its real TPR at any
@@ -1345,6 +1416,18 @@ std::vector<std::string> ContractBreaches(const BlobInstance& blob, Strategy str
     if (!mmio_writes) breach(0, "no path writes the MMIO TPR (CPU out of range or disabled)");
   }
   return breaches;
+}
+
+TEST(BlobRecordsTest, PerCpuStatsDecode) {
+  std::array<uint8_t, kPerCpuStatsSize> bytes{};
+  bytes[TPRD_BLOB_PCPU_STAT_NO_APIC] = 0x01;
+  bytes[TPRD_BLOB_PCPU_STAT_NO_APIC + 3] = 0x80;
+  bytes[TPRD_BLOB_PCPU_STAT_APIC + 1] = 0x02;
+  auto stats = DecodePerCpuStats(bytes);
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->no_apic, 0x80000001u);
+  EXPECT_EQ(stats->apic, 0x200u);
+  EXPECT_FALSE(DecodePerCpuStats(absl::MakeConstSpan(bytes).subspan(1)).ok());
 }
 
 TEST(BlobHandlerContractTest, EveryHandlerKeepsRegistersFlagsAndStackUnderEveryStrategy) {
@@ -1377,12 +1460,19 @@ TEST(BlobHandlerContractTest, AndTprZeroWritesZeroAndLeavesTheFlagsOfAnAnd) {
     int enabled_paths = 0;
     for (const SymEnd& end : ends) {
       EXPECT_EQ(end.path.flags.kind, Sym::Kind::kZeroFlags);
-      if (end.path.events.size() != 2) continue;
+      std::vector<TprEvent> writes;  // the counters aside (CountBreaches)
+      for (const TprEvent& event : end.path.events) {
+        if (event.kind == TprEvent::Kind::kTprStore || event.kind == TprEvent::Kind::kCr8Write ||
+            event.kind == TprEvent::Kind::kShadowStore) {
+          writes.push_back(event);
+        }
+      }
+      if (writes.size() != 2) continue;
       ++enabled_paths;
-      EXPECT_EQ(end.path.events[0].kind,
+      EXPECT_EQ(writes[0].kind,
                 strategy == Strategy::kCr8 ? TprEvent::Kind::kCr8Write : TprEvent::Kind::kTprStore);
-      EXPECT_EQ(end.path.events[1].kind, TprEvent::Kind::kShadowStore);
-      for (const TprEvent& event : end.path.events) EXPECT_EQ(event.value.kind, Sym::Kind::kZero);
+      EXPECT_EQ(writes[1].kind, TprEvent::Kind::kShadowStore);
+      for (const TprEvent& event : writes) EXPECT_EQ(event.value.kind, Sym::Kind::kZero);
     }
     EXPECT_EQ(enabled_paths, 1);
   }
@@ -1445,6 +1535,40 @@ TEST(BlobHandlerContractTest, CheckerCatchesAWriteCoreThatLosesTheFlags) {
     EXPECT_THAT(ContractBreaches(broken, Strategy::kMmio, contract),
                 ::testing::Not(::testing::IsEmpty()));
   }
+}
+
+// The counting rules must see a fast path that stopped counting, and one that counts twice.
+TEST(BlobHandlerContractTest, CheckerCatchesWrongCounting) {
+  BlobPlacement placement = XpPlacement();
+  placement.strategy = Strategy::kMmio;
+  auto blob = InstantiateBlob(placement);
+  ASSERT_TRUE(blob.ok());
+  // get_tpr_eax's fast path: incl percpu_stats+NO_APIC(,%eax,8) = FF 04 C5 disp32.
+  const uint32_t start = blob->handlers.get_tpr[0] - blob->addresses.va;
+  const uint32_t disp = blob->addresses.percpu_stats + TPRD_BLOB_PCPU_STAT_NO_APIC;
+  uint32_t at = 0;
+  for (uint32_t i = start; i + 7 <= TPRD_BLOB_CODE_END && at == 0; ++i) {
+    if (blob->bytes[i] == 0xFF && blob->bytes[i + 1] == 0x04 && blob->bytes[i + 2] == 0xC5 &&
+        LoadU32(blob->bytes, i + 3) == disp) {
+      at = i;
+    }
+  }
+  ASSERT_NE(at, 0u) << "the fast path's count not found";
+  const HandlerContract contract = Contracts(blob->handlers)[4];  // get_tpr_eax
+  ASSERT_EQ(contract.name, "get_tpr_eax");
+  EXPECT_THAT(ContractBreaches(*blob, Strategy::kMmio, contract), ::testing::IsEmpty());
+
+  BlobInstance silent = *blob;
+  for (int i = 0; i < 7; ++i) silent.bytes[at + i] = 0x90;
+  EXPECT_THAT(ContractBreaches(silent, Strategy::kMmio, contract),
+              ::testing::Contains(HasSubstr("counts nothing and is not the plain access")));
+
+  // Counting the APIC field instead: a shadow read counted as an APIC access it never made.
+  BlobInstance wrong = *blob;
+  const uint32_t apic = blob->addresses.percpu_stats + TPRD_BLOB_PCPU_STAT_APIC;
+  for (int i = 0; i < 4; ++i) wrong.bytes[at + 3 + i] = static_cast<uint8_t>(apic >> (8 * i));
+  EXPECT_THAT(ContractBreaches(wrong, Strategy::kMmio, contract),
+              ::testing::Contains(HasSubstr("counts an APIC access, makes 0")));
 }
 
 }  // namespace

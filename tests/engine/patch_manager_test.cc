@@ -1297,6 +1297,33 @@ GuestWordAddresses FindGuestWord(const FakeGuestVm& vm, Strategy strategy) {
   return found;
 }
 
+// The guest's per-CPU access counters reach the status as sums of differences, read without
+// stopping the guest, across a u32 wrap; watchpoint stops at unpatched writers are counted too.
+TEST_F(PatchManagerTest, TheGuestsAccessCountersAreSummedAcrossAWrap) {
+  vm_.ClearWriteLog();
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  const GuestWordAddresses guest = FindGuestWord(vm_, Strategy::kMmio);
+  ASSERT_EQ(guest.per_cpu.size(), 2u);
+  const uint64_t cpu0 = guest.per_cpu[0] + TPRD_BLOB_PCPU_STATS_DELTA;
+  const uint64_t cpu1 = guest.per_cpu[1] + TPRD_BLOB_PCPU_STATS_DELTA;
+  vm_.BackdoorWrite32(cpu0 + TPRD_BLOB_PCPU_STAT_NO_APIC, 0xFFFFFFF0u);
+  vm_.BackdoorWrite32(cpu1 + TPRD_BLOB_PCPU_STAT_NO_APIC, 5);
+  vm_.BackdoorWrite32(cpu1 + TPRD_BLOB_PCPU_STAT_APIC, 7);
+  clock_.Advance(absl::Seconds(2));
+  ASSERT_TRUE(manager_.Poll(absl::ZeroDuration()).ok());
+  EXPECT_EQ(manager_.Status().handler_accesses_without_apic, 0xFFFFFFF0u + 5);
+  EXPECT_EQ(manager_.Status().handler_accesses_to_apic, 7u);
+  EXPECT_EQ(manager_.Status().counters_read_at, clock_.Now());
+
+  vm_.BackdoorWrite32(cpu0 + TPRD_BLOB_PCPU_STAT_NO_APIC, 0x10);  // wrapped: 0x20 more
+  clock_.Advance(absl::Seconds(2));
+  ASSERT_TRUE(manager_.Poll(absl::ZeroDuration()).ok());
+  EXPECT_EQ(manager_.Status().handler_accesses_without_apic, uint64_t{0xFFFFFFF0} + 5 + 0x20);
+  EXPECT_EQ(manager_.Status().handler_accesses_to_apic, 7u);
+}
+
 TEST_F(PatchManagerTest, AGuardFlipToExactIsWhatTheStatusSaysAndItSticksUntilTheNextEnable) {
   vm_.ClearWriteLog();
   EnableRequest request;
