@@ -83,26 +83,35 @@ Json SiteJson(const tprd::v1::Site& site) {
 }
 
 Json StatusJson(const tprd::v1::DomainStatus& status) {
-  return Json{{"domain", status.domain().name()},
-              {"uuid", status.domain().uuid()},
-              {"id", status.domain().id()},
-              {"running", status.running()},
-              {"state", OrNull(DomainStateWord(status.state()))},
-              {"strategy", OrNull(StrategyWord(status.strategy()))},
-              {"sites_candidate", status.sites_candidate()},
-              {"sites_pending", status.sites_pending()},
-              {"sites_applied", status.sites_applied()},
-              {"sites_rolled_back", status.sites_rolled_back()},
-              {"traps_handled", status.traps_handled()},
-              {"tpr_accesses_per_second_before", status.tpr_accesses_per_second_before()},
-              {"tpr_accesses_per_second_after", status.tpr_accesses_per_second_after()},
-              {"last_error", status.last_error()},
-              {"busy_with", status.busy_with()},
-              {"proving_window_open", status.proving_window_open()},
-              {"guard_mismatches", status.guard_mismatches()},
-              {"intent", IntentJson(status)},
-              {"intent_error", status.intent_error()},
-              {"intent_progress", status.intent_progress()}};
+  return Json{
+      {"domain", status.domain().name()},
+      {"uuid", status.domain().uuid()},
+      {"id", status.domain().id()},
+      {"running", status.running()},
+      {"state", OrNull(DomainStateWord(status.state()))},
+      {"strategy", OrNull(StrategyWord(status.strategy()))},
+      {"sites_candidate", status.sites_candidate()},
+      {"sites_pending", status.sites_pending()},
+      {"sites_applied", status.sites_applied()},
+      {"sites_rolled_back", status.sites_rolled_back()},
+      {"traps_handled", status.traps_handled()},
+      {"tpr_accesses_per_second_before", status.tpr_accesses_per_second_before()},
+      {"tpr_accesses_per_second_after", status.tpr_accesses_per_second_after()},
+      {"rates_sampled", status.rates_sampled()},
+      {"tpr_accesses_per_second_without_apic", status.tpr_accesses_per_second_without_apic()},
+      {"trap_stops_per_second", status.trap_stops_per_second()},
+      {"handler_accesses_without_apic", status.handler_accesses_without_apic()},
+      {"handler_accesses_to_apic", status.handler_accesses_to_apic()},
+      {"unpatched_accesses_seen", status.unpatched_accesses_seen()},
+      {"learning_window_hits", status.learning_window_hits()},
+      {"learning_window_run_seconds", status.learning_window_run_seconds()},
+      {"last_error", status.last_error()},
+      {"busy_with", status.busy_with()},
+      {"proving_window_open", status.proving_window_open()},
+      {"guard_mismatches", status.guard_mismatches()},
+      {"intent", IntentJson(status)},
+      {"intent_error", status.intent_error()},
+      {"intent_progress", status.intent_progress()}};
 }
 
 void PrintSites(const google::protobuf::RepeatedPtrField<tprd::v1::Site>& sites,
@@ -127,10 +136,27 @@ void PrintStatus(const tprd::v1::DomainStatus& status, std::ostream& out) {
   out << absl::StrFormat("sites:      %u applied, %u pending, %u candidates, %u rolled back\n",
                          status.sites_applied(), status.sites_pending(), status.sites_candidate(),
                          status.sites_rolled_back());
-  out << "traps:      " << status.traps_handled() << " handled\n";
-  out << absl::StrFormat("TPR exits:  %.0f/s before, %.0f/s now\n",
-                         status.tpr_accesses_per_second_before(),
-                         status.tpr_accesses_per_second_after());
+  out << "traps:      " << status.traps_handled() << " handled";
+  if (status.rates_sampled())
+    out << absl::StrFormat(", %.1f/s now", status.trap_stops_per_second());
+  out << "\n";
+  // docs/design.md "Rates and metrics": what each number counts, and what it does not.
+  out << "TPR accesses reaching the APIC: ";
+  if (status.learning_window_run_seconds() > 0) {
+    out << absl::StrFormat("at least %.0f/s before (learning window: %u in %.1f ms of guest time)",
+                           status.tpr_accesses_per_second_before(), status.learning_window_hits(),
+                           status.learning_window_run_seconds() * 1000);
+  } else {
+    out << "before not measured in this session";
+  }
+  if (status.rates_sampled()) {
+    out << absl::StrFormat(", %.0f/s now", status.tpr_accesses_per_second_after());
+  }
+  out << "\n";
+  if (status.rates_sampled()) {
+    out << absl::StrFormat("TPR accesses served without the APIC: %.0f/s now\n",
+                           status.tpr_accesses_per_second_without_apic());
+  }
   out << "intent:     " << IntentWord(status);
   if (status.has_intent() && status.intent().discovery_budget_ms() > 0) {
     out << " (discovery budget " << status.intent().discovery_budget_ms() << " ms)";
@@ -168,83 +194,6 @@ void PrintEventLine(const tprd::v1::Event& event, std::ostream& out) {
   out << absl::FormatTime("%Y-%m-%d %H:%M:%E3S", time, absl::LocalTimeZone()) << "  "
       << OrDash(event.domain().name()) << "  " << OrDash(EventKindWord(event.kind())) << "  "
       << event.message() << "\n";
-}
-
-namespace {
-
-// A label value as the exposition format wants it: backslash, double quote and newline escaped.
-std::string LabelValue(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-  return out;
-}
-
-struct MetricFamily {
-  const char* name;
-  const char* help;
-};
-
-void Header(const MetricFamily& family, std::ostream& out) {
-  out << "# HELP " << family.name << " " << family.help << "\n";
-  out << "# TYPE " << family.name << " gauge\n";
-}
-
-}  // namespace
-
-void PrintMetrics(const std::vector<tprd::v1::DomainStatus>& statuses, std::ostream& out) {
-  const auto domain = [](const tprd::v1::DomainStatus& s) {
-    return absl::StrCat("domain=\"", LabelValue(s.domain().name()), "\"");
-  };
-  const MetricFamily info{"tprd_domain_info",
-                          "1 for every running domain: tprd's state and the strategy in effect"};
-  Header(info, out);
-  for (const auto& s : statuses) {
-    out << info.name << "{" << domain(s) << ",uuid=\"" << LabelValue(s.domain().uuid())
-        << "\",state=\"" << LabelValue(DomainStateWord(s.state())) << "\",strategy=\""
-        << LabelValue(StrategyWord(s.strategy())) << "\"} 1\n";
-  }
-  const MetricFamily sites{"tprd_sites", "TPR sites tprd knows in the domain, by state"};
-  Header(sites, out);
-  for (const auto& s : statuses) {
-    const std::pair<const char*, uint32_t> by_state[] = {{"applied", s.sites_applied()},
-                                                         {"pending", s.sites_pending()},
-                                                         {"candidate", s.sites_candidate()},
-                                                         {"rolled_back", s.sites_rolled_back()}};
-    for (const auto& [state, count] : by_state) {
-      out << sites.name << "{" << domain(s) << ",state=\"" << state << "\"} " << count << "\n";
-    }
-  }
-  const MetricFamily traps{"tprd_traps_handled",
-                           "Guest stops at tprd's breakpoints and watchpoints since the enable"};
-  Header(traps, out);
-  for (const auto& s : statuses)
-    out << traps.name << "{" << domain(s) << "} " << s.traps_handled() << "\n";
-  const MetricFamily guard{
-      "tprd_guard_mismatches",
-      "mmio: stale shadow reads the guest's guard caught (it then runs exact)"};
-  Header(guard, out);
-  for (const auto& s : statuses) {
-    out << guard.name << "{" << domain(s) << "} " << s.guard_mismatches() << "\n";
-  }
-  const MetricFamily proving{"tprd_proving_window_open",
-                             "1 while the proving window after an enable is open"};
-  Header(proving, out);
-  for (const auto& s : statuses) {
-    out << proving.name << "{" << domain(s) << "} " << (s.proving_window_open() ? 1 : 0) << "\n";
-  }
-  const MetricFamily error{"tprd_domain_error",
-                           "1 when the domain has a last error (tprctl status)"};
-  Header(error, out);
-  for (const auto& s : statuses) {
-    out << error.name << "{" << domain(s) << "} " << (s.last_error().empty() ? 0 : 1) << "\n";
-  }
 }
 
 }  // namespace tprd::cli

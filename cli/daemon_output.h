@@ -71,9 +71,6 @@ class Table {
 void PrintSites(const google::protobuf::RepeatedPtrField<tprd::v1::Site>& sites, std::ostream& out);
 void PrintStatus(const tprd::v1::DomainStatus& status, std::ostream& out);
 void PrintEventLine(const tprd::v1::Event& event, std::ostream& out);
-// Prometheus text exposition (0.0.4) of these domains: one family per number, a `domain` label
-// (the libvirt name) on every sample; docs/usage.md lists the families.
-void PrintMetrics(const std::vector<tprd::v1::DomainStatus>& statuses, std::ostream& out);
 
 }  // namespace tprd::cli
 

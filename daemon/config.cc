@@ -30,6 +30,12 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
     config->socket_group = value;
   } else if (key == "state_dir") {
     config->state_dir = value;
+  } else if (key == "metrics_textfile") {
+    if (!value.empty() && value.front() != '/') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("metrics_textfile must be an absolute path, not \"", value, "\""));
+    }
+    config->metrics_textfile = value;
   } else if (key == "adopt_domains") {
     if (value.empty()) return absl::InvalidArgumentError("adopt_domains must not be empty");
     config->adopt_domains = value;
@@ -65,7 +71,7 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
         "unknown setting \"", key,
         "\"; known: connect, socket, socket_group, state_dir, poll_interval_ms, stop_timeout_s, "
         "log_level, adopt_domains, proving_window_s, mmio_write_stops_per_second, intent_retry_s, "
-        "intent_retry_interval_ms"));
+        "intent_retry_interval_ms, metrics_textfile"));
   }
   return absl::OkStatus();
 }

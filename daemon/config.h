@@ -17,6 +17,9 @@
 //   intent_retry_s   how long tprd keeps trying to apply a domain's intent after it starts or
 //                    reboots (default 300): its kernel must boot before there is anything to patch
 //   intent_retry_interval_ms  how often it tries meanwhile (default 2000)
+//   metrics_textfile absolute path of a file tprd rewrites atomically every 5 s with its
+//                    Prometheus exposition, for node_exporter's textfile collector (a *.prom
+//                    file in its directory); empty (default): none
 #ifndef TPRD_DAEMON_CONFIG_H_
 #define TPRD_DAEMON_CONFIG_H_
 
@@ -44,6 +47,8 @@ struct Config {
   std::string adopt_domains = "*";
   absl::Duration intent_retry_window = absl::Minutes(5);
   absl::Duration intent_retry_interval = absl::Seconds(2);
+  std::string metrics_textfile;
+  absl::Duration metrics_textfile_interval = absl::Seconds(5);
 };
 
 inline constexpr char kDefaultConfigFile[] = "/etc/tprd/tprd.conf";

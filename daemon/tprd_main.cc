@@ -18,6 +18,8 @@
 #include "daemon/events/event_bus.h"
 #include "daemon/journal/journal.h"
 #include "daemon/log.h"
+#include "daemon/metrics/exposition.h"
+#include "daemon/metrics/textfile_writer.h"
 #include "daemon/server/api_server.h"
 #include "daemon/service/tprd_service.h"
 
@@ -94,6 +96,23 @@ int Run(const Config& config) {
                        ", state in ", config.state_dir,
                        config.config_file.empty() ? "" : ", config ", config.config_file));
 
+  // The exposition for node_exporter's textfile collector, from the start (adopts included).
+  AtomicMetricsFile metrics_file;
+  std::unique_ptr<MetricsTextfileWriter> textfile;
+  if (!config.metrics_textfile.empty()) {
+    textfile = std::make_unique<MetricsTextfileWriter>(
+        config.metrics_textfile, config.metrics_textfile_interval,
+        [&registry]() -> absl::StatusOr<std::string> {
+          auto domains = registry->ListDomains();
+          if (!domains.ok()) return domains.status();
+          return MetricsText(*domains);
+        },
+        &metrics_file);
+    textfile->Start();
+    LogInfo(absl::StrCat("writing metrics to ", config.metrics_textfile, " every ",
+                         absl::FormatDuration(config.metrics_textfile_interval)));
+  }
+
   // Take back guests a previous tprd patched (and any left stopped at a trap by a kill -9).
   auto adopted = registry->AdoptRunning(absl::Now() + absl::Minutes(2), config.adopt_domains);
   if (!adopted.ok()) {
@@ -110,9 +129,13 @@ int Run(const Config& config) {
                        "; leaving every patched guest on the exact strategy"));
   Notify("STOPPING=1\nSTATUS=detaching from guests");
   service.StopStreams();
+  if (textfile) textfile->Stop();
   absl::Status detached =
       registry->DetachAll(absl::StrCat("tprd stopping (", strsignal(signal_number), ")"),
                           absl::Now() + config.stop_timeout);
+  // The file's last word: every guest let go (exact while away), not the numbers of a moment
+  // before.
+  if (textfile) (void)textfile->WriteOnce();
   (*server)->Shutdown(absl::Now() + absl::Seconds(2));
   registry.reset();
   if (!detached.ok()) {

@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "daemon/domain/access_rates.h"
 #include "daemon/engine/managed_site.h"
 #include "daemon/engine/site.h"
 
@@ -53,8 +54,24 @@ struct ControllerStatus {
   engine::Strategy strategy = engine::Strategy::kExact;            // the guest's word now
   engine::Strategy requested_strategy = engine::Strategy::kExact;  // the operator's, resolved
   uint64_t traps_handled = 0;
+  // TPR access counts and rates (docs/design.md "Rates and metrics (2026-12-06, issue 14)").
+  // Counts: the guest's per-CPU counters since its blob went in (handler_*), and the watchpoint
+  // stops at unpatched accesses of this session.
+  uint64_t handler_accesses_without_apic = 0;
+  uint64_t handler_accesses_to_apic = 0;
+  uint64_t unpatched_accesses_seen = 0;
+  // before: TPR accesses reaching the APIC per second of guest run time in the enable's
+  // learning window, nothing patched yet (a lower bound: the run time includes the gdbstub's
+  // round trips); 0 when not measured (no learning window in this session, e.g. adopted).
   double tpr_accesses_per_second_before = 0;
+  uint64_t learning_hits = 0;
+  absl::Duration learning_run;
+  // now: over the last interval of about a second while tprd holds the session; unset before two
+  // samples were taken.
+  std::optional<AccessRates> rates;
+  // after: rates->to_apic_per_second (0 when unset), kept for the API's field of that name.
   double tpr_accesses_per_second_after = 0;
+  PauseHistogram enable_pauses;      // the enables of this session that changed the guest
   bool proving_window_open = false;  // every candidate still waits at its breakpoint
   uint64_t guard_mismatches = 0;     // the guest's mmio guard counters (ManagerStatus)
   // tprd's blob is in the guest (found by Adopt, or placed): tprd patched it during this boot,

@@ -118,6 +118,7 @@ absl::StatusOr<std::vector<engine::ManagedSite>> EngineDomainController::Enable(
   absl::StatusOr<engine::EnableReport> report = manager_->Enable(request);
   if (!report.ok()) return report.status();
   if (!request.dry_run && report->changed) {
+    enable_pauses_.Add(report->pause);
     // One line per enable, for operators and bench/ (the enable's pause is nowhere else).
     LogInfo(absl::StrCat(
         "domain ", domain_.name, ": enabled, pause_us=", absl::ToInt64Microseconds(report->pause),
@@ -170,6 +171,22 @@ ControllerStatus EngineDomainController::Status() {
   status.proving_window_open = m.proving_window_open;
   status.guard_mismatches = m.guard_mismatches;
   status.last_error = m.last_error;
+  status.handler_accesses_without_apic = m.handler_accesses_without_apic;
+  status.handler_accesses_to_apic = m.handler_accesses_to_apic;
+  status.unpatched_accesses_seen = m.unpatched_accesses_seen;
+  status.learning_hits = m.learning_hits;
+  status.learning_run = m.learning_run;
+  if (m.learning_run > absl::ZeroDuration()) {
+    status.tpr_accesses_per_second_before =
+        static_cast<double>(m.learning_hits) / absl::ToDoubleSeconds(m.learning_run);
+  }
+  if (m.counters_read_at != absl::InfinitePast()) {
+    rates_.Add({m.counters_read_at, m.handler_accesses_without_apic,
+                m.handler_accesses_to_apic + m.unpatched_accesses_seen, m.traps_handled});
+  }
+  status.rates = rates_.rates();
+  if (status.rates) status.tpr_accesses_per_second_after = status.rates->to_apic_per_second;
+  status.enable_pauses = enable_pauses_;
   return status;
 }
 

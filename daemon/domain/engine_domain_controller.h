@@ -74,6 +74,8 @@ class EngineDomainController : public DomainController {
   std::unique_ptr<backend::QemuGuestVm> vm_;
   std::unique_ptr<engine::PatchManager> manager_;
   std::vector<ControllerEvent> pending_events_;
+  AccessRateMeter rates_;
+  PauseHistogram enable_pauses_;
 
   absl::Mutex interrupt_mu_;
   bool interrupted_ ABSL_GUARDED_BY(interrupt_mu_) = false;

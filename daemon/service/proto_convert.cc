@@ -129,6 +129,16 @@ void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainStatus* out) {
   out->set_guard_mismatches(snapshot.status.guard_mismatches);
   out->set_tpr_accesses_per_second_before(snapshot.status.tpr_accesses_per_second_before);
   out->set_tpr_accesses_per_second_after(snapshot.status.tpr_accesses_per_second_after);
+  if (const auto& rates = snapshot.status.rates) {
+    out->set_rates_sampled(true);
+    out->set_tpr_accesses_per_second_without_apic(rates->without_apic_per_second);
+    out->set_trap_stops_per_second(rates->trap_stops_per_second);
+  }
+  out->set_handler_accesses_without_apic(snapshot.status.handler_accesses_without_apic);
+  out->set_handler_accesses_to_apic(snapshot.status.handler_accesses_to_apic);
+  out->set_unpatched_accesses_seen(snapshot.status.unpatched_accesses_seen);
+  out->set_learning_window_hits(snapshot.status.learning_hits);
+  out->set_learning_window_run_seconds(absl::ToDoubleSeconds(snapshot.status.learning_run));
   out->set_last_error(!snapshot.last_error.empty() ? snapshot.last_error
                                                    : snapshot.status.last_error);
   out->set_busy_with(snapshot.busy_with);

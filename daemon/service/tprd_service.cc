@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/metrics/exposition.h"
 #include "daemon/service/grpc_status.h"
 #include "daemon/service/proto_convert.h"
 
@@ -23,6 +24,14 @@ grpc::Status TprdService::ListDomains(grpc::ServerContext*, const tprd::v1::List
   auto domains = registry_->ListDomains();
   if (!domains.ok()) return ToGrpcStatus(domains.status());
   for (const DomainSnapshot& snapshot : *domains) ToProto(snapshot, response->add_domains());
+  return grpc::Status::OK;
+}
+
+grpc::Status TprdService::GetMetrics(grpc::ServerContext*, const tprd::v1::GetMetricsRequest*,
+                                     tprd::v1::GetMetricsResponse* response) {
+  auto domains = registry_->ListDomains();
+  if (!domains.ok()) return ToGrpcStatus(domains.status());
+  response->set_text(MetricsText(*domains));
   return grpc::Status::OK;
 }
 

@@ -45,6 +45,8 @@ class TprdService final : public tprd::v1::Tprd::Service {
                          tprd::v1::ListSitesResponse* response) override;
   grpc::Status Scan(grpc::ServerContext* context, const tprd::v1::ScanRequest* request,
                     tprd::v1::ScanResponse* response) override;
+  grpc::Status GetMetrics(grpc::ServerContext* context, const tprd::v1::GetMetricsRequest* request,
+                          tprd::v1::GetMetricsResponse* response) override;
   grpc::Status WatchEvents(grpc::ServerContext* context,
                            const tprd::v1::WatchEventsRequest* request,
                            grpc::ServerWriter<tprd::v1::Event>* writer) override;

@@ -39,6 +39,17 @@ TEST(ConfigTest, FileSettingsApplyAndFlagsWin) {
   EXPECT_EQ(config.adopt_domains, "w2k3-*");
 }
 
+TEST(ConfigTest, MetricsTextfileIsAnAbsolutePathOrNothing) {
+  Config config;
+  EXPECT_TRUE(config.metrics_textfile.empty()) << "no file unless asked for";
+  ASSERT_TRUE(
+      ApplyConfigText("metrics_textfile = /var/lib/node_exporter/tprd.prom\n", "t", &config).ok());
+  EXPECT_EQ(config.metrics_textfile, "/var/lib/node_exporter/tprd.prom");
+  absl::Status relative = ApplyConfigText("metrics_textfile = tprd.prom\n", "t", &config);
+  EXPECT_EQ(relative.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(relative.message()).find("absolute path"), std::string::npos);
+}
+
 TEST(ConfigTest, BadLinesNameTheFileAndLine) {
   Config config;
   absl::Status unknown = ApplyConfigText("connect = x\nsokcet = y\n", "tprd.conf", &config);

@@ -102,8 +102,11 @@ TEST_F(TprctlTest, DomainsTableListsEveryDomain) {
   EXPECT_THAT(result.out, HasSubstr("gone"));
 }
 
-// The exposition parses with Debian's python3-prometheus-client, and says what status says.
+// The exposition parses with Debian's python3-prometheus-client, says what status says, and
+// keeps a domain name with a quote, a backslash and a newline intact through the parser.
 TEST_F(TprctlTest, MetricsIsPrometheusTextThatSaysWhatStatusSays) {
+  tprd_.hypervisor.AddDomain("odd \"name\" \\ with\nnewline",
+                             "aaaaaaaa-0000-0000-0000-000000000003", true);
   ASSERT_EQ(Run({"enable", "--strategy", "mmio", "winxp-01"}).exit_code, 0);
   RunResult metrics = Run({"metrics"});
   ASSERT_EQ(metrics.exit_code, 0) << metrics.err;
@@ -115,15 +118,39 @@ TEST_F(TprctlTest, MetricsIsPrometheusTextThatSaysWhatStatusSays) {
   }
   const RunResult parsed = tprd::testing::Run({"/usr/bin/python3", PARSE_METRICS_PY, text});
   const std::string& samples = parsed.out;
-  const int rc = parsed.exit_code;
-  ASSERT_EQ(rc, 0) << samples << parsed.err << "\n" << metrics.out;
+  ASSERT_EQ(parsed.exit_code, 0) << samples << parsed.err << "\n" << metrics.out;
   EXPECT_THAT(samples, HasSubstr("tprd_domain_info gauge tprd_domain_info{domain=winxp-01,"
                                  "state=patched,strategy=mmio,uuid="));
   EXPECT_THAT(samples, HasSubstr("tprd_sites gauge tprd_sites{domain=winxp-01,state=applied} 3\n"));
   EXPECT_THAT(samples,
               HasSubstr("tprd_sites gauge tprd_sites{domain=winxp-01,state=rolled_back} 0\n"));
-  EXPECT_THAT(samples, HasSubstr("tprd_traps_handled gauge tprd_traps_handled{domain=winxp-01} "));
+  EXPECT_THAT(samples,
+              HasSubstr("tprd_trap_stops counter tprd_trap_stops_total{domain=winxp-01} "));
   EXPECT_THAT(samples, HasSubstr("tprd_domain_error gauge tprd_domain_error{domain=winxp-01} 0\n"));
+  // The numbers `tprctl status` shows (the fake controller's), under their Prometheus names.
+  EXPECT_THAT(samples, HasSubstr("tprd_tpr_accesses_reaching_apic_before_per_second gauge "
+                                 "tprd_tpr_accesses_reaching_apic_before_per_second"
+                                 "{domain=winxp-01} 25000\n"));
+  EXPECT_THAT(samples,
+              HasSubstr("tprd_tpr_accesses_reaching_apic_per_second gauge "
+                        "tprd_tpr_accesses_reaching_apic_per_second{domain=winxp-01} 120\n"));
+  EXPECT_THAT(samples,
+              HasSubstr("tprd_tpr_accesses_without_apic_per_second gauge "
+                        "tprd_tpr_accesses_without_apic_per_second{domain=winxp-01} 30000\n"));
+  EXPECT_THAT(samples, HasSubstr("tprd_tpr_accesses_reaching_apic counter "
+                                 "tprd_tpr_accesses_reaching_apic_total"
+                                 "{by=handlers,domain=winxp-01} 300\n"));
+  EXPECT_THAT(samples, HasSubstr("tprd_tpr_accesses_without_apic counter "
+                                 "tprd_tpr_accesses_without_apic_total{domain=winxp-01} 90000\n"));
+  EXPECT_THAT(samples, HasSubstr("tprd_enable_pause_seconds histogram "
+                                 "tprd_enable_pause_seconds_bucket{domain=winxp-01,le=0.25} 1\n"));
+  EXPECT_THAT(samples, HasSubstr("tprd_enable_pause_seconds histogram "
+                                 "tprd_enable_pause_seconds_bucket{domain=winxp-01,le=0.1} 0\n"));
+  EXPECT_THAT(samples, HasSubstr("tprd_enable_pause_seconds histogram "
+                                 "tprd_enable_pause_seconds_count{domain=winxp-01} 1\n"));
+  // The odd name comes back from the parser as it was (the script writes \\ and \n back as
+  // escapes so that a sample stays on one line).
+  EXPECT_THAT(samples, HasSubstr("tprd_domain_info{domain=odd \"name\" \\\\ with\\nnewline,"));
   // Only running domains: winxp-off is not there.
   EXPECT_THAT(samples, Not(HasSubstr("winxp-off")));
 }

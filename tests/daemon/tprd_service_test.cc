@@ -106,6 +106,17 @@ TEST_F(TprdServiceTest, EnableThenStatusSitesAndRollback) {
     EXPECT_EQ(status.domain().name(), "winxp-01");
     EXPECT_EQ(status.sites_applied(), 3u);
     EXPECT_GT(status.tpr_accesses_per_second_before(), status.tpr_accesses_per_second_after());
+    // The counts and rates behind them (the fake's).
+    EXPECT_TRUE(status.rates_sampled());
+    EXPECT_EQ(status.tpr_accesses_per_second_before(), 25000);
+    EXPECT_EQ(status.tpr_accesses_per_second_after(), 120);
+    EXPECT_EQ(status.tpr_accesses_per_second_without_apic(), 30000);
+    EXPECT_EQ(status.trap_stops_per_second(), 2);
+    EXPECT_EQ(status.handler_accesses_without_apic(), 90000u);
+    EXPECT_EQ(status.handler_accesses_to_apic(), 300u);
+    EXPECT_EQ(status.unpatched_accesses_seen(), 60u);
+    EXPECT_EQ(status.learning_window_hits(), 400u);
+    EXPECT_DOUBLE_EQ(status.learning_window_run_seconds(), 0.016);
   }
   {
     grpc::ClientContext context;

@@ -203,8 +203,19 @@ ControllerStatus FakeDomainController::Status() {
   status.strategy = guest_->strategy_word;
   status.requested_strategy = status.patched ? guest_->chosen_strategy : engine::Strategy::kExact;
   status.traps_handled = traps_handled_;
-  status.tpr_accesses_per_second_before = status.patched ? 25000 : 0;
-  status.tpr_accesses_per_second_after = status.patched ? 120 : 0;
+  if (status.patched) {
+    // What a patched guest's session reports (numbers of the shape the e2e guest shows): the
+    // learning window's 400 hits in 16 ms of guest time, and rates over the last second.
+    status.learning_hits = 400;
+    status.learning_run = absl::Milliseconds(16);
+    status.tpr_accesses_per_second_before = 25000;
+    status.rates = daemon::AccessRates{30000, 120, 2};
+    status.tpr_accesses_per_second_after = 120;
+    status.handler_accesses_without_apic = 90000;
+    status.handler_accesses_to_apic = 300;
+    status.unpatched_accesses_seen = 60;
+    status.enable_pauses.Add(absl::Milliseconds(180));
+  }
   return status;
 }
 
