@@ -142,21 +142,25 @@ void PrintStatus(const tprd::v1::DomainStatus& status, std::ostream& out) {
   out << "\n";
   // docs/design.md "Rates and metrics": what each number counts, and what it does not.
   out << "TPR accesses reaching the APIC: ";
-  if (status.learning_window_run_seconds() > 0) {
-    out << absl::StrFormat("at least %.0f/s before (learning window: %u in %.1f ms of guest time)",
-                           status.tpr_accesses_per_second_before(), status.learning_window_hits(),
-                           status.learning_window_run_seconds() * 1000);
-  } else {
-    out << "before not measured in this session";
-  }
   if (status.rates_sampled()) {
-    out << absl::StrFormat(", %.0f/s now", status.tpr_accesses_per_second_after());
+    const double now = status.tpr_accesses_per_second_after();
+    const double without = status.tpr_accesses_per_second_without_apic();
+    out << absl::StrFormat("%.0f/s now (of %.0f/s counted; %.0f/s served without it)", now,
+                           now + without, without);
+  } else {
+    out << "not sampled yet";
+  }
+  out << "\n  before the first patch: ";
+  if (status.learning_window_run_seconds() > 0) {
+    out << absl::StrFormat(
+        "at least %.0f/s (learning window: %u in %.1f ms of guest time, gdbstub round trips "
+        "included)",
+        status.tpr_accesses_per_second_before(), status.learning_window_hits(),
+        status.learning_window_run_seconds() * 1000);
+  } else {
+    out << "not measured in this session";
   }
   out << "\n";
-  if (status.rates_sampled()) {
-    out << absl::StrFormat("TPR accesses served without the APIC: %.0f/s now\n",
-                           status.tpr_accesses_per_second_without_apic());
-  }
   out << "intent:     " << IntentWord(status);
   if (status.has_intent() && status.intent().discovery_budget_ms() > 0) {
     out << " (discovery budget " << status.intent().discovery_budget_ms() << " ms)";

@@ -139,6 +139,8 @@ printf '%-12s %12s %12s\n' "TPR write" "$write_before" "$write_after"
 echo "(cycles per access, medians of $bench_lines BENCH lines, measured by the guest with rdtsc under"
 echo " QEMU TCG: noisy, and the unpatched read is dearer on an idle host; see docs/performance.md)"
 $tprctl status tpr-demo || true
+say "tprctl metrics (TPR access families, tpr-demo)"
+$tprctl metrics | grep -E '^tprd_(tpr_accesses|trap_stops)[a-z_]*\{domain="tpr-demo"' || true
 fails=$(grep -a '^STAT ' "$serial" | grep -cv ' fail=0' || true)
 echo "guest self-checks: $(grep -ac '^STAT ' "$serial") STAT lines, $fails with failures"
 

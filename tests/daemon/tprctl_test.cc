@@ -217,10 +217,21 @@ TEST_F(TprctlTest, SitesTableAndStatusByUuidAndId) {
   EXPECT_EQ(parsed["state"], "patched");
   EXPECT_EQ(parsed["strategy"], "mmio");
   EXPECT_EQ(parsed["sites_applied"], 3);
+  EXPECT_EQ(parsed["rates_sampled"], true);
+  EXPECT_EQ(parsed["tpr_accesses_per_second_after"], 120);
+  EXPECT_EQ(parsed["tpr_accesses_per_second_without_apic"], 30000);
+  EXPECT_EQ(parsed["learning_window_hits"], 400);
 
   RunResult table = Run({"status", "winxp-01"});
   ASSERT_EQ(table.exit_code, 0) << table.err;
   EXPECT_THAT(table.out, HasSubstr("state:      patched"));
+  // Honest labels (docs/design.md "Rates and metrics"): no "exits" under TCG.
+  EXPECT_THAT(table.out, HasSubstr("traps:      0 handled, 2.0/s now\n"));
+  EXPECT_THAT(table.out, HasSubstr("TPR accesses reaching the APIC: 120/s now (of 30120/s "
+                                   "counted; 30000/s served without it)\n"));
+  EXPECT_THAT(table.out, HasSubstr("  before the first patch: at least 25000/s (learning window: "
+                                   "400 in 16.0 ms of guest time"));
+  EXPECT_THAT(table.out, Not(HasSubstr("exits")));
 }
 
 TEST_F(TprctlTest, EnableDryRunWritesNothing) {
