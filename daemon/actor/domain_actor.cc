@@ -302,6 +302,8 @@ void DomainActor::DropController(bool detach, const std::string& reason) {
     absl::Status detached = controller_->Detach(reason);
     if (absl::IsFailedPrecondition(detached)) {
       LogInfo(absl::StrCat(Snapshot().domain.name, ": detached: ", detached.message()));
+    } else if (absl::IsDataLoss(detached)) {
+      LogWarning(absl::StrCat(Snapshot().domain.name, ": detached, ", detached.message()));
     } else if (!detached.ok()) {
       LogWarning(absl::StrCat(Snapshot().domain.name, ": detach failed: ", detached.message()));
     }

@@ -136,6 +136,7 @@ class DomainController {
 
   // Leave the guest correct without tprd: switch its strategy word to exact, remove
   // breakpoints and watchpoints, detach. Patches stay; a later Adopt() takes them back.
+  // DATA_LOSS: detached so, with a problem on the way that the message names.
   virtual absl::Status Detach(const std::string& reason) = 0;
 
   // The guest's memory is gone (shutdown, destroy, crash, reboot): drop the session without

@@ -541,6 +541,9 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
 
 absl::Status PatchManager::Detach() {
   if (!blob_.installed()) return absl::OkStatus();
+  // What goes wrong on the way out (a CPU whose real TPR could not get its shadow back) is noted
+  // as everywhere, but this manager goes with the detach: it comes back as DATA_LOSS instead.
+  status_.last_error.clear();
   TPRD_RETURN_IF_ERROR(StopGuest());
   StoppedGuestScope stopped(vm_);
   absl::Status strategy = WriteStrategy(Strategy::kExact);
@@ -549,6 +552,9 @@ absl::Status PatchManager::Detach() {
   if (!strategy.ok()) return strategy;
   if (!traps.ok()) return traps;
   if (!resumed.ok() && !absl::IsFailedPrecondition(resumed)) return resumed;
+  if (!status_.last_error.empty()) {
+    return absl::DataLossError(absl::StrCat("left on exact, but: ", status_.last_error));
+  }
   return absl::OkStatus();
 }
 

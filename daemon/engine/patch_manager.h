@@ -138,7 +138,9 @@ class PatchManager {
       absl::Duration proving_window = EnableRequest{}.proving_window,
       int write_stop_limit = EnableRequest{}.unpatched_write_stops_per_second_limit);
   // Leaves the guest correct without tprd: strategy word exact, every trap removed. The guest
-  // is left running (unless the host paused it).
+  // is left running (unless the host paused it). DATA_LOSS: left so, but something went wrong on
+  // the way (the message says what: e.g. a CPU that reads its TPR without the low nibble until
+  // its next TPR write).
   absl::Status Detach();
   // Waits up to `timeout` for one guest stop and handles it. The guest must be running.
   absl::StatusOr<std::vector<ManagerEvent>> Poll(absl::Duration timeout);

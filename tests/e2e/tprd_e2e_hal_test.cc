@@ -28,6 +28,7 @@
 #include <random>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -157,10 +158,31 @@ absl::Time& CaseStart() {
   static absl::Time start = absl::Now();
   return start;
 }
-std::ostream& Say() {
-  return std::cout << "[+"
-                   << absl::StrFormat("%.1f", absl::ToDoubleSeconds(absl::Now() - CaseStart()))
-                   << "s] ";
+// Everything a case said, kept with its logs on failure (KeepLogs writes it as test.log) so that
+// a FAIL line's guest uptime can be placed against enable, SIGTERM or rollback afterwards.
+std::ostringstream& Narrative() {
+  static std::ostringstream narrative;
+  return narrative;
+}
+// Writes to stdout and to the narrative.
+class SayStream {
+ public:
+  template <typename T>
+  SayStream& operator<<(const T& value) {
+    std::cout << value;
+    Narrative() << value;
+    return *this;
+  }
+  SayStream& operator<<(std::ostream& (*manipulator)(std::ostream&)) {
+    manipulator(std::cout);
+    manipulator(Narrative());
+    return *this;
+  }
+};
+SayStream& Say() {
+  static SayStream say;
+  return say << "[+" << absl::StrFormat("%.1f", absl::ToDoubleSeconds(absl::Now() - CaseStart()))
+             << "s] ";
 }
 
 // ------------------------------------------------------------------------------ guest layout
@@ -488,7 +510,10 @@ void ExpectProgress(const std::string& phase, const PhaseResult& result, int vcp
 
 class HalE2e {
  public:
-  explicit HalE2e(const HalCase& c) : case_(c) { CaseStart() = absl::Now(); }
+  explicit HalE2e(const HalCase& c) : case_(c) {
+    CaseStart() = absl::Now();
+    Narrative().str("");
+  }
 
   TestDomain* domain() { return domain_.get(); }
   const GuestLayout& layout() const { return layout_; }
@@ -708,9 +733,11 @@ class HalE2e {
   // Rolls everything back, bounded, and checks the answer.
   void Rollback(TprdProcess& tprd, const char* when) {
     const absl::Time start = absl::Now();
+    const uint64_t uptime = Uptime();
     RunResult rolled = tprd.Ctl({"--json", "rollback", domain_->name()});
     const absl::Duration took = absl::Now() - start;
-    Say() << when << ": rollback took " << took << ", exit " << rolled.exit_code << std::endl;
+    Say() << when << ": rollback from guest uptime " << uptime << " ms or later took " << took
+          << ", exit " << rolled.exit_code << std::endl;
     ::testing::Test::RecordProperty("rollback_ms",
                                     static_cast<int>(absl::ToInt64Milliseconds(took)));
     EXPECT_EQ(rolled.exit_code, 0) << when << ": " << rolled.out << rolled.err << "\n"
@@ -842,6 +869,7 @@ class HalE2e {
                                  std::filesystem::copy_options::overwrite_existing, error);
     }
     Say() << "logs kept in " << dir << std::endl;
+    std::ofstream(dir + "/test.log") << Narrative().str();
   }
 
   std::map<int, std::map<std::string, uint64_t>> baseline_;
@@ -894,7 +922,8 @@ TEST_P(HalStrategyTest, StaysCorrectWhilePatchedAcrossTheProvingWindowAndAfterRo
   const absl::Time enable_start = absl::Now();
   RunResult enabled = tprd.Ctl({"--json", "enable", domain.name(), "--strategy", c.strategy});
   Say() << "enable --strategy " << c.strategy << ": exit " << enabled.exit_code << " after "
-        << absl::Now() - enable_start << " " << enabled.err << std::endl;
+        << absl::Now() - enable_start << " (guest uptime " << e2e.Uptime() << " ms) " << enabled.err
+        << std::endl;
 
   if (c.strategy == "mmio" && enabled.exit_code != 0) {
     // A refusal is acceptable only as tprd's answer at enable, with the reason: mmio is unsafe
@@ -981,6 +1010,7 @@ void StartAndEnable(HalE2e& e2e, TprdProcess& tprd, const std::string& strategy)
       tprd.Ctl({"--json", "enable", e2e.domain()->name(), "--strategy", strategy, "--transient"});
   ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << "\n"
                                   << e2e.Annotate(enabled.err) << tprd.LogTail(60);
+  Say() << "enabled " << strategy << " by guest uptime " << e2e.Uptime() << " ms" << std::endl;
 }
 
 // kill -9 of tprd while patched under cr8: its traps stay armed in QEMU's gdbstub and the guest
@@ -1054,10 +1084,14 @@ TEST_P(HalSigtermTest, StoppedWhilePatchedRunsExactThenANewTprdTakesItBack) {
   if (HasFatalFailure()) return;
   e2e.RunPatched(tprd, domain.Lines().size(), 3, 1, "patched before SIGTERM");
 
+  Say() << "SIGTERM at guest uptime " << e2e.Uptime() << " ms or later" << std::endl;
   EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
+  // A CPU the detach could not give its real TPR back (PatchManager::Detach's DATA_LOSS).
+  EXPECT_EQ(ReadFile(tprd.log_path()).find("left on exact, but"), std::string::npos)
+      << tprd.LogTail();
   const BlobState away = ReadBlobState(domain.name(), c.vcpus);
-  Say() << "after SIGTERM: domain " << DomainRunState(domain.name()) << "; " << Describe(away)
-        << std::endl;
+  Say() << "after SIGTERM (guest uptime " << e2e.Uptime() << " ms): domain "
+        << DomainRunState(domain.name()) << "; " << Describe(away) << std::endl;
   EXPECT_EQ(DomainRunState(domain.name()), "running") << "tprd left the guest stopped";
   EXPECT_EQ(StrategyName(away.strategy_word), "exact") << Describe(away);
   const size_t away_from = domain.Lines().size();

@@ -785,6 +785,19 @@ TEST_F(PatchManagerTest, LeavingCr8LeavesACpuThatStaysHaltedAndSaysSo) {
   EXPECT_TRUE(vm_.running());
 }
 
+// A detach (SIGTERM) goes with its manager: what went wrong on the way out comes back with it.
+TEST_F(PatchManagerTest, DetachSaysWhichCpuItCouldNotGiveItsShadowBack) {
+  EnableCr8();
+  vm_.SetTpr(1, 0x40);
+  Halt(1);
+  const absl::Status detached = manager_.Detach();
+  EXPECT_TRUE(absl::IsDataLoss(detached)) << detached;
+  EXPECT_THAT(detached.message(), HasSubstr("vCPU 1's TPR reads 0x40 instead of 0x41"));
+  EXPECT_THAT(detached.message(), HasSubstr("halted"));
+  EXPECT_TRUE(vm_.running());
+  EXPECT_TRUE(vm_.watchpoints().empty());
+}
+
 // A CPU stopped in user mode is not stepped through kernel code; the gap is said, not hidden.
 TEST_F(PatchManagerTest, LeavingCr8LeavesAUserModeCpuAndSaysSo) {
   EnableCr8();
@@ -805,7 +818,11 @@ TEST_F(PatchManagerTest, Cr8FixesUpAReadThatRacedWithTprdsOwnStop) {
   vm_.SetTpr(1, 0x40);
   vm_.SetEip(1, kReadEax + 5);
   vm_.Registers(1).reg(Gpr::kEax) = 0x40;
-  ASSERT_TRUE(manager_.Detach().ok());  // tprd's own stop, then exact and no traps
+  const std::optional<ParsedBlob> blob = GuestBlob();
+  ASSERT_TRUE(blob);
+  EmulatePoke(*blob);  // leaving cr8 gives vCPU 1's real TPR its low nibble back
+  const absl::Status detached = manager_.Detach();  // tprd's own stop, then exact and no traps
+  EXPECT_TRUE(detached.ok()) << detached;
   EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x41u);
   EXPECT_EQ(manager_.Status().unreported_fixups, 1u);
 }
