@@ -339,10 +339,15 @@ cat >"$logs/$domain.xml" <<EOF
 </domain>
 EOF
 in_ctr sh -c "cat > /run/$domain.xml" <"$logs/$domain.xml"
+# Without a guest (libvirtd cannot start QEMU in this container: something outside tprd) the
+# test still checks what needs none (install, READY, hardening, STOPPING=1, the journal) and
+# then reports SKIP with the reason, unless one of those failed.
+guest_blocked=
 if ! in_ctr virsh -c qemu:///system create "/run/$domain.xml" >"$logs/virsh-create.log" 2>&1; then
   cat "$logs/virsh-create.log"
   in_ctr tail -n 20 "/var/log/libvirt/qemu/$domain.log" 2>/dev/null
-  skip "libvirtd in the container cannot start the QEMU test guest: $(tr '\n' ' ' <"$logs/virsh-create.log")"
+  guest_blocked="libvirtd in the container cannot start the QEMU test guest: $(tr '\n' ' ' <"$logs/virsh-create.log")"
+  say "no guest: $guest_blocked; checking what needs none"
 fi
 guest_started=$(now_ms)
 
@@ -528,32 +533,34 @@ check_hardening() {
 check_hardening
 
 # ------------------------------------------------------------------------------ enable the guest
-if ! wait_for "the test guest's first STAT line on vCPU 1" 180 booted_guest; then
-  die "the test guest did not boot in the container; serial: $(in_ctr tail -n 5 "$serial" | tr '\n' '|')"
-fi
-say "guest booted $((($(now_ms) - guest_started) / 1000))s after virsh create"
-
 tprctl() { in_ctr tprctl "$@"; }
-started=$(now_ms)
-if tprctl enable "$domain" --strategy mmio >"$logs/enable.log" 2>&1; then
-  pass "tprctl enable $domain --strategy mmio under the unit's hardening ($(($(now_ms) - started)) ms)"
-else
-  cat "$logs/enable.log"
-  in_ctr journalctl -u tprd -b --no-pager -o cat | tail -n 20
-  die "tprctl enable failed under systemd"
-fi
 status_field() { tprctl --json status "$domain" | python3 -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1]))' "$1"; }
 patched_mmio() { [[ $(status_field state) == patched && $(status_field strategy) == mmio ]]; }
-if wait_for "tprctl status: patched, mmio" 60 patched_mmio; then
-  pass "tprctl status: patched, strategy mmio"
-else
-  fail "tprctl status: state $(status_field state), strategy $(status_field strategy)"
+if [[ -z $guest_blocked ]]; then
+  if ! wait_for "the test guest's first STAT line on vCPU 1" 180 booted_guest; then
+    die "the test guest did not boot in the container; serial: $(in_ctr tail -n 5 "$serial" | tr '\n' '|')"
+  fi
+  say "guest booted $((($(now_ms) - guest_started) / 1000))s after virsh create"
+
+  started=$(now_ms)
+  if tprctl enable "$domain" --strategy mmio >"$logs/enable.log" 2>&1; then
+    pass "tprctl enable $domain --strategy mmio under the unit's hardening ($(($(now_ms) - started)) ms)"
+  else
+    cat "$logs/enable.log"
+    in_ctr journalctl -u tprd -b --no-pager -o cat | tail -n 20
+    die "tprctl enable failed under systemd"
+  fi
+  if wait_for "tprctl status: patched, mmio" 60 patched_mmio; then
+    pass "tprctl status: patched, strategy mmio"
+  else
+    fail "tprctl status: state $(status_field state), strategy $(status_field strategy)"
+  fi
+  word=$(strategy_word)
+  [[ $word == mmio ]] && pass "guest's strategy word after enable: mmio" ||
+    fail "guest's strategy word after enable: $word (expected mmio)"
+  mark_stats
+  check_guest_passes "patched (mmio)"
 fi
-word=$(strategy_word)
-[[ $word == mmio ]] && pass "guest's strategy word after enable: mmio" ||
-  fail "guest's strategy word after enable: $word (expected mmio)"
-mark_stats
-check_guest_passes "patched (mmio)"
 
 # ------------------------------------------------------------------------------ stop: STOPPING=1, exact
 stop_and_check() {
@@ -583,6 +590,7 @@ stop_and_check() {
   else
     fail "$when: no 'Got notification message from PID $pid (STOPPING=1' in journalctl -u tprd"
   fi
+  [[ -z $guest_blocked ]] || return 0
   local word
   word=$(strategy_word)
   [[ $word == exact ]] && pass "$when: the guest's strategy word is exact" ||
@@ -595,16 +603,20 @@ stop_and_check "systemctl stop"
 # ------------------------------------------------------------------------------ start again: adopt before READY
 started=$(now_ms)
 if in_ctr systemctl start tprd; then
-  say "systemctl start tprd (adopting the guest) returned after $(($(now_ms) - started)) ms"
+  say "systemctl start tprd (again, the guest running) returned after $(($(now_ms) - started)) ms"
 else
-  fail "systemctl start tprd (with a patched guest to adopt) failed"
+  fail "systemctl start tprd (again) failed"
 fi
-check_started "start with a guest to adopt" 1
-patched_again() { [[ $(status_field state) == patched ]]; }
-if wait_for "tprctl status after adopt: patched" 60 patched_again; then
-  pass "after adopt: tprctl status patched, strategy $(status_field strategy), guest's strategy word $(strategy_word)"
+if [[ -z $guest_blocked ]]; then
+  check_started "start with a guest to adopt" 1
+  patched_again() { [[ $(status_field state) == patched ]]; }
+  if wait_for "tprctl status after adopt: patched" 60 patched_again; then
+    pass "after adopt: tprctl status patched, strategy $(status_field strategy), guest's strategy word $(strategy_word)"
+  else
+    fail "after adopt: tprctl status state $(status_field state)"
+  fi
 else
-  fail "after adopt: tprctl status state $(status_field state)"
+  check_started "second start" 0
 fi
 stop_and_check "second systemctl stop"
 
@@ -654,7 +666,7 @@ expect_priority() {
   fi
 }
 expect_priority 6 "serving on " "start (info)"
-expect_priority 6 ".*: adopted a patched guest" "adopt (info)"
+[[ -n $guest_blocked ]] || expect_priority 6 ".*: adopted a patched guest" "adopt (info)"
 expect_priority 6 "received Terminated; leaving every patched guest on the exact strategy" "SIGTERM (info)"
 expect_priority 6 "stopped$" "clean stop (info)"
 expect_priority 3 "cannot create state directory /usr/lib/tprd-systemd-test: Read-only file system" "failed start (error)"
@@ -675,5 +687,6 @@ if ((failures)); then
   echo "FAIL: tprd_systemd_test ($failures failure(s)); logs in $logs"
   exit 1
 fi
+[[ -z $guest_blocked ]] || skip "every check without a guest passed, but $guest_blocked"
 echo "PASS: tprd_systemd_test; logs in $logs"
 exit 0
