@@ -116,7 +116,9 @@ runtime_packages() {
       say "no Debian package owns $path ($lib)" >&2
       return 1
     }
-    echo "${pkg%%:*}"
+    # "pkg:arch: path" (or "pkg1, pkg2: path"): the first package.
+    pkg=${pkg%%$'\n'*}
+    echo "${pkg%%[:,]*}"
   done | sort -u
 }
 
