@@ -1,7 +1,14 @@
 #!/bin/sh
 # Installs tprd from a build tree and, where systemd runs, enables and starts its unit.
-# usage: deploy/install.sh [BUILD_DIR] [PREFIX]   (defaults: build, /usr)
+# usage: deploy/install.sh [--no-build] [BUILD_DIR] [PREFIX]   (defaults: build, /usr)
+# --no-build installs the tree as it is built, without `cmake --build` first: for a tree built
+# elsewhere (e.g. on a build machine, or the host of a container that has no compiler).
 set -eu
+build=yes
+if [ "${1:-}" = --no-build ]; then
+  build=no
+  shift
+fi
 build_dir=${1:-build}
 prefix=${2:-/usr}
 
@@ -9,7 +16,9 @@ if [ ! -f "$build_dir/CMakeCache.txt" ]; then
   echo "install.sh: $build_dir is not a configured build tree; run cmake -S . -B $build_dir first" >&2
   exit 2
 fi
-cmake --build "$build_dir"
+if [ "$build" = yes ]; then
+  cmake --build "$build_dir"
+fi
 cmake --install "$build_dir" --prefix "$prefix"
 
 # The group that may use tprctl, the config, the directories.

@@ -10,6 +10,7 @@ packages=(
   libvirt-daemon-system  # what a host installs: Debian's own qemu.conf, the libvirt-qemu account
   systemd  # systemd-analyze: tprd_access_test scores deploy/tprd.service offline
   python3 python3-prometheus-client  # tprctl_test parses `tprctl metrics` with it
+  debootstrap systemd-container  # tprd_systemd_test: a Debian tree booted with systemd-nspawn
 )
 missing=()
 for p in "${packages[@]}"; do

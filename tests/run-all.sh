@@ -25,6 +25,8 @@ cmake --build build-asan -j"$jobs"
 export TPRD_IT_RESTART_LIBVIRTD="${TPRD_IT_RESTART_LIBVIRTD-1}"
 
 status=0
+# Every label, systemd included: tprd_systemd_test boots Debian 12's systemd in a container
+# (systemd-nspawn) and builds its tree from deb.debian.org the first time (cached in /var/tmp).
 echo "== tests (release build: every label)"
 (cd build && ctest --output-on-failure --timeout 900 -LE bench) || status=1
 echo "== tests (sanitizer build: unit and fuzz)"
