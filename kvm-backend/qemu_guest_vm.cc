@@ -233,6 +233,16 @@ absl::Status QemuGuestVm::Stop() {
   return absl::OkStatus();
 }
 
+std::optional<engine::StopEvent> QemuGuestVm::TakeRacedTrapStop() {
+  if (!pending_stop_ || (pending_stop_->kind != engine::StopEvent::Kind::kWatchpoint &&
+                         pending_stop_->kind != engine::StopEvent::Kind::kBreakpoint)) {
+    return std::nullopt;
+  }
+  std::optional<engine::StopEvent> event = pending_stop_;
+  pending_stop_.reset();
+  return event;
+}
+
 std::optional<engine::StopEvent> QemuGuestVm::TakeRacedWatchpointStop() {
   if (!pending_stop_ || pending_stop_->kind != engine::StopEvent::Kind::kWatchpoint) {
     return std::nullopt;

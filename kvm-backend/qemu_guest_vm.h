@@ -62,6 +62,7 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
 
   absl::Status Stop() override;
   std::optional<engine::StopEvent> TakeRacedWatchpointStop() override;
+  std::optional<engine::StopEvent> TakeRacedTrapStop() override;
   absl::Status Resume() override;
   absl::StatusOr<std::optional<engine::StopEvent>> WaitForStop(absl::Duration timeout) override;
   absl::StatusOr<int> VcpuCount() override;

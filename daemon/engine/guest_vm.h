@@ -114,6 +114,9 @@ class GuestVm {
   // WaitForStop, taken now (it is then not delivered again). nullopt when there is none (other
   // raced stops stay for WaitForStop).
   virtual std::optional<StopEvent> TakeRacedWatchpointStop() { return std::nullopt; }
+  // The same for a breakpoint or watchpoint stop (a host pause stays for WaitForStop). While
+  // one is kept, nothing can run one vCPU alone (StepVcpu, RunVcpuAlone: FAILED_PRECONDITION).
+  virtual std::optional<StopEvent> TakeRacedTrapStop() { return std::nullopt; }
 
   virtual absl::StatusOr<int> VcpuCount() = 0;
   virtual absl::StatusOr<VcpuRegisters> ReadRegisters(int vcpu) = 0;

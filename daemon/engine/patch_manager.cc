@@ -59,10 +59,14 @@ absl::Status PatchManager::ResumeGuest(StoppedGuestScope& stopped) {
 absl::Status PatchManager::StopGuest() {
   TPRD_RETURN_IF_ERROR(vm_.Stop());
   std::vector<ManagerEvent> ignored;
-  // A watchpoint hit that raced with this stop: handled now, before anything else runs (QEMU
-  // reported it with the stop, so that vCPU has no hit pending). No site is patched here: the
-  // caller (a rollback, a detach) decides what happens to the sites.
-  if (std::optional<StopEvent> raced = vm_.TakeRacedWatchpointStop()) {
+  // A trap that raced with this stop: handled now, before anything else runs. A watchpoint hit
+  // is fixed up (QEMU reported it with the stop, so that vCPU has no hit pending). A breakpoint
+  // needs nothing: its vCPU has not run the instruction, and stands at it for whatever the
+  // caller does with that site. Left kept, either would make every step and lone run of a vCPU
+  // refuse until the next resume: leaving cr8 then could not poke any real TPR (seen: a SIGTERM
+  // in the proving window left a CPU reading its TPR without the low nibble). No site is
+  // patched here: the caller (a rollback, a detach) decides what happens to the sites.
+  if (std::optional<StopEvent> raced = vm_.TakeRacedTrapStop()) {
     ++status_.traps_handled;
     apply_at_stops_ = false;
     NoteError(HandleStopped(*raced, ignored));

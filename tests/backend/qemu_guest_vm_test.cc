@@ -191,6 +191,20 @@ TEST_F(QemuGuestVmTest, StopKeepsARacedBreakpointForWaitForStopNotForTheWatchpoi
   ExpectNoStopKept();
 }
 
+TEST_F(QemuGuestVmTest, TakeRacedTrapStopTakesARacedBreakpointOnceAndStepsWorkAgain) {
+  Attach();
+  ResumeThenStopWith("T05thread:p01.01;swbreak:;", 0, 0x80401000);
+  absl::StatusOr<engine::StepResult> refused = vm_->StepVcpu(0, absl::Seconds(1));
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused.status())) << refused.status();
+  std::optional<StopEvent> raced = vm_->TakeRacedTrapStop();
+  ASSERT_TRUE(raced.has_value());
+  EXPECT_EQ(raced->kind, StopEvent::Kind::kBreakpoint);
+  EXPECT_EQ(raced->vcpu, 0);
+  EXPECT_EQ(raced->pc, 0x80401000u);
+  EXPECT_FALSE(vm_->TakeRacedTrapStop().has_value());
+  ExpectNoStopKept();
+}
+
 TEST_F(QemuGuestVmTest, StopEndedByItsOwnInterruptKeepsNothing) {
   Attach();
   ResumeThenStopWith("T02thread:p01.01;", 0, 0x80401000);

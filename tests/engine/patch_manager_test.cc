@@ -798,6 +798,29 @@ TEST_F(PatchManagerTest, DetachSaysWhichCpuItCouldNotGiveItsShadowBack) {
   EXPECT_TRUE(vm_.watchpoints().empty());
 }
 
+// A candidate's breakpoint that races with the detach's own stop (a SIGTERM in the proving
+// window) is reported instead of the interrupt and kept by the backend, which then refuses every
+// step: it is taken with the stop, so that the poke still gives vCPU 1 its nibble back.
+TEST_F(PatchManagerTest, DetachTakesABreakpointThatRacedWithItsStopAndStillPokes) {
+  EnableCr8();
+  vm_.SetTpr(1, 0x40);
+  const std::optional<ParsedBlob> blob = GuestBlob();
+  ASSERT_TRUE(blob);
+  EmulatePoke(*blob);
+  ASSERT_TRUE(vm_.breakpoints().count(kDecoy)) << "the decoy is an unproven candidate";
+  vm_.SetEip(0, kDecoy);
+  vm_.RaceNextStop({StopEvent::Kind::kBreakpoint, 0, kDecoy, 0, WatchKind::kAccess});
+  const absl::Status detached = manager_.Detach();
+  EXPECT_TRUE(detached.ok()) << detached;
+  EXPECT_FALSE(vm_.raced_stop_kept());
+  EXPECT_EQ(PokedVcpus(), std::vector<int>{1});
+  ASSERT_TRUE(vm_.Stop().ok());
+  EXPECT_EQ(*vm_.ReadTpr(1), 0x41);
+  EXPECT_TRUE(vm_.breakpoints().empty());
+  EXPECT_EQ(Bytes(kDecoy, 5), (std::vector<uint8_t>{0xA1, 0x80, 0x00, 0xFE, 0xFF}))
+      << "the candidate it stopped at is left as it was";
+}
+
 // A CPU stopped in user mode is not stepped through kernel code; the gap is said, not hidden.
 TEST_F(PatchManagerTest, LeavingCr8LeavesAUserModeCpuAndSaysSo) {
   EnableCr8();

@@ -90,9 +90,36 @@ absl::Status FakeGuestVm::CheckVcpu(int vcpu) const {
 absl::Status FakeGuestVm::Stop() {
   if (auto failure = Count(Op::kStop)) return failure->status;
   ++stop_calls_;
+  if (running_ && race_next_stop_) {
+    raced_stop_ = race_next_stop_;
+    race_next_stop_.reset();
+  }
   running_ = false;
   if (on_stop_) on_stop_(*this);
   return absl::OkStatus();
+}
+
+absl::Status FakeGuestVm::RequireNoRacedStop() const {
+  if (!raced_stop_) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      "a stop is pending: take it with WaitForStop before running one vCPU");
+}
+
+std::optional<StopEvent> FakeGuestVm::TakeRacedWatchpointStop() {
+  if (!raced_stop_ || raced_stop_->kind != StopEvent::Kind::kWatchpoint) return std::nullopt;
+  std::optional<StopEvent> event = raced_stop_;
+  raced_stop_.reset();
+  return event;
+}
+
+std::optional<StopEvent> FakeGuestVm::TakeRacedTrapStop() {
+  if (!raced_stop_ || (raced_stop_->kind != StopEvent::Kind::kWatchpoint &&
+                       raced_stop_->kind != StopEvent::Kind::kBreakpoint)) {
+    return std::nullopt;
+  }
+  std::optional<StopEvent> event = raced_stop_;
+  raced_stop_.reset();
+  return event;
 }
 
 absl::Status FakeGuestVm::Resume() {
@@ -112,6 +139,12 @@ void FakeGuestVm::SetHostPaused(bool paused) {
 
 absl::StatusOr<std::optional<StopEvent>> FakeGuestVm::WaitForStop(absl::Duration) {
   if (!running_) return absl::FailedPreconditionError("WaitForStop while the guest is stopped");
+  if (raced_stop_) {
+    std::optional<StopEvent> event = raced_stop_;
+    raced_stop_.reset();
+    running_ = false;
+    return event;
+  }
   if (stop_events_.empty()) return std::optional<StopEvent>();
   StopEvent event = stop_events_.front();
   stop_events_.pop_front();
@@ -380,6 +413,7 @@ absl::Status FakeGuestVm::RemoveWatchpoint(uint32_t va, uint32_t length, WatchKi
 absl::StatusOr<StepResult> FakeGuestVm::StepVcpu(int vcpu, absl::Duration /*timeout*/) {
   if (absl::Status s = RequireStopped("StepVcpu"); !s.ok()) return s;
   if (absl::Status s = CheckVcpu(vcpu); !s.ok()) return s;
+  if (absl::Status s = RequireNoRacedStop(); !s.ok()) return s;
   if (auto failure = Count(Op::kStep)) return failure->status;
   step_calls_.push_back(vcpu);
   StepResult result;
@@ -401,6 +435,7 @@ absl::StatusOr<StepResult> FakeGuestVm::StepVcpu(int vcpu, absl::Duration /*time
 absl::StatusOr<StopEvent> FakeGuestVm::RunVcpuAlone(int vcpu, absl::Duration /*timeout*/) {
   if (absl::Status s = RequireStopped("RunVcpuAlone"); !s.ok()) return s;
   if (absl::Status s = CheckVcpu(vcpu); !s.ok()) return s;
+  if (absl::Status s = RequireNoRacedStop(); !s.ok()) return s;
   run_alone_calls_.push_back(vcpu);
   if (on_run_alone_) return on_run_alone_(*this, vcpu);
   StopEvent stop;

@@ -97,6 +97,8 @@ class FakeGuestVm : public GuestVm {
   // Stopped guest only. Runs the run-alone hook if one is set; without one nothing wakes the
   // vCPU: an interrupted stop at its eip. The guest is stopped afterwards.
   absl::StatusOr<StopEvent> RunVcpuAlone(int vcpu, absl::Duration timeout) override;
+  std::optional<StopEvent> TakeRacedWatchpointStop() override;
+  std::optional<StopEvent> TakeRacedTrapStop() override;
 
   // --- State a test sets up or inspects (no fault injection, no log, any run state). ---
   absl::Status BackdoorWritePhysical(uint64_t pa, absl::Span<const uint8_t> data);
@@ -133,6 +135,11 @@ class FakeGuestVm : public GuestVm {
   }
   // Stop events WaitForStop returns, in order; each one stops the guest.
   void QueueStopEvent(StopEvent event) { stop_events_.push_back(event); }
+  // The next Stop() of a running guest races with `event` (a trap QEMU reports instead of the
+  // interrupt): it is kept, as QemuGuestVm keeps it, until TakeRaced*Stop takes it or the next
+  // WaitForStop returns it; meanwhile StepVcpu and RunVcpuAlone refuse.
+  void RaceNextStop(StopEvent event) { race_next_stop_ = event; }
+  bool raced_stop_kept() const { return raced_stop_.has_value(); }
 
   // --- Single-step script. ---
   // Bytes a step without a hook adds to eip (the stepped instruction's length); 1 by default.
@@ -194,6 +201,10 @@ class FakeGuestVm : public GuestVm {
     std::function<void(FakeGuestVm&)> hook;
   };
   using Page = std::array<uint8_t, 4096>;
+
+  std::optional<StopEvent> race_next_stop_;
+  std::optional<StopEvent> raced_stop_;
+  absl::Status RequireNoRacedStop() const;
 
   // Counts one call of `op`; returns the injected failure if one is due.
   std::optional<Injection> Count(Op op);
