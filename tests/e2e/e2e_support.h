@@ -147,6 +147,14 @@ struct CodeRange {
 };
 CodeRange TestGuestCodeRange();
 
+// discovery = watchpoint (docs/design.md "Discovery on KVM hosts"): tprctl status reports the
+// policy and no breakpoint ever set on a candidate, and the bytes of every site tprd has not
+// applied read, through QEMU's monitor (`x`: the debugger's view of guest memory, where a
+// breakpoint under KVM shows as int3), as the scan found them. Run it at random moments while
+// the guest runs patched. Returns how many candidate bytes it compared.
+size_t ExpectUnprovenBytesUnchanged(TprdProcess& tprd, const std::string& domain,
+                                    const std::string& when);
+
 // libvirt's state of the domain ("running", "paused", ...), from `virsh domstate`.
 std::string DomainRunState(const std::string& name);
 // "paused (user)", "running (unpaused)": for failure messages.
