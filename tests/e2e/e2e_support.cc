@@ -407,35 +407,38 @@ namespace {
 // Guest virtual [va, va + size) through the monitor's `x` (vCPU 0's page tables); empty on
 // failure, with a test failure.
 std::vector<uint8_t> MonitorReadVirtual(const std::string& domain, uint32_t va, uint32_t size) {
-  RunResult r = Virsh(
-      {"qemu-monitor-command", domain, "--hmp", absl::StrCat("x /", size, "xb 0x", absl::Hex(va))});
+  std::optional<std::vector<uint32_t>> values =
+      MonitorDump(domain, absl::StrCat("x /", size, "xb 0x", absl::Hex(va)));
   std::vector<uint8_t> bytes;
-  if (r.exit_code != 0) {
-    ADD_FAILURE() << "monitor x at 0x" << std::hex << va << ": " << r.out << r.err;
+  if (!values || values->size() != size) {
+    ADD_FAILURE() << "monitor x /" << size << "xb at 0x" << std::hex << va << " failed";
     return bytes;
   }
-  // "80100000: 0xa1 0x80 0x00 ..." lines.
+  for (uint32_t v : *values) bytes.push_back(static_cast<uint8_t>(v));
+  return bytes;
+}
+
+}  // namespace
+
+std::optional<std::vector<uint32_t>> MonitorDump(const std::string& domain,
+                                                 const std::string& command) {
+  RunResult r = Virsh({"qemu-monitor-command", domain, "--hmp", command});
+  if (r.exit_code != 0) return std::nullopt;
+  std::vector<uint32_t> values;
   for (absl::string_view line : absl::StrSplit(r.out, '\n')) {
     const size_t colon = line.find(':');
     if (colon == absl::string_view::npos) continue;
     for (absl::string_view word :
          absl::StrSplit(line.substr(colon + 1), ' ', absl::SkipWhitespace())) {
       uint32_t value = 0;
-      if (!absl::ConsumePrefix(&word, "0x") || !absl::SimpleHexAtoi(word, &value) || value > 0xFF) {
-        ADD_FAILURE() << "monitor x: unexpected word '" << word << "' in " << r.out;
-        return {};
+      if (!absl::ConsumePrefix(&word, "0x") || !absl::SimpleHexAtoi(word, &value)) {
+        return std::nullopt;
       }
-      bytes.push_back(static_cast<uint8_t>(value));
+      values.push_back(value);
     }
   }
-  if (bytes.size() != size) {
-    ADD_FAILURE() << "monitor x: " << bytes.size() << " bytes for " << size << ": " << r.out;
-    return {};
-  }
-  return bytes;
+  return values;
 }
-
-}  // namespace
 
 size_t ExpectUnprovenBytesUnchanged(TprdProcess& tprd, const std::string& domain,
                                     const std::string& when) {
