@@ -8,6 +8,7 @@
 // moments, with what the scan found (docs/design.md "Discovery on KVM hosts").
 #include <random>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -49,7 +50,15 @@ TEST_P(TprdEndToEndStrategy, SustainedRunStaysCorrectAcrossTheProvingWindowAndRo
   RunResult enabled = tprd.Ctl({"enable", domain.name(), "--strategy", c.strategy});
   ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
   if (watchpoint) ExpectUnprovenBytesUnchanged(tprd, domain.name(), "right after enable");
-  WaitForApplied(tprd, domain.name(), HotSites(), absl::Seconds(90), "hot sites");
+  // mmio under discovery = watchpoint: its watchpoint sees writes only, so only the writers are
+  // sure to be patched; a hot reader the learning window missed stays unpatched, correct
+  // (docs/design.md "Discovery on KVM hosts").
+  std::vector<std::string> hot;
+  for (const std::string& name : HotSites()) {
+    const bool reader = name.rfind("wr_", 0) != 0;
+    if (!(watchpoint && c.strategy == "mmio" && reader)) hot.push_back(name);
+  }
+  WaitForApplied(tprd, domain.name(), hot, absl::Seconds(90), "hot sites");
   if (HasFailure()) return;
   // Each STAT line covers about a second: thousands of rounds, every 64th of which runs the
   // unpatchable reads. Twelve per vCPU take the run well past the 5 s proving window; under the
