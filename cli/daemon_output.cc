@@ -108,6 +108,8 @@ Json StatusJson(const tprd::v1::DomainStatus& status) {
       {"last_error", status.last_error()},
       {"busy_with", status.busy_with()},
       {"proving_window_open", status.proving_window_open()},
+      {"discovery", status.discovery()},
+      {"candidate_breakpoints", status.candidate_breakpoints()},
       {"guard_mismatches", status.guard_mismatches()},
       {"intent", IntentJson(status)},
       {"intent_error", status.intent_error()},
@@ -171,8 +173,19 @@ void PrintStatus(const tprd::v1::DomainStatus& status, std::ostream& out) {
     out << "applying:   " << status.intent_progress() << "\n";
   }
   if (!status.busy_with().empty()) out << "busy with:  " << status.busy_with() << "\n";
+  if (!status.discovery().empty()) {
+    out << "discovery:  " << status.discovery();
+    if (status.discovery() == "watchpoint") {
+      out << " (no breakpoint on unproven bytes; a candidate is proven by its first TPR access)";
+    } else {
+      out << " (" << status.candidate_breakpoints() << " breakpoints set on candidates)";
+    }
+    out << "\n";
+  }
   if (status.proving_window_open()) {
-    out << "proving:    open (every candidate waits at a breakpoint until it ends)\n";
+    out << (status.discovery() == "watchpoint"
+                ? "proving:    open\n"
+                : "proving:    open (every candidate waits at a breakpoint until it ends)\n");
   }
   if (status.guard_mismatches() > 0) {
     out << "guard:      " << status.guard_mismatches()

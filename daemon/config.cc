@@ -60,6 +60,15 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
     } else {
       config->stop_timeout = absl::Seconds(number);
     }
+  } else if (key == "discovery") {
+    if (value == "auto") {
+      config->discovery.reset();
+    } else if (std::optional<engine::Discovery> d = engine::DiscoveryFromName(value)) {
+      config->discovery = *d;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("discovery must be auto, breakpoints or watchpoint, not \"", value, "\""));
+    }
   } else if (key == "log_level") {
     if (value != "info" && value != "debug") {
       return absl::InvalidArgumentError(
@@ -70,8 +79,8 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown setting \"", key,
         "\"; known: connect, socket, socket_group, state_dir, poll_interval_ms, stop_timeout_s, "
-        "log_level, adopt_domains, proving_window_s, mmio_write_stops_per_second, intent_retry_s, "
-        "intent_retry_interval_ms, metrics_textfile"));
+        "log_level, adopt_domains, proving_window_s, discovery, mmio_write_stops_per_second, "
+        "intent_retry_s, intent_retry_interval_ms, metrics_textfile"));
   }
   return absl::OkStatus();
 }

@@ -11,6 +11,11 @@
 //   log_level        info | debug                        (default info)
 //   proving_window_s how long breakpoints wait on candidates not yet run (default 60); after
 //                    that only mmio's writers keep theirs
+//   discovery        auto | breakpoints | watchpoint (default auto): how a candidate is proven
+//                    to be code before it is patched. breakpoints: an execution breakpoint on
+//                    each; watchpoint: never a breakpoint on bytes not proven to be code, only
+//                    the TPR watchpoint (KVM writes breakpoints into guest memory as int3). auto:
+//                    breakpoints when QEMU reports TCG, watchpoint otherwise (KVM, or unknown)
 //   adopt_domains    shell glob of domain names adopted at start (default *: every domain);
 //                    operators' commands reach any domain either way; also which domains'
 //                    recorded intent tprd applies
@@ -23,11 +28,13 @@
 #ifndef TPRD_DAEMON_CONFIG_H_
 #define TPRD_DAEMON_CONFIG_H_
 
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "daemon/engine/site.h"
 
 namespace tprd::daemon {
 
@@ -40,6 +47,7 @@ struct Config {
   absl::Duration poll_interval = absl::Seconds(1);
   absl::Duration stop_timeout = absl::Seconds(60);
   absl::Duration proving_window = absl::Seconds(60);
+  std::optional<engine::Discovery> discovery;  // nullopt: auto (by the domain's accelerator)
   // mmio: stops at TPR writes tprd cannot patch tolerated per second before the domain goes to
   // exact (engine::EnableRequest::unpatched_write_stops_per_second_limit).
   int mmio_write_stops_per_second = 200;

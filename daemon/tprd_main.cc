@@ -70,8 +70,11 @@ int Run(const Config& config) {
     LogError(std::string(journal.status().message()));
     return 1;
   }
-  auto hypervisor =
-      MakeHypervisor(config.connect, config.proving_window, config.mmio_write_stops_per_second);
+  EngineControllerOptions controller_options;
+  controller_options.proving_window = config.proving_window;
+  controller_options.mmio_write_stops_per_second = config.mmio_write_stops_per_second;
+  controller_options.discovery = config.discovery;
+  auto hypervisor = MakeHypervisor(config.connect, controller_options);
   if (!hypervisor.ok()) {
     LogError(absl::StrCat("cannot use ", config.connect, ": ", hypervisor.status().message()));
     return 1;

@@ -123,6 +123,14 @@ absl::StatusOr<engine::CpuFeatures> QemuMonitor::Features() {
   absl::StatusOr<bool> vapic = ParseQomGetBool(*reply);
   if (!vapic.ok()) return vapic.status();
   features.qemu_vapic_active = *vapic;
+  // Unknown (an old QEMU, a refused command) is not an error: the caller then picks what is safe
+  // under either accelerator.
+  reply = connection_->QmpCommand(uuid_, R"({"execute":"query-kvm"})");
+  if (reply.ok()) {
+    if (absl::StatusOr<bool> kvm = ParseQueryKvmEnabled(*reply); kvm.ok()) {
+      features.accelerator = *kvm ? engine::Accelerator::kKvm : engine::Accelerator::kTcg;
+    }
+  }
   return features;
 }
 

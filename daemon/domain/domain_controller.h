@@ -73,7 +73,11 @@ struct ControllerStatus {
   double tpr_accesses_per_second_after = 0;
   PauseHistogram enable_pauses;      // the enables of this session that changed the guest
   bool proving_window_open = false;  // every candidate still waits at its breakpoint
-  uint64_t guard_mismatches = 0;     // the guest's mmio guard counters (ManagerStatus)
+  // The session's discovery ("breakpoints" or "watchpoint", engine::DiscoveryName); empty when
+  // there is no session. candidate_breakpoints: breakpoints it set on unproven candidates.
+  std::string discovery;
+  uint64_t candidate_breakpoints = 0;
+  uint64_t guard_mismatches = 0;  // the guest's mmio guard counters (ManagerStatus)
   // tprd's blob is in the guest (found by Adopt, or placed): tprd patched it during this boot,
   // even if nothing is patched now (a rollback leaves the blob).
   bool holds_blob = false;

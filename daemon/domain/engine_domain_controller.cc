@@ -54,6 +54,29 @@ absl::Status EngineDomainController::EnsureAttached() {
   return absl::OkStatus();
 }
 
+absl::StatusOr<engine::EnableRequest> EngineDomainController::SessionSettings() {
+  engine::EnableRequest settings;
+  settings.proving_window = options_.proving_window;
+  settings.unpatched_write_stops_per_second_limit = options_.mmio_write_stops_per_second;
+  if (options_.discovery) {
+    settings.discovery = *options_.discovery;
+  } else {
+    absl::StatusOr<engine::CpuFeatures> features = vm_->Features();
+    if (!features.ok()) return features.status();
+    // Unknown counts as KVM: the watchpoint is correct under either accelerator.
+    settings.discovery = features->accelerator == engine::Accelerator::kTcg
+                             ? engine::Discovery::kBreakpoints
+                             : engine::Discovery::kWatchpoint;
+  }
+  if (!discovery_logged_) {
+    discovery_logged_ = true;
+    LogInfo(absl::StrCat("domain ", domain_.name, ": discovery ",
+                         std::string(engine::DiscoveryName(settings.discovery)),
+                         options_.discovery ? " (config)" : " (auto, by the accelerator)"));
+  }
+  return settings;
+}
+
 absl::StatusOr<bool> EngineDomainController::BlobPresentWithoutStopping() {
   absl::StatusOr<std::unique_ptr<backend::LiveMemoryReader>> memory =
       options_.open_live_memory(connection_, domain_.uuid);
@@ -83,14 +106,17 @@ absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<engine::Strateg
     return false;
   }
   if (absl::Status s = EnsureAttached(); !s.ok()) return s;
-  return manager_->Adopt(strategy_hint, options_.proving_window,
-                         options_.mmio_write_stops_per_second);
+  absl::StatusOr<engine::EnableRequest> settings = SessionSettings();
+  if (!settings.ok()) return settings.status();
+  return manager_->Adopt(strategy_hint, *settings);
 }
 
 absl::StatusOr<std::vector<engine::ManagedSite>> EngineDomainController::Enable(
     const EnableOptions& options) {
   if (absl::Status s = EnsureAttached(); !s.ok()) return s;
-  engine::EnableRequest request;
+  absl::StatusOr<engine::EnableRequest> settings = SessionSettings();
+  if (!settings.ok()) return settings.status();
+  engine::EnableRequest request = *settings;
   switch (options.strategy) {
     case RequestedStrategy::kAuto: {
       absl::StatusOr<engine::CpuFeatures> features = vm_->Features();
@@ -113,8 +139,6 @@ absl::StatusOr<std::vector<engine::ManagedSite>> EngineDomainController::Enable(
     return absl::InvalidArgumentError("the discovery budget must be positive");
   }
   request.learning_window = std::min(options.discovery_budget, kMaxLearningWindow);
-  request.proving_window = options_.proving_window;
-  request.unpatched_write_stops_per_second_limit = options_.mmio_write_stops_per_second;
   absl::StatusOr<engine::EnableReport> report = manager_->Enable(request);
   if (!report.ok()) return report.status();
   if (!request.dry_run && report->changed) {
@@ -123,7 +147,8 @@ absl::StatusOr<std::vector<engine::ManagedSite>> EngineDomainController::Enable(
     LogInfo(absl::StrCat(
         "domain ", domain_.name, ": enabled, pause_us=", absl::ToInt64Microseconds(report->pause),
         " applied_at_enable=", report->applied_at_enable, " armed=", report->armed,
-        " candidates=", report->candidates, " learning_hits=", report->learning_hits));
+        " candidates=", report->candidates, " learning_hits=", report->learning_hits,
+        " discovery=", std::string(engine::DiscoveryName(request.discovery))));
   }
   return manager_->Sites();
 }
@@ -169,6 +194,8 @@ ControllerStatus EngineDomainController::Status() {
   status.requested_strategy = m.requested_strategy;
   status.traps_handled = m.traps_handled;
   status.proving_window_open = m.proving_window_open;
+  if (m.installed) status.discovery = std::string(engine::DiscoveryName(m.discovery));
+  status.candidate_breakpoints = m.candidate_breakpoints;
   status.guard_mismatches = m.guard_mismatches;
   status.last_error = m.last_error;
   status.handler_accesses_without_apic = m.handler_accesses_without_apic;

@@ -30,6 +30,9 @@ struct EngineControllerOptions {
   // engine::EnableRequest::unpatched_write_stops_per_second_limit (config
   // mmio_write_stops_per_second).
   int mmio_write_stops_per_second = engine::EnableRequest{}.unpatched_write_stops_per_second_limit;
+  // engine::EnableRequest::discovery (config discovery); nullopt: auto, by the domain's
+  // accelerator (breakpoints only where QEMU reports TCG).
+  std::optional<engine::Discovery> discovery;
   // Opens a reader of the domain's guest memory that does not stop the guest: for Adopt's look
   // for tprd's blob, and the session's own (QemuGuestVmOptions::open_live_memory). A seam: the
   // daemon's tests hand in a fake reader. Default: process_vm_readv of the domain's QEMU process.
@@ -60,6 +63,9 @@ class EngineDomainController : public DomainController {
 
  private:
   absl::Status EnsureAttached();
+  // The engine's settings from the config, discovery resolved for this domain's accelerator
+  // (auto: breakpoints only where QEMU reports TCG). Requires EnsureAttached.
+  absl::StatusOr<engine::EnableRequest> SessionSettings();
   // Waits until `timeout` passes or Interrupt() is called.
   void IdleWait(absl::Duration timeout);
   // A kHostCopiesState event when libvirt holds the domain paused to copy its state.
@@ -71,6 +77,7 @@ class EngineDomainController : public DomainController {
   engine::NullPatchRecorder no_journal_;
   const EngineControllerOptions options_;
   engine::RealClock clock_;
+  bool discovery_logged_ = false;
   std::unique_ptr<backend::QemuGuestVm> vm_;
   std::unique_ptr<engine::PatchManager> manager_;
   std::vector<ControllerEvent> pending_events_;

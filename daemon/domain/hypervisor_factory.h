@@ -1,5 +1,5 @@
 // Where tprd gets its Hypervisor: libvirt at `connect_uri`, with the engine's settings from the
-// config (proving_window_s, mmio_write_stops_per_second).
+// config (proving_window_s, mmio_write_stops_per_second, discovery).
 #ifndef TPRD_DAEMON_DOMAIN_HYPERVISOR_FACTORY_H_
 #define TPRD_DAEMON_DOMAIN_HYPERVISOR_FACTORY_H_
 
@@ -7,13 +7,13 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "daemon/domain/engine_domain_controller.h"
 #include "daemon/domain/hypervisor.h"
 
 namespace tprd::daemon {
 
-absl::StatusOr<std::unique_ptr<Hypervisor>> MakeHypervisor(const std::string& connect_uri,
-                                                           absl::Duration proving_window,
-                                                           int mmio_write_stops_per_second);
+absl::StatusOr<std::unique_ptr<Hypervisor>> MakeHypervisor(
+    const std::string& connect_uri, const EngineControllerOptions& controller_options);
 
 }  // namespace tprd::daemon
 

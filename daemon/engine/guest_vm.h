@@ -94,9 +94,14 @@ struct MemoryRegion {
   std::string name;
 };
 
+// Who runs the guest's instructions. It matters for execution breakpoints: QEMU keeps TCG's
+// outside guest memory, and implements KVM's by writing int3 into it.
+enum class Accelerator : uint8_t { kUnknown, kTcg, kKvm };
+
 struct CpuFeatures {
   bool cr8legacy = false;          // AMD AltMovCr8: lock mov cr0 reaches CR8
   bool qemu_vapic_active = false;  // QEMU's own TPR patcher is on for this domain
+  Accelerator accelerator = Accelerator::kUnknown;
 };
 
 class GuestVm {

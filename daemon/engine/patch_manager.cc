@@ -291,6 +291,10 @@ size_t PatchManager::ApplyStopped(const std::vector<uint32_t>& ids,
         it->second.site.state == SiteState::kApplied) {
       continue;
     }
+    // Proven now: its breakpoint goes first. Under KVM it is an int3 in the site's first byte,
+    // which the transaction's byte check would see, and whose later removal would write the
+    // original byte back over the patch.
+    if (it->second.armed) traps_.RemoveBreakpoint(it->second);
     batch.push_back(it->second.site);
   }
   if (batch.empty()) return 0;
@@ -336,7 +340,12 @@ GuestByteReader PatchManager::OriginalCodeReader(int vcpu, bool* substituted) {
     const uint64_t end = uint64_t{va} + out.size();
     for (const auto& [id, managed] : sites_) {
       const Site& site = managed.site;
-      if (site.state != SiteState::kApplied || site.original.empty()) continue;
+      if (site.original.empty()) continue;
+      // A candidate's breakpoint is an int3 in its first byte under KVM: what was there is known.
+      if (managed.armed && site.address >= va && site.address < end) {
+        out[site.address - va] = site.original[0];
+      }
+      if (site.state != SiteState::kApplied) continue;
       const uint64_t first = site.address, last = first + site.original.size();
       if (last <= va || first >= end) continue;
       for (uint64_t a = std::max<uint64_t>(first, va); a < std::min(last, end); ++a) {
@@ -450,6 +459,7 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   status_.requested_strategy = request.strategy;
   status_.guard_mismatches = 0;
   report.applied_at_enable = ApplyStopped(ids, nullptr);
+  traps_.set_discovery(request.discovery);
   traps_.OpenProvingWindow(request.proving_window);
   if (absl::Status s = traps_.Arm(sites_, status_.strategy, profile_, alias_.has_value());
       !s.ok()) {

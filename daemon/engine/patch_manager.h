@@ -63,6 +63,9 @@ struct EnableRequest {
   // mmio: stops at unpatchable TPR writes tolerated per second before the domain switches to
   // exact (each one stops the guest; correctness does not depend on this limit).
   int unpatched_write_stops_per_second_limit = 200;
+  // How unproven candidates are proven (trap_set.h). Resolved by the caller from the domain's
+  // accelerator (kWatchpoint on KVM, where a breakpoint is an int3 in guest memory).
+  Discovery discovery = Discovery::kBreakpoints;
 };
 
 struct EnableReport {
@@ -114,6 +117,8 @@ struct ManagerStatus {
   uint64_t learning_hits = 0;
   absl::Duration learning_run;
   bool proving_window_open = false;  // since enable: every candidate keeps its breakpoint
+  Discovery discovery = Discovery::kBreakpoints;  // this session's (TrapSet)
+  uint64_t candidate_breakpoints = 0;  // breakpoints set on unproven candidates (0: watchpoint)
   std::string last_error;
 };
 
@@ -131,12 +136,11 @@ class PatchManager {
   // guest back (strategy, traps, a vCPU left stopped at a trap). Returns whether it was there.
   // `requested_hint`: the strategy the operator chose, when tprd remembers it (journal) and the
   // guest's strategy word says exact because tprd detached cleanly.
-  // `proving_window`: as EnableRequest's, started afresh for the candidates adopt re-arms.
-  // `write_stop_limit`: as EnableRequest's unpatched_write_stops_per_second_limit.
-  absl::StatusOr<bool> Adopt(
-      std::optional<Strategy> requested_hint = std::nullopt,
-      absl::Duration proving_window = EnableRequest{}.proving_window,
-      int write_stop_limit = EnableRequest{}.unpatched_write_stops_per_second_limit);
+  // `settings`: the session's settings as an enable gives them (the proving window, started
+  // afresh for the candidates adopt re-arms; the write stop limit; discovery); its strategy and
+  // learning window are not used.
+  absl::StatusOr<bool> Adopt(std::optional<Strategy> requested_hint = std::nullopt,
+                             const EnableRequest& settings = {});
   // Leaves the guest correct without tprd: strategy word exact, every trap removed. The guest
   // is left running (unless the host paused it). DATA_LOSS: left so, but something went wrong on
   // the way (the message says what: e.g. a CPU that reads its TPR without the low nibble until
@@ -150,6 +154,8 @@ class PatchManager {
     ManagerStatus status = status_;
     status.installed = blob_.installed();
     status.proving_window_open = traps_.proving_window_open();
+    status.discovery = traps_.discovery();
+    status.candidate_breakpoints = traps_.candidate_breakpoints();
     return status;
   }
   // Rolled-back and candidate sites included. Used by the daemon for ListSites.
@@ -263,6 +269,7 @@ class PatchManager {
   std::optional<uint32_t> SiteAt(uint32_t address) const;
   // Reads guest code as it was before tprd patched it: a vCPU stopped just after a site may have
   // run the original instruction before the site was patched (a hit that raced with the patch).
+  // An armed candidate reads as its original bytes too (under KVM its breakpoint is an int3).
   // `substituted` (optional) is set when original bytes were used.
   GuestByteReader OriginalCodeReader(int vcpu, bool* substituted = nullptr);
   absl::Status SwitchToExact(const std::string& why, std::vector<ManagerEvent>& events);

@@ -121,7 +121,7 @@ absl::Status PatchManager::RecordAdoptedStates(const ParsedBlob& blob) {
 }
 
 absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
-                                         absl::Duration proving_window, int write_stop_limit) {
+                                         const EnableRequest& settings) {
   absl::StatusOr<GuestProfile> profile = StopAndProfile();
   StoppedGuestScope stopped(vm_);
   if (!profile.ok()) {
@@ -153,8 +153,10 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
   status_.guard_mismatches = mismatches;
   guard_rejected_mmio_ =
       current == Strategy::kExact && requested == Strategy::kMmio && mismatches > 0;
-  request_.proving_window = proving_window;
-  request_.unpatched_write_stops_per_second_limit = write_stop_limit;
+  request_.proving_window = settings.proving_window;
+  request_.unpatched_write_stops_per_second_limit = settings.unpatched_write_stops_per_second_limit;
+  request_.discovery = settings.discovery;
+  traps_.set_discovery(settings.discovery);
 
   std::vector<ManagerEvent> events;
   absl::StatusOr<ScanResult> scan = ScanGuest(*profile);

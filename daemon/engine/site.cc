@@ -72,4 +72,14 @@ std::optional<Strategy> StrategyFromName(std::string_view name) {
   return std::nullopt;
 }
 
+std::string_view DiscoveryName(Discovery discovery) {
+  return discovery == Discovery::kWatchpoint ? "watchpoint" : "breakpoints";
+}
+
+std::optional<Discovery> DiscoveryFromName(std::string_view name) {
+  if (name == "breakpoints") return Discovery::kBreakpoints;
+  if (name == "watchpoint") return Discovery::kWatchpoint;
+  return std::nullopt;
+}
+
 }  // namespace tprd::engine

@@ -50,6 +50,22 @@ enum class Strategy : uint32_t {
 std::string_view StrategyName(Strategy strategy);
 std::optional<Strategy> StrategyFromName(std::string_view name);
 
+// How a session proves that an unproven candidate is code (docs/design.md "Discovery on KVM
+// hosts"). Either way the learning window (an access watchpoint before anything is patched)
+// proves the hot sites at enable, and the strategy's TPR watchpoint sees every unpatched access.
+enum class Discovery : uint8_t {
+  // An execution breakpoint (gdbstub Z0) on each candidate: patched before its first run. Under
+  // TCG QEMU keeps breakpoints outside guest memory; under KVM Z0 is an int3 written into it.
+  kBreakpoints,
+  // No breakpoint on bytes not proven to be code. A candidate is proven by its first access the
+  // TPR watchpoint reports (cr8: every access; mmio: writes), handled as any unpatched access,
+  // and patched at that stop. Under mmio a reader is proven only by the learning window (an
+  // unpatched reader is correct under mmio; it costs its exit).
+  kWatchpoint,
+};
+std::string_view DiscoveryName(Discovery discovery);
+std::optional<Discovery> DiscoveryFromName(std::string_view name);
+
 // Virtual addresses of the guest blob's handlers, which the planner targets.
 struct HandlerTable {
   uint32_t set_tpr = 0;              // value pushed by the site; handler pops it (ret 4)

@@ -8,6 +8,9 @@ namespace tprd::engine {
 bool TrapSet::WantsBreakpoint(const ManagedSite& managed, Strategy strategy) const {
   const Site& site = managed.site;
   if (site.state == SiteState::kApplied || site.state == SiteState::kRolledBack) return false;
+  // Never on bytes not proven to be code: under KVM the breakpoint is an int3 in guest memory,
+  // and a candidate may be data that merely looks like a TPR access.
+  if (discovery_ == Discovery::kWatchpoint) return false;
   // A site that can never be patched gains nothing from a breakpoint: both strategies keep a
   // TPR watchpoint that sees it run (cr8 fixes it up, mmio resyncs the shadows).
   if (CannotPatch(managed)) return false;
@@ -29,6 +32,7 @@ absl::Status TrapSet::Arm(std::map<uint32_t, ManagedSite>& sites, Strategy strat
     }
     managed.armed = true;
     breakpoints_.insert(managed.site.address);
+    ++candidate_breakpoints_;
   }
   if (!watch_armed_ && profile) {
     // cr8: every access (reads need fix-ups). mmio: writes only, and only once the handlers

@@ -1,10 +1,11 @@
 // The traps one patching session keeps in a guest after enable or adopt: an execution breakpoint
-// on each unproven candidate it still wants, one watchpoint on the TPR (cr8: every access, to fix
-// unpatched reads up; mmio: writes, to resync the shadows), and the proving window that bounds
-// how long candidates that never run keep their breakpoints (docs/design.md "the proving
-// window"). It arms and disarms and remembers what is armed; what to do when the guest stops at
-// a trap, and what must happen before a watchpoint goes, is PatchManager's. The learning
-// window's own watchpoint is not one of these: Learn sets and removes it itself.
+// on each unproven candidate it still wants (none under Discovery::kWatchpoint), one watchpoint on
+// the TPR (cr8: every access, to fix unpatched reads up; mmio: writes, to resync the shadows), and
+// the proving window that bounds how long candidates that never run keep their breakpoints
+// (docs/design.md "the proving window"). It arms and disarms and remembers what is armed; what to
+// do when the guest stops at a trap, and what must happen before a watchpoint goes, is
+// PatchManager's. The learning window's own watchpoint is not one of these: Learn sets and removes
+// it itself.
 //
 // Breakpoints and watchpoints are set and removed with the guest stopped. Not thread-safe: one
 // owner (PatchManager) calls everything.
@@ -29,6 +30,13 @@ namespace tprd::engine {
 class TrapSet {
  public:
   TrapSet(GuestVm& vm, Clock& clock) : vm_(vm), clock_(clock) {}
+
+  // Under kWatchpoint no candidate ever gets a breakpoint. Set before the first Arm.
+  void set_discovery(Discovery discovery) { discovery_ = discovery; }
+  Discovery discovery() const { return discovery_; }
+  // Execution breakpoints set on unproven candidates since this set was made (0 under
+  // kWatchpoint): what the tests check, and what `tprctl status` shows.
+  uint64_t candidate_breakpoints() const { return candidate_breakpoints_; }
 
   // Whether a candidate's breakpoint is still wanted under `strategy` (the proving window, or
   // correctness).
@@ -73,6 +81,8 @@ class TrapSet {
   bool watch_armed_ = false;
   WatchKind watch_kind_ = WatchKind::kAccess;  // cr8: access; mmio: write
   std::optional<absl::Time> proving_deadline_;
+  Discovery discovery_ = Discovery::kBreakpoints;
+  uint64_t candidate_breakpoints_ = 0;
 };
 
 }  // namespace tprd::engine

@@ -126,6 +126,8 @@ void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainStatus* out) {
   }
   out->set_traps_handled(snapshot.status.traps_handled);
   out->set_proving_window_open(snapshot.status.proving_window_open);
+  out->set_discovery(snapshot.status.discovery);
+  out->set_candidate_breakpoints(snapshot.status.candidate_breakpoints);
   out->set_guard_mismatches(snapshot.status.guard_mismatches);
   out->set_tpr_accesses_per_second_before(snapshot.status.tpr_accesses_per_second_before);
   out->set_tpr_accesses_per_second_after(snapshot.status.tpr_accesses_per_second_after);

@@ -267,6 +267,17 @@ absl::StatusOr<QemuRunStatus> ParseQueryStatus(std::string_view qmp_reply) {
   return QemuRunStatus{running->get<bool>(), status->get<std::string>()};
 }
 
+absl::StatusOr<bool> ParseQueryKvmEnabled(std::string_view qmp_reply) {
+  absl::StatusOr<Json> ret = QmpReturn(qmp_reply);
+  if (!ret.ok()) return ret.status();
+  if (!ret->is_object()) return absl::InvalidArgumentError("query-kvm: return not an object");
+  auto enabled = ret->find("enabled");
+  if (enabled == ret->end() || !enabled->is_boolean()) {
+    return absl::InvalidArgumentError("query-kvm: lacks enabled");
+  }
+  return enabled->get<bool>();
+}
+
 absl::StatusOr<std::vector<QemuChardev>> ParseQueryChardev(std::string_view qmp_reply) {
   absl::StatusOr<Json> ret = QmpReturn(qmp_reply);
   if (!ret.ok()) return ret.status();

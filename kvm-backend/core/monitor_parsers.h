@@ -73,6 +73,10 @@ struct QemuRunStatus {
 };
 absl::StatusOr<QemuRunStatus> ParseQueryStatus(std::string_view qmp_reply);
 
+// QMP reply to `query-kvm` ({"return":{"enabled":true,"present":true}}): whether this QEMU runs
+// its vCPUs under KVM (enabled) rather than TCG.
+absl::StatusOr<bool> ParseQueryKvmEnabled(std::string_view qmp_reply);
+
 // Builds the QMP command text for qom-get (path and property JSON-escaped).
 std::string QomGetCommand(std::string_view path, std::string_view property);
 

@@ -14,6 +14,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)tprd::backend::ParseQueryCpusFast(text);
   (void)tprd::backend::ParseQomGetBool(text);
   (void)tprd::backend::ParseQueryStatus(text);
+  (void)tprd::backend::ParseQueryKvmEnabled(text);
   (void)tprd::backend::QomGetCommand(text, text);
   return 0;
 }

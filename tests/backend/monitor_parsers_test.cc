@@ -281,6 +281,21 @@ TEST(ParseQueryCpusFast, RejectsBadShapes) {
           .ok());
 }
 
+TEST(ParseQueryKvmEnabled, TellsKvmFromTcg) {
+  absl::StatusOr<bool> tcg =
+      ParseQueryKvmEnabled(R"({"return":{"enabled":false,"present":true},"id":"libvirt-31"})");
+  ASSERT_TRUE(tcg.ok()) << tcg.status();
+  EXPECT_FALSE(*tcg);
+  absl::StatusOr<bool> kvm = ParseQueryKvmEnabled(R"({"return":{"present":true,"enabled":true}})");
+  ASSERT_TRUE(kvm.ok()) << kvm.status();
+  EXPECT_TRUE(*kvm);
+  EXPECT_FALSE(ParseQueryKvmEnabled(R"({"return":{"present":true}})").ok());
+  EXPECT_FALSE(ParseQueryKvmEnabled(R"({"return":{"enabled":"yes"}})").ok());
+  EXPECT_FALSE(ParseQueryKvmEnabled(R"({"return":true})").ok());
+  EXPECT_FALSE(
+      ParseQueryKvmEnabled(R"({"error":{"class":"CommandNotFound","desc":"no query-kvm"}})").ok());
+}
+
 TEST(ParseQomGetBool, ReadsCapturedReplies) {
   absl::StatusOr<bool> off = ParseQomGetBool(R"({"return":false,"id":"libvirt-26"})");
   ASSERT_TRUE(off.ok()) << off.status();

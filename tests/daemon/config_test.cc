@@ -61,6 +61,20 @@ TEST(ConfigTest, BadLinesNameTheFileAndLine) {
   EXPECT_FALSE(ApplyConfigText("mmio_write_stops_per_second = 0\n", "f", &config).ok());
 }
 
+TEST(ConfigTest, DiscoveryIsAutoUnlessTheConfigForcesOne) {
+  Config config;
+  EXPECT_FALSE(config.discovery.has_value()) << "auto: by the domain's accelerator";
+  ASSERT_TRUE(ApplyConfigText("discovery = watchpoint\n", "f", &config).ok());
+  EXPECT_EQ(config.discovery, engine::Discovery::kWatchpoint);
+  ASSERT_TRUE(ApplyConfigText("discovery = breakpoints\n", "f", &config).ok());
+  EXPECT_EQ(config.discovery, engine::Discovery::kBreakpoints);
+  ASSERT_TRUE(ApplyConfigText("discovery = auto\n", "f", &config).ok());
+  EXPECT_FALSE(config.discovery.has_value());
+  absl::Status bad = ApplyConfigText("discovery = int3\n", "f", &config);
+  EXPECT_TRUE(absl::IsInvalidArgument(bad));
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("auto, breakpoints or watchpoint"));
+}
+
 TEST(ConfigTest, UsageErrorsAndMissingConfigFile) {
   Config config;
   EXPECT_FALSE(ParseCommandLine({"--bogus"}, &config).ok());

@@ -400,3 +400,83 @@ std::string DomainRunStateAndReason(const std::string& name) {
 }
 
 }  // namespace tprd::testing
+
+namespace tprd::testing {
+namespace {
+
+// Guest virtual [va, va + size) through the monitor's `x` (vCPU 0's page tables); empty on
+// failure, with a test failure.
+std::vector<uint8_t> MonitorReadVirtual(const std::string& domain, uint32_t va, uint32_t size) {
+  std::optional<std::vector<uint32_t>> values =
+      MonitorDump(domain, absl::StrCat("x /", size, "xb 0x", absl::Hex(va)));
+  std::vector<uint8_t> bytes;
+  if (!values || values->size() != size) {
+    ADD_FAILURE() << "monitor x /" << size << "xb at 0x" << std::hex << va << " failed";
+    return bytes;
+  }
+  for (uint32_t v : *values) bytes.push_back(static_cast<uint8_t>(v));
+  return bytes;
+}
+
+}  // namespace
+
+std::optional<std::vector<uint32_t>> MonitorDump(const std::string& domain,
+                                                 const std::string& command) {
+  RunResult r = Virsh({"qemu-monitor-command", domain, "--hmp", command});
+  if (r.exit_code != 0) return std::nullopt;
+  std::vector<uint32_t> values;
+  for (absl::string_view line : absl::StrSplit(r.out, '\n')) {
+    const size_t colon = line.find(':');
+    if (colon == absl::string_view::npos) continue;
+    for (absl::string_view word :
+         absl::StrSplit(line.substr(colon + 1), ' ', absl::SkipWhitespace())) {
+      uint32_t value = 0;
+      if (!absl::ConsumePrefix(&word, "0x") || !absl::SimpleHexAtoi(word, &value)) {
+        return std::nullopt;
+      }
+      values.push_back(value);
+    }
+  }
+  return values;
+}
+
+size_t ExpectUnprovenBytesUnchanged(TprdProcess& tprd, const std::string& domain,
+                                    const std::string& when) {
+  RunResult status = tprd.Ctl({"--json", "status", domain});
+  nlohmann::json doc = nlohmann::json::parse(status.out, nullptr, false);
+  EXPECT_FALSE(doc.is_discarded()) << status.out << status.err;
+  if (doc.is_discarded()) return 0;
+  EXPECT_EQ(doc.value("discovery", std::string()), "watchpoint") << when << ": " << status.out;
+  EXPECT_EQ(doc.value("candidate_breakpoints", -1), 0)
+      << when << ": tprd set breakpoints on unproven candidates: " << status.out;
+  const std::vector<SiteRow> before = ListSites(tprd, domain);
+  // One read per page that holds an unproven site.
+  std::map<uint32_t, std::vector<uint8_t>> pages;
+  for (const SiteRow& row : before) {
+    if (row.state == "applied") continue;
+    for (uint32_t a = row.address & ~0xFFFu; a < row.address + row.original.size(); a += 0x1000) {
+      pages[a];
+    }
+  }
+  for (auto& [page, bytes] : pages) bytes = MonitorReadVirtual(domain, page, 0x1000);
+  // A site applied between the listing and the read holds its patch: compare only those still
+  // unapplied after the read (sites go from candidate to applied, not back, while patched).
+  std::map<uint32_t, std::string> after;
+  for (const SiteRow& row : ListSites(tprd, domain)) after[row.address] = row.state;
+  size_t compared = 0;
+  for (const SiteRow& row : before) {
+    if (row.state == "applied" || after[row.address] == "applied") continue;
+    for (size_t i = 0; i < row.original.size(); ++i) {
+      const uint32_t a = row.address + static_cast<uint32_t>(i);
+      const std::vector<uint8_t>& page = pages[a & ~0xFFFu];
+      if (page.size() != 0x1000) continue;  // the read failed (reported)
+      ++compared;
+      EXPECT_EQ(page[a & 0xFFF], row.original[i])
+          << when << ": byte " << i << " of the unproven site " << row.id << " at 0x" << std::hex
+          << row.address << " changed (0xcc would be a breakpoint in guest memory)";
+    }
+  }
+  return compared;
+}
+
+}  // namespace tprd::testing

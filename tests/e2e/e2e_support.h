@@ -147,6 +147,19 @@ struct CodeRange {
 };
 CodeRange TestGuestCodeRange();
 
+// The values an HMP memory dump (`x`, `xp`) of the domain prints, in order ("80100000: 0xa1 0x80
+// ..." lines); nullopt when the monitor refused or printed anything else.
+std::optional<std::vector<uint32_t>> MonitorDump(const std::string& domain,
+                                                 const std::string& command);
+
+// discovery = watchpoint (docs/design.md "Discovery on KVM hosts"): tprctl status reports the
+// policy and no breakpoint ever set on a candidate, and the bytes of every site tprd has not
+// applied read, through QEMU's monitor (`x`: the debugger's view of guest memory, where a
+// breakpoint under KVM shows as int3), as the scan found them. Run it at random moments while
+// the guest runs patched. Returns how many candidate bytes it compared.
+size_t ExpectUnprovenBytesUnchanged(TprdProcess& tprd, const std::string& domain,
+                                    const std::string& when);
+
 // libvirt's state of the domain ("running", "paused", ...), from `virsh domstate`.
 std::string DomainRunState(const std::string& name);
 // "paused (user)", "running (unpaused)": for failure messages.

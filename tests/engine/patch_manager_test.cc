@@ -1439,4 +1439,126 @@ TEST_F(PatchManagerTest, RollbackThatFailsAfterItsStopLetsTheGuestRun) {
   EXPECT_TRUE(vm_.running()) << "the rollback left the guest stopped";
 }
 
+// Discovery on KVM hosts (docs/design.md): the fake writes breakpoints into guest memory as int3,
+// as QEMU does under KVM, so a breakpoint on an unproven candidate would show in its bytes.
+class WatchpointDiscoveryTest : public PatchManagerTest {
+ protected:
+  void SetUp() override {
+    PatchManagerTest::SetUp();
+    vm_.set_breakpoints_in_memory(true);
+  }
+  static EnableRequest Request(Strategy strategy, Discovery discovery = Discovery::kWatchpoint) {
+    EnableRequest request;
+    request.strategy = strategy;
+    request.discovery = discovery;
+    request.proving_window = absl::Seconds(60);
+    return request;
+  }
+  // No byte of a candidate that is not applied differs from what the scan read.
+  void ExpectUnprovenBytesUnchanged(const char* when) {
+    for (const ManagedSite& m : manager_.Sites()) {
+      if (m.site.state == SiteState::kApplied) continue;
+      EXPECT_EQ(Bytes(m.site.address, m.site.original.size()), m.site.original)
+          << when << ": candidate at 0x" << std::hex << m.site.address;
+    }
+    EXPECT_EQ(Bytes(kDecoy, 5), (std::vector<uint8_t>{0xA1, 0x80, 0x00, 0xFE, 0xFF})) << when;
+  }
+};
+
+TEST_F(WatchpointDiscoveryTest, MmioNeverSetsABreakpointAndPatchesAWriterAtItsFirstRun) {
+  vm_.ClearWriteLog();
+  ASSERT_TRUE(manager_.Enable(Request(Strategy::kMmio)).ok());
+  EXPECT_TRUE(vm_.breakpoint_log().empty());
+  EXPECT_EQ(manager_.Status().candidate_breakpoints, 0u);
+  EXPECT_EQ(manager_.Status().discovery, Discovery::kWatchpoint);
+  EXPECT_EQ(
+      vm_.watchpoints(),
+      (std::set<std::tuple<uint32_t, uint32_t, WatchKind>>{{kDefaultTprVa, 4, WatchKind::kWrite}}));
+  EXPECT_EQ(SiteAt(kWriteEcx)->site.state, SiteState::kCandidate);
+  ExpectUnprovenBytesUnchanged("after enable");
+
+  // The writer ran unpatched (its value reached the real TPR) and the write watchpoint stopped
+  // the vCPU after it: the shadow follows the real TPR and the site is patched for its next run.
+  vm_.SetTpr(0, 0x5C);
+  QueueWatchpoint(0, kWriteEcx + 6);
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
+  std::optional<ManagedSite> writer = SiteAt(kWriteEcx);
+  EXPECT_EQ(writer->site.state, SiteState::kApplied);
+  EXPECT_EQ(Bytes(kWriteEcx, 6), writer->site.patched);
+  EXPECT_EQ(GuestBlob()->cpus[0].shadow_tpr, 0x5C);
+  EXPECT_EQ(manager_.Status().unpatched_write_stops, 0u);
+
+  clock_.Advance(absl::Seconds(61));
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(1)).ok());
+  EXPECT_FALSE(manager_.Status().proving_window_open);
+  EXPECT_TRUE(vm_.breakpoint_log().empty()) << "not at enable, at a stop, nor at the window's end";
+  ExpectUnprovenBytesUnchanged("after the proving window");
+  // tprd wrote the blob, the site table, the alias and the proven site; no candidate's bytes.
+  for (const FakeGuestVm::WriteRecord& w : vm_.write_log()) {
+    for (const ManagedSite& m : manager_.Sites()) {
+      if (m.site.state == SiteState::kApplied) continue;
+      const uint64_t pa = m.site.address - 0x80000000;
+      for (uint64_t p : w.physical) {
+        EXPECT_FALSE(p >= pa && p < pa + m.site.original.size())
+            << "wrote into the unproven candidate at 0x" << std::hex << m.site.address;
+      }
+    }
+  }
+  ASSERT_TRUE(manager_.Rollback({}, false).ok());
+  EXPECT_EQ(Bytes(kWriteEcx, 6), writer->site.original);
+}
+
+TEST_F(WatchpointDiscoveryTest, Cr8NeverSetsABreakpointAndFixesUpAndPatchesAReaderAtItsFirstRun) {
+  vm_.SetFeatures({.cr8legacy = true, .qemu_vapic_active = false});
+  ASSERT_TRUE(manager_.Enable(Request(Strategy::kCr8)).ok());
+  EXPECT_TRUE(vm_.breakpoint_log().empty());
+  EXPECT_EQ(vm_.watchpoints().size(), 1u) << "cr8's access watchpoint";
+  // vCPU 1 (shadow 0x41) ran the unpatched read of a real TPR a CR8 write left as 0x40.
+  vm_.SetTpr(1, 0x40);
+  vm_.Registers(1).reg(Gpr::kEax) = 0x40;
+  QueueWatchpoint(1, kReadEax + 5);
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
+  EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x41u) << "fixed up to the shadow";
+  EXPECT_EQ(SiteAt(kReadEax)->site.state, SiteState::kApplied);
+  clock_.Advance(absl::Minutes(2));
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(1)).ok());
+  EXPECT_TRUE(vm_.breakpoint_log().empty()) << "cr8 keeps breakpoints only under kBreakpoints";
+  EXPECT_EQ(manager_.Status().candidate_breakpoints, 0u);
+  ExpectUnprovenBytesUnchanged("cr8, after the proving window");
+}
+
+TEST_F(WatchpointDiscoveryTest, AdoptKeepsTheSessionsDiscovery) {
+  ASSERT_TRUE(manager_.Enable(Request(Strategy::kMmio)).ok());
+  ASSERT_TRUE(manager_.Detach().ok());
+  PatchManager restarted(vm_, journal_, clock_);
+  absl::StatusOr<bool> adopted =
+      restarted.Adopt(Strategy::kMmio, Request(Strategy::kExact, Discovery::kWatchpoint));
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  EXPECT_TRUE(*adopted);
+  EXPECT_EQ(restarted.Status().discovery, Discovery::kWatchpoint);
+  EXPECT_TRUE(vm_.breakpoint_log().empty());
+  ExpectUnprovenBytesUnchanged("after the adopt");
+}
+
+// Breakpoints where QEMU writes them into memory: a candidate a watchpoint proves while its int3
+// stands (cr8 keeps its breakpoints) loses the breakpoint before the transaction checks its
+// bytes, and its removal never writes the saved byte back over the patch.
+TEST_F(WatchpointDiscoveryTest, ABreakpointInMemoryGoesBeforeItsSiteIsPatched) {
+  vm_.SetFeatures({.cr8legacy = true, .qemu_vapic_active = false});
+  ASSERT_TRUE(manager_.Enable(Request(Strategy::kCr8, Discovery::kBreakpoints)).ok());
+  ASSERT_TRUE(vm_.breakpoints().count(kReadEax));
+  EXPECT_GT(manager_.Status().candidate_breakpoints, 0u);
+  ASSERT_EQ(Bytes(kReadEax, 1)[0], 0xCC) << "the fake writes int3 as KVM does";
+  vm_.SetTpr(1, 0x40);
+  vm_.Registers(1).reg(Gpr::kEax) = 0x40;
+  QueueWatchpoint(1, kReadEax + 5);
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
+  std::optional<ManagedSite> site = SiteAt(kReadEax);
+  EXPECT_EQ(site->site.state, SiteState::kApplied) << site->note;
+  EXPECT_FALSE(vm_.breakpoints().count(kReadEax));
+  EXPECT_EQ(Bytes(kReadEax, 5), site->site.patched);
+  ASSERT_TRUE(manager_.Rollback({}, false).ok());
+  EXPECT_EQ(Bytes(kReadEax, 5), (std::vector<uint8_t>{0xA1, 0x80, 0x00, 0xFE, 0xFF}));
+}
+
 }  // namespace tprd::engine

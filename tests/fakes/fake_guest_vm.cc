@@ -387,6 +387,13 @@ absl::StatusOr<uint8_t> FakeGuestVm::ReadTpr(int vcpu) {
 absl::StatusOr<CpuFeatures> FakeGuestVm::Features() { return features_; }
 
 absl::Status FakeGuestVm::SetBreakpoint(uint32_t va) {
+  breakpoint_log_.push_back(va);
+  if (breakpoints_in_memory_ && !breakpoints_.count(va)) {
+    absl::StatusOr<std::vector<uint64_t>> pa = TranslateRange(0, va, 1);
+    if (!pa.ok()) return pa.status();
+    int3_saved_[va] = {pa->front(), LoadByte(pa->front())};
+    StoreByte(pa->front(), 0xCC);
+  }
   breakpoints_.insert(va);
   return absl::OkStatus();
 }
@@ -394,6 +401,10 @@ absl::Status FakeGuestVm::SetBreakpoint(uint32_t va) {
 absl::Status FakeGuestVm::RemoveBreakpoint(uint32_t va) {
   if (breakpoints_.erase(va) == 0) {
     return absl::NotFoundError(absl::StrFormat("no breakpoint at 0x%x", va));
+  }
+  if (auto it = int3_saved_.find(va); it != int3_saved_.end()) {
+    StoreByte(it->second.first, it->second.second);
+    int3_saved_.erase(it);
   }
   return absl::OkStatus();
 }

@@ -130,6 +130,12 @@ class FakeGuestVm : public GuestVm {
   int op_count(Op op) const { return op_counts_[static_cast<size_t>(op)]; }
 
   const std::set<uint32_t>& breakpoints() const { return breakpoints_; }
+  // Every SetBreakpoint call, in order (also those removed since).
+  const std::vector<uint32_t>& breakpoint_log() const { return breakpoint_log_; }
+  // As QEMU under KVM: a breakpoint is an int3 (0xCC) written into guest memory at its address
+  // (translated with vCPU 0's page tables) while it stands, and its removal writes the byte
+  // saved at insertion back. Not in write_log(): tprd did not write it.
+  void set_breakpoints_in_memory(bool on) { breakpoints_in_memory_ = on; }
   const std::set<std::tuple<uint32_t, uint32_t, WatchKind>>& watchpoints() const {
     return watchpoints_;
   }
@@ -230,6 +236,9 @@ class FakeGuestVm : public GuestVm {
   int resume_calls_ = 0;
   std::array<int, 7> op_counts_ = {};  // indexed by Op
   std::set<uint32_t> breakpoints_;
+  std::vector<uint32_t> breakpoint_log_;
+  bool breakpoints_in_memory_ = false;
+  std::map<uint32_t, std::pair<uint64_t, uint8_t>> int3_saved_;  // va -> (pa, byte)
   std::set<std::tuple<uint32_t, uint32_t, WatchKind>> watchpoints_;
   std::deque<StopEvent> stop_events_;
   std::vector<WriteRecord> write_log_;
