@@ -247,9 +247,7 @@ std::optional<engine::StopEvent> QemuGuestVm::TakeRacedWatchpointStop() {
   if (!pending_stop_ || pending_stop_->kind != engine::StopEvent::Kind::kWatchpoint) {
     return std::nullopt;
   }
-  std::optional<engine::StopEvent> event = pending_stop_;
-  pending_stop_.reset();
-  return event;
+  return TakeRacedTrapStop();
 }
 
 absl::Status QemuGuestVm::Resume() {

@@ -107,9 +107,7 @@ absl::Status FakeGuestVm::RequireNoRacedStop() const {
 
 std::optional<StopEvent> FakeGuestVm::TakeRacedWatchpointStop() {
   if (!raced_stop_ || raced_stop_->kind != StopEvent::Kind::kWatchpoint) return std::nullopt;
-  std::optional<StopEvent> event = raced_stop_;
-  raced_stop_.reset();
-  return event;
+  return TakeRacedTrapStop();
 }
 
 std::optional<StopEvent> FakeGuestVm::TakeRacedTrapStop() {
