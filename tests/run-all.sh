@@ -28,9 +28,15 @@ status=0
 # Every label, systemd included: tprd_systemd_test boots Debian 12's systemd in a container
 # (systemd-nspawn) and builds its tree from deb.debian.org the first time (cached in /var/tmp).
 echo "== tests (release build: every label)"
-(cd build && ctest --output-on-failure --timeout 900 -LE bench) || status=1
+release_status=0
+(cd build && ctest --output-on-failure --timeout 900 -LE bench) || release_status=1
 echo "== tests (sanitizer build: unit and fuzz)"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --output-on-failure --timeout 900 -L 'unit|fuzz') || status=1
+# Last, so that the end of the log says why (ctest keeps its list of failures from an earlier run
+# that passed, so each build is summarised only when its own run failed).
+if [[ $release_status -ne 0 ]]; then bash tests/summarize-failures.sh build; fi
+if [[ $status -ne 0 ]]; then bash tests/summarize-failures.sh build-asan; fi
+[[ $release_status -eq 0 ]] || status=1
 exit $status

@@ -6,10 +6,13 @@
 // the discovery tprd picks on KVM hosts (`discovery = watchpoint`: no breakpoint on unproven
 // bytes) and compare the unproven candidates' bytes, read through QEMU's monitor at random
 // moments, with what the scan found (docs/design.md "Discovery on KVM hosts").
+// TPRD_E2E_SECONDS=N makes each case run N STAT lines per vCPU patched (the soak: 60 or more).
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -25,6 +28,15 @@ struct StrategyCase {
   int vcpus = 2;
   std::string discovery;  // empty: tprd's auto (breakpoints under TCG)
 };
+
+// STAT lines per vCPU each case runs patched; each covers about a second of guest time. The
+// default, 12, takes the run well past the 5 s proving window.
+int PatchedStatLines() {
+  int lines = 0;
+  const char* env = std::getenv("TPRD_E2E_SECONDS");
+  if (env != nullptr && absl::SimpleAtoi(env, &lines) && lines >= 4) return lines;
+  return 12;
+}
 
 class TprdEndToEndStrategy : public ::testing::TestWithParam<StrategyCase> {};
 
@@ -61,11 +73,13 @@ TEST_P(TprdEndToEndStrategy, SustainedRunStaysCorrectAcrossTheProvingWindowAndRo
   WaitForApplied(tprd, domain.name(), hot, absl::Seconds(90), "hot sites");
   if (HasFailure()) return;
   // Each STAT line covers about a second: thousands of rounds, every 64th of which runs the
-  // unpatchable reads. Twelve per vCPU take the run well past the 5 s proving window; under the
-  // watchpoint discovery the candidates' bytes are read at a random moment of each quarter.
+  // unpatchable reads (PatchedStatLines per vCPU, in four quarters); under the watchpoint
+  // discovery the candidates' bytes are read at a random moment of each quarter.
   std::mt19937 random(std::random_device{}());
+  const int lines = PatchedStatLines();
   for (int quarter = 0; quarter < 4; ++quarter) {
-    ExpectGuestPasses(domain, domain.Lines().size(), "patched", c.vcpus, /*rounds=*/3);
+    ExpectGuestPasses(domain, domain.Lines().size(), "patched", c.vcpus,
+                      /*rounds=*/(lines + 3 - quarter) / 4);
     if (!watchpoint) continue;
     absl::SleepFor(absl::Milliseconds(random() % 1000));  // a random moment, not a wait
     const size_t compared = ExpectUnprovenBytesUnchanged(
