@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -88,6 +89,11 @@ void KillTprdsOfDeadTestProcesses() {
 
 }  // namespace
 
+std::string ForcedDiscovery() {
+  const char* discovery = std::getenv("TPRD_TEST_DISCOVERY");
+  return discovery == nullptr ? "" : discovery;
+}
+
 void TprdProcess::Start() {
   static std::once_flag reaped;
   std::call_once(reaped, KillTprdsOfDeadTestProcesses);
@@ -97,6 +103,11 @@ void TprdProcess::Start() {
   {
     std::ofstream out(config);
     out << config_;
+    // TPRD_TEST_DISCOVERY forces a discovery policy on tests that do not choose one themselves:
+    // ctest runs the reliability tests a second time under `watchpoint`, the policy KVM hosts get.
+    if (!ForcedDiscovery().empty() && config_.find("discovery") == std::string::npos) {
+      out << "\ndiscovery = " << ForcedDiscovery() << "\n";
+    }
   }
   const std::vector<std::string> args = {
       TPRD_PATH,     "--socket",        socket(),
@@ -235,6 +246,10 @@ std::map<uint32_t, std::string> WaitForApplied(TprdProcess& tprd, const std::str
     }
     ADD_FAILURE() << when << ": not applied within " << timeout << ":" << missing << "\n"
                   << tprd.LogTail();
+  } else if (ForcedDiscovery() == "watchpoint") {
+    // The run under the KVM policy: every applied wait is also a moment to check that no
+    // unproven candidate's bytes changed.
+    ExpectUnprovenBytesUnchanged(tprd, domain, when);
   }
   return states;
 }

@@ -41,6 +41,11 @@ std::unique_ptr<TestDomain> BootTestGuest(const std::string& cmdline, bool reboo
 // `virsh -c qemu:///system ARGS...`
 RunResult Virsh(const std::vector<std::string>& args);
 
+// TPRD_TEST_DISCOVERY: the discovery policy forced on every tprd a test starts without choosing
+// one ("" when not forced). Under "watchpoint", WaitForApplied also runs
+// ExpectUnprovenBytesUnchanged.
+std::string ForcedDiscovery();
+
 class TprdProcess {
  public:
   // `config`: tprd.conf lines (e.g. "proving_window_s = 5\n"); never /etc/tprd's.
