@@ -409,6 +409,8 @@ tprg_decoy_table:
   .byte 0xFF, 0x35, TPR_BYTES
   .byte 0x00, 0x00
   .long 0x00000030, 0x00000040
+  .globl tprg_decoy_table_end
+tprg_decoy_table_end:
   .p2align 12
 
   .data

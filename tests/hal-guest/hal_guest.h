@@ -67,6 +67,7 @@ struct cpu {
   u32 mask_tests;
   u32 injected;
   volatile u32 in_exception;
+  u32 decoy_sum; /* the decoy page's checksum at this CPU's start */
 };
 
 /* kernel.c */

@@ -214,6 +214,20 @@ TEST(HalGuestNegativeTest, StaleTprWriteIsDetected) {
   }
 }
 
+// The decoy page's check can fail: inject=decoy changes one byte of it, as a patch of a decoy or
+// a software breakpoint left in it would; every CPU reports it at its next STAT.
+TEST(HalGuestNegativeTest, ChangedDecoyByteIsDetected) {
+  auto qemu = QemuProcess::Start(Options("seed=1 inject=decoy", 2));
+  ASSERT_TRUE(qemu.ok()) << qemu.status();
+  auto inject = (*qemu)->WaitForPrefix("INJECT ", kBootTimeout);
+  ASSERT_TRUE(inject.ok()) << inject.status();
+  for (int cpu = 0; cpu < 2; ++cpu) {
+    auto fail =
+        (*qemu)->WaitForPrefix("FAIL cpu=" + std::to_string(cpu) + " check=decoy_bytes ", 10s);
+    ASSERT_TRUE(fail.ok()) << "cpu " << cpu << ": " << fail.status();
+  }
+}
+
 // A CPU exception prints FAIL and halts only that CPU: never a triple fault (QEMU runs with
 // -no-reboot, so a triple fault would end the process). inject=fault runs into the int3
 // filler (#BP); inject=df raises an exception on an unmapped stack (#PF, then #DF through the

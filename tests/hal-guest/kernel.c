@@ -358,8 +358,8 @@ static int word_is(const char* w, u32 len, const char* prefix, u32 n) {
 }
 
 const char* inject_name(void) {
-  static const char* const names[] = {"none", "stale", "book", "fault", "df"};
-  return inject_mode < 5 ? names[inject_mode] : "?";
+  static const char* const names[] = {"none", "stale", "book", "fault", "df", "decoy"};
+  return inject_mode < 6 ? names[inject_mode] : "?";
 }
 
 static void parse_cmdline(void) {
@@ -390,6 +390,8 @@ static void parse_cmdline(void) {
       inject_mode = 3; /* stray execution into the int3 filler: #BP */
     } else if (word_is(w, len, "inject=df", 9) && len == 9) {
       inject_mode = 4; /* an exception on an unmapped stack: #DF through the task gate */
+    } else if (word_is(w, len, "inject=decoy", 12) && len == 12) {
+      inject_mode = 5; /* a byte of the decoy page changed, as a wrong patch or int3 would */
     }
   }
 }

@@ -27,7 +27,7 @@ extern const struct site_rec hal_site_recs_start[], hal_site_recs_end[];
 extern const struct decoy_rec hal_decoy_recs_start[], hal_decoy_recs_end[];
 extern const u8 HalpIRQLtoTPR[32], HalpVectorToIRQL[16];
 extern u8 hal_code_area[], hal_code_area_end[];
-extern const u8 hal_templates_start[], hal_templates_end[], hal_decoy_page[];
+extern const u8 hal_templates_start[], hal_templates_end[], hal_decoy_page[], hal_decoy_page_end[];
 
 #define I2T(irql) ((u32)HalpIRQLtoTPR[(irql)&31])
 #define V2I(tpr) ((u32)HalpVectorToIRQL[((tpr) >> 4) & 15])
@@ -505,6 +505,9 @@ static void inject(struct cpu* c) {
     ((void_fn)(hal_code_area_end - 16))(); /* int3 filler after the last copy */
   } else if (inject_mode == 4) {
     __asm__ volatile("movl $0x40001000, %%esp\n\tint3" ::: "memory"); /* no stack: #PF, #DF */
+  } else if (inject_mode == 5) {
+    /* The page's last byte: padding after the decoys. */
+    *(volatile u8*)((u32)hal_decoy_page_end - 1) ^= 0x5A;
   }
 }
 
@@ -565,7 +568,19 @@ static void round_once(struct cpu* c) {
   }
 }
 
+/* The decoy page is data that only looks like TPR accesses: nothing may ever change it (under KVM
+ * a software breakpoint on it would read as int3). FNV-1a of the page. */
+static u32 decoy_page_sum(void) {
+  u32 sum = 2166136261u;
+  for (const volatile u8* b = hal_decoy_page; b < hal_decoy_page_end; ++b) {
+    sum = (sum ^ *b) * 16777619u;
+  }
+  return sum;
+}
+
 static void print_stat(struct cpu* c) {
+  const u32 sum = decoy_page_sum();
+  if (sum != c->decoy_sum) report_fail(c, "decoy_bytes", c->decoy_sum, sum, (u32)hal_decoy_page);
   print_line(
       "STAT cpu=%u rounds=%u tpr_reads=%u wrong_reads=%u mask_violations=%u lost_interrupts=%u "
       "timer_ticks=%u ipis=%u rare_runs=%u uptime_ms=%u mask_tests=%u spurious=%u idles=%u",
@@ -577,6 +592,7 @@ void hal_cpu_init(struct cpu* c) {
   c->rng = (seed + 1) * 0x85EBCA6Bu ^ (c->index + 1) * 0xC2B2AE35u;
   if (!c->rng) c->rng = 1;
   c->pending = NOPEND;
+  c->decoy_sum = decoy_page_sum();
   zero_via(c); /* MoveZeroToTpr at processor initialisation */
   c->ipi_target = (c->index + 1) % MAX_CPUS;
 }
