@@ -10,6 +10,7 @@ packages=(
   libvirt-daemon-system  # what a host installs: Debian's own qemu.conf, the libvirt-qemu account
   systemd  # systemd-analyze: tprd_access_test scores deploy/tprd.service offline
   python3 python3-prometheus-client  # tprctl_test parses `tprctl metrics` with it
+  python3-grpcio python3-protobuf  # tprd_e2e_python_client_test: contrib/python/tprd_client.py
   debootstrap systemd-container  # tprd_systemd_test: a Debian tree booted with systemd-nspawn
 )
 missing=()
