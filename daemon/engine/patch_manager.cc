@@ -410,11 +410,21 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   absl::StatusOr<ScanResult> scan = ScanGuest(*profile);
   if (!scan.ok()) return scan.status();
   MergeCandidates(*scan);
+  // Sites known to be code: proven by the learning window, applied before in this boot, or where
+  // a stopped vCPU is about to execute. They are patched while the guest is stopped here.
+  std::set<uint32_t> proven;
   if (!request.dry_run) {
     // Enable patches every patchable site, also those an earlier rollback restored: under mmio a
-    // restored writer left unpatched and unarmed would leave the shadows stale.
+    // restored writer left unpatched and unarmed would leave the shadows stale. A restored site
+    // was applied in this boot (the blob's site table goes with the guest's memory), so it ran:
+    // it needs no proof again. Under `discovery = watchpoint` a reader would otherwise never be
+    // proven again under mmio (its watchpoint sees writes only, and only a first enable learns).
+    // The transaction still checks its original bytes before it writes.
     for (auto& [id, m] : sites_) {
-      if (m.site.state == SiteState::kRolledBack) m.site.state = SiteState::kCandidate;
+      if (m.site.state == SiteState::kRolledBack) {
+        m.site.state = SiteState::kCandidate;
+        proven.insert(m.site.address);
+      }
     }
   }
   for (const auto& [id, m] : sites_) {
@@ -425,7 +435,6 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
     return report;
   }
 
-  std::set<uint32_t> proven;
   if (!blob_.installed()) {
     absl::Status learned = Learn(request, *profile, proven, report.learning_hits);
     if (!learned.ok()) return learned;
@@ -446,7 +455,6 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
       blob_.InitPerCpu(profile_, /*from_real_tpr=*/true, /*clear_guard_evidence=*/true));
   guard_rejected_mmio_ = false;
   TPRD_RETURN_IF_ERROR(PlanSites());
-  // Sites proven by the learning window, and those a stopped vCPU is about to execute.
   for (const VcpuProfile& cpu : profile->vcpus) {
     if (std::optional<uint32_t> id = SiteAt(cpu.eip)) proven.insert(sites_[*id].site.address);
   }

@@ -71,7 +71,7 @@ struct EnableRequest {
 struct EnableReport {
   Strategy strategy = Strategy::kExact;
   size_t candidates = 0;         // patchable candidates found by the scan
-  size_t applied_at_enable = 0;  // proven during the learning window, patched in the enable stop
+  size_t applied_at_enable = 0;  // proven (learning window, or applied earlier this boot): patched
   size_t armed = 0;              // waiting for their first execution
   size_t learning_hits = 0;
   absl::Duration pause;  // the install + apply stop

@@ -1527,6 +1527,27 @@ TEST_F(WatchpointDiscoveryTest, Cr8NeverSetsABreakpointAndFixesUpAndPatchesARead
   ExpectUnprovenBytesUnchanged("cr8, after the proving window");
 }
 
+// Under mmio the watchpoint sees writes only: a reader is proven by the first enable's learning
+// window alone. A rollback and a second enable (no learning window: the blob is in) must patch it
+// again at once, as code that ran in this boot, not leave it unpatched until the next boot.
+TEST_F(WatchpointDiscoveryTest, EnableAfterRollbackPatchesAgainAReaderOnlyTheLearningWindowSaw) {
+  QueueWatchpoint(0, kReadEax + 5);  // the first enable's learning window sees the reader run
+  ASSERT_TRUE(manager_.Enable(Request(Strategy::kMmio)).ok());
+  ASSERT_EQ(SiteAt(kReadEax)->site.state, SiteState::kApplied);
+  ASSERT_TRUE(manager_.Rollback({}, false).ok());
+  ASSERT_EQ(SiteAt(kReadEax)->site.state, SiteState::kRolledBack);
+  EXPECT_EQ(Bytes(kReadEax, 5), SiteAt(kReadEax)->site.original);
+
+  absl::StatusOr<EnableReport> again = manager_.Enable(Request(Strategy::kMmio));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->learning_hits, 0u) << "no second learning window";
+  EXPECT_EQ(SiteAt(kReadEax)->site.state, SiteState::kApplied) << "patched again at the enable";
+  EXPECT_EQ(Bytes(kReadEax, 5), SiteAt(kReadEax)->site.patched);
+  EXPECT_GE(again->applied_at_enable, 1u);
+  EXPECT_TRUE(vm_.breakpoint_log().empty());
+  ExpectUnprovenBytesUnchanged("after the second enable");
+}
+
 TEST_F(WatchpointDiscoveryTest, AdoptKeepsTheSessionsDiscovery) {
   ASSERT_TRUE(manager_.Enable(Request(Strategy::kMmio)).ok());
   ASSERT_TRUE(manager_.Detach().ok());
