@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Prints, for each test a ctest run in BUILD_DIR failed, the lines that say why (gtest's failure
-# messages, sanitizer reports, timeouts), a bounded number per test. run-all.sh calls it last, so
-# that the end of a CI log, which is often all that is kept, names the cause and not only the
-# failing test.
+# Prints, for each test a ctest run in BUILD_DIR failed, what says why, bounded per test (a CI log keeps only its last lines): the
+# end of each failed gtest case (its narrative lines, failure messages and guest FAIL lines), or,
+# for a test that failed outside a case (a timeout, a crash, a sanitizer report), the end of its
+# output. run-all.sh calls it last, so that the end of a CI log, which is often all that is kept,
+# names the cause and not only the failing test.
 set -uo pipefail
 build=${1:?usage: summarize-failures.sh BUILD_DIR}
 failed="$build/Testing/Temporary/LastTestsFailed.log"
@@ -13,11 +14,20 @@ while IFS=: read -r _ name; do
   [[ -n $name ]] || continue
   echo "-- $name"
   # The test's own section of the log: from its "Testing: NAME" line to its result line.
-  awk -v name="$name" '
+  section=$(awk -v name="$name" '
     $0 ~ "Testing: " name "$" { inside = 1; next }
-    inside && /^Test (Passed|Failed)|^Test time|Timeout/ { if (/Timeout/) print; inside = 0 }
+    inside && /^Test (Passed|Failed)/ { inside = 0 }
     inside { print }
-  ' "$log" |
-    grep -E -A8 ': Failure$|ERROR: AddressSanitizer|runtime error:|^\[  FAILED  \]|Timeout|FAIL ' |
-    grep -v -E '^\[ RUN|^\[       OK' | head -n 60
+  ' "$log")
+  # Each failed case: the last 15 lines up to its [ FAILED ] (a CI log keeps its last lines only).
+  cases=$(awk '
+    /^\[ RUN      \] / { n = 0 }
+    { block[n++] = $0 }
+    /^\[  FAILED  \] .*\(/ { start = (n > 15) ? n - 15 : 0; for (i = start; i < n; i++) print block[i]; n = 0 }
+  ' <<<"$section")
+  if [[ -n $cases ]]; then
+    head -n 30 <<<"$cases"
+  else
+    tail -n 20 <<<"$section"
+  fi
 done <"$failed"
