@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Prints, for each test a ctest run in BUILD_DIR failed, what says why, bounded per test (a CI log keeps only its last lines): the
-# end of each failed gtest case (its narrative lines, failure messages and guest FAIL lines), or,
-# for a test that failed outside a case (a timeout, a crash, a sanitizer report), the end of its
-# output. run-all.sh calls it last, so that the end of a CI log, which is often all that is kept,
-# names the cause and not only the failing test.
+# Prints, for each test a ctest run in BUILD_DIR failed, what says why: the end of each failed
+# gtest case (its narrative lines, failure messages and guest FAIL lines), or, for a test that
+# failed outside a case (a timeout, a crash, a sanitizer report), the end of its output. Bounded
+# per test: run-all.sh calls it last, so that the end of a CI log, which is often all that is
+# kept, names the cause and not only the failing test.
 set -uo pipefail
 build=${1:?usage: summarize-failures.sh BUILD_DIR}
 failed="$build/Testing/Temporary/LastTestsFailed.log"
