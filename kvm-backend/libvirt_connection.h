@@ -59,6 +59,10 @@ inline bool PausedToCopyState(int reason) {
          reason == kPausedReasonDump || reason == kPausedReasonSnapshot ||
          reason == kPausedReasonPostcopy;
 }
+// VIR_DOMAIN_PAUSED_FROM_SNAPSHOT: libvirt paused a running domain to load a snapshot's memory
+// into it (`virsh snapshot-revert`); what tprd knew of the guest's memory is about to be untrue.
+inline constexpr int kPausedReasonFromSnapshot = 7;
+inline bool PausedToReplaceState(int reason) { return reason == kPausedReasonFromSnapshot; }
 
 // A lifecycle event of one domain, from the event-loop thread.
 struct LibvirtDomainEvent {
@@ -72,6 +76,7 @@ struct LibvirtDomainEvent {
     kRebooted,      // memory and patches are gone
     kMigratedAway,  // stopped here because it now runs on another host
     kMigrating,     // suspended or resumed for a migration
+    kReverted,      // running again on a snapshot's memory (snapshot-revert of a running domain)
     kOther,         // defined/undefined/pmsuspended/...: see libvirt_event
   };
   Kind kind = Kind::kOther;

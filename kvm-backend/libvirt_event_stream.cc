@@ -29,6 +29,8 @@ std::string_view LibvirtDomainEventKindName(LibvirtDomainEvent::Kind kind) {
       return "migrated-away";
     case LibvirtDomainEvent::Kind::kMigrating:
       return "migrating";
+    case LibvirtDomainEvent::Kind::kReverted:
+      return "reverted";
     case LibvirtDomainEvent::Kind::kOther:
       return "other";
   }
@@ -51,6 +53,9 @@ LibvirtDomainEvent::Kind ToEventKind(int event, int detail) {
                  ? LibvirtDomainEvent::Kind::kMigrating
                  : LibvirtDomainEvent::Kind::kSuspended;
     case VIR_DOMAIN_EVENT_RESUMED:
+      if (detail == VIR_DOMAIN_EVENT_RESUMED_FROM_SNAPSHOT) {
+        return LibvirtDomainEvent::Kind::kReverted;
+      }
       return detail == VIR_DOMAIN_EVENT_RESUMED_MIGRATED ||
                      detail == VIR_DOMAIN_EVENT_RESUMED_POSTCOPY
                  ? LibvirtDomainEvent::Kind::kMigrating

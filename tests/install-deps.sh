@@ -7,6 +7,7 @@ packages=(
   protobuf-compiler grpc-proto libvirt-dev libsystemd-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev zlib1g-dev
   qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  qemu-utils  # qemu-img: the qcow2 disk an internal snapshot (tprd_e2e_lifecycle_test) lives in
   libvirt-daemon-system  # what a host installs: Debian's own qemu.conf, the libvirt-qemu account
   systemd  # systemd-analyze: tprd_access_test scores deploy/tprd.service offline
   python3 python3-prometheus-client  # tprctl_test parses `tprctl metrics` with it

@@ -197,10 +197,21 @@ void DomainActor::RetakeGuest() {
     RefreshSnapshot(/*with_sites=*/true);
   } else {
     DropController(/*detach=*/true, "nothing to adopt");
-    absl::MutexLock lock(&mu_);
-    if (probes_after_start_ > 0) {
-      --probes_after_start_;
-      retake_at_ = absl::Now() + kRetakeInterval;
+    bool final_probe = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (probes_after_start_ > 0) {
+        --probes_after_start_;
+        retake_at_ = absl::Now() + kRetakeInterval;
+      } else {
+        final_probe = true;
+      }
+    }
+    // No blob in the guest's memory (a snapshot from before the enable, a restore of a guest
+    // saved unpatched): that is what the guest runs, whatever tprd said before.
+    if (final_probe && Snapshot().state == DomainState::kExactWhileAway) {
+      SetState(DomainState::kUnpatched, "no tprd blob in the guest's memory after it ran again");
+      RefreshSnapshot(/*with_sites=*/true);
     }
   }
 }
@@ -256,6 +267,9 @@ void DomainActor::PollOnce() {
       case ControllerEvent::Kind::kHostCopiesState:
         LetGoForStateCopy(event.message);
         return;
+      case ControllerEvent::Kind::kHostReplacesState:
+        LetGoForStateReplacement(event.message);
+        return;
     }
   }
   RefreshSnapshot(sites_changed);
@@ -272,6 +286,22 @@ void DomainActor::LetGoForStateCopy(const std::string& message) {
     awaiting_host_resume_ = true;
   }
   SetState(DomainState::kExactWhileAway, message);
+  RefreshSnapshot(/*with_sites=*/true);
+}
+
+void DomainActor::LetGoForStateReplacement(const std::string& message) {
+  // Whatever tprd wrote now could land in the snapshot's memory (a strategy word where there is
+  // no blob): no write, as at a reboot. The guest does not run until libvirt resumes it, and
+  // that resume takes it back from what its memory then holds.
+  RecordOperation("let go", message);
+  LogInfo(absl::StrCat(Snapshot().domain.name, ": ", message));
+  DropController(/*detach=*/false, message);
+  {
+    absl::MutexLock lock(&mu_);
+    awaiting_host_resume_ = true;
+    snapshot_.last_error.clear();  // about memory that is no longer there
+  }
+  SetState(DomainState::kUnpatched, message);
   RefreshSnapshot(/*with_sites=*/true);
 }
 
@@ -460,6 +490,17 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event, bool apply_intent
     probes_after_start_ = 0;
   }
   switch (event.kind) {
+    case LifecycleKind::kReverted:
+      // The memory is a snapshot's: whatever the session knew is untrue, and nothing may be
+      // written from it (the pause before the load may have gone unseen). Dropped as at a
+      // reboot; then what the snapshot holds is taken as a start's (below).
+      DropController(/*detach=*/false, "reverted to a snapshot");
+      {
+        absl::MutexLock lock(&mu_);
+        snapshot_.last_error.clear();
+      }
+      SetState(DomainState::kUnpatched, "reverted to a snapshot: looking for tprd's blob in it");
+      [[fallthrough]];
     case LifecycleKind::kStarted:
       if (Snapshot().state == DomainState::kGone) SetState(DomainState::kUnpatched, "started");
       // A restore, a managedsave start or a snapshot revert brings tprd's blob back with the
@@ -485,6 +526,16 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event, bool apply_intent
         awaiting_host_resume_ = false;
       }
       if (waiting) TakeBackAfterLettingGo();
+      // Let go and back with no blob (a snapshot from before the enable): the operator's intent
+      // applies to it as to a fresh boot. Not while a take-back is still to be retried.
+      bool retake_pending = false;
+      {
+        absl::MutexLock lock(&mu_);
+        retake_pending = retake_at_.has_value();
+      }
+      if (waiting && apply_intent && controller_ == nullptr && !retake_pending) {
+        ApplyIntent("resumed without tprd's blob in its memory");
+      }
       break;
     }
     case LifecycleKind::kRebooted:

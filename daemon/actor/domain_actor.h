@@ -145,6 +145,9 @@ class DomainActor {
   void TakeBackAfterLettingGo();
   // kHostCopiesState: detach to exact and wait for the domain to run again.
   void LetGoForStateCopy(const std::string& message);
+  // libvirt loads other memory into the domain (a snapshot revert): drop the session without a
+  // write; the next resume or start looks for the blob (RetakeGuest).
+  void LetGoForStateReplacement(const std::string& message);
 
   // The bodies of Enable and Rollback, also run by the actor itself (ApplyIntent, Disable).
   absl::StatusOr<EnableResult> RunEnable(const EnableOptions& options,

@@ -219,7 +219,8 @@ void DomainRegistry::OnLifecycle(const LifecycleEvent& event) {
   // A domain tprd has not met starts (or boots again): its actor applies the intent it may have.
   // Made here from the event (asking libvirt on its event thread could stall it); the actor reads
   // the metadata on its own thread.
-  if (ours && (event.kind == LifecycleKind::kStarted || event.kind == LifecycleKind::kRebooted)) {
+  if (ours && (event.kind == LifecycleKind::kStarted || event.kind == LifecycleKind::kRebooted ||
+               event.kind == LifecycleKind::kReverted)) {
     if (std::shared_ptr<DomainActor> actor = MakeActor(event.domain)) {
       actor->OnLifecycle(event, /*apply_intent=*/true);
       return;

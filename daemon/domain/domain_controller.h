@@ -86,7 +86,8 @@ struct ControllerStatus {
 
 // Something the session did or saw on its own, reported by Poll(). What it adds to the engine's
 // ManagerEvent: the site as it now stands (the actor has no PatchManager to look an id up in),
-// and kHostCopiesState, which only libvirt's pause reason tells (the engine never sees libvirt).
+// and kHostCopiesState/kHostReplacesState, which only libvirt's pause reason tells (the engine
+// never sees libvirt).
 struct ControllerEvent {
   enum class Kind : uint8_t {
     kSiteChanged,      // a site was patched on first execution, or changed state
@@ -96,6 +97,10 @@ struct ControllerEvent {
     // libvirt paused the domain to copy its state (save, migration, snapshot, dump): the guest
     // must be correct wherever that copy runs, without tprd. The owner lets go (Detach).
     kHostCopiesState,
+    // libvirt paused the domain to load other memory into it (a snapshot revert): nothing tprd
+    // writes may land in that memory. The owner drops the session without a write (Abandon)
+    // and looks for its blob when the domain runs again.
+    kHostReplacesState,
   };
   Kind kind = Kind::kError;
   std::optional<engine::ManagedSite> site;  // kSiteChanged

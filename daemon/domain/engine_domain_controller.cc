@@ -244,10 +244,10 @@ absl::StatusOr<std::vector<ControllerEvent>> EngineDomainController::Poll(absl::
         manager_->Poll(std::min(left, options_.poll_slice));
     if (!got.ok()) {
       // Stopped by the host (libvirt paused it): nothing to handle until it runs again, unless
-      // the pause is for a copy of the guest's state.
+      // the pause is for a copy or a replacement of the guest's state.
       if (absl::IsFailedPrecondition(got.status())) {
-        if (std::optional<ControllerEvent> copy = HostCopiesState()) {
-          events.push_back(*std::move(copy));
+        if (std::optional<ControllerEvent> change = HostChangesState()) {
+          events.push_back(*std::move(change));
           break;
         }
         IdleWait(std::min(left, options_.poll_slice));
@@ -257,8 +257,8 @@ absl::StatusOr<std::vector<ControllerEvent>> EngineDomainController::Poll(absl::
     }
     for (const engine::ManagerEvent& e : *got) {
       if (e.kind == engine::ManagerEvent::Kind::kHostPaused) {
-        if (std::optional<ControllerEvent> copy = HostCopiesState()) {
-          events.push_back(*std::move(copy));
+        if (std::optional<ControllerEvent> change = HostChangesState()) {
+          events.push_back(*std::move(change));
           continue;
         }
       }
@@ -276,12 +276,18 @@ absl::StatusOr<std::vector<ControllerEvent>> EngineDomainController::Poll(absl::
   return events;
 }
 
-std::optional<ControllerEvent> EngineDomainController::HostCopiesState() {
+std::optional<ControllerEvent> EngineDomainController::HostChangesState() {
   absl::StatusOr<backend::LibvirtDomainInfo> info = connection_->GetDomain(domain_.uuid);
-  if (!info.ok() || info->state != backend::LibvirtDomainState::kPaused ||
-      !backend::PausedToCopyState(info->reason)) {
-    return std::nullopt;
+  if (!info.ok() || info->state != backend::LibvirtDomainState::kPaused) return std::nullopt;
+  if (backend::PausedToReplaceState(info->reason)) {
+    ControllerEvent event;
+    event.kind = ControllerEvent::Kind::kHostReplacesState;
+    event.message =
+        "libvirt paused the domain to revert it to a snapshot: its memory is being replaced, so "
+        "tprd lets go without writing into it, and looks for its blob when the domain runs again";
+    return event;
   }
+  if (!backend::PausedToCopyState(info->reason)) return std::nullopt;
   ControllerEvent event;
   event.kind = ControllerEvent::Kind::kHostCopiesState;
   event.message = absl::StrCat(

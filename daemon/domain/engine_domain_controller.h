@@ -68,8 +68,9 @@ class EngineDomainController : public DomainController {
   absl::StatusOr<engine::EnableRequest> SessionSettings();
   // Waits until `timeout` passes or Interrupt() is called.
   void IdleWait(absl::Duration timeout);
-  // A kHostCopiesState event when libvirt holds the domain paused to copy its state.
-  std::optional<ControllerEvent> HostCopiesState();
+  // A kHostCopiesState event when libvirt holds the domain paused to copy its state, a
+  // kHostReplacesState event when it holds it paused to load a snapshot's memory into it.
+  std::optional<ControllerEvent> HostChangesState();
 
   backend::LibvirtConnection* connection_;
   const DomainInfo domain_;

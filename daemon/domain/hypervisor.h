@@ -31,6 +31,7 @@ enum class LifecycleKind : uint8_t {
   kRebooted,
   kMigrated,  // migrated away: the target's daemon adopts
   kResumed,   // running again after a pause (tprd's own stops resume it too: filter early)
+  kReverted,  // running again on a snapshot's memory: what tprd knew of the guest is untrue
 };
 inline const char* LifecycleName(LifecycleKind kind) {
   switch (kind) {
@@ -48,6 +49,8 @@ inline const char* LifecycleName(LifecycleKind kind) {
       return "migrated";
     case LifecycleKind::kResumed:
       return "resumed";
+    case LifecycleKind::kReverted:
+      return "reverted to a snapshot";
   }
   return "unknown";
 }

@@ -91,13 +91,17 @@ void LibvirtHypervisor::OnDomainEvent(const backend::LibvirtDomainEvent& event) 
     case backend::LibvirtDomainEvent::Kind::kResumed:
       out.kind = LifecycleKind::kResumed;
       break;
+    case backend::LibvirtDomainEvent::Kind::kReverted:
+      out.kind = LifecycleKind::kReverted;
+      break;
     default:
       return;  // suspend/resume and the rest are not lifecycle changes for the daemon
   }
   out.domain.name = event.name;
   out.domain.uuid = event.uuid;
   out.domain.running = out.kind == LifecycleKind::kStarted ||
-                       out.kind == LifecycleKind::kRebooted || out.kind == LifecycleKind::kResumed;
+                       out.kind == LifecycleKind::kRebooted ||
+                       out.kind == LifecycleKind::kResumed || out.kind == LifecycleKind::kReverted;
   std::function<void(const LifecycleEvent&)> handler;
   {
     absl::MutexLock lock(&mu_);

@@ -451,6 +451,107 @@ TEST_F(DomainActorTest, APauseToCopyTheStateLetsGoAndTheNextResumeTakesTheGuestB
   EXPECT_EQ(guest_->adopts, adopts_before + 1) << "a later resume adopts nothing";
 }
 
+// A snapshot revert loads other memory into the running domain: tprd must not write into it
+// (a strategy word where the snapshot has no blob), so it drops the session as at a reboot, and
+// the resume adopts whatever the memory then holds.
+TEST_F(DomainActorTest, APauseToRevertToASnapshotLetsGoWithoutAWriteAndTheResumeAdopts) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  const int detaches_before = guest_->detaches;
+  const int abandons_before = guest_->abandons;
+  const int adopts_before = guest_->adopts;
+  ControllerEvent revert;
+  revert.kind = ControllerEvent::Kind::kHostReplacesState;
+  revert.message = "libvirt paused the domain to revert it to a snapshot";
+  guest_->PushPollEvent(revert);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->abandons == abandons_before + 1; }))
+      << "the session is dropped";
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kUnpatched; }));
+  EXPECT_EQ(guest_->detaches, detaches_before) << "a detach writes the strategy word";
+  EXPECT_EQ(guest_->adopts, adopts_before);
+  // The snapshot was taken while patched: its memory holds the blob.
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kResumed);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }));
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kPatched; }));
+}
+
+TEST_F(DomainActorTest, ARevertToASnapshotFromBeforeTheEnableShowsTheGuestUnpatched) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  const int adopts_before = guest_->adopts;
+  ControllerEvent revert;
+  revert.kind = ControllerEvent::Kind::kHostReplacesState;
+  revert.message = "libvirt paused the domain to revert it to a snapshot";
+  guest_->PushPollEvent(revert);
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kUnpatched; }));
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->blob_present = false;  // the snapshot's memory has none
+  }
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kResumed);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }))
+      << "the resume looks for the blob";
+  EXPECT_EQ(actor->Snapshot().state, DomainState::kUnpatched);
+  EXPECT_EQ(actor->Snapshot().sites.size(), 0u) << "no site of the old memory is listed";
+}
+
+// libvirt says the domain runs again on a snapshot's memory (RESUMED, FROM_SNAPSHOT), also when
+// tprd never saw the pause before the load: the session is dropped without a write, and the blob
+// the snapshot holds, if any, is adopted.
+TEST_F(DomainActorTest, ARevertSeenOnlyByItsResumeDropsTheSessionWithoutAWriteAndAdopts) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  const int detaches_before = guest_->detaches;
+  const int abandons_before = guest_->abandons;
+  const int adopts_before = guest_->adopts;
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kReverted);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }));
+  EXPECT_EQ(guest_->abandons, abandons_before + 1) << "the old session is dropped first";
+  EXPECT_EQ(guest_->detaches, detaches_before) << "a detach writes the strategy word";
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kPatched; }));
+}
+
+TEST_F(DomainActorTest, ARevertToMemoryWithoutTheBlobShowsTheGuestUnpatched) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->blob_present = false;
+  }
+  const int abandons_before = guest_->abandons;
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kReverted);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->abandons == abandons_before + 1; }));
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kUnpatched; }));
+  EXPECT_TRUE(actor->Snapshot().sites.empty()) << "no site of the old memory is listed";
+}
+
+// A copy (a snapshot's creation) whose resume finds no blob: the guest runs unpatched, and the
+// status says so instead of "exact while away".
+TEST_F(DomainActorTest, AResumeAfterACopyThatFindsNoBlobShowsTheGuestUnpatched) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  const int adopts_before = guest_->adopts;
+  ControllerEvent copy;
+  copy.kind = ControllerEvent::Kind::kHostCopiesState;
+  copy.message = "libvirt paused the domain to copy its state";
+  guest_->PushPollEvent(copy);
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kExactWhileAway; }));
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->blob_present = false;
+  }
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kResumed);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }));
+  ASSERT_TRUE(WaitForSnapshot(
+      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kUnpatched; }));
+}
+
 TEST_F(DomainActorTest, LostSessionOfAGuestThatCannotBeTakenBackWaitsForTheOperator) {
   auto actor = Actor("winxp-01");
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());

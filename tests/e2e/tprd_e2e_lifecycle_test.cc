@@ -1,5 +1,6 @@
-// tprd end to end when things happen to it or to the guest: kill -9 while a trap is armed,
-// and a guest reboot while patched.
+// tprd end to end when things happen to it or to the guest: kill -9 while a trap is armed, a
+// guest reboot while patched, SIGTERM and restart, save/restore, managedsave, and snapshots with
+// memory taken and reverted while tprd runs.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -206,6 +207,70 @@ TEST(TprdEndToEndLifecycle, ManagedSaveOfAGuestTprdLetGoStartsCorrectAndIsTakenB
                                   << DomainRunStateAndReason(domain->name());
   ExpectTakenBackOnMmio(tprd, *domain, before_start,
                         "started from its managed save and taken back");
+}
+
+std::string StatusState(TprdProcess& tprd, const std::string& domain) {
+  RunResult r = tprd.Ctl({"--json", "status", domain});
+  nlohmann::json doc = nlohmann::json::parse(r.out, nullptr, false);
+  return doc.is_discarded() || !doc["state"].is_string() ? "?" : doc["state"].get<std::string>();
+}
+
+// Snapshots with memory (internal, in a qcow2 disk) of a running guest while tprd runs: one
+// from before the enable and one of the patched guest (libvirt pauses the domain to copy it:
+// tprd lets go and takes it back after). A revert loads the snapshot's memory into the running
+// domain: tprd must not write into it from what it knew, and must show what the memory holds:
+// unpatched for the first, patched again (its blob adopted) for the second. The guest's checks
+// hold throughout.
+TEST(TprdEndToEndLifecycle, SnapshotRevertShowsAndAdoptsWhatTheSnapshotsMemoryHolds) {
+  TestDomainOptions options;
+  options.kernel = TestGuestElf();
+  options.vcpus = 2;
+  options.cmdline = "nobench";
+  options.persistent = true;  // snapshots keep their metadata with a defined domain
+  options.qcow2_disk = true;
+  absl::StatusOr<std::unique_ptr<TestDomain>> created = TestDomain::Create(options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  TestDomain& domain = **created;
+  ASSERT_TRUE(domain.WaitForPrefix("STAT cpu=1 ", absl::Seconds(120)).ok()) << domain.LastLines();
+  const std::string name = domain.name();
+  TprdProcess tprd(MakeTprdDir(), "proving_window_s = 5\n");
+  tprd.Start();
+  if (HasFatalFailure()) return;
+
+  RunResult before = Virsh({"snapshot-create-as", name, "before-enable"});
+  ASSERT_EQ(before.exit_code, 0) << before.out << before.err;
+  RunResult enabled = tprd.Ctl({"enable", name, "--strategy", "mmio", "--transient"});
+  ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
+  WaitForApplied(tprd, name, HotSites(), absl::Seconds(90), "enable");
+  // Past the proving window: no breakpoint stops left to race the snapshot's pause.
+  ASSERT_TRUE(PollUntil(absl::Seconds(60), [&] {
+    RunResult r = tprd.Ctl({"--json", "status", name});
+    nlohmann::json doc = nlohmann::json::parse(r.out, nullptr, false);
+    return !doc.is_discarded() && doc["proving_window_open"] == false;
+  })) << tprd.LogTail();
+
+  RunResult patched = Virsh({"snapshot-create-as", name, "patched"});
+  ASSERT_EQ(patched.exit_code, 0) << patched.out << patched.err;
+  WaitForState(tprd, name, "patched", absl::Seconds(30), "after the snapshot of the patched guest");
+  ExpectGuestPasses(domain, domain.Lines().size(), "after the snapshot");
+
+  RunResult reverted = Virsh({"snapshot-revert", name, "before-enable"});
+  ASSERT_EQ(reverted.exit_code, 0) << reverted.out << reverted.err;
+  WaitForState(tprd, name, "unpatched", absl::Seconds(30), "reverted to before the enable");
+  for (const auto& [address, state] : SiteStates(tprd, name)) {
+    EXPECT_NE(state, "applied") << "0x" << std::hex << address << ": listed from the old memory";
+  }
+  ExpectGuestPasses(domain, domain.Lines().size(), "reverted to before the enable");
+  EXPECT_EQ(StatusState(tprd, name), "unpatched") << tprd.LogTail(40);
+
+  reverted = Virsh({"snapshot-revert", name, "patched"});
+  ASSERT_EQ(reverted.exit_code, 0) << reverted.out << reverted.err;
+  WaitForState(tprd, name, "patched", absl::Seconds(30), "reverted to the patched snapshot");
+  WaitForApplied(tprd, name, HotSites(), absl::Seconds(30), "the snapshot's sites adopted");
+  ExpectGuestPasses(domain, domain.Lines().size(), "reverted to the patched snapshot");
+  EXPECT_EQ(tprd.Ctl({"rollback", name}).exit_code, 0) << tprd.LogTail();
+  ExpectGuestPasses(domain, domain.Lines().size(), "rolled back");
+  EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
 }
 
 }  // namespace

@@ -293,14 +293,16 @@ void FakeHypervisor::EmitLifecycle(const std::string& name, daemon::LifecycleKin
     auto it = domains_.find(name);
     if (it == domains_.end()) return;
     Entry& entry = it->second;
-    const bool running = kind == daemon::LifecycleKind::kStarted ||
-                         kind == daemon::LifecycleKind::kRebooted ||
-                         kind == daemon::LifecycleKind::kResumed;
+    const bool running =
+        kind == daemon::LifecycleKind::kStarted || kind == daemon::LifecycleKind::kRebooted ||
+        kind == daemon::LifecycleKind::kResumed || kind == daemon::LifecycleKind::kReverted;
     if (running && !entry.info.running) entry.info.id = next_id_++;
     if (!running) entry.info.id = -1;
     entry.info.running = running;
-    // A start may bring a restored guest, a resume keeps the memory: the rest reset it.
-    if (kind != daemon::LifecycleKind::kStarted && kind != daemon::LifecycleKind::kResumed) {
+    // A start may bring a restored guest, a resume keeps the memory, a revert brings whatever
+    // the test left in the guest (the snapshot's memory): the rest reset it.
+    if (kind != daemon::LifecycleKind::kStarted && kind != daemon::LifecycleKind::kResumed &&
+        kind != daemon::LifecycleKind::kReverted) {
       // The guest's memory is gone (or reset): so are its patches.
       std::lock_guard<std::mutex> guest_lock(entry.guest->mu);
       entry.guest->blob_present = false;

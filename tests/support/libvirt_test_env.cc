@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "tests/support/subprocess.h"
 
 #ifndef TPRD_GUEST_DIR
 #error "TPRD_GUEST_DIR must name the build directory of tests/guest"
@@ -132,7 +133,14 @@ std::string TestDomainXml(const TestDomainOptions& options, std::string_view nam
                   "</on_reboot>\n  <on_crash>destroy</on_crash>\n",
                   "  <devices>\n    <serial type='file'><source path='", XmlEscape(serial_path),
                   "'/><target port='0'/></serial>\n", "    <video><model type='none'/></video>\n",
-                  "    <memballoon model='none'/>\n  </devices>\n");
+                  "    <memballoon model='none'/>\n");
+  if (!options.disk_image.empty()) {
+    absl::StrAppend(&xml,
+                    "    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                    "<source file='",
+                    XmlEscape(options.disk_image), "'/><target dev='hda' bus='ide'/></disk>\n");
+  }
+  absl::StrAppend(&xml, "  </devices>\n");
   if (options.vapic_off) {
     absl::StrAppend(&xml,
                     "  <qemu:commandline><qemu:arg value='-global'/>"
@@ -171,6 +179,15 @@ absl::StatusOr<std::unique_ptr<TestDomain>> TestDomain::Create(const TestDomainO
   if (copy_error || chmod(booted.kernel.c_str(), 0644) != 0) {
     return absl::InternalError(absl::StrCat("cannot copy the test guest kernel ", options.kernel,
                                             " to ", booted.kernel, ": ", copy_error.message()));
+  }
+  if (options.qcow2_disk) {
+    booted.disk_image = absl::StrCat(pattern, "/disk.qcow2");
+    RunResult made =
+        Run({"/usr/bin/qemu-img", "create", "-q", "-f", "qcow2", booted.disk_image, "16M"});
+    if (made.exit_code != 0) {
+      return absl::InternalError(absl::StrCat("qemu-img create ", booted.disk_image, " (package ",
+                                              "qemu-utils): ", made.out, made.err));
+    }
   }
   const std::string xml = TestDomainXml(booted, domain->name_, domain->serial_path_);
 

@@ -38,6 +38,11 @@ struct TestDomainOptions {
   // Defined (virDomainDefineXML) and then started, instead of created transient: what
   // `virsh managedsave` needs. Destroy() also undefines it, with its managed-save image.
   bool persistent = false;
+  // A small qcow2 disk the guest never touches (qemu-img, from qemu-utils): where
+  // `virsh snapshot-create-as` keeps an internal snapshot, memory included. Create() makes it in
+  // the domain's directory and sets `disk_image`; TestDomainXml adds a disk for a non-empty one.
+  bool qcow2_disk = false;
+  std::string disk_image;
   std::string uri = "qemu:///system";
   std::string name_prefix = "tprd-it";  // names are PREFIX-<pid>-<n>
 };
