@@ -265,43 +265,31 @@ void DomainActor::PollOnce() {
         }
         break;
       case ControllerEvent::Kind::kHostCopiesState:
-        LetGoForStateCopy(event.message);
-        return;
       case ControllerEvent::Kind::kHostReplacesState:
-        LetGoForStateReplacement(event.message);
+        LetGoUntilHostResumes(event.message,
+                              event.kind == ControllerEvent::Kind::kHostReplacesState);
         return;
     }
   }
   RefreshSnapshot(sites_changed);
 }
 
-void DomainActor::LetGoForStateCopy(const std::string& message) {
-  // The copy (a save file, a migration target, a snapshot) must run correctly without tprd:
+void DomainActor::LetGoUntilHostResumes(const std::string& message, bool memory_replaced) {
+  // A copy (a save file, a migration target, a snapshot) must run correctly without tprd:
   // exact, no traps, and QEMU not left in the gdbstub's debug run state (QemuGuestVm::Detach).
+  // A replacement (a snapshot revert) gets no write at all: whatever tprd wrote now could land
+  // in the snapshot's memory (a strategy word where there is no blob), so it is dropped as at a
+  // reboot. Either way the guest does not run until libvirt resumes it, and that resume takes
+  // it back from what its memory then holds.
   RecordOperation("let go", message);
   LogInfo(absl::StrCat(Snapshot().domain.name, ": ", message));
-  DropController(/*detach=*/true, message);
+  DropController(/*detach=*/!memory_replaced, message);
   {
     absl::MutexLock lock(&mu_);
     awaiting_host_resume_ = true;
+    if (memory_replaced) snapshot_.last_error.clear();  // about memory that is no longer there
   }
-  SetState(DomainState::kExactWhileAway, message);
-  RefreshSnapshot(/*with_sites=*/true);
-}
-
-void DomainActor::LetGoForStateReplacement(const std::string& message) {
-  // Whatever tprd wrote now could land in the snapshot's memory (a strategy word where there is
-  // no blob): no write, as at a reboot. The guest does not run until libvirt resumes it, and
-  // that resume takes it back from what its memory then holds.
-  RecordOperation("let go", message);
-  LogInfo(absl::StrCat(Snapshot().domain.name, ": ", message));
-  DropController(/*detach=*/false, message);
-  {
-    absl::MutexLock lock(&mu_);
-    awaiting_host_resume_ = true;
-    snapshot_.last_error.clear();  // about memory that is no longer there
-  }
-  SetState(DomainState::kUnpatched, message);
+  SetState(memory_replaced ? DomainState::kUnpatched : DomainState::kExactWhileAway, message);
   RefreshSnapshot(/*with_sites=*/true);
 }
 

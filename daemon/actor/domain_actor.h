@@ -143,11 +143,9 @@ class DomainActor {
   void RetakeGuest();
   // RetakeGuest with a fresh retry window, unless a controller is already there.
   void TakeBackAfterLettingGo();
-  // kHostCopiesState: detach to exact and wait for the domain to run again.
-  void LetGoForStateCopy(const std::string& message);
-  // libvirt loads other memory into the domain (a snapshot revert): drop the session without a
-  // write; the next resume or start looks for the blob (RetakeGuest).
-  void LetGoForStateReplacement(const std::string& message);
+  // kHostCopiesState (detach to exact) or kHostReplacesState (a snapshot revert: drop the
+  // session without a write), then wait for the domain to run again (RetakeGuest).
+  void LetGoUntilHostResumes(const std::string& message, bool memory_replaced);
 
   // The bodies of Enable and Rollback, also run by the actor itself (ApplyIntent, Disable).
   absl::StatusOr<EnableResult> RunEnable(const EnableOptions& options,

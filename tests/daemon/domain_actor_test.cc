@@ -41,6 +41,21 @@ class DomainActorTest : public RegistryFixture {
     }
     return false;
   }
+  bool WaitForState(DomainActor& actor, DomainState state) {
+    return WaitForSnapshot(actor, [state](const DomainSnapshot& s) { return s.state == state; });
+  }
+  // The poll reports that libvirt paused the domain to copy its state, or to replace it.
+  void PushHostChange(ControllerEvent::Kind kind) {
+    ControllerEvent change;
+    change.kind = kind;
+    change.message = "libvirt paused the domain";
+    guest_->PushPollEvent(change);
+  }
+  // The guest's memory holds no blob (a snapshot from before the enable).
+  void ForgetBlob() {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->blob_present = false;
+  }
 
   // What each command that works on the guest answers, in table order.
   static std::vector<absl::Status> EveryGuestCommand(DomainActor& actor) {
@@ -457,45 +472,18 @@ TEST_F(DomainActorTest, APauseToCopyTheStateLetsGoAndTheNextResumeTakesTheGuestB
 TEST_F(DomainActorTest, APauseToRevertToASnapshotLetsGoWithoutAWriteAndTheResumeAdopts) {
   auto actor = Actor("winxp-01");
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
-  const int detaches_before = guest_->detaches;
-  const int abandons_before = guest_->abandons;
+  const int detaches_before = guest_->detaches, abandons_before = guest_->abandons;
   const int adopts_before = guest_->adopts;
-  ControllerEvent revert;
-  revert.kind = ControllerEvent::Kind::kHostReplacesState;
-  revert.message = "libvirt paused the domain to revert it to a snapshot";
-  guest_->PushPollEvent(revert);
+  PushHostChange(ControllerEvent::Kind::kHostReplacesState);
   ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->abandons == abandons_before + 1; }))
       << "the session is dropped";
-  ASSERT_TRUE(WaitForSnapshot(
-      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kUnpatched; }));
+  ASSERT_TRUE(WaitForState(*actor, DomainState::kUnpatched));
   EXPECT_EQ(guest_->detaches, detaches_before) << "a detach writes the strategy word";
   EXPECT_EQ(guest_->adopts, adopts_before);
   // The snapshot was taken while patched: its memory holds the blob.
   hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kResumed);
   ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }));
-  ASSERT_TRUE(WaitForSnapshot(
-      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kPatched; }));
-}
-
-TEST_F(DomainActorTest, ARevertToASnapshotFromBeforeTheEnableShowsTheGuestUnpatched) {
-  auto actor = Actor("winxp-01");
-  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
-  const int adopts_before = guest_->adopts;
-  ControllerEvent revert;
-  revert.kind = ControllerEvent::Kind::kHostReplacesState;
-  revert.message = "libvirt paused the domain to revert it to a snapshot";
-  guest_->PushPollEvent(revert);
-  ASSERT_TRUE(WaitForSnapshot(
-      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kUnpatched; }));
-  {
-    std::lock_guard<std::mutex> lock(guest_->mu);
-    guest_->blob_present = false;  // the snapshot's memory has none
-  }
-  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kResumed);
-  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }))
-      << "the resume looks for the blob";
-  EXPECT_EQ(actor->Snapshot().state, DomainState::kUnpatched);
-  EXPECT_EQ(actor->Snapshot().sites.size(), 0u) << "no site of the old memory is listed";
+  ASSERT_TRUE(WaitForState(*actor, DomainState::kPatched));
 }
 
 // libvirt says the domain runs again on a snapshot's memory (RESUMED, FROM_SNAPSHOT), also when
@@ -504,52 +492,43 @@ TEST_F(DomainActorTest, ARevertToASnapshotFromBeforeTheEnableShowsTheGuestUnpatc
 TEST_F(DomainActorTest, ARevertSeenOnlyByItsResumeDropsTheSessionWithoutAWriteAndAdopts) {
   auto actor = Actor("winxp-01");
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
-  const int detaches_before = guest_->detaches;
-  const int abandons_before = guest_->abandons;
+  const int detaches_before = guest_->detaches, abandons_before = guest_->abandons;
   const int adopts_before = guest_->adopts;
   hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kReverted);
   ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }));
   EXPECT_EQ(guest_->abandons, abandons_before + 1) << "the old session is dropped first";
   EXPECT_EQ(guest_->detaches, detaches_before) << "a detach writes the strategy word";
-  ASSERT_TRUE(WaitForSnapshot(
-      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kPatched; }));
+  ASSERT_TRUE(WaitForState(*actor, DomainState::kPatched));
 }
 
-TEST_F(DomainActorTest, ARevertToMemoryWithoutTheBlobShowsTheGuestUnpatched) {
+// No blob in the memory the guest runs on after a revert (by its pause, or by its resume alone)
+// or after a copy's resume: the status says unpatched, lists no site of the old memory, and
+// does not claim "exact while away".
+TEST_F(DomainActorTest, MemoryWithoutTheBlobAfterARevertOrACopyShowsTheGuestUnpatched) {
   auto actor = Actor("winxp-01");
-  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
-  {
-    std::lock_guard<std::mutex> lock(guest_->mu);
-    guest_->blob_present = false;
+  const std::string name = "winxp-01";
+  for (const char* how : {"revert's pause", "revert's resume", "copy"}) {
+    SCOPED_TRACE(how);
+    ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());  // the blob is back in
+    ASSERT_TRUE(WaitForState(*actor, DomainState::kPatched));
+    const int adopts_before = guest_->adopts;
+    if (std::string(how) == "revert's resume") {
+      ForgetBlob();
+      hypervisor_.EmitLifecycle(name, LifecycleKind::kReverted);
+    } else {
+      const bool copy = std::string(how) == "copy";
+      PushHostChange(copy ? ControllerEvent::Kind::kHostCopiesState
+                          : ControllerEvent::Kind::kHostReplacesState);
+      ASSERT_TRUE(
+          WaitForState(*actor, copy ? DomainState::kExactWhileAway : DomainState::kUnpatched));
+      ForgetBlob();
+      hypervisor_.EmitLifecycle(name, LifecycleKind::kResumed);
+    }
+    ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }))
+        << "the resume looks for the blob";
+    ASSERT_TRUE(WaitForState(*actor, DomainState::kUnpatched));
+    EXPECT_TRUE(actor->Snapshot().sites.empty()) << "no site of the old memory is listed";
   }
-  const int abandons_before = guest_->abandons;
-  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kReverted);
-  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->abandons == abandons_before + 1; }));
-  ASSERT_TRUE(WaitForSnapshot(
-      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kUnpatched; }));
-  EXPECT_TRUE(actor->Snapshot().sites.empty()) << "no site of the old memory is listed";
-}
-
-// A copy (a snapshot's creation) whose resume finds no blob: the guest runs unpatched, and the
-// status says so instead of "exact while away".
-TEST_F(DomainActorTest, AResumeAfterACopyThatFindsNoBlobShowsTheGuestUnpatched) {
-  auto actor = Actor("winxp-01");
-  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
-  const int adopts_before = guest_->adopts;
-  ControllerEvent copy;
-  copy.kind = ControllerEvent::Kind::kHostCopiesState;
-  copy.message = "libvirt paused the domain to copy its state";
-  guest_->PushPollEvent(copy);
-  ASSERT_TRUE(WaitForSnapshot(
-      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kExactWhileAway; }));
-  {
-    std::lock_guard<std::mutex> lock(guest_->mu);
-    guest_->blob_present = false;
-  }
-  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kResumed);
-  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }));
-  ASSERT_TRUE(WaitForSnapshot(
-      *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kUnpatched; }));
 }
 
 TEST_F(DomainActorTest, LostSessionOfAGuestThatCannotBeTakenBackWaitsForTheOperator) {
