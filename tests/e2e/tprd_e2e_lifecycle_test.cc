@@ -221,8 +221,12 @@ std::string StatusState(TprdProcess& tprd, const std::string& domain) {
 // domain: tprd must not write into it from what it knew, and must show what the memory holds:
 // unpatched for the first, patched again (its blob adopted) for the second. The guest's checks
 // hold throughout.
-TEST(TprdEndToEndLifecycle, SnapshotRevertShowsAndAdoptsWhatTheSnapshotsMemoryHolds) {
+class SnapshotRevert : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SnapshotRevert, ShowsAndAdoptsWhatTheSnapshotsMemoryHolds) {
+  const std::string strategy = GetParam();
   TestDomainOptions options;
+  options.cr8legacy_cpu = strategy == "cr8";
   options.kernel = TestGuestElf();
   options.vcpus = 2;
   options.cmdline = "nobench";
@@ -239,7 +243,7 @@ TEST(TprdEndToEndLifecycle, SnapshotRevertShowsAndAdoptsWhatTheSnapshotsMemoryHo
 
   RunResult before = Virsh({"snapshot-create-as", name, "before-enable"});
   ASSERT_EQ(before.exit_code, 0) << before.out << before.err;
-  RunResult enabled = tprd.Ctl({"enable", name, "--strategy", "mmio", "--transient"});
+  RunResult enabled = tprd.Ctl({"enable", name, "--strategy", strategy, "--transient"});
   ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
   WaitForApplied(tprd, name, HotSites(), absl::Seconds(90), "enable");
   // Past the proving window: no breakpoint stops left to race the snapshot's pause.
@@ -272,6 +276,13 @@ TEST(TprdEndToEndLifecycle, SnapshotRevertShowsAndAdoptsWhatTheSnapshotsMemoryHo
   ExpectGuestPasses(domain, domain.Lines().size(), "rolled back");
   EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
 }
+
+// Not cr8: measured 2026-12-07, a revert to the snapshot of a guest patched on cr8 gives wrong
+// reads (an unpatched reader sees the TPR without the low nibble CR8 writes clear) from the
+// resume until tprd has adopted the guest again, because libvirt's savevm copies the memory
+// before tprd's let-go reaches it (docs/design.md "Saves and migrations"). Operators roll back
+// before a snapshot under cr8 (docs/usage.md).
+INSTANTIATE_TEST_SUITE_P(Strategy, SnapshotRevert, ::testing::Values("mmio"));
 
 }  // namespace
 }  // namespace tprd::testing
