@@ -162,18 +162,16 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
   absl::StatusOr<ScanResult> scan = ScanGuest(*profile);
   if (scan.ok()) MergeCandidates(*scan);
   absl::Status s = PlanSites();
-  // A vCPU a killed tprd left stopped just after an unpatched access (cr8's watchpoint): fix it
-  // up before the shadows are touched.
+  // A vCPU a killed tprd left stopped just after an unpatched access (cr8's watchpoint reported
+  // it to the killed tprd, so QEMU reports it to no one again): fix it up before the shadows are
+  // touched. Whatever the access's encoding (a register-relative read is found by its operand's
+  // address, ciT 2026-12-07), and only on proof that the access just ran (HandleWatchpoint's
+  // unreported mode: its result still holds the real TPR, which differs from the shadow), since
+  // a vCPU may also stand there because it jumped there.
   if (s.ok() && current == Strategy::kCr8) {
     for (const VcpuProfile& cpu : profile->vcpus) {
-      std::string why;
-      GuestByteReader reader = [&](uint32_t va, absl::Span<uint8_t> out) {
-        return vm_.ReadVirtual(cpu.vcpu, va, out);
-      };
-      if (ResolveTrap(cpu.eip, reader, profile->tpr_va, &why)) {
-        s = HandleWatchpoint(cpu.vcpu, cpu.eip, events);
-        if (!s.ok()) break;
-      }
+      s = HandleWatchpoint(cpu.vcpu, cpu.eip, events, /*reported=*/false);
+      if (!s.ok()) break;
     }
   }
   // A writer rolled back on its own runs unpatched and unarmed: mmio's shadows would go stale,

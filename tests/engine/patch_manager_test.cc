@@ -1143,6 +1143,33 @@ TEST_F(PatchManagerTest, AdoptUnderCr8TakesAWriteTheKilledTprdMissed) {
   EXPECT_EQ(blob->cpus[1].shadow_tpr, 0x41);
 }
 
+// tprd killed under cr8 while a vCPU stood just after an unpatched register-relative read
+// (mov eax,[ebx+0x80], ebx at the APIC page): the watchpoint's hit went to the killed tprd, so
+// the adopt must find the read by its operand's address and give it the shadow. A vCPU that
+// stands there with another value (it jumped there) is left alone. Found by the HAL e2e's
+// kill -9 case (ciT): 0x40 read for 0x41.
+TEST_F(PatchManagerTest, AdoptUnderCr8FixesARegisterRelativeReadTheKilledTprdLeftUnfixed) {
+  constexpr uint32_t kReadViaEbx = kCode + 0xA0;  // 8B 83 80 00 00 00: mov eax,[ebx+0x80]
+  Put(kReadViaEbx, {0x8B, 0x83, 0x80, 0x00, 0x00, 0x00});
+  EnableCr8();  // shadows: vCPU 0 0x20, vCPU 1 0x41
+  ASSERT_TRUE(vm_.Stop().ok());
+  for (int vcpu : {0, 1}) {
+    vm_.SetEip(vcpu, kReadViaEbx + 6);
+    vm_.Registers(vcpu).reg(Gpr::kEbx) = 0xFFFE0000;
+  }
+  vm_.SetTpr(1, 0x40);  // CR8 = 4: the read saw the real TPR without its low nibble
+  vm_.Registers(1).reg(Gpr::kEax) = 0x40;
+  vm_.SetTpr(0, 0x20);
+  vm_.Registers(0).reg(Gpr::kEax) = 0x1234;  // jumped there: not the TPR's value
+
+  PatchManager restarted(vm_, journal_, clock_);
+  absl::StatusOr<bool> adopted = restarted.Adopt();
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  EXPECT_EQ(restarted.Status().strategy, Strategy::kCr8);
+  EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x41u) << "fixed up to the shadow";
+  EXPECT_EQ(vm_.Registers(0).reg(Gpr::kEax), 0x1234u) << "no proof that the read just ran";
+}
+
 // tprd killed between the guest write and its record: the guest's table still says pending,
 // the journal one step behind. Adopt records what the bytes say in both.
 TEST_F(PatchManagerTest, AdoptAfterKillMidTransactionRecordsWhatTheBytesSay) {
