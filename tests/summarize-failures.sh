@@ -23,7 +23,7 @@ while IFS=: read -r _ name; do
   cases=$(awk '
     /^\[ RUN      \] / { n = 0 }
     { block[n++] = $0 }
-    /^\[  FAILED  \] .*\(/ { start = (n > 15) ? n - 15 : 0; for (i = start; i < n; i++) print block[i]; n = 0 }
+    /^\[  FAILED  \] .*\([0-9]+ ms\)$/ { start = (n > 15) ? n - 15 : 0; for (i = start; i < n; i++) print block[i]; n = 0 }
   ' <<<"$section")
   if [[ -n $cases ]]; then
     head -n 30 <<<"$cases"

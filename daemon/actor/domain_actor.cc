@@ -175,7 +175,12 @@ void DomainActor::RetakeGuest() {
     absl::MutexLock lock(&mu_);
     retake_at_.reset();
   }
-  if (controller_ != nullptr) return;  // an operator's command took it back meanwhile
+  if (controller_ != nullptr) {
+    // An operator's command took it back meanwhile: no probe of an earlier start is left.
+    absl::MutexLock lock(&mu_);
+    probes_after_start_ = 0;
+    return;
+  }
   absl::Status again = EnsureController(/*adopt=*/true);
   if (!again.ok()) {
     // libvirtd restarting (the connection reconnects by itself): try again shortly.
@@ -287,6 +292,10 @@ void DomainActor::LetGoUntilHostResumes(const std::string& message, bool memory_
   {
     absl::MutexLock lock(&mu_);
     awaiting_host_resume_ = true;
+    // Only that resume takes the guest back: a probe left from an earlier start must not adopt
+    // it again while libvirt still copies or loads its memory.
+    probes_after_start_ = 0;
+    retake_at_.reset();
     if (memory_replaced) snapshot_.last_error.clear();  // about memory that is no longer there
   }
   SetState(memory_replaced ? DomainState::kUnpatched : DomainState::kExactWhileAway, message);

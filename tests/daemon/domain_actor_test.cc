@@ -526,8 +526,14 @@ TEST_F(DomainActorTest, MemoryWithoutTheBlobAfterARevertOrACopyShowsTheGuestUnpa
     }
     ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }))
         << "the resume looks for the blob";
-    ASSERT_TRUE(WaitForState(*actor, DomainState::kUnpatched));
-    EXPECT_TRUE(actor->Snapshot().sites.empty()) << "no site of the old memory is listed";
+    // The snapshot is refreshed after the look: wait for it, bounded.
+    EXPECT_TRUE(WaitForSnapshot(*actor,
+                                [](const DomainSnapshot& s) {
+                                  return s.state == DomainState::kUnpatched && s.sites.empty();
+                                }))
+        << "unpatched, and no site of the old memory listed: "
+        << DomainStateName(actor->Snapshot().state) << ", " << actor->Snapshot().sites.size()
+        << " sites";
   }
 }
 
