@@ -164,13 +164,18 @@ absl::StatusOr<bool> PatchManager::Adopt(std::optional<Strategy> requested_hint,
   absl::Status s = PlanSites();
   // A vCPU a killed tprd left stopped just after an unpatched access (cr8's watchpoint reported
   // it to the killed tprd, so QEMU reports it to no one again): fix it up before the shadows are
-  // touched. Whatever the access's encoding (a register-relative read is found by its operand's
-  // address, ciT 2026-12-07), and only on proof that the access just ran (HandleWatchpoint's
-  // unreported mode: its result still holds the real TPR, which differs from the shadow), since
-  // a vCPU may also stand there because it jumped there.
+  // touched. An access whose encoding names the TPR is handled as the hit it was. One found only
+  // by its operand's address (a register-relative read, ciT 2026-12-07) needs proof that it just
+  // ran, since a vCPU may also stand there because it jumped there: HandleWatchpoint's
+  // unreported mode (the read's result still holds the real TPR, which differs from the shadow).
   if (s.ok() && current == Strategy::kCr8) {
     for (const VcpuProfile& cpu : profile->vcpus) {
-      s = HandleWatchpoint(cpu.vcpu, cpu.eip, events, /*reported=*/false);
+      std::string why;
+      GuestByteReader reader = [&](uint32_t va, absl::Span<uint8_t> out) {
+        return vm_.ReadVirtual(cpu.vcpu, va, out);
+      };
+      const bool names_the_tpr = ResolveTrap(cpu.eip, reader, profile->tpr_va, &why).has_value();
+      s = HandleWatchpoint(cpu.vcpu, cpu.eip, events, /*reported=*/names_the_tpr);
       if (!s.ok()) break;
     }
   }
