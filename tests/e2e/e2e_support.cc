@@ -254,6 +254,22 @@ std::map<uint32_t, std::string> WaitForApplied(TprdProcess& tprd, const std::str
   return states;
 }
 
+std::string StatusField(TprdProcess& tprd, const std::string& domain, const std::string& key) {
+  RunResult r = tprd.Ctl({"--json", "status", domain});
+  nlohmann::json doc = nlohmann::json::parse(r.out, nullptr, false);
+  if (r.exit_code != 0 || doc.is_discarded() || !doc[key].is_string()) return "";
+  return doc[key].get<std::string>();
+}
+
+bool WaitForProvingWindowEnd(TprdProcess& tprd, const std::string& domain, absl::Duration timeout) {
+  return PollUntil(timeout, [&] {
+    RunResult status = tprd.Ctl({"--json", "status", domain});
+    nlohmann::json doc = nlohmann::json::parse(status.out, nullptr, false);
+    return status.exit_code == 0 && !doc.is_discarded() && doc["state"] == "patched" &&
+           doc["proving_window_open"] == false;
+  });
+}
+
 void WaitForState(TprdProcess& tprd, const std::string& domain, const std::string& state,
                   absl::Duration timeout, const char* when) {
   std::string last;

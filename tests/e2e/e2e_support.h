@@ -103,6 +103,15 @@ std::map<uint32_t, std::string> WaitForApplied(TprdProcess& tprd, const std::str
                                                const std::vector<std::string>& names,
                                                absl::Duration timeout, const char* when);
 
+// A string field of `tprctl --json status DOMAIN` ("" when the call fails or it is absent).
+std::string StatusField(TprdProcess& tprd, const std::string& domain, const std::string& key);
+
+// Polls `tprctl --json status` (bounded) until the domain is patched and its proving window is
+// closed: from then on no breakpoint is left on the guest's code pages but the writers' (under
+// TCG a breakpoint makes every block on its page run one instruction at a time). A poll of
+// another process's state: there is no event to wait on.
+bool WaitForProvingWindowEnd(TprdProcess& tprd, const std::string& domain, absl::Duration timeout);
+
 // Polls `tprctl --json status DOMAIN` until its "state" is `state` (bounded).
 void WaitForState(TprdProcess& tprd, const std::string& domain, const std::string& state,
                   absl::Duration timeout, const char* when);

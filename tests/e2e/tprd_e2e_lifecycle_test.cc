@@ -209,12 +209,6 @@ TEST(TprdEndToEndLifecycle, ManagedSaveOfAGuestTprdLetGoStartsCorrectAndIsTakenB
                         "started from its managed save and taken back");
 }
 
-std::string StatusState(TprdProcess& tprd, const std::string& domain) {
-  RunResult r = tprd.Ctl({"--json", "status", domain});
-  nlohmann::json doc = nlohmann::json::parse(r.out, nullptr, false);
-  return doc.is_discarded() || !doc["state"].is_string() ? "?" : doc["state"].get<std::string>();
-}
-
 // Snapshots with memory (internal, in a qcow2 disk) of a running guest while tprd runs: one
 // from before the enable and one of the patched guest (libvirt pauses the domain to copy it:
 // tprd lets go and takes it back after). A revert loads the snapshot's memory into the running
@@ -247,11 +241,7 @@ TEST_P(SnapshotRevert, ShowsAndAdoptsWhatTheSnapshotsMemoryHolds) {
   ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
   WaitForApplied(tprd, name, HotSites(), absl::Seconds(90), "enable");
   // Past the proving window: no breakpoint stops left to race the snapshot's pause.
-  ASSERT_TRUE(PollUntil(absl::Seconds(60), [&] {
-    RunResult r = tprd.Ctl({"--json", "status", name});
-    nlohmann::json doc = nlohmann::json::parse(r.out, nullptr, false);
-    return !doc.is_discarded() && doc["proving_window_open"] == false;
-  })) << tprd.LogTail();
+  ASSERT_TRUE(WaitForProvingWindowEnd(tprd, name, absl::Seconds(60))) << tprd.LogTail();
 
   RunResult patched = Virsh({"snapshot-create-as", name, "patched"});
   ASSERT_EQ(patched.exit_code, 0) << patched.out << patched.err;
@@ -265,7 +255,7 @@ TEST_P(SnapshotRevert, ShowsAndAdoptsWhatTheSnapshotsMemoryHolds) {
     EXPECT_NE(state, "applied") << "0x" << std::hex << address << ": listed from the old memory";
   }
   ExpectGuestPasses(domain, domain.Lines().size(), "reverted to before the enable");
-  EXPECT_EQ(StatusState(tprd, name), "unpatched") << tprd.LogTail(40);
+  EXPECT_EQ(StatusField(tprd, name, "state"), "unpatched") << tprd.LogTail(40);
 
   reverted = Virsh({"snapshot-revert", name, "patched"});
   ASSERT_EQ(reverted.exit_code, 0) << reverted.out << reverted.err;

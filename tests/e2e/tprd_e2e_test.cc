@@ -22,19 +22,6 @@ constexpr int kProvingWindowSeconds = 45;
 // BENCH lines per median (one about every 2 s).
 constexpr int kBenchLines = 5;
 
-// Polls `tprctl --json status` (bounded) until the domain's proving window is closed: from then
-// on no breakpoint is left on the test guest's code pages but the writers' (under TCG a
-// breakpoint makes every block on its page run one instruction at a time, which would swamp
-// what the BENCH lines measure). A poll of another process's state: there is no event to wait on.
-bool WaitForProvingWindowEnd(TprdProcess& tprd, const std::string& domain, absl::Duration timeout) {
-  return PollUntil(timeout, [&] {
-    RunResult status = tprd.Ctl({"--json", "status", domain});
-    nlohmann::json doc = nlohmann::json::parse(status.out, nullptr, false);
-    return status.exit_code == 0 && !doc.is_discarded() && doc["state"] == "patched" &&
-           doc["proving_window_open"] == false;
-  });
-}
-
 TEST(TprdEndToEnd, EnablePatchesHotAndLateSitesSurvivesSigtermAdoptsAndRollsBackByteExact) {
   TestDomainOptions options;
   options.kernel = TestGuestElf();

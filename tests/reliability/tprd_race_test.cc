@@ -62,13 +62,6 @@ void ExpectEverySiteWhole(TprdProcess& tprd, TestDomain& domain,
   tprd.Start();
 }
 
-std::string StatusField(TprdProcess& tprd, const std::string& domain, const std::string& key) {
-  RunResult r = tprd.Ctl({"--json", "status", domain});
-  nlohmann::json doc = nlohmann::json::parse(r.out, nullptr, false);
-  if (r.exit_code != 0 || doc.is_discarded() || !doc[key].is_string()) return "";
-  return doc[key].get<std::string>();
-}
-
 class RaceTest : public ::testing::Test {
  protected:
   void SetUp() override {
