@@ -6,8 +6,12 @@
 // the discovery tprd picks on KVM hosts (`discovery = watchpoint`: no breakpoint on unproven
 // bytes) and compare the unproven candidates' bytes, read through QEMU's monitor at random
 // moments, with what the scan found (docs/design.md "Discovery on KVM hosts").
+// Between the quarters of that run tprd is stopped with SIGTERM and started again, killed with
+// SIGKILL and started again, and the guest is reset (the operator's recorded intent patches the
+// new boot): each must leave the guest's checks at 0 failures and tprd on the same strategy.
 // TPRD_E2E_SECONDS=N makes each case run N STAT lines per vCPU patched (the soak: 60 or more).
 #include <cstdlib>
+#include <iostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -46,6 +50,8 @@ TEST_P(TprdEndToEndStrategy, SustainedRunStaysCorrectAcrossTheProvingWindowAndRo
   options.kernel = TestGuestElf();
   options.vcpus = c.vcpus;
   options.cr8legacy_cpu = c.strategy == "cr8";
+  options.reboot_restarts = true;  // the reset between the third and fourth quarters
+  options.acpi = true;             // the learning window measured by the guest's clock
   absl::StatusOr<std::unique_ptr<TestDomain>> created = TestDomain::Create(options);
   ASSERT_TRUE(created.ok()) << created.status();
   TestDomain& domain = **created;
@@ -75,9 +81,53 @@ TEST_P(TprdEndToEndStrategy, SustainedRunStaysCorrectAcrossTheProvingWindowAndRo
   // Each STAT line covers about a second: thousands of rounds, every 64th of which runs the
   // unpatchable reads (PatchedStatLines per vCPU, in four quarters); under the watchpoint
   // discovery the candidates' bytes are read at a random moment of each quarter.
+  // The strategy tprd shows for the domain ("?" when the call fails).
+  auto strategy = [&] {
+    const std::string shown = StatusField(tprd, domain.name(), "strategy");
+    return shown.empty() ? std::string("?") : shown;
+  };
+  // After a restart or a reboot: patched again, on the operator's strategy.
+  auto expect_patched_again = [&](const char* when) {
+    WaitForApplied(tprd, domain.name(), hot, absl::Seconds(180), when);
+    EXPECT_EQ(strategy(), c.strategy) << when << "\n" << tprd.LogTail(40);
+  };
+  // What happens between quarter q and q+1.
+  auto between_quarters = [&](int quarter) {
+    if (quarter == 0) {
+      std::cout << "[ lifecycle ] SIGTERM, then tprd starts again and adopts the guest"
+                << std::endl;
+      ASSERT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
+      ExpectGuestPasses(domain, domain.Lines().size(), "tprd stopped", c.vcpus, /*rounds=*/1);
+      tprd.Start();
+      if (HasFatalFailure()) return;
+      expect_patched_again("adopted after SIGTERM");
+    } else if (quarter == 1) {
+      std::cout << "[ lifecycle ] kill -9, then tprd starts again and adopts the guest"
+                << std::endl;
+      tprd.Kill();
+      tprd.Start();
+      if (HasFatalFailure()) return;
+      expect_patched_again("adopted after kill -9");
+    } else if (quarter == 2) {
+      std::cout << "[ lifecycle ] guest reset; the recorded intent patches the new boot"
+                << std::endl;
+      const size_t before_reset = domain.Lines().size();
+      RunResult reset = Virsh({"reset", domain.name()});
+      ASSERT_EQ(reset.exit_code, 0) << reset.out << reset.err;
+      absl::StatusOr<std::string> boot =
+          domain.WaitForPrefix("BOOT ", absl::Seconds(120), before_reset);
+      ASSERT_TRUE(boot.ok()) << "no new boot after the reset: " << boot.status() << "\n"
+                             << domain.LastLines();
+      expect_patched_again("the new boot, patched by the recorded intent");
+    }
+  };
   std::mt19937 random(std::random_device{}());
   const int lines = PatchedStatLines();
   for (int quarter = 0; quarter < 4; ++quarter) {
+    if (quarter > 0) {
+      between_quarters(quarter - 1);
+      if (HasFatalFailure()) return;
+    }
     ExpectGuestPasses(domain, domain.Lines().size(), "patched", c.vcpus,
                       /*rounds=*/(lines + 3 - quarter) / 4);
     if (!watchpoint) continue;
