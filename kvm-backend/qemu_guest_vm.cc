@@ -356,6 +356,11 @@ absl::StatusOr<uint8_t> QemuGuestVm::ReadTpr(int vcpu) {
   return monitor_.ReadTpr(vcpu);
 }
 
+absl::StatusOr<uint32_t> QemuGuestVm::ReadAcpiPmTimer() {
+  TPRD_RETURN_IF_ERROR(CheckUsable(false));
+  return monitor_.ReadAcpiPmTimer();
+}
+
 absl::StatusOr<engine::CpuFeatures> QemuGuestVm::Features() {
   TPRD_RETURN_IF_ERROR(CheckUsable(false));
   return monitor_.Features();

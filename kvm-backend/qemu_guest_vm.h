@@ -75,6 +75,7 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   absl::Status ReadPhysicalLive(uint64_t pa, absl::Span<uint8_t> out) override;
   absl::StatusOr<std::vector<engine::MemoryRegion>> MemoryMap() override;
   absl::StatusOr<uint8_t> ReadTpr(int vcpu) override;
+  absl::StatusOr<uint32_t> ReadAcpiPmTimer() override;
   absl::StatusOr<engine::CpuFeatures> Features() override;
   absl::Status SetBreakpoint(uint32_t va) override;
   absl::Status RemoveBreakpoint(uint32_t va) override;

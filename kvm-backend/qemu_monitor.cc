@@ -86,6 +86,19 @@ absl::StatusOr<uint8_t> QemuMonitor::ReadTpr(int vcpu) {
   return ParseLapicTpr(*reply);
 }
 
+absl::StatusOr<uint32_t> QemuMonitor::ReadAcpiPmTimer() {
+  if (!pm_timer_port_) {
+    absl::StatusOr<std::string> mtree = connection_->HmpCommand(uuid_, "info mtree");
+    if (!mtree.ok()) return mtree.status();  // not cached: a failed call may work next time
+    pm_timer_port_ = ParseAcpiPmTimerPort(*mtree);
+  }
+  if (!pm_timer_port_->ok()) return pm_timer_port_->status();
+  absl::StatusOr<std::string> reply =
+      connection_->HmpCommand(uuid_, absl::StrFormat("i /w 0x%x", **pm_timer_port_));
+  if (!reply.ok()) return reply.status();
+  return ParseIoPortReadLong(*reply);
+}
+
 absl::StatusOr<std::vector<engine::MemoryRegion>> QemuMonitor::MemoryMap() {
   absl::StatusOr<std::string> reply = connection_->HmpCommand(uuid_, "info mtree -f");
   if (!reply.ok()) return reply.status();

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,12 +48,16 @@ class QemuMonitor {
   // cr8legacy of vCPU 0 and `vapic` of its local APIC (QEMU's own TPR patcher).
   absl::StatusOr<engine::CpuFeatures> Features();
   absl::StatusOr<QemuRunStatus> RunStatus();
+  // The machine's ACPI PM timer: HMP `i /w` of its port, found once in `info mtree` (NOT_FOUND
+  // when the machine has none).
+  absl::StatusOr<uint32_t> ReadAcpiPmTimer();
 
   const std::string& uuid() const { return uuid_; }
 
  private:
   LibvirtConnection* connection_;
   std::string uuid_;
+  std::optional<absl::StatusOr<uint16_t>> pm_timer_port_;  // looked up at the first read
 };
 
 }  // namespace tprd::backend

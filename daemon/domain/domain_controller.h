@@ -61,11 +61,13 @@ struct ControllerStatus {
   uint64_t handler_accesses_to_apic = 0;
   uint64_t unpatched_accesses_seen = 0;
   // before: TPR accesses reaching the APIC per second of guest run time in the enable's
-  // learning window, nothing patched yet (a lower bound: the run time includes the gdbstub's
-  // round trips); 0 when not measured (no learning window in this session, e.g. adopted).
+  // learning window, nothing patched yet (a lower bound: the run time includes QEMU's stop and
+  // restart at each hit, and the gdbstub's round trips unless measured by the guest's clock);
+  // 0 when not measured (no learning window in this session, e.g. adopted).
   double tpr_accesses_per_second_before = 0;
   uint64_t learning_hits = 0;
   absl::Duration learning_run;
+  bool learning_run_guest_clock = false;  // learning_run from the guest's ACPI PM timer
   // now: over the last interval of about a second while tprd holds the session; unset before two
   // samples were taken.
   std::optional<AccessRates> rates;

@@ -203,6 +203,7 @@ ControllerStatus EngineDomainController::Status() {
   status.unpatched_accesses_seen = m.unpatched_accesses_seen;
   status.learning_hits = m.learning_hits;
   status.learning_run = m.learning_run;
+  status.learning_run_guest_clock = m.learning_run_guest_clock;
   if (m.learning_run > absl::ZeroDuration()) {
     status.tpr_accesses_per_second_before =
         static_cast<double>(m.learning_hits) / absl::ToDoubleSeconds(m.learning_run);

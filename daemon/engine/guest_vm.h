@@ -27,6 +27,9 @@ namespace tprd::engine {
 // 32-bit general purpose registers, in x86 encoding order (ModRM reg field).
 enum class Gpr : uint8_t { kEax = 0, kEcx, kEdx, kEbx, kEsp, kEbp, kEsi, kEdi };
 inline constexpr int kGprCount = 8;
+// The ACPI PM timer's rate and width (ACPI spec; QEMU's acpi-tmr).
+inline constexpr uint64_t kAcpiPmTimerHz = 3579545;
+inline constexpr uint32_t kAcpiPmTimerMask = 0xFFFFFF;
 
 struct VcpuRegisters {
   uint32_t gpr[kGprCount] = {};  // indexed by Gpr
@@ -144,6 +147,13 @@ class GuestVm {
   // The full 8-bit TPR of one vCPU, as the APIC holds it.
   virtual absl::StatusOr<uint8_t> ReadTpr(int vcpu) = 0;
   virtual absl::StatusOr<CpuFeatures> Features() = 0;
+  // The machine's ACPI PM timer: 24 bits at kAcpiPmTimerHz. QEMU derives it from its virtual
+  // clock, which stands still while the VM is stopped, so its differences are the time the guest
+  // ran: the one guest clock tprd can read (docs/design.md "Rates and metrics"). NOT_FOUND when
+  // the machine has no ACPI.
+  virtual absl::StatusOr<uint32_t> ReadAcpiPmTimer() {
+    return absl::UnimplementedError("no guest clock on this backend");
+  }
 
   // Single-steps one vCPU while every other vCPU stays stopped. Requires the guest stopped
   // (FAILED_PRECONDITION otherwise). Only `vcpu` runs, for one instruction, with interrupts masked

@@ -156,9 +156,62 @@ absl::StatusOr<std::vector<ManagedSite>> PatchManager::Scan() {
   return out;
 }
 
+namespace {
+
+// The time a stopped-and-resumed guest ran, from its ACPI PM timer (GuestVm::ReadAcpiPmTimer),
+// read only while the guest is stopped. Unusable from the first failed read on (no ACPI, a
+// backend without it): the caller keeps its own measure then.
+class GuestRunClock {
+ public:
+  GuestRunClock(GuestVm& vm, Clock& clock) : vm_(vm), clock_(clock) {
+    absl::StatusOr<uint32_t> ticks = vm_.ReadAcpiPmTimer();
+    usable_ = ticks.ok();
+    if (usable_) last_ticks_ = *ticks;
+    last_read_ = clock_.Now();
+  }
+  // Reads the timer (the guest stopped) unless `force` is false and under a second of tprd's time
+  // passed since the last read.
+  void Sample(bool force) {
+    const absl::Time now = clock_.Now();
+    if (!usable_ || (!force && now - last_read_ < absl::Seconds(1))) return;
+    absl::StatusOr<uint32_t> ticks = vm_.ReadAcpiPmTimer();
+    if (!ticks.ok()) {
+      usable_ = false;
+      return;
+    }
+    uint64_t delta = (*ticks - last_ticks_) & kAcpiPmTimerMask;
+    // The guest ran no longer than tprd's time between the reads: add the wraps that fit (none
+    // between reads under 4.69 s apart; a wait with no stop can be longer).
+    const uint64_t wrap = uint64_t{kAcpiPmTimerMask} + 1;
+    const auto wall_ticks = static_cast<uint64_t>(absl::ToDoubleSeconds(now - last_read_) *
+                                                  static_cast<double>(kAcpiPmTimerHz));
+    if (wall_ticks > delta) delta += (wall_ticks - delta) / wrap * wrap;
+    ticks_ += delta;
+    last_ticks_ = *ticks;
+    last_read_ = now;
+  }
+  bool usable() const { return usable_; }
+  absl::Duration ran() const {
+    return absl::Seconds(static_cast<double>(ticks_) / static_cast<double>(kAcpiPmTimerHz));
+  }
+
+ private:
+  GuestVm& vm_;
+  Clock& clock_;
+  bool usable_ = false;
+  uint32_t last_ticks_ = 0;
+  uint64_t ticks_ = 0;
+  absl::Time last_read_;
+};
+
+}  // namespace
+
 absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfile& profile,
                                  std::set<uint32_t>& proven, size_t& hits) {
   TPRD_RETURN_IF_ERROR(vm_.SetWatchpoint(profile.tpr_va, 4, WatchKind::kAccess));
+  // The guest's own clock, read while it is stopped: now, at a stop once a second of tprd's time
+  // has passed since the last read (the timer wraps every 4.69 s), and at the end.
+  GuestRunClock guest_clock(vm_, clock_);
   // The window is the guest running under the watchpoint: these resumes (here and after each
   // hit) are the point, not the end of a stop. Enable's StoppedGuestScope covers every early
   // return, and the Stop() after the loop hands the guest back to it stopped.
@@ -241,6 +294,7 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
     if (!stop.ok()) return stop.status();
     if (!stop->has_value()) break;
     stopped_now();
+    guest_clock.Sample(/*force=*/false);
     TPRD_RETURN_IF_ERROR(learn(**stop));
     if (verdict.ok()) {
       TPRD_RETURN_IF_ERROR(vm_.Resume());
@@ -252,6 +306,9 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
   status_.learning_hits = hits;
   status_.learning_run = ran;
   TPRD_RETURN_IF_ERROR(vm_.Stop());
+  guest_clock.Sample(/*force=*/true);
+  status_.learning_run_guest_clock = guest_clock.usable();
+  if (guest_clock.usable()) status_.learning_run = guest_clock.ran();
   // A hit that raced with that stop would otherwise be delivered after the enable, and decoded
   // against code patched meanwhile: it is part of the window.
   if (std::optional<StopEvent> raced = vm_.TakeRacedWatchpointStop(); raced && verdict.ok()) {

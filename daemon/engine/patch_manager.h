@@ -112,10 +112,14 @@ struct ManagerStatus {
   uint64_t unpatched_accesses_seen = 0;
   absl::Time counters_read_at = absl::InfinitePast();  // when the guest's counters were read
   // The learning window of the enable that placed the blob (before the first patch): watchpoint
-  // hits and the time the guest ran during it (from each resume to the next stop tprd received,
-  // so it includes the gdbstub's round trips: hits / run time is a lower bound of the rate).
+  // hits and the time the guest ran during it. Measured by the guest's ACPI PM timer where the
+  // machine has one (`learning_run_guest_clock`: QEMU's virtual clock, which stands still while
+  // the VM is stopped), else by tprd from each resume to the next stop it received, which adds
+  // the gdbstub's round trips. Either way every stop adds QEMU's own stop and restart to the run,
+  // so hits / run time is a lower bound of the rate.
   uint64_t learning_hits = 0;
   absl::Duration learning_run;
+  bool learning_run_guest_clock = false;
   bool proving_window_open = false;  // since enable: every candidate keeps its breakpoint
   Discovery discovery = Discovery::kBreakpoints;  // this session's (TrapSet)
   uint64_t candidate_breakpoints = 0;  // breakpoints set on unproven candidates (0: watchpoint)

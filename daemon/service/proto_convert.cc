@@ -141,6 +141,7 @@ void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainStatus* out) {
   out->set_unpatched_accesses_seen(snapshot.status.unpatched_accesses_seen);
   out->set_learning_window_hits(snapshot.status.learning_hits);
   out->set_learning_window_run_seconds(absl::ToDoubleSeconds(snapshot.status.learning_run));
+  out->set_learning_window_guest_clock(snapshot.status.learning_run_guest_clock);
   out->set_last_error(!snapshot.last_error.empty() ? snapshot.last_error
                                                    : snapshot.status.last_error);
   out->set_busy_with(snapshot.busy_with);

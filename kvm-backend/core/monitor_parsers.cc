@@ -141,6 +141,43 @@ absl::StatusOr<uint8_t> ParseLapicTpr(std::string_view hmp_output) {
       absl::StrCat("info lapic: no TPR line in: ", Excerpt(hmp_output)));
 }
 
+absl::StatusOr<uint16_t> ParseAcpiPmTimerPort(std::string_view hmp_output) {
+  bool in_io = false;
+  for (std::string_view raw : Lines(hmp_output)) {
+    std::string_view line = Trim(raw);
+    if (line.rfind("address-space:", 0) == 0) {
+      in_io = Trim(line.substr(std::string_view("address-space:").size())) == "I/O";
+      continue;
+    }
+    if (!in_io) continue;
+    // "0000000000000608-000000000000060b (prio 0, i/o): acpi-tmr"
+    const size_t colon = line.rfind("): ");
+    if (colon == std::string_view::npos || Trim(line.substr(colon + 3)) != "acpi-tmr") continue;
+    const size_t dash = line.find('-');
+    std::optional<uint64_t> start =
+        dash == std::string_view::npos ? std::nullopt : ParseHex(line.substr(0, dash));
+    if (!start || *start > 0xfffc) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("info mtree: bad acpi-tmr region: ", Excerpt(line)));
+    }
+    return static_cast<uint16_t>(*start);
+  }
+  return absl::NotFoundError("the machine has no ACPI PM timer (no acpi-tmr I/O region)");
+}
+
+absl::StatusOr<uint32_t> ParseIoPortReadLong(std::string_view hmp_output) {
+  std::string_view text = Trim(hmp_output);
+  const size_t equals = text.find(" = ");
+  if (text.rfind("portl[", 0) != 0 || equals == std::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("i /w: unexpected reply: ", Excerpt(text)));
+  }
+  std::optional<uint64_t> value = ParseHex(Trim(text.substr(equals + 3)));
+  if (!value || *value > 0xffffffffu) {
+    return absl::InvalidArgumentError(absl::StrCat("i /w: bad value in: ", Excerpt(text)));
+  }
+  return static_cast<uint32_t>(*value);
+}
+
 absl::StatusOr<std::vector<engine::MemoryRegion>> ParseMtreeFlat(std::string_view hmp_output) {
   bool in_flatview = false;
   bool is_memory_view = false;

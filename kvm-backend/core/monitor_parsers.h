@@ -24,6 +24,13 @@ absl::StatusOr<uint8_t> ParseLapicTpr(std::string_view hmp_output);
 // ram=false too. Lines of other FlatViews (I/O ports, SMM, bus masters) are ignored.
 absl::StatusOr<std::vector<engine::MemoryRegion>> ParseMtreeFlat(std::string_view hmp_output);
 
+// The I/O port of the ACPI PM timer (region `acpi-tmr` in the `I/O` address space of HMP
+// `info mtree`); NOT_FOUND when the machine has none (ACPI off).
+absl::StatusOr<uint16_t> ParseAcpiPmTimerPort(std::string_view hmp_output);
+
+// The value of HMP `i /w PORT` ("portl[0x0608] = 0x0002ac4f").
+absl::StatusOr<uint32_t> ParseIoPortReadLong(std::string_view hmp_output);
+
 // HMP `gpa2hva ADDR`: the host virtual address. "No memory is mapped" and "is not RAM" are
 // NOT_FOUND.
 absl::StatusOr<uint64_t> ParseGpa2Hva(std::string_view hmp_output);

@@ -374,3 +374,67 @@ TEST(GdbChannelCommands, AreTheJsonQemuAccepted) {
 }
 
 }  // namespace tprd::backend
+
+namespace tprd::backend {
+namespace {
+
+// Captured from QEMU 7.2 (`info mtree`, pc-i440fx-7.2 with <acpi/>), shortened.
+constexpr char kMtreeWithAcpi[] = R"(address-space: cpu-memory-0
+address-space: memory
+  0000000000000000-ffffffffffffffff (prio 0, i/o): system
+    0000000000000608-000000000000060b (prio 0, i/o): acpi-tmr-lookalike-in-memory
+
+address-space: I/O
+  0000000000000000-000000000000ffff (prio 0, i/o): io
+    0000000000000040-0000000000000043 (prio 0, i/o): pit
+    0000000000000600-000000000000063f (prio 0, i/o): piix4-pm
+      0000000000000600-0000000000000603 (prio 0, i/o): acpi-evt
+      0000000000000604-0000000000000605 (prio 0, i/o): acpi-cnt
+      0000000000000608-000000000000060b (prio 0, i/o): acpi-tmr
+    0000000000000700-000000000000073f (prio 0, i/o): pm-smbus
+
+address-space: PIIX4_PM
+  0000000000000000-ffffffffffffffff (prio 0, i/o): bus master container
+)";
+
+TEST(ParseAcpiPmTimerPort, FindsTheTimerInTheIoAddressSpace) {
+  absl::StatusOr<uint16_t> port = ParseAcpiPmTimerPort(kMtreeWithAcpi);
+  ASSERT_TRUE(port.ok()) << port.status();
+  EXPECT_EQ(*port, 0x608);
+}
+
+TEST(ParseAcpiPmTimerPort, NotFoundWithoutAcpi) {
+  constexpr char kNoAcpi[] = R"(address-space: I/O
+  0000000000000000-000000000000ffff (prio 0, i/o): io
+    0000000000000040-0000000000000043 (prio 0, i/o): pit
+    0000000000000070-0000000000000071 (prio 0, i/o): rtc
+)";
+  EXPECT_EQ(ParseAcpiPmTimerPort(kNoAcpi).status().code(), absl::StatusCode::kNotFound);
+  // The same name outside the I/O address space is not the timer.
+  constexpr char kElsewhere[] = R"(address-space: memory
+  0000000000000608-000000000000060b (prio 0, i/o): acpi-tmr
+)";
+  EXPECT_EQ(ParseAcpiPmTimerPort(kElsewhere).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(ParseAcpiPmTimerPort, RejectsAMangledRegion) {
+  constexpr char kBad[] = R"(address-space: I/O
+      zzzz-000000000000060b (prio 0, i/o): acpi-tmr
+)";
+  EXPECT_EQ(ParseAcpiPmTimerPort(kBad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ParseIoPortReadLong, ReadsCapturedReply) {
+  absl::StatusOr<uint32_t> value = ParseIoPortReadLong("portl[0x0608] = 0x0002ac4f\r\n");
+  ASSERT_TRUE(value.ok()) << value.status();
+  EXPECT_EQ(*value, 0x2ac4fu);
+}
+
+TEST(ParseIoPortReadLong, RejectsOtherReplies) {
+  EXPECT_FALSE(ParseIoPortReadLong("invalid char in format: 'l'").ok());
+  EXPECT_FALSE(ParseIoPortReadLong("portl[0x0608] = zz").ok());
+  EXPECT_FALSE(ParseIoPortReadLong("").ok());
+}
+
+}  // namespace
+}  // namespace tprd::backend

@@ -49,6 +49,7 @@ TEST_P(TprdMetricsEndToEnd, StatusMetricsAndTextfileSayTheSameNumbers) {
   options.kernel = TestGuestElf();
   options.vcpus = 2;
   options.cr8legacy_cpu = strategy == "cr8";
+  options.acpi = true;  // "before" measured by the guest's ACPI PM timer
   absl::StatusOr<std::unique_ptr<TestDomain>> created = TestDomain::Create(options);
   ASSERT_TRUE(created.ok()) << created.status();
   TestDomain& domain = **created;
@@ -76,6 +77,9 @@ TEST_P(TprdMetricsEndToEnd, StatusMetricsAndTextfileSayTheSameNumbers) {
   const double before = status["tpr_accesses_per_second_before"];
   EXPECT_GT(status["learning_window_hits"].get<uint64_t>(), 0u) << status.dump();
   EXPECT_GT(before, 0) << "the learning window saw TPR accesses: " << status.dump();
+  EXPECT_EQ(status["learning_window_guest_clock"], true)
+      << "the machine has ACPI: its PM timer measures the window\n"
+      << status.dump() << tprd.LogTail();
 
   RunResult text_status = tprd.Ctl({"status", domain.name()});
   EXPECT_THAT(text_status.out, HasSubstr("TPR accesses reaching the APIC: "));

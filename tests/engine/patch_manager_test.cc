@@ -274,6 +274,32 @@ TEST_F(PatchManagerTest, LearningWindowProvesHotSitesPatchedInTheEnableStop) {
   EXPECT_TRUE(vm_.breakpoints().count(kWriteEcx));
 }
 
+// The learning window's run time is the guest's own (its ACPI PM timer, which runs only while
+// the guest runs) where the machine has one, across the timer's wrap; without one, tprd's.
+TEST_F(PatchManagerTest, LearningWindowRunTimeIsTheGuestClocksWhereThereIsOne) {
+  // Three resumes (the window's start and one after each hit) of 1790 ticks (0.5 ms) each,
+  // starting just before the 24-bit timer wraps.
+  vm_.SetAcpiPmTimer(0xFFFF00, 1790);
+  QueueWatchpoint(0, kReadEax + 5);
+  QueueWatchpoint(1, kWriteImm + 10);
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  absl::StatusOr<EnableReport> report = manager_.Enable(request);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->learning_hits, 2u);
+  const ManagerStatus status = manager_.Status();
+  EXPECT_TRUE(status.learning_run_guest_clock);
+  EXPECT_NEAR(absl::ToDoubleMicroseconds(status.learning_run), 3 * 1790 * 1e6 / 3579545, 1);
+}
+
+TEST_F(PatchManagerTest, LearningWindowRunTimeIsTprdsWithoutAGuestClock) {
+  QueueWatchpoint(0, kReadEax + 5);
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  EXPECT_FALSE(manager_.Status().learning_run_guest_clock);
+}
+
 // An unpatchable writer that runs often would stop the guest at every run under mmio's write
 // watchpoint: refused, and nothing is written.
 TEST_F(PatchManagerTest, MmioRefusedWhenAnUnpatchableWriterRunsOftenAndNothingIsWritten) {

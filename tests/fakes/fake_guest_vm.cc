@@ -127,7 +127,13 @@ absl::Status FakeGuestVm::Resume() {
   if (auto failure = Count(Op::kResume)) return failure->status;
   ++resume_calls_;
   running_ = true;
+  if (pm_timer_) *pm_timer_ += pm_ticks_per_resume_;
   return absl::OkStatus();
+}
+
+absl::StatusOr<uint32_t> FakeGuestVm::ReadAcpiPmTimer() {
+  if (!pm_timer_) return absl::NotFoundError("the machine has no ACPI PM timer");
+  return *pm_timer_ & engine::kAcpiPmTimerMask;
 }
 
 void FakeGuestVm::SetHostPaused(bool paused) {

@@ -86,6 +86,8 @@ class FakeGuestVm : public GuestVm {
   absl::StatusOr<std::vector<MemoryRegion>> MemoryMap() override;
   absl::StatusOr<uint8_t> ReadTpr(int vcpu) override;
   absl::StatusOr<CpuFeatures> Features() override;
+  // NOT_FOUND (no ACPI) until SetAcpiPmTimer; then the timer's value, masked to 24 bits.
+  absl::StatusOr<uint32_t> ReadAcpiPmTimer() override;
   absl::Status SetBreakpoint(uint32_t va) override;
   absl::Status RemoveBreakpoint(uint32_t va) override;
   absl::Status SetWatchpoint(uint32_t va, uint32_t length, WatchKind kind) override;
@@ -117,6 +119,12 @@ class FakeGuestVm : public GuestVm {
   void SetMemoryMap(std::vector<MemoryRegion> regions) { memory_map_ = std::move(regions); }
   void AddMemoryRegion(MemoryRegion region) { memory_map_.push_back(std::move(region)); }
   void SetFeatures(CpuFeatures features) { features_ = features; }
+  // Gives the machine an ACPI PM timer at `start` that advances `ticks_per_resume` at each
+  // Resume() (the guest's time runs only while it runs, as QEMU's virtual clock does).
+  void SetAcpiPmTimer(uint32_t start, uint32_t ticks_per_resume) {
+    pm_timer_ = start;
+    pm_ticks_per_resume_ = ticks_per_resume;
+  }
   MemorySnapshot Snapshot() const;
 
   bool running() const { return running_; }
@@ -232,6 +240,8 @@ class FakeGuestVm : public GuestVm {
   CpuFeatures features_;
   bool running_;
   bool host_paused_ = false;
+  std::optional<uint32_t> pm_timer_;
+  uint32_t pm_ticks_per_resume_ = 0;
   int stop_calls_ = 0;
   int resume_calls_ = 0;
   std::array<int, 7> op_counts_ = {};  // indexed by Op

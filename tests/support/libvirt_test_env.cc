@@ -124,6 +124,7 @@ std::string TestDomainXml(const TestDomainOptions& options, std::string_view nam
     absl::StrAppend(&xml, "    <cmdline>", XmlEscape(options.cmdline), "</cmdline>\n");
   }
   absl::StrAppend(&xml, "  </os>\n");
+  if (options.acpi) absl::StrAppend(&xml, "  <features><acpi/><apic/></features>\n");
   if (options.cr8legacy_cpu) {
     absl::StrAppend(&xml,
                     "  <cpu mode='custom'><model>qemu32</model>"

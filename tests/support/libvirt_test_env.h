@@ -32,6 +32,10 @@ struct TestDomainOptions {
   int memory_mib = 64;
   bool vapic_off = true;       // -global apic.vapic=off: QEMU's own TPR patcher stays out
   bool cr8legacy_cpu = false;  // <cpu> qemu32 with cr8legacy required (AltMovCr8)
+  // <features><acpi/>: the machine gets ACPI's power-management device, whose PM timer tprd reads
+  // as the guest's clock (as on Windows XP domains, which run with ACPI; off by default, as the
+  // test guests have always run).
+  bool acpi = false;
   // <on_reboot>restart: a reset reboots the guest. Off by default, so that a guest that
   // triple-faults ends its test instead of looping (QEMU runs with -no-reboot).
   bool reboot_restarts = false;
