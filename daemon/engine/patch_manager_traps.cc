@@ -312,7 +312,9 @@ void PatchManager::FixUpUnreportedAccesses(std::optional<int> reported_vcpu,
 void PatchManager::ConsumePendingHits(std::vector<ManagerEvent>& events, bool fix) {
   absl::StatusOr<int> count = vm_.VcpuCount();
   if (!count.ok()) return;
-  for (int v = 0; v < *count; ++v) StepPastUnreportedHit(v, AccessSeen{}, events, fix);
+  for (int v = 0; v < *count; ++v) {
+    StepPastUnreportedHit(v, AccessSeen{}, events, fix, /*halted_too=*/true);
+  }
 }
 
 PatchManager::HltAround PatchManager::LookForHlt(int vcpu, uint32_t eip) {
@@ -325,15 +327,23 @@ PatchManager::HltAround PatchManager::LookForHlt(int vcpu, uint32_t eip) {
 }
 
 void PatchManager::StepPastUnreportedHit(int vcpu, const AccessSeen& before,
-                                         std::vector<ManagerEvent>& events, bool fix) {
+                                         std::vector<ManagerEvent>& events, bool fix,
+                                         bool halted_too) {
   absl::StatusOr<VcpuRegisters> regs = vm_.ReadRegisters(vcpu);
   if (!regs.ok()) return;
-  // A step over hlt never ends, nor does a step of a CPU halted already: leave them alone.
   const HltAround hlt = LookForHlt(vcpu, regs->eip);
-  if (!hlt.readable || hlt.halted || hlt.about_to_halt) return;
+  if (!hlt.readable) return;
+  const bool asleep = hlt.halted || hlt.about_to_halt;
+  // A halted CPU's step ends only when an interrupt becomes pending: QEMU then wakes it, masks
+  // the interrupt for the step and runs the one instruction after the hlt (the interrupt is
+  // taken when the guest runs again). A CPU that never gets one (cli; hlt, or one whose only
+  // interrupts are the stopped CPUs' IPIs) would hold the step until its timeout, every other
+  // CPU stopped meanwhile: so only where a hit left pending would outlive this moment.
+  if (asleep && !halted_too) return;
   // A step that has to be interrupted is reported as a pause, which leaves the hit pending; one
   // instruction takes far less than this even on a loaded host, and the guest waits meanwhile.
-  absl::StatusOr<StepResult> step = vm_.StepVcpu(vcpu, absl::Milliseconds(250));
+  absl::StatusOr<StepResult> step =
+      vm_.StepVcpu(vcpu, asleep ? kHaltedStepTimeout : absl::Milliseconds(250));
   if (!step.ok()) {
     // No stepping on this backend, or a stop is already queued (it is handled next): nothing
     // worse than before.
@@ -343,6 +353,13 @@ void PatchManager::StepPastUnreportedHit(int vcpu, const AccessSeen& before,
     return;
   }
   ++status_.unreported_steps;
+  if (asleep && !step->completed) {
+    events.push_back({ManagerEvent::Kind::kNotice, std::nullopt,
+                      absl::StrCat("vCPU ", vcpu, " stayed halted through a ",
+                                   absl::FormatDuration(kHaltedStepTimeout),
+                                   " step (no interrupt woke it): a watchpoint hit it may hold "
+                                   "stays pending")});
+  }
   if (!step->watchpoint_reported || !fix) return;  // merely jumped there, or nothing to fix
   // QEMU reported a hit: the access before the step ran (or the stepped instruction is one).
   AccessSeen after;
