@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <array>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -34,6 +36,49 @@ absl::Status GuestSiteTable::RecordSite(const Site& site) {
   if (back != *entry) {
     return absl::DataLossError(absl::StrFormat(
         "site %u: the record at 0x%08x reads back different from what was written", site.id, va));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GuestSiteTable::RecordSites(absl::Span<const Site> sites) {
+  // id -> encoded record (the last one of an id wins); all are checked before anything is
+  // written, as RecordSite checks its one.
+  std::map<uint32_t, std::array<uint8_t, kSiteEntrySize>> entries;
+  for (const Site& site : sites) {
+    if (site.id >= kBlobMaxSites) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "site %u: the guest site table holds ids 0..%u", site.id, kBlobMaxSites - 1));
+    }
+    auto entry = EncodeSiteEntry(site);
+    if (!entry.ok()) return entry.status();
+    entries[site.id] = *entry;
+  }
+  for (auto it = entries.begin(); it != entries.end();) {
+    // One run of consecutive ids.
+    const uint32_t first = it->first;
+    std::vector<uint8_t> run;
+    uint32_t next = first;
+    for (; it != entries.end() && it->first == next; ++it, ++next) {
+      run.insert(run.end(), it->second.begin(), it->second.end());
+    }
+    const uint32_t va = addresses_.SiteEntry(first);
+    if (absl::Status written = vm_.WriteVirtual(vcpu_, va, run); !written.ok()) {
+      return absl::Status(written.code(),
+                          absl::StrFormat("sites %u-%u: writing their records at 0x%08x: %s", first,
+                                          next - 1, va, std::string(written.message())));
+    }
+    std::vector<uint8_t> back(run.size());
+    if (absl::Status read = vm_.ReadVirtual(vcpu_, va, absl::MakeSpan(back)); !read.ok()) {
+      return absl::Status(read.code(),
+                          absl::StrFormat("sites %u-%u: reading back their records at 0x%08x: %s",
+                                          first, next - 1, va, std::string(read.message())));
+    }
+    if (back != run) {
+      return absl::DataLossError(
+          absl::StrFormat("sites %u-%u: the records at 0x%08x read back different from what was "
+                          "written",
+                          first, next - 1, va));
+    }
   }
   return absl::OkStatus();
 }

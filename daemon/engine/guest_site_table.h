@@ -25,6 +25,9 @@ class GuestSiteTable : public PatchRecorder {
 
   // Site ids index the table: id >= kBlobMaxSites is INVALID_ARGUMENT, written nowhere.
   absl::Status RecordSite(const Site& site) override;
+  // Records with consecutive ids are written in one write and read back in one read (a site
+  // id appearing twice: its last record wins, as site by site).
+  absl::Status RecordSites(absl::Span<const Site> sites) override;
 
  private:
   GuestVm& vm_;

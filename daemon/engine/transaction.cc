@@ -55,11 +55,31 @@ class Transaction {
   absl::Status ReadEips();
   // Why the site may not be written now (a vCPU inside it or in the handlers), or nullopt.
   std::optional<std::string> Blocked(const Site& site) const;
-  void ProcessSite(size_t index);
+  // The sites of one pass (none blocked), in three steps so that the records of the whole pass
+  // cost two recorder calls (for the journal: two fsyncs), not two per site: every site's
+  // transition is decided and its pending state recorded before the first guest write; each is
+  // then written and read back; the outcomes are recorded together at the end.
+  void ProcessSites(const std::vector<size_t>& indices);
+  // Reads the site and decides: nullopt when it needs no write (already there, or skipped; its
+  // outcome is set, and a record it needs is added to `records`).
+  std::optional<Transition> Decide(size_t index);
+  // Writes one site whose pending state is recorded; the state to record after it goes to
+  // `records` (or the outcome says why not).
+  void WriteSite(size_t index, const Transition& t);
+  // A record to make at the end of the pass: the site, the state, and what its outcome becomes.
+  struct PendingRecord {
+    size_t index;
+    SiteState state;
+    SiteOutcome::Kind kind;  // the outcome once recorded
+    std::string reason;      // the outcome's reason once recorded (empty on success)
+  };
+  // Records `records` (one recorder call; on its failure, one call per site, so that each
+  // site's state says what its record says). Sets states and outcomes; aborts on a failure.
+  void RecordAll(std::vector<PendingRecord>& records);
   absl::Status Record(Site& site, SiteState state);
-  // The write was not cleanly confirmed: find out what the guest holds and make it whole.
-  void Recover(Site& site, const Transition& t, SiteOutcome& outcome, const std::string& what);
-  void Succeed(Site& site, const Transition& t, SiteOutcome& outcome);
+  // The write was not cleanly confirmed: find out what the guest holds and make it whole. The
+  // state to record goes to `records_`.
+  void Recover(size_t index, const Transition& t, const std::string& what);
   void Abort(absl::Status status);
   SiteOutcome& OutcomeOf(size_t index) { return report_.outcomes[index]; }
   absl::StatusOr<Bytes> ReadSite(const Site& site);
@@ -77,6 +97,7 @@ class Transaction {
   Clock* const clock_;
   const std::function<void()> after_stop_;
   std::vector<std::pair<int, uint32_t>> eips_;  // (vCPU, EIP)
+  std::vector<PendingRecord> records_;          // the current pass's records to make at its end
   TransactionReport report_;
 };
 
@@ -159,25 +180,16 @@ void Transaction::Abort(absl::Status status) {
   report_.abort_status = std::move(status);
 }
 
-void Transaction::Succeed(Site& site, const Transition& t, SiteOutcome& outcome) {
-  if (absl::Status s = Record(site, t.after_state); !s.ok()) {
-    outcome.kind = SiteOutcome::Kind::kFailed;
-    outcome.reason = absl::StrFormat("written, but recording %s failed: %s",
-                                     SiteStateName(t.after_state), s.message());
-    Abort(s);
-    return;
-  }
-  outcome.kind = direction_ == Direction::kApply ? SiteOutcome::Kind::kApplied
-                                                 : SiteOutcome::Kind::kRolledBack;
-  outcome.reason.clear();
-}
-
-void Transaction::Recover(Site& site, const Transition& t, SiteOutcome& outcome,
-                          const std::string& what) {
+void Transaction::Recover(size_t index, const Transition& t, const std::string& what) {
+  Site& site = sites_[index];
+  SiteOutcome& outcome = OutcomeOf(index);
   outcome.kind = SiteOutcome::Kind::kFailed;
   absl::StatusOr<Bytes> now = ReadSite(site);
   if (now.ok() && Equal(*now, t.after)) {
-    Succeed(site, t, outcome);
+    records_.push_back({index, t.after_state,
+                        direction_ == Direction::kApply ? SiteOutcome::Kind::kApplied
+                                                        : SiteOutcome::Kind::kRolledBack,
+                        ""});
     return;
   }
   std::string reason;
@@ -201,22 +213,18 @@ void Transaction::Recover(Site& site, const Transition& t, SiteOutcome& outcome,
     }
     reason = absl::StrFormat("%s; %s; old bytes written back", what, found);
   }
-  if (absl::Status s = Record(site, t.before_state); !s.ok()) {
-    reason +=
-        absl::StrFormat("; recording %s failed: %s", SiteStateName(t.before_state), s.message());
-    Abort(s);
-  }
   outcome.reason = reason;
+  records_.push_back({index, t.before_state, SiteOutcome::Kind::kFailed, reason});
 }
 
-void Transaction::ProcessSite(size_t index) {
+std::optional<Transition> Transaction::Decide(size_t index) {
   Site& site = sites_[index];
   SiteOutcome& outcome = OutcomeOf(index);
   absl::StatusOr<Bytes> current = ReadSite(site);
   if (!current.ok()) {
     outcome.kind = SiteOutcome::Kind::kFailed;
     outcome.reason = absl::StrFormat("reading the site failed: %s", current.status().message());
-    return;
+    return std::nullopt;
   }
   const bool apply = direction_ == Direction::kApply;
   const Bytes& target = apply ? site.patched : site.original;
@@ -230,15 +238,8 @@ void Transaction::ProcessSite(size_t index) {
     const bool record =
         apply ? site.state != SiteState::kApplied
               : (site.state == SiteState::kApplied || site.state == SiteState::kPending);
-    if (record) {
-      if (absl::Status s = Record(site, target_state); !s.ok()) {
-        outcome.kind = SiteOutcome::Kind::kFailed;
-        outcome.reason =
-            absl::StrFormat("recording %s failed: %s", SiteStateName(target_state), s.message());
-        Abort(s);
-      }
-    }
-    return;
+    if (record) records_.push_back({index, target_state, outcome.kind, ""});
+    return std::nullopt;
   }
   Transition t;
   t.after = target;
@@ -256,31 +257,122 @@ void Transaction::ProcessSite(size_t index) {
     outcome.reason = absl::StrFormat("bytes changed since %s: expected %s, found %s",
                                      apply ? "classification" : "patching",
                                      HexEncode(expected, " "), HexEncode(*current, " "));
-    return;
+    return std::nullopt;
   }
+  return t;
+}
 
-  if (absl::Status s = Record(site, SiteState::kPending); !s.ok()) {
-    outcome.kind = SiteOutcome::Kind::kFailed;
-    outcome.reason = absl::StrFormat("recording pending failed, nothing written: %s", s.message());
-    Abort(s);
+void Transaction::WriteSite(size_t index, const Transition& t) {
+  Site& site = sites_[index];
+  SiteOutcome& outcome = OutcomeOf(index);
+  // Checked again right before the write (the pass's pending records came in between): the
+  // bytes this write replaces are the bytes it was decided for.
+  absl::StatusOr<Bytes> current = ReadSite(site);
+  if (!current.ok() || !Equal(*current, t.before)) {
+    outcome.kind = current.ok() ? SiteOutcome::Kind::kSkipped : SiteOutcome::Kind::kFailed;
+    outcome.reason =
+        current.ok()
+            ? absl::StrFormat("bytes changed since %s: expected %s, found %s",
+                              direction_ == Direction::kApply ? "classification" : "patching",
+                              HexEncode(t.before, " "), HexEncode(*current, " "))
+            : absl::StrFormat("reading the site failed: %s", current.status().message());
+    records_.push_back({index, t.before_state, outcome.kind, outcome.reason});
     return;
   }
   // One write per site: a concurrent resume (libvirt) never sees a half-written instruction.
   absl::Status write = vm_.WriteVirtual(vcpu_, site.address, t.after);
   if (!write.ok()) {
-    Recover(site, t, outcome, absl::StrFormat("write failed: %s", write.message()));
+    Recover(index, t, absl::StrFormat("write failed: %s", write.message()));
     return;
   }
   absl::StatusOr<Bytes> readback = ReadSite(site);
   if (!readback.ok()) {
-    Recover(site, t, outcome, absl::StrFormat("read-back failed: %s", readback.status().message()));
+    Recover(index, t, absl::StrFormat("read-back failed: %s", readback.status().message()));
     return;
   }
   if (!Equal(*readback, t.after)) {
-    Recover(site, t, outcome, absl::StrFormat("read back %s", HexEncode(*readback, " ")));
+    Recover(index, t, absl::StrFormat("read back %s", HexEncode(*readback, " ")));
     return;
   }
-  Succeed(site, t, outcome);
+  records_.push_back({index, t.after_state,
+                      direction_ == Direction::kApply ? SiteOutcome::Kind::kApplied
+                                                      : SiteOutcome::Kind::kRolledBack,
+                      ""});
+}
+
+void Transaction::RecordAll(std::vector<PendingRecord>& records) {
+  if (records.empty()) return;
+  std::vector<Site> copies;
+  copies.reserve(records.size());
+  for (const PendingRecord& r : records) {
+    copies.push_back(sites_[r.index]);
+    copies.back().state = r.state;
+  }
+  const bool together = recorder_.RecordSites(copies).ok();
+  for (const PendingRecord& r : records) {
+    Site& site = sites_[r.index];
+    SiteOutcome& outcome = OutcomeOf(r.index);
+    // After a failed batch some records may have landed and some not: each is made again alone,
+    // so that the site's state is what its record says.
+    absl::Status s = together ? absl::OkStatus() : Record(site, r.state);
+    if (together) site.state = r.state;
+    if (s.ok()) {
+      outcome.kind = r.kind;
+      outcome.reason = r.reason;
+      continue;
+    }
+    outcome.kind = SiteOutcome::Kind::kFailed;
+    const bool written =
+        r.kind == SiteOutcome::Kind::kApplied || r.kind == SiteOutcome::Kind::kRolledBack;
+    outcome.reason = r.reason.empty() ? absl::StrFormat("%srecording %s failed: %s",
+                                                        written ? "written, but " : "",
+                                                        SiteStateName(r.state), s.message())
+                                      : absl::StrFormat("%s; recording %s failed: %s", r.reason,
+                                                        SiteStateName(r.state), s.message());
+    Abort(s);
+  }
+}
+
+void Transaction::ProcessSites(const std::vector<size_t>& indices) {
+  records_.clear();
+  std::vector<std::pair<size_t, Transition>> to_write;
+  for (size_t i : indices) {
+    if (std::optional<Transition> t = Decide(i)) to_write.push_back({i, *std::move(t)});
+  }
+  // Intent first: every site to write is recorded pending before the first write.
+  if (!to_write.empty()) {
+    std::vector<PendingRecord> pending;
+    for (const auto& [i, t] : to_write) {
+      pending.push_back({i, SiteState::kPending, SiteOutcome::Kind::kFailed, ""});
+    }
+    std::vector<Site> copies;
+    for (const auto& [i, t] : to_write) {
+      copies.push_back(sites_[i]);
+      copies.back().state = SiteState::kPending;
+    }
+    if (absl::Status s = recorder_.RecordSites(copies); !s.ok()) {
+      // Nothing is written. Some pending records may have landed: each site's own state is
+      // recorded again, so that the records say what the (unchanged) bytes are.
+      for (const auto& [i, t] : to_write) {
+        SiteOutcome& outcome = OutcomeOf(i);
+        outcome.kind = SiteOutcome::Kind::kFailed;
+        outcome.reason =
+            absl::StrFormat("recording pending failed, nothing written: %s", s.message());
+        const SiteState own = sites_[i].state;
+        if (absl::Status again = Record(sites_[i], own); !again.ok()) {
+          sites_[i].state = SiteState::kPending;  // what a landed record may say
+          outcome.reason += absl::StrFormat("; recording %s again failed: %s", SiteStateName(own),
+                                            again.message());
+        }
+      }
+      Abort(s);
+      RecordAll(records_);  // the idempotent sites' records
+      return;
+    }
+    for (const auto& [i, t] : to_write) sites_[i].state = SiteState::kPending;
+  }
+  for (const auto& [i, t] : to_write) WriteSite(i, t);
+  RecordAll(records_);
 }
 
 absl::StatusOr<TransactionReport> Transaction::Run() {
@@ -321,6 +413,7 @@ absl::StatusOr<TransactionReport> Transaction::Run() {
       break;
     }
     std::vector<size_t> blocked;
+    std::vector<size_t> ready;
     for (size_t i : waiting) {
       if (report_.aborted) {
         blocked.push_back(i);
@@ -332,8 +425,9 @@ absl::StatusOr<TransactionReport> Transaction::Run() {
         blocked.push_back(i);
         continue;
       }
-      ProcessSite(i);
+      ready.push_back(i);
     }
+    ProcessSites(ready);
     waiting = std::move(blocked);
     if (waiting.empty() || report_.aborted || !own_stop || attempt >= max_retries_) break;
     // Let the vCPUs run out of the sites and handlers, then look again.

@@ -100,6 +100,36 @@ TEST_F(GuestSiteTableTest, AdoptReadsEverySiteBack) {
   EXPECT_EQ((*sites)[3].address, 0x80101000 + kBlobMaxSites - 1);
 }
 
+// A batch writes each run of consecutive ids in one write and reads it back in one read; the
+// table then reads as the same records made one by one would leave it.
+TEST_F(GuestSiteTableTest, ABatchWritesEachRunOfConsecutiveIdsOnce) {
+  GuestSiteTable table(vm_, 0, kBlobVa);
+  const std::vector<Site> batch = {
+      MovEdiSite(4, SiteState::kPending), MovEdiSite(2, SiteState::kPending),
+      MovEdiSite(3, SiteState::kPending), MovEdiSite(9, SiteState::kPending),
+      MovEdiSite(3, SiteState::kApplied)};  // the last record of id 3 wins
+  ASSERT_TRUE(table.RecordSites(batch).ok());
+  ASSERT_EQ(vm_.write_log().size(), 2u) << "ids 2-4, then 9";
+  EXPECT_EQ(vm_.write_log()[0].address, blob_.addresses.SiteEntry(2));
+  EXPECT_EQ(vm_.write_log()[0].bytes.size(), 3 * kSiteEntrySize);
+  EXPECT_EQ(vm_.write_log()[1].address, blob_.addresses.SiteEntry(9));
+  auto sites = ReadGuestSiteTable(vm_, 0, kBlobVa);
+  ASSERT_TRUE(sites.ok()) << sites.status();
+  ASSERT_EQ(sites->size(), 4u);
+  EXPECT_EQ((*sites)[0].id, 2u);
+  EXPECT_EQ((*sites)[1].state, SiteState::kApplied);
+  EXPECT_EQ((*sites)[2].state, SiteState::kPending);
+  EXPECT_EQ((*sites)[3].id, 9u);
+}
+
+TEST_F(GuestSiteTableTest, ABatchWithARecordItCannotStoreWritesNothing) {
+  GuestSiteTable table(vm_, 0, kBlobVa);
+  const std::vector<Site> batch = {MovEdiSite(1, SiteState::kPending),
+                                   MovEdiSite(kBlobMaxSites, SiteState::kPending)};
+  EXPECT_EQ(table.RecordSites(batch).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(vm_.write_log().empty());
+}
+
 TEST_F(GuestSiteTableTest, RefusesSitesItCannotStoreWithoutWriting) {
   GuestSiteTable table(vm_, 0, kBlobVa);
   auto too_far = table.RecordSite(MovEdiSite(kBlobMaxSites, SiteState::kPending));

@@ -24,6 +24,11 @@ class FakePatchRecorder : public PatchRecorder {
     records.push_back(site);
     return absl::OkStatus();
   }
+  absl::Status RecordSites(absl::Span<const Site> sites) override {
+    batches.push_back(sites.size());
+    return PatchRecorder::RecordSites(sites);
+  }
+  std::vector<size_t> batches;  // the size of each RecordSites call
   void FailNth(int n) {
     fail_at_ = n;
     calls_ = 0;
@@ -157,9 +162,12 @@ TEST_F(TransactionTest, ApplyPatchesAllWithOneStopAndRecordsPendingThenApplied) 
   EXPECT_EQ(vm_.stop_calls(), 1);
   EXPECT_EQ(vm_.resume_calls(), 1);
   EXPECT_TRUE(vm_.running());
+  // Every pending record before the first write, every outcome after the last: one recorder call
+  // each (the journal's two fsyncs for the whole stop).
   ASSERT_EQ(recorder_.records.size(), 6u);
-  EXPECT_EQ(recorder_.records[0].state, SiteState::kPending);
-  EXPECT_EQ(recorder_.records[1].state, SiteState::kApplied);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(recorder_.records[i].state, SiteState::kPending);
+  for (int i = 3; i < 6; ++i) EXPECT_EQ(recorder_.records[i].state, SiteState::kApplied);
+  EXPECT_EQ(recorder_.batches, (std::vector<size_t>{3, 3}));
   EXPECT_EQ(vm_.write_log().size(), 3u);  // one write per site
   ExpectWholeAndTrue();
 }
@@ -396,22 +404,28 @@ TEST_F(TransactionTest, ReadBackShowingOtherBytesIsRestored) {
   ExpectWholeAndTrue();
 }
 
-TEST_F(TransactionTest, RecorderFailureAbortsBeforeAnyFurtherWrite) {
+TEST_F(TransactionTest, RecorderFailureWritesNothingOrIsRecordedAgain) {
   for (int n = 1; n <= 6; ++n) {
     SCOPED_TRACE(::testing::Message() << "recorder fails call " << n);
     SetUpFresh();
     recorder_.FailNth(n);
     const TransactionReport r = Apply();
-    EXPECT_TRUE(r.aborted);
-    // Writes happen only after a successful pending record: call n fails, so at most
-    // ceil(n/2) sites were written before it (n odd: the pending record of site (n+1)/2).
-    EXPECT_EQ(vm_.write_log().size(), static_cast<size_t>(n / 2));
-    ExpectWholeAndTrue();
-    const int first_unprocessed = (n + 1) / 2;  // 1-based site whose record failed
-    for (int i = first_unprocessed; i < 3; ++i) {
-      EXPECT_EQ(r.outcomes[i].kind, Kind::kSkipped);
-      EXPECT_THAT(r.outcomes[i].reason, HasSubstr("batch aborted"));
+    if (n <= 3) {
+      // Calls 1-3 are the pending records: nothing is written, and each site's own state is
+      // recorded again over a pending record that may have landed.
+      EXPECT_TRUE(r.aborted);
+      EXPECT_TRUE(vm_.write_log().empty());
+      for (int i = 0; i < 3; ++i) {
+        EXPECT_EQ(r.outcomes[i].kind, Kind::kFailed);
+        EXPECT_THAT(r.outcomes[i].reason, HasSubstr("recording pending failed, nothing written"));
+      }
+    } else {
+      // Calls 4-6 are the outcomes, after every write: the failed batch is recorded again site
+      // by site (the fake fails one call only), so every record ends true.
+      EXPECT_EQ(vm_.write_log().size(), 3u);
+      EXPECT_EQ(r.Count(Kind::kApplied), 3);
     }
+    ExpectWholeAndTrue();
     EXPECT_TRUE(vm_.running());  // resumed even after an abort
   }
 }
