@@ -10,6 +10,11 @@ namespace tprd::engine {
 namespace {
 
 constexpr size_t kMaxSiteBytes = 15;  // the longest x86 instruction
+// Sites closer than this share one read of the range covering them, up to kMaxSharedRead bytes
+// (QEMU's gdbstub answers 2 KiB in one `m` packet here): the round trips of a stop are most of
+// its cost (docs/performance.md).
+constexpr uint64_t kSharedReadGap = 0x200;
+constexpr uint64_t kMaxSharedRead = 0x800;
 
 using Bytes = std::vector<uint8_t>;
 
@@ -62,10 +67,16 @@ class Transaction {
   void ProcessSites(const std::vector<size_t>& indices);
   // Reads the site and decides: nullopt when it needs no write (already there, or skipped; its
   // outcome is set, and a record it needs is added to `records`).
-  std::optional<Transition> Decide(size_t index);
-  // Writes one site whose pending state is recorded; the state to record after it goes to
-  // `records` (or the outcome says why not).
-  void WriteSite(size_t index, const Transition& t);
+  std::optional<Transition> Decide(size_t index, const absl::StatusOr<Bytes>& current);
+  // Writes one site whose pending state is recorded, if its bytes (`current`, read again after
+  // the pending records) are still the ones it was decided for. True when written; otherwise
+  // the outcome says why and the state to record is in `records_`.
+  bool WriteSite(size_t index, const Transition& t, const absl::StatusOr<Bytes>& current);
+  // After the pass's writes: the written site reads back as `back`, or is recovered.
+  void ConfirmWrite(size_t index, const Transition& t, const absl::StatusOr<Bytes>& back);
+  // The bytes of each site of `indices` (in that order), with one read for sites close together
+  // (kSharedReadGap); a shared read that fails is made again site by site.
+  std::vector<absl::StatusOr<Bytes>> ReadSites(const std::vector<size_t>& indices);
   // A record to make at the end of the pass: the site, the state, and what its outcome becomes.
   struct PendingRecord {
     size_t index;
@@ -217,10 +228,9 @@ void Transaction::Recover(size_t index, const Transition& t, const std::string& 
   records_.push_back({index, t.before_state, SiteOutcome::Kind::kFailed, reason});
 }
 
-std::optional<Transition> Transaction::Decide(size_t index) {
+std::optional<Transition> Transaction::Decide(size_t index, const absl::StatusOr<Bytes>& current) {
   Site& site = sites_[index];
   SiteOutcome& outcome = OutcomeOf(index);
-  absl::StatusOr<Bytes> current = ReadSite(site);
   if (!current.ok()) {
     outcome.kind = SiteOutcome::Kind::kFailed;
     outcome.reason = absl::StrFormat("reading the site failed: %s", current.status().message());
@@ -262,12 +272,10 @@ std::optional<Transition> Transaction::Decide(size_t index) {
   return t;
 }
 
-void Transaction::WriteSite(size_t index, const Transition& t) {
+bool Transaction::WriteSite(size_t index, const Transition& t,
+                            const absl::StatusOr<Bytes>& current) {
   Site& site = sites_[index];
   SiteOutcome& outcome = OutcomeOf(index);
-  // Checked again right before the write (the pass's pending records came in between): the
-  // bytes this write replaces are the bytes it was decided for.
-  absl::StatusOr<Bytes> current = ReadSite(site);
   if (!current.ok() || !Equal(*current, t.before)) {
     outcome.kind = current.ok() ? SiteOutcome::Kind::kSkipped : SiteOutcome::Kind::kFailed;
     outcome.reason =
@@ -277,27 +285,68 @@ void Transaction::WriteSite(size_t index, const Transition& t) {
                               HexEncode(t.before, " "), HexEncode(*current, " "))
             : absl::StrFormat("reading the site failed: %s", current.status().message());
     records_.push_back({index, t.before_state, outcome.kind, outcome.reason});
-    return;
+    return false;
   }
   // One write per site: a concurrent resume (libvirt) never sees a half-written instruction.
   absl::Status write = vm_.WriteVirtual(vcpu_, site.address, t.after);
   if (!write.ok()) {
     Recover(index, t, absl::StrFormat("write failed: %s", write.message()));
+    return false;
+  }
+  return true;
+}
+
+void Transaction::ConfirmWrite(size_t index, const Transition& t,
+                               const absl::StatusOr<Bytes>& back) {
+  if (!back.ok()) {
+    Recover(index, t, absl::StrFormat("read-back failed: %s", back.status().message()));
     return;
   }
-  absl::StatusOr<Bytes> readback = ReadSite(site);
-  if (!readback.ok()) {
-    Recover(index, t, absl::StrFormat("read-back failed: %s", readback.status().message()));
-    return;
-  }
-  if (!Equal(*readback, t.after)) {
-    Recover(index, t, absl::StrFormat("read back %s", HexEncode(*readback, " ")));
+  if (!Equal(*back, t.after)) {
+    Recover(index, t, absl::StrFormat("read back %s", HexEncode(*back, " ")));
     return;
   }
   records_.push_back({index, t.after_state,
                       direction_ == Direction::kApply ? SiteOutcome::Kind::kApplied
                                                       : SiteOutcome::Kind::kRolledBack,
                       ""});
+}
+
+std::vector<absl::StatusOr<Bytes>> Transaction::ReadSites(const std::vector<size_t>& indices) {
+  std::vector<absl::StatusOr<Bytes>> out(indices.size(), absl::StatusOr<Bytes>(Bytes{}));
+  std::vector<size_t> order(indices.size());  // positions in `indices`, by address
+  for (size_t k = 0; k < order.size(); ++k) order[k] = k;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return sites_[indices[a]].address < sites_[indices[b]].address;
+  });
+  for (size_t k = 0; k < order.size();) {
+    // One group: sites whose covering range stays within kMaxSharedRead, no gap over
+    // kSharedReadGap.
+    const uint64_t first = sites_[indices[order[k]]].address;
+    uint64_t end = first + sites_[indices[order[k]]].original.size();
+    size_t last = k + 1;
+    for (; last < order.size(); ++last) {
+      const Site& next = sites_[indices[order[last]]];
+      const uint64_t next_end = std::max<uint64_t>(end, next.address + next.original.size());
+      if (next.address > end + kSharedReadGap || next_end - first > kMaxSharedRead) break;
+      end = next_end;
+    }
+    Bytes range(end - first);
+    const bool shared =
+        last - k > 1 &&
+        vm_.ReadVirtual(vcpu_, static_cast<uint32_t>(first), absl::MakeSpan(range)).ok();
+    for (size_t g = k; g < last; ++g) {
+      const Site& site = sites_[indices[order[g]]];
+      if (shared) {
+        const auto from = range.begin() + static_cast<ptrdiff_t>(site.address - first);
+        out[order[g]] = Bytes(from, from + static_cast<ptrdiff_t>(site.original.size()));
+      } else {
+        out[order[g]] = ReadSite(site);
+      }
+    }
+    k = last;
+  }
+  return out;
 }
 
 void Transaction::RecordAll(std::vector<PendingRecord>& records) {
@@ -336,15 +385,14 @@ void Transaction::RecordAll(std::vector<PendingRecord>& records) {
 void Transaction::ProcessSites(const std::vector<size_t>& indices) {
   records_.clear();
   std::vector<std::pair<size_t, Transition>> to_write;
-  for (size_t i : indices) {
-    if (std::optional<Transition> t = Decide(i)) to_write.push_back({i, *std::move(t)});
+  const std::vector<absl::StatusOr<Bytes>> current = ReadSites(indices);
+  for (size_t k = 0; k < indices.size(); ++k) {
+    if (std::optional<Transition> t = Decide(indices[k], current[k])) {
+      to_write.push_back({indices[k], *std::move(t)});
+    }
   }
   // Intent first: every site to write is recorded pending before the first write.
   if (!to_write.empty()) {
-    std::vector<PendingRecord> pending;
-    for (const auto& [i, t] : to_write) {
-      pending.push_back({i, SiteState::kPending, SiteOutcome::Kind::kFailed, ""});
-    }
     std::vector<Site> copies;
     for (const auto& [i, t] : to_write) {
       copies.push_back(sites_[i]);
@@ -371,7 +419,23 @@ void Transaction::ProcessSites(const std::vector<size_t>& indices) {
     }
     for (const auto& [i, t] : to_write) sites_[i].state = SiteState::kPending;
   }
-  for (const auto& [i, t] : to_write) WriteSite(i, t);
+  // Each site's bytes are checked again right before the writes (the pending records came in
+  // between), then every site is written, then read back.
+  std::vector<size_t> indices_to_write;
+  for (const auto& [i, t] : to_write) indices_to_write.push_back(i);
+  const std::vector<absl::StatusOr<Bytes>> again = ReadSites(indices_to_write);
+  std::vector<std::pair<size_t, const Transition*>> written;
+  std::vector<size_t> written_indices;
+  for (size_t k = 0; k < to_write.size(); ++k) {
+    const auto& [i, t] = to_write[k];
+    if (WriteSite(i, t, again[k])) {
+      written.push_back({i, &t});
+      written_indices.push_back(i);
+    }
+  }
+  const std::vector<absl::StatusOr<Bytes>> back = ReadSites(written_indices);
+  for (size_t k = 0; k < written.size(); ++k)
+    ConfirmWrite(written[k].first, *written[k].second, back[k]);
   RecordAll(records_);
 }
 

@@ -1,6 +1,8 @@
 #include "daemon/engine/transaction.h"
 
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -20,10 +22,12 @@ using Kind = SiteOutcome::Kind;
 class FakePatchRecorder : public PatchRecorder {
  public:
   absl::Status RecordSite(const Site& site) override {
+    if (on_record) std::exchange(on_record, nullptr)();  // once
     if (fail_at_ > 0 && ++calls_ == fail_at_) return absl::InternalError("journal full");
     records.push_back(site);
     return absl::OkStatus();
   }
+  std::function<void()> on_record;  // runs at the next record, once
   absl::Status RecordSites(absl::Span<const Site> sites) override {
     batches.push_back(sites.size());
     return PatchRecorder::RecordSites(sites);
@@ -172,6 +176,29 @@ TEST_F(TransactionTest, ApplyPatchesAllWithOneStopAndRecordsPendingThenApplied) 
   ExpectWholeAndTrue();
 }
 
+// Sites close together are read with one read of the range covering them: to decide, to check
+// again before the writes, and to read the writes back. A shared read that fails is made again
+// site by site, and the sites are patched all the same.
+TEST_F(TransactionTest, SitesCloseTogetherShareTheirReads) {
+  for (bool fail_shared : {false, true}) {
+    SCOPED_TRACE(fail_shared ? "the first shared read fails" : "no fault");
+    SetUpFresh();
+    // The three sites moved next to each other: A, A+0x20, A+0x40.
+    for (size_t k = 0; k < sites_.size(); ++k) {
+      sites_[k].address = kSiteA + static_cast<uint32_t>(0x20 * k);
+      Put(sites_[k].address, sites_[k].original);
+    }
+    if (fail_shared) vm_.FailNthRead(1);
+    const int reads_before = vm_.op_count(FakeGuestVm::Op::kReadMemory);
+    const TransactionReport r = Apply();
+    EXPECT_EQ(r.Count(Kind::kApplied), 3);
+    for (const Site& s : sites_) EXPECT_EQ(Bytes(s), s.patched);
+    // Three passes of one read each; the failed one is made again as three.
+    EXPECT_EQ(vm_.op_count(FakeGuestVm::Op::kReadMemory) - reads_before, fail_shared ? 5 : 3);
+    EXPECT_EQ(vm_.write_log().size(), 3u);
+  }
+}
+
 TEST_F(TransactionTest, ApplyTwiceIsIdempotent) {
   Apply();
   vm_.ClearWriteLog();
@@ -248,11 +275,12 @@ TEST_F(TransactionTest, BytesChangedAreSkipped) {
   EXPECT_FALSE(recorder_.Latest(2).has_value());
 }
 
-TEST_F(TransactionTest, BytesChangedBehindTheBackAfterEarlierWrites) {
-  // Site C's bytes change just before the transaction's first write.
-  vm_.BeforeNthWrite(1, [](FakeGuestVm& vm) {
-    ASSERT_TRUE(vm.BackdoorWriteVirtual(0, kSiteC, std::vector<uint8_t>{0xCC}).ok());
-  });
+TEST_F(TransactionTest, BytesChangedBehindTheBackWhileThePendingRecordsAreMade) {
+  // Site C's bytes change after the transaction read them and before it writes: while it makes
+  // the pass's pending records (the journal's fsync). They are checked again before the writes.
+  recorder_.on_record = [this] {
+    ASSERT_TRUE(vm_.BackdoorWriteVirtual(0, kSiteC, std::vector<uint8_t>{0xCC}).ok());
+  };
   const TransactionReport r = Apply();
   EXPECT_EQ(r.outcomes[2].kind, Kind::kSkipped);
   EXPECT_EQ(r.Count(Kind::kApplied), 2);
