@@ -13,7 +13,9 @@ strategy=${5:-mmio}
 tprctl=$(dirname "$(readlink -f "$new")")/../cli/tprctl
 work=$(mktemp -d)
 chmod 0700 "$work"
-trap 'rm -rf "$work"' EXIT
+pid=
+# Never leave a tprd behind: a second tprd managing the same domain takes its gdbstub away.
+trap '[[ -n $pid ]] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 printf 'proving_window_s = 5\n' >"$work/tprd.conf"
 for round in $(seq "$rounds"); do
   for which in old new; do
@@ -32,5 +34,6 @@ for round in $(seq "$rounds"); do
     "$tprctl" --socket "$work/s.sock" rollback "$domain" >/dev/null
     kill "$pid"
     wait "$pid" 2>/dev/null || true
+    pid=
   done
 done
