@@ -70,7 +70,12 @@ absl::StatusOr<std::unique_ptr<QemuGuestVm>> QemuGuestVm::Attach(LibvirtConnecti
   std::unique_ptr<QemuGuestVm> vm(new QemuGuestVm(connection, uuid, std::move(options)));
   connection->Subscribe(vm.get());
   absl::StatusOr<std::unique_ptr<ByteStream>> stream = vm->options_.open_gdb_stream(vm->monitor_);
-  if (!stream.ok()) return stream.status();
+  if (!stream.ok()) {
+    // No gdbstub of ours to stop: the one running (another tprd's, another debugger's) is left
+    // alone. Without this, the destructor's `gdbserver none` took another tprd's session away.
+    vm->detached_ = true;
+    return stream.status();
+  }
   auto fail = [&](absl::Status status) {
     (void)vm->monitor_.StopGdbServer();  // leave no gdbstub behind
     vm->detached_ = true;

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,19 @@ bool IsOldTprdGdbSocket(const QemuChardev& chardev) {
 }
 }  // namespace
 
+bool IsRunningTprd(int pid) {
+  // "PID (COMM) STATE ...": a zombie (a killed tprd not yet reaped) holds nothing.
+  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+  std::string line;
+  if (!stat || !std::getline(stat, line)) return false;
+  const size_t open = line.find('('), close = line.rfind(')');
+  if (open == std::string::npos || close == std::string::npos || close + 2 >= line.size()) {
+    return false;
+  }
+  const char state = line[close + 2];
+  return line.substr(open + 1, close - open - 1) == "tprd" && state != 'Z' && state != 'X';
+}
+
 absl::StatusOr<std::unique_ptr<UnixSocketStream>> QemuMonitor::StartGdbServer() {
   absl::StatusOr<std::string> listing =
       connection_->QmpCommand(uuid_, R"({"execute":"query-chardev"})");
@@ -35,6 +49,13 @@ absl::StatusOr<std::unique_ptr<UnixSocketStream>> QemuMonitor::StartGdbServer() 
     }
     if (absl::StartsWith(chardev.label, kGdbChardevPrefix) && !chardev.frontend_open) {
       (void)connection_->QmpCommand(uuid_, ChardevRemoveCommand(chardev.label));
+    }
+    const std::optional<int> holder = TprdPidOfGdbChardev(chardev.label, kGdbChardevPrefix);
+    if (chardev.frontend_open && holder && *holder != getpid() && tprd_running_(*holder)) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "domain ", uuid_, ": another tprd (pid ", *holder,
+          ") holds its gdbstub; one tprd manages a domain: stop the other, or make the "
+          "adopt_domains of the tprds on this host not overlap"));
     }
   }
 

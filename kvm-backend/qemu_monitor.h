@@ -5,6 +5,7 @@
 #define TPRD_KVM_BACKEND_QEMU_MONITOR_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,19 +25,26 @@ namespace tprd::backend {
 // `chardev-add` and `gdbserver`; one with a frontend is a previous tprd's live channel.
 inline constexpr char kGdbChardevPrefix[] = "tprd-gdb-";
 
+// Whether `pid` is a running tprd (its /proc/PID/comm says so): whose gdbstub channel a tprd
+// must not take over.
+bool IsRunningTprd(int pid);
+
 class QemuMonitor {
  public:
-  // `connection` must outlive the monitor.
-  QemuMonitor(LibvirtConnection* connection, std::string uuid)
-      : connection_(connection), uuid_(std::move(uuid)) {}
+  // `connection` must outlive the monitor. `tprd_running` tells whether a process id found in
+  // a tprd gdbstub chardev's id is a live tprd (tests give their own).
+  QemuMonitor(LibvirtConnection* connection, std::string uuid,
+              std::function<bool(int)> tprd_running = IsRunningTprd)
+      : connection_(connection), uuid_(std::move(uuid)), tprd_running_(std::move(tprd_running)) {}
 
   // Starts the gdbstub on a channel nobody else can reach and returns tprd's end of it: tprd
   // makes a socketpair, passes one end to QEMU (`getfd` through
   // virDomainQemuMonitorCommandWithFiles), makes it a client socket chardev (`chardev-add`,
   // already connected) and starts the gdbstub on that chardev (HMP `gdbserver chardev:ID`).
   // No path, no listening socket, no TCP; works whatever user QEMU runs as. A previous tprd's
-  // channel (a tprd killed outright) is replaced; a gdbstub on any other device is
-  // ALREADY_EXISTS (someone else is debugging the VM).
+  // channel (a tprd killed outright) is replaced; one of another tprd that is still running is
+  // ALREADY_EXISTS (two tprds would take the gdbstub from each other, each seeing its session
+  // break), and so is a gdbstub on any other device (someone else is debugging the VM).
   absl::StatusOr<std::unique_ptr<UnixSocketStream>> StartGdbServer();
   // HMP `gdbserver none` (QEMU deletes the chardev the gdbstub used).
   absl::Status StopGdbServer();
@@ -57,6 +65,7 @@ class QemuMonitor {
  private:
   LibvirtConnection* connection_;
   std::string uuid_;
+  std::function<bool(int)> tprd_running_;
   std::optional<absl::StatusOr<uint16_t>> pm_timer_port_;  // looked up at the first read
 };
 

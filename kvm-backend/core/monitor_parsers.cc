@@ -141,6 +141,20 @@ absl::StatusOr<uint8_t> ParseLapicTpr(std::string_view hmp_output) {
       absl::StrCat("info lapic: no TPR line in: ", Excerpt(hmp_output)));
 }
 
+std::optional<int> TprdPidOfGdbChardev(std::string_view label, std::string_view prefix) {
+  if (label.substr(0, prefix.size()) != prefix) return std::nullopt;
+  std::string_view rest = label.substr(prefix.size());
+  const size_t dash = rest.find('-');
+  if (dash == 0 || dash == std::string_view::npos || dash + 1 == rest.size()) return std::nullopt;
+  int pid = 0;
+  auto [end, ec] = std::from_chars(rest.data(), rest.data() + dash, pid);
+  if (ec != std::errc() || end != rest.data() + dash || pid <= 0) return std::nullopt;
+  for (char c : rest.substr(dash + 1)) {
+    if (c < '0' || c > '9') return std::nullopt;
+  }
+  return pid;
+}
+
 absl::StatusOr<uint16_t> ParseAcpiPmTimerPort(std::string_view hmp_output) {
   bool in_io = false;
   for (std::string_view raw : Lines(hmp_output)) {

@@ -5,6 +5,7 @@
 #define TPRD_KVM_BACKEND_CORE_MONITOR_PARSERS_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -47,6 +48,10 @@ struct QemuChardev {
   bool frontend_open = false;  // a frontend (the gdbstub, a serial port, ...) uses it
 };
 absl::StatusOr<std::vector<QemuChardev>> ParseQueryChardev(std::string_view qmp_reply);
+
+// The tprd process id in one of tprd's gdbstub chardev ids ("tprd-gdb-<pid>-<n>", the prefix
+// passed in); nullopt for any other label.
+std::optional<int> TprdPidOfGdbChardev(std::string_view label, std::string_view prefix);
 
 // QMP commands of the gdbstub channel (docs/design.md "The gdbstub channel"): `getfd` names
 // the descriptor passed with the command; `chardev-add` makes a client socket chardev of that

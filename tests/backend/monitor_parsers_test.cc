@@ -438,3 +438,23 @@ TEST(ParseIoPortReadLong, RejectsOtherReplies) {
 
 }  // namespace
 }  // namespace tprd::backend
+
+namespace tprd::backend {
+namespace {
+
+TEST(TprdPidOfGdbChardev, ReadsThePidOfTprdsOwnIdsOnly) {
+  EXPECT_EQ(TprdPidOfGdbChardev("tprd-gdb-4242-7", "tprd-gdb-"), 4242);
+  EXPECT_EQ(TprdPidOfGdbChardev("tprd-gdb-1-0", "tprd-gdb-"), 1);
+  EXPECT_EQ(TprdPidOfGdbChardev("gdb", "tprd-gdb-"), std::nullopt);
+  EXPECT_EQ(TprdPidOfGdbChardev("charserial0", "tprd-gdb-"), std::nullopt);
+  EXPECT_EQ(TprdPidOfGdbChardev("tprd-gdb-", "tprd-gdb-"), std::nullopt);
+  EXPECT_EQ(TprdPidOfGdbChardev("tprd-gdb-12", "tprd-gdb-"), std::nullopt);
+  EXPECT_EQ(TprdPidOfGdbChardev("tprd-gdb--3", "tprd-gdb-"), std::nullopt);
+  EXPECT_EQ(TprdPidOfGdbChardev("tprd-gdb-12-", "tprd-gdb-"), std::nullopt);
+  EXPECT_EQ(TprdPidOfGdbChardev("tprd-gdb-0-1", "tprd-gdb-"), std::nullopt);
+  EXPECT_EQ(TprdPidOfGdbChardev("tprd-gdb-12x-1", "tprd-gdb-"), std::nullopt);
+  EXPECT_EQ(TprdPidOfGdbChardev("tprd-gdb-12-1x", "tprd-gdb-"), std::nullopt);
+}
+
+}  // namespace
+}  // namespace tprd::backend

@@ -25,6 +25,7 @@ namespace {
 using engine::StopEvent;
 using ::testing::Contains;
 using ::testing::IsEmpty;
+using ::testing::Not;
 
 constexpr char kUuid[] = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 constexpr char kStopGdbServer[] = "hmp: gdbserver none";
@@ -163,6 +164,20 @@ TEST_F(QemuGuestVmTest, AttachThatFailsAfterStartingTheGdbstubStopsIt) {
   EXPECT_FALSE(vm.ok());
   EXPECT_EQ(streams_opened_, 1);
   EXPECT_THAT(libvirt_.monitor_log(), Contains(kStopGdbServer));
+}
+
+// A gdbstub that could not be opened (another tprd's channel is live: ALREADY_EXISTS) is not
+// ours to stop: `gdbserver none` would take the other tprd's session away (seen: its next packet
+// failed with "broken pipe").
+TEST_F(QemuGuestVmTest, AttachThatCannotOpenTheGdbstubStopsNoGdbstub) {
+  QemuGuestVmOptions options = Options();
+  options.open_gdb_stream = [](QemuMonitor&) -> absl::StatusOr<std::unique_ptr<ByteStream>> {
+    return absl::AlreadyExistsError("another tprd (pid 4242) holds its gdbstub");
+  };
+  absl::StatusOr<std::unique_ptr<QemuGuestVm>> vm =
+      QemuGuestVm::Attach(&libvirt_, kUuid, std::move(options));
+  EXPECT_EQ(vm.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(libvirt_.monitor_log(), Not(Contains(kStopGdbServer)));
 }
 
 TEST_F(QemuGuestVmTest, StopKeepsARacedWatchpointHitThatTakeRacedWatchpointStopReturnsOnce) {
