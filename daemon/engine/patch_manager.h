@@ -247,6 +247,9 @@ class PatchManager {
   void StepPastUnreportedHit(int vcpu, const AccessSeen& before, std::vector<ManagerEvent>& events,
                              bool fix, bool halted_too = false);
   static constexpr absl::Duration kHaltedStepTimeout = absl::Milliseconds(30);
+  // Any other step: one instruction, unless the host starves the vCPU's thread (measured: steps
+  // under a load of 7 on 2 cores; docs/design.md).
+  static constexpr absl::Duration kStepTimeout = absl::Seconds(2);
   // cr8: every other vCPU that stands just after a TPR read it evidently ran gets its fix-up.
   // Every other vCPU that stands just after a TPR access is stepped (StepPastUnreportedHit):
   // QEMU 7.2 frees a watchpoint without clearing a vCPU's pending hit on it, so no hit may be

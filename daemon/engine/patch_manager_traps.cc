@@ -340,10 +340,13 @@ void PatchManager::StepPastUnreportedHit(int vcpu, const AccessSeen& before,
   // interrupts are the stopped CPUs' IPIs) would hold the step until its timeout, every other
   // CPU stopped meanwhile: so only where a hit left pending would outlive this moment.
   if (asleep && !halted_too) return;
-  // A step that has to be interrupted is reported as a pause, which leaves the hit pending; one
-  // instruction takes far less than this even on a loaded host, and the guest waits meanwhile.
-  absl::StatusOr<StepResult> step =
-      vm_.StepVcpu(vcpu, asleep ? kHaltedStepTimeout : absl::Milliseconds(250));
+  // A step that has to be interrupted is reported as a pause, which leaves the hit pending (and
+  // an unreported write's shadow stale). One instruction takes microseconds, but on a starved
+  // host the vCPU's thread may wait for a CPU far longer: the bound is generous (the guest's
+  // other vCPUs wait meanwhile, which they do for any stop).
+  const absl::Time started = clock_.Now();
+  absl::StatusOr<StepResult> step = vm_.StepVcpu(vcpu, asleep ? kHaltedStepTimeout : kStepTimeout);
+  const absl::Duration took = clock_.Now() - started;
   if (!step.ok()) {
     // No stepping on this backend, or a stop is already queued (it is handled next): nothing
     // worse than before.
@@ -359,6 +362,13 @@ void PatchManager::StepPastUnreportedHit(int vcpu, const AccessSeen& before,
                                    absl::FormatDuration(kHaltedStepTimeout),
                                    " step (no interrupt woke it): a watchpoint hit it may hold "
                                    "stays pending")});
+  } else if (!asleep && (!step->completed || took > absl::Milliseconds(100))) {
+    // Said: a step this slow means a starved host, and one that did not end leaves a hit pending.
+    events.push_back(
+        {step->completed ? ManagerEvent::Kind::kNotice : ManagerEvent::Kind::kWarning, std::nullopt,
+         absl::StrCat("vCPU ", vcpu, "'s step ", step->completed ? "took " : "did not end within ",
+                      absl::FormatDuration(took),
+                      step->completed ? "" : ": a watchpoint hit it holds stays pending")});
   }
   if (!step->watchpoint_reported || !fix) return;  // merely jumped there, or nothing to fix
   // QEMU reported a hit: the access before the step ran (or the stepped instruction is one).
