@@ -372,42 +372,48 @@ void PatchManager::StepPastUnreportedHit(int vcpu, const AccessSeen& before,
   }
   if (!step->watchpoint_reported || !fix) return;  // merely jumped there, or nothing to fix
   // QEMU reported a hit: the access before the step ran (or the stepped instruction is one).
-  AccessSeen after;
+  // A write before the step ran first: the real TPR holds it, and the shadow follows, before the
+  // stepped instruction is looked at. (Until 2026-12-07 the stepped instruction came first and,
+  // when it was a read, its fix-up gave it the stale shadow and the write's resync was skipped:
+  // KfLowerIrql's unpatched `mov [tpr],ecx; mov eax,[tpr]` on a vCPU whose hit another vCPU's
+  // stop had left unreported, then a stale shadow read by the next patched read; seen on a
+  // starved host, design.md.)
+  if (before.is_write && blob_.installed() && profile_) {
+    uint8_t number = 0;
+    for (const VcpuProfile& cpu : profile_->vcpus) {
+      if (cpu.vcpu == vcpu) number = cpu.processor_number;
+    }
+    std::optional<PerCpuEntry> entry = blob_.ReadPerCpuEntry(number);
+    absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(vcpu);
+    // The hit the step reported may be an older one, left pending since an access elsewhere
+    // (QEMU keeps it until the vCPU is stepped or stops): standing after an applied writer
+    // proves only that the handler wrote (seen on 2 vCPUs: the shadow 0x41 became the CR8
+    // result 0x40).
+    if (entry && tpr.ok() && entry->shadow_tpr != *tpr &&
+        !Cr8HandlerWrote(before.at_applied_site, *tpr, entry->shadow_tpr)) {
+      entry->shadow_tpr = *tpr;
+      if (absl::Status s =
+              blob_.WriteVerified(blob_.addresses().PerCpuEntry(number), EncodePerCpuEntry(*entry));
+          !s.ok()) {
+        NoteError(s);
+      }
+      ++status_.unreported_fixups;
+    }
+  }
   if (step->completed && profile_) {
-    // The stepped instruction may itself have been a TPR access (then the hit is its own, and
-    // it ran): handled as a reported hit. Anything else is no access, and no warning.
+    // The stepped instruction may itself have been a TPR access (it ran; the hit may be its
+    // own): handled as a reported hit. Anything else is no access, and no warning.
     absl::StatusOr<VcpuRegisters> now = vm_.ReadRegisters(vcpu);
     GuestByteReader reader = OriginalCodeReader(vcpu);
     std::string why;
     const bool access = now.ok() && (ResolveTrap(step->pc, reader, profile_->tpr_va, &why) ||
                                      ResolveByAddress(step->pc, reader, profile_->tpr_va, *now));
     if (access) {
-      if (absl::Status s = HandleWatchpoint(vcpu, step->pc, events, /*reported=*/true, &after);
-          !s.ok()) {
+      if (absl::Status s = HandleWatchpoint(vcpu, step->pc, events, /*reported=*/true); !s.ok()) {
         NoteError(s);
       }
     }
   }
-  if (after.decoded || !before.is_write || !blob_.installed() || !profile_) return;
-  // The write before the step ran: the real TPR holds it, and the shadow follows.
-  uint8_t number = 0;
-  for (const VcpuProfile& cpu : profile_->vcpus) {
-    if (cpu.vcpu == vcpu) number = cpu.processor_number;
-  }
-  std::optional<PerCpuEntry> entry = blob_.ReadPerCpuEntry(number);
-  absl::StatusOr<uint8_t> tpr = vm_.ReadTpr(vcpu);
-  if (!entry || !tpr.ok() || entry->shadow_tpr == *tpr) return;
-  // The hit the step reported may be an older one, left pending since an access elsewhere
-  // (QEMU keeps it until the vCPU is stepped or stops): standing after an applied writer proves
-  // only that the handler wrote (seen on 2 vCPUs: the shadow 0x41 became the CR8 result 0x40).
-  if (Cr8HandlerWrote(before.at_applied_site, *tpr, entry->shadow_tpr)) return;
-  entry->shadow_tpr = *tpr;
-  if (absl::Status s =
-          blob_.WriteVerified(blob_.addresses().PerCpuEntry(number), EncodePerCpuEntry(*entry));
-      !s.ok()) {
-    NoteError(s);
-  }
-  ++status_.unreported_fixups;
 }
 
 absl::Status PatchManager::HandleStopped(const StopEvent& event,

@@ -521,6 +521,38 @@ TEST_F(PatchManagerTest, Cr8StepsAnUnnamedVcpuAfterAWriteAndResyncsItsShadow) {
   EXPECT_TRUE(vm_.running());
 }
 
+// The case found on a starved host (design.md): a vCPU stands after an unpatched write whose hit
+// another vCPU's stop left unreported, and the instruction its step runs is an unpatched read.
+// The write is applied first (the shadow follows the real TPR), then the read is fixed up with
+// that shadow: before, the read got the stale shadow and the write's resync was skipped.
+TEST_F(PatchManagerTest, Cr8StepOverAReadAfterAnUnreportedWriteSeesTheWrite) {
+  EnableCr8();                                // shadows: vCPU 0 0x20, vCPU 1 0x41
+  constexpr uint32_t kLower = kCode + 0xA00;  // not scanned: unpatched, as not yet proven
+  Put(kLower, {0x89, 0x0D, 0x80, 0x00, 0xFE, 0xFF, 0xA1, 0x80, 0x00, 0xFE, 0xFF, 0xC3});
+  vm_.SetEip(1, kLower + 6);  // mov [tpr],ecx ran with ecx = 0
+  vm_.Registers(1).reg(Gpr::kEcx) = 0;
+  vm_.SetTpr(1, 0x00);
+  vm_.SetPendingWatchpointHit(1);
+  vm_.OnStep([](FakeGuestVm& vm, int vcpu) {
+    VcpuRegisters& r = vm.Registers(vcpu);
+    if (r.eip == kLower + 6) {  // mov eax,[tpr]: the real TPR
+      r.reg(Gpr::kEax) = *vm.ReadTpr(vcpu);
+      r.eip += 5;
+    } else {
+      r.eip += 1;
+    }
+    return true;
+  });
+  vm_.SetEip(0, kCode + 0x800);
+  vm_.QueueStopEvent({StopEvent::Kind::kInterrupted, 0, kCode + 0x800, 0, WatchKind::kAccess});
+  ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
+  EXPECT_FALSE(vm_.pending_watchpoint_hit(1));
+  EXPECT_EQ(vm_.Registers(1).eip, kLower + 11);
+  EXPECT_EQ(GuestBlob()->cpus[1].shadow_tpr, 0x00) << "the shadow follows the unreported write";
+  EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x00u) << "the read sees the write, not 0x41";
+  EXPECT_TRUE(vm_.running());
+}
+
 // A vCPU standing after an applied writer ran the handler (CR8 write, shadow store), even when
 // the step that ends its pending hit reports one: that hit is an older access's, and the real
 // TPR is only the CR8 result, so the shadow stays (seen on 2 vCPUs: 0x41 became 0x40).
