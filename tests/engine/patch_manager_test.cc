@@ -184,6 +184,12 @@ class PatchManagerTest : public ::testing::Test {
             .ok());
     return static_cast<Strategy>(word);
   }
+  // The next stop is tprd's own interrupt, with vCPU 0 at code that is no TPR access: what the
+  // other vCPUs stand at is then the stop's business.
+  void StopAtVcpu0Elsewhere() {
+    vm_.SetEip(0, kCode + 0x800);
+    vm_.QueueStopEvent({StopEvent::Kind::kInterrupted, 0, kCode + 0x800, 0, WatchKind::kAccess});
+  }
   // The vCPU is halted: its eip stands just after a hlt.
   void Halt(int vcpu) {
     Put(kCode + 0x900, {0xF4});
@@ -491,8 +497,7 @@ TEST_F(PatchManagerTest, Cr8LeavesAnUnnamedVcpuAloneWithoutProofItRanTheRead) {
   vm_.SetTpr(1, 0x40);
   vm_.SetEip(1, kReadEax + 5);  // jumped here: eax holds something else
   vm_.Registers(1).reg(Gpr::kEax) = 0x1234;
-  vm_.SetEip(0, kCode + 0x800);
-  vm_.QueueStopEvent({StopEvent::Kind::kInterrupted, 0, kCode + 0x800, 0, WatchKind::kAccess});
+  StopAtVcpu0Elsewhere();
   ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
   EXPECT_EQ(vm_.Registers(1).reg(Gpr::kEax), 0x1234u);
   EXPECT_EQ(manager_.Status().unreported_fixups, 0u);
@@ -510,8 +515,7 @@ TEST_F(PatchManagerTest, Cr8StepsAnUnnamedVcpuAfterAWriteAndResyncsItsShadow) {
   vm_.SetTpr(1, 0x73);
   vm_.SetPendingWatchpointHit(1);
   vm_.SetStepLength(2);  // the next instruction: two bytes, not a TPR access
-  vm_.SetEip(0, kCode + 0x800);
-  vm_.QueueStopEvent({StopEvent::Kind::kInterrupted, 0, kCode + 0x800, 0, WatchKind::kAccess});
+  StopAtVcpu0Elsewhere();
   ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
   EXPECT_EQ(StepsSince(steps), std::vector<int>{1});
   EXPECT_FALSE(vm_.pending_watchpoint_hit(1));
@@ -543,8 +547,7 @@ TEST_F(PatchManagerTest, Cr8StepOverAReadAfterAnUnreportedWriteSeesTheWrite) {
     }
     return true;
   });
-  vm_.SetEip(0, kCode + 0x800);
-  vm_.QueueStopEvent({StopEvent::Kind::kInterrupted, 0, kCode + 0x800, 0, WatchKind::kAccess});
+  StopAtVcpu0Elsewhere();
   ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
   EXPECT_FALSE(vm_.pending_watchpoint_hit(1));
   EXPECT_EQ(vm_.Registers(1).eip, kLower + 11);
@@ -565,8 +568,7 @@ TEST_F(PatchManagerTest, Cr8KeepsTheShadowOfAVcpuStandingAfterAnAppliedWriter) {
   vm_.SetTpr(1, 0x40);
   vm_.SetPendingWatchpointHit(1);
   vm_.SetStepLength(2);
-  vm_.SetEip(0, kCode + 0x800);
-  vm_.QueueStopEvent({StopEvent::Kind::kInterrupted, 0, kCode + 0x800, 0, WatchKind::kAccess});
+  StopAtVcpu0Elsewhere();
   ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
   EXPECT_FALSE(vm_.pending_watchpoint_hit(1));
   EXPECT_EQ(GuestBlob()->cpus[1].shadow_tpr, 0x41);
@@ -581,8 +583,7 @@ TEST_F(PatchManagerTest, Cr8StepsAnUnnamedVcpuThatJumpedAfterAWriteAndKeepsItsSh
   vm_.SetEip(1, kRegRelative + 6);
   vm_.Registers(1).reg(Gpr::kEcx) = 0;
   vm_.SetTpr(1, 0x40);  // shadow 0x41, CR8 wrote 4
-  vm_.SetEip(0, kCode + 0x800);
-  vm_.QueueStopEvent({StopEvent::Kind::kInterrupted, 0, kCode + 0x800, 0, WatchKind::kAccess});
+  StopAtVcpu0Elsewhere();
   ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
   EXPECT_EQ(StepsSince(steps), std::vector<int>{1});
   EXPECT_EQ(GuestBlob()->cpus[1].shadow_tpr, 0x41);
@@ -607,8 +608,7 @@ TEST_F(PatchManagerTest, Cr8DoesNotStepAVcpuAboutToHalt) {
   vm_.SetEip(1, kRegRelative + 6);
   vm_.Registers(1).reg(Gpr::kEcx) = 0;
   vm_.SetPendingWatchpointHit(1);
-  vm_.SetEip(0, kCode + 0x800);
-  vm_.QueueStopEvent({StopEvent::Kind::kInterrupted, 0, kCode + 0x800, 0, WatchKind::kAccess});
+  StopAtVcpu0Elsewhere();
   ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
   EXPECT_TRUE(StepsSince(steps).empty());
   EXPECT_TRUE(vm_.running());
@@ -621,8 +621,7 @@ TEST_F(PatchManagerTest, Cr8DoesNotStepAHaltedVcpuAtAStop) {
   const size_t steps = vm_.step_calls().size();
   Halt(1);
   vm_.SetPendingWatchpointHit(1);
-  vm_.SetEip(0, kCode + 0x800);
-  vm_.QueueStopEvent({StopEvent::Kind::kInterrupted, 0, kCode + 0x800, 0, WatchKind::kAccess});
+  StopAtVcpu0Elsewhere();
   ASSERT_TRUE(manager_.Poll(absl::Milliseconds(10)).ok());
   EXPECT_TRUE(StepsSince(steps).empty());
   EXPECT_TRUE(vm_.running());
