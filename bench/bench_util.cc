@@ -43,32 +43,4 @@ double Percentile(std::vector<double> values, double p) {
   return values[std::min(rank, values.size()) - 1];
 }
 
-TprTraceCount CountTprTrace(const std::string& text) {
-  TprTraceCount count;
-  size_t pos = 0;
-  while ((pos = text.find("apic_mem_", pos)) != std::string::npos) {
-    const size_t eol = text.find('\n', pos);
-    const std::string line =
-        text.substr(pos, eol == std::string::npos ? std::string::npos : eol - pos);
-    pos = eol == std::string::npos ? text.size() : eol + 1;
-    bool read;
-    if (line.rfind("apic_mem_readl ", 0) == 0) {
-      read = true;
-    } else if (line.rfind("apic_mem_writel ", 0) == 0) {
-      read = false;
-    } else {
-      continue;
-    }
-    const size_t hex = line.find("0x");
-    if (hex == std::string::npos) continue;
-    const unsigned long offset = std::strtoul(line.c_str() + hex + 2, nullptr, 16);
-    if (offset == 0x80) {
-      (read ? count.reads : count.writes)++;
-    } else {
-      count.other++;
-    }
-  }
-  return count;
-}
-
 }  // namespace tprd::bench

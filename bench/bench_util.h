@@ -34,16 +34,6 @@ Summary Summarize(std::vector<double> values);
 // Percentile (0..100) of unsorted values, nearest rank.
 double Percentile(std::vector<double> values, double p);
 
-// Counts QEMU log-backend trace lines `apic_mem_readl 0x80 = ...` / `apic_mem_writel 0x80 = ...`
-// (with or without the "pid@time:" prefix) in `text`: TPR accesses that reached QEMU's APIC.
-struct TprTraceCount {
-  uint64_t reads = 0, writes = 0;  // offset 0x80 only
-  uint64_t other = 0;              // other APIC registers
-};
-TprTraceCount CountTprTrace(const std::string& text);
-
-// Kilobytes of resident memory of `pid` (VmRSS), 0 if unknown.
-
 }  // namespace tprd::bench
 
 #endif  // TPRD_BENCH_BENCH_UTIL_H_

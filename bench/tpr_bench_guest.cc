@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "bench/bench_util.h"
 #include "bench/tpr_bench.h"
+#include "kvm-backend/core/apic_trace_count.h"
 
 namespace tprd::bench {
 namespace {
@@ -145,9 +146,9 @@ ExitWindow CountExits(const std::string& domain, const std::string& dir, double 
   (void)Hmp(domain, "logfile /dev/null");
   // The window: from the middle of the "on" call to the middle of the "off" call.
   w.seconds = (t2 + t3) / 2 - (t0 + t1) / 2;
-  TprTraceCount c = CountTprTrace(ReadFile(path));
-  w.reads = c.reads;
-  w.writes = c.writes;
+  const backend::ApicTraceCount c = backend::CountApicTrace(ReadFile(path));
+  w.reads = c.tpr_reads;
+  w.writes = c.tpr_writes;
   w.other = c.other;
   w.ok = r.exit_code == 0;
   if (!w.ok) w.error = "HMP trace-event off: " + Trim(r.err);
