@@ -106,6 +106,10 @@ Json StatusJson(const tprd::v1::DomainStatus& status) {
       {"learning_window_hits", status.learning_window_hits()},
       {"learning_window_run_seconds", status.learning_window_run_seconds()},
       {"learning_window_guest_clock", status.learning_window_guest_clock()},
+      {"before_trace_tpr_reads", status.before_trace_tpr_reads()},
+      {"before_trace_tpr_writes", status.before_trace_tpr_writes()},
+      {"before_trace_seconds", status.before_trace_seconds()},
+      {"before_trace_error", status.before_trace_error()},
       {"last_error", status.last_error()},
       {"busy_with", status.busy_with()},
       {"proving_window_open", status.proving_window_open()},
@@ -154,7 +158,14 @@ void PrintStatus(const tprd::v1::DomainStatus& status, std::ostream& out) {
     out << "not sampled yet";
   }
   out << "\n  before the first patch: ";
-  if (status.learning_window_run_seconds() > 0) {
+  if (status.before_trace_seconds() > 0) {
+    // A lower bound too: the trace writes a line per access (docs/design.md).
+    out << absl::StrFormat(
+        "%.0f/s (QEMU's APIC trace: %u reads and %u writes of the TPR in %.0f ms; tracing slows "
+        "the guest, so at least this)",
+        status.tpr_accesses_per_second_before(), status.before_trace_tpr_reads(),
+        status.before_trace_tpr_writes(), status.before_trace_seconds() * 1000);
+  } else if (status.learning_window_run_seconds() > 0) {
     // A lower bound either way: each hit stopped the guest, and the stop's overhead is counted
     // as run time (docs/design.md "Rates and metrics").
     out << absl::StrFormat("at least %.0f/s (learning window: %u in %.1f ms of guest time, %s)",
@@ -165,6 +176,9 @@ void PrintStatus(const tprd::v1::DomainStatus& status, std::ostream& out) {
                                : "by tprd, gdbstub round trips included");
   } else {
     out << "not measured in this session";
+  }
+  if (!status.before_trace_error().empty()) {
+    out << "\n  (no APIC trace: " << status.before_trace_error() << ")";
   }
   out << "\n";
   out << "intent:     " << IntentWord(status);

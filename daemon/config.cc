@@ -60,6 +60,13 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
     } else {
       config->stop_timeout = absl::Seconds(number);
     }
+  } else if (key == "before_trace_ms") {
+    int number = 0;
+    if (!absl::SimpleAtoi(value, &number) || number < 0 || number > 10000) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "before_trace_ms must be a whole number from 0 to 10000, not \"", value, "\""));
+    }
+    config->before_trace = absl::Milliseconds(number);
   } else if (key == "discovery") {
     if (value == "auto") {
       config->discovery.reset();
@@ -80,7 +87,7 @@ absl::Status ApplySetting(const std::string& key, const std::string& value, Conf
         "unknown setting \"", key,
         "\"; known: connect, socket, socket_group, state_dir, poll_interval_ms, stop_timeout_s, "
         "log_level, adopt_domains, proving_window_s, discovery, mmio_write_stops_per_second, "
-        "intent_retry_s, intent_retry_interval_ms, metrics_textfile"));
+        "intent_retry_s, intent_retry_interval_ms, before_trace_ms, metrics_textfile"));
   }
   return absl::OkStatus();
 }

@@ -22,6 +22,9 @@
 //   intent_retry_s   how long tprd keeps trying to apply a domain's intent after it starts or
 //                    reboots (default 300): its kernel must boot before there is anything to patch
 //   intent_retry_interval_ms  how often it tries meanwhile (default 2000)
+//   before_trace_ms  how long an enable that places tprd's blob first traces QEMU's APIC
+//                    emulation to count the TPR accesses reaching it, before anything is
+//                    patched (default 500; 0: not at all; docs/design.md "Rates and metrics")
 //   metrics_textfile absolute path of a file tprd rewrites atomically every 5 s with its
 //                    Prometheus exposition, for node_exporter's textfile collector (a *.prom
 //                    file in its directory); empty (default): none
@@ -55,6 +58,7 @@ struct Config {
   std::string adopt_domains = "*";
   absl::Duration intent_retry_window = absl::Minutes(5);
   absl::Duration intent_retry_interval = absl::Seconds(2);
+  absl::Duration before_trace = absl::Milliseconds(500);
   std::string metrics_textfile;
   absl::Duration metrics_textfile_interval = absl::Seconds(5);
 };

@@ -74,6 +74,7 @@ int Run(const Config& config) {
   controller_options.proving_window = config.proving_window;
   controller_options.mmio_write_stops_per_second = config.mmio_write_stops_per_second;
   controller_options.discovery = config.discovery;
+  controller_options.before_trace = config.before_trace;
   auto hypervisor = MakeHypervisor(config.connect, controller_options);
   if (!hypervisor.ok()) {
     LogError(absl::StrCat("cannot use ", config.connect, ": ", hypervisor.status().message()));

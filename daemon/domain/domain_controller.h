@@ -64,7 +64,16 @@ struct ControllerStatus {
   // learning window, nothing patched yet (a lower bound: the run time includes QEMU's stop and
   // restart at each hit, and the gdbstub's round trips unless measured by the guest's clock);
   // 0 when not measured (no learning window in this session, e.g. adopted).
+  // Since 2026-12-07 "before" comes from QEMU's APIC trace when the enable took one (below),
+  // else from the learning window.
   double tpr_accesses_per_second_before = 0;
+  // The APIC trace the enable took before its first patch (kvm-backend/apic_trace_sampler.h):
+  // TPR reads and writes that reached QEMU's APIC emulation in before_trace_window (zero: no
+  // trace), or why there is none (empty when none was tried).
+  uint64_t before_trace_tpr_reads = 0;
+  uint64_t before_trace_tpr_writes = 0;
+  absl::Duration before_trace_window;
+  std::string before_trace_error;
   uint64_t learning_hits = 0;
   absl::Duration learning_run;
   bool learning_run_guest_clock = false;  // learning_run from the guest's ACPI PM timer

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "daemon/engine/blob.h"
 #include "daemon/engine/placement.h"
 #include "daemon/log.h"
@@ -89,7 +90,42 @@ absl::StatusOr<bool> EngineDomainController::BlobPresentWithoutStopping() {
   return !engine::PagesWithBlobMagic(window).empty();
 }
 
+backend::ApicTraceSampler EngineDomainController::TraceSampler() {
+  backend::ApicTraceSamplerOptions trace_options;
+  trace_options.libvirt_qemu_dir = options_.libvirt_qemu_dir;
+  return backend::ApicTraceSampler(connection_, domain_.uuid, &clock_, trace_options);
+}
+
+void EngineDomainController::TraceBefore() {
+  before_trace_ = TraceSampler().Sample(options_.before_trace);
+  if (!before_trace_->ok()) {
+    LogInfo(absl::StrCat("domain ", domain_.name, ": no APIC trace before the first patch (",
+                         before_trace_->status().message(), "); \"before\" comes from the ",
+                         "learning window, a lower bound"));
+    return;
+  }
+  const backend::ApicTraceSample& sample = **before_trace_;
+  if (!sample.leftover_file_error.empty()) {
+    LogWarning(
+        absl::StrCat("domain ", domain_.name, ": ", sample.leftover_file_error,
+                     " (QEMU no longer writes it; libvirt removes it when the domain stops)"));
+  }
+  LogInfo(absl::StrFormat(
+      "domain %s: before the first patch, QEMU's APIC trace counted %u TPR reads and %u TPR "
+      "writes in %.0f ms (%.0f/s)",
+      domain_.name, sample.count.tpr_reads, sample.count.tpr_writes,
+      absl::ToDoubleMilliseconds(sample.window),
+      static_cast<double>(sample.count.tpr_reads + sample.count.tpr_writes) /
+          absl::ToDoubleSeconds(sample.window)));
+}
+
 absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<engine::Strategy> strategy_hint) {
+  // A tprd killed during its APIC trace left QEMU tracing into a file: stop it.
+  if (absl::Status s = TraceSampler().CleanUpLeftover(); !s.ok()) {
+    LogWarning(
+        absl::StrCat("domain ", domain_.name,
+                     ": could not stop an APIC trace a previous tprd left running: ", s.message()));
+  }
   absl::StatusOr<bool> present = BlobPresentWithoutStopping();
   if (!present.ok()) return present.status();
   blob_seen_ = *present;
@@ -113,6 +149,12 @@ absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<engine::Strateg
 
 absl::StatusOr<std::vector<engine::ManagedSite>> EngineDomainController::Enable(
     const EnableOptions& options) {
+  // "before" for the status: only while nothing of tprd's is in this boot of the guest, and
+  // before the gdbstub attaches (attaching stops the guest until the engine resumes it).
+  if (!options.dry_run && options_.before_trace > absl::ZeroDuration() &&
+      (manager_ == nullptr || !manager_->Status().installed)) {
+    TraceBefore();
+  }
   if (absl::Status s = EnsureAttached(); !s.ok()) return s;
   absl::StatusOr<engine::EnableRequest> settings = SessionSettings();
   if (!settings.ok()) return settings.status();
@@ -207,6 +249,17 @@ ControllerStatus EngineDomainController::Status() {
   if (m.learning_run > absl::ZeroDuration()) {
     status.tpr_accesses_per_second_before =
         static_cast<double>(m.learning_hits) / absl::ToDoubleSeconds(m.learning_run);
+  }
+  if (before_trace_ && before_trace_->ok() && (*before_trace_)->window > absl::ZeroDuration()) {
+    const backend::ApicTraceSample& sample = **before_trace_;
+    status.before_trace_tpr_reads = sample.count.tpr_reads;
+    status.before_trace_tpr_writes = sample.count.tpr_writes;
+    status.before_trace_window = sample.window;
+    status.tpr_accesses_per_second_before =
+        static_cast<double>(sample.count.tpr_reads + sample.count.tpr_writes) /
+        absl::ToDoubleSeconds(sample.window);
+  } else if (before_trace_ && !before_trace_->ok()) {
+    status.before_trace_error = std::string(before_trace_->status().message());
   }
   if (m.counters_read_at != absl::InfinitePast()) {
     rates_.Add({m.counters_read_at, m.handler_accesses_without_apic,

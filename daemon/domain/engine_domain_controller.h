@@ -15,6 +15,7 @@
 #include "daemon/domain/hypervisor.h"
 #include "daemon/engine/clock.h"
 #include "daemon/engine/patch_manager.h"
+#include "kvm-backend/apic_trace_sampler.h"
 #include "kvm-backend/libvirt_connection.h"
 #include "kvm-backend/live_memory_reader.h"
 #include "kvm-backend/process_memory.h"
@@ -33,6 +34,10 @@ struct EngineControllerOptions {
   // engine::EnableRequest::discovery (config discovery); nullopt: auto, by the domain's
   // accelerator (breakpoints only where QEMU reports TCG).
   std::optional<engine::Discovery> discovery;
+  // How long an enable that places the blob first traces QEMU's APIC (config before_trace_ms;
+  // zero: not at all), and where libvirt keeps each domain's directory (the trace file's place).
+  absl::Duration before_trace = absl::Milliseconds(500);
+  std::string libvirt_qemu_dir = "/var/lib/libvirt/qemu";
   // Opens a reader of the domain's guest memory that does not stop the guest: for Adopt's look
   // for tprd's blob, and the session's own (QemuGuestVmOptions::open_live_memory). A seam: the
   // daemon's tests hand in a fake reader. Default: process_vm_readv of the domain's QEMU process.
@@ -66,6 +71,9 @@ class EngineDomainController : public DomainController {
   // The engine's settings from the config, discovery resolved for this domain's accelerator
   // (auto: breakpoints only where QEMU reports TCG). Requires EnsureAttached.
   absl::StatusOr<engine::EnableRequest> SessionSettings();
+  backend::ApicTraceSampler TraceSampler();
+  // Counts the TPR accesses reaching QEMU's APIC for options_.before_trace, into before_trace_.
+  void TraceBefore();
   // Waits until `timeout` passes or Interrupt() is called.
   void IdleWait(absl::Duration timeout);
   // A kHostCopiesState event when libvirt holds the domain paused to copy its state, a
@@ -83,6 +91,9 @@ class EngineDomainController : public DomainController {
   std::unique_ptr<engine::PatchManager> manager_;
   std::vector<ControllerEvent> pending_events_;
   AccessRateMeter rates_;
+  // The APIC trace taken before this session's first patch, or why there is none; unset when
+  // none was tried.
+  std::optional<absl::StatusOr<backend::ApicTraceSample>> before_trace_;
   PauseHistogram enable_pauses_;
 
   absl::Mutex interrupt_mu_;

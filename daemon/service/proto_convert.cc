@@ -142,6 +142,10 @@ void ToProto(const DomainSnapshot& snapshot, tprd::v1::DomainStatus* out) {
   out->set_learning_window_hits(snapshot.status.learning_hits);
   out->set_learning_window_run_seconds(absl::ToDoubleSeconds(snapshot.status.learning_run));
   out->set_learning_window_guest_clock(snapshot.status.learning_run_guest_clock);
+  out->set_before_trace_tpr_reads(snapshot.status.before_trace_tpr_reads);
+  out->set_before_trace_tpr_writes(snapshot.status.before_trace_tpr_writes);
+  out->set_before_trace_seconds(absl::ToDoubleSeconds(snapshot.status.before_trace_window));
+  out->set_before_trace_error(snapshot.status.before_trace_error);
   out->set_last_error(!snapshot.last_error.empty() ? snapshot.last_error
                                                    : snapshot.status.last_error);
   out->set_busy_with(snapshot.busy_with);

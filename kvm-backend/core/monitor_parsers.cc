@@ -329,6 +329,24 @@ absl::StatusOr<bool> ParseQueryKvmEnabled(std::string_view qmp_reply) {
   return enabled->get<bool>();
 }
 
+absl::StatusOr<std::vector<TraceEventState>> ParseTraceEventStates(std::string_view hmp_output) {
+  constexpr std::string_view kSeparator = " : state ";
+  std::vector<TraceEventState> events;
+  for (std::string_view line : Lines(hmp_output)) {
+    line = Trim(line);
+    if (line.empty()) continue;
+    const size_t at = line.find(kSeparator);
+    const std::string_view state =
+        at == std::string_view::npos ? std::string_view() : line.substr(at + kSeparator.size());
+    if (at == 0 || at == std::string_view::npos || (state != "0" && state != "1")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("info trace-events: unexpected line \"", Excerpt(line), "\""));
+    }
+    events.push_back(TraceEventState{std::string(line.substr(0, at)), state == "1"});
+  }
+  return events;
+}
+
 absl::StatusOr<std::vector<QemuChardev>> ParseQueryChardev(std::string_view qmp_reply) {
   absl::StatusOr<Json> ret = QmpReturn(qmp_reply);
   if (!ret.ok()) return ret.status();

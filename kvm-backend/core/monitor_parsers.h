@@ -89,6 +89,13 @@ absl::StatusOr<QemuRunStatus> ParseQueryStatus(std::string_view qmp_reply);
 // its vCPUs under KVM (enabled) rather than TCG.
 absl::StatusOr<bool> ParseQueryKvmEnabled(std::string_view qmp_reply);
 
+// HMP `info trace-events PATTERN`: one "NAME : state 0|1" line per event (empty: no match).
+struct TraceEventState {
+  std::string name;
+  bool enabled = false;
+};
+absl::StatusOr<std::vector<TraceEventState>> ParseTraceEventStates(std::string_view hmp_output);
+
 // Builds the QMP command text for qom-get (path and property JSON-escaped).
 std::string QomGetCommand(std::string_view path, std::string_view property);
 

@@ -456,5 +456,25 @@ TEST(TprdPidOfGdbChardev, ReadsThePidOfTprdsOwnIdsOnly) {
   EXPECT_EQ(TprdPidOfGdbChardev("tprd-gdb-12-1x", "tprd-gdb-"), std::nullopt);
 }
 
+// Captured from QEMU 7.2 (Debian), `info trace-events apic_mem_*`, CRLF as libvirt returns it.
+TEST(ParseTraceEventStates, ReadsCapturedReply) {
+  auto events = ParseTraceEventStates("apic_mem_writel : state 0\r\napic_mem_readl : state 1\r\n");
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 2u);
+  EXPECT_EQ((*events)[0].name, "apic_mem_writel");
+  EXPECT_FALSE((*events)[0].enabled);
+  EXPECT_EQ((*events)[1].name, "apic_mem_readl");
+  EXPECT_TRUE((*events)[1].enabled);
+  auto none = ParseTraceEventStates("\r\n");
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty()) << "no event matched the pattern";
+}
+
+TEST(ParseTraceEventStates, RejectsOtherReplies) {
+  EXPECT_FALSE(ParseTraceEventStates("unknown command: 'info trace-events'").ok());
+  EXPECT_FALSE(ParseTraceEventStates("apic_mem_readl : state 2").ok());
+  EXPECT_FALSE(ParseTraceEventStates(" : state 0").ok());
+}
+
 }  // namespace
 }  // namespace tprd::backend

@@ -50,6 +50,18 @@ TEST(ConfigTest, MetricsTextfileIsAnAbsolutePathOrNothing) {
   EXPECT_NE(std::string(relative.message()).find("absolute path"), std::string::npos);
 }
 
+TEST(ConfigTest, BeforeTraceIsHalfASecondByDefaultAndZeroTurnsItOff) {
+  Config config;
+  EXPECT_EQ(config.before_trace, absl::Milliseconds(500));
+  ASSERT_TRUE(ApplyConfigText("before_trace_ms = 0\n", "f", &config).ok());
+  EXPECT_EQ(config.before_trace, absl::ZeroDuration());
+  ASSERT_TRUE(ApplyConfigText("before_trace_ms = 250\n", "f", &config).ok());
+  EXPECT_EQ(config.before_trace, absl::Milliseconds(250));
+  EXPECT_FALSE(ApplyConfigText("before_trace_ms = -1\n", "f", &config).ok());
+  EXPECT_FALSE(ApplyConfigText("before_trace_ms = 10001\n", "f", &config).ok());
+  EXPECT_FALSE(ApplyConfigText("before_trace_ms = soon\n", "f", &config).ok());
+}
+
 TEST(ConfigTest, BadLinesNameTheFileAndLine) {
   Config config;
   absl::Status unknown = ApplyConfigText("connect = x\nsokcet = y\n", "tprd.conf", &config);

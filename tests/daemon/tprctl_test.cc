@@ -234,6 +234,39 @@ TEST_F(TprctlTest, SitesTableAndStatusByUuidAndId) {
   EXPECT_THAT(table.out, Not(HasSubstr("exits")));
 }
 
+// With QEMU's APIC trace taken before the first patch, "before" is the trace's rate; a refused
+// trace is said, with the learning window's figure.
+TEST_F(TprctlTest, StatusSaysWhereBeforeCameFrom) {
+  {
+    std::lock_guard<std::mutex> lock(tprd_.guest->mu);
+    tprd_.guest->apic_trace_before = true;
+  }
+  ASSERT_EQ(Run({"enable", "--strategy", "mmio", "winxp-01"}).exit_code, 0);
+  Json parsed = ParseJson(Run({"--json", "status", "winxp-01"}));
+  EXPECT_EQ(parsed["tpr_accesses_per_second_before"], 350000);
+  EXPECT_EQ(parsed["before_trace_tpr_reads"], 105000);
+  EXPECT_EQ(parsed["before_trace_tpr_writes"], 70000);
+  EXPECT_DOUBLE_EQ(parsed["before_trace_seconds"].get<double>(), 0.5);
+  RunResult table = Run({"status", "winxp-01"});
+  EXPECT_THAT(table.out, HasSubstr("  before the first patch: 350000/s (QEMU's APIC trace: 105000 "
+                                   "reads and 70000 writes of the TPR in 500 ms; tracing slows "
+                                   "the guest, so at least this)\n"));
+  EXPECT_THAT(table.out, Not(HasSubstr("no APIC trace")));
+}
+
+TEST_F(TprctlTest, StatusSaysWhyThereWasNoApicTrace) {
+  {
+    std::lock_guard<std::mutex> lock(tprd_.guest->mu);
+    tprd_.guest->apic_trace_error = "QEMU, to `logfile ...`: Permission denied";
+  }
+  ASSERT_EQ(Run({"enable", "--strategy", "mmio", "winxp-01"}).exit_code, 0);
+  RunResult table = Run({"status", "winxp-01"});
+  EXPECT_THAT(table.out,
+              HasSubstr("  before the first patch: at least 25000/s (learning window: "));
+  EXPECT_THAT(table.out, HasSubstr("\n  (no APIC trace: QEMU, to `logfile ...`: Permission "
+                                   "denied)\n"));
+}
+
 TEST_F(TprctlTest, EnableDryRunWritesNothing) {
   RunResult result = Run({"--json", "enable", "--dry-run", "--budget", "2", "winxp-01"});
   ASSERT_EQ(result.exit_code, 0) << result.err;

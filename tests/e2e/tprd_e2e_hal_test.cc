@@ -1002,6 +1002,13 @@ TEST_P(HalStrategyTest, StaysCorrectWhilePatchedAcrossTheProvingWindowAndAfterRo
     EXPECT_EQ(doc.value("rates_sampled", false), true) << "no rates after the run: " << json.out;
     EXPECT_GT(doc.value("learning_window_hits", uint64_t{0}), 0u)
         << "the enable's learning window counted no TPR access: " << json.out;
+    EXPECT_GT(doc.value("before_trace_seconds", 0.0), 0.0)
+        << "no APIC trace before the first patch: " << doc.value("before_trace_error", "") << "\n"
+        << json.out;
+    EXPECT_GT(doc.value("before_trace_tpr_reads", uint64_t{0}) +
+                  doc.value("before_trace_tpr_writes", uint64_t{0}),
+              0u)
+        << "QEMU's APIC trace counted no TPR access before the enable: " << json.out;
     EXPECT_GT(doc.value("handler_accesses_without_apic", uint64_t{0}) +
                   doc.value("handler_accesses_to_apic", uint64_t{0}),
               0u)

@@ -209,6 +209,13 @@ ControllerStatus FakeDomainController::Status() {
     status.learning_hits = 400;
     status.learning_run = absl::Milliseconds(16);
     status.tpr_accesses_per_second_before = 25000;
+    if (guest_->apic_trace_before) {
+      status.before_trace_tpr_reads = 105000;
+      status.before_trace_tpr_writes = 70000;
+      status.before_trace_window = absl::Milliseconds(500);
+      status.tpr_accesses_per_second_before = 350000;
+    }
+    status.before_trace_error = guest_->apic_trace_error;
     status.rates = daemon::AccessRates{30000, 120, 2};
     status.tpr_accesses_per_second_after = 120;
     status.handler_accesses_without_apic = 90000;

@@ -42,6 +42,10 @@ struct FakeGuest {
   std::vector<engine::ManagedSite> sites;
   std::set<uint32_t> tampered;  // site ids whose bytes changed behind tprd's back
   bool traps_armed = false;
+  // The session's "before" comes from an APIC trace (as the real one's under QEMU), not only the
+  // learning window; or, with apic_trace_error set, the trace was refused with that message.
+  bool apic_trace_before = false;
+  std::string apic_trace_error;
 
   // Scripted behaviour.
   absl::Status open_error;    // OpenController fails with this

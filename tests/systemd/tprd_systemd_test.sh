@@ -557,6 +557,19 @@ if [[ -z $guest_blocked ]]; then
   else
     fail "tprctl status: state $(status_field state), strategy $(status_field strategy)"
   fi
+  # "before" is QEMU's APIC trace, written into the domain's libvirt directory by QEMU and
+  # removed by tprd: both must work under the unit's ProtectSystem=strict.
+  trace_s=$(status_field before_trace_seconds)
+  if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$trace_s"; then
+    pass "before the first patch: QEMU's APIC trace, ${trace_s} s, $(status_field before_trace_tpr_reads) TPR reads"
+  else
+    fail "no APIC trace before the first patch under the unit: $(status_field before_trace_error)"
+  fi
+  if in_ctr sh -c 'ls /var/lib/libvirt/qemu/domain-*/tprd-apic-trace.log' >/dev/null 2>&1; then
+    fail "tprd left its APIC trace file in the domain's directory"
+  else
+    pass "no APIC trace file left in the domain's directory"
+  fi
   word=$(strategy_word)
   [[ $word == mmio ]] && pass "guest's strategy word after enable: mmio" ||
     fail "guest's strategy word after enable: $word (expected mmio)"
