@@ -1017,6 +1017,18 @@ TEST_P(HalStrategyTest, StaysCorrectWhilePatchedAcrossTheProvingWindowAndAfterRo
     for (absl::string_view line : absl::StrSplit(text.out, '\n')) {
       if (absl::StrContains(line, "/s")) Say() << "tprctl status: " << line << std::endl;
     }
+    // tprctl metrics says the same "before" (sampled once, at the enable).
+    RunResult metrics = tprd.Ctl({"metrics"});
+    const std::string key = absl::StrCat(
+        "tprd_tpr_accesses_reaching_apic_before_per_second{domain=\"", domain.name(), "\"} ");
+    const size_t at = metrics.out.find(key);
+    ASSERT_NE(at, std::string::npos) << "no " << key << "in tprctl metrics:\n" << metrics.out;
+    double before_in_metrics = 0;
+    const std::string value =
+        metrics.out.substr(at + key.size(), metrics.out.find('\n', at) - at - key.size());
+    ASSERT_TRUE(absl::SimpleAtod(value, &before_in_metrics)) << value;
+    const double before = doc.value("tpr_accesses_per_second_before", 0.0);
+    EXPECT_NEAR(before_in_metrics, before, before * 1e-5 + 1e-9) << metrics.out;
   }
   // What tprd reports and what the guest's handlers do: the strategy word in the guest.
   const BlobState blob = ReadBlobState(domain.name(), c.vcpus);
