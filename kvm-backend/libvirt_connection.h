@@ -75,9 +75,12 @@ struct LibvirtDomainEvent {
     kCrashed,       // guest crash (panic device)
     kRebooted,      // memory and patches are gone
     kMigratedAway,  // stopped here because it now runs on another host
-    kMigrating,     // suspended or resumed for a migration
-    kReverted,      // running again on a snapshot's memory (snapshot-revert of a running domain)
-    kOther,         // defined/undefined/pmsuspended/...: see libvirt_event
+    kMigrating,     // suspended or resumed for a migration (not the resume below)
+    // Running here at the end of a migration: it finished on this host (the target), or failed
+    // and the source runs on (libvirt's RESUMED/MIGRATED on either side). Its memory is whole.
+    kResumedAfterMigration,
+    kReverted,  // running again on a snapshot's memory (snapshot-revert of a running domain)
+    kOther,     // defined/undefined/pmsuspended/...: see libvirt_event
   };
   Kind kind = Kind::kOther;
   std::string uuid;

@@ -29,6 +29,8 @@ std::string_view LibvirtDomainEventKindName(LibvirtDomainEvent::Kind kind) {
       return "migrated-away";
     case LibvirtDomainEvent::Kind::kMigrating:
       return "migrating";
+    case LibvirtDomainEvent::Kind::kResumedAfterMigration:
+      return "resumed-after-migration";
     case LibvirtDomainEvent::Kind::kReverted:
       return "reverted";
     case LibvirtDomainEvent::Kind::kOther:
@@ -56,10 +58,12 @@ LibvirtDomainEvent::Kind ToEventKind(int event, int detail) {
       if (detail == VIR_DOMAIN_EVENT_RESUMED_FROM_SNAPSHOT) {
         return LibvirtDomainEvent::Kind::kReverted;
       }
-      return detail == VIR_DOMAIN_EVENT_RESUMED_MIGRATED ||
-                     detail == VIR_DOMAIN_EVENT_RESUMED_POSTCOPY
-                 ? LibvirtDomainEvent::Kind::kMigrating
-                 : LibvirtDomainEvent::Kind::kResumed;
+      if (detail == VIR_DOMAIN_EVENT_RESUMED_MIGRATED) {
+        return LibvirtDomainEvent::Kind::kResumedAfterMigration;
+      }
+      // Post-copy resumes the target before all of its memory is there.
+      return detail == VIR_DOMAIN_EVENT_RESUMED_POSTCOPY ? LibvirtDomainEvent::Kind::kMigrating
+                                                         : LibvirtDomainEvent::Kind::kResumed;
     case VIR_DOMAIN_EVENT_STOPPED:
       if (detail == VIR_DOMAIN_EVENT_STOPPED_MIGRATED)
         return LibvirtDomainEvent::Kind::kMigratedAway;

@@ -498,6 +498,10 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event, bool apply_intent
       }
       SetState(DomainState::kUnpatched, "reverted to a snapshot: looking for tprd's blob in it");
       [[fallthrough]];
+    case LifecycleKind::kArrived:
+      // A migration ended with the domain running here: on the target its memory (and tprd's
+      // blob, if it was patched) just arrived; on a source whose migration failed, a session
+      // tprd still holds stays (TakeBackAfterLettingGo does nothing then). As a start.
     case LifecycleKind::kStarted:
       if (Snapshot().state == DomainState::kGone) SetState(DomainState::kUnpatched, "started");
       // A restore, a managedsave start or a snapshot revert brings tprd's blob back with the

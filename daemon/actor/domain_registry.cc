@@ -220,7 +220,7 @@ void DomainRegistry::OnLifecycle(const LifecycleEvent& event) {
   // Made here from the event (asking libvirt on its event thread could stall it); the actor reads
   // the metadata on its own thread.
   if (ours && (event.kind == LifecycleKind::kStarted || event.kind == LifecycleKind::kRebooted ||
-               event.kind == LifecycleKind::kReverted)) {
+               event.kind == LifecycleKind::kReverted || event.kind == LifecycleKind::kArrived)) {
     if (std::shared_ptr<DomainActor> actor = MakeActor(event.domain)) {
       actor->OnLifecycle(event, /*apply_intent=*/true);
       return;

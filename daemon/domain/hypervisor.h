@@ -32,6 +32,9 @@ enum class LifecycleKind : uint8_t {
   kMigrated,  // migrated away: the target's daemon adopts
   kResumed,   // running again after a pause (tprd's own stops resume it too: filter early)
   kReverted,  // running again on a snapshot's memory: what tprd knew of the guest is untrue
+  // running here after a migration: it arrived (this host is the target), or the migration
+  // failed and the source runs on. Handled as a start: its memory may hold tprd's blob.
+  kArrived,
 };
 inline const char* LifecycleName(LifecycleKind kind) {
   switch (kind) {
@@ -51,6 +54,8 @@ inline const char* LifecycleName(LifecycleKind kind) {
       return "resumed";
     case LifecycleKind::kReverted:
       return "reverted to a snapshot";
+    case LifecycleKind::kArrived:
+      return "running here after a migration";
   }
   return "unknown";
 }

@@ -94,6 +94,9 @@ void LibvirtHypervisor::OnDomainEvent(const backend::LibvirtDomainEvent& event) 
     case backend::LibvirtDomainEvent::Kind::kReverted:
       out.kind = LifecycleKind::kReverted;
       break;
+    case backend::LibvirtDomainEvent::Kind::kResumedAfterMigration:
+      out.kind = LifecycleKind::kArrived;
+      break;
     default:
       return;  // suspend/resume and the rest are not lifecycle changes for the daemon
   }
@@ -101,7 +104,8 @@ void LibvirtHypervisor::OnDomainEvent(const backend::LibvirtDomainEvent& event) 
   out.domain.uuid = event.uuid;
   out.domain.running = out.kind == LifecycleKind::kStarted ||
                        out.kind == LifecycleKind::kRebooted ||
-                       out.kind == LifecycleKind::kResumed || out.kind == LifecycleKind::kReverted;
+                       out.kind == LifecycleKind::kResumed ||
+                       out.kind == LifecycleKind::kReverted || out.kind == LifecycleKind::kArrived;
   std::function<void(const LifecycleEvent&)> handler;
   {
     absl::MutexLock lock(&mu_);

@@ -466,6 +466,34 @@ TEST_F(DomainActorTest, APauseToCopyTheStateLetsGoAndTheNextResumeTakesTheGuestB
   EXPECT_EQ(guest_->adopts, adopts_before + 1) << "a later resume adopts nothing";
 }
 
+// A migration: the source's memory, tprd's blob in it, runs on the target (libvirt's RESUMED,
+// MIGRATED there). The target's tprd adopts it as at a start; here one fake guest stands for the
+// memory on both sides, the source's session having gone with the migration.
+TEST_F(DomainActorTest, AGuestThatArrivesByMigrationWithTheBlobIsAdopted) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kMigrated);
+  ASSERT_TRUE(WaitForState(*actor, DomainState::kGone));
+  const int adopts_before = guest_->adopts;
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kArrived);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }))
+      << "the arrival looks for tprd's blob";
+  ASSERT_TRUE(WaitForState(*actor, DomainState::kPatched));
+}
+
+// A migration that failed after tprd let the guest go for its copy: the source runs on (RESUMED,
+// MIGRATED) and tprd takes it back.
+TEST_F(DomainActorTest, AFailedMigrationTakesTheLetGoGuestBack) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  const int adopts_before = guest_->adopts;
+  PushHostChange(ControllerEvent::Kind::kHostCopiesState);
+  ASSERT_TRUE(WaitForState(*actor, DomainState::kExactWhileAway));
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kArrived);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }));
+  ASSERT_TRUE(WaitForState(*actor, DomainState::kPatched));
+}
+
 // A snapshot revert loads other memory into the running domain: tprd must not write into it
 // (a strategy word where the snapshot has no blob), so it drops the session as at a reboot, and
 // the resume adopts whatever the memory then holds.

@@ -71,6 +71,7 @@ TEST_F(LibvirtHypervisorTest, TurnsLibvirtEventsIntoLifecycleEvents) {
       {LibvirtDomainEvent::Kind::kCrashed, LifecycleKind::kCrashed},
       {LibvirtDomainEvent::Kind::kRebooted, LifecycleKind::kRebooted},
       {LibvirtDomainEvent::Kind::kMigratedAway, LifecycleKind::kMigrated},
+      {LibvirtDomainEvent::Kind::kResumedAfterMigration, LifecycleKind::kArrived},
   };
   for (const auto& [in, out] : mapped) {
     events_.clear();
@@ -79,9 +80,10 @@ TEST_F(LibvirtHypervisorTest, TurnsLibvirtEventsIntoLifecycleEvents) {
     EXPECT_EQ(events_[0].kind, out);
     EXPECT_EQ(events_[0].domain.uuid, kUuid);
     EXPECT_EQ(events_[0].domain.name, "xp");
-    // After a start or a reboot there is a guest to work on; after the others there is none.
-    EXPECT_EQ(events_[0].domain.running,
-              out == LifecycleKind::kStarted || out == LifecycleKind::kRebooted);
+    // After a start, a reboot or an arrival there is a guest to work on; after the others none.
+    EXPECT_EQ(events_[0].domain.running, out == LifecycleKind::kStarted ||
+                                             out == LifecycleKind::kRebooted ||
+                                             out == LifecycleKind::kArrived);
   }
 }
 

@@ -302,14 +302,17 @@ void FakeHypervisor::EmitLifecycle(const std::string& name, daemon::LifecycleKin
     Entry& entry = it->second;
     const bool running =
         kind == daemon::LifecycleKind::kStarted || kind == daemon::LifecycleKind::kRebooted ||
-        kind == daemon::LifecycleKind::kResumed || kind == daemon::LifecycleKind::kReverted;
+        kind == daemon::LifecycleKind::kResumed || kind == daemon::LifecycleKind::kReverted ||
+        kind == daemon::LifecycleKind::kArrived;
     if (running && !entry.info.running) entry.info.id = next_id_++;
     if (!running) entry.info.id = -1;
     entry.info.running = running;
     // A start may bring a restored guest, a resume keeps the memory, a revert brings whatever
-    // the test left in the guest (the snapshot's memory): the rest reset it.
+    // the test left in the guest (the snapshot's memory); a migration takes the memory along,
+    // and one fake guest stands for it on both hosts (kMigrated, kArrived): the rest reset it.
     if (kind != daemon::LifecycleKind::kStarted && kind != daemon::LifecycleKind::kResumed &&
-        kind != daemon::LifecycleKind::kReverted) {
+        kind != daemon::LifecycleKind::kReverted && kind != daemon::LifecycleKind::kMigrated &&
+        kind != daemon::LifecycleKind::kArrived) {
       // The guest's memory is gone (or reset): so are its patches.
       std::lock_guard<std::mutex> guest_lock(entry.guest->mu);
       entry.guest->blob_present = false;
