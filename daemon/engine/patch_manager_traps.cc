@@ -17,7 +17,7 @@ absl::Status PatchManager::EndProvingWindowIfDue(std::vector<ManagerEvent>& even
   if (!traps_.CloseProvingWindowIfDue()) return absl::OkStatus();
   std::vector<ManagedSite*> unwanted;
   for (auto& [id, managed] : sites_) {
-    if (managed.armed && !traps_.WantsBreakpoint(managed, status_.strategy)) {
+    if (managed.armed && !traps_.WantsBreakpoint(managed)) {
       unwanted.push_back(&managed);
     }
   }

@@ -5,7 +5,7 @@
 
 namespace tprd::engine {
 
-bool TrapSet::WantsBreakpoint(const ManagedSite& managed, Strategy strategy) const {
+bool TrapSet::WantsBreakpoint(const ManagedSite& managed) const {
   const Site& site = managed.site;
   if (site.state == SiteState::kApplied || site.state == SiteState::kRolledBack) return false;
   // Never on bytes not proven to be code: under KVM the breakpoint is an int3 in guest memory,
@@ -14,18 +14,18 @@ bool TrapSet::WantsBreakpoint(const ManagedSite& managed, Strategy strategy) con
   // A site that can never be patched gains nothing from a breakpoint: both strategies keep a
   // TPR watchpoint that sees it run (cr8 fixes it up, mmio resyncs the shadows).
   if (CannotPatch(managed)) return false;
-  if (proving_deadline_) return true;
-  // cr8 keeps them all: measured under TCG, once no breakpoint was left on a page its
-  // watchpoint fix-ups started to miss accesses there (TCG then runs whole blocks instead of
-  // one instruction at a time); not understood yet, so correctness wins (docs/design.md).
-  // mmio keeps none: its write watchpoint proves a late writer, and readers are correct.
-  return strategy == Strategy::kCr8;
+  // After the proving window neither strategy keeps one (a breakpoint slows its whole page under
+  // TCG): a candidate that runs late is seen by the TPR watchpoint, made correct at that stop and
+  // patched, as under discovery = watchpoint. mmio's write watchpoint proves a late writer, and
+  // its readers are correct unpatched; cr8's access watchpoint sees every late access. Until
+  // 2026-12-07 cr8 kept them all (docs/design.md "the proving window").
+  return proving_deadline_.has_value();
 }
 
 absl::Status TrapSet::Arm(std::map<uint32_t, ManagedSite>& sites, Strategy strategy,
                           const std::optional<GuestProfile>& profile, bool mmio_alias) {
   for (auto& [id, managed] : sites) {
-    if (!WantsBreakpoint(managed, strategy) || managed.armed) continue;
+    if (!WantsBreakpoint(managed) || managed.armed) continue;
     if (absl::Status s = vm_.SetBreakpoint(managed.site.address); !s.ok()) {
       managed.note = absl::StrCat("breakpoint not set: ", s.message());
       continue;

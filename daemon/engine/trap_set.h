@@ -38,9 +38,9 @@ class TrapSet {
   // kWatchpoint): what the tests check, and what `tprctl status` shows.
   uint64_t candidate_breakpoints() const { return candidate_breakpoints_; }
 
-  // Whether a candidate's breakpoint is still wanted under `strategy` (the proving window, or
-  // correctness).
-  bool WantsBreakpoint(const ManagedSite& managed, Strategy strategy) const;
+  // Whether a candidate's breakpoint is still wanted: only while the proving window is open
+  // (under either strategy), never under discovery = watchpoint.
+  bool WantsBreakpoint(const ManagedSite& managed) const;
   // A breakpoint on every wanted candidate of `sites` that has none (one that cannot be set is
   // the site's note), then the TPR watchpoint `strategy` needs, if none is armed and the guest's
   // profile says where the TPR is. `mmio_alias`: mmio's handlers store through their second

@@ -130,13 +130,15 @@ TEST_F(TrapSetTest, MmioWatchesWritesOnlyThroughItsAlias) {
 }
 
 TEST_F(TrapSetTest, NoWatchpointWithoutAProfile) {
+  traps_.OpenProvingWindow(absl::Seconds(60));  // candidates keep breakpoints only in it
   ASSERT_TRUE(traps_.Arm(sites_, Strategy::kCr8, std::nullopt, /*mmio_alias=*/false).ok());
   EXPECT_FALSE(traps_.watch_armed());
   EXPECT_EQ(vm_.set_watchpoint_calls, 0);
-  EXPECT_EQ(Armed(), (std::set<uint32_t>{kFirst, kSecond}));  // cr8 keeps its breakpoints
+  EXPECT_EQ(Armed(), (std::set<uint32_t>{kFirst, kSecond}));  // the window keeps them
 }
 
 TEST_F(TrapSetTest, ABreakpointThatCannotBeSetIsTheSitesNote) {
+  traps_.OpenProvingWindow(absl::Seconds(60));  // candidates keep breakpoints only in it
   vm_.failing_breakpoints = {kSecond};
   ASSERT_TRUE(traps_.Arm(sites_, Strategy::kCr8, profile_, /*mmio_alias=*/false).ok());
   EXPECT_EQ(Armed(), (std::set<uint32_t>{kFirst}));
@@ -160,6 +162,7 @@ TEST_F(TrapSetTest, AWatchpointThatCannotBeSetIsAnError) {
 }
 
 TEST_F(TrapSetTest, RemoveAllRemovesExactlyWhatWasArmed) {
+  traps_.OpenProvingWindow(absl::Seconds(60));  // candidates keep breakpoints only in it
   ASSERT_TRUE(vm_.FakeGuestVm::SetBreakpoint(kForeign).ok());
   ASSERT_TRUE(vm_.FakeGuestVm::SetWatchpoint(0x1000, 4, WatchKind::kWrite).ok());
   ASSERT_TRUE(traps_.Arm(sites_, Strategy::kCr8, profile_, /*mmio_alias=*/false).ok());
@@ -180,6 +183,7 @@ TEST_F(TrapSetTest, RemoveAllRemovesExactlyWhatWasArmed) {
 }
 
 TEST_F(TrapSetTest, RemoveAllReportsTheFirstFailureAndForgetsEverything) {
+  traps_.OpenProvingWindow(absl::Seconds(60));  // candidates keep breakpoints only in it
   ASSERT_TRUE(traps_.Arm(sites_, Strategy::kCr8, profile_, /*mmio_alias=*/false).ok());
   ASSERT_TRUE(vm_.FakeGuestVm::RemoveBreakpoint(kFirst).ok());  // lost behind the set's back
 
@@ -192,6 +196,7 @@ TEST_F(TrapSetTest, RemoveAllReportsTheFirstFailureAndForgetsEverything) {
 }
 
 TEST_F(TrapSetTest, RemoveBreakpointTakesOneSite) {
+  traps_.OpenProvingWindow(absl::Seconds(60));  // candidates keep breakpoints only in it
   ASSERT_TRUE(traps_.Arm(sites_, Strategy::kCr8, profile_, /*mmio_alias=*/false).ok());
   traps_.RemoveBreakpoint(sites_[0]);
   EXPECT_EQ(vm_.breakpoints(), (std::set<uint32_t>{kSecond}));
@@ -203,14 +208,14 @@ TEST_F(TrapSetTest, RemoveBreakpointTakesOneSite) {
 TEST_F(TrapSetTest, TheProvingWindowKeepsCandidatesArmedUntilItsDeadline) {
   const ManagedSite& candidate = sites_[0];
   EXPECT_FALSE(traps_.proving_window_open());
-  EXPECT_FALSE(traps_.WantsBreakpoint(candidate, Strategy::kMmio));
+  EXPECT_FALSE(traps_.WantsBreakpoint(candidate));
 
   traps_.OpenProvingWindow(absl::Seconds(60));
   EXPECT_TRUE(traps_.proving_window_open());
   EXPECT_EQ(traps_.proving_deadline(), clock_.Now() + absl::Seconds(60));
-  EXPECT_TRUE(traps_.WantsBreakpoint(candidate, Strategy::kMmio));
-  EXPECT_FALSE(traps_.WantsBreakpoint(sites_[2], Strategy::kMmio));  // applied
-  EXPECT_FALSE(traps_.WantsBreakpoint(sites_[3], Strategy::kMmio));  // can never be patched
+  EXPECT_TRUE(traps_.WantsBreakpoint(candidate));
+  EXPECT_FALSE(traps_.WantsBreakpoint(sites_[2]));  // applied
+  EXPECT_FALSE(traps_.WantsBreakpoint(sites_[3]));  // can never be patched
 
   clock_.Advance(absl::Seconds(59));
   EXPECT_FALSE(traps_.CloseProvingWindowIfDue());
@@ -220,9 +225,9 @@ TEST_F(TrapSetTest, TheProvingWindowKeepsCandidatesArmedUntilItsDeadline) {
   EXPECT_FALSE(traps_.proving_window_open());
   EXPECT_FALSE(traps_.CloseProvingWindowIfDue());
 
-  // After it mmio keeps no breakpoint on a candidate, cr8 keeps them all.
-  EXPECT_FALSE(traps_.WantsBreakpoint(candidate, Strategy::kMmio));
-  EXPECT_TRUE(traps_.WantsBreakpoint(candidate, Strategy::kCr8));
+  // After it no breakpoint stays on a candidate, under either strategy: the TPR watchpoint sees
+  // a late one run.
+  EXPECT_FALSE(traps_.WantsBreakpoint(candidate));
 }
 
 }  // namespace
