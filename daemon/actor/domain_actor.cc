@@ -302,6 +302,29 @@ void DomainActor::LetGoUntilHostResumes(const std::string& message, bool memory_
   RefreshSnapshot(/*with_sites=*/true);
 }
 
+std::optional<RequestedStrategy> DomainActor::AdoptHint(const std::string& uuid) {
+  if (journal_ != nullptr) {
+    if (std::optional<engine::Strategy> last = journal_->LastStrategy(uuid)) {
+      switch (*last) {
+        case engine::Strategy::kMmio:
+          return RequestedStrategy::kMmio;
+        case engine::Strategy::kCr8:
+          return RequestedStrategy::kCr8;
+        case engine::Strategy::kExact:
+          return RequestedStrategy::kExact;
+      }
+    }
+  }
+  // Nothing in this host's journal (a guest that arrived by migration after the source's tprd
+  // let it go on exact; a new state directory): the operator's intent, which travels with the
+  // domain.
+  absl::StatusOr<std::optional<std::string>> xml = hypervisor_->ReadIntentXml(uuid);
+  if (!xml.ok() || !xml->has_value()) return std::nullopt;
+  absl::StatusOr<Intent> intent = ParseIntentXml(**xml);
+  if (!intent.ok()) return std::nullopt;
+  return intent->strategy;
+}
+
 absl::Status DomainActor::EnsureController(bool adopt) {
   if (controller_ != nullptr) return absl::OkStatus();
   const DomainInfo domain = Snapshot().domain;
@@ -313,8 +336,7 @@ absl::Status DomainActor::EnsureController(bool adopt) {
     interruptible_ = controller_.get();
   }
   if (adopt) {
-    auto adopted = controller_->Adopt(journal_ != nullptr ? journal_->LastStrategy(domain.uuid)
-                                                          : std::nullopt);
+    auto adopted = controller_->Adopt(AdoptHint(domain.uuid));
     if (!adopted.ok()) {
       DropController(/*detach=*/false, "adopt failed");
       return adopted.status();

@@ -143,6 +143,9 @@ class DomainActor {
   void RetakeGuest();
   // RetakeGuest with a fresh retry window, unless a controller is already there.
   void TakeBackAfterLettingGo();
+  // The strategy an adopt restores on a guest tprd let go on exact: this host's journal, else
+  // the domain's intent (docs/design.md "A migration's end").
+  std::optional<RequestedStrategy> AdoptHint(const std::string& uuid);
   // kHostCopiesState (detach to exact) or kHostReplacesState (a snapshot revert: drop the
   // session without a write), then wait for the domain to run again (RetakeGuest).
   void LetGoUntilHostResumes(const std::string& message, bool memory_replaced);

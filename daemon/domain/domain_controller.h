@@ -126,10 +126,11 @@ class DomainController {
   // it is there, verify its sites and take the guest back (switch from exact to its strategy,
   // re-arm breakpoints/watchpoints, handle a guest left stopped at a trap by a killed tprd).
   // Returns whether the guest holds patches. A guest without the blob is not touched.
-  // `strategy_hint`: what the operator last asked for (the journal's), restored when the
-  // guest's word says exact because tprd detached cleanly; a killed tprd left its choice in
-  // the word, which wins.
-  virtual absl::StatusOr<bool> Adopt(std::optional<engine::Strategy> strategy_hint) = 0;
+  // `strategy_hint`: what the operator last asked for (the journal's, else the domain's intent:
+  // a guest that arrives by migration let go on exact), restored when the guest's word says
+  // exact because tprd let go cleanly; a killed tprd left its choice in the word, which wins.
+  // kAuto is resolved as an enable resolves it (cr8 when the CPU has cr8legacy, else mmio).
+  virtual absl::StatusOr<bool> Adopt(std::optional<RequestedStrategy> strategy_hint) = 0;
 
   // Discover, classify and patch; keep the guest correct afterwards (through Poll). Calling it
   // on a patched guest with the same options changes nothing; with another strategy, switches.

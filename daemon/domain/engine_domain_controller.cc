@@ -119,7 +119,24 @@ void EngineDomainController::TraceBefore() {
           absl::ToDoubleSeconds(sample.window)));
 }
 
-absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<engine::Strategy> strategy_hint) {
+absl::StatusOr<engine::Strategy> EngineDomainController::Resolve(RequestedStrategy requested) {
+  switch (requested) {
+    case RequestedStrategy::kAuto: {
+      absl::StatusOr<engine::CpuFeatures> features = vm_->Features();
+      if (!features.ok()) return features.status();
+      return features->cr8legacy ? engine::Strategy::kCr8 : engine::Strategy::kMmio;
+    }
+    case RequestedStrategy::kMmio:
+      return engine::Strategy::kMmio;
+    case RequestedStrategy::kCr8:
+      return engine::Strategy::kCr8;
+    case RequestedStrategy::kExact:
+      return engine::Strategy::kExact;
+  }
+  return engine::Strategy::kExact;
+}
+
+absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<RequestedStrategy> strategy_hint) {
   // A tprd killed during its APIC trace left QEMU tracing into a file: stop it.
   if (absl::Status s = TraceSampler().CleanUpLeftover(); !s.ok()) {
     LogWarning(
@@ -144,7 +161,13 @@ absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<engine::Strateg
   if (absl::Status s = EnsureAttached(); !s.ok()) return s;
   absl::StatusOr<engine::EnableRequest> settings = SessionSettings();
   if (!settings.ok()) return settings.status();
-  return manager_->Adopt(strategy_hint, *settings);
+  std::optional<engine::Strategy> hint;
+  if (strategy_hint) {
+    absl::StatusOr<engine::Strategy> resolved = Resolve(*strategy_hint);
+    if (!resolved.ok()) return resolved.status();
+    hint = *resolved;
+  }
+  return manager_->Adopt(hint, *settings);
 }
 
 absl::StatusOr<std::vector<engine::ManagedSite>> EngineDomainController::Enable(
@@ -159,23 +182,9 @@ absl::StatusOr<std::vector<engine::ManagedSite>> EngineDomainController::Enable(
   absl::StatusOr<engine::EnableRequest> settings = SessionSettings();
   if (!settings.ok()) return settings.status();
   engine::EnableRequest request = *settings;
-  switch (options.strategy) {
-    case RequestedStrategy::kAuto: {
-      absl::StatusOr<engine::CpuFeatures> features = vm_->Features();
-      if (!features.ok()) return features.status();
-      request.strategy = features->cr8legacy ? engine::Strategy::kCr8 : engine::Strategy::kMmio;
-      break;
-    }
-    case RequestedStrategy::kMmio:
-      request.strategy = engine::Strategy::kMmio;
-      break;
-    case RequestedStrategy::kCr8:
-      request.strategy = engine::Strategy::kCr8;
-      break;
-    case RequestedStrategy::kExact:
-      request.strategy = engine::Strategy::kExact;
-      break;
-  }
+  absl::StatusOr<engine::Strategy> strategy = Resolve(options.strategy);
+  if (!strategy.ok()) return strategy.status();
+  request.strategy = *strategy;
   request.dry_run = options.dry_run;
   if (options.discovery_budget <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("the discovery budget must be positive");

@@ -184,6 +184,18 @@ TEST_F(IntentTest, RebootAppliesTheIntentOnceTheScanFindsSites) {
   EXPECT_TRUE(hypervisor_.IntentXml(kRunning).has_value());
 }
 
+// A guest that arrives by migration was let go on exact at the copy's start, and this host's
+// journal knows nothing of it: the adopt restores the strategy of the intent the domain carried.
+TEST_F(IntentTest, AnArrivingGuestIsAdoptedWithTheIntentsStrategyWhenTheJournalHasNone) {
+  MakeRegistry();
+  hypervisor_.SetIntentXml(kRunning, "<intent strategy=\"cr8\"/>");
+  auto actor = Actor(kRunning);
+  hypervisor_.EmitLifecycle(kRunning, LifecycleKind::kArrived);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts >= 1; }));
+  std::lock_guard<std::mutex> lock(guest_->mu);
+  EXPECT_EQ(guest_->last_adopt_hint, std::optional<engine::Strategy>(engine::Strategy::kCr8));
+}
+
 TEST_F(IntentTest, AttemptsEndAfterTheBoundWithAnErrorAnOperatorCanActOn) {
   MakeRegistry(/*retry_window=*/absl::Milliseconds(150));
   hypervisor_.SetIntentXml(kRunning, "<intent strategy=\"auto\"/>");

@@ -69,9 +69,27 @@ bool FakeDomainController::PatchedLocked() const {
          });
 }
 
-absl::StatusOr<bool> FakeDomainController::Adopt(std::optional<engine::Strategy> strategy_hint) {
+absl::StatusOr<bool> FakeDomainController::Adopt(
+    std::optional<daemon::RequestedStrategy> strategy_hint) {
   std::unique_lock<std::mutex> lock(guest_->mu);
-  guest_->last_adopt_hint = strategy_hint;
+  guest_->last_adopt_hint.reset();
+  if (strategy_hint) {
+    switch (*strategy_hint) {
+      case daemon::RequestedStrategy::kAuto:
+        guest_->last_adopt_hint =
+            guest_->cr8legacy ? engine::Strategy::kCr8 : engine::Strategy::kMmio;
+        break;
+      case daemon::RequestedStrategy::kMmio:
+        guest_->last_adopt_hint = engine::Strategy::kMmio;
+        break;
+      case daemon::RequestedStrategy::kCr8:
+        guest_->last_adopt_hint = engine::Strategy::kCr8;
+        break;
+      case daemon::RequestedStrategy::kExact:
+        guest_->last_adopt_hint = engine::Strategy::kExact;
+        break;
+    }
+  }
   guest_->adopt_entered = true;
   guest_->changed.notify_all();
   guest_->changed.wait(lock, [this] { return !guest_->hold_adopt; });

@@ -78,7 +78,7 @@ class FakeDomainController : public daemon::DomainController {
  public:
   FakeDomainController(std::shared_ptr<FakeGuest> guest, engine::PatchRecorder* recorder);
 
-  absl::StatusOr<bool> Adopt(std::optional<engine::Strategy> strategy_hint) override;
+  absl::StatusOr<bool> Adopt(std::optional<daemon::RequestedStrategy> strategy_hint) override;
   absl::StatusOr<std::vector<engine::ManagedSite>> Enable(
       const daemon::EnableOptions& options) override;
   absl::StatusOr<daemon::RollbackResult> Rollback(const std::vector<uint32_t>& site_ids,
