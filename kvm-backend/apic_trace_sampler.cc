@@ -103,10 +103,13 @@ absl::StatusOr<ApicTraceSample> ApicTraceSampler::Sample(absl::Duration window) 
     (void)Quiet("logfile /dev/null");  // a failed open leaves QEMU's log nowhere: say where
     return s;
   }
+  // The file is the marker of a trace that may still run: removed only once QEMU's log is off
+  // it (a removed file QEMU still writes would grow unseen until the domain stops).
   bool stopped = false;
+  bool stopped_ok = false;
   absl::Cleanup always_stop = [&] {
-    if (!stopped) (void)StopTracing();
-    std::filesystem::remove(path, ignored);
+    if (!stopped) stopped_ok = StopTracing().ok();
+    if (stopped_ok) std::filesystem::remove(path, ignored);
   };
 
   const absl::Time on_sent = clock_->Now();
@@ -120,8 +123,9 @@ absl::StatusOr<ApicTraceSample> ApicTraceSampler::Sample(absl::Duration window) 
   const absl::Time off_sent = clock_->Now();
   stopped = true;
   const absl::Status stop_status = StopTracing();
+  stopped_ok = stop_status.ok();
   const absl::Time off_done = clock_->Now();
-  if (!stop_status.ok()) return stop_status;
+  if (!stop_status.ok()) return stop_status;  // the file stays: the next look stops the trace
 
   absl::StatusOr<ApicTraceCount> count = CountFile(path);
   if (!count.ok()) return count.status();
@@ -147,7 +151,7 @@ absl::Status ApicTraceSampler::CleanUpLeftover() {
   std::error_code error;
   if (!std::filesystem::exists(path, error)) return absl::OkStatus();
   absl::Status stopped = StopTracing();
-  std::filesystem::remove(path, error);
+  if (stopped.ok()) std::filesystem::remove(path, error);  // else the marker stays for next time
   return stopped;
 }
 

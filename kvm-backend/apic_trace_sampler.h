@@ -56,7 +56,8 @@ class ApicTraceSampler {
 
   // Traces for `window` (less if the file reaches max_bytes). Afterwards the events are off,
   // QEMU logs to /dev/null (HMP cannot give it back its stderr; only -d output and log-backend
-  // traces go there) and the file is removed, also when the sample fails. Errors: the domain's
+  // traces go there) and the file is removed, also when the sample fails; when turning the
+  // trace off fails, the file stays as the marker CleanUpLeftover looks for. Errors: the domain's
   // directory is missing (FAILED_PRECONDITION), the events are already on (someone else traces
   // the APIC: FAILED_PRECONDITION, nothing touched), QEMU has no such events or cannot open the
   // file (its words), or no line was written (NOT_FOUND: no APIC access, or a QEMU built without

@@ -78,6 +78,7 @@ class ApicTraceSamplerTest : public ::testing::Test {
       return std::string();
     }
     if (command == "trace-event apic_mem_* off") {
+      if (fail_off_) return std::string("connection to QEMU lost\r\n");
       tracing_ = false;
       return std::string();
     }
@@ -93,6 +94,7 @@ class ApicTraceSamplerTest : public ::testing::Test {
   testing::FakeClock clock_;
   bool tracing_ = false;
   bool already_on_ = false;
+  bool fail_off_ = false;
   std::string logfile_;
   std::string logfile_error_;
 };
@@ -159,6 +161,22 @@ TEST_F(ApicTraceSamplerTest, NoLineAtAllIsNotAZeroRate) {
   ApicTraceSampler sampler(&connection_, kUuid, &clock_, {.libvirt_qemu_dir = root_.string()});
   absl::StatusOr<ApicTraceSample> sample = sampler.Sample(absl::Milliseconds(200));
   EXPECT_EQ(sample.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_FALSE(tracing_);
+  EXPECT_FALSE(std::filesystem::exists(TraceFile()));
+}
+
+// QEMU (or libvirt) failing the "off": the trace may still run, so the file stays as the marker
+// the next look (CleanUpLeftover, at the next adopt or sample) finds and stops.
+TEST_F(ApicTraceSamplerTest, AFailedStopKeepsTheFileAsTheMarkerForTheNextLook) {
+  fail_off_ = true;
+  ApicTraceSampler sampler(&connection_, kUuid, &clock_, {.libvirt_qemu_dir = root_.string()});
+  absl::StatusOr<ApicTraceSample> sample = sampler.Sample(absl::Milliseconds(200));
+  EXPECT_FALSE(sample.ok());
+  EXPECT_TRUE(tracing_) << "QEMU refused the off";
+  EXPECT_TRUE(std::filesystem::exists(TraceFile())) << "the marker stays";
+
+  fail_off_ = false;
+  ASSERT_TRUE(sampler.CleanUpLeftover().ok());
   EXPECT_FALSE(tracing_);
   EXPECT_FALSE(std::filesystem::exists(TraceFile()));
 }
