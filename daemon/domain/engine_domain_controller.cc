@@ -1,6 +1,7 @@
 #include "daemon/domain/engine_domain_controller.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -13,6 +14,31 @@ namespace {
 
 // The learning window is part of the discovery budget, capped so an enable stays short.
 constexpr absl::Duration kMaxLearningWindow = absl::Milliseconds(500);
+
+// Whether libvirt reports a reset or a stop of one domain while it is subscribed: the "before"
+// trace runs with nothing attached, so nothing else would notice a reset under it.
+class ResetWatch : public backend::LibvirtEventSubscriber {
+ public:
+  ResetWatch(backend::LibvirtConnection* connection, std::string uuid)
+      : connection_(connection), uuid_(std::move(uuid)) {
+    connection_->Subscribe(this);
+  }
+  ~ResetWatch() override { connection_->Unsubscribe(this); }
+  void OnDomainEvent(const backend::LibvirtDomainEvent& event) override {
+    if (event.uuid != uuid_) return;
+    if (event.kind == backend::LibvirtDomainEvent::Kind::kRebooted ||
+        event.kind == backend::LibvirtDomainEvent::Kind::kStopped ||
+        event.kind == backend::LibvirtDomainEvent::Kind::kCrashed) {
+      seen_ = true;
+    }
+  }
+  bool seen() const { return seen_.load(); }
+
+ private:
+  backend::LibvirtConnection* connection_;
+  const std::string uuid_;
+  std::atomic<bool> seen_{false};
+};
 
 ControllerEvent::Kind EventKind(engine::ManagerEvent::Kind kind) {
   switch (kind) {
@@ -176,7 +202,15 @@ absl::StatusOr<std::vector<engine::ManagedSite>> EngineDomainController::Enable(
   // before the gdbstub attaches (attaching stops the guest until the engine resumes it).
   if (!options.dry_run && options_.before_trace > absl::ZeroDuration() &&
       (manager_ == nullptr || !manager_->Status().installed)) {
+    // A reset under the trace would make this enable patch the new boot while the actor still
+    // has that reset's reboot event to handle (it would drop the fresh session as the old
+    // boot's): the enable stops here instead, as one a reboot interrupted.
+    ResetWatch reset(connection_, domain_.uuid);
     TraceBefore();
+    if (reset.seen()) {
+      return absl::UnavailableError(absl::StrCat(
+          "domain ", domain_.name, " was reset or stopped while tprd measured its TPR accesses"));
+    }
   }
   if (absl::Status s = EnsureAttached(); !s.ok()) return s;
   absl::StatusOr<engine::EnableRequest> settings = SessionSettings();
