@@ -508,6 +508,17 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event, bool apply_intent
     awaiting_host_resume_ = false;
     probes_after_start_ = 0;
   }
+  // A restore's start is followed by libvirt's "resumed from snapshot" for its first resume
+  // (libvirt maps the RESTORED running reason to that event detail): nothing was loaded after
+  // the start, and the session the start made is true (ciZ, 2026-12-07: dropping it there left
+  // the guest on mmio without its write watchpoint, and an unpatched writer staled a shadow).
+  const bool restore_resuming = event.kind == LifecycleKind::kReverted && started_from_saved_state_;
+  started_from_saved_state_ = event.kind == LifecycleKind::kStarted && event.from_saved_state;
+  if (restore_resuming) {
+    TakeBackAfterLettingGo();  // a start that found it still paused may not have taken it yet
+    RefreshSnapshot(/*with_sites=*/true);
+    return;
+  }
   switch (event.kind) {
     case LifecycleKind::kReverted:
       // The memory is a snapshot's: whatever the session knew is untrue, and nothing may be

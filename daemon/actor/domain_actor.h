@@ -205,6 +205,8 @@ class DomainActor {
   // domain takes it back. Other resumes (tprd's own stops, about a hundred a second) are
   // dropped before they reach the queue.
   bool awaiting_host_resume_ ABSL_GUARDED_BY(mu_) = false;
+  // The last lifecycle event was a start from a saved state (the actor's thread only).
+  bool started_from_saved_state_ = false;
   // Looks for tprd's blob left after a start (kProbesAfterStart in domain_actor.cc).
   int probes_after_start_ ABSL_GUARDED_BY(mu_) = 0;
   // Applying the intent: when the next attempt is due, until when to try, attempts made.

@@ -63,6 +63,9 @@ inline const char* LifecycleName(LifecycleKind kind) {
 struct LifecycleEvent {
   DomainInfo domain;
   LifecycleKind kind = LifecycleKind::kStarted;
+  // kStarted from a saved state (a restore, a managedsave start): libvirt reports that start's
+  // first resume as FROM_SNAPSHOT, i.e. as kReverted, though nothing was loaded after the start.
+  bool from_saved_state = false;
 };
 
 class Hypervisor {

@@ -1,5 +1,7 @@
 #include "daemon/domain/libvirt_hypervisor.h"
 
+#include <libvirt/libvirt.h>
+
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -100,6 +102,8 @@ void LibvirtHypervisor::OnDomainEvent(const backend::LibvirtDomainEvent& event) 
     default:
       return;  // suspend/resume and the rest are not lifecycle changes for the daemon
   }
+  out.from_saved_state = event.kind == backend::LibvirtDomainEvent::Kind::kStarted &&
+                         event.libvirt_detail == VIR_DOMAIN_EVENT_STARTED_RESTORED;
   out.domain.name = event.name;
   out.domain.uuid = event.uuid;
   out.domain.running = out.kind == LifecycleKind::kStarted ||

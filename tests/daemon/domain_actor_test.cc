@@ -529,6 +529,24 @@ TEST_F(DomainActorTest, ARevertSeenOnlyByItsResumeDropsTheSessionWithoutAWriteAn
   ASSERT_TRUE(WaitForState(*actor, DomainState::kPatched));
 }
 
+// libvirt reports a restore's first resume as FROM_SNAPSHOT (its RESTORED running reason maps to
+// that detail), right after the start that loaded the memory: the session the start made is
+// kept (ciZ: dropping it without a detach left mmio without its write watchpoint).
+TEST_F(DomainActorTest, ARestoresFirstResumeIsNotTakenForASnapshotRevert) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  const int abandons_before = guest_->abandons;
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kStarted, /*from_saved_state=*/true);
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kReverted);
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());  // the queue has run past both
+  EXPECT_EQ(guest_->abandons, abandons_before) << "the session was dropped as at a revert";
+  EXPECT_EQ(actor->Snapshot().state, DomainState::kPatched);
+
+  // A revert later on, with no restore before it, still drops the session.
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kReverted);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->abandons == abandons_before + 1; }));
+}
+
 // No blob in the memory the guest runs on after a revert (by its pause, or by its resume alone)
 // or after a copy's resume: the status says unpatched, lists no site of the old memory, and
 // does not claim "exact while away".

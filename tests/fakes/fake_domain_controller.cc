@@ -310,7 +310,8 @@ std::shared_ptr<FakeGuest> FakeHypervisor::AddDomain(const std::string& name,
   return entry.guest;
 }
 
-void FakeHypervisor::EmitLifecycle(const std::string& name, daemon::LifecycleKind kind) {
+void FakeHypervisor::EmitLifecycle(const std::string& name, daemon::LifecycleKind kind,
+                                   bool from_saved_state) {
   daemon::LifecycleEvent event;
   std::function<void(const daemon::LifecycleEvent&)> handler;
   {
@@ -339,6 +340,7 @@ void FakeHypervisor::EmitLifecycle(const std::string& name, daemon::LifecycleKin
     }
     event.domain = entry.info;
     event.kind = kind;
+    event.from_saved_state = from_saved_state;
     handler = handler_;
   }
   if (handler) handler(event);

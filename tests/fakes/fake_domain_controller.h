@@ -106,7 +106,9 @@ class FakeHypervisor : public daemon::Hypervisor {
   std::shared_ptr<FakeGuest> AddDomain(const std::string& name, const std::string& uuid,
                                        bool running);
   // Changes a domain's running state and delivers the lifecycle event to the handler.
-  void EmitLifecycle(const std::string& name, daemon::LifecycleKind kind);
+  // `from_saved_state`: a kStarted from a restore or a managedsave start.
+  void EmitLifecycle(const std::string& name, daemon::LifecycleKind kind,
+                     bool from_saved_state = false);
   void SetUnavailable(bool unavailable);
   // The domain's intent metadata as the daemon would read it (nullopt: none).
   void SetIntentXml(const std::string& name, std::optional<std::string> xml);
