@@ -469,10 +469,15 @@ uint64_t DomainActor::RebootsSeen() {
 }
 
 void DomainActor::OnLifecycle(const LifecycleEvent& event, bool apply_intent) {
+  bool restore_resume = false;
   {
     absl::MutexLock lock(&mu_);
     // A failing operation may be waiting for this (StoppedDuring), even while stopping.
     if (event.kind == LifecycleKind::kRebooted) ++reboots_seen_;
+    // Marked here, in libvirt's order, before any event is filtered out: a restore's start
+    // makes the next event, if it is a FROM_SNAPSHOT resume, that start's own resume (below).
+    if (event.kind == LifecycleKind::kReverted) restore_resume = restored_not_resumed_;
+    restored_not_resumed_ = event.kind == LifecycleKind::kStarted && event.from_saved_state;
     if (event.kind == LifecycleKind::kResumed && !awaiting_host_resume_) return;
     // Refused only while stopping: nobody waits for the answer, and the state dies with the actor.
     if (!Admit(ActorCommand::kLifecycle).ok()) return;
@@ -480,13 +485,14 @@ void DomainActor::OnLifecycle(const LifecycleEvent& event, bool apply_intent) {
   Command command;
   command.kind = ActorCommand::kLifecycle;
   command.cancelled = std::make_shared<std::atomic<bool>>(false);
-  command.run = [this, event, apply_intent](const absl::Status& gate) {
-    if (gate.ok()) HandleLifecycle(event, apply_intent);
+  command.run = [this, event, apply_intent, restore_resume](const absl::Status& gate) {
+    if (gate.ok()) HandleLifecycle(event, apply_intent, restore_resume);
   };
   Enqueue(std::move(command));
 }
 
-void DomainActor::HandleLifecycle(const LifecycleEvent& event, bool apply_intent) {
+void DomainActor::HandleLifecycle(const LifecycleEvent& event, bool apply_intent,
+                                  bool restore_resume) {
   const std::string kind = LifecycleName(event.kind);
   DomainEvent published;
   published.kind = DomainEvent::Kind::kLifecycle;
@@ -512,9 +518,7 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event, bool apply_intent
   // (libvirt maps the RESTORED running reason to that event detail): nothing was loaded after
   // the start, and the session the start made is true (ciZ, 2026-12-07: dropping it there left
   // the guest on mmio without its write watchpoint, and an unpatched writer staled a shadow).
-  const bool restore_resuming = event.kind == LifecycleKind::kReverted && started_from_saved_state_;
-  started_from_saved_state_ = event.kind == LifecycleKind::kStarted && event.from_saved_state;
-  if (restore_resuming) {
+  if (restore_resume) {
     TakeBackAfterLettingGo();  // a start that found it still paused may not have taken it yet
     RefreshSnapshot(/*with_sites=*/true);
     return;

@@ -181,7 +181,8 @@ class DomainActor {
                        std::optional<engine::Strategy> strategy = std::nullopt);
   void PublishSite(const engine::ManagedSite& site);
   void PublishError(const std::string& message);
-  void HandleLifecycle(const LifecycleEvent& event, bool apply_intent);
+  // `restore_resume`: a kReverted that is the first resume of a start from a saved state.
+  void HandleLifecycle(const LifecycleEvent& event, bool apply_intent, bool restore_resume);
   absl::Status GoneError();
   absl::Status NotLegalIn(ActorCommand kind, DomainState state);
 
@@ -205,8 +206,9 @@ class DomainActor {
   // domain takes it back. Other resumes (tprd's own stops, about a hundred a second) are
   // dropped before they reach the queue.
   bool awaiting_host_resume_ ABSL_GUARDED_BY(mu_) = false;
-  // The last lifecycle event was a start from a saved state (the actor's thread only).
-  bool started_from_saved_state_ = false;
+  // The last lifecycle event libvirt sent was a start from a saved state (set and read in
+  // OnLifecycle, in libvirt's order, before any event is filtered).
+  bool restored_not_resumed_ ABSL_GUARDED_BY(mu_) = false;
   // Looks for tprd's blob left after a start (kProbesAfterStart in domain_actor.cc).
   int probes_after_start_ ABSL_GUARDED_BY(mu_) = 0;
   // Applying the intent: when the next attempt is due, until when to try, attempts made.

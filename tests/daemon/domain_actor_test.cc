@@ -545,6 +545,14 @@ TEST_F(DomainActorTest, ARestoresFirstResumeIsNotTakenForASnapshotRevert) {
   // A revert later on, with no restore before it, still drops the session.
   hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kReverted);
   ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->abandons == abandons_before + 1; }));
+  ASSERT_TRUE(WaitForState(*actor, DomainState::kPatched));  // its memory held the blob
+
+  // Restored paused, resumed by an operator (a resume the actor filters out), then reverted:
+  // that revert is one, and drops the session.
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kStarted, /*from_saved_state=*/true);
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kResumed);
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kReverted);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->abandons == abandons_before + 2; }));
 }
 
 // No blob in the memory the guest runs on after a revert (by its pause, or by its resume alone)
