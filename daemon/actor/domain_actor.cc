@@ -463,9 +463,9 @@ absl::Status DomainActor::NotLegalIn(ActorCommand kind, DomainState state) {
                                                     ActorCommandName(kind), " cannot run now"));
 }
 
-uint64_t DomainActor::RebootsSeen() {
+DomainActor::EndingsSeen DomainActor::Endings() {
   absl::MutexLock lock(&mu_);
-  return reboots_seen_;
+  return endings_seen_;
 }
 
 void DomainActor::OnLifecycle(const LifecycleEvent& event, bool apply_intent) {
@@ -473,7 +473,11 @@ void DomainActor::OnLifecycle(const LifecycleEvent& event, bool apply_intent) {
   {
     absl::MutexLock lock(&mu_);
     // A failing operation may be waiting for this (StoppedDuring), even while stopping.
-    if (event.kind == LifecycleKind::kRebooted) ++reboots_seen_;
+    if (event.kind == LifecycleKind::kRebooted) ++endings_seen_.reboots;
+    if (event.kind == LifecycleKind::kShutdown || event.kind == LifecycleKind::kDestroyed ||
+        event.kind == LifecycleKind::kCrashed) {
+      ++endings_seen_.stops;
+    }
     // Marked here, in libvirt's order, before any event is filtered out: a restore's start
     // makes the next event, if it is a FROM_SNAPSHOT resume, that start's own resume (below).
     if (event.kind == LifecycleKind::kReverted) restore_resume = restored_not_resumed_;

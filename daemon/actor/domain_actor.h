@@ -173,10 +173,15 @@ class DomainActor {
   void SetState(DomainState state, const std::string& message);
   void RefreshSnapshot(bool with_sites);
   // `status` of an operation whose session broke: FAILED_PRECONDITION naming the domain when
-  // it is no longer running or rebooted since `reboots_before` (RebootsSeen()), else unchanged.
+  // it is no longer running, or rebooted or stopped since `before` (EndingsSeen()), else
+  // unchanged.
+  struct EndingsSeen {
+    uint64_t reboots = 0;
+    uint64_t stops = 0;
+  };
   absl::Status StoppedDuring(const absl::Status& status, const std::string& what,
-                             uint64_t reboots_before);
-  uint64_t RebootsSeen();
+                             EndingsSeen before);
+  EndingsSeen Endings();
   void RecordOperation(const std::string& what, const std::string& message,
                        std::optional<engine::Strategy> strategy = std::nullopt);
   void PublishSite(const engine::ManagedSite& site);
@@ -215,8 +220,9 @@ class DomainActor {
   std::optional<absl::Time> intent_at_ ABSL_GUARDED_BY(mu_);
   absl::Time intent_deadline_ ABSL_GUARDED_BY(mu_);
   int intent_attempts_ ABSL_GUARDED_BY(mu_) = 0;
-  // Reboot events received (counted on the event thread, before the actor handles them).
-  uint64_t reboots_seen_ ABSL_GUARDED_BY(mu_) = 0;
+  // Reboot and stop (shutdown, destroy, crash) events received, counted on the
+  // event thread before the actor handles them: a failing operation waits for them.
+  EndingsSeen endings_seen_ ABSL_GUARDED_BY(mu_);
   // The controller to Interrupt() when a command arrives; set by the actor thread.
   DomainController* interruptible_ ABSL_GUARDED_BY(mu_) = nullptr;
 

@@ -54,20 +54,26 @@ absl::StatusOr<T> DomainActor::Call(ActorCommand kind, absl::Time deadline,
 }
 
 absl::Status DomainActor::StoppedDuring(const absl::Status& status, const std::string& what,
-                                        uint64_t reboots_before) {
+                                        EndingsSeen before) {
   // A session that broke because the domain went away or rebooted is the domain's state, not
   // tprd's or libvirt's being unreachable (UNAVAILABLE tells tprctl) nor an unknown name
   // (NOT_FOUND: a rebooting guest has no paging, so our addresses are "not mapped").
   const bool guest_access_failed = absl::IsUnavailable(status) || absl::IsNotFound(status) ||
                                    absl::IsInternal(status) || absl::IsDataLoss(status);
   const DomainInfo domain = Snapshot().domain;
+  bool stopped = false;
   {
     absl::MutexLock lock(&mu_);
-    const auto rebooted = [this, reboots_before]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-      return reboots_seen_ != reboots_before;
+    const auto rebooted = [this, before]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return endings_seen_.reboots != before.reboots;
+    };
+    // A destroy breaks the gdbstub (QEMU closes it as it exits) before libvirt reports the
+    // domain shut off (ciQ 2026-12-07: "Broken pipe" with the domain still "running").
+    const auto ended = [this, before]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return endings_seen_.reboots != before.reboots || endings_seen_.stops != before.stops;
     };
     if (guest_access_failed) {
-      mu_.AwaitWithTimeout(absl::Condition(&rebooted), options_.reboot_event_grace);
+      mu_.AwaitWithTimeout(absl::Condition(&ended), options_.reboot_event_grace);
     }
     if (rebooted()) {
       return absl::FailedPreconditionError(
@@ -75,11 +81,12 @@ absl::Status DomainActor::StoppedDuring(const absl::Status& status, const std::s
                        "; its patches went with its memory (", status.message(),
                        "); enable again once it has booted"));
     }
+    stopped = endings_seen_.stops != before.stops;
   }
-  if (!absl::IsUnavailable(status) && !absl::IsNotFound(status)) return status;
+  if (!stopped && !absl::IsUnavailable(status) && !absl::IsNotFound(status)) return status;
   absl::StatusOr<DomainInfo> now = hypervisor_->LookupDomain(domain.uuid);
-  if (now.ok() && now->running) return status;
-  if (!now.ok() && !absl::IsNotFound(now.status())) return status;
+  if (!stopped && now.ok() && now->running) return status;
+  if (!stopped && !now.ok() && !absl::IsNotFound(now.status())) return status;
   return absl::FailedPreconditionError(
       absl::StrCat("domain ", domain.name, " stopped during the ", what,
                    " (destroyed, shut down or crashed): ", status.message()));
@@ -103,11 +110,11 @@ absl::StatusOr<DomainActor::EnableResult> DomainActor::RunEnable(
   // A guest we are away from may already hold our blob: take it back before enabling.
   absl::Status opened = EnsureController(before == DomainState::kExactWhileAway);
   if (!opened.ok()) return opened;
-  const uint64_t reboots_before = RebootsSeen();
+  const EndingsSeen endings_before = Endings();
   if (!options.dry_run) SetState(DomainState::kPatching, "enable started");
   RecordOperation("enable", options.dry_run ? "dry run" : "started");
   auto sites = controller_->Enable(options);
-  if (!sites.ok()) sites = StoppedDuring(sites.status(), "enable", reboots_before);
+  if (!sites.ok()) sites = StoppedDuring(sites.status(), "enable", endings_before);
   if (!sites.ok()) {
     const std::string message = std::string(sites.status().message());
     {
@@ -169,7 +176,7 @@ absl::StatusOr<DomainActor::RollbackOutcome> DomainActor::RunRollback(
     nothing.after = before;
     return nothing;  // nothing patched: rolling back everything is already true
   }
-  const uint64_t reboots_before = RebootsSeen();
+  const EndingsSeen endings_before = Endings();
   absl::Status opened = EnsureController(/*adopt=*/true);
   if (!opened.ok()) return opened;
   // An unknown id is the caller's mistake, not the domain's: refused as a whole before
@@ -190,7 +197,7 @@ absl::StatusOr<DomainActor::RollbackOutcome> DomainActor::RunRollback(
   RecordOperation("rollback", site_ids.empty() ? "all sites" : "selected sites",
                   site_ids.empty() ? std::optional(engine::Strategy::kExact) : std::nullopt);
   auto result = controller_->Rollback(site_ids, force);
-  if (!result.ok()) result = StoppedDuring(result.status(), "rollback", reboots_before);
+  if (!result.ok()) result = StoppedDuring(result.status(), "rollback", endings_before);
   if (!result.ok()) {
     absl::MutexLock lock(&mu_);
     snapshot_.last_error = std::string(result.status().message());

@@ -137,6 +137,23 @@ TEST_F(DomainActorTest, EnableBrokenByTheDomainStoppingSaysSoInsteadOfUnavailabl
   EXPECT_THAT(std::string(status.message()), HasSubstr("broken pipe"));
 }
 
+// The gdbstub breaks as QEMU exits, before libvirt reports the domain shut off (ciQ,
+// 2026-12-07): the lookup still says running, and the destroy event decides.
+TEST_F(DomainActorTest, EnableBrokenByADestroyLibvirtHasNotReportedYetSaysStopped) {
+  auto actor = Actor("winxp-01");
+  guest_->hold_enable = true;
+  guest_->enable_error = absl::UnavailableError("gdbstub session lost: Broken pipe");
+  absl::Status status;
+  std::thread enable([&] { status = actor->Enable(EnableOptions{}, Soon()).status(); });
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->enable_entered; }));
+  hypervisor_.DeliverLifecycleOnly("winxp-01", LifecycleKind::kDestroyed);
+  ASSERT_TRUE(hypervisor_.LookupDomain("winxp-01")->running);
+  guest_->ReleaseEnable();
+  enable.join();
+  EXPECT_TRUE(absl::IsFailedPrecondition(status)) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr("winxp-01 stopped during the enable"));
+}
+
 // A reset mid-enable: the guest has no paging for a moment, so the next read fails as "not
 // mapped" (NOT_FOUND, which tprctl would show as an unknown domain). The reboot explains it.
 TEST_F(DomainActorTest, EnableBrokenByARebootSaysSoAndTheRebootStillClearsTheState) {

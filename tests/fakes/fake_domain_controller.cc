@@ -346,6 +346,20 @@ void FakeHypervisor::EmitLifecycle(const std::string& name, daemon::LifecycleKin
   if (handler) handler(event);
 }
 
+void FakeHypervisor::DeliverLifecycleOnly(const std::string& name, daemon::LifecycleKind kind) {
+  daemon::LifecycleEvent event;
+  std::function<void(const daemon::LifecycleEvent&)> handler;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = domains_.find(name);
+    if (it == domains_.end()) return;
+    event.domain = it->second.info;
+    event.kind = kind;
+    handler = handler_;
+  }
+  if (handler) handler(event);
+}
+
 void FakeHypervisor::SetUnavailable(bool unavailable) {
   std::lock_guard<std::mutex> lock(mu_);
   unavailable_ = unavailable;

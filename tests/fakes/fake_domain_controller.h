@@ -109,6 +109,9 @@ class FakeHypervisor : public daemon::Hypervisor {
   // `from_saved_state`: a kStarted from a restore or a managedsave start.
   void EmitLifecycle(const std::string& name, daemon::LifecycleKind kind,
                      bool from_saved_state = false);
+  // Delivers the event and leaves the domain's state as it was: libvirt's answer to a lookup
+  // that ran before its event (QEMU closes the gdbstub as it exits, before libvirt reaps it).
+  void DeliverLifecycleOnly(const std::string& name, daemon::LifecycleKind kind);
   void SetUnavailable(bool unavailable);
   // The domain's intent metadata as the daemon would read it (nullopt: none).
   void SetIntentXml(const std::string& name, std::optional<std::string> xml);
