@@ -82,6 +82,8 @@ absl::StatusOr<std::unique_ptr<QemuGuestVm>> QemuGuestVm::Attach(LibvirtConnecti
     return status;
   };
   vm->gdb_ = std::make_unique<GdbClient>(std::move(*stream), vm->options_.gdb);
+  // The gdbstub's connect stops a running guest: libvirt reports that stop as any other.
+  if (info->state == LibvirtDomainState::kRunning) vm->libvirt_pauses_.WillRun();
   if (absl::Status s = vm->gdb_->Attach(); !s.ok()) return fail(s);
   absl::StatusOr<std::vector<GdbThreadId>> threads = vm->gdb_->ListThreads();
   if (!threads.ok()) return fail(threads.status());
@@ -106,10 +108,18 @@ void QemuGuestVm::OnDomainEvent(const LibvirtDomainEvent& event) {
   if (event.kind == LibvirtDomainEvent::Kind::kStopped ||
       event.kind == LibvirtDomainEvent::Kind::kCrashed ||
       event.kind == LibvirtDomainEvent::Kind::kMigratedAway) {
-    absl::MutexLock lock(&events_mu_);
-    gone_reason_ = absl::StrCat("domain ", event.name, " is gone (libvirt event ",
-                                std::string(LibvirtDomainEventKindName(event.kind)), ", detail ",
-                                event.libvirt_detail, ")");
+    {
+      absl::MutexLock lock(&events_mu_);
+      gone_reason_ = absl::StrCat("domain ", event.name, " is gone (libvirt event ",
+                                  std::string(LibvirtDomainEventKindName(event.kind)), ", detail ",
+                                  event.libvirt_detail, ")");
+    }
+    libvirt_pauses_.OnGone();
+  }
+  // A migration's pause is one too (SUSPENDED, detail MIGRATED or POSTCOPY).
+  if (event.kind == LibvirtDomainEvent::Kind::kSuspended ||
+      event.kind == LibvirtDomainEvent::Kind::kMigrating) {
+    libvirt_pauses_.OnPauseReported();
   }
 }
 
@@ -150,8 +160,15 @@ absl::Status QemuGuestVm::SetPhysicalMode(bool physical) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<LibvirtDomainInfo> QemuGuestVm::HostStateOfOurStop() {
+  // Not waited for, the state may be from before an operator's suspend merged into our stop
+  // (docs/design.md, "A suspend during a tprd stop"); a lost event costs the bound once.
+  (void)libvirt_pauses_.WaitCaughtUp(options_.libvirt_catch_up);
+  return connection_->GetDomain(uuid_);
+}
+
 absl::Status QemuGuestVm::CheckNotPausedByHost() {
-  absl::StatusOr<LibvirtDomainInfo> info = connection_->GetDomain(uuid_);
+  absl::StatusOr<LibvirtDomainInfo> info = HostStateOfOurStop();
   if (!info.ok()) return info.status();
   if (PausedByHost(*info)) {
     return absl::FailedPreconditionError(
@@ -170,6 +187,7 @@ absl::Status QemuGuestVm::LeaveDebugRunState() {
   // guest again; it ran for the round trip of one packet (tens of microseconds). A watchpoint
   // hit QEMU still held from before may still end it in "debug": try again.
   for (int attempt = 0; debug_run_state_ && attempt < 3; ++attempt) {
+    libvirt_pauses_.WillRun();
     TPRD_RETURN_IF_ERROR(gdb_->Continue());
     TPRD_RETURN_IF_ERROR(gdb_->Interrupt());
     absl::StatusOr<std::optional<GdbStopReply>> stop = gdb_->WaitForStop(options_.stop_timeout);
@@ -262,6 +280,7 @@ absl::Status QemuGuestVm::Resume() {
   // A vCPU left with its interrupts masked would never take one again.
   TPRD_RETURN_IF_ERROR(RestoreClearedEflags());
   selected_vcpu_ = -1;
+  libvirt_pauses_.WillRun();
   TPRD_RETURN_IF_ERROR(gdb_->Continue());
   debug_run_state_ = false;
   return absl::OkStatus();
@@ -415,6 +434,7 @@ absl::Status QemuGuestVm::CheckCanRunAlone(int vcpu) {
 
 absl::StatusOr<engine::StepResult> QemuGuestVm::StepVcpu(int vcpu, absl::Duration timeout) {
   TPRD_RETURN_IF_ERROR(CheckCanRunAlone(vcpu));
+  libvirt_pauses_.WillRun();
   absl::StatusOr<GdbStepResult> step = gdb_->StepThread(threads_[vcpu], timeout);
   selected_vcpu_ = -1;  // QEMU switches its current thread to the one that stopped
   if (!step.ok()) {
@@ -475,6 +495,7 @@ absl::Status QemuGuestVm::ConsumeStaleDebugInterrupt(int vcpu, uint32_t pc,
     }
     breakpoints_.insert(pc);  // so that Detach removes it should the removal below not happen
   }
+  libvirt_pauses_.WillRun();
   absl::StatusOr<GdbStepResult> run = gdb_->ContinueThread(threads_[vcpu], timeout);
   selected_vcpu_ = -1;
   std::optional<engine::StopEvent> event;
@@ -526,6 +547,7 @@ absl::Status QemuGuestVm::RestoreClearedEflags() {
 
 absl::StatusOr<engine::StopEvent> QemuGuestVm::RunVcpuAlone(int vcpu, absl::Duration timeout) {
   TPRD_RETURN_IF_ERROR(CheckCanRunAlone(vcpu));
+  libvirt_pauses_.WillRun();
   absl::StatusOr<GdbStepResult> run = gdb_->ContinueThread(threads_[vcpu], timeout);
   selected_vcpu_ = -1;
   if (!run.ok()) {
@@ -564,7 +586,7 @@ absl::Status QemuGuestVm::Detach() {
     if (physical_mode_ == true) note(gdb_->SetPhysicalMemoryMode(false));
     // D;1 resumes the VM. A VM libvirt holds paused must stay paused: just disconnect (QEMU
     // then leaves it stopped, and libvirt still owns its resume).
-    absl::StatusOr<LibvirtDomainInfo> info = connection_->GetDomain(uuid_);
+    absl::StatusOr<LibvirtDomainInfo> info = HostStateOfOurStop();
     if (info.ok() && PausedByHost(*info)) {
       // Only for a copy of the state: after an operator's pause the guest must not run at all
       // (a backup may be taking its disk), so QEMU may stay in "debug" (docs/design.md).

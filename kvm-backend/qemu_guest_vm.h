@@ -22,6 +22,7 @@
 #include "daemon/engine/guest_vm.h"
 #include "kvm-backend/core/byte_stream.h"
 #include "kvm-backend/core/gdb_client.h"
+#include "kvm-backend/core/libvirt_pause_tracker.h"
 #include "kvm-backend/libvirt_connection.h"
 #include "kvm-backend/process_memory.h"
 #include "kvm-backend/qemu_monitor.h"
@@ -44,6 +45,9 @@ struct QemuGuestVmOptions {
   absl::Duration liveness_check_interval = absl::Milliseconds(200);
   // How long Stop() waits for the stop that follows an interrupt.
   absl::Duration stop_timeout = absl::Seconds(5);
+  // How long a resume waits for libvirt to report the stop it ends (LibvirtPauseTracker) before
+  // it reads libvirt's state; then it goes on with what libvirt says.
+  absl::Duration libvirt_catch_up = absl::Milliseconds(250);
 };
 
 class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
@@ -99,8 +103,10 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   absl::Status CheckUsable(bool require_stopped);
   absl::Status SelectVcpu(int vcpu);
   absl::Status SetPhysicalMode(bool physical);
-  // libvirt (not us) holds the domain paused: FAILED_PRECONDITION naming the reason.
+  // libvirt (not us) holds the domain paused: FAILED_PRECONDITION naming the reason. Reads
+  // libvirt's state once libvirt has caught up with our latest stop (HostStateOfOurStop).
   absl::Status CheckNotPausedByHost();
+  absl::StatusOr<LibvirtDomainInfo> HostStateOfOurStop();
   // StepVcpu's and RunVcpuAlone's preconditions: stopped, a known vCPU, no stop pending.
   absl::Status CheckCanRunAlone(int vcpu);
   // After a step that reported a watchpoint hit: takes the debug interrupt QEMU left pending on
@@ -136,6 +142,7 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   std::set<std::tuple<uint32_t, uint32_t, engine::WatchKind>> watchpoints_;
   uint64_t fast_physical_reads_ = 0;
 
+  LibvirtPauseTracker libvirt_pauses_;
   mutable absl::Mutex events_mu_;
   std::string gone_reason_ ABSL_GUARDED_BY(events_mu_);  // empty while the domain exists
 };

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -67,6 +68,9 @@ class QemuGuestVmTest : public ::testing::Test {
       ++streams_opened_;
       return std::make_unique<ForwardingByteStream>(&stub_);
     };
+    // This fake libvirt reports no pauses: a resume reads its state at once. The wait for
+    // libvirt's report is tested on its own (ResumeWaitsForLibvirtToReportItsStop...).
+    options.libvirt_catch_up = absl::ZeroDuration();
     return options;
   }
 
@@ -391,6 +395,39 @@ TEST_F(QemuGuestVmTest, DetachFromAnOperatorsPauseLeavesQemuAsItIs) {
   EXPECT_TRUE(absl::IsFailedPrecondition(detached)) << detached;
   ExpectScriptDone();
   EXPECT_TRUE(stub_.closed_by_client());
+}
+
+// libvirt reports our stop some time after it; an operator's suspend in that gap is recorded as
+// the user's pause of this very stop (ciQq, 2026-12-07). The resume waits for libvirt's report
+// and then does not undo the operator's pause.
+TEST_F(QemuGuestVmTest, ResumeWaitsForLibvirtToReportItsStopAndKeepsASuspendMergedIntoIt) {
+  QemuGuestVmOptions options = Options();
+  options.libvirt_catch_up = absl::Seconds(30);
+  Attach(std::move(options));  // stopped a running guest: libvirt still says running
+  absl::Status resumed;
+  std::thread resume([&] { resumed = vm_->Resume(); });
+  // libvirt handles QEMU's STOP after the operator's `stop` set its pause reason.
+  libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, kPausedReasonUser);
+  LibvirtDomainEvent paused;
+  paused.kind = LibvirtDomainEvent::Kind::kSuspended;
+  paused.uuid = kUuid;
+  paused.name = "xp";
+  libvirt_.EmitEvent(paused);
+  resume.join();
+  EXPECT_TRUE(absl::IsFailedPrecondition(resumed)) << resumed;
+  ExpectScriptDone();  // no `c` was sent
+}
+
+// A report libvirt never sends (its event lost in a restart) costs the bound once, then libvirt's
+// state decides as before.
+TEST_F(QemuGuestVmTest, ResumeGoesOnWithLibvirtsStateWhenItsReportDoesNotCome) {
+  QemuGuestVmOptions options = Options();
+  options.libvirt_catch_up = absl::Milliseconds(1);
+  Attach(std::move(options));
+  stub_.ExpectWrite(EncodeGdbPacket("c")).Send("+");
+  absl::Status resumed = vm_->Resume();
+  EXPECT_TRUE(resumed.ok()) << resumed;
+  ExpectScriptDone();
 }
 
 TEST_F(QemuGuestVmTest, DetachLeavesADomainLibvirtPausedPausedWithoutDetachingThroughTheStub) {

@@ -1,0 +1,32 @@
+#include "kvm-backend/core/libvirt_pause_tracker.h"
+
+namespace tprd::backend {
+
+void LibvirtPauseTracker::WillRun() {
+  absl::MutexLock lock(&mu_);
+  awaiting_after_ = pauses_reported_;
+}
+
+void LibvirtPauseTracker::OnPauseReported() {
+  absl::MutexLock lock(&mu_);
+  ++pauses_reported_;
+}
+
+void LibvirtPauseTracker::OnGone() {
+  absl::MutexLock lock(&mu_);
+  gone_ = true;
+}
+
+bool LibvirtPauseTracker::WaitCaughtUp(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  if (!awaiting_after_) return true;
+  const uint64_t after = *awaiting_after_;
+  const auto caught_up = [this, after]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return gone_ || pauses_reported_ != after;
+  };
+  const bool done = mu_.AwaitWithTimeout(absl::Condition(&caught_up), timeout);
+  awaiting_after_.reset();
+  return done;
+}
+
+}  // namespace tprd::backend

@@ -1,0 +1,44 @@
+// Whether libvirt has caught up with the guest's latest stop. libvirt learns of every QEMU stop
+// (a gdbstub trap or interrupt, an operator's `stop`) from QEMU's STOP event, some time after the
+// stop, and sends its SUSPENDED lifecycle event once it has recorded the pause. Until then it
+// still reports the domain "running" (or the pause before the last run), and an operator's
+// `virsh suspend` in that gap is recorded as the user's pause of the very stop tprd holds: tprd
+// read "running" and resumed, undoing a suspend libvirt had reported as done (ciQq,
+// 2026-12-07). So before tprd decides from libvirt's state whether it may resume, it waits
+// (bounded) for the SUSPENDED event that follows its latest run. Pure: no libvirt, no clock.
+#ifndef TPRD_KVM_BACKEND_CORE_LIBVIRT_PAUSE_TRACKER_H_
+#define TPRD_KVM_BACKEND_CORE_LIBVIRT_PAUSE_TRACKER_H_
+
+#include <cstdint>
+#include <optional>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace tprd::backend {
+
+class LibvirtPauseTracker {
+ public:
+  // The guest is about to run (a continue, a step, or the attach's stop of a running guest):
+  // the stop that ends the run is libvirt's to report.
+  void WillRun();
+  // libvirt reported a pause (any SUSPENDED event of the domain); from its event thread.
+  void OnPauseReported();
+  // The domain is gone: nobody will report anything; wakes a waiter.
+  void OnGone();
+  // Waits until libvirt reported a pause after the last WillRun(), at most `timeout`.
+  // True when it did (or nothing was awaited); false on timeout. Either way the run is settled:
+  // the next call returns at once until the next WillRun().
+  bool WaitCaughtUp(absl::Duration timeout);
+
+ private:
+  absl::Mutex mu_;
+  uint64_t pauses_reported_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<uint64_t> awaiting_after_ ABSL_GUARDED_BY(mu_);  // pauses_reported_ at WillRun
+  bool gone_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace tprd::backend
+
+#endif  // TPRD_KVM_BACKEND_CORE_LIBVIRT_PAUSE_TRACKER_H_
