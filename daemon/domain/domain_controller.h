@@ -25,8 +25,25 @@
 
 namespace tprd::daemon {
 
-// The strategy a user asks for; kAuto resolves to cr8 (guest CPU has cr8legacy) or mmio.
+// The strategy a user asks for. kAuto is mmio on every guest: cr8 keeps a guest's unpatched
+// readers correct only while tprd is attached (its traps fix them up), so a memory snapshot, a
+// save or a migration of a cr8 guest is not safe (docs/design.md, "auto is mmio"); cr8 is used
+// only when named.
 enum class RequestedStrategy : uint8_t { kAuto, kMmio, kCr8, kExact };
+
+// The engine's strategy for what the user asked for.
+inline engine::Strategy ResolveRequestedStrategy(RequestedStrategy requested) {
+  switch (requested) {
+    case RequestedStrategy::kAuto:
+    case RequestedStrategy::kMmio:
+      return engine::Strategy::kMmio;
+    case RequestedStrategy::kCr8:
+      return engine::Strategy::kCr8;
+    case RequestedStrategy::kExact:
+      return engine::Strategy::kExact;
+  }
+  return engine::Strategy::kExact;
+}
 
 struct EnableOptions {
   RequestedStrategy strategy = RequestedStrategy::kAuto;
@@ -129,7 +146,7 @@ class DomainController {
   // `strategy_hint`: what the operator last asked for (the journal's, else the domain's intent:
   // a guest that arrives by migration let go on exact), restored when the guest's word says
   // exact because tprd let go cleanly; a killed tprd left its choice in the word, which wins.
-  // kAuto is resolved as an enable resolves it (cr8 when the CPU has cr8legacy, else mmio).
+  // Resolved as an enable resolves it (ResolveRequestedStrategy).
   virtual absl::StatusOr<bool> Adopt(std::optional<RequestedStrategy> strategy_hint) = 0;
 
   // Discover, classify and patch; keep the guest correct afterwards (through Poll). Calling it

@@ -145,23 +145,6 @@ void EngineDomainController::TraceBefore() {
           absl::ToDoubleSeconds(sample.window)));
 }
 
-absl::StatusOr<engine::Strategy> EngineDomainController::Resolve(RequestedStrategy requested) {
-  switch (requested) {
-    case RequestedStrategy::kAuto: {
-      absl::StatusOr<engine::CpuFeatures> features = vm_->Features();
-      if (!features.ok()) return features.status();
-      return features->cr8legacy ? engine::Strategy::kCr8 : engine::Strategy::kMmio;
-    }
-    case RequestedStrategy::kMmio:
-      return engine::Strategy::kMmio;
-    case RequestedStrategy::kCr8:
-      return engine::Strategy::kCr8;
-    case RequestedStrategy::kExact:
-      return engine::Strategy::kExact;
-  }
-  return engine::Strategy::kExact;
-}
-
 absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<RequestedStrategy> strategy_hint) {
   // A tprd killed during its APIC trace left QEMU tracing into a file: stop it.
   if (absl::Status s = TraceSampler().CleanUpLeftover(); !s.ok()) {
@@ -188,11 +171,7 @@ absl::StatusOr<bool> EngineDomainController::Adopt(std::optional<RequestedStrate
   absl::StatusOr<engine::EnableRequest> settings = SessionSettings();
   if (!settings.ok()) return settings.status();
   std::optional<engine::Strategy> hint;
-  if (strategy_hint) {
-    absl::StatusOr<engine::Strategy> resolved = Resolve(*strategy_hint);
-    if (!resolved.ok()) return resolved.status();
-    hint = *resolved;
-  }
+  if (strategy_hint) hint = ResolveRequestedStrategy(*strategy_hint);
   return manager_->Adopt(hint, *settings);
 }
 
@@ -216,9 +195,7 @@ absl::StatusOr<std::vector<engine::ManagedSite>> EngineDomainController::Enable(
   absl::StatusOr<engine::EnableRequest> settings = SessionSettings();
   if (!settings.ok()) return settings.status();
   engine::EnableRequest request = *settings;
-  absl::StatusOr<engine::Strategy> strategy = Resolve(options.strategy);
-  if (!strategy.ok()) return strategy.status();
-  request.strategy = *strategy;
+  request.strategy = ResolveRequestedStrategy(options.strategy);
   request.dry_run = options.dry_run;
   if (options.discovery_budget <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("the discovery budget must be positive");

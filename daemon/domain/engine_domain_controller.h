@@ -71,9 +71,6 @@ class EngineDomainController : public DomainController {
   // The engine's settings from the config, discovery resolved for this domain's accelerator
   // (auto: breakpoints only where QEMU reports TCG). Requires EnsureAttached.
   absl::StatusOr<engine::EnableRequest> SessionSettings();
-  // The engine's strategy for `requested` on this domain (kAuto: by its CPU's cr8legacy).
-  // Requires EnsureAttached.
-  absl::StatusOr<engine::Strategy> Resolve(RequestedStrategy requested);
   backend::ApicTraceSampler TraceSampler();
   // Counts the TPR accesses reaching QEMU's APIC for options_.before_trace, into before_trace_.
   void TraceBefore();

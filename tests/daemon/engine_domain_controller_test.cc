@@ -58,6 +58,15 @@ class EngineDomainControllerTest : public ::testing::Test {
   std::vector<LiveMemoryRead> reads_;
 };
 
+// auto is mmio on every guest, with cr8legacy too: cr8 needs tprd attached to keep unpatched
+// readers correct, which a memory snapshot, a save or a migration does not keep.
+TEST(ResolveRequestedStrategyTest, AutoIsMmioAndTheNamedStrategiesAreThemselves) {
+  EXPECT_EQ(ResolveRequestedStrategy(RequestedStrategy::kAuto), engine::Strategy::kMmio);
+  EXPECT_EQ(ResolveRequestedStrategy(RequestedStrategy::kMmio), engine::Strategy::kMmio);
+  EXPECT_EQ(ResolveRequestedStrategy(RequestedStrategy::kCr8), engine::Strategy::kCr8);
+  EXPECT_EQ(ResolveRequestedStrategy(RequestedStrategy::kExact), engine::Strategy::kExact);
+}
+
 TEST_F(EngineDomainControllerTest, WindowWithTheBlobMagicAtAPageStartHoldsTheBlob) {
   PutMagic(engine::kLegacyWindowFirst + 0x10000);
   absl::StatusOr<bool> present = Controller()->BlobPresentWithoutStopping();

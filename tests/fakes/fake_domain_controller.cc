@@ -76,8 +76,7 @@ absl::StatusOr<bool> FakeDomainController::Adopt(
   if (strategy_hint) {
     switch (*strategy_hint) {
       case daemon::RequestedStrategy::kAuto:
-        guest_->last_adopt_hint =
-            guest_->cr8legacy ? engine::Strategy::kCr8 : engine::Strategy::kMmio;
+        guest_->last_adopt_hint = engine::Strategy::kMmio;
         break;
       case daemon::RequestedStrategy::kMmio:
         guest_->last_adopt_hint = engine::Strategy::kMmio;
@@ -115,8 +114,8 @@ absl::StatusOr<std::vector<ManagedSite>> FakeDomainController::Enable(
   if (!guest_->enable_error.ok()) return guest_->enable_error;
   engine::Strategy strategy = engine::Strategy::kMmio;
   switch (options.strategy) {
-    case RequestedStrategy::kAuto:
-      strategy = guest_->cr8legacy ? engine::Strategy::kCr8 : engine::Strategy::kMmio;
+    case RequestedStrategy::kAuto:  // mmio on every guest, as the real controller
+      strategy = engine::Strategy::kMmio;
       break;
     case RequestedStrategy::kMmio:
       strategy = engine::Strategy::kMmio;
