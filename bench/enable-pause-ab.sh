@@ -30,7 +30,7 @@ for round in $(seq "$rounds"); do
       sleep 0.1 # polling tprd's socket until it answers, bounded above
     done
     "$tprctl" --socket "$work/s.sock" enable "$domain" --strategy "$strategy" --transient >/dev/null
-    echo "$which round $round: $(grep -o 'pause_us=[0-9]* applied_at_enable=[0-9]*' "$work/tprd.log" | tail -1)"
+    echo "$which round $round: $(grep -o "pause_us=.*" "$work/tprd.log" | tail -1)"
     "$tprctl" --socket "$work/s.sock" rollback "$domain" >/dev/null
     kill "$pid"
     wait "$pid" 2>/dev/null || true

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "daemon/engine/status_macros.h"
+#include "kvm-backend/core/monitor_parsers.h"
 #include "kvm-backend/core/unix_socket_stream.h"
 
 namespace tprd::backend {
@@ -377,6 +378,15 @@ absl::StatusOr<std::vector<engine::MemoryRegion>> QemuGuestVm::MemoryMap() {
 
 absl::StatusOr<uint8_t> QemuGuestVm::ReadTpr(int vcpu) {
   TPRD_RETURN_IF_ERROR(CheckUsable(false));
+  // Stopped, the gdbstub's own monitor answers in a round trip on our stream: the enable's
+  // stop read each vCPU's TPR through libvirt's monitor at 1.5-7 ms a vCPU, most of the stop
+  // (docs/performance.md). Running, a byte on the stream would interrupt the guest.
+  if (!gdb_->running() && gdbstub_monitor_) {
+    absl::StatusOr<std::string> lapic = gdb_->MonitorCommand(absl::StrCat("info lapic ", vcpu));
+    if (lapic.ok()) return ParseLapicTpr(*lapic);
+    if (!absl::IsUnimplemented(lapic.status())) return lapic.status();
+    gdbstub_monitor_ = false;  // this QEMU has none: libvirt's from now on
+  }
   return monitor_.ReadTpr(vcpu);
 }
 

@@ -141,6 +141,7 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   std::optional<std::pair<int, uint64_t>> eflags_to_restore_;
   std::set<std::tuple<uint32_t, uint32_t, engine::WatchKind>> watchpoints_;
   uint64_t fast_physical_reads_ = 0;
+  bool gdbstub_monitor_ = true;  // the stub answers qRcmd (ReadTpr); false once it did not
 
   LibvirtPauseTracker libvirt_pauses_;
   mutable absl::Mutex events_mu_;

@@ -208,9 +208,10 @@ absl::StatusOr<std::vector<engine::ManagedSite>> EngineDomainController::Enable(
     // One line per enable, for operators and bench/ (the enable's pause is nowhere else).
     LogInfo(absl::StrCat(
         "domain ", domain_.name, ": enabled, pause_us=", absl::ToInt64Microseconds(report->pause),
+        " stop_us=", absl::ToInt64Microseconds(report->stop),
         " applied_at_enable=", report->applied_at_enable, " armed=", report->armed,
-        " candidates=", report->candidates, " learning_hits=", report->learning_hits,
-        " discovery=", std::string(engine::DiscoveryName(request.discovery))));
+        " candidates=", report->candidates, " learning_hits=", report->learning_hits, " discovery=",
+        std::string(engine::DiscoveryName(request.discovery)), " ", report->pause_parts));
   }
   return manager_->Sites();
 }

@@ -64,6 +64,7 @@ absl::Status PatchManager::ResumeGuest(StoppedGuestScope& stopped) {
 
 absl::Status PatchManager::StopGuest() {
   TPRD_RETURN_IF_ERROR(vm_.Stop());
+  stopped_at_ = clock_.Now();
   std::vector<ManagerEvent> ignored;
   // A trap that raced with this stop: handled now, before anything else runs. A watchpoint hit
   // is fixed up (QEMU reported it with the stop, so that vCPU has no hit pending). A breakpoint
@@ -312,6 +313,7 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
   status_.learning_hits = hits;
   status_.learning_run = ran;
   TPRD_RETURN_IF_ERROR(vm_.Stop());
+  stopped_at_ = clock_.Now();
   guest_clock.Sample(/*force=*/true);
   status_.learning_run_guest_clock = guest_clock.usable();
   if (guest_clock.usable()) status_.learning_run = guest_clock.ran();
@@ -504,6 +506,13 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   }
   request_ = request;
   const absl::Time paused = clock_.Now();
+  absl::Time mark = paused;
+  const auto part = [&](const char* name) {
+    const absl::Time now = clock_.Now();
+    absl::StrAppend(&report.pause_parts, report.pause_parts.empty() ? "" : " ", name,
+                    "_us=", absl::ToInt64Microseconds(now - mark));
+    mark = now;
+  };
   if (!blob_.installed()) {
     TPRD_RETURN_IF_ERROR(blob_.Install(*profile, request.guard_period));
   } else {
@@ -513,10 +522,12 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
     TPRD_RETURN_IF_ERROR(WriteStrategy(Strategy::kExact));
     TPRD_RETURN_IF_ERROR(DisarmTraps());
   }
+  part("install");
   // The operator asks for this strategy: an earlier guard rejection no longer holds.
   TPRD_RETURN_IF_ERROR(
       blob_.InitPerCpu(profile_, /*from_real_tpr=*/true, /*clear_guard_evidence=*/true));
   guard_rejected_mmio_ = false;
+  part("per_cpu");
   TPRD_RETURN_IF_ERROR(PlanSites());
   for (const VcpuProfile& cpu : profile->vcpus) {
     if (std::optional<uint32_t> id = SiteAt(cpu.eip)) proven.insert(sites_[*id].site.address);
@@ -525,18 +536,24 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   for (uint32_t address : proven) {
     if (std::optional<uint32_t> id = SiteAt(address)) ids.push_back(*id);
   }
+  part("plan");
   if (request.strategy == Strategy::kMmio) TPRD_RETURN_IF_ERROR(EnsureTprAlias());
+  part("alias");
   TPRD_RETURN_IF_ERROR(WriteStrategy(request.strategy));
   status_.requested_strategy = request.strategy;
   status_.guard_mismatches = 0;
+  part("word");
   report.applied_at_enable = ApplyStopped(ids, nullptr);
+  part("apply");
   traps_.set_discovery(request.discovery);
   traps_.OpenProvingWindow(request.proving_window);
   if (absl::Status s = traps_.Arm(sites_, status_.strategy, profile_, alias_.has_value());
       !s.ok()) {
     NoteError(s);
   }
+  part("arm");
   report.pause = clock_.Now() - paused;
+  report.stop = clock_.Now() - stopped_at_;
   for (const auto& [id, m] : sites_) {
     if (m.armed) ++report.armed;
   }

@@ -74,8 +74,11 @@ struct EnableReport {
   size_t applied_at_enable = 0;  // proven (learning window, or applied earlier this boot): patched
   size_t armed = 0;              // waiting for their first execution
   size_t learning_hits = 0;
-  absl::Duration pause;  // the install + apply stop
-  bool changed = true;   // false: already enabled with this strategy
+  absl::Duration pause;  // the install + apply part of the enable's last stop
+  absl::Duration stop;   // that whole stop, as the guest sees it: with the scan on a re-enable
+  // Where the pause went, for operators and bench/: "install_us=... per_cpu_us=... ...".
+  std::string pause_parts;
+  bool changed = true;  // false: already enabled with this strategy
 };
 
 struct RollbackReport {
@@ -307,6 +310,7 @@ class PatchManager {
   Clock& clock_;
 
   std::optional<GuestProfile> profile_;
+  absl::Time stopped_at_;  // when tprd's latest stop of the guest began (EnableReport::stop)
   BlobInstallation blob_;
   std::map<uint32_t, ManagedSite> sites_;  // by id
   uint32_t next_id_ = 0;

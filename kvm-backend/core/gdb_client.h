@@ -147,6 +147,11 @@ class GdbClient {
   absl::StatusOr<std::optional<GdbStopReply>> WaitForStop(absl::Duration timeout);
   // `?`: why the VM is stopped now.
   absl::StatusOr<GdbStopReply> QueryStopReason();
+  // `qRcmd` (gdb's `monitor`): QEMU runs `command` on the gdbstub's own HMP monitor and sends
+  // its output as `O` packets before `OK`; returns that output. A round trip on this stream
+  // (about 0.2 ms), against milliseconds through libvirt's monitor. The VM must be stopped (a
+  // byte sent while it runs interrupts it). UNIMPLEMENTED when the stub has no monitor.
+  absl::StatusOr<std::string> MonitorCommand(std::string_view command);
   // `D;1` (or `D` without multiprocess): removes nothing by itself, resumes the VM, ends the
   // session. The stream is closed afterwards.
   absl::Status Detach();
@@ -160,8 +165,10 @@ class GdbClient {
  private:
   enum class ReplyMode : uint8_t { kAckOnly, kReply, kStopReply };
 
-  // Sends `payload` and waits for the ack and (per mode) the reply.
-  absl::StatusOr<std::string> Exchange(std::string_view payload, ReplyMode mode);
+  // Sends `payload` and waits for the ack and (per mode) the reply. Console output (`O`
+  // packets) on the way is appended, decoded, to `console` when given, else dropped.
+  absl::StatusOr<std::string> Exchange(std::string_view payload, ReplyMode mode,
+                                       std::string* console = nullptr);
   // Exchange, then turns an `Exx` or empty reply into an error naming the command.
   absl::StatusOr<std::string> Command(std::string_view payload);
   // A command whose only good answer is `OK`.

@@ -111,7 +111,8 @@ absl::Status GdbClient::HandleStopPacket(std::string_view payload) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> GdbClient::Exchange(std::string_view payload, ReplyMode mode) {
+absl::StatusOr<std::string> GdbClient::Exchange(std::string_view payload, ReplyMode mode,
+                                                std::string* console) {
   const std::string packet = EncodeGdbPacket(payload);
   TPRD_RETURN_IF_ERROR(WriteRaw(packet));
   const absl::Time deadline = absl::Now() + options_.reply_timeout;
@@ -182,7 +183,15 @@ absl::StatusOr<std::string> GdbClient::Exchange(std::string_view payload, ReplyM
           if (!acked) stop_before_ack = true;
           break;
         }
-        if (IsConsoleOutput(reply)) break;
+        if (IsConsoleOutput(reply)) {
+          if (console != nullptr) {
+            for (size_t i = 1; i + 1 < reply.size(); i += 2) {
+              console->push_back(static_cast<char>(engine::HexDigitValue(reply[i]) * 16 +
+                                                   engine::HexDigitValue(reply[i + 1])));
+            }
+          }
+          break;
+        }
         if (mode == ReplyMode::kAckOnly) {
           return Break(absl::DataLossError(absl::StrCat("gdbstub sent ", Named(reply),
                                                         " where only an ack of ", Named(payload),
@@ -204,6 +213,25 @@ absl::StatusOr<std::string> GdbClient::Command(std::string_view payload) {
         absl::StrCat("gdbstub does not support ", Named(payload), " (empty reply)"));
   }
   return reply;
+}
+
+absl::StatusOr<std::string> GdbClient::MonitorCommand(std::string_view command) {
+  TPRD_RETURN_IF_ERROR(Usable(true));
+  const std::string payload = absl::StrCat(
+      "qRcmd,", engine::HexEncode(absl::MakeConstSpan(
+                    reinterpret_cast<const uint8_t*>(command.data()), command.size())));
+  std::string output;
+  absl::StatusOr<std::string> reply = Exchange(payload, ReplyMode::kReply, &output);
+  if (!reply.ok()) return reply.status();
+  if (std::optional<int> code = ErrorCode(*reply)) return ErrorReplyStatus(payload, *code);
+  if (reply->empty()) {
+    return absl::UnimplementedError("gdbstub has no monitor (empty reply to qRcmd)");
+  }
+  if (*reply != "OK") {
+    return absl::DataLossError(absl::StrCat("gdbstub answered ", Named(*reply),
+                                            " to monitor command ", std::string(command)));
+  }
+  return output;
 }
 
 absl::Status GdbClient::CommandExpectingOk(std::string_view payload) {

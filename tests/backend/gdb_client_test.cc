@@ -69,6 +69,30 @@ TEST_F(GdbClientTest, HandshakeConsumesUnsolicitedStopAndReadsLayout) {
   EXPECT_EQ(layout.Find("efer")->g_offset, 96u);
 }
 
+// gdb's `monitor`: the output comes as `O` packets (hex), each acked, then `OK`.
+TEST_F(GdbClientTest, MonitorCommandCollectsTheConsoleOutputBeforeOk) {
+  Attach();
+  fake_
+      ->ExpectWrite(EncodeGdbPacket("qRcmd,696e666f206c617069632031"))  // "info lapic 1"
+      .Send(absl::StrCat("+", FrameGdbPacket("O54505220"), FrameGdbPacket("O307836380d0a")))
+      .ExpectWrite("+")
+      .ExpectWrite("+")
+      .Send(FrameGdbPacket("OK"))
+      .ExpectWrite("+");
+  absl::StatusOr<std::string> output = client_->MonitorCommand("info lapic 1");
+  ASSERT_TRUE(output.ok()) << output.status();
+  EXPECT_EQ(*output, "TPR 0x68\r\n");
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, MonitorCommandOfAStubWithoutMonitorIsUnimplemented) {
+  Attach();
+  fake_->ExpectCommand("qRcmd,6869", "");
+  EXPECT_TRUE(absl::IsUnimplemented(client_->MonitorCommand("hi").status()));
+  EXPECT_TRUE(client_->broken_reason().ok());
+  ExpectScriptDone();
+}
+
 TEST_F(GdbClientTest, HandshakeWithStoppedVmHasNoAttachStop) {
   Attach();
   ExpectScriptDone();

@@ -149,6 +149,15 @@ TEST(ParseLapicTpr, ReadsFullEightBits) {
   EXPECT_EQ(*tpr, 0xd3);
 }
 
+// The gdbstub's monitor (qRcmd) ends its lines with \r\n, as a character device monitor does.
+TEST(ParseLapicTpr, ReadsTheGdbstubMonitorsCrLfLines) {
+  absl::StatusOr<uint8_t> tpr = ParseLapicTpr(
+      "dumping local APIC state for CPU 1 \r\n\r\nISR\t (none)\r\n\r\nAPR 0x00 TPR 0x68 DFR 0x0f "
+      "LDR 0x00 PPR 0x68\r\n");
+  ASSERT_TRUE(tpr.ok()) << tpr.status();
+  EXPECT_EQ(*tpr, 0x68);
+}
+
 TEST(ParseLapicTpr, NoCpuIsNotFound) {
   EXPECT_EQ(ParseLapicTpr("No CPU available\r\n").status().code(), absl::StatusCode::kNotFound);
 }
