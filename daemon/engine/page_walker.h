@@ -34,6 +34,19 @@ class GuestVmPhysicalReader : public PhysicalMemoryReader {
   GuestVm& vm_;
 };
 
+// Reads through GuestVm::ReadPhysicalLive: the guest may run (bytes it writes meanwhile may be
+// old or new).
+class LiveGuestVmPhysicalReader : public PhysicalMemoryReader {
+ public:
+  explicit LiveGuestVmPhysicalReader(GuestVm& vm) : vm_(vm) {}
+  absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) override {
+    return vm_.ReadPhysicalLive(pa, out);
+  }
+
+ private:
+  GuestVm& vm_;
+};
+
 inline constexpr uint32_t kCr0Pe = 1u << 0;
 inline constexpr uint32_t kCr0Wp = 1u << 16;
 inline constexpr uint32_t kCr0Pg = 1u << 31;

@@ -174,7 +174,9 @@ class PatchManager {
   // Takes over a blob found in the guest and its site table; returns its strategy word.
   Strategy LoadInstalled(const ParsedBlob& blob);
   absl::Status RecordAdoptedStates(const ParsedBlob& blob);
-  absl::StatusOr<ScanResult> ScanGuest(const GuestProfile& profile);
+  // `live`: through GuestVm::ReadPhysicalLive, the guest running (CanReadLive()).
+  absl::StatusOr<ScanResult> ScanGuest(const GuestProfile& profile, bool live = false);
+  bool CanReadLive();
   void MergeCandidates(const ScanResult& scan);
   // Learning window; the guest runs during it and is stopped again at the end.
   absl::Status Learn(const EnableRequest& request, const GuestProfile& profile,

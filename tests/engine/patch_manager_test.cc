@@ -226,6 +226,32 @@ TEST_F(PatchManagerTest, EnableArmsEveryPatchableCandidateAndPatchesNothingUnpro
   EXPECT_EQ(manager_.Status().strategy, Strategy::kMmio);
 }
 
+// The scan reads every kernel code page: with a live reader it runs while the guest does, and
+// the guest is stopped again for the patching (issue 15: the enable's stop without the scan).
+TEST_F(PatchManagerTest, EnableScansWhileTheGuestRunsAndPatchesInALaterStop) {
+  QueueWatchpoint(0, kReadEax + 5);  // the learning window proves one site
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  absl::StatusOr<EnableReport> report = manager_.Enable(request);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_GT(vm_.live_reads_while_running(), 100) << "the scan ran in a stop";
+  EXPECT_EQ(report->applied_at_enable, 1u);
+  EXPECT_EQ(SiteAt(kReadEax)->site.state, SiteState::kApplied);
+  EXPECT_TRUE(vm_.running());
+}
+
+TEST_F(PatchManagerTest, EnableWithoutALiveReaderScansInItsStop) {
+  vm_.SetLiveReadsAvailable(false);
+  QueueWatchpoint(0, kReadEax + 5);
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  absl::StatusOr<EnableReport> report = manager_.Enable(request);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(vm_.live_reads_while_running(), 0);
+  EXPECT_EQ(SiteAt(kReadEax)->site.state, SiteState::kApplied);
+  EXPECT_THAT(vm_.breakpoints(), ::testing::IsSupersetOf({kWriteEcx, kWriteImm}));
+}
+
 TEST_F(PatchManagerTest, BreakpointHitPatchesTheSiteBeforeItRuns) {
   EnableRequest request;
   request.strategy = Strategy::kMmio;

@@ -325,6 +325,8 @@ absl::Status FakeGuestVm::ReadVirtual(int vcpu, uint32_t va, absl::Span<uint8_t>
 }
 
 absl::Status FakeGuestVm::ReadPhysicalLive(uint64_t pa, absl::Span<uint8_t> out) {
+  if (!live_reads_available_) return absl::UnimplementedError("no live reads (fake)");
+  if (running_) ++live_reads_while_running_;
   if (!Accessible(pa, out.size())) {
     return absl::OutOfRangeError(
         absl::StrFormat("physical 0x%x+%d is outside guest memory", pa, out.size()));

@@ -129,6 +129,10 @@ class FakeGuestVm : public GuestVm {
 
   bool running() const { return running_; }
   void SetRunning(bool running) { running_ = running; }
+  // Without a live path ReadPhysicalLive is UNIMPLEMENTED (a remote libvirtd, not root).
+  void SetLiveReadsAvailable(bool available) { live_reads_available_ = available; }
+  // ReadPhysicalLive calls that read while the guest ran.
+  int live_reads_while_running() const { return live_reads_while_running_; }
   // libvirt paused the domain: it is stopped, and Resume() refuses to run it.
   void SetHostPaused(bool paused);
   bool host_paused() const { return host_paused_; }
@@ -243,6 +247,8 @@ class FakeGuestVm : public GuestVm {
   std::optional<uint32_t> pm_timer_;
   uint32_t pm_ticks_per_resume_ = 0;
   int stop_calls_ = 0;
+  bool live_reads_available_ = true;
+  int live_reads_while_running_ = 0;
   int resume_calls_ = 0;
   std::array<int, 7> op_counts_ = {};  // indexed by Op
   std::set<uint32_t> breakpoints_;
