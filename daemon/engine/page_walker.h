@@ -22,29 +22,18 @@ class PhysicalMemoryReader {
   virtual absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) = 0;
 };
 
-// Reads through GuestVm::ReadPhysical (the guest must be stopped).
+// Reads through GuestVm::ReadPhysical (the guest must be stopped), or with `live` through
+// GuestVm::ReadPhysicalLive (the guest may run: bytes it writes meanwhile may be old or new).
 class GuestVmPhysicalReader : public PhysicalMemoryReader {
  public:
-  explicit GuestVmPhysicalReader(GuestVm& vm) : vm_(vm) {}
+  explicit GuestVmPhysicalReader(GuestVm& vm, bool live = false) : vm_(vm), live_(live) {}
   absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) override {
-    return vm_.ReadPhysical(pa, out);
+    return live_ ? vm_.ReadPhysicalLive(pa, out) : vm_.ReadPhysical(pa, out);
   }
 
  private:
   GuestVm& vm_;
-};
-
-// Reads through GuestVm::ReadPhysicalLive: the guest may run (bytes it writes meanwhile may be
-// old or new).
-class LiveGuestVmPhysicalReader : public PhysicalMemoryReader {
- public:
-  explicit LiveGuestVmPhysicalReader(GuestVm& vm) : vm_(vm) {}
-  absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) override {
-    return vm_.ReadPhysicalLive(pa, out);
-  }
-
- private:
-  GuestVm& vm_;
+  bool live_;
 };
 
 inline constexpr uint32_t kCr0Pe = 1u << 0;

@@ -123,11 +123,7 @@ absl::StatusOr<ScanResult> PatchManager::ScanGuest(const GuestProfile& profile, 
     options.exclude.emplace_back(blob_.addresses().data_block,
                                  blob_.addresses().data_block + kBlobDataBlockSize - 1);
   }
-  if (live) {
-    LiveGuestVmPhysicalReader memory(vm_);
-    return ScanKernelCode(memory, profile.vcpus[0].paging, options);
-  }
-  GuestVmPhysicalReader memory(vm_);
+  GuestVmPhysicalReader memory(vm_, live);
   return ScanKernelCode(memory, profile.vcpus[0].paging, options);
 }
 
