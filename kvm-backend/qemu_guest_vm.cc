@@ -163,9 +163,19 @@ absl::Status QemuGuestVm::SetPhysicalMode(bool physical) {
 
 absl::StatusOr<LibvirtDomainInfo> QemuGuestVm::HostStateOfOurStop() {
   // Not waited for, the state may be from before an operator's suspend merged into our stop
-  // (docs/design.md, "A suspend during a tprd stop"); a lost event costs the bound once.
-  (void)libvirt_pauses_.WaitCaughtUp(options_.libvirt_catch_up);
-  return connection_->GetDomain(uuid_);
+  // (docs/design.md, "A suspend during a tprd stop"); a lost event costs the bound once, and
+  // nothing while tprd knows libvirtd is away.
+  const bool reported = libvirt_pauses_.WaitCaughtUp(
+      connection_->IsConnected() ? options_.libvirt_catch_up : absl::ZeroDuration());
+  absl::StatusOr<LibvirtDomainInfo> info = connection_->GetDomain(uuid_);
+  if (info.ok() && !reported && info->state == LibvirtDomainState::kPaused &&
+      info->reason == kPausedReasonUser) {
+    // libvirt never saw this stop happen: a libvirtd that restarted under it took QEMU's
+    // "paused" for the user's pause when it reconnected. It is ours (ciA 2026-12-07: the guest
+    // stayed stopped after a libvirtd restart).
+    info->reason = kPausedReasonUnknown;
+  }
+  return info;
 }
 
 absl::Status QemuGuestVm::CheckNotPausedByHost() {

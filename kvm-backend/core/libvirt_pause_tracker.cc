@@ -5,6 +5,7 @@ namespace tprd::backend {
 void LibvirtPauseTracker::WillRun() {
   absl::MutexLock lock(&mu_);
   awaiting_after_ = pauses_reported_;
+  unreported_ = false;
 }
 
 void LibvirtPauseTracker::OnPauseReported() {
@@ -19,13 +20,14 @@ void LibvirtPauseTracker::OnGone() {
 
 bool LibvirtPauseTracker::WaitCaughtUp(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
-  if (!awaiting_after_) return true;
+  if (!awaiting_after_) return !unreported_;
   const uint64_t after = *awaiting_after_;
   const auto caught_up = [this, after]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     return gone_ || pauses_reported_ != after;
   };
   const bool done = mu_.AwaitWithTimeout(absl::Condition(&caught_up), timeout);
   awaiting_after_.reset();
+  unreported_ = !done;
   return done;
 }
 

@@ -28,14 +28,17 @@ class LibvirtPauseTracker {
   // The domain is gone: nobody will report anything; wakes a waiter.
   void OnGone();
   // Waits until libvirt reported a pause after the last WillRun(), at most `timeout`.
-  // True when it did (or nothing was awaited); false on timeout. Either way the run is settled:
-  // the next call returns at once until the next WillRun().
+  // True when it did (or nothing was awaited); false when it did not in time. The answer holds
+  // until the next WillRun(): later calls return it at once. A stop libvirt never reported
+  // (its events lost while libvirtd restarted) is one whose pause reason libvirt guessed when it
+  // reconnected (QEMU's "paused" reads as the user's): the caller must not trust "user" then.
   bool WaitCaughtUp(absl::Duration timeout);
 
  private:
   absl::Mutex mu_;
   uint64_t pauses_reported_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<uint64_t> awaiting_after_ ABSL_GUARDED_BY(mu_);  // pauses_reported_ at WillRun
+  bool unreported_ ABSL_GUARDED_BY(mu_) = false;  // the last awaited pause did not come
   bool gone_ ABSL_GUARDED_BY(mu_) = false;
 };
 

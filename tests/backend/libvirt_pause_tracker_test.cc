@@ -34,11 +34,16 @@ TEST(LibvirtPauseTrackerTest, AWaiterWakesWhenThePauseIsReported) {
   libvirt.join();
 }
 
-TEST(LibvirtPauseTrackerTest, ATimedOutWaitSettlesTheRun) {
+TEST(LibvirtPauseTrackerTest, ATimedOutWaitSettlesTheRunAsUnreportedUntilTheNextRun) {
   LibvirtPauseTracker tracker;
   tracker.WillRun();
   EXPECT_FALSE(tracker.WaitCaughtUp(absl::Milliseconds(1)));
-  // libvirt may have lost the event (a restart): the next decision does not wait again.
+  // libvirt may have lost the event (a restart): the next decision does not wait again, and
+  // still knows that libvirt never reported this stop.
+  EXPECT_FALSE(tracker.WaitCaughtUp(absl::Seconds(30)));
+  tracker.WillRun();
+  tracker.OnPauseReported();
+  EXPECT_TRUE(tracker.WaitCaughtUp(absl::ZeroDuration()));
   EXPECT_TRUE(tracker.WaitCaughtUp(absl::ZeroDuration()));
 }
 

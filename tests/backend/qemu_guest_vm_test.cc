@@ -120,6 +120,16 @@ class QemuGuestVmTest : public ::testing::Test {
     ExpectScriptDone();
   }
 
+  // libvirt pauses the domain for `reason` and reports it (its SUSPENDED event).
+  void LibvirtReportsPause(int reason) {
+    libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, reason);
+    LibvirtDomainEvent paused;
+    paused.kind = LibvirtDomainEvent::Kind::kSuspended;
+    paused.uuid = kUuid;
+    paused.name = "xp";
+    libvirt_.EmitEvent(paused);
+  }
+
   // WaitForStop has no kept stop to return and asks the stub, which is silent.
   void ExpectNoStopKept() {
     absl::StatusOr<std::optional<StopEvent>> next = vm_->WaitForStop(absl::ZeroDuration());
@@ -374,7 +384,7 @@ TEST_F(QemuGuestVmTest, DetachRemovesTheTrapsItInsertedThenDetachesAndStopsTheGd
 TEST_F(QemuGuestVmTest, DetachForASaveTakesQemuOutOfItsDebugStateWithoutResumingIt) {
   Attach();
   ResumeThenStopWith("T05thread:p01.01;swbreak:;", 0, 0x80401000);
-  libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, kPausedReasonSave);
+  LibvirtReportsPause(kPausedReasonSave);
   stub_.ExpectWrite(EncodeGdbPacket("c"))
       .Send("+")
       .ExpectWrite("\x03")
@@ -390,7 +400,7 @@ TEST_F(QemuGuestVmTest, DetachForASaveTakesQemuOutOfItsDebugStateWithoutResuming
 TEST_F(QemuGuestVmTest, DetachFromAnOperatorsPauseLeavesQemuAsItIs) {
   Attach();
   ResumeThenStopWith("T05thread:p01.01;swbreak:;", 0, 0x80401000);
-  libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, kPausedReasonUser);
+  LibvirtReportsPause(kPausedReasonUser);
   absl::Status detached = vm_->Detach();
   EXPECT_TRUE(absl::IsFailedPrecondition(detached)) << detached;
   ExpectScriptDone();
@@ -407,12 +417,7 @@ TEST_F(QemuGuestVmTest, ResumeWaitsForLibvirtToReportItsStopAndKeepsASuspendMerg
   absl::Status resumed;
   std::thread resume([&] { resumed = vm_->Resume(); });
   // libvirt handles QEMU's STOP after the operator's `stop` set its pause reason.
-  libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, kPausedReasonUser);
-  LibvirtDomainEvent paused;
-  paused.kind = LibvirtDomainEvent::Kind::kSuspended;
-  paused.uuid = kUuid;
-  paused.name = "xp";
-  libvirt_.EmitEvent(paused);
+  LibvirtReportsPause(kPausedReasonUser);
   resume.join();
   EXPECT_TRUE(absl::IsFailedPrecondition(resumed)) << resumed;
   ExpectScriptDone();  // no `c` was sent
@@ -430,11 +435,24 @@ TEST_F(QemuGuestVmTest, ResumeGoesOnWithLibvirtsStateWhenItsReportDoesNotCome) {
   ExpectScriptDone();
 }
 
+// libvirtd restarted under our stop: it never reported the stop, and on reconnecting took
+// QEMU's "paused" for the user's pause. That "user" is ours: the guest must not stay stopped.
+TEST_F(QemuGuestVmTest, ResumeTakesAUserPauseLibvirtNeverReportedForItsOwnStop) {
+  QemuGuestVmOptions options = Options();
+  options.libvirt_catch_up = absl::Milliseconds(1);
+  Attach(std::move(options));
+  libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, kPausedReasonUser);
+  stub_.ExpectWrite(EncodeGdbPacket("c")).Send("+");
+  absl::Status resumed = vm_->Resume();
+  EXPECT_TRUE(resumed.ok()) << resumed;
+  ExpectScriptDone();
+}
+
 TEST_F(QemuGuestVmTest, DetachLeavesADomainLibvirtPausedPausedWithoutDetachingThroughTheStub) {
   Attach();
   stub_.ExpectCommand("Z0,80401000,1", "OK");
   ASSERT_TRUE(vm_->SetBreakpoint(0x80401000).ok());
-  libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, kPausedReasonUser);
+  LibvirtReportsPause(kPausedReasonUser);
   // `D;1` would resume it: the traps go, then the connection just closes.
   stub_.ExpectCommand("z0,80401000,1", "OK");
   // Said, so that a guest left stopped is explained in tprd's log.
