@@ -93,8 +93,17 @@ Strategy PatchManager::LoadInstalled(const ParsedBlob& blob) {
     if (read.ok() && now == recorded.patched) {
       managed.site.state = SiteState::kApplied;
     } else if (read.ok() && now == recorded.original) {
+      // A `pending` site a killed tprd never wrote had been proven (its transaction was about
+      // to patch it): it is recorded rolled back, as a site applied earlier in this boot is, so
+      // that the next enable patches it without a new proof. Under `discovery = watchpoint` a
+      // reader is proven only by a first enable's learning window: as a candidate it stayed
+      // unpatched for the rest of the boot (ciA, 2026-12-07, the fault test's kill -9 between
+      // the pending record and the write). A rolled-back writer keeps an adopted guest on exact
+      // until that enable, as after an operator's rollback.
       managed.site.state =
-          recorded.state == SiteState::kRolledBack ? SiteState::kRolledBack : SiteState::kCandidate;
+          recorded.state == SiteState::kRolledBack || recorded.state == SiteState::kPending
+              ? SiteState::kRolledBack
+              : SiteState::kCandidate;
     } else {
       managed.note = read.ok() ? "the bytes at this site are neither the original nor the "
                                  "patched bytes: changed behind tprd"

@@ -1354,6 +1354,49 @@ TEST_F(PatchManagerTest, AdoptAfterKillMidTransactionRecordsWhatTheBytesSay) {
   EXPECT_TRUE(journaled) << "the adopt journals every site's state";
 }
 
+// A kill -9 between an enable's pending record and its write: the site had been proven (the
+// learning window saw it), so it is recorded rolled back and the next enable patches it without a
+// new proof; under `discovery = watchpoint` nothing else would prove a reader (ciA, 2026-12-07).
+TEST_F(PatchManagerTest, APendingSiteAKilledTprdNeverWroteIsPatchedByTheNextEnable) {
+  QueueWatchpoint(0, kReadEax + 5);
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  request.discovery = Discovery::kWatchpoint;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  std::optional<ManagedSite> reader = SiteAt(kReadEax);
+  ASSERT_TRUE(reader && reader->site.state == SiteState::kApplied);
+  uint32_t blob_va = 0;
+  for (uint32_t pa = kLegacyWindowFirst; pa < kLegacyWindowEnd; pa += 4096) {
+    if (vm_.BackdoorPhysicalBytes(pa, 4) == std::vector<uint8_t>{0x54, 0x50, 0x52, 0x42}) {
+      blob_va = kLowMemoryVirtualBase + pa;
+    }
+  }
+  ASSERT_NE(blob_va, 0u);
+  // As the killed tprd left it: the original bytes, the table saying pending.
+  ASSERT_TRUE(vm_.Stop().ok());
+  ASSERT_TRUE(vm_.BackdoorWriteVirtual(0, kReadEax, reader->site.original).ok());
+  Site pending = reader->site;
+  pending.state = SiteState::kPending;
+  ASSERT_TRUE(GuestSiteTable(vm_, 0, blob_va).RecordSite(pending).ok());
+
+  {
+    PatchManager restarted(vm_, journal_, clock_);
+    ASSERT_TRUE(restarted.Adopt().ok());
+    ASSERT_TRUE(restarted.Detach().ok());
+  }
+  // A second restart still knows (the guest's table says rolled back, not pending).
+  PatchManager again(vm_, journal_, clock_);
+  ASSERT_TRUE(again.Adopt().ok());
+  absl::StatusOr<EnableReport> report = again.Enable(request);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->learning_hits, 0u) << "the blob was there: no learning window";
+  bool applied = false;
+  for (const ManagedSite& s : again.Sites()) {
+    if (s.site.address == kReadEax) applied = s.site.state == SiteState::kApplied;
+  }
+  EXPECT_TRUE(applied) << "the reader the killed enable was about to patch";
+}
+
 TEST_F(PatchManagerTest, EnableAfterRollbackPatchesEverySiteAgain) {
   QueueWatchpoint(0, kReadEax + 5);
   EnableRequest request;
