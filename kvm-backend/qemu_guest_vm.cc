@@ -162,12 +162,23 @@ absl::Status QemuGuestVm::SetPhysicalMode(bool physical) {
 }
 
 absl::StatusOr<LibvirtDomainInfo> QemuGuestVm::HostStateOfOurStop() {
-  // Not waited for, the state may be from before an operator's suspend merged into our stop
-  // (docs/design.md, "A suspend during a tprd stop"); a lost event costs the bound once, and
-  // nothing while tprd knows libvirtd is away.
+  absl::StatusOr<LibvirtDomainInfo> info = connection_->GetDomain(uuid_);
+  if (!info.ok()) return info;
+  // Paused for no reason of libvirt's own: libvirt has handled our stop (the common case, no
+  // wait). "Running": it has not yet, and an operator's suspend may still merge into the stop
+  // (docs/design.md, "A suspend during a tprd stop"). "User": an operator's suspend merged into
+  // it, or a libvirtd that restarted under the stop guessed so when it reconnected; only the
+  // former is reported by an event.
+  const bool lagging = info->state == LibvirtDomainState::kRunning;
+  const bool user = info->state == LibvirtDomainState::kPaused && info->reason == kPausedReasonUser;
+  if (!lagging && !user) {
+    libvirt_pauses_.MarkCaughtUp();
+    return info;
+  }
+  // A lost event costs the bound once, and nothing while tprd knows libvirtd is away.
   const bool reported = libvirt_pauses_.WaitCaughtUp(
       connection_->IsConnected() ? options_.libvirt_catch_up : absl::ZeroDuration());
-  absl::StatusOr<LibvirtDomainInfo> info = connection_->GetDomain(uuid_);
+  if (lagging) info = connection_->GetDomain(uuid_);
   if (info.ok() && !reported && info->state == LibvirtDomainState::kPaused &&
       info->reason == kPausedReasonUser) {
     // libvirt never saw this stop happen: a libvirtd that restarted under it took QEMU's

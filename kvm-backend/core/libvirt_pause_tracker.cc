@@ -18,6 +18,12 @@ void LibvirtPauseTracker::OnGone() {
   gone_ = true;
 }
 
+void LibvirtPauseTracker::MarkCaughtUp() {
+  absl::MutexLock lock(&mu_);
+  awaiting_after_.reset();
+  unreported_ = false;
+}
+
 bool LibvirtPauseTracker::WaitCaughtUp(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   if (!awaiting_after_) return !unreported_;

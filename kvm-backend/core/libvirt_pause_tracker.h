@@ -33,6 +33,9 @@ class LibvirtPauseTracker {
   // (its events lost while libvirtd restarted) is one whose pause reason libvirt guessed when it
   // reconnected (QEMU's "paused" reads as the user's): the caller must not trust "user" then.
   bool WaitCaughtUp(absl::Duration timeout);
+  // libvirt's state shows it handled the stop (paused for no reason of its own): settled as
+  // reported, without waiting for the event.
+  void MarkCaughtUp();
 
  private:
   absl::Mutex mu_;

@@ -47,6 +47,13 @@ TEST(LibvirtPauseTrackerTest, ATimedOutWaitSettlesTheRunAsUnreportedUntilTheNext
   EXPECT_TRUE(tracker.WaitCaughtUp(absl::ZeroDuration()));
 }
 
+TEST(LibvirtPauseTrackerTest, MarkedCaughtUpSettlesTheRunAsReported) {
+  LibvirtPauseTracker tracker;
+  tracker.WillRun();
+  tracker.MarkCaughtUp();
+  EXPECT_TRUE(tracker.WaitCaughtUp(absl::ZeroDuration()));
+}
+
 TEST(LibvirtPauseTrackerTest, AGoneDomainEndsTheWait) {
   LibvirtPauseTracker tracker;
   tracker.WillRun();
