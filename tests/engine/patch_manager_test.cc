@@ -195,6 +195,16 @@ class PatchManagerTest : public ::testing::Test {
     Put(kCode + 0x900, {0xF4});
     vm_.SetEip(vcpu, kCode + 0x901);
   }
+  // Where the blob's image starts (its magic "TPRB" at a page start of the legacy window), as a
+  // guest virtual address; 0 when there is none.
+  uint32_t BlobVa() const {
+    for (uint32_t pa = kLegacyWindowFirst; pa < kLegacyWindowEnd; pa += 4096) {
+      if (vm_.BackdoorPhysicalBytes(pa, 4) == std::vector<uint8_t>{0x54, 0x50, 0x52, 0x42}) {
+        return kLowMemoryVirtualBase + pa;
+      }
+    }
+    return 0;
+  }
   std::vector<int> PokedVcpus() const {
     std::vector<int> out;
     for (const Poke& p : pokes_) out.push_back(p.vcpu);
@@ -1319,12 +1329,7 @@ TEST_F(PatchManagerTest, AdoptAfterKillMidTransactionRecordsWhatTheBytesSay) {
     if (s.site.address == kReadEax) patched = s.site;
   }
   ASSERT_TRUE(patched && patched->state == SiteState::kApplied);
-  uint32_t blob_va = 0;
-  for (uint32_t pa = kLegacyWindowFirst; pa < kLegacyWindowEnd; pa += 4096) {
-    if (vm_.BackdoorPhysicalBytes(pa, 4) == std::vector<uint8_t>{0x54, 0x50, 0x52, 0x42}) {
-      blob_va = kLowMemoryVirtualBase + pa;
-    }
-  }
+  const uint32_t blob_va = BlobVa();
   ASSERT_NE(blob_va, 0u);
   ASSERT_TRUE(vm_.Stop().ok());
   Site pending = *patched;
@@ -1365,12 +1370,7 @@ TEST_F(PatchManagerTest, APendingSiteAKilledTprdNeverWroteIsPatchedByTheNextEnab
   ASSERT_TRUE(manager_.Enable(request).ok());
   std::optional<ManagedSite> reader = SiteAt(kReadEax);
   ASSERT_TRUE(reader && reader->site.state == SiteState::kApplied);
-  uint32_t blob_va = 0;
-  for (uint32_t pa = kLegacyWindowFirst; pa < kLegacyWindowEnd; pa += 4096) {
-    if (vm_.BackdoorPhysicalBytes(pa, 4) == std::vector<uint8_t>{0x54, 0x50, 0x52, 0x42}) {
-      blob_va = kLowMemoryVirtualBase + pa;
-    }
-  }
+  const uint32_t blob_va = BlobVa();
   ASSERT_NE(blob_va, 0u);
   // As the killed tprd left it: the original bytes, the table saying pending.
   ASSERT_TRUE(vm_.Stop().ok());
