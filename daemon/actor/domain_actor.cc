@@ -222,7 +222,17 @@ void DomainActor::RetakeGuest() {
 }
 
 void DomainActor::PollOnce() {
+  const EndingsSeen endings_before = Endings();
   auto events = controller_->Poll(options_.poll_interval);
+  if (!events.ok() && SessionEndedWithTheDomain(events.status(), endings_before)) {
+    // Not a lost session: there is no guest to take back, and the domain's lifecycle event
+    // (queued or due) says how it ended; a save's restore brings tprd's blob back.
+    LogInfo(absl::StrCat(Snapshot().domain.name, ": the gdbstub session ended with the domain (",
+                         events.status().message(), ")"));
+    DropController(/*detach=*/false, "the domain stopped");
+    SetState(DomainState::kGone, "the domain stopped");
+    return;
+  }
   if (!events.ok()) {
     const std::string message = absl::StrCat("lost the session to ", Snapshot().domain.name, ": ",
                                              events.status().message(), "; taking the guest back");
@@ -468,6 +478,20 @@ DomainActor::EndingsSeen DomainActor::Endings() {
   return endings_seen_;
 }
 
+bool DomainActor::SessionEndedWithTheDomain(const absl::Status& status, EndingsSeen before) {
+  if (!SessionLost(status)) return false;
+  {
+    absl::MutexLock lock(&mu_);
+    const auto stopped = [this, before]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return endings_seen_.stops != before.stops;
+    };
+    mu_.AwaitWithTimeout(absl::Condition(&stopped), options_.reboot_event_grace);
+    if (stopped()) return true;
+  }
+  absl::StatusOr<DomainInfo> now = hypervisor_->LookupDomain(Snapshot().domain.uuid);
+  return absl::IsNotFound(now.status()) || (now.ok() && !now->running);
+}
+
 void DomainActor::OnLifecycle(const LifecycleEvent& event, bool apply_intent) {
   bool restore_resume = false;
   {
@@ -475,7 +499,8 @@ void DomainActor::OnLifecycle(const LifecycleEvent& event, bool apply_intent) {
     // A failing operation may be waiting for this (StoppedDuring), even while stopping.
     if (event.kind == LifecycleKind::kRebooted) ++endings_seen_.reboots;
     if (event.kind == LifecycleKind::kShutdown || event.kind == LifecycleKind::kDestroyed ||
-        event.kind == LifecycleKind::kCrashed) {
+        event.kind == LifecycleKind::kCrashed || event.kind == LifecycleKind::kSaved ||
+        event.kind == LifecycleKind::kMigrated) {
       ++endings_seen_.stops;
     }
     // Marked here, in libvirt's order, before any event is filtered out: a restore's start
@@ -589,6 +614,15 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event, bool apply_intent
       }
       SetState(DomainState::kUnpatched, "guest rebooted: its patches went with its memory");
       if (apply_intent) ApplyIntent("rebooted");
+      break;
+    case LifecycleKind::kSaved:
+      // Its memory, tprd's blob and journal-described sites in it, went into the image; the
+      // restore's start (or managedsave's) takes it back as at a daemon start.
+      StopIntent("the domain saved");
+      DropController(/*detach=*/false, kind);
+      SetState(DomainState::kGone,
+               "saved: the guest's memory (tprd's blob in it) is in the saved image; tprd takes "
+               "it back when it is restored");
       break;
     case LifecycleKind::kShutdown:
     case LifecycleKind::kDestroyed:

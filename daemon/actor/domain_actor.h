@@ -182,6 +182,10 @@ class DomainActor {
   absl::Status StoppedDuring(const absl::Status& status, const std::string& what,
                              EndingsSeen before);
   EndingsSeen Endings();
+  // After the session broke with `status`: whether the domain itself ended (a save, a destroy,
+  // a migration away: QEMU closes the gdbstub as it exits, before libvirt's event), waiting up
+  // to reboot_event_grace for that event; else libvirt's lookup decides.
+  bool SessionEndedWithTheDomain(const absl::Status& status, EndingsSeen before);
   void RecordOperation(const std::string& what, const std::string& message,
                        std::optional<engine::Strategy> strategy = std::nullopt);
   void PublishSite(const engine::ManagedSite& site);

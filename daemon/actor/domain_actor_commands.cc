@@ -89,7 +89,7 @@ absl::Status DomainActor::StoppedDuring(const absl::Status& status, const std::s
   if (!stopped && !now.ok() && !absl::IsNotFound(now.status())) return status;
   return absl::FailedPreconditionError(
       absl::StrCat("domain ", domain.name, " stopped during the ", what,
-                   " (destroyed, shut down or crashed): ", status.message()));
+                   " (destroyed, shut down, crashed, saved or migrated away): ", status.message()));
 }
 
 absl::StatusOr<DomainActor::EnableResult> DomainActor::Enable(const EnableOptions& options,

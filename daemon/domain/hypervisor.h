@@ -30,6 +30,7 @@ enum class LifecycleKind : uint8_t {
   kCrashed,
   kRebooted,
   kMigrated,  // migrated away: the target's daemon adopts
+  kSaved,     // stopped by a save or managedsave: its memory (tprd's blob in it) is in the image
   kResumed,   // running again after a pause (tprd's own stops resume it too: filter early)
   kReverted,  // running again on a snapshot's memory: what tprd knew of the guest is untrue
   // running here after a migration: it arrived (this host is the target), or the migration
@@ -50,6 +51,8 @@ inline const char* LifecycleName(LifecycleKind kind) {
       return "rebooted";
     case LifecycleKind::kMigrated:
       return "migrated";
+    case LifecycleKind::kSaved:
+      return "saved";
     case LifecycleKind::kResumed:
       return "resumed";
     case LifecycleKind::kReverted:

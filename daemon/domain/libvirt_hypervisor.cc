@@ -79,7 +79,9 @@ void LibvirtHypervisor::OnDomainEvent(const backend::LibvirtDomainEvent& event) 
       out.kind = LifecycleKind::kShutdown;
       break;
     case backend::LibvirtDomainEvent::Kind::kStopped:
-      out.kind = LifecycleKind::kDestroyed;
+      // A save's stop keeps the guest's memory (and tprd's blob) in the image its restore loads.
+      out.kind = event.libvirt_detail == VIR_DOMAIN_EVENT_STOPPED_SAVED ? LifecycleKind::kSaved
+                                                                        : LifecycleKind::kDestroyed;
       break;
     case backend::LibvirtDomainEvent::Kind::kCrashed:
       out.kind = LifecycleKind::kCrashed;

@@ -608,6 +608,32 @@ TEST_F(DomainActorTest, MemoryWithoutTheBlobAfterARevertOrACopyShowsTheGuestUnpa
   }
 }
 
+// A save (or a destroy) ends QEMU, and with it the gdbstub, before libvirt reports the stop:
+// that is the domain ending, not a lost session. No warning, no attempt to take back a guest that
+// is not there; the save's own event then says where the guest went, and its restore (a start
+// from a saved state) takes it back from the blob in its memory.
+TEST_F(DomainActorTest, ASessionThatEndsWithASavedDomainIsNotALostSession) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  const int adopts_before = guest_->adopts;
+  const int opens_before = guest_->opens;
+  hypervisor_.SetRunningWithoutEvent("winxp-01", false);
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->poll_error = absl::UnavailableError("gdbstub session lost: Broken pipe");
+    guest_->changed.notify_all();
+  }
+  ASSERT_TRUE(WaitForState(*actor, DomainState::kGone))
+      << DomainStateName(actor->Snapshot().state) << ": " << actor->Snapshot().last_error;
+  EXPECT_EQ(actor->Snapshot().last_error, "") << "the domain's end is not an error";
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kSaved);
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kStarted, /*from_saved_state=*/true);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }))
+      << "the restore takes the guest back";
+  ASSERT_TRUE(WaitForState(*actor, DomainState::kPatched));
+  EXPECT_EQ(guest_->opens, opens_before + 1) << "only the restore opened a session";
+}
+
 TEST_F(DomainActorTest, LostSessionOfAGuestThatCannotBeTakenBackWaitsForTheOperator) {
   auto actor = Actor("winxp-01");
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());

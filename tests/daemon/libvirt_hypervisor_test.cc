@@ -4,6 +4,8 @@
 // refuse.
 #include "daemon/domain/libvirt_hypervisor.h"
 
+#include <libvirt/libvirt.h>
+
 #include <memory>
 #include <vector>
 
@@ -94,6 +96,21 @@ TEST_F(LibvirtHypervisorTest, SuspendAndMigrationStepsAreNotLifecycleChanges) {
     fake_->EmitEvent(Event(kind));
   }
   EXPECT_TRUE(events_.empty());
+}
+
+// A save's stop (virsh save, managedsave, libvirt-guests at host shutdown) is not a destroy: the
+// guest's memory, tprd's blob in it, comes back at the restore.
+TEST_F(LibvirtHypervisorTest, AStopForASaveIsASaveNotADestroy) {
+  LibvirtDomainEvent saved = Event(LibvirtDomainEvent::Kind::kStopped);
+  saved.libvirt_detail = VIR_DOMAIN_EVENT_STOPPED_SAVED;
+  fake_->EmitEvent(saved);
+  LibvirtDomainEvent destroyed = Event(LibvirtDomainEvent::Kind::kStopped);
+  destroyed.libvirt_detail = VIR_DOMAIN_EVENT_STOPPED_DESTROYED;
+  fake_->EmitEvent(destroyed);
+  ASSERT_EQ(events_.size(), 2u);
+  EXPECT_EQ(events_[0].kind, LifecycleKind::kSaved);
+  EXPECT_FALSE(events_[0].domain.running);
+  EXPECT_EQ(events_[1].kind, LifecycleKind::kDestroyed);
 }
 
 // A resume ends a pause tprd let go for (a save, a snapshot): the actor filters the others.

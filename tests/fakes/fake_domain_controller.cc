@@ -326,11 +326,12 @@ void FakeHypervisor::EmitLifecycle(const std::string& name, daemon::LifecycleKin
     if (!running) entry.info.id = -1;
     entry.info.running = running;
     // A start may bring a restored guest, a resume keeps the memory, a revert brings whatever
-    // the test left in the guest (the snapshot's memory); a migration takes the memory along,
-    // and one fake guest stands for it on both hosts (kMigrated, kArrived): the rest reset it.
+    // the test left in the guest (the snapshot's memory); a migration and a save take the memory
+    // along, and one fake guest stands for it on both sides (kMigrated and kArrived, kSaved and
+    // the restore's kStarted): the rest reset it.
     if (kind != daemon::LifecycleKind::kStarted && kind != daemon::LifecycleKind::kResumed &&
         kind != daemon::LifecycleKind::kReverted && kind != daemon::LifecycleKind::kMigrated &&
-        kind != daemon::LifecycleKind::kArrived) {
+        kind != daemon::LifecycleKind::kSaved && kind != daemon::LifecycleKind::kArrived) {
       // The guest's memory is gone (or reset): so are its patches.
       std::lock_guard<std::mutex> guest_lock(entry.guest->mu);
       entry.guest->blob_present = false;
@@ -357,6 +358,14 @@ void FakeHypervisor::DeliverLifecycleOnly(const std::string& name, daemon::Lifec
     handler = handler_;
   }
   if (handler) handler(event);
+}
+
+void FakeHypervisor::SetRunningWithoutEvent(const std::string& name, bool running) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = domains_.find(name);
+  if (it == domains_.end()) return;
+  it->second.info.running = running;
+  if (!running) it->second.info.id = -1;
 }
 
 void FakeHypervisor::SetUnavailable(bool unavailable) {

@@ -112,6 +112,8 @@ class FakeHypervisor : public daemon::Hypervisor {
   // Delivers the event and leaves the domain's state as it was: libvirt's answer to a lookup
   // that ran before its event (QEMU closes the gdbstub as it exits, before libvirt reaps it).
   void DeliverLifecycleOnly(const std::string& name, daemon::LifecycleKind kind);
+  // libvirt's lookup already answers `running` while its lifecycle event is still to come.
+  void SetRunningWithoutEvent(const std::string& name, bool running);
   void SetUnavailable(bool unavailable);
   // The domain's intent metadata as the daemon would read it (nullopt: none).
   void SetIntentXml(const std::string& name, std::optional<std::string> xml);
