@@ -363,6 +363,7 @@ std::optional<ControllerEvent> EngineDomainController::HostChangesState() {
     return event;
   }
   if (!backend::PausedToCopyState(info->reason)) return std::nullopt;
+  host_copies_state_ = true;  // the let-go that follows runs no vCPU (PatchManager::Detach)
   ControllerEvent event;
   event.kind = ControllerEvent::Kind::kHostCopiesState;
   event.message = absl::StrCat(
@@ -381,7 +382,9 @@ void EngineDomainController::Interrupt() {
 absl::Status EngineDomainController::Detach(const std::string& reason) {
   (void)reason;
   absl::Status status = absl::OkStatus();
-  if (manager_ != nullptr) status = manager_->Detach();
+  if (manager_ != nullptr) {
+    status = manager_->Detach({.host_copies_state = host_copies_state_});
+  }
   if (vm_ != nullptr) {
     absl::Status detached = vm_->Detach();
     if (status.ok()) status = detached;

@@ -95,6 +95,9 @@ class EngineDomainController : public DomainController {
   // none was tried.
   std::optional<absl::StatusOr<backend::ApicTraceSample>> before_trace_;
   PauseHistogram enable_pauses_;
+  // Set once libvirt was seen holding the domain paused to copy its state: the detach (the
+  // let-go) then runs no vCPU.
+  bool host_copies_state_ = false;
 
   absl::Mutex interrupt_mu_;
   bool interrupted_ ABSL_GUARDED_BY(interrupt_mu_) = false;

@@ -662,15 +662,16 @@ absl::StatusOr<RollbackReport> PatchManager::Rollback(const std::vector<uint32_t
   return report;
 }
 
-absl::Status PatchManager::Detach() {
+absl::Status PatchManager::Detach(DetachOptions options) {
   if (!blob_.installed()) return absl::OkStatus();
   // What goes wrong on the way out (a CPU whose real TPR could not get its shadow back) is noted
   // as everywhere, but this manager goes with the detach: it comes back as DATA_LOSS instead.
   status_.last_error.clear();
   TPRD_RETURN_IF_ERROR(StopGuest());
   StoppedGuestScope stopped(vm_);
+  const bool leaving_cr8 = status_.strategy == Strategy::kCr8;
   absl::Status strategy = WriteStrategy(Strategy::kExact);
-  absl::Status traps = DisarmTraps();
+  absl::Status traps = DisarmTraps(/*step_pending_hits=*/!options.host_copies_state || leaving_cr8);
   absl::Status resumed = stopped.Resume();
   if (!strategy.ok()) return strategy;
   if (!traps.ok()) return traps;

@@ -152,7 +152,17 @@ class PatchManager {
   // is left running (unless the host paused it). DATA_LOSS: left so, but something went wrong on
   // the way (the message says what: e.g. a CPU that reads its TPR without the low nibble until
   // its next TPR write).
-  absl::Status Detach();
+  struct DetachOptions {
+    // The host holds the guest paused to copy its state (a save, a migration, a snapshot): no
+    // vCPU runs on the way out, because every step ends in QEMU's `debug` run state and a copy
+    // that completes there cannot be loaded by QEMU 7.2 (docs/design.md, "Saves and
+    // migrations"). Under mmio and exact nothing needs a run: the word says exact, and a hit
+    // left pending stays in this QEMU, not in the copy. cr8 still steps its pokes (without them
+    // the copy's CPUs read their TPRs without the low nibble).
+    bool host_copies_state = false;
+  };
+  absl::Status Detach(DetachOptions options);
+  absl::Status Detach() { return Detach(DetachOptions{}); }
   // Waits up to `timeout` for one guest stop and handles it. The guest must be running.
   absl::StatusOr<std::vector<ManagerEvent>> Poll(absl::Duration timeout);
 
@@ -224,8 +234,9 @@ class PatchManager {
   size_t ApplyStopped(const std::vector<uint32_t>& ids, std::vector<ManagerEvent>* events);
   // Once the proving window has passed: disarms the breakpoints only the window wanted.
   absl::Status EndProvingWindowIfDue(std::vector<ManagerEvent>& events);
-  // Every trap removed (traps_), with no watchpoint hit left pending first.
-  absl::Status DisarmTraps();
+  // Every trap removed (traps_); with `step_pending_hits`, every vCPU is stepped first so that
+  // no watchpoint hit outlives the watchpoint.
+  absl::Status DisarmTraps(bool step_pending_hits = true);
   absl::Status HandleStop(const StopEvent& event, std::vector<ManagerEvent>& events);
   // The work for a trap stop once every vCPU is stopped (no resume).
   absl::Status HandleStopped(const StopEvent& event, std::vector<ManagerEvent>& events);

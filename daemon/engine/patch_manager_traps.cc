@@ -37,8 +37,8 @@ absl::Status PatchManager::EndProvingWindowIfDue(std::vector<ManagerEvent>& even
   return absl::OkStatus();
 }
 
-absl::Status PatchManager::DisarmTraps() {
-  if (traps_.watch_armed()) {
+absl::Status PatchManager::DisarmTraps(bool step_pending_hits) {
+  if (traps_.watch_armed() && step_pending_hits) {
     // A hit left pending would outlive the watchpoint (QEMU frees it and keeps the vCPU's
     // pointer): its late report stops the VM, even after tprd detached, and nobody resumes it
     // (seen: a 4-vCPU guest left paused after a full rollback). Stepped out first.

@@ -932,6 +932,37 @@ TEST_F(PatchManagerTest, LeavingCr8LeavesACpuThatStaysHaltedAndSaysSo) {
   EXPECT_TRUE(vm_.running());
 }
 
+// The let-go while libvirt holds the guest paused to copy its state (a save, a migration, a
+// snapshot): under mmio no vCPU runs, since every step ends in QEMU's debug run state, which a
+// copy that completes then carries and QEMU 7.2 cannot load. A SIGTERM's detach still steps
+// every vCPU so that no watchpoint hit outlives the watchpoint.
+TEST_F(PatchManagerTest, DetachForAHostCopyRunsNoVcpuUnderMmio) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  ASSERT_EQ(manager_.Status().strategy, Strategy::kMmio);
+  ASSERT_FALSE(vm_.watchpoints().empty());
+  const size_t steps = vm_.step_calls().size();
+  const size_t lone_runs = vm_.run_alone_calls().size();
+  const absl::Status detached = manager_.Detach({.host_copies_state = true});
+  EXPECT_TRUE(detached.ok()) << detached;
+  EXPECT_TRUE(StepsSince(steps).empty()) << "a vCPU was stepped during the host's copy";
+  EXPECT_EQ(vm_.run_alone_calls().size(), lone_runs);
+  EXPECT_EQ(manager_.Status().strategy, Strategy::kExact);
+  EXPECT_TRUE(vm_.watchpoints().empty());
+  EXPECT_TRUE(vm_.breakpoints().empty());
+}
+
+TEST_F(PatchManagerTest, DetachOtherwiseStepsEveryVcpuBeforeTheWatchpointGoes) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  const size_t steps = vm_.step_calls().size();
+  ASSERT_TRUE(manager_.Detach().ok());
+  EXPECT_EQ(StepsSince(steps), (std::vector<int>{0, 1}));
+  EXPECT_TRUE(vm_.watchpoints().empty());
+}
+
 // A detach (SIGTERM) goes with its manager: what went wrong on the way out comes back with it.
 TEST_F(PatchManagerTest, DetachSaysWhichCpuItCouldNotGiveItsShadowBack) {
   EnableCr8();
