@@ -87,7 +87,7 @@ std::optional<size_t> WaitLine(TestDomain& domain, const std::string& prefix, si
 
 // Counting TPR accesses that reach QEMU's APIC: QEMU's log trace backend, events
 // apic_mem_readl/apic_mem_writel, switched on for a window with HMP `trace-event`, written to
-// a file of our own with HMP `logfile`.
+// a file in the domain's libvirt directory with HMP `logfile`.
 
 struct ExitWindow {
   bool ok = false;
@@ -109,7 +109,7 @@ struct ExitWindow {
   }
 };
 
-ExitWindow CountExits(const std::string& domain, const std::string& dir, double seconds);
+ExitWindow CountExits(const std::string& domain, double seconds);
 
 // ---------------------------------------------------------------------------------------------
 // tprd and tprctl (tpr_bench_tprd.cc)

@@ -87,7 +87,7 @@ Result Harness::RunConfig(const Config& config, int vcpus) {
     return r;
   }
   if (options_.trace_seconds > 0) {
-    r.exits_before = CountExits(name, dir_, options_.trace_seconds);
+    r.exits_before = CountExits(name, options_.trace_seconds);
   }
   size_t from = domain->Lines().size();
   absl::Time proven = absl::Now();
@@ -96,7 +96,7 @@ Result Harness::RunConfig(const Config& config, int vcpus) {
     proven = absl::Now() + absl::Seconds(options_.proving_window_s + 1);
     from = domain->Lines().size();
     if (options_.trace_seconds > 0) {
-      r.exits_after = CountExits(name, dir_, options_.trace_seconds);
+      r.exits_after = CountExits(name, options_.trace_seconds);
     }
   }
   // One more warm-up BENCH line, after tprd's proving window, then the measured rounds.

@@ -60,6 +60,30 @@ RunResult Hmp(const std::string& domain, const std::string& command) {
               "--hmp", command});
 }
 
+// libvirt's own directory for the running domain (/var/lib/libvirt/qemu/domain-ID-NAME): QEMU
+// runs as libvirt-qemu and can write there, unlike in the bench's directory (which is why the
+// traced columns read 0 from 2026-12-06, when the test hosts stopped running QEMU as root).
+std::optional<std::string> DomainLibvirtDirectory(const std::string& name) {
+  virConnectPtr c = virConnectOpen("qemu:///system");
+  if (c == nullptr) return std::nullopt;
+  virDomainPtr d = virDomainLookupByName(c, name.c_str());
+  int id = -1;
+  if (d != nullptr) {
+    id = static_cast<int>(virDomainGetID(d));
+    virDomainFree(d);
+  }
+  virConnectClose(c);
+  if (id <= 0) return std::nullopt;
+  const std::string prefix = absl::StrCat("domain-", id, "-");
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator("/var/lib/libvirt/qemu", error)) {
+    if (absl::StartsWith(entry.path().filename().string(), prefix) && entry.is_directory(error)) {
+      return entry.path().string();
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 std::string QemuLogPath(const std::string& domain) {
@@ -123,13 +147,20 @@ std::optional<size_t> WaitLine(TestDomain& domain, const std::string& prefix, si
 // apic_mem_readl/apic_mem_writel, switched on for a window with HMP `trace-event`, written to
 // a file of our own with HMP `logfile`.
 
-ExitWindow CountExits(const std::string& domain, const std::string& dir, double seconds) {
+ExitWindow CountExits(const std::string& domain, double seconds) {
   static int n = 0;
   ExitWindow w;
-  const std::string path = absl::StrCat(dir, "/trace-", domain, "-", n++, ".log");
+  const std::optional<std::string> dir = DomainLibvirtDirectory(domain);
+  if (!dir) {
+    w.error = "no libvirt directory for the running domain in /var/lib/libvirt/qemu";
+    return w;
+  }
+  const std::string path = absl::StrCat(*dir, "/tprd-bench-trace-", n++, ".log");
   RunResult r = Hmp(domain, absl::StrCat("logfile ", path));
-  if (r.exit_code != 0) {
-    w.error = "HMP logfile: " + Trim(r.err);
+  // HMP prints QEMU's complaint (a file it cannot open) and still exits 0.
+  if (r.exit_code != 0 || !Trim(r.out).empty()) {
+    w.error = "HMP logfile: " + Trim(r.out) + Trim(r.err);
+    (void)Hmp(domain, "logfile /dev/null");
     return w;
   }
   const double t0 = NowSeconds();
@@ -150,8 +181,12 @@ ExitWindow CountExits(const std::string& domain, const std::string& dir, double 
   w.reads = c.tpr_reads;
   w.writes = c.tpr_writes;
   w.other = c.other;
-  w.ok = r.exit_code == 0;
-  if (!w.ok) w.error = "HMP trace-event off: " + Trim(r.err);
+  w.ok = r.exit_code == 0 && std::filesystem::exists(path);
+  if (r.exit_code != 0) {
+    w.error = "HMP trace-event off: " + Trim(r.err);
+  } else if (!w.ok) {
+    w.error = "QEMU wrote no trace file at " + path;
+  }
   std::error_code ignored;
   std::filesystem::remove(path, ignored);
   return w;
