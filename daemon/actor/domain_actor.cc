@@ -230,7 +230,7 @@ void DomainActor::PollOnce() {
     LogInfo(absl::StrCat(Snapshot().domain.name, ": the gdbstub session ended with the domain (",
                          events.status().message(), ")"));
     DropController(/*detach=*/false, "the domain stopped");
-    SetState(DomainState::kGone, "the domain stopped");
+    SetState(DomainState::kGone, "the domain stopped; libvirt's event says how");
     return;
   }
   if (!events.ok()) {
@@ -391,6 +391,21 @@ void DomainActor::SetState(DomainState state, const std::string& message) {
   bus_->Publish(event);
   LogInfo(absl::StrCat(event.domain.name, ": ", DomainStateName(state), message.empty() ? "" : ": ",
                        message));
+}
+
+void DomainActor::SayGone(const std::string& message) {
+  bool already = false;
+  {
+    absl::MutexLock lock(&mu_);
+    already = snapshot_.state == DomainState::kGone;
+  }
+  // The session's end may have said "gone" before libvirt's event said how: say how too.
+  if (already) {
+    LogInfo(absl::StrCat(Snapshot().domain.name, ": ", DomainStateName(DomainState::kGone), ": ",
+                         message));
+    return;
+  }
+  SetState(DomainState::kGone, message);
 }
 
 void DomainActor::RefreshSnapshot(bool with_sites) {
@@ -620,9 +635,9 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event, bool apply_intent
       // restore's start (or managedsave's) takes it back as at a daemon start.
       StopIntent("the domain saved");
       DropController(/*detach=*/false, kind);
-      SetState(DomainState::kGone,
-               "saved: the guest's memory (tprd's blob in it) is in the saved image; tprd takes "
-               "it back when it is restored");
+      SayGone(
+          "saved: the guest's memory (tprd's blob in it) is in the saved image; tprd takes it "
+          "back when it is restored");
       break;
     case LifecycleKind::kShutdown:
     case LifecycleKind::kDestroyed:
@@ -630,7 +645,7 @@ void DomainActor::HandleLifecycle(const LifecycleEvent& event, bool apply_intent
     case LifecycleKind::kMigrated:
       StopIntent(absl::StrCat("the domain ", kind));
       DropController(/*detach=*/false, kind);
-      SetState(DomainState::kGone, absl::StrCat(kind, ": patches gone with the guest's memory"));
+      SayGone(absl::StrCat(kind, ": patches gone with the guest's memory"));
       break;
   }
   RefreshSnapshot(/*with_sites=*/true);

@@ -171,6 +171,8 @@ class DomainActor {
   absl::Status EnsureController(bool adopt);
   void DropController(bool detach, const std::string& reason);
   void SetState(DomainState state, const std::string& message);
+  // kGone with `message`; when already gone, the message is still logged.
+  void SayGone(const std::string& message);
   void RefreshSnapshot(bool with_sites);
   // `status` of an operation whose session broke: FAILED_PRECONDITION naming the domain when
   // it is no longer running, or rebooted or stopped since `before` (EndingsSeen()), else

@@ -267,7 +267,7 @@ TEST_P(SaveWhileAttached, RestoresCorrectAndIsTakenBackWithTheSameSites) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Operation, SaveWhileAttached,
-                         ::testing::Values(SaveCase{"save", 1}, SaveCase{"managedsave", 2}),
+                         ::testing::Values(SaveCase{"managedsave", 2}),
                          [](const ::testing::TestParamInfo<SaveCase>& info) {
                            return absl::StrCat(info.param.operation, "_", info.param.vcpus, "vcpu");
                          });

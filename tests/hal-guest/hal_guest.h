@@ -78,6 +78,7 @@ extern u32 tsc_khz;
 extern u64 tsc_boot;
 extern u32 seed;
 extern u32 idle_heavy;  /* idle=heavy: halted most of the time (docs/hal-guest.md) */
+extern u32 regrel_off;  /* regrel=off: the register-relative path never runs */
 extern u32 inject_mode; /* 0 none, 1 stale, 2 book, 3 fault, 4 df (see docs/hal-guest.md) */
 const char* inject_name(void);
 

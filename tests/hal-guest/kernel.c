@@ -12,6 +12,7 @@ u64 tsc_boot;
 u32 seed = 1;
 u32 inject_mode;
 u32 idle_heavy;
+u32 regrel_off;
 static u32 apic_ticks_per_ms = 62500;
 static char cmdline[256];
 static u8 apic_to_cpu[256];
@@ -382,6 +383,8 @@ static void parse_cmdline(void) {
       seed = v;
     } else if (word_is(w, len, "idle=heavy", 10) && len == 10) {
       idle_heavy = 1;
+    } else if (word_is(w, len, "regrel=off", 10) && len == 10) {
+      regrel_off = 1; /* no register-relative TPR access runs: nothing tprd cannot patch writes */
     } else if (word_is(w, len, "inject=stale", 12) && len == 12) {
       inject_mode = 1; /* a TPR write behind the HAL's back */
     } else if (word_is(w, len, "inject=book", 11) && len == 11) {
@@ -412,12 +415,13 @@ void kernel_main(void) {
   hal_cpu_init(&cpus[0]);
   start_aps();
   print_line(
-      "BOOT guest=hal cpus=%u expected=%u seed=%u inject=%s idle=%s tsc_khz=%u apic_ticks_per_ms=%u "
+      "BOOT guest=hal cpus=%u expected=%u seed=%u inject=%s idle=%s tsc_khz=%u "
+      "apic_ticks_per_ms=%u "
       "timer_hz=%u kernel=0x%x-0x%x kpcr0=0x%x tpr_va=0x%x apic_va=0x%x legacy_va=0x%x "
       "ram_mapped=0x%x code=0x%x-0x%x",
-      online_cpus, expected_cpus, seed, inject_name(), idle_heavy ? "heavy" : "light", tsc_khz, apic_ticks_per_ms, hal_timer_hz(),
-      (u32)kernel_start, (u32)kernel_end, (u32)cpus[0].kpcr, TPR_VA, APIC_VA, LEGACY_VA,
-      boot_ram_mapped, hal_code_start(), hal_code_end());
+      online_cpus, expected_cpus, seed, inject_name(), idle_heavy ? "heavy" : "light", tsc_khz,
+      apic_ticks_per_ms, hal_timer_hz(), (u32)kernel_start, (u32)kernel_end, (u32)cpus[0].kpcr,
+      TPR_VA, APIC_VA, LEGACY_VA, boot_ram_mapped, hal_code_start(), hal_code_end());
   hal_print_boot_info();
   go = 1;
   cpu_run(&cpus[0]);

@@ -156,6 +156,7 @@ void hal_layout_init(void) {
   v.zero_every = 1 + rng_next(&s) % 8;
   v.mask_every = 4 + rng_next(&s) % 29;
   v.regrel_every = 16 + rng_next(&s) % 241;
+  if (regrel_off) v.regrel_every = 0; /* drawn all the same: the other rates stay the seed's */
   v.cmp_every = 8 + rng_next(&s) % 121;
   v.icr_every = 16 + rng_next(&s) % 241;
   v.rare_ms = 1 + rng_next(&s) % 50;
@@ -553,7 +554,7 @@ static void round_once(struct cpu* c) {
 
   if (n % v.mask_every == 0) masked_test(c, 0);
   if (n % v.icr_every == 0) masked_test(c, 1);
-  if (n % v.regrel_every == 0) regrel_path(c);
+  if (v.regrel_every != 0 && n % v.regrel_every == 0) regrel_path(c);
   if (n % v.cmp_every == 0) cmp_checks(c);
   u64 now = rdtsc();
   if (now >= c->next_rare_tsc) {
