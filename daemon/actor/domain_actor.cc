@@ -139,6 +139,9 @@ void DomainActor::Run() {
         intent = true;
       } else {
         poll = patched;
+        // No lifecycle command is queued at this moment: an ending counted after it is one the
+        // poll's failure may be waiting for (SessionEndedWithTheDomain).
+        endings_at_poll_ = endings_seen_;
       }
     }
     if (retake) {
@@ -222,7 +225,11 @@ void DomainActor::RetakeGuest() {
 }
 
 void DomainActor::PollOnce() {
-  const EndingsSeen endings_before = Endings();
+  EndingsSeen endings_before;
+  {
+    absl::MutexLock lock(&mu_);
+    endings_before = endings_at_poll_;
+  }
   auto events = controller_->Poll(options_.poll_interval);
   if (!events.ok() && SessionEndedWithTheDomain(events.status(), endings_before)) {
     // Not a lost session: there is no guest to take back, and the domain's lifecycle event
@@ -494,17 +501,17 @@ DomainActor::EndingsSeen DomainActor::Endings() {
 }
 
 bool DomainActor::SessionEndedWithTheDomain(const absl::Status& status, EndingsSeen before) {
-  if (!SessionLost(status)) return false;
-  {
-    absl::MutexLock lock(&mu_);
-    const auto stopped = [this, before]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-      return endings_seen_.stops != before.stops;
-    };
-    mu_.AwaitWithTimeout(absl::Condition(&stopped), options_.reboot_event_grace);
-    if (stopped()) return true;
-  }
-  absl::StatusOr<DomainInfo> now = hypervisor_->LookupDomain(Snapshot().domain.uuid);
-  return absl::IsNotFound(now.status()) || (now.ok() && !now->running);
+  // Only libvirt's stop event decides: a session dropped on a guest that still runs would leave
+  // it without tprd's traps (mmio's write watchpoint) and without a take-back. A lookup is not
+  // enough (ciD 2026-12-07: during a libvirtd restart it said so of a running domain, and the
+  // guest read stale shadows until the next adopt); libvirtd reconnecting is not an ending.
+  if (!SessionLost(status) || LibvirtReconnecting(status)) return false;
+  absl::MutexLock lock(&mu_);
+  const auto stopped = [this, before]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return endings_seen_.stops != before.stops;
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&stopped), options_.reboot_event_grace);
+  return stopped();
 }
 
 void DomainActor::OnLifecycle(const LifecycleEvent& event, bool apply_intent) {

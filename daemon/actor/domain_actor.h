@@ -185,8 +185,8 @@ class DomainActor {
                              EndingsSeen before);
   EndingsSeen Endings();
   // After the session broke with `status`: whether the domain itself ended (a save, a destroy,
-  // a migration away: QEMU closes the gdbstub as it exits, before libvirt's event), waiting up
-  // to reboot_event_grace for that event; else libvirt's lookup decides.
+  // a migration away: QEMU closes the gdbstub as it exits, before libvirt's event): libvirt's
+  // stop event since `before`, waited for up to reboot_event_grace.
   bool SessionEndedWithTheDomain(const absl::Status& status, EndingsSeen before);
   void RecordOperation(const std::string& what, const std::string& message,
                        std::optional<engine::Strategy> strategy = std::nullopt);
@@ -229,6 +229,8 @@ class DomainActor {
   // Reboot and stop (shutdown, destroy, crash) events received, counted on the
   // event thread before the actor handles them: a failing operation waits for them.
   EndingsSeen endings_seen_ ABSL_GUARDED_BY(mu_);
+  // endings_seen_ when the actor last chose to poll (no lifecycle command queued then).
+  EndingsSeen endings_at_poll_ ABSL_GUARDED_BY(mu_);
   // The controller to Interrupt() when a command arrives; set by the actor thread.
   DomainController* interruptible_ ABSL_GUARDED_BY(mu_) = nullptr;
 

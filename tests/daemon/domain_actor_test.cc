@@ -610,12 +610,39 @@ TEST_F(DomainActorTest, MemoryWithoutTheBlobAfterARevertOrACopyShowsTheGuestUnpa
 
 // A save (or a destroy) ends QEMU, and with it the gdbstub, before libvirt reports the stop:
 // that is the domain ending, not a lost session. No warning, no attempt to take back a guest that
-// is not there; the save's own event then says where the guest went, and its restore (a start
-// from a saved state) takes it back from the blob in its memory.
+// is not there; the save's own event says where the guest went, and its restore (a start from a
+// saved state) takes it back from the blob in its memory.
 TEST_F(DomainActorTest, ASessionThatEndsWithASavedDomainIsNotALostSession) {
+  DomainActorOptions options;
+  options.poll_interval = absl::Milliseconds(50);
+  options.reboot_event_grace = absl::Seconds(10);  // the event below ends the wait
+  MakeRegistry(options);
   auto actor = Actor("winxp-01");
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
   const int adopts_before = guest_->adopts;
+  const int opens_before = guest_->opens;
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->poll_error = absl::UnavailableError("gdbstub session lost: Broken pipe");
+    guest_->changed.notify_all();
+  }
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kSaved);
+  ASSERT_TRUE(WaitForState(*actor, DomainState::kGone))
+      << DomainStateName(actor->Snapshot().state) << ": " << actor->Snapshot().last_error;
+  EXPECT_EQ(actor->Snapshot().last_error, "") << "the domain's end is not an error";
+  EXPECT_EQ(guest_->opens, opens_before) << "nothing to take back while the domain is saved";
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kStarted, /*from_saved_state=*/true);
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }))
+      << "the restore takes the guest back";
+  ASSERT_TRUE(WaitForState(*actor, DomainState::kPatched));
+}
+
+// libvirt's answer alone is not an ending: during a libvirtd restart a running domain may look
+// gone. Without a stop event the broken session is a lost one, and the guest is taken back (else
+// it would run on mmio without tprd's write watchpoint; ciD 2026-12-07).
+TEST_F(DomainActorTest, ALostSessionWithoutAStopEventIsTakenBackWhateverALookupSays) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
   const int opens_before = guest_->opens;
   hypervisor_.SetRunningWithoutEvent("winxp-01", false);
   {
@@ -623,15 +650,8 @@ TEST_F(DomainActorTest, ASessionThatEndsWithASavedDomainIsNotALostSession) {
     guest_->poll_error = absl::UnavailableError("gdbstub session lost: Broken pipe");
     guest_->changed.notify_all();
   }
-  ASSERT_TRUE(WaitForState(*actor, DomainState::kGone))
-      << DomainStateName(actor->Snapshot().state) << ": " << actor->Snapshot().last_error;
-  EXPECT_EQ(actor->Snapshot().last_error, "") << "the domain's end is not an error";
-  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kSaved);
-  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kStarted, /*from_saved_state=*/true);
-  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }))
-      << "the restore takes the guest back";
-  ASSERT_TRUE(WaitForState(*actor, DomainState::kPatched));
-  EXPECT_EQ(guest_->opens, opens_before + 1) << "only the restore opened a session";
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->opens == opens_before + 1; }))
+      << "no take-back was tried";
 }
 
 TEST_F(DomainActorTest, LostSessionOfAGuestThatCannotBeTakenBackWaitsForTheOperator) {

@@ -27,6 +27,8 @@ class RegistryFixture : public ::testing::Test {
   }
 
   void MakeRegistry(const DomainActorOptions& options) {
+    // The old registry first: its end clears the hypervisor's lifecycle handler.
+    registry_.reset();
     registry_ = std::make_unique<DomainRegistry>(&hypervisor_, journal_.get(), &bus_, options);
   }
 
