@@ -245,7 +245,11 @@ void DomainActor::PollOnce() {
                                              events.status().message(), "; taking the guest back");
     LogWarning(message);
     PublishError(message);
-    DropController(/*detach=*/false, message);
+    // libvirtd restarting broke the poll, not the gdbstub: leave the guest correct without tprd
+    // (exact, traps removed) before letting it run. An abandoned session resumes it with its mmio
+    // word and without the write watchpoint until the take-back, which waits for libvirtd
+    // (ciD 2026-12-07: stale shadows read on both CPUs). A broken gdbstub can only be abandoned.
+    DropController(/*detach=*/LibvirtReconnecting(events.status()), message);
     const bool lost = SessionLost(events.status());
     SetState(lost ? DomainState::kExactWhileAway : DomainState::kPatched, message);
     {

@@ -681,6 +681,8 @@ TEST_F(DomainActorTest, LostSessionWhileLibvirtdReconnectsIsTakenBackWhenItIsBac
   auto actor = Actor("winxp-01");
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
   const int adopts_before = guest_->adopts;
+  const int detaches_before = guest_->detaches;
+  const int abandons_before = guest_->abandons;
   {
     std::lock_guard<std::mutex> lock(guest_->mu);
     guest_->open_error =
@@ -690,6 +692,10 @@ TEST_F(DomainActorTest, LostSessionWhileLibvirtdReconnectsIsTakenBackWhenItIsBac
   }
   ASSERT_TRUE(WaitForSnapshot(
       *actor, [](const DomainSnapshot& s) { return s.state == DomainState::kExactWhileAway; }));
+  // The gdbstub still works: the guest is left on exact with its traps removed, not abandoned
+  // on its strategy without them until libvirtd returns.
+  EXPECT_EQ(guest_->detaches, detaches_before + 1);
+  EXPECT_EQ(guest_->abandons, abandons_before);
   {
     std::lock_guard<std::mutex> lock(guest_->mu);
     guest_->open_error = absl::OkStatus();  // libvirtd is back
