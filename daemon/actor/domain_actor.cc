@@ -506,9 +506,9 @@ DomainActor::EndingsSeen DomainActor::Endings() {
 
 bool DomainActor::SessionEndedWithTheDomain(const absl::Status& status, EndingsSeen before) {
   // Only libvirt's stop event decides: a session dropped on a guest that still runs would leave
-  // it without tprd's traps (mmio's write watchpoint) and without a take-back. A lookup is not
-  // enough (ciD 2026-12-07: during a libvirtd restart it said so of a running domain, and the
-  // guest read stale shadows until the next adopt); libvirtd reconnecting is not an ending.
+  // it without tprd's traps (mmio's write watchpoint) and without a take-back, and a lookup is
+  // not authoritative (a libvirtd that restarts or reconnects may answer anything for a moment).
+  // libvirtd reconnecting is not an ending.
   if (!SessionLost(status) || LibvirtReconnecting(status)) return false;
   absl::MutexLock lock(&mu_);
   const auto stopped = [this, before]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
