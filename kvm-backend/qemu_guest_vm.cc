@@ -104,6 +104,8 @@ QemuGuestVm::~QemuGuestVm() {
   connection_->Unsubscribe(this);
 }
 
+void QemuGuestVm::OnConnectionLost() { libvirt_pauses_.OnConnectionLost(); }
+
 void QemuGuestVm::OnDomainEvent(const LibvirtDomainEvent& event) {
   if (event.uuid != uuid_) return;
   if (event.kind == LibvirtDomainEvent::Kind::kStopped ||
@@ -179,11 +181,12 @@ absl::StatusOr<LibvirtDomainInfo> QemuGuestVm::HostStateOfOurStop() {
   const bool reported = libvirt_pauses_.WaitCaughtUp(
       connection_->IsConnected() ? options_.libvirt_catch_up : absl::ZeroDuration());
   if (lagging) info = connection_->GetDomain(uuid_);
-  if (info.ok() && !reported && info->state == LibvirtDomainState::kPaused &&
-      info->reason == kPausedReasonUser) {
+  if (info.ok() && !reported && libvirt_pauses_.ConnectionLostSinceRun() &&
+      info->state == LibvirtDomainState::kPaused && info->reason == kPausedReasonUser) {
     // libvirt never saw this stop happen: a libvirtd that restarted under it took QEMU's
     // "paused" for the user's pause when it reconnected. It is ours (ciA 2026-12-07: the guest
-    // stayed stopped after a libvirtd restart).
+    // stayed stopped after a libvirtd restart). Without a restart an unreported "user" pause is
+    // an operator's suspend whose event is late (ciE: tprd resumed it).
     info->reason = kPausedReasonUnknown;
   }
   return info;

@@ -99,6 +99,7 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   QemuGuestVm(LibvirtConnection* connection, std::string uuid, QemuGuestVmOptions options);
 
   void OnDomainEvent(const LibvirtDomainEvent& event) override;
+  void OnConnectionLost() override;
   absl::Status Gone() const;
   absl::Status CheckUsable(bool require_stopped);
   absl::Status SelectVcpu(int vcpu);

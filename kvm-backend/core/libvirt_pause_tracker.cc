@@ -6,6 +6,17 @@ void LibvirtPauseTracker::WillRun() {
   absl::MutexLock lock(&mu_);
   awaiting_after_ = pauses_reported_;
   unreported_ = false;
+  connection_lost_since_run_ = false;
+}
+
+void LibvirtPauseTracker::OnConnectionLost() {
+  absl::MutexLock lock(&mu_);
+  connection_lost_since_run_ = true;
+}
+
+bool LibvirtPauseTracker::ConnectionLostSinceRun() {
+  absl::MutexLock lock(&mu_);
+  return connection_lost_since_run_;
 }
 
 void LibvirtPauseTracker::OnPauseReported() {

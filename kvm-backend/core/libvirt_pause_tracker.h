@@ -36,6 +36,12 @@ class LibvirtPauseTracker {
   // libvirt's state shows it handled the stop (paused for no reason of its own): settled as
   // reported, without waiting for the event.
   void MarkCaughtUp();
+  // tprd's libvirt connection was lost (libvirtd restarting); from the connection's thread.
+  void OnConnectionLost();
+  // Whether the connection was lost since the last WillRun(): only then can libvirt have guessed
+  // the reason of a pause it never saw happen (a late event under load is not a restart, and an
+  // operator's suspend it reported late must hold: ciE 2026-12-07).
+  bool ConnectionLostSinceRun();
 
  private:
   absl::Mutex mu_;
@@ -43,6 +49,7 @@ class LibvirtPauseTracker {
   std::optional<uint64_t> awaiting_after_ ABSL_GUARDED_BY(mu_);  // pauses_reported_ at WillRun
   bool unreported_ ABSL_GUARDED_BY(mu_) = false;  // the last awaited pause did not come
   bool gone_ ABSL_GUARDED_BY(mu_) = false;
+  bool connection_lost_since_run_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace tprd::backend

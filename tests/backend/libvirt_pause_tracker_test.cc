@@ -61,5 +61,15 @@ TEST(LibvirtPauseTrackerTest, AGoneDomainEndsTheWait) {
   EXPECT_TRUE(tracker.WaitCaughtUp(absl::ZeroDuration()));
 }
 
+TEST(LibvirtPauseTrackerTest, ALostConnectionCountsUntilTheNextRun) {
+  LibvirtPauseTracker tracker;
+  tracker.WillRun();
+  EXPECT_FALSE(tracker.ConnectionLostSinceRun());
+  tracker.OnConnectionLost();
+  EXPECT_TRUE(tracker.ConnectionLostSinceRun());
+  tracker.WillRun();
+  EXPECT_FALSE(tracker.ConnectionLostSinceRun());
+}
+
 }  // namespace
 }  // namespace tprd::backend

@@ -441,11 +441,25 @@ TEST_F(QemuGuestVmTest, ResumeTakesAUserPauseLibvirtNeverReportedForItsOwnStop) 
   QemuGuestVmOptions options = Options();
   options.libvirt_catch_up = absl::Milliseconds(1);
   Attach(std::move(options));
+  libvirt_.SimulateConnectionLost();  // libvirtd restarting under our stop
   libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, kPausedReasonUser);
+  libvirt_.SimulateConnectionRestored();
   stub_.ExpectWrite(EncodeGdbPacket("c")).Send("+");
   absl::Status resumed = vm_->Resume();
   EXPECT_TRUE(resumed.ok()) << resumed;
   ExpectScriptDone();
+}
+
+// Without a libvirtd restart, an unreported "user" pause is an operator's suspend whose event
+// is late (a loaded host): it holds (ciE 2026-12-07: tprd resumed such a suspend).
+TEST_F(QemuGuestVmTest, ResumeKeepsAUserPauseWhoseEventIsLateWhenLibvirtdDidNotRestart) {
+  QemuGuestVmOptions options = Options();
+  options.libvirt_catch_up = absl::Milliseconds(1);
+  Attach(std::move(options));
+  libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, kPausedReasonUser);
+  absl::Status resumed = vm_->Resume();
+  EXPECT_TRUE(absl::IsFailedPrecondition(resumed)) << resumed;
+  ExpectScriptDone();  // no `c` was sent
 }
 
 TEST_F(QemuGuestVmTest, DetachLeavesADomainLibvirtPausedPausedWithoutDetachingThroughTheStub) {
