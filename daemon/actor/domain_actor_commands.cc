@@ -107,10 +107,12 @@ absl::StatusOr<DomainActor::EnableResult> DomainActor::RunEnable(
     const EnableOptions& options, const std::optional<Intent>& record) {
   const DomainState before = Snapshot().state;
   const bool had_session = controller_ != nullptr;
-  // A guest we are away from may already hold our blob: take it back before enabling.
-  absl::Status opened = EnsureController(before == DomainState::kExactWhileAway);
-  if (!opened.ok()) return opened;
   const EndingsSeen endings_before = Endings();
+  // A guest we are away from may already hold our blob: take it back before enabling. A domain
+  // destroyed while its session opens fails there (ciF 2026-12-07: libvirt's raw "Domain not
+  // found", exit 3): said as the stop it is.
+  absl::Status opened = EnsureController(before == DomainState::kExactWhileAway);
+  if (!opened.ok()) return StoppedDuring(opened, "enable", endings_before);
   if (!options.dry_run) SetState(DomainState::kPatching, "enable started");
   RecordOperation("enable", options.dry_run ? "dry run" : "started");
   auto sites = controller_->Enable(options);
