@@ -51,6 +51,12 @@ class DomainActorTest : public RegistryFixture {
     change.message = "libvirt paused the domain";
     guest_->PushPollEvent(change);
   }
+  // The actor's next poll fails with `error` (the session broke).
+  void FailNextPoll(absl::Status error) {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->poll_error = std::move(error);
+    guest_->changed.notify_all();
+  }
   // The guest's memory holds no blob (a snapshot from before the enable).
   void ForgetBlob() {
     std::lock_guard<std::mutex> lock(guest_->mu);
@@ -443,11 +449,7 @@ TEST_F(DomainActorTest, LostSessionIsReportedAndTheGuestIsTakenBackAtOnce) {
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
   const int adopts_before = guest_->adopts;
   const int abandons_before = guest_->abandons;
-  {
-    std::lock_guard<std::mutex> lock(guest_->mu);
-    guest_->poll_error = absl::UnavailableError("gdbstub connection reset");
-    guest_->changed.notify_all();
-  }
+  FailNextPoll(absl::UnavailableError("gdbstub connection reset"));
   ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }))
       << "a lost session must be followed by an adopt, not by waiting for an operator";
   ASSERT_TRUE(WaitForSnapshot(
@@ -621,11 +623,7 @@ TEST_F(DomainActorTest, ASessionThatEndsWithASavedDomainIsNotALostSession) {
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
   const int adopts_before = guest_->adopts;
   const int opens_before = guest_->opens;
-  {
-    std::lock_guard<std::mutex> lock(guest_->mu);
-    guest_->poll_error = absl::UnavailableError("gdbstub session lost: Broken pipe");
-    guest_->changed.notify_all();
-  }
+  FailNextPoll(absl::UnavailableError("gdbstub session lost: Broken pipe"));
   hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kSaved);
   ASSERT_TRUE(WaitForState(*actor, DomainState::kGone))
       << DomainStateName(actor->Snapshot().state) << ": " << actor->Snapshot().last_error;
@@ -645,11 +643,7 @@ TEST_F(DomainActorTest, ALostSessionWithoutAStopEventIsTakenBackWhateverALookupS
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
   const int opens_before = guest_->opens;
   hypervisor_.SetRunningWithoutEvent("winxp-01", false);
-  {
-    std::lock_guard<std::mutex> lock(guest_->mu);
-    guest_->poll_error = absl::UnavailableError("gdbstub session lost: Broken pipe");
-    guest_->changed.notify_all();
-  }
+  FailNextPoll(absl::UnavailableError("gdbstub session lost: Broken pipe"));
   ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->opens == opens_before + 1; }))
       << "no take-back was tried";
 }
