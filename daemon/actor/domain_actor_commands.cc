@@ -83,7 +83,11 @@ absl::Status DomainActor::StoppedDuring(const absl::Status& status, const std::s
     }
     stopped = endings_seen_.stops != before.stops;
   }
-  if (!stopped && !absl::IsUnavailable(status) && !absl::IsNotFound(status)) return status;
+  // FAILED_PRECONDITION too: an attach that finds the domain already being destroyed says
+  // "is shutdown, not running or paused" before libvirt's stop event comes (race test, by hand).
+  const bool may_have_stopped =
+      absl::IsUnavailable(status) || absl::IsNotFound(status) || absl::IsFailedPrecondition(status);
+  if (!stopped && !may_have_stopped) return status;
   absl::StatusOr<DomainInfo> now = hypervisor_->LookupDomain(domain.uuid);
   if (!stopped && now.ok() && now->running) return status;
   if (!stopped && !now.ok() && !absl::IsNotFound(now.status())) return status;

@@ -648,6 +648,35 @@ TEST_F(DomainActorTest, ALostSessionWithoutAStopEventIsTakenBackWhateverALookupS
       << "no take-back was tried";
 }
 
+// An enable whose attach finds the domain already being destroyed, before libvirt's stop event:
+// the answer says the domain stopped (race test by hand: the raw "is shutdown" was exit 3).
+TEST_F(DomainActorTest, EnableWhoseAttachFindsTheDomainShuttingDownSaysItStopped) {
+  auto actor = Actor("winxp-01");
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->open_error =
+        absl::FailedPreconditionError("domain winxp-01 is shutdown, not running or paused");
+  }
+  hypervisor_.SetRunningWithoutEvent("winxp-01", false);
+  auto result = actor->Enable(EnableOptions{}, Soon());
+  ASSERT_FALSE(result.ok());
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("stopped during the enable"));
+}
+
+// A refusal on a running domain is passed through as it is: not every FAILED_PRECONDITION is a
+// stop.
+TEST_F(DomainActorTest, EnableRefusedOnARunningDomainIsNotCalledAStop) {
+  auto actor = Actor("winxp-01");
+  {
+    std::lock_guard<std::mutex> lock(guest_->mu);
+    guest_->open_error = absl::FailedPreconditionError("QEMU's own vapic is active");
+  }
+  auto result = actor->Enable(EnableOptions{}, Soon());
+  ASSERT_FALSE(result.ok());
+  EXPECT_THAT(std::string(result.status().message()), ::testing::Not(HasSubstr("stopped during")));
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("vapic"));
+}
+
 TEST_F(DomainActorTest, LostSessionOfAGuestThatCannotBeTakenBackWaitsForTheOperator) {
   auto actor = Actor("winxp-01");
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
