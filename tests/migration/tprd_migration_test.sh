@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Live migration with a tprd on each side (label migration; docs/usage.md, docs/design.md "A
-# migration's end"): the test guest (2 vCPUs) patched under mmio by the source's tprd on
+# migration's end"): a test guest (2 vCPUs) patched under mmio by the source's tprd on
 # qemu:///system, `virsh migrate --live` to a second libvirtd on this machine
 # (tests/migration/two-libvirtd.sh: its own mount namespace, sockets and state), where a second
 # tprd, started in that namespace with an empty journal, takes the arriving guest back with the
@@ -8,13 +8,29 @@
 # failure before, during or after; the target's tprd shows the guest patched, mmio, with the
 # sites the source had; the source's shows it gone; a rollback on the target restores every
 # site's original bytes (read through the target QEMU's monitor).
-#   tprd_migration_test.sh SOURCE_DIR BUILD_DIR
+#   tprd_migration_test.sh SOURCE_DIR BUILD_DIR [test|hal]
+# GUEST: `test` (the XP-like test guest, default) or `hal` (the HAL-shaped guest, seed 2,
+# `regrel=off`: with its register-relative writer on, mmio stops the guest at every run of it, and
+# a migration whose end lands on such a stop cannot be loaded by QEMU 7.2, as below).
 # Only mmio: a cr8 guest traps at its unpatchable accesses, and a migration whose end lands on
 # such a trap stop cannot be loaded by QEMU 7.2 (docs/design.md "Saves and migrations").
 set -euo pipefail
 
 src=${1:?source dir}
 build=${2:?build dir}
+guest=${3:-test}
+case $guest in
+test)
+  guest_elf=tpr-test-guest.elf guest_dir=guest cmdline="late=45"
+  ;;
+hal)
+  guest_elf=hal-guest.elf guest_dir=hal-guest cmdline="seed=2 regrel=off"
+  ;;
+*)
+  echo "unknown guest '$guest' (test or hal)" >&2
+  exit 2
+  ;;
+esac
 [[ $(id -u) -eq 0 ]] || {
   echo "SKIP: needs root (two libvirt daemons)"
   exit 77
@@ -25,11 +41,11 @@ export TPRD_MIG2_DIR=$work/d2
 two=$src/tests/migration/two-libvirtd.sh
 tprd=$build/daemon/tprd
 tprctl=$build/cli/tprctl
-domain=tprd-mig-test-$$
+domain=tprd-mig-$guest-$$
 target_uri=$(bash "$two" uri)
 serial=$work/serial/$domain.log
 failures=0
-logs=$build/tests/migration/tprd_migration_test.logs
+logs=$build/tests/migration/tprd_migration_test.$guest.logs
 
 say() { echo "migration-test: $*"; }
 pass() { say "PASS: $*"; }
@@ -86,18 +102,24 @@ stat_lines() { # complete STAT lines of vCPU 1 so far (grep -c prints 0 and fail
 }
 export -f stat_lines
 export serial
-guest_failures() { grep -aE -e '^FAIL' -e '^STAT .*fail=[1-9]' "$serial" | head -n 3 || true; }
+# The test guest counts failed checks (fail=), the HAL guest wrong reads and masking violations;
+# both print their first failures as FAIL lines.
+guest_failures() {
+  grep -aE -e '^FAIL' -e '^STAT .*( fail| wrong_reads| mask_violations)=[1-9]' "$serial" |
+    head -n 3 || true
+}
 
 # ------------------------------------------------------------------------------ the two hosts
 mkdir -p "$work"/{guest,serial,tA,tB}
 chmod 0755 "$work" "$work/guest"
 chmod 0777 "$work/serial"
-install -m 0644 "$build/tests/guest/tpr-test-guest.elf" "$work/guest/"
+install -m 0644 "$build/tests/$guest_dir/$guest_elf" "$work/guest/"
 bash "$two" up >/dev/null || die "the second libvirtd did not start"
 pass "second libvirtd up: $target_uri"
 
-# The test guest, with its serial log appended to by both QEMUs (the target's must not truncate it).
-sed -e "s|@KERNEL@|$work/guest/tpr-test-guest.elf|" \
+# The guest, with its serial log appended to by both QEMUs (the target's must not truncate it).
+sed -e "s|@KERNEL@|$work/guest/$guest_elf|" \
+  -e "s|<cmdline>late=45</cmdline>|<cmdline>$cmdline</cmdline>|" \
   -e "s|<source path='@SERIAL@'/>|<source path='$serial' append='on'/>|" \
   -e "s|<name>tpr-demo</name>|<name>$domain</name>|" \
   "$src/deploy/tpr-demo.xml.in" >"$work/domain.xml"
@@ -188,4 +210,4 @@ if ((failures > 0)); then
   say "$failures check(s) failed; logs in $logs"
   exit 1
 fi
-say "PASS: tprd_migration_test; logs in $logs"
+say "PASS: tprd_migration_test ($guest guest); logs in $logs"
