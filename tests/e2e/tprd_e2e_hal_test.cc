@@ -521,7 +521,9 @@ class HalE2e {
 
   // Boots the guest and waits for STAT from every CPU; the guest alone must pass its checks.
   // `reboot_restarts`: a guest reset boots it again (libvirt on_reboot=restart).
-  void Boot(bool reboot_restarts = false) {
+  // `snapshot_disk`: a defined domain with a qcow2 disk, so that libvirt can take internal
+  // snapshots with memory.
+  void Boot(bool reboot_restarts = false, bool snapshot_disk = false) {
     Say() << "hal-guest: strategy " << case_.strategy << ", " << case_.vcpus << " vCPU(s), seed "
           << case_.seed
           << (case_.random ? " (random; rerun with "
@@ -536,6 +538,8 @@ class HalE2e {
                                    case_.no_regrel ? " regrel=off" : "");
     options.cr8legacy_cpu = case_.strategy == "cr8";
     options.reboot_restarts = reboot_restarts;
+    options.persistent = snapshot_disk;  // snapshots keep their metadata with a defined domain
+    options.qcow2_disk = snapshot_disk;
     absl::StatusOr<std::unique_ptr<TestDomain>> created = TestDomain::Create(options);
     ASSERT_TRUE(created.ok()) << created.status();
     domain_ = *std::move(created);
@@ -646,6 +650,23 @@ class HalE2e {
         uptime = std::max(uptime, Num(ParseSerialFields(line), "uptime_ms"));
     }
     return uptime;
+  }
+
+  // After a snapshot revert (the guest's clock goes back to the snapshot's): waits for every CPU
+  // to run `guest_seconds` of guest time from the first STAT line at index >= `from`, then checks
+  // those lines against the boot's baseline and that every CPU made progress.
+  void RunAfterRevert(size_t from, int guest_seconds, const char* when) {
+    size_t first = from;
+    absl::StatusOr<std::string> line =
+        domain_->WaitForPrefix("STAT ", absl::Seconds(60), from, &first);
+    ASSERT_TRUE(line.ok()) << when << ": no STAT line: " << line.status() << "\n"
+                           << DomainRunStateAndReason(domain_->name()) << domain_->LastLines(20);
+    const uint64_t start = Num(ParseSerialFields(*line), "uptime_ms");
+    ASSERT_TRUE(WaitForUptime(from, start + static_cast<uint64_t>(guest_seconds) * 1000,
+                              absl::Seconds(60 + guest_seconds * 20), when));
+    const std::vector<std::string> lines = domain_->Lines();
+    PhaseResult result = CheckPhase(when, lines, from, lines.size(), layout_, baseline_);
+    ExpectProgress(when, result, case_.vcpus, 2);
   }
 
   // Runs the patched guest for `seconds` of wall time and at least `guest_seconds` of guest
@@ -1079,6 +1100,18 @@ void StartAndEnable(HalE2e& e2e, TprdProcess& tprd, const std::string& strategy)
   Say() << "enabled " << strategy << " by guest uptime " << e2e.Uptime() << " ms" << std::endl;
 }
 
+// Rolls everything back, checks the guest from `patched_from` through the rollback and after it,
+// stops tprd, and compares the guest's code with `code_before` (read before tprd came).
+void RollBackAndCompareCode(HalE2e& e2e, TprdProcess& tprd, size_t patched_from,
+                            const std::vector<uint8_t>& code_before, const char* label) {
+  const size_t rollback_from = e2e.domain()->Lines().size();
+  e2e.Rollback(tprd, absl::StrCat(label, ": rollback").c_str());
+  const size_t rollback_done = e2e.domain()->Lines().size();
+  e2e.CheckAroundRollback(tprd, patched_from, rollback_from, rollback_done, label);
+  EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
+  EXPECT_EQ(e2e.ReadGuestCode(), code_before) << "rollback restores the guest's code byte for byte";
+}
+
 // kill -9 of tprd while patched under cr8: its traps stay armed in QEMU's gdbstub and the guest
 // stops at the next hit; a new tprd adopts the guest (the strategy word still says cr8) and
 // keeps it correct. The guest's checks must hold throughout: before, during and after.
@@ -1238,27 +1271,101 @@ TEST_P(HalSaveTest, SavedWhileAttachedRestoresCorrectAndIsTakenBack) {
   EXPECT_EQ(log.find("lost the session"), std::string::npos) << tprd.LogTail(60);
   EXPECT_EQ(log.find("cannot take it back"), std::string::npos) << tprd.LogTail(60);
 
-  const size_t rollback_from = domain.Lines().size();
-  e2e.Rollback(tprd, "rollback after the restore");
-  const size_t rollback_done = domain.Lines().size();
-  e2e.CheckAroundRollback(tprd, restored_from, rollback_from, rollback_done, "save");
-  EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
-  EXPECT_EQ(e2e.ReadGuestCode(), code_before) << "rollback restores the guest's code byte for byte";
+  RollBackAndCompareCode(e2e, tprd, restored_from, code_before, "save");
 }
 
 // regrel=off: with the guest's register-relative TPR writer running, mmio keeps stopping the guest
 // at it (about 250 stops a second on these variants), and a save that lands in one of those
 // stops cannot be restored by QEMU 7.2 (measured: docs/design.md "Saves and migrations").
+// The cases of the tests whose operation copies the guest's memory (save, snapshot): mmio with
+// regrel=off.
+HalCase CopyCase(int vcpus, uint32_t seed, bool random = false) {
+  return HalCase{
+      .strategy = "mmio", .vcpus = vcpus, .seed = seed, .random = random, .no_regrel = true};
+}
+
 std::vector<HalCase> SaveCases() {
-  const auto save_case = [](int vcpus, uint32_t seed, bool random = false) {
-    return HalCase{
-        .strategy = "mmio", .vcpus = vcpus, .seed = seed, .random = random, .no_regrel = true};
-  };
-  if (!Soak()) return {save_case(1, 5)};
-  return {save_case(1, 5), save_case(2, 2), save_case(4, 3), save_case(2, RandomSeed() + 19, true)};
+  if (!Soak()) return {CopyCase(1, 5)};
+  return {CopyCase(1, 5), CopyCase(2, 2), CopyCase(4, 3), CopyCase(2, RandomSeed() + 19, true)};
 }
 
 INSTANTIATE_TEST_SUITE_P(Hal, HalSaveTest, ::testing::ValuesIn(SaveCases()),
+                         [](const auto& info) { return CaseName(info.param); });
+
+// Snapshots with memory (internal, qcow2) of the HAL-shaped guest while tprd runs, then reverts
+// of the running domain: to the snapshot from before the enable (tprd must show `unpatched` and
+// write nothing from what it knew) and to the snapshot of the patched guest (its blob adopted,
+// every site it runs patched again). The guest's checks hold after each revert and after the
+// rollback, and the rollback restores its code byte for byte. mmio only, regrel=off, as
+// HalSaveTest and for its reason (a snapshot's copy landing in a trap stop).
+class HalSnapshotTest : public ::testing::TestWithParam<HalCase> {};
+
+TEST_P(HalSnapshotTest, RevertsShowAndAdoptWhatTheSnapshotsMemoryHolds) {
+  const HalCase& c = GetParam();
+  HalE2e e2e(c);
+  e2e.Boot(/*reboot_restarts=*/false, /*snapshot_disk=*/true);
+  if (HasFatalFailure()) return;
+  TestDomain& domain = *e2e.domain();
+  const std::string name = domain.name();
+  const std::vector<uint8_t> code_before = e2e.ReadGuestCode();
+  RunResult before = Virsh({"snapshot-create-as", name, "before-enable"});
+  ASSERT_EQ(before.exit_code, 0) << before.out << before.err;
+
+  TprdProcess tprd(MakeTprdDir(), TprdConfig(c));
+  absl::Cleanup keep_logs = [&] { e2e.KeepLogs(&tprd, TestName()); };
+  const size_t enable_from = domain.Lines().size();
+  StartAndEnable(e2e, tprd, c.strategy);
+  if (HasFatalFailure()) return;
+  e2e.RunPatched(tprd, enable_from, kProvingWindowSeconds + 3, 1, "patched before the snapshot");
+  ASSERT_TRUE(WaitForProvingWindowEnd(tprd, name, absl::Seconds(60))) << tprd.LogTail(40);
+  const std::vector<SiteRow> sites_patched = ListSites(tprd, name);
+
+  RunResult patched = Virsh({"snapshot-create-as", name, "patched"});
+  ASSERT_EQ(patched.exit_code, 0) << patched.out << patched.err << tprd.LogTail(40);
+  WaitForState(tprd, name, "patched", absl::Seconds(30), "after the snapshot of the patched guest");
+  {
+    const std::vector<std::string> lines = domain.Lines();
+    CheckPhase("patched, through the snapshot", lines, enable_from, lines.size(), e2e.layout(),
+               e2e.baseline());
+  }
+
+  RunResult reverted = Virsh({"snapshot-revert", name, "before-enable"});
+  ASSERT_EQ(reverted.exit_code, 0) << reverted.out << reverted.err << tprd.LogTail(40);
+  size_t from = domain.Lines().size();
+  WaitForState(tprd, name, "unpatched", absl::Seconds(30), "reverted to before the enable");
+  for (const SiteRow& row : ListSites(tprd, name)) {
+    EXPECT_NE(row.state, "applied")
+        << e2e.layout().Name(row.address) << ": listed as applied from the old memory";
+  }
+  e2e.RunAfterRevert(from, 3, "reverted to before the enable");
+  EXPECT_EQ(StatusField(tprd, name, "state"), "unpatched") << tprd.LogTail(40);
+
+  reverted = Virsh({"snapshot-revert", name, "patched"});
+  ASSERT_EQ(reverted.exit_code, 0) << reverted.out << reverted.err << tprd.LogTail(40);
+  from = domain.Lines().size();
+  WaitForState(tprd, name, "patched", absl::Seconds(30), "reverted to the patched snapshot");
+  e2e.RunAfterRevert(from, 3, "reverted to the patched snapshot");
+  e2e.ExpectSitesPatched(tprd, "reverted to the patched snapshot");
+  size_t applied_before = 0, applied_after = 0;
+  for (const SiteRow& row : sites_patched) applied_before += row.state == "applied";
+  for (const SiteRow& row : ListSites(tprd, name)) applied_after += row.state == "applied";
+  EXPECT_EQ(applied_after, applied_before) << "the snapshot's sites, adopted";
+  const std::string log = ReadFile(tprd.log_path());
+  EXPECT_EQ(log.find("lost the session"), std::string::npos) << tprd.LogTail(60);
+
+  RollBackAndCompareCode(e2e, tprd, from, code_before, "snapshot");
+  for (const char* snapshot : {"patched", "before-enable"}) {
+    RunResult deleted = Virsh({"snapshot-delete", name, snapshot});
+    EXPECT_EQ(deleted.exit_code, 0) << deleted.out << deleted.err;
+  }
+}
+
+std::vector<HalCase> SnapshotCases() {
+  if (!Soak()) return {CopyCase(2, 4)};
+  return {CopyCase(1, 1), CopyCase(2, 4), CopyCase(4, RandomSeed() + 23, true)};
+}
+
+INSTANTIATE_TEST_SUITE_P(Hal, HalSnapshotTest, ::testing::ValuesIn(SnapshotCases()),
                          [](const auto& info) { return CaseName(info.param); });
 
 // A guest reset while patched: the patches go with the guest's memory, tprd says "unpatched"

@@ -251,8 +251,49 @@ static uint32_t decoy_table_sum(void) {
   return sum;
 }
 
+static uint32_t tsc_to_us(uint64_t ticks) {
+  return (uint32_t)udiv64(ticks * 1000, (uint32_t)ms_to_tsc(1));
+}
+
+/* `gapwatch`: this CPU does nothing but read its TSC back to back, with interrupts off (its own
+ * timer is not a gap to report), and prints once a second the largest step between two reads
+ * and the steps over 50 us, and a GAPHIT line for each step of 5 ms or more: the stops the
+ * guest can see. Under TCG QEMU freezes the TSC while the VM is stopped, so a host stop shows
+ * only as far as the vCPU still ran, or was not yet running, with the ticks on; under KVM the
+ * TSC runs on and the whole stop shows. */
+NORETURN static void gap_watch(uint32_t cpu) {
+  __asm__ volatile("cli");
+  const uint64_t over = udiv64(ms_to_tsc(1), 20), big = ms_to_tsc(5), period = ms_to_tsc(1000);
+  uint64_t prev = rdtsc(), next = prev + period, largest = 0, over_total = 0;
+  uint32_t over_count = 0;
+  for (;;) {
+    const uint64_t now = rdtsc(), step = now - prev;
+    if (step > largest) largest = step;
+    if (step >= over) {
+      ++over_count;
+      over_total += step;
+    }
+    if (step >= big) {
+      /* One line per step of 5 ms or more, when it happened in guest time. */
+      kprintf("GAPHIT cpu=%u step_us=%u uptime_ms=%U", cpu, tsc_to_us(step), uptime_ms());
+      prev = rdtsc();
+      continue;
+    }
+    prev = now;
+    if (now >= next) {
+      kprintf("GAP cpu=%u max_us=%u over_50us=%u over_50us_total_us=%u uptime_ms=%U", cpu,
+              tsc_to_us(largest), over_count, tsc_to_us(over_total), uptime_ms());
+      largest = over_total = 0;
+      over_count = 0;
+      prev = rdtsc(); /* the print's own time is not a gap */
+      next = prev + period;
+    }
+  }
+}
+
 NORETURN void cpu_main(uint32_t cpu) {
   while (!boot_done) __asm__ volatile("pause");
+  if (options.gapwatch && cpu != 0 && cpu + 1 == online_cpu_count()) gap_watch(cpu);
   if (cpu == 0 && options.selftest) selftest_run();
   struct cpu_state* st = &cpus[cpu];
   const uint32_t decoy_sum = decoy_table_sum();

@@ -315,9 +315,13 @@ static void parse_cmdline(const char* cmdline) {
       options.regwrite = 1;
     } else if (token_at(p, "nobench", &value)) {
       options.nobench = 1;
+    } else if (token_at(p, "gapwatch", &value)) {
+      options.gapwatch = 1;
     }
   }
 }
+
+uint32_t online_cpu_count(void) { return cpus_online; }
 
 /* QEMU's pc machine stores the number of boot CPUs minus one in CMOS byte 0x5F. */
 static uint32_t cmos_cpu_count(void) {

@@ -25,6 +25,7 @@ struct boot_options {
   uint32_t selftest;
   uint32_t regwrite;
   uint32_t nobench;
+  uint32_t gapwatch;
   uint32_t module_phys;
   uint32_t module_size;
 };
@@ -68,6 +69,7 @@ void delay_ms(uint32_t ms);
 uint32_t apic_read(uint32_t reg);
 void apic_write(uint32_t reg, uint32_t value);
 uint32_t current_cpu(void);
+uint32_t online_cpu_count(void);
 uint32_t fs_scratch_clobber(void);
 void isr_dispatch(struct isr_frame* frame);
 NORETURN void kernel_main(uint32_t magic, uint32_t mbi_phys);
