@@ -453,6 +453,14 @@ absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<Manage
   absl::Status handled = vm_.Stop();
   if (handled.ok()) handled = HandleStopped(event, events);
   absl::Status resumed = ResumeGuest(stopped);
+  if (handled.ok() && absl::IsFailedPrecondition(resumed)) {
+    // The host paused the domain while tprd held it (a save's or a migration's pause, an
+    // operator's suspend): the host's pause, for the owner to look at, not tprd's failure (a
+    // HAL-guest save: it was reported as an error that outlived the restore).
+    events.push_back(
+        {ManagerEvent::Kind::kHostPaused, std::nullopt, std::string(resumed.message())});
+    return absl::OkStatus();
+  }
   return handled.ok() ? resumed : handled;
 }
 

@@ -505,6 +505,22 @@ TEST_F(PatchManagerTest, UndecodableWriteStopUnderMmioStillResyncsAndIsNoError) 
   EXPECT_TRUE(vm_.running());
 }
 
+// libvirt pauses the domain (a save) while tprd handles a trap stop: tprd's resume is refused,
+// and that is said as the host's pause (which the owner checks for a copy of the state), not as
+// a warning of tprd's.
+TEST_F(PatchManagerTest, AHostPauseDuringATrapStopIsTheHostsPauseNotAWarning) {
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  vm_.OnStop([](FakeGuestVm& vm) { vm.SetHostPaused(true); });
+  QueueWatchpoint(0, kCode + 0x900);
+  absl::StatusOr<std::vector<ManagerEvent>> events = manager_.Poll(absl::Milliseconds(10));
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ((*events)[0].kind, ManagerEvent::Kind::kHostPaused) << (*events)[0].message;
+  EXPECT_FALSE(vm_.running()) << "a guest the host paused stays paused";
+}
+
 // After the proving window cr8 keeps no breakpoint on a candidate (under TCG each slows its whole
 // page) and keeps its access watchpoint, which sees a late candidate run (the next test).
 TEST_F(PatchManagerTest, ProvingWindowEndUnderCr8RemovesTheBreakpointsAndKeepsTheWatchpoint) {
