@@ -371,6 +371,14 @@ absl::Status QemuGuestVm::WriteVirtual(int vcpu, uint32_t va, absl::Span<const u
   return gdb_->WriteMemory(va, data);
 }
 
+absl::StatusOr<std::vector<absl::Status>> QemuGuestVm::WriteVirtualMany(
+    int vcpu, absl::Span<const engine::MemoryWrite> writes) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(true));
+  TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
+  TPRD_RETURN_IF_ERROR(SetPhysicalMode(false));
+  return gdb_->WriteMemoryPipelined(writes);
+}
+
 absl::Status QemuGuestVm::ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) {
   TPRD_RETURN_IF_ERROR(CheckUsable(true));
   if (process_memory_ && process_memory_->Read(pa, out).ok()) {

@@ -74,6 +74,8 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   absl::Status WriteRegister(int vcpu, engine::WritableRegister reg, uint32_t value) override;
   absl::Status ReadVirtual(int vcpu, uint32_t va, absl::Span<uint8_t> out) override;
   absl::Status WriteVirtual(int vcpu, uint32_t va, absl::Span<const uint8_t> data) override;
+  absl::StatusOr<std::vector<absl::Status>> WriteVirtualMany(
+      int vcpu, absl::Span<const engine::MemoryWrite> writes) override;
   absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) override;
   absl::Status WritePhysical(uint64_t pa, absl::Span<const uint8_t> data) override;
   absl::Status ReadPhysicalLive(uint64_t pa, absl::Span<uint8_t> out) override;

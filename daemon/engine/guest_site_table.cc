@@ -53,31 +53,50 @@ absl::Status GuestSiteTable::RecordSites(absl::Span<const Site> sites) {
     if (!entry.ok()) return entry.status();
     entries[site.id] = *entry;
   }
+  // One write per run of consecutive ids, all in one exchange; then one read of the range that
+  // covers them checks every run.
+  struct Run {
+    uint32_t first, last;
+    std::vector<uint8_t> bytes;
+  };
+  std::vector<Run> runs;
   for (auto it = entries.begin(); it != entries.end();) {
-    // One run of consecutive ids.
-    const uint32_t first = it->first;
-    std::vector<uint8_t> run;
-    uint32_t next = first;
-    for (; it != entries.end() && it->first == next; ++it, ++next) {
-      run.insert(run.end(), it->second.begin(), it->second.end());
+    Run run{it->first, it->first, {}};
+    do {
+      run.last = it->first;
+      run.bytes.insert(run.bytes.end(), it->second.begin(), it->second.end());
+      ++it;
+    } while (it != entries.end() && it->first == run.last + 1);
+    runs.push_back(std::move(run));
+  }
+  if (runs.empty()) return absl::OkStatus();
+  std::vector<MemoryWrite> writes;
+  for (const Run& run : runs) writes.push_back({addresses_.SiteEntry(run.first), run.bytes});
+  absl::StatusOr<std::vector<absl::Status>> written = vm_.WriteVirtualMany(vcpu_, writes);
+  for (size_t k = 0; k < runs.size(); ++k) {
+    const absl::Status& s = written.ok() ? (*written)[k] : written.status();
+    if (!s.ok()) {
+      return absl::Status(
+          s.code(),
+          absl::StrFormat("sites %u-%u: writing their records at 0x%08x: %s", runs[k].first,
+                          runs[k].last, writes[k].address, std::string(s.message())));
     }
-    const uint32_t va = addresses_.SiteEntry(first);
-    if (absl::Status written = vm_.WriteVirtual(vcpu_, va, run); !written.ok()) {
-      return absl::Status(written.code(),
-                          absl::StrFormat("sites %u-%u: writing their records at 0x%08x: %s", first,
-                                          next - 1, va, std::string(written.message())));
-    }
-    std::vector<uint8_t> back(run.size());
-    if (absl::Status read = vm_.ReadVirtual(vcpu_, va, absl::MakeSpan(back)); !read.ok()) {
-      return absl::Status(read.code(),
-                          absl::StrFormat("sites %u-%u: reading back their records at 0x%08x: %s",
-                                          first, next - 1, va, std::string(read.message())));
-    }
-    if (back != run) {
+  }
+  const uint32_t from = addresses_.SiteEntry(runs.front().first);
+  std::vector<uint8_t> back(addresses_.SiteEntry(runs.back().last) + kSiteEntrySize - from);
+  if (absl::Status read = vm_.ReadVirtual(vcpu_, from, absl::MakeSpan(back)); !read.ok()) {
+    return absl::Status(
+        read.code(),
+        absl::StrFormat("sites %u-%u: reading back their records at 0x%08x: %s", runs.front().first,
+                        runs.back().last, from, std::string(read.message())));
+  }
+  for (size_t k = 0; k < runs.size(); ++k) {
+    const auto at = back.begin() + (writes[k].address - from);
+    if (!std::equal(runs[k].bytes.begin(), runs[k].bytes.end(), at)) {
       return absl::DataLossError(
           absl::StrFormat("sites %u-%u: the records at 0x%08x read back different from what was "
                           "written",
-                          first, next - 1, va));
+                          runs[k].first, runs[k].last, writes[k].address));
     }
   }
   return absl::OkStatus();

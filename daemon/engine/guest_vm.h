@@ -107,6 +107,12 @@ struct CpuFeatures {
   Accelerator accelerator = Accelerator::kUnknown;
 };
 
+// One write of guest memory, whole: for code, one instruction's bytes (or one site's).
+struct MemoryWrite {
+  uint64_t address = 0;  // virtual (32 bits) or physical, as the call says
+  absl::Span<const uint8_t> data;
+};
+
 class GuestVm {
  public:
   virtual ~GuestVm() = default;
@@ -132,6 +138,18 @@ class GuestVm {
 
   virtual absl::Status ReadVirtual(int vcpu, uint32_t va, absl::Span<uint8_t> out) = 0;
   virtual absl::Status WriteVirtual(int vcpu, uint32_t va, absl::Span<const uint8_t> data) = 0;
+  // Several whole writes through `vcpu`'s paging, in one exchange where the backend has one (the
+  // gdbstub: pipelined, one round trip for all). Each write's own status, in order. An error of
+  // the call itself means the exchange broke: a write may or may not have happened (read back).
+  virtual absl::StatusOr<std::vector<absl::Status>> WriteVirtualMany(
+      int vcpu, absl::Span<const MemoryWrite> writes) {
+    std::vector<absl::Status> out;
+    out.reserve(writes.size());
+    for (const MemoryWrite& w : writes) {
+      out.push_back(WriteVirtual(vcpu, static_cast<uint32_t>(w.address), w.data));
+    }
+    return out;
+  }
   virtual absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) = 0;
   virtual absl::Status WritePhysical(uint64_t pa, absl::Span<const uint8_t> data) = 0;
   // A data read that does not stop the guest (QEMU: process_vm_readv). Bytes the guest writes

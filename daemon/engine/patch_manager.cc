@@ -9,6 +9,7 @@
 #include <array>
 #include <cstring>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/engine/decode_report.h"
 #include "daemon/engine/guest_site_table.h"
@@ -60,6 +61,11 @@ absl::Status PatchManager::ResumeGuest(StoppedGuestScope& stopped) {
   absl::Status s = stopped.Resume();
   NoteError(s);
   return s;
+}
+
+void PatchManager::SyncJournal() {
+  journal_.DeferSync(false);
+  NoteError(journal_.Sync());
 }
 
 absl::Status PatchManager::StopGuest() {
@@ -526,6 +532,10 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
     if (!learned.ok()) return learned;
   }
   request_ = request;
+  // The journal's fsyncs wait until the guest runs again (PatchRecorder::DeferSync); on an
+  // error path they come just before the resume.
+  journal_.DeferSync(true);
+  absl::Cleanup sync_journal = [this] { SyncJournal(); };
   const absl::Time paused = clock_.Now();
   absl::Time mark = paused;
   const auto part = [&](const char* name) {

@@ -315,6 +315,8 @@ class PatchManager {
   // vm_.Stop(), then the fix-ups of a cr8 watchpoint hit that raced with the stop: its stop
   // reply is kept by the backend and delivered after tprd's own work resumed the guest, too
   // late to fix anything, so every tprd-initiated stop looks at every vCPU first.
+  // Ends a DeferSync: the journal's owed fsync now (its failure is the manager's last error).
+  void SyncJournal();
   absl::Status StopGuest();
   void NoteError(const absl::Status& status);
 

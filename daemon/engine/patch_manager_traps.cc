@@ -451,8 +451,10 @@ absl::Status PatchManager::HandleStop(const StopEvent& event, std::vector<Manage
   // A stop may be delivered after the guest ran on (it raced with a trap's removal): make sure
   // every vCPU is stopped before looking at any of them.
   absl::Status handled = vm_.Stop();
+  journal_.DeferSync(true);  // a site applied at this stop is made durable after the resume
   if (handled.ok()) handled = HandleStopped(event, events);
   absl::Status resumed = ResumeGuest(stopped);
+  SyncJournal();
   if (handled.ok() && absl::IsFailedPrecondition(resumed)) {
     // The host paused the domain while tprd held it (a save's or a migration's pause, an
     // operator's suspend): the host's pause, for the owner to look at, not tprd's failure (a

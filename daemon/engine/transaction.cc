@@ -68,10 +68,10 @@ class Transaction {
   // Reads the site and decides: nullopt when it needs no write (already there, or skipped; its
   // outcome is set, and a record it needs is added to `records`).
   std::optional<Transition> Decide(size_t index, const absl::StatusOr<Bytes>& current);
-  // Writes one site whose pending state is recorded, if its bytes (`current`, read again after
-  // the pending records) are still the ones it was decided for. True when written; otherwise
-  // the outcome says why and the state to record is in `records_`.
-  bool WriteSite(size_t index, const Transition& t, const absl::StatusOr<Bytes>& current);
+  // Whether a site whose pending state is recorded may be written: its bytes (`current`, read
+  // again after the pending records) are still the ones it was decided for. When not, the
+  // outcome says why and the state to record is in `records_`.
+  bool StillAsDecided(size_t index, const Transition& t, const absl::StatusOr<Bytes>& current);
   // After the pass's writes: the written site reads back as `back`, or is recovered.
   void ConfirmWrite(size_t index, const Transition& t, const absl::StatusOr<Bytes>& back);
   // The bytes of each site of `indices` (in that order), with one read for sites close together
@@ -272,9 +272,8 @@ std::optional<Transition> Transaction::Decide(size_t index, const absl::StatusOr
   return t;
 }
 
-bool Transaction::WriteSite(size_t index, const Transition& t,
-                            const absl::StatusOr<Bytes>& current) {
-  Site& site = sites_[index];
+bool Transaction::StillAsDecided(size_t index, const Transition& t,
+                                 const absl::StatusOr<Bytes>& current) {
   SiteOutcome& outcome = OutcomeOf(index);
   if (!current.ok() || !Equal(*current, t.before)) {
     outcome.kind = current.ok() ? SiteOutcome::Kind::kSkipped : SiteOutcome::Kind::kFailed;
@@ -285,12 +284,6 @@ bool Transaction::WriteSite(size_t index, const Transition& t,
                               HexEncode(t.before, " "), HexEncode(*current, " "))
             : absl::StrFormat("reading the site failed: %s", current.status().message());
     records_.push_back({index, t.before_state, outcome.kind, outcome.reason});
-    return false;
-  }
-  // One write per site: a concurrent resume (libvirt) never sees a half-written instruction.
-  absl::Status write = vm_.WriteVirtual(vcpu_, site.address, t.after);
-  if (!write.ok()) {
-    Recover(index, t, absl::StrFormat("write failed: %s", write.message()));
     return false;
   }
   return true;
@@ -424,14 +417,28 @@ void Transaction::ProcessSites(const std::vector<size_t>& indices) {
   std::vector<size_t> indices_to_write;
   for (const auto& [i, t] : to_write) indices_to_write.push_back(i);
   const std::vector<absl::StatusOr<Bytes>> again = ReadSites(indices_to_write);
-  std::vector<std::pair<size_t, const Transition*>> written;
-  std::vector<size_t> written_indices;
+  std::vector<std::pair<size_t, const Transition*>> checked;
+  std::vector<MemoryWrite> writes;
   for (size_t k = 0; k < to_write.size(); ++k) {
     const auto& [i, t] = to_write[k];
-    if (WriteSite(i, t, again[k])) {
-      written.push_back({i, &t});
-      written_indices.push_back(i);
+    if (!StillAsDecided(i, t, again[k])) continue;
+    checked.push_back({i, &t});
+    // One write per site: a concurrent resume (libvirt) never sees a half-written instruction.
+    writes.push_back({sites_[i].address, t.after});
+  }
+  // All of them in one exchange (the gdbstub's answers pipelined): one round trip, not one each.
+  const absl::StatusOr<std::vector<absl::Status>> results = vm_.WriteVirtualMany(vcpu_, writes);
+  std::vector<std::pair<size_t, const Transition*>> written;
+  std::vector<size_t> written_indices;
+  for (size_t k = 0; k < checked.size(); ++k) {
+    const auto& [i, t] = checked[k];
+    const absl::Status& write = results.ok() ? (*results)[k] : results.status();
+    if (!write.ok()) {
+      Recover(i, *t, absl::StrFormat("write failed: %s", write.message()));
+      continue;
     }
+    written.push_back({i, t});
+    written_indices.push_back(i);
   }
   const std::vector<absl::StatusOr<Bytes>> back = ReadSites(written_indices);
   for (size_t k = 0; k < written.size(); ++k)

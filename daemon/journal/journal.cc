@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "daemon/engine/hex.h"
+#include "daemon/engine/status_macros.h"
 
 namespace tprd::daemon {
 namespace {
@@ -91,14 +92,23 @@ class JournalRecorder : public engine::PatchRecorder {
   JournalRecorder(Journal* journal, DomainInfo domain)
       : journal_(journal), domain_(std::move(domain)) {}
 
-  absl::Status RecordSite(const engine::Site& site) override {
-    return journal_->Append(EntryFor(site));
-  }
+  absl::Status RecordSite(const engine::Site& site) override { return RecordSites({&site, 1}); }
 
   absl::Status RecordSites(absl::Span<const engine::Site> sites) override {
     std::vector<JournalEntry> entries;
     for (const engine::Site& site : sites) entries.push_back(EntryFor(site));
-    return journal_->AppendAll(entries);
+    TPRD_RETURN_IF_ERROR(journal_->AppendAll(entries, /*sync=*/!defer_sync_));
+    sync_owed_ = sync_owed_ || defer_sync_;
+    return absl::OkStatus();
+  }
+
+  void DeferSync(bool defer) override { defer_sync_ = defer; }
+
+  absl::Status Sync() override {
+    if (!sync_owed_) return absl::OkStatus();
+    TPRD_RETURN_IF_ERROR(journal_->Sync());
+    sync_owed_ = false;
+    return absl::OkStatus();
   }
 
  private:
@@ -114,6 +124,8 @@ class JournalRecorder : public engine::PatchRecorder {
 
   Journal* const journal_;
   const DomainInfo domain_;
+  bool defer_sync_ = false;
+  bool sync_owed_ = false;
 };
 
 }  // namespace
@@ -202,7 +214,7 @@ Journal::~Journal() {
 
 absl::Status Journal::Append(const JournalEntry& entry) { return AppendAll({entry}); }
 
-absl::Status Journal::AppendAll(const std::vector<JournalEntry>& entries) {
+absl::Status Journal::AppendAll(const std::vector<JournalEntry>& entries, bool sync) {
   if (entries.empty()) return absl::OkStatus();
   std::string line;
   for (const JournalEntry& entry : entries) absl::StrAppend(&line, JournalEntryToJson(entry), "\n");
@@ -218,12 +230,22 @@ absl::Status Journal::AppendAll(const std::vector<JournalEntry>& entries) {
     }
     written += static_cast<size_t>(n);
   }
+  if (sync) TPRD_RETURN_IF_ERROR(SyncLocked());
+  for (const JournalEntry& entry : entries) Remember(entry);
+  return absl::OkStatus();
+}
+
+absl::Status Journal::Sync() {
+  absl::MutexLock lock(&mu_);
+  return SyncLocked();
+}
+
+absl::Status Journal::SyncLocked() {
   if (::fsync(fd_) != 0) {
     const int error = errno;
     return absl::UnavailableError(
         absl::StrCat("cannot fsync journal ", path_, ": ", ErrnoText(error)));
   }
-  for (const JournalEntry& entry : entries) Remember(entry);
   return absl::OkStatus();
 }
 

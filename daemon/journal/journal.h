@@ -55,7 +55,11 @@ class Journal {
   // Thread-safe. Returns only after the line is fsync'd.
   absl::Status Append(const JournalEntry& entry);
   // Thread-safe. All lines with one write and one fsync (a transaction's or an adopt's records).
-  absl::Status AppendAll(const std::vector<JournalEntry>& entries);
+  // With `sync` false the fsync is owed (see Sync): the lines are in the file, which a killed
+  // tprd does not undo (the kernel keeps them); only a host crash could lose them.
+  absl::Status AppendAll(const std::vector<JournalEntry>& entries, bool sync = true);
+  // Thread-safe. fsyncs the file (every line written so far, every domain's).
+  absl::Status Sync();
 
   // The strategy of the domain's last entry that names one (see JournalEntry::strategy), from
   // this file's whole history; nullopt when none does. Thread-safe.
@@ -73,6 +77,7 @@ class Journal {
  private:
   Journal(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
   void Remember(const JournalEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SyncLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string path_;
   mutable absl::Mutex mu_;

@@ -110,6 +110,12 @@ class GdbClient {
   absl::Status WriteMemory(uint64_t address, absl::Span<const uint8_t> data);
   // One `M` packet or nothing: INVALID_ARGUMENT if `data` does not fit in one packet.
   absl::Status WriteMemoryInOnePacket(uint64_t address, absl::Span<const uint8_t> data);
+  // One `M` packet per write, all sent before the first answer (see ExchangePipelined). Each
+  // write's status: OK, or the stub's refusal as WriteMemoryInOnePacket says it; a write that
+  // does not fit one packet is INVALID_ARGUMENT and not sent. The call fails when the exchange
+  // broke (the client is then broken: which writes landed is unknown, read them back).
+  absl::StatusOr<std::vector<absl::Status>> WriteMemoryPipelined(
+      absl::Span<const engine::MemoryWrite> writes);
   // `Qqemu.PhyMemMode:1` / `:0`: m/M addresses are physical / virtual.
   absl::Status SetPhysicalMemoryMode(bool physical);
 
@@ -169,6 +175,13 @@ class GdbClient {
   // packets) on the way is appended, decoded, to `console` when given, else dropped.
   absl::StatusOr<std::string> Exchange(std::string_view payload, ReplyMode mode,
                                        std::string* console = nullptr);
+  // Sends `payloads` back to back, then takes their answers in order: one round trip for all.
+  // QEMU's system-mode gdbstub handles a packet that arrives while its last answer waits for our
+  // ack (it drops that answer's retransmission) and answers in order. Anything out of step (a
+  // stop: the VM ran and took a packet's first byte as an interrupt; a nack; a corrupt or
+  // unusable answer) breaks the client, since which packet went unanswered cannot be known.
+  absl::StatusOr<std::vector<std::string>> ExchangePipelined(
+      const std::vector<std::string>& payloads);
   // Exchange, then turns an `Exx` or empty reply into an error naming the command.
   absl::StatusOr<std::string> Command(std::string_view payload);
   // A command whose only good answer is `OK`.

@@ -231,10 +231,15 @@ absl::Status GdbClient::WriteMemoryPacket(uint64_t address, absl::Span<const uin
 
 absl::Status GdbClient::WriteMemory(uint64_t address, absl::Span<const uint8_t> data) {
   const size_t chunk = max_write_in_one_packet();
+  if (data.size() <= chunk) return WriteMemoryPacket(address, data);
+  // Several packets: pipelined, one round trip for all (the blob's install, issue 15).
+  std::vector<engine::MemoryWrite> writes;
   for (size_t done = 0; done < data.size(); done += chunk) {
-    TPRD_RETURN_IF_ERROR(
-        WriteMemoryPacket(address + done, data.subspan(done, std::min(chunk, data.size() - done))));
+    writes.push_back({address + done, data.subspan(done, std::min(chunk, data.size() - done))});
   }
+  absl::StatusOr<std::vector<absl::Status>> written = WriteMemoryPipelined(writes);
+  if (!written.ok()) return written.status();
+  for (const absl::Status& s : *written) TPRD_RETURN_IF_ERROR(s);
   return absl::OkStatus();
 }
 

@@ -203,6 +203,89 @@ absl::StatusOr<std::string> GdbClient::Exchange(std::string_view payload, ReplyM
   }
 }
 
+absl::StatusOr<std::vector<std::string>> GdbClient::ExchangePipelined(
+    const std::vector<std::string>& payloads) {
+  TPRD_RETURN_IF_ERROR(Usable(true));
+  std::string packets;
+  for (const std::string& payload : payloads) packets += EncodeGdbPacket(payload);
+  TPRD_RETURN_IF_ERROR(WriteRaw(packets));
+  const absl::Time deadline = absl::Now() + options_.reply_timeout;
+  std::vector<std::string> replies;
+  replies.reserve(payloads.size());
+  const auto out_of_step = [&](std::string_view what) {
+    return Break(absl::DataLossError(
+        absl::StrCat(std::string(what), " after ", replies.size(), " of ", payloads.size(),
+                     " pipelined commands were answered (the next was ",
+                     Named(payloads[replies.size()]), "): the stream is out of step")));
+  };
+  while (replies.size() < payloads.size()) {
+    absl::StatusOr<GdbPacketEvent> event = NextEvent(deadline);
+    if (!event.ok()) {
+      return Break(WithContext(
+          event.status(),
+          absl::StrCat("waiting for the gdbstub's answer to ", Named(payloads[replies.size()]),
+                       " (", replies.size(), " of ", payloads.size(), " pipelined answered)")));
+    }
+    switch (event->kind) {
+      case GdbPacketEvent::Kind::kAck:
+      case GdbPacketEvent::Kind::kNotification:
+        break;
+      case GdbPacketEvent::Kind::kNack:
+        return out_of_step("the gdbstub rejected a packet");
+      case GdbPacketEvent::Kind::kBadChecksum:
+      case GdbPacketEvent::Kind::kMalformed:
+      case GdbPacketEvent::Kind::kOversized:
+        return out_of_step(absl::StrCat("an unusable answer (", event->payload, ")"));
+      case GdbPacketEvent::Kind::kPacket: {
+        TPRD_RETURN_IF_ERROR(WriteRaw("+"));
+        if (LooksLikeGdbStopReply(event->payload)) {
+          // The VM was running: one of our packets was taken as an interrupt.
+          TPRD_RETURN_IF_ERROR(HandleStopPacket(event->payload));
+          if (gone_) return Usable(false);
+          return out_of_step("a stop came");
+        }
+        if (IsConsoleOutput(event->payload)) break;
+        replies.push_back(event->payload);
+        break;
+      }
+    }
+  }
+  return replies;
+}
+
+absl::StatusOr<std::vector<absl::Status>> GdbClient::WriteMemoryPipelined(
+    absl::Span<const engine::MemoryWrite> writes) {
+  std::vector<absl::Status> out(writes.size());
+  std::vector<std::string> payloads;
+  std::vector<size_t> sent;  // index in `writes` of each payload
+  for (size_t i = 0; i < writes.size(); ++i) {
+    const engine::MemoryWrite& w = writes[i];
+    if (w.data.size() > max_write_in_one_packet()) {
+      out[i] = absl::InvalidArgumentError(absl::StrFormat(
+          "%d bytes at 0x%x do not fit one M packet (at most %d): refusing to split them",
+          w.data.size(), w.address, max_write_in_one_packet()));
+      continue;
+    }
+    if (w.data.empty()) continue;
+    payloads.push_back(
+        absl::StrFormat("M%x,%x:%s", w.address, w.data.size(), engine::HexEncode(w.data)));
+    sent.push_back(i);
+  }
+  if (payloads.empty()) return out;
+  absl::StatusOr<std::vector<std::string>> replies = ExchangePipelined(payloads);
+  if (!replies.ok()) return replies.status();
+  for (size_t k = 0; k < sent.size(); ++k) {
+    const std::string& reply = (*replies)[k];
+    if (std::optional<int> code = ErrorCode(reply)) {
+      out[sent[k]] = ErrorReplyStatus(payloads[k], *code);
+    } else if (reply != "OK") {
+      out[sent[k]] = absl::DataLossError(
+          absl::StrCat("gdbstub answered ", Named(reply), " to ", Named(payloads[k]), ", not OK"));
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<std::string> GdbClient::Command(std::string_view payload) {
   TPRD_RETURN_IF_ERROR(Usable(true));
   absl::StatusOr<std::string> reply = Exchange(payload, ReplyMode::kReply);

@@ -170,16 +170,67 @@ TEST_F(GdbClientTest, WritesMemoryInPacketsThatFitAndRefusesToSplitOneSite) {
   // PacketSize 0x1000 leaves room for (0x1000 - 32) / 2 = 0x7f0 bytes per M packet.
   EXPECT_EQ(client_->max_write_in_one_packet(), 0x7f0u);
   std::vector<uint8_t> data(0x800, 0x90);
+  // Both packets go out before the first answer (pipelined), then their answers come in order.
   fake_
-      ->ExpectCommand(absl::StrCat("M1000,7f0:", HexEncode(std::vector<uint8_t>(0x7f0, 0x90))),
-                      "OK")
-      .ExpectCommand(absl::StrCat("M17f0,10:", HexEncode(std::vector<uint8_t>(0x10, 0x90))), "OK");
+      ->ExpectWrite(
+          EncodeGdbPacket(absl::StrCat("M1000,7f0:", HexEncode(std::vector<uint8_t>(0x7f0, 0x90)))))
+      .ExpectWrite(
+          EncodeGdbPacket(absl::StrCat("M17f0,10:", HexEncode(std::vector<uint8_t>(0x10, 0x90)))))
+      .Send(absl::StrCat("+", FrameGdbPacket("OK"), "+", FrameGdbPacket("OK")))
+      .ExpectWrite("+")
+      .ExpectWrite("+");
   absl::Status written = client_->WriteMemory(0x1000, data);
   EXPECT_TRUE(written.ok()) << written;
   EXPECT_TRUE(absl::IsInvalidArgument(client_->WriteMemoryInOnePacket(0x1000, data)));
   std::vector<uint8_t> site = {0xe8, 0x01, 0x02, 0x03, 0x04};
   fake_->ExpectCommand("M80001000,5:e801020304", "OK");
   EXPECT_TRUE(client_->WriteMemoryInOnePacket(0x80001000, site).ok());
+  ExpectScriptDone();
+}
+
+// Sites written in one round trip: every M packet goes out before the first answer, and each
+// answer (in order) is its write's status. A refusal fails only its own write.
+TEST_F(GdbClientTest, PipelinedWritesSendEveryPacketFirstAndTakeTheAnswersInOrder) {
+  Attach();
+  const std::vector<uint8_t> a = {0xe8, 1, 2, 3, 4}, b = {0xe8, 5, 6, 7, 8}, c = {0x90};
+  const std::vector<uint8_t> too_big(0x800, 0x90);
+  const std::vector<engine::MemoryWrite> writes = {
+      {0x80001000, a}, {0x80002000, b}, {0x80003000, too_big}, {0x80004000, c}};
+  fake_->ExpectWrite(EncodeGdbPacket("M80001000,5:e801020304"))
+      .ExpectWrite(EncodeGdbPacket("M80002000,5:e805060708"))
+      .ExpectWrite(EncodeGdbPacket("M80004000,1:90"))
+      .Send(absl::StrCat("+", FrameGdbPacket("OK"), "+", FrameGdbPacket("E0e")))
+      .ExpectWrite("+")
+      .ExpectWrite("+")
+      .Send(absl::StrCat("+", FrameGdbPacket("OK")))
+      .ExpectWrite("+");
+  absl::StatusOr<std::vector<absl::Status>> results = client_->WriteMemoryPipelined(writes);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), 4u);
+  EXPECT_TRUE((*results)[0].ok()) << (*results)[0];
+  EXPECT_FALSE((*results)[1].ok());
+  EXPECT_THAT(std::string((*results)[1].message()), HasSubstr("M80002000,5"));
+  EXPECT_TRUE(absl::IsInvalidArgument((*results)[2])) << "not split, not sent";
+  EXPECT_TRUE((*results)[3].ok()) << (*results)[3];
+  EXPECT_TRUE(client_->broken_reason().ok());
+  ExpectScriptDone();
+}
+
+// A stop among the answers: the VM ran and took a packet's first byte as an interrupt, so which
+// write went unanswered is unknown. The client breaks rather than pair answers wrongly.
+TEST_F(GdbClientTest, PipelinedWritesBreakTheClientWhenAStopComesAmongTheAnswers) {
+  Attach();
+  const std::vector<uint8_t> a = {0xe8, 1, 2, 3, 4}, b = {0xe8, 5, 6, 7, 8};
+  const std::vector<engine::MemoryWrite> writes = {{0x80001000, a}, {0x80002000, b}};
+  fake_->ExpectWrite(EncodeGdbPacket("M80001000,5:e801020304"))
+      .ExpectWrite(EncodeGdbPacket("M80002000,5:e805060708"))
+      .Send(FrameGdbPacket("T02thread:p01.01;"))
+      .ExpectWrite("+");
+  absl::StatusOr<std::vector<absl::Status>> results = client_->WriteMemoryPipelined(writes);
+  ASSERT_FALSE(results.ok());
+  EXPECT_THAT(std::string(results.status().message()), HasSubstr("out of step"));
+  EXPECT_FALSE(client_->broken_reason().ok());
+  EXPECT_FALSE(client_->ReadRegisters().ok()) << "a broken client refuses every later command";
   ExpectScriptDone();
 }
 

@@ -109,6 +109,28 @@ TEST(JournalTest, EachAppendIsOneCompleteLineOnDiskWhenItReturns) {
   EXPECT_FALSE(std::getline(in, line)) << "one append, one line";
 }
 
+// A record made while its fsync is deferred (tprd holds the guest stopped) is in the file when
+// the call returns, as another process (a tprd started after a kill -9) reads it; Sync then
+// makes it durable.
+TEST(JournalTest, ADeferredRecordIsInTheFileAtOnceAndSyncedLater) {
+  TestDir dir;
+  const std::string path = dir.File(Journal::kFileName);
+  auto journal = Journal::Open(path);
+  ASSERT_TRUE(journal.ok());
+  DomainInfo domain{"winxp-01", "11111111-2222-3333-4444-555555555555", 3, true};
+  auto recorder = (*journal)->RecorderFor(domain);
+  recorder->DeferSync(true);
+  engine::Site site = SampleSite();
+  site.state = engine::SiteState::kPending;
+  ASSERT_TRUE(recorder->RecordSites({&site, 1}).ok());
+  auto entries = Journal::ReadAll(path, nullptr);
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ASSERT_EQ(entries->size(), 1u);
+  EXPECT_EQ((*entries)[0].site->state, engine::SiteState::kPending);
+  recorder->DeferSync(false);
+  EXPECT_TRUE(recorder->Sync().ok());
+}
+
 TEST(JournalTest, AppendsToAnExistingJournalAndKeepsItPrivate) {
   TestDir dir;
   const std::string path = dir.File(Journal::kFileName);

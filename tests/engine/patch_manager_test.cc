@@ -316,6 +316,28 @@ TEST_F(PatchManagerTest, LearningWindowProvesHotSitesPatchedInTheEnableStop) {
   EXPECT_TRUE(vm_.breakpoints().count(kWriteEcx));
 }
 
+// The journal's records of the enable's stop are written in it and made durable after the guest
+// runs again (issue 15: no fsync inside the stop): the pending record still precedes the write.
+TEST_F(PatchManagerTest, TheEnablesRecordsAreMadeDurableAfterTheGuestRunsAgain) {
+  QueueWatchpoint(0, kReadEax + 5);
+  std::vector<bool> running_at_sync;
+  journal_.on_sync = [&] { running_at_sync.push_back(vm_.running()); };
+  EnableRequest request;
+  request.strategy = Strategy::kMmio;
+  ASSERT_TRUE(manager_.Enable(request).ok());
+  ASSERT_EQ(SiteAt(kReadEax)->site.state, SiteState::kApplied);
+  std::vector<SiteState> deferred_states;
+  for (size_t i = 0; i < journal_.records.size(); ++i) {
+    if (journal_.records[i].address == kReadEax && journal_.deferred[i]) {
+      deferred_states.push_back(journal_.records[i].state);
+    }
+  }
+  EXPECT_EQ(deferred_states, (std::vector<SiteState>{SiteState::kPending, SiteState::kApplied}));
+  ASSERT_FALSE(running_at_sync.empty()) << "the deferred records were never made durable";
+  EXPECT_TRUE(running_at_sync.back()) << "synced before the guest ran again";
+  EXPECT_TRUE(manager_.Status().last_error.empty()) << manager_.Status().last_error;
+}
+
 // The learning window's run time is the guest's own (its ACPI PM timer, which runs only while
 // the guest runs) where the machine has one, across the timer's wrap; without one, tprd's.
 TEST_F(PatchManagerTest, LearningWindowRunTimeIsTheGuestClocksWhereThereIsOne) {

@@ -401,9 +401,25 @@ TEST_F(TransactionTest, TornWriteIsRestored) {
   ExpectWholeAndTrue();
 }
 
+// The pass's writes go in one exchange; when it breaks, nothing says which landed: each site is
+// read again and ends whole, applied if its write landed, as it was otherwise.
+TEST_F(TransactionTest, BrokenExchangeOfThePassesWritesLeavesEachSiteWholeAndTrue) {
+  vm_.BreakNthWriteMany(1, /*landed=*/1);
+  const TransactionReport r = Apply();
+  EXPECT_EQ(r.outcomes[0].kind, Kind::kApplied);
+  for (int i : {1, 2}) {
+    EXPECT_EQ(r.outcomes[i].kind, Kind::kFailed) << i;
+    EXPECT_THAT(r.outcomes[i].reason, HasSubstr("write failed")) << i;
+    EXPECT_THAT(r.outcomes[i].reason, HasSubstr("bytes unchanged")) << i;
+    EXPECT_EQ(Bytes(sites_[i]), sites_[i].original) << i;
+  }
+  ExpectWholeAndTrue();
+}
+
 TEST_F(TransactionTest, TornWriteThatCannotBeRestoredIsReportedAndLeftPending) {
   vm_.FailNthWrite(1, /*partial_bytes=*/2);
-  vm_.FailNthWrite(2, /*partial_bytes=*/1);  // the restore fails too
+  // The restore fails too: it comes after the pass's three site writes, which go together.
+  vm_.FailNthWrite(4, /*partial_bytes=*/1);
   const TransactionReport r = Apply();
   EXPECT_EQ(r.outcomes[0].kind, Kind::kTorn);
   EXPECT_EQ(sites_[0].state, SiteState::kPending);

@@ -371,6 +371,19 @@ absl::Status FakeGuestVm::WriteVirtual(int vcpu, uint32_t va, absl::Span<const u
   return WriteBytes(std::move(*physical), data, true, vcpu, va);
 }
 
+absl::StatusOr<std::vector<absl::Status>> FakeGuestVm::WriteVirtualMany(
+    int vcpu, absl::Span<const engine::MemoryWrite> writes) {
+  const bool breaks = break_write_many_at_ > 0 && --break_write_many_at_ == 0;
+  std::vector<absl::Status> out;
+  for (const engine::MemoryWrite& w : writes) {
+    if (breaks && out.size() == break_write_many_landed_) {
+      return absl::DataLossError("injected: the pipelined exchange broke");
+    }
+    out.push_back(WriteVirtual(vcpu, static_cast<uint32_t>(w.address), w.data));
+  }
+  return out;
+}
+
 absl::Status FakeGuestVm::WritePhysical(uint64_t pa, absl::Span<const uint8_t> data) {
   if (absl::Status s = RequireStopped("WritePhysical"); !s.ok()) return s;
   if (!Accessible(pa, data.size())) {

@@ -79,6 +79,9 @@ class FakeGuestVm : public GuestVm {
   absl::Status WriteRegister(int vcpu, WritableRegister reg, uint32_t value) override;
   absl::Status ReadVirtual(int vcpu, uint32_t va, absl::Span<uint8_t> out) override;
   absl::Status WriteVirtual(int vcpu, uint32_t va, absl::Span<const uint8_t> data) override;
+  // One WriteVirtual per write, unless BreakNthWriteMany says otherwise.
+  absl::StatusOr<std::vector<absl::Status>> WriteVirtualMany(
+      int vcpu, absl::Span<const engine::MemoryWrite> writes) override;
   absl::Status ReadPhysical(uint64_t pa, absl::Span<uint8_t> out) override;
   absl::Status WritePhysical(uint64_t pa, absl::Span<const uint8_t> data) override;
   // Any run state, like QEMU's process_vm_readv path.
@@ -192,6 +195,12 @@ class FakeGuestVm : public GuestVm {
   void FailNthWrite(int n, size_t partial_bytes = 0) {
     FailNth(Op::kWriteMemory, n, absl::UnavailableError("injected"), partial_bytes);
   }
+  // The Nth WriteVirtualMany from now makes only its first `landed` writes, then fails as a
+  // gdbstub exchange that broke (which writes landed is not said).
+  void BreakNthWriteMany(int n, size_t landed) {
+    break_write_many_at_ = n;
+    break_write_many_landed_ = landed;
+  }
   // Runs `hook` just before the Nth memory write from now does anything.
   void BeforeNthWrite(int n, std::function<void(FakeGuestVm&)> hook);
   // Runs `hook` just after the Nth memory write from now stored its bytes (a guest vCPU or
@@ -207,6 +216,8 @@ class FakeGuestVm : public GuestVm {
     uint8_t tpr = 0;
     bool pending_watchpoint_hit = false;
   };
+  int break_write_many_at_ = 0;  // 0: never
+  size_t break_write_many_landed_ = 0;
   struct Injection {
     Op op;
     int remaining;  // calls of `op` still to pass before it fires
