@@ -312,11 +312,11 @@ class PatchManager {
   void ReadGuestCounters();
   // Ends a stop (the guest runs again), noting a failure in the status's last error.
   absl::Status ResumeGuest(StoppedGuestScope& stopped);
+  // Ends a DeferSync: the journal's owed fsync now (its failure is the manager's last error).
+  void SyncJournal();
   // vm_.Stop(), then the fix-ups of a cr8 watchpoint hit that raced with the stop: its stop
   // reply is kept by the backend and delivered after tprd's own work resumed the guest, too
   // late to fix anything, so every tprd-initiated stop looks at every vCPU first.
-  // Ends a DeferSync: the journal's owed fsync now (its failure is the manager's last error).
-  void SyncJournal();
   absl::Status StopGuest();
   void NoteError(const absl::Status& status);
 
