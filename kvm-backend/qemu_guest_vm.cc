@@ -439,6 +439,18 @@ absl::Status QemuGuestVm::SetBreakpoint(uint32_t va) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<absl::Status>> QemuGuestVm::SetBreakpoints(
+    absl::Span<const uint32_t> vas) {
+  TPRD_RETURN_IF_ERROR(CheckUsable(true));
+  const std::vector<uint64_t> addresses(vas.begin(), vas.end());
+  absl::StatusOr<std::vector<absl::Status>> inserted = gdb_->InsertBreakpointsPipelined(addresses);
+  if (!inserted.ok()) return inserted.status();
+  for (size_t k = 0; k < vas.size(); ++k) {
+    if ((*inserted)[k].ok()) breakpoints_.insert(vas[k]);
+  }
+  return inserted;
+}
+
 absl::Status QemuGuestVm::RemoveBreakpoint(uint32_t va) {
   TPRD_RETURN_IF_ERROR(CheckUsable(true));
   TPRD_RETURN_IF_ERROR(gdb_->RemoveBreakpoint(va));

@@ -84,6 +84,7 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   absl::StatusOr<uint32_t> ReadAcpiPmTimer() override;
   absl::StatusOr<engine::CpuFeatures> Features() override;
   absl::Status SetBreakpoint(uint32_t va) override;
+  absl::StatusOr<std::vector<absl::Status>> SetBreakpoints(absl::Span<const uint32_t> vas) override;
   absl::Status RemoveBreakpoint(uint32_t va) override;
   absl::Status SetWatchpoint(uint32_t va, uint32_t length, engine::WatchKind kind) override;
   absl::Status RemoveWatchpoint(uint32_t va, uint32_t length, engine::WatchKind kind) override;

@@ -199,6 +199,14 @@ class GuestVm {
   // Execution breakpoints stop a vCPU before the instruction at `va` runs.
   virtual absl::Status SetBreakpoint(uint32_t va) = 0;
   virtual absl::Status RemoveBreakpoint(uint32_t va) = 0;
+  // SetBreakpoint for each address, in one exchange where the backend has one. Each one's
+  // status, in order; an error of the call itself means the exchange broke.
+  virtual absl::StatusOr<std::vector<absl::Status>> SetBreakpoints(absl::Span<const uint32_t> vas) {
+    std::vector<absl::Status> out;
+    out.reserve(vas.size());
+    for (uint32_t va : vas) out.push_back(SetBreakpoint(va));
+    return out;
+  }
   // Data watchpoints stop a vCPU after the access; the stop's pc is the next instruction.
   virtual absl::Status SetWatchpoint(uint32_t va, uint32_t length, WatchKind kind) = 0;
   virtual absl::Status RemoveWatchpoint(uint32_t va, uint32_t length, WatchKind kind) = 0;

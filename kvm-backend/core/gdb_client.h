@@ -122,6 +122,10 @@ class GdbClient {
   // `Z0`/`z0` software breakpoints (x86 kind 1); any number may be armed at once.
   absl::Status InsertBreakpoint(uint64_t address);
   absl::Status RemoveBreakpoint(uint64_t address);
+  // `Z0` for each address, pipelined (see ExchangePipelined): each insert's status, in order;
+  // the call fails when the exchange broke.
+  absl::StatusOr<std::vector<absl::Status>> InsertBreakpointsPipelined(
+      absl::Span<const uint64_t> addresses);
   // `Z2`/`Z3`/`Z4` (write/read/access) watchpoints, on every vCPU.
   absl::Status InsertWatchpoint(uint64_t address, uint64_t length, engine::WatchKind kind);
   absl::Status RemoveWatchpoint(uint64_t address, uint64_t length, engine::WatchKind kind);
@@ -181,6 +185,10 @@ class GdbClient {
   // stop: the VM ran and took a packet's first byte as an interrupt; a nack; a corrupt or
   // unusable answer) breaks the client, since which packet went unanswered cannot be known.
   absl::StatusOr<std::vector<std::string>> ExchangePipelined(
+      const std::vector<std::string>& payloads);
+  // ExchangePipelined for commands whose only good answer is `OK`: each one's status as
+  // CommandExpectingOk would give it.
+  absl::StatusOr<std::vector<absl::Status>> CommandsExpectingOkPipelined(
       const std::vector<std::string>& payloads);
   // Exchange, then turns an `Exx` or empty reply into an error naming the command.
   absl::StatusOr<std::string> Command(std::string_view payload);

@@ -253,6 +253,27 @@ absl::StatusOr<std::vector<std::string>> GdbClient::ExchangePipelined(
   return replies;
 }
 
+absl::StatusOr<std::vector<absl::Status>> GdbClient::CommandsExpectingOkPipelined(
+    const std::vector<std::string>& payloads) {
+  std::vector<absl::Status> out(payloads.size());
+  if (payloads.empty()) return out;
+  absl::StatusOr<std::vector<std::string>> replies = ExchangePipelined(payloads);
+  if (!replies.ok()) return replies.status();
+  for (size_t k = 0; k < payloads.size(); ++k) {
+    const std::string& reply = (*replies)[k];
+    if (std::optional<int> code = ErrorCode(reply)) {
+      out[k] = ErrorReplyStatus(payloads[k], *code);
+    } else if (reply.empty()) {
+      out[k] = absl::UnimplementedError(
+          absl::StrCat("gdbstub does not support ", Named(payloads[k]), " (empty reply)"));
+    } else if (reply != "OK") {
+      out[k] = absl::DataLossError(
+          absl::StrCat("gdbstub answered ", Named(reply), " to ", Named(payloads[k]), ", not OK"));
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<absl::Status>> GdbClient::WriteMemoryPipelined(
     absl::Span<const engine::MemoryWrite> writes) {
   std::vector<absl::Status> out(writes.size());
@@ -271,19 +292,17 @@ absl::StatusOr<std::vector<absl::Status>> GdbClient::WriteMemoryPipelined(
         absl::StrFormat("M%x,%x:%s", w.address, w.data.size(), engine::HexEncode(w.data)));
     sent.push_back(i);
   }
-  if (payloads.empty()) return out;
-  absl::StatusOr<std::vector<std::string>> replies = ExchangePipelined(payloads);
-  if (!replies.ok()) return replies.status();
-  for (size_t k = 0; k < sent.size(); ++k) {
-    const std::string& reply = (*replies)[k];
-    if (std::optional<int> code = ErrorCode(reply)) {
-      out[sent[k]] = ErrorReplyStatus(payloads[k], *code);
-    } else if (reply != "OK") {
-      out[sent[k]] = absl::DataLossError(
-          absl::StrCat("gdbstub answered ", Named(reply), " to ", Named(payloads[k]), ", not OK"));
-    }
-  }
+  absl::StatusOr<std::vector<absl::Status>> answered = CommandsExpectingOkPipelined(payloads);
+  if (!answered.ok()) return answered.status();
+  for (size_t k = 0; k < sent.size(); ++k) out[sent[k]] = (*answered)[k];
   return out;
+}
+
+absl::StatusOr<std::vector<absl::Status>> GdbClient::InsertBreakpointsPipelined(
+    absl::Span<const uint64_t> addresses) {
+  std::vector<std::string> payloads;
+  for (uint64_t address : addresses) payloads.push_back(absl::StrFormat("Z0,%x,1", address));
+  return CommandsExpectingOkPipelined(payloads);
 }
 
 absl::StatusOr<std::string> GdbClient::Command(std::string_view payload) {

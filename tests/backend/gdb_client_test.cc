@@ -234,6 +234,28 @@ TEST_F(GdbClientTest, PipelinedWritesBreakTheClientWhenAStopComesAmongTheAnswers
   ExpectScriptDone();
 }
 
+// The enable's breakpoints in one round trip; a refusal fails only its own.
+TEST_F(GdbClientTest, PipelinedBreakpointsAnswerEachInOrder) {
+  Attach();
+  fake_->ExpectWrite(EncodeGdbPacket("Z0,80501234,1"))
+      .ExpectWrite(EncodeGdbPacket("Z0,80505678,1"))
+      .ExpectWrite(EncodeGdbPacket("Z0,8050abcd,1"))
+      .Send(absl::StrCat("+", FrameGdbPacket("OK"), "+", FrameGdbPacket("E22"), "+",
+                         FrameGdbPacket("OK")))
+      .ExpectWrite("+")
+      .ExpectWrite("+")
+      .ExpectWrite("+");
+  const std::vector<uint64_t> addresses = {0x80501234, 0x80505678, 0x8050abcd};
+  absl::StatusOr<std::vector<absl::Status>> set = client_->InsertBreakpointsPipelined(addresses);
+  ASSERT_TRUE(set.ok()) << set.status();
+  ASSERT_EQ(set->size(), 3u);
+  EXPECT_TRUE((*set)[0].ok());
+  EXPECT_TRUE(absl::IsInvalidArgument((*set)[1])) << (*set)[1];
+  EXPECT_THAT(std::string((*set)[1].message()), HasSubstr("Z0,80505678,1"));
+  EXPECT_TRUE((*set)[2].ok());
+  ExpectScriptDone();
+}
+
 TEST_F(GdbClientTest, BreakpointsAndWatchpoints) {
   Attach();
   fake_->ExpectCommand("Z0,80501234,1", "OK")
