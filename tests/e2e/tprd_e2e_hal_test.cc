@@ -1350,8 +1350,9 @@ TEST_P(HalSnapshotTest, RevertsShowAndAdoptWhatTheSnapshotsMemoryHolds) {
   for (const SiteRow& row : sites_patched) applied_before += row.state == "applied";
   for (const SiteRow& row : ListSites(tprd, name)) applied_after += row.state == "applied";
   EXPECT_EQ(applied_after, applied_before) << "the snapshot's sites, adopted";
-  const std::string log = ReadFile(tprd.log_path());
-  EXPECT_EQ(log.find("lost the session"), std::string::npos) << tprd.LogTail(60);
+  // No check of tprd's log for "lost the session": libvirt may revert by restarting QEMU, and
+  // then its stop event can come after tprd's 2 s grace (ciH: 2.15 s); tprd then takes the
+  // guest back from a lost session, which is correct, with a warning (docs/design.md).
 
   RollBackAndCompareCode(e2e, tprd, from, code_before, "snapshot");
   for (const char* snapshot : {"patched", "before-enable"}) {
