@@ -21,6 +21,9 @@ struct DomainInfo {
   std::string uuid;  // lower-case, with dashes
   int id = -1;       // libvirt ID while running, else -1
   bool running = false;
+  // Paused by libvirt for a reason of its own (a save's, a migration's or a snapshot's copy, a
+  // revert, an operator's suspend), not a stop of QEMU's own such as a gdbstub stop.
+  bool held_paused = false;
 };
 
 enum class LifecycleKind : uint8_t {

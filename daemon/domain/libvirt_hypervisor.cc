@@ -18,6 +18,8 @@ DomainInfo ToDaemonInfo(const backend::LibvirtDomainInfo& info) {
   out.running = info.state == backend::LibvirtDomainState::kRunning ||
                 info.state == backend::LibvirtDomainState::kPaused ||
                 info.state == backend::LibvirtDomainState::kBlocked;
+  out.held_paused = info.state == backend::LibvirtDomainState::kPaused &&
+                    info.reason != backend::kPausedReasonUnknown;
   return out;
 }
 

@@ -45,7 +45,9 @@ class DomainActorTest : public RegistryFixture {
     return WaitForSnapshot(actor, [state](const DomainSnapshot& s) { return s.state == state; });
   }
   // The poll reports that libvirt paused the domain to copy its state, or to replace it.
+  // libvirt pauses winxp-01 to copy or replace its state; its next running event ends that.
   void PushHostChange(ControllerEvent::Kind kind) {
+    hypervisor_.SetHeldPaused("winxp-01", true);
     ControllerEvent change;
     change.kind = kind;
     change.message = "libvirt paused the domain";
@@ -467,6 +469,7 @@ TEST_F(DomainActorTest, APauseToCopyTheStateLetsGoAndTheNextResumeTakesTheGuestB
   ControllerEvent copy;
   copy.kind = ControllerEvent::Kind::kHostCopiesState;
   copy.message = "libvirt paused the domain to copy its state";
+  hypervisor_.SetHeldPaused("winxp-01", true);
   guest_->PushPollEvent(copy);
   ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->detaches == detaches_before + 1; }))
       << "a save or migration must find the guest let go (exact, no traps)";
@@ -483,6 +486,23 @@ TEST_F(DomainActorTest, APauseToCopyTheStateLetsGoAndTheNextResumeTakesTheGuestB
   hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kResumed);
   ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());  // the queue has run past it
   EXPECT_EQ(guest_->adopts, adopts_before + 1) << "a later resume adopts nothing";
+}
+
+// libvirt resumed the domain while the let-go ran: its resume event came before the actor waited
+// for one and was filtered as one of tprd's own stops' resumes. The let-go's end sees the domain
+// running and takes it back; one held paused waits for its event (the test above).
+TEST_F(DomainActorTest, AResumeDuringTheLetGoStillTakesTheGuestBack) {
+  auto actor = Actor("winxp-01");
+  ASSERT_TRUE(actor->Enable(EnableOptions{}, Soon()).ok());
+  const int adopts_before = guest_->adopts;
+  hypervisor_.EmitLifecycle("winxp-01", LifecycleKind::kResumed);  // filtered: nothing let go
+  ControllerEvent copy;
+  copy.kind = ControllerEvent::Kind::kHostCopiesState;
+  copy.message = "libvirt paused the domain to copy its state";
+  guest_->PushPollEvent(copy);  // the lookup after the let-go finds it running
+  ASSERT_TRUE(guest_->WaitUntil([&] { return guest_->adopts == adopts_before + 1; }))
+      << "a guest whose resume was missed stays let go for good";
+  ASSERT_TRUE(WaitForState(*actor, DomainState::kPatched));
 }
 
 // A migration: the source's memory, tprd's blob in it, runs on the target (libvirt's RESUMED,

@@ -58,6 +58,21 @@ RunResult Virsh(const std::vector<std::string>& args) {
 TprdProcess::~TprdProcess() {
   Kill();
   std::error_code ignored;
+  // A failed test keeps tprd's log: the failure message holds only its tail. So does every test
+  // run with TPRD_E2E_KEEP_LOGS set (for soaks).
+  if ((::testing::Test::HasFailure() || std::getenv("TPRD_E2E_KEEP_LOGS") != nullptr) &&
+      !dir_.empty()) {
+    const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::string test_name = test != nullptr
+                                ? absl::StrCat(test->test_suite_name(), ".", test->name())
+                                : std::string("unknown");
+    std::replace(test_name.begin(), test_name.end(), '/', '_');  // parameterized names
+    const std::string kept = absl::StrCat("/tmp/tprd-e2e-logs/", getpid(), "-", test_name);
+    std::filesystem::create_directories(kept, ignored);
+    std::filesystem::copy_file(log_path(), kept + "/tprd.log",
+                               std::filesystem::copy_options::overwrite_existing, ignored);
+    if (!ignored) std::cerr << "tprd's log kept in " << kept << "/tprd.log\n";
+  }
   std::filesystem::remove_all(dir_, ignored);
 }
 
@@ -287,15 +302,20 @@ void WaitForState(TprdProcess& tprd, const std::string& domain, const std::strin
                        << tprd.LogTail();
 }
 
-void ExpectGuestPasses(TestDomain& domain, size_t from, const char* when, int vcpus, int rounds) {
+void ExpectGuestPasses(TestDomain& domain, size_t from, const char* when, int vcpus, int rounds,
+                       const TprdProcess* tprd) {
   for (int cpu = 0; cpu < vcpus; ++cpu) {
     size_t index = from;
     for (int n = 0; n < rounds; ++n) {
       absl::StatusOr<std::string> stat = domain.WaitForPrefix(absl::StrCat("STAT cpu=", cpu, " "),
                                                               absl::Seconds(60), index, &index);
       ASSERT_TRUE(stat.ok())
-          << when << ": " << stat.status() << "\nvCPUs:\n"
-          << Virsh({"qemu-monitor-command", domain.name(), "--hmp", "info registers -a"}).out;
+          << when << ": " << stat.status()
+          << "\nlibvirt: " << Virsh({"domstate", "--reason", domain.name()}).out << "QEMU: "
+          << Virsh({"qemu-monitor-command", domain.name(), "{\"execute\":\"query-status\"}"}).out
+          << "\nvCPUs:\n"
+          << Virsh({"qemu-monitor-command", domain.name(), "--hmp", "info registers -a"}).out
+          << (tprd != nullptr ? absl::StrCat("tprd:\n", tprd->LogTail(60)) : std::string());
       EXPECT_EQ(ParseSerialFields(*stat)["fail"], "0") << when << ": " << *stat;
       ++index;
     }

@@ -117,9 +117,10 @@ void WaitForState(TprdProcess& tprd, const std::string& domain, const std::strin
                   absl::Duration timeout, const char* when);
 
 // Waits for `rounds` STAT lines per CPU after serial line `from`, all with fail=0, and no FAIL
-// line anywhere in the log.
+// line anywhere in the log. On a stall the failure says the domain's run state (libvirt's and
+// QEMU's), the vCPUs' registers and, given `tprd`, its log's tail.
 void ExpectGuestPasses(TestDomain& domain, size_t from, const char* when, int vcpus = 2,
-                       int rounds = 2);
+                       int rounds = 2, const TprdProcess* tprd = nullptr);
 
 // Median tpr_read / tpr_write of `count` BENCH lines after serial line `from`.
 struct BenchMedians {

@@ -1,7 +1,10 @@
 // tprd end to end when things happen to it or to the guest: kill -9 while a trap is armed, a
 // guest reboot while patched, SIGTERM and restart, save/restore, managedsave, and snapshots with
 // memory taken and reverted while tprd runs.
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <iostream>
 #include <map>
 #include <string>
 #include <vector>
@@ -260,6 +263,11 @@ TEST(TprdEndToEndLifecycle, ManagedSaveWhileAttachedStartsCorrectAndIsTakenBackW
 // hold throughout.
 class SnapshotRevert : public ::testing::TestWithParam<std::string> {};
 
+int SnapshotSoakCount() {
+  const char* env = std::getenv("TPRD_SNAPSHOT_SOAK");
+  return env != nullptr ? std::max(0, std::atoi(env)) : 0;
+}
+
 TEST_P(SnapshotRevert, ShowsAndAdoptsWhatTheSnapshotsMemoryHolds) {
   const std::string strategy = GetParam();
   TestDomainOptions options;
@@ -274,7 +282,8 @@ TEST_P(SnapshotRevert, ShowsAndAdoptsWhatTheSnapshotsMemoryHolds) {
   TestDomain& domain = **created;
   ASSERT_TRUE(domain.WaitForPrefix("STAT cpu=1 ", absl::Seconds(120)).ok()) << domain.LastLines();
   const std::string name = domain.name();
-  TprdProcess tprd(MakeTprdDir(), "proving_window_s = 5\n");
+  const int soak = SnapshotSoakCount();
+  TprdProcess tprd(MakeTprdDir(), absl::StrCat("proving_window_s = ", 5 + 4 * soak, "\n"));
   tprd.Start();
   if (HasFatalFailure()) return;
 
@@ -283,13 +292,24 @@ TEST_P(SnapshotRevert, ShowsAndAdoptsWhatTheSnapshotsMemoryHolds) {
   RunResult enabled = tprd.Ctl({"enable", name, "--strategy", strategy, "--transient"});
   ASSERT_EQ(enabled.exit_code, 0) << enabled.out << enabled.err << tprd.LogTail();
   WaitForApplied(tprd, name, HotSites(), absl::Seconds(90), "enable");
+  // TPRD_SNAPSHOT_SOAK=N takes N more snapshots of the patched guest first, each followed by the
+  // guest's checks, from inside the proving window (breakpoint stops racing libvirt's pause).
+  for (int n = 0; n < soak; ++n) {
+    const std::string label = absl::StrCat("soak snapshot ", n + 1, " of ", soak);
+    RunResult taken = Virsh({"snapshot-create-as", name, absl::StrCat("soak-", n)});
+    ASSERT_EQ(taken.exit_code, 0) << label << ": " << taken.out << taken.err;
+    WaitForState(tprd, name, "patched", absl::Seconds(30), label.c_str());
+    ExpectGuestPasses(domain, domain.Lines().size(), label.c_str(), 2, 1, &tprd);
+    if (HasFatalFailure()) return;
+    std::cerr << label << ": the guest runs on\n";
+  }
   // Past the proving window: no breakpoint stops left to race the snapshot's pause.
-  ASSERT_TRUE(WaitForProvingWindowEnd(tprd, name, absl::Seconds(60))) << tprd.LogTail();
+  ASSERT_TRUE(WaitForProvingWindowEnd(tprd, name, absl::Seconds(60 + 4 * soak))) << tprd.LogTail();
 
   RunResult patched = Virsh({"snapshot-create-as", name, "patched"});
   ASSERT_EQ(patched.exit_code, 0) << patched.out << patched.err;
   WaitForState(tprd, name, "patched", absl::Seconds(30), "after the snapshot of the patched guest");
-  ExpectGuestPasses(domain, domain.Lines().size(), "after the snapshot");
+  ExpectGuestPasses(domain, domain.Lines().size(), "after the snapshot", 2, 2, &tprd);
 
   RunResult reverted = Virsh({"snapshot-revert", name, "before-enable"});
   ASSERT_EQ(reverted.exit_code, 0) << reverted.out << reverted.err;
@@ -297,16 +317,16 @@ TEST_P(SnapshotRevert, ShowsAndAdoptsWhatTheSnapshotsMemoryHolds) {
   for (const auto& [address, state] : SiteStates(tprd, name)) {
     EXPECT_NE(state, "applied") << "0x" << std::hex << address << ": listed from the old memory";
   }
-  ExpectGuestPasses(domain, domain.Lines().size(), "reverted to before the enable");
+  ExpectGuestPasses(domain, domain.Lines().size(), "reverted to before the enable", 2, 2, &tprd);
   EXPECT_EQ(StatusField(tprd, name, "state"), "unpatched") << tprd.LogTail(40);
 
   reverted = Virsh({"snapshot-revert", name, "patched"});
   ASSERT_EQ(reverted.exit_code, 0) << reverted.out << reverted.err;
   WaitForState(tprd, name, "patched", absl::Seconds(30), "reverted to the patched snapshot");
   WaitForApplied(tprd, name, HotSites(), absl::Seconds(30), "the snapshot's sites adopted");
-  ExpectGuestPasses(domain, domain.Lines().size(), "reverted to the patched snapshot");
+  ExpectGuestPasses(domain, domain.Lines().size(), "reverted to the patched snapshot", 2, 2, &tprd);
   EXPECT_EQ(tprd.Ctl({"rollback", name}).exit_code, 0) << tprd.LogTail();
-  ExpectGuestPasses(domain, domain.Lines().size(), "rolled back");
+  ExpectGuestPasses(domain, domain.Lines().size(), "rolled back", 2, 2, &tprd);
   EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
 }
 

@@ -325,6 +325,7 @@ void FakeHypervisor::EmitLifecycle(const std::string& name, daemon::LifecycleKin
     if (running && !entry.info.running) entry.info.id = next_id_++;
     if (!running) entry.info.id = -1;
     entry.info.running = running;
+    entry.info.held_paused = false;
     // A start may bring a restored guest, a resume keeps the memory, a revert brings whatever
     // the test left in the guest (the snapshot's memory); a migration and a save take the memory
     // along, and one fake guest stands for it on both sides (kMigrated and kArrived, kSaved and
@@ -366,6 +367,12 @@ void FakeHypervisor::SetRunningWithoutEvent(const std::string& name, bool runnin
   if (it == domains_.end()) return;
   it->second.info.running = running;
   if (!running) it->second.info.id = -1;
+}
+
+void FakeHypervisor::SetHeldPaused(const std::string& name, bool held) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = domains_.find(name);
+  if (it != domains_.end()) it->second.info.held_paused = held;
 }
 
 void FakeHypervisor::SetUnavailable(bool unavailable) {

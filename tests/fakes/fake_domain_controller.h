@@ -114,6 +114,9 @@ class FakeHypervisor : public daemon::Hypervisor {
   void DeliverLifecycleOnly(const std::string& name, daemon::LifecycleKind kind);
   // libvirt's lookup already answers `running` while its lifecycle event is still to come.
   void SetRunningWithoutEvent(const std::string& name, bool running);
+  // libvirt holds the domain paused for a reason of its own (a copy of its state, a revert) until
+  // its next running event.
+  void SetHeldPaused(const std::string& name, bool held);
   void SetUnavailable(bool unavailable);
   // The domain's intent metadata as the daemon would read it (nullopt: none).
   void SetIntentXml(const std::string& name, std::optional<std::string> xml);
