@@ -102,8 +102,10 @@ class GdbClient {
   absl::StatusOr<uint64_t> ReadRegister(std::string_view name);
   absl::Status WriteRegister(std::string_view name, uint64_t value);
 
-  // `m` in chunks of at most max_read_chunk bytes. An unmapped address (E14) is NOT_FOUND naming
-  // the address. Virtual addresses use the selected thread's page tables unless physical mode.
+  // `m` in chunks of at most max_read_chunk bytes, pipelined when there are several (see
+  // ExchangePipelined: a stop among the answers breaks the client). An unmapped address (E14) is
+  // NOT_FOUND naming the address. Virtual addresses use the selected thread's page tables unless
+  // physical mode.
   absl::Status ReadMemory(uint64_t address, absl::Span<uint8_t> out);
   // `M` in chunks of at most max_write_in_one_packet() bytes. A concurrent resume may see a
   // prefix of the data: for code that must change atomically use WriteMemoryInOnePacket.
@@ -192,6 +194,13 @@ class GdbClient {
       const std::vector<std::string>& payloads);
   // Exchange, then turns an `Exx` or empty reply into an error naming the command.
   absl::StatusOr<std::string> Command(std::string_view payload);
+  // An `Exx` or empty `reply` to `payload` as the error naming the command; else the reply.
+  static absl::StatusOr<std::string> CheckedReply(std::string_view payload, std::string reply);
+  // One `m` packet after another, each waiting for its answer.
+  absl::Status ReadMemoryInTurn(uint64_t address, absl::Span<uint8_t> out);
+  // Decodes the answer to `request` (an `m`) into the front of `out`: how many bytes it held.
+  static absl::StatusOr<size_t> TakeMemoryReply(std::string_view request, const std::string& reply,
+                                                absl::Span<uint8_t> out);
   // A command whose only good answer is `OK`.
   absl::Status CommandExpectingOk(std::string_view payload);
   absl::StatusOr<GdbPacketEvent> NextEvent(absl::Time deadline);

@@ -305,16 +305,20 @@ absl::StatusOr<std::vector<absl::Status>> GdbClient::InsertBreakpointsPipelined(
   return CommandsExpectingOkPipelined(payloads);
 }
 
-absl::StatusOr<std::string> GdbClient::Command(std::string_view payload) {
-  TPRD_RETURN_IF_ERROR(Usable(true));
-  absl::StatusOr<std::string> reply = Exchange(payload, ReplyMode::kReply);
-  if (!reply.ok()) return reply;
-  if (std::optional<int> code = ErrorCode(*reply)) return ErrorReplyStatus(payload, *code);
-  if (reply->empty()) {
+absl::StatusOr<std::string> GdbClient::CheckedReply(std::string_view payload, std::string reply) {
+  if (std::optional<int> code = ErrorCode(reply)) return ErrorReplyStatus(payload, *code);
+  if (reply.empty()) {
     return absl::UnimplementedError(
         absl::StrCat("gdbstub does not support ", Named(payload), " (empty reply)"));
   }
   return reply;
+}
+
+absl::StatusOr<std::string> GdbClient::Command(std::string_view payload) {
+  TPRD_RETURN_IF_ERROR(Usable(true));
+  absl::StatusOr<std::string> reply = Exchange(payload, ReplyMode::kReply);
+  if (!reply.ok()) return reply;
+  return CheckedReply(payload, *std::move(reply));
 }
 
 absl::StatusOr<std::string> GdbClient::MonitorCommand(std::string_view command) {

@@ -138,16 +138,54 @@ TEST_F(GdbClientTest, ShortGReplyIsAnError) {
   EXPECT_TRUE(absl::IsDataLoss(regs.status())) << regs.status();
 }
 
-TEST_F(GdbClientTest, ReadsMemoryInChunksOf0x800) {
+// Chunks of 0x800, every `m` sent before the first answer (one round trip for the blob's
+// read-back); a chunk answered short is finished with an `m` of its own.
+TEST_F(GdbClientTest, ReadsMemoryInPipelinedChunksOf0x800) {
   Attach();
-  fake_->ExpectCommand("m1000,800", std::string(0x1000, 'a'))
-      .ExpectCommand("m1800,800", std::string(0x1000, 'b'))
-      .ExpectCommand("m2000,10", std::string(0x20, 'c'));
+  fake_->ExpectWrite(EncodeGdbPacket("m1000,800"))
+      .ExpectWrite(EncodeGdbPacket("m1800,800"))
+      .ExpectWrite(EncodeGdbPacket("m2000,10"))
+      .Send(absl::StrCat("+", FrameGdbPacket(std::string(0x1000, 'a')), "+",
+                         FrameGdbPacket(std::string(0x800, 'b')), "+",
+                         FrameGdbPacket(std::string(0x20, 'c'))))
+      .ExpectWrite("+")
+      .ExpectWrite("+")
+      .ExpectWrite("+")
+      .ExpectCommand("m1c00,400", std::string(0x800, 'd'));
   std::vector<uint8_t> out(0x1010);
-  ASSERT_TRUE(client_->ReadMemory(0x1000, absl::MakeSpan(out)).ok());
+  absl::Status read = client_->ReadMemory(0x1000, absl::MakeSpan(out));
+  ASSERT_TRUE(read.ok()) << read;
   EXPECT_EQ(out[0], 0xaa);
   EXPECT_EQ(out[0x800], 0xbb);
+  EXPECT_EQ(out[0xbff], 0xbb);
+  EXPECT_EQ(out[0xc00], 0xdd) << "the short chunk's rest, read on its own";
+  EXPECT_EQ(out[0xfff], 0xdd);
   EXPECT_EQ(out[0x100f], 0xcc);
+  ExpectScriptDone();
+}
+
+// A refused chunk fails the read naming its own command; the client stays usable.
+TEST_F(GdbClientTest, PipelinedReadFailsOnARefusedChunkNamingIt) {
+  Attach();
+  fake_->ExpectWrite(EncodeGdbPacket("m1000,800"))
+      .ExpectWrite(EncodeGdbPacket("m1800,8"))
+      .Send(absl::StrCat("+", FrameGdbPacket(std::string(0x1000, 'a')), "+", FrameGdbPacket("E14")))
+      .ExpectWrite("+")
+      .ExpectWrite("+");
+  std::vector<uint8_t> out(0x808);
+  absl::Status read = client_->ReadMemory(0x1000, absl::MakeSpan(out));
+  EXPECT_TRUE(absl::IsNotFound(read)) << read;
+  EXPECT_THAT(std::string(read.message()), HasSubstr("m1800,8"));
+  EXPECT_TRUE(client_->broken_reason().ok());
+  ExpectScriptDone();
+}
+
+TEST_F(GdbClientTest, ReadsOfOneChunkWaitForEachAnswer) {
+  Attach();
+  fake_->ExpectCommand("m1000,800", std::string(0x1000, 'a'));
+  std::vector<uint8_t> out(0x800);
+  ASSERT_TRUE(client_->ReadMemory(0x1000, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out[0x7ff], 0xaa);
   ExpectScriptDone();
 }
 
