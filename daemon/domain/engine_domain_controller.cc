@@ -40,22 +40,24 @@ class ResetWatch : public backend::LibvirtEventSubscriber {
   std::atomic<bool> seen_{false};
 };
 
-ControllerEvent::Kind EventKind(engine::ManagerEvent::Kind kind) {
+}  // namespace
+
+ControllerEvent::Kind ControllerEventKindOf(engine::ManagerEvent::Kind kind) {
   switch (kind) {
     case engine::ManagerEvent::Kind::kSitePatched:
       return ControllerEvent::Kind::kSiteChanged;
     case engine::ManagerEvent::Kind::kStrategyChanged:
       return ControllerEvent::Kind::kStrategyChanged;
     case engine::ManagerEvent::Kind::kWarning:
-    case engine::ManagerEvent::Kind::kHostPaused:
       return ControllerEvent::Kind::kError;
+    case engine::ManagerEvent::Kind::kHostPaused:
+      // An operator's suspend, or a copy's pause already over when tprd looked: the host's doing,
+      // not tprd's failure (as an error it outlived the pause in the status's last_error).
     case engine::ManagerEvent::Kind::kNotice:
       return ControllerEvent::Kind::kNotice;
   }
   return ControllerEvent::Kind::kError;
 }
-
-}  // namespace
 
 EngineDomainController::EngineDomainController(backend::LibvirtConnection* connection,
                                                DomainInfo domain, engine::PatchRecorder* recorder,
@@ -338,7 +340,7 @@ absl::StatusOr<std::vector<ControllerEvent>> EngineDomainController::Poll(absl::
         }
       }
       ControllerEvent event;
-      event.kind = EventKind(e.kind);
+      event.kind = ControllerEventKindOf(e.kind);
       event.message = e.message;
       if (e.site_id) {
         for (const engine::ManagedSite& s : manager_->Sites()) {

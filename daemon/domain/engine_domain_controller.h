@@ -44,6 +44,10 @@ struct EngineControllerOptions {
   backend::LiveMemoryOpener open_live_memory = backend::OpenProcessMemory;
 };
 
+// What an engine event is to the domain's actor. The host's pause (kHostPaused) that is not a
+// copy's or a revert's is a notice: an operator's suspend, or a pause libvirt already ended.
+ControllerEvent::Kind ControllerEventKindOf(engine::ManagerEvent::Kind kind);
+
 class EngineDomainController : public DomainController {
  public:
   EngineDomainController(backend::LibvirtConnection* connection, DomainInfo domain,

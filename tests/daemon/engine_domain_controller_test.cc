@@ -67,6 +67,16 @@ TEST(ResolveRequestedStrategyTest, AutoIsMmioAndTheNamedStrategiesAreThemselves)
   EXPECT_EQ(ResolveRequestedStrategy(RequestedStrategy::kExact), engine::Strategy::kExact);
 }
 
+// Only tprd's own trouble is an error in the status; the host's pause is the host's.
+TEST(ControllerEventKindOfTest, TheHostsPauseIsANoticeAndAWarningAnError) {
+  EXPECT_EQ(ControllerEventKindOf(engine::ManagerEvent::Kind::kHostPaused),
+            ControllerEvent::Kind::kNotice);
+  EXPECT_EQ(ControllerEventKindOf(engine::ManagerEvent::Kind::kWarning),
+            ControllerEvent::Kind::kError);
+  EXPECT_EQ(ControllerEventKindOf(engine::ManagerEvent::Kind::kSitePatched),
+            ControllerEvent::Kind::kSiteChanged);
+}
+
 TEST_F(EngineDomainControllerTest, WindowWithTheBlobMagicAtAPageStartHoldsTheBlob) {
   PutMagic(engine::kLegacyWindowFirst + 0x10000);
   absl::StatusOr<bool> present = Controller()->BlobPresentWithoutStopping();
