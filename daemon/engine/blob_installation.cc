@@ -38,6 +38,13 @@ void BlobInstallation::Take(const ParsedBlob& blob) {
 }
 
 absl::Status BlobInstallation::Install(const GuestProfile& profile, uint32_t guard_period) {
+  absl::StatusOr<BlobPlacement> placement = Place(profile, guard_period);
+  if (!placement.ok()) return placement.status();
+  return InstallAt(*placement);
+}
+
+absl::StatusOr<BlobPlacement> BlobInstallation::Place(const GuestProfile& profile,
+                                                      uint32_t guard_period) {
   PlacementRequest want;
   want.image_size = kBlobSize;
   want.data_size = kBlobDataBlockSize;
@@ -55,6 +62,10 @@ absl::Status BlobInstallation::Install(const GuestProfile& profile, uint32_t gua
     placement.cpu_count = std::max<uint32_t>(placement.cpu_count, cpu.processor_number + 1u);
   }
   placement.guard_period = guard_period;
+  return placement;
+}
+
+absl::Status BlobInstallation::InstallAt(const BlobPlacement& placement) {
   absl::StatusOr<BlobInstance> blob = InstantiateBlob(placement);
   if (!blob.ok()) return blob.status();
   // The data block first: the image's header points at it.

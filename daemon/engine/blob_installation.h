@@ -38,6 +38,10 @@ class BlobInstallation {
   void Take(const ParsedBlob& blob);
   // Places a new blob and writes it, strategy word exact; `guard_period` is mmio's guard's.
   absl::Status Install(const GuestProfile& profile, uint32_t guard_period);
+  // Install's two halves, timed apart by the enable: where the blob goes (reads only), then
+  // writing it there.
+  absl::StatusOr<BlobPlacement> Place(const GuestProfile& profile, uint32_t guard_period);
+  absl::Status InstallAt(const BlobPlacement& placement);
   // Every profiled CPU's per-CPU entry enabled, its shadow from the real TPR when
   // `from_real_tpr` (or when it was never enabled). `clear_guard_evidence`: the operator asked
   // for a strategy again, so the guard's mismatch counters of an earlier rejection are reset.

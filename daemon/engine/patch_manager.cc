@@ -545,7 +545,10 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
     mark = now;
   };
   if (!blob_.installed()) {
-    TPRD_RETURN_IF_ERROR(blob_.Install(*profile, request.guard_period));
+    absl::StatusOr<BlobPlacement> placement = blob_.Place(*profile, request.guard_period);
+    if (!placement.ok()) return placement.status();
+    part("place");
+    TPRD_RETURN_IF_ERROR(blob_.InstallAt(*placement));
   } else {
     // Switching strategy: go through exact so no handler sees a half-made switch. The word
     // first: leaving cr8 gives each real TPR its low nibble back, which may let the guest run a
