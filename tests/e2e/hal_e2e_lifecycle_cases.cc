@@ -94,12 +94,7 @@ TEST_P(HalKill9Test, KilledWhilePatchedUnderCr8AdoptedByANewTprdStaysCorrect) {
   Say() << Describe(blob) << std::endl;
   EXPECT_EQ(StrategyName(blob.strategy_word), "cr8") << Describe(blob);
 
-  const size_t rollback_from = domain.Lines().size();
-  e2e.Rollback(tprd, "rollback after adopt");
-  const size_t rollback_done = domain.Lines().size();
-  e2e.CheckAroundRollback(tprd, enable_from, rollback_from, rollback_done, "kill -9");
-  EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
-  EXPECT_EQ(e2e.ReadGuestCode(), code_before) << "rollback restores the guest's code byte for byte";
+  RollBackAndCompareCode(e2e, tprd, enable_from, code_before, "kill -9");
 }
 
 // SIGTERM of tprd while patched: it leaves the guest on exact (under cr8 each CPU's real TPR gets
@@ -146,12 +141,7 @@ TEST_P(HalSigtermTest, StoppedWhilePatchedRunsExactThenANewTprdTakesItBack) {
   Say() << Describe(back) << std::endl;
   EXPECT_EQ(StrategyName(back.strategy_word), c.strategy) << Describe(back);
 
-  const size_t rollback_from = domain.Lines().size();
-  e2e.Rollback(tprd, "rollback after the restart");
-  const size_t rollback_done = domain.Lines().size();
-  e2e.CheckAroundRollback(tprd, enable_from, rollback_from, rollback_done, "SIGTERM");
-  EXPECT_EQ(tprd.Terminate(), 0) << tprd.LogTail();
-  EXPECT_EQ(e2e.ReadGuestCode(), code_before) << "rollback restores the guest's code byte for byte";
+  RollBackAndCompareCode(e2e, tprd, enable_from, code_before, "SIGTERM");
 }
 
 // `virsh save` while tprd stays attached to the HAL guest on mmio, after its proving window (the
