@@ -44,11 +44,12 @@ absl::Status BlobInstallation::Install(const GuestProfile& profile, uint32_t gua
 }
 
 absl::StatusOr<BlobPlacement> BlobInstallation::Place(const GuestProfile& profile,
-                                                      uint32_t guard_period) {
+                                                      uint32_t guard_period,
+                                                      const std::vector<MemoryRegion>* memory_map) {
   PlacementRequest want;
   want.image_size = kBlobSize;
   want.data_size = kBlobDataBlockSize;
-  absl::StatusOr<Placement> where = FindPlacement(vm_, profile, want);
+  absl::StatusOr<Placement> where = FindPlacement(vm_, profile, want, memory_map);
   if (!where.ok()) return where.status();
   BlobPlacement placement;
   placement.va = where->image_va;

@@ -40,7 +40,9 @@ class BlobInstallation {
   absl::Status Install(const GuestProfile& profile, uint32_t guard_period);
   // Install's two halves, timed apart by the enable: where the blob goes (reads only), then
   // writing it there.
-  absl::StatusOr<BlobPlacement> Place(const GuestProfile& profile, uint32_t guard_period);
+  // `memory_map`: see FindPlacement.
+  absl::StatusOr<BlobPlacement> Place(const GuestProfile& profile, uint32_t guard_period,
+                                      const std::vector<MemoryRegion>* memory_map = nullptr);
   absl::Status InstallAt(const BlobPlacement& placement);
   // Every profiled CPU's per-CPU entry enabled, its shadow from the real TPR when
   // `from_real_tpr` (or when it was never enabled). `clear_guard_evidence`: the operator asked

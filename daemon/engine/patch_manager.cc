@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <memory>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -113,9 +114,11 @@ bool PatchManager::CanReadLive() {
   return vm_.ReadPhysicalLive(0, absl::MakeSpan(probe)).ok();
 }
 
-absl::StatusOr<ScanResult> PatchManager::ScanGuest(const GuestProfile& profile, bool live) {
+absl::StatusOr<ScanResult> PatchManager::ScanGuest(const GuestProfile& profile, bool live,
+                                                   std::vector<MemoryRegion>* memory_map) {
   absl::StatusOr<std::vector<MemoryRegion>> regions = vm_.MemoryMap();
   if (!regions.ok()) return regions.status();
+  if (memory_map != nullptr) *memory_map = *regions;
   ScanOptions options;
   options.tpr_va = profile.tpr_va;
   options.is_ram = [ram = *regions](uint64_t pa) {
@@ -228,8 +231,11 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
                                  std::set<uint32_t>& proven, size_t& hits) {
   TPRD_RETURN_IF_ERROR(vm_.SetWatchpoint(profile.tpr_va, 4, WatchKind::kAccess));
   // The guest's own clock, read while it is stopped: now, at a stop once a second of tprd's time
-  // has passed since the last read (the timer wraps every 4.69 s), and at the end.
-  GuestRunClock guest_clock(vm_, clock_);
+  // has passed since the last read (the timer wraps every 4.69 s), and at the end: right after
+  // the enable's resume (FinishLearningClock), not in its stop (an HMP command, 1-2.5 ms). The
+  // timer is QEMU's virtual clock, which stood still until then.
+  auto shared_clock = std::make_shared<GuestRunClock>(vm_, clock_);
+  GuestRunClock& guest_clock = *shared_clock;
   // The window is the guest running under the watchpoint: these resumes (here and after each
   // hit) are the point, not the end of a stop. Enable's StoppedGuestScope covers every early
   // return, and the Stop() after the loop hands the guest back to it stopped.
@@ -325,9 +331,11 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
   status_.learning_run = ran;
   TPRD_RETURN_IF_ERROR(vm_.Stop());
   stopped_at_ = clock_.Now();
-  guest_clock.Sample(/*force=*/true);
-  status_.learning_run_guest_clock = guest_clock.usable();
-  if (guest_clock.usable()) status_.learning_run = guest_clock.ran();
+  finish_learning_clock_ = [this, shared_clock] {
+    shared_clock->Sample(/*force=*/true);
+    status_.learning_run_guest_clock = shared_clock->usable();
+    if (shared_clock->usable()) status_.learning_run = shared_clock->ran();
+  };
   // A hit that raced with that stop would otherwise be delivered after the enable, and decoded
   // against code patched meanwhile: it is part of the window.
   if (std::optional<StopEvent> raced = vm_.TakeRacedWatchpointStop(); raced && verdict.ok()) {
@@ -491,7 +499,12 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
   // profiled afresh (its vCPUs have moved) for the work that needs it.
   const bool scan_live = CanReadLive();
   if (scan_live) TPRD_RETURN_IF_ERROR(ResumeGuest(*stopped));
-  absl::StatusOr<ScanResult> scan = ScanGuest(*profile, scan_live);
+  // The scan's memory map also places the blob: read while the guest runs (with a live reader),
+  // not in the final pause. Running cannot change it (short of the guest reprogramming its
+  // chipset's shadow RAM, which Windows does not do at run time), and the blob's writes are
+  // read back anyway (measured: the HMP command took 2.5 ms, once 30 ms, of a 5-8 ms pause).
+  std::vector<MemoryRegion> memory_map;
+  absl::StatusOr<ScanResult> scan = ScanGuest(*profile, scan_live, &memory_map);
   if (!scan.ok()) return scan.status();
   MergeCandidates(*scan);
   if (request.dry_run) {
@@ -545,7 +558,8 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
     mark = now;
   };
   if (!blob_.installed()) {
-    absl::StatusOr<BlobPlacement> placement = blob_.Place(*profile, request.guard_period);
+    absl::StatusOr<BlobPlacement> placement =
+        blob_.Place(*profile, request.guard_period, &memory_map);
     if (!placement.ok()) return placement.status();
     part("place");
     TPRD_RETURN_IF_ERROR(blob_.InstallAt(*placement));
@@ -592,6 +606,10 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
     if (m.armed) ++report.armed;
   }
   TPRD_RETURN_IF_ERROR(ResumeGuest(*stopped));
+  if (finish_learning_clock_) {
+    finish_learning_clock_();
+    finish_learning_clock_ = nullptr;
+  }
   report.strategy = request.strategy;
   return report;
 }

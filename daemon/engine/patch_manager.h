@@ -8,6 +8,7 @@
 #define TPRD_DAEMON_ENGINE_PATCH_MANAGER_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -184,11 +185,14 @@ class PatchManager {
   // Takes over a blob found in the guest and its site table; returns its strategy word.
   Strategy LoadInstalled(const ParsedBlob& blob);
   absl::Status RecordAdoptedStates(const ParsedBlob& blob);
-  // `live`: through GuestVm::ReadPhysicalLive, the guest running (CanReadLive()).
-  absl::StatusOr<ScanResult> ScanGuest(const GuestProfile& profile, bool live = false);
+  // `live`: through GuestVm::ReadPhysicalLive, the guest running (CanReadLive()). `memory_map`,
+  // when given, receives the memory map the scan used.
+  absl::StatusOr<ScanResult> ScanGuest(const GuestProfile& profile, bool live = false,
+                                       std::vector<MemoryRegion>* memory_map = nullptr);
   bool CanReadLive();
   void MergeCandidates(const ScanResult& scan);
-  // Learning window; the guest runs during it and is stopped again at the end.
+  // Learning window; the guest runs during it and is stopped again at the end. Its last reading
+  // of the guest's clock is left in finish_learning_clock_, for right after the enable's resume.
   absl::Status Learn(const EnableRequest& request, const GuestProfile& profile,
                      std::set<uint32_t>& proven, size_t& hits);
   // Leaving cr8 for another strategy also gives every CPU's real TPR its shadow back
@@ -326,6 +330,8 @@ class PatchManager {
 
   std::optional<GuestProfile> profile_;
   absl::Time stopped_at_;  // when tprd's latest stop of the guest began (EnableReport::stop)
+  // Set by Learn, run by Enable once the guest runs again (status_.learning_run).
+  std::function<void()> finish_learning_clock_;
   BlobInstallation blob_;
   std::map<uint32_t, ManagedSite> sites_;  // by id
   uint32_t next_id_ = 0;

@@ -83,8 +83,10 @@ absl::Status CheckKernelMapping(GuestVm& vm, const GuestProfile& profile, uint32
 }
 
 absl::StatusOr<Placement> FindPlacement(GuestVm& vm, const GuestProfile& profile,
-                                        const PlacementRequest& request) {
-  absl::StatusOr<std::vector<MemoryRegion>> regions = vm.MemoryMap();
+                                        const PlacementRequest& request,
+                                        const std::vector<MemoryRegion>* memory_map) {
+  absl::StatusOr<std::vector<MemoryRegion>> regions =
+      memory_map != nullptr ? *memory_map : vm.MemoryMap();
   if (!regions.ok()) return regions.status();
   const uint32_t min_run =
       request.data_size == 0 ? request.image_size : std::min(request.image_size, request.data_size);

@@ -133,6 +133,7 @@ absl::Status FakeGuestVm::Resume() {
 
 absl::StatusOr<uint32_t> FakeGuestVm::ReadAcpiPmTimer() {
   if (!pm_timer_) return absl::NotFoundError("the machine has no ACPI PM timer");
+  if (!running_) ++pm_timer_reads_while_stopped_;
   return *pm_timer_ & engine::kAcpiPmTimerMask;
 }
 
@@ -395,7 +396,10 @@ absl::Status FakeGuestVm::WritePhysical(uint64_t pa, absl::Span<const uint8_t> d
   return WriteBytes(std::move(physical), data, false, -1, pa);
 }
 
-absl::StatusOr<std::vector<MemoryRegion>> FakeGuestVm::MemoryMap() { return memory_map_; }
+absl::StatusOr<std::vector<MemoryRegion>> FakeGuestVm::MemoryMap() {
+  if (!running_) ++memory_map_reads_while_stopped_;
+  return memory_map_;
+}
 
 absl::StatusOr<uint8_t> FakeGuestVm::ReadTpr(int vcpu) {
   if (absl::Status s = RequireStopped("ReadTpr"); !s.ok()) return s;

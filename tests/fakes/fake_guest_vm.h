@@ -136,6 +136,10 @@ class FakeGuestVm : public GuestVm {
   void SetLiveReadsAvailable(bool available) { live_reads_available_ = available; }
   // ReadPhysicalLive calls that read while the guest ran.
   int live_reads_while_running() const { return live_reads_while_running_; }
+  // ReadAcpiPmTimer calls made while the guest was stopped.
+  int pm_timer_reads_while_stopped() const { return pm_timer_reads_while_stopped_; }
+  // MemoryMap calls made while the guest was stopped.
+  int memory_map_reads_while_stopped() const { return memory_map_reads_while_stopped_; }
   // libvirt paused the domain: it is stopped, and Resume() refuses to run it.
   void SetHostPaused(bool paused);
   bool host_paused() const { return host_paused_; }
@@ -260,6 +264,8 @@ class FakeGuestVm : public GuestVm {
   int stop_calls_ = 0;
   bool live_reads_available_ = true;
   int live_reads_while_running_ = 0;
+  int memory_map_reads_while_stopped_ = 0;
+  int pm_timer_reads_while_stopped_ = 0;
   int resume_calls_ = 0;
   std::array<int, 7> op_counts_ = {};  // indexed by Op
   std::set<uint32_t> breakpoints_;
