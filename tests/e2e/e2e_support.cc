@@ -55,25 +55,44 @@ RunResult Virsh(const std::vector<std::string>& args) {
   return Run(full);
 }
 
+namespace {
+
+// Where a test's logs are kept: when it failed, or always with TPRD_E2E_KEEP_LOGS set (soaks).
+// Empty when they are not kept.
+std::string KeptLogDir() {
+  if (!::testing::Test::HasFailure() && std::getenv("TPRD_E2E_KEEP_LOGS") == nullptr) return "";
+  const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string test_name = test != nullptr ? absl::StrCat(test->test_suite_name(), ".", test->name())
+                                          : std::string("unknown");
+  std::replace(test_name.begin(), test_name.end(), '/', '_');  // parameterized names
+  const std::string kept = absl::StrCat("/tmp/tprd-e2e-logs/", getpid(), "-", test_name);
+  std::error_code error;
+  std::filesystem::create_directories(kept, error);
+  return error ? "" : kept;
+}
+
+void KeepFile(const std::string& from, const std::string& name, const char* what) {
+  const std::string kept = KeptLogDir();
+  if (kept.empty()) return;
+  std::error_code error;
+  std::filesystem::copy_file(from, kept + "/" + name,
+                             std::filesystem::copy_options::overwrite_existing, error);
+  if (!error) std::cerr << what << " kept in " << kept << "/" << name << "\n";
+}
+
+}  // namespace
+
 TprdProcess::~TprdProcess() {
   Kill();
+  // The failure message holds only the log's tail.
+  if (!dir_.empty()) KeepFile(log_path(), "tprd.log", "tprd's log");
   std::error_code ignored;
-  // A failed test keeps tprd's log: the failure message holds only its tail. So does every test
-  // run with TPRD_E2E_KEEP_LOGS set (for soaks).
-  if ((::testing::Test::HasFailure() || std::getenv("TPRD_E2E_KEEP_LOGS") != nullptr) &&
-      !dir_.empty()) {
-    const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string test_name = test != nullptr
-                                ? absl::StrCat(test->test_suite_name(), ".", test->name())
-                                : std::string("unknown");
-    std::replace(test_name.begin(), test_name.end(), '/', '_');  // parameterized names
-    const std::string kept = absl::StrCat("/tmp/tprd-e2e-logs/", getpid(), "-", test_name);
-    std::filesystem::create_directories(kept, ignored);
-    std::filesystem::copy_file(log_path(), kept + "/tprd.log",
-                               std::filesystem::copy_options::overwrite_existing, ignored);
-    if (!ignored) std::cerr << "tprd's log kept in " << kept << "/tprd.log\n";
-  }
   std::filesystem::remove_all(dir_, ignored);
+}
+
+KeepSerialLog::~KeepSerialLog() {
+  KeepFile(domain_.serial_path(), absl::StrCat("serial-", domain_.name(), ".log"),
+           "the guest's serial log");
 }
 
 namespace {

@@ -46,6 +46,19 @@ RunResult Virsh(const std::vector<std::string>& args);
 // ExpectUnprovenBytesUnchanged.
 std::string ForcedDiscovery();
 
+// Keeps the domain's serial log with tprd's (TprdProcess) when the test failed or
+// TPRD_E2E_KEEP_LOGS is set. Declare it after the domain, so that it runs first.
+class KeepSerialLog {
+ public:
+  explicit KeepSerialLog(const TestDomain& domain) : domain_(domain) {}
+  ~KeepSerialLog();
+  KeepSerialLog(const KeepSerialLog&) = delete;
+  KeepSerialLog& operator=(const KeepSerialLog&) = delete;
+
+ private:
+  const TestDomain& domain_;
+};
+
 class TprdProcess {
  public:
   // `config`: tprd.conf lines (e.g. "proving_window_s = 5\n"); never /etc/tprd's.

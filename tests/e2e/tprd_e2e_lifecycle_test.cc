@@ -27,6 +27,7 @@ constexpr int kLateSeconds = 30;
 TEST(TprdEndToEndLifecycle, KillNineWithATrapArmedThenRestartRecoversTheStoppedGuest) {
   std::unique_ptr<TestDomain> domain = BootTestGuest(absl::StrCat("late=", kLateSeconds), false);
   ASSERT_NE(domain, nullptr);
+  KeepSerialLog keep_serial(*domain);
   const std::map<std::string, uint32_t> sites = SitesByName();
   // The late site runs kLateSeconds of guest time after boot, which on a loaded host is far
   // more wall time: the proving window (wall time, from enable and again from the adopt) must
@@ -77,6 +78,7 @@ TEST(TprdEndToEndLifecycle, KillNineWithATrapArmedThenRestartRecoversTheStoppedG
 TEST(TprdEndToEndLifecycle, RebootWhilePatchedClearsStateAndEnableWorksAgain) {
   std::unique_ptr<TestDomain> domain = BootTestGuest("", /*reboot_restarts=*/true);
   ASSERT_NE(domain, nullptr);
+  KeepSerialLog keep_serial(*domain);
   TprdProcess tprd(MakeTprdDir());
   tprd.Start();
   if (HasFatalFailure()) return;
@@ -144,6 +146,7 @@ void ExpectTakenBackOnMmio(TprdProcess& tprd, TestDomain& domain, size_t from, c
 TEST(TprdEndToEndLifecycle, SigtermThenRestartSwitchesBackToTheOperatorsStrategy) {
   std::unique_ptr<TestDomain> domain = BootTestGuest("nobench", false);
   ASSERT_NE(domain, nullptr);
+  KeepSerialLog keep_serial(*domain);
   TprdProcess tprd(MakeTprdDir(), "proving_window_s = 5\n");
   EnableMmio(tprd, *domain);
   if (HasFatalFailure()) return;
@@ -172,6 +175,7 @@ TEST(TprdEndToEndLifecycle, SigtermThenRestartSwitchesBackToTheOperatorsStrategy
 TEST(TprdEndToEndLifecycle, SaveOfAGuestTprdLetGoRestoresCorrectAndIsTakenBack) {
   std::unique_ptr<TestDomain> domain = BootTestGuest("nobench", false);
   ASSERT_NE(domain, nullptr);
+  KeepSerialLog keep_serial(*domain);
   TprdProcess tprd(MakeTprdDir(), "proving_window_s = 5\n");
   EnableMmio(tprd, *domain);
   if (HasFatalFailure()) return;
@@ -196,6 +200,7 @@ TEST(TprdEndToEndLifecycle, SaveOfAGuestTprdLetGoRestoresCorrectAndIsTakenBack) 
 TEST(TprdEndToEndLifecycle, ManagedSaveOfAGuestTprdLetGoStartsCorrectAndIsTakenBack) {
   std::unique_ptr<TestDomain> domain = BootTestGuest("nobench", false, 2, /*persistent=*/true);
   ASSERT_NE(domain, nullptr);
+  KeepSerialLog keep_serial(*domain);
   TprdProcess tprd(MakeTprdDir(), "proving_window_s = 5\n");
   EnableMmio(tprd, *domain);
   if (HasFatalFailure()) return;
@@ -224,6 +229,7 @@ TEST(TprdEndToEndLifecycle, ManagedSaveOfAGuestTprdLetGoStartsCorrectAndIsTakenB
 TEST(TprdEndToEndLifecycle, ManagedSaveWhileAttachedStartsCorrectAndIsTakenBackWithTheSameSites) {
   std::unique_ptr<TestDomain> domain = BootTestGuest("nobench", false, 2, /*persistent=*/true);
   ASSERT_NE(domain, nullptr);
+  KeepSerialLog keep_serial(*domain);
   const std::string name = domain->name();
   TprdProcess tprd(MakeTprdDir(), "proving_window_s = 5\n");
   EnableMmio(tprd, *domain);
@@ -280,6 +286,7 @@ TEST_P(SnapshotRevert, ShowsAndAdoptsWhatTheSnapshotsMemoryHolds) {
   absl::StatusOr<std::unique_ptr<TestDomain>> created = TestDomain::Create(options);
   ASSERT_TRUE(created.ok()) << created.status();
   TestDomain& domain = **created;
+  KeepSerialLog keep_serial(domain);
   ASSERT_TRUE(domain.WaitForPrefix("STAT cpu=1 ", absl::Seconds(120)).ok()) << domain.LastLines();
   const std::string name = domain.name();
   const int soak = SnapshotSoakCount();

@@ -30,6 +30,7 @@ TEST(TprdEndToEnd, EnablePatchesHotAndLateSitesSurvivesSigtermAdoptsAndRollsBack
   absl::StatusOr<std::unique_ptr<TestDomain>> created = TestDomain::Create(options);
   ASSERT_TRUE(created.ok()) << created.status();
   TestDomain& domain = **created;
+  KeepSerialLog keep_serial(domain);
   ASSERT_TRUE(domain.WaitForPrefix("STAT cpu=1 ", absl::Seconds(120)).ok()) << domain.LastLines();
   std::map<std::string, uint32_t> sites = SitesByName();
   const uint32_t text_first = sites["rd_a1_eax"] & ~0xFFFu;
