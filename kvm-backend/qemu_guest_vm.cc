@@ -119,11 +119,24 @@ void QemuGuestVm::OnDomainEvent(const LibvirtDomainEvent& event) {
     }
     libvirt_pauses_.OnGone();
   }
+  if (event.kind == LibvirtDomainEvent::Kind::kRebooted) {
+    absl::MutexLock lock(&events_mu_);
+    rebooted_ = true;
+  }
   // A migration's pause is one too (SUSPENDED, detail MIGRATED or POSTCOPY).
   if (event.kind == LibvirtDomainEvent::Kind::kSuspended ||
       event.kind == LibvirtDomainEvent::Kind::kMigrating) {
     libvirt_pauses_.OnPauseReported();
   }
+}
+
+absl::Status QemuGuestVm::NotRebooted() const {
+  absl::MutexLock lock(&events_mu_);
+  if (!rebooted_) return absl::OkStatus();
+  return absl::AbortedError(absl::StrCat(
+      "domain ", uuid_,
+      " rebooted under this session (libvirt's reboot event): tprd writes nothing into the new "
+      "boot"));
 }
 
 absl::Status QemuGuestVm::Gone() const {
@@ -352,6 +365,7 @@ absl::StatusOr<engine::VcpuRegisters> QemuGuestVm::ReadRegisters(int vcpu) {
 }
 
 absl::Status QemuGuestVm::WriteRegister(int vcpu, engine::WritableRegister reg, uint32_t value) {
+  TPRD_RETURN_IF_ERROR(NotRebooted());
   TPRD_RETURN_IF_ERROR(CheckUsable(true));
   TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
   return gdb_->WriteRegister(RegisterName(reg), value);
@@ -365,6 +379,7 @@ absl::Status QemuGuestVm::ReadVirtual(int vcpu, uint32_t va, absl::Span<uint8_t>
 }
 
 absl::Status QemuGuestVm::WriteVirtual(int vcpu, uint32_t va, absl::Span<const uint8_t> data) {
+  TPRD_RETURN_IF_ERROR(NotRebooted());
   TPRD_RETURN_IF_ERROR(CheckUsable(true));
   TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
   TPRD_RETURN_IF_ERROR(SetPhysicalMode(false));
@@ -373,6 +388,7 @@ absl::Status QemuGuestVm::WriteVirtual(int vcpu, uint32_t va, absl::Span<const u
 
 absl::StatusOr<std::vector<absl::Status>> QemuGuestVm::WriteVirtualMany(
     int vcpu, absl::Span<const engine::MemoryWrite> writes) {
+  TPRD_RETURN_IF_ERROR(NotRebooted());
   TPRD_RETURN_IF_ERROR(CheckUsable(true));
   TPRD_RETURN_IF_ERROR(SelectVcpu(vcpu));
   TPRD_RETURN_IF_ERROR(SetPhysicalMode(false));
@@ -398,6 +414,7 @@ absl::Status QemuGuestVm::ReadPhysicalLive(uint64_t pa, absl::Span<uint8_t> out)
 }
 
 absl::Status QemuGuestVm::WritePhysical(uint64_t pa, absl::Span<const uint8_t> data) {
+  TPRD_RETURN_IF_ERROR(NotRebooted());
   TPRD_RETURN_IF_ERROR(CheckUsable(true));
   TPRD_RETURN_IF_ERROR(SetPhysicalMode(true));
   return gdb_->WriteMemory(pa, data);

@@ -103,6 +103,10 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
 
   void OnDomainEvent(const LibvirtDomainEvent& event) override;
   void OnConnectionLost() override;
+  // ABORTED once libvirt reported a reset or reboot of the guest in this session: what tprd
+  // would write (a patch, a shadow, a register fix-up) was decided for the old boot, and a patch
+  // calling a handler of the old boot's blob crashed a new one (2026-12-07, third session).
+  absl::Status NotRebooted() const;
   absl::Status Gone() const;
   absl::Status CheckUsable(bool require_stopped);
   absl::Status SelectVcpu(int vcpu);
@@ -150,6 +154,9 @@ class QemuGuestVm : public engine::GuestVm, private LibvirtEventSubscriber {
   LibvirtPauseTracker libvirt_pauses_;
   mutable absl::Mutex events_mu_;
   std::string gone_reason_ ABSL_GUARDED_BY(events_mu_);  // empty while the domain exists
+  // Set by libvirt's reboot event: the memory now holds a new boot, which tprd never writes
+  // (NotRebooted).
+  bool rebooted_ ABSL_GUARDED_BY(events_mu_) = false;
 };
 
 }  // namespace tprd::backend

@@ -58,8 +58,10 @@ absl::Status DomainActor::StoppedDuring(const absl::Status& status, const std::s
   // A session that broke because the domain went away or rebooted is the domain's state, not
   // tprd's or libvirt's being unreachable (UNAVAILABLE tells tprctl) nor an unknown name
   // (NOT_FOUND: a rebooting guest has no paging, so our addresses are "not mapped").
+  // ABORTED: the backend refused to write into a guest libvirt reported rebooted.
   const bool guest_access_failed = absl::IsUnavailable(status) || absl::IsNotFound(status) ||
-                                   absl::IsInternal(status) || absl::IsDataLoss(status);
+                                   absl::IsInternal(status) || absl::IsDataLoss(status) ||
+                                   absl::IsAborted(status);
   const DomainInfo domain = Snapshot().domain;
   bool stopped = false;
   {

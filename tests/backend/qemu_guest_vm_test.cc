@@ -541,5 +541,33 @@ TEST_F(QemuGuestVmTest, DomainGoneEventEndsTheWaitWithoutTheStub) {
   ExpectScriptDone();
 }
 
+// After libvirt's reboot event the memory is a new boot's: a patch decided for the old boot (a
+// call into its blob) crashed a new one. Every write is refused without reaching the stub;
+// reads still work.
+TEST_F(QemuGuestVmTest, NothingIsWrittenIntoAGuestLibvirtReportedRebooted) {
+  Attach();
+  LibvirtDomainEvent rebooted;
+  rebooted.kind = LibvirtDomainEvent::Kind::kRebooted;
+  rebooted.uuid = kUuid;
+  rebooted.name = "xp";
+  libvirt_.EmitEvent(rebooted);
+  const std::vector<uint8_t> call = {0xe8, 1, 2, 3, 4};
+  EXPECT_TRUE(absl::IsAborted(vm_->WriteVirtual(0, 0x80501000, call)));
+  const std::vector<engine::MemoryWrite> writes = {{0x80501000, call}};
+  EXPECT_TRUE(absl::IsAborted(vm_->WriteVirtualMany(0, writes).status()));
+  EXPECT_TRUE(absl::IsAborted(vm_->WritePhysical(0x501000, call)));
+  absl::Status reg = vm_->WriteRegister(0, engine::WritableRegister::kEax, 0x20);
+  EXPECT_TRUE(absl::IsAborted(reg)) << reg;
+  EXPECT_THAT(std::string(reg.message()), ::testing::HasSubstr("rebooted"));
+  ExpectScriptDone();  // not one packet
+  stub_.ExpectCommand("Hgp01.01", "OK")
+      .ExpectCommand("Qqemu.PhyMemMode:0", "OK")
+      .ExpectCommand("m80501000,5", "e801020304");
+  std::vector<uint8_t> back(5);
+  absl::Status read = vm_->ReadVirtual(0, 0x80501000, absl::MakeSpan(back));
+  EXPECT_TRUE(read.ok()) << read;
+  ExpectScriptDone();
+}
+
 }  // namespace
 }  // namespace tprd::backend
