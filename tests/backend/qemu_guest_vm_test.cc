@@ -120,14 +120,19 @@ class QemuGuestVmTest : public ::testing::Test {
     ExpectScriptDone();
   }
 
+  // libvirt reports an event of `kind` for the domain.
+  void LibvirtReports(LibvirtDomainEvent::Kind kind) {
+    LibvirtDomainEvent event;
+    event.kind = kind;
+    event.uuid = kUuid;
+    event.name = "xp";
+    libvirt_.EmitEvent(event);
+  }
+
   // libvirt pauses the domain for `reason` and reports it (its SUSPENDED event).
   void LibvirtReportsPause(int reason) {
     libvirt_.SetState(kUuid, LibvirtDomainState::kPaused, reason);
-    LibvirtDomainEvent paused;
-    paused.kind = LibvirtDomainEvent::Kind::kSuspended;
-    paused.uuid = kUuid;
-    paused.name = "xp";
-    libvirt_.EmitEvent(paused);
+    LibvirtReports(LibvirtDomainEvent::Kind::kSuspended);
   }
 
   // WaitForStop has no kept stop to return and asks the stub, which is silent.
@@ -529,11 +534,7 @@ TEST_F(QemuGuestVmTest, ReadPhysicalLiveReadsAGuestThatRunsThroughTheLiveReaderO
 
 TEST_F(QemuGuestVmTest, DomainGoneEventEndsTheWaitWithoutTheStub) {
   Attach();
-  LibvirtDomainEvent gone;
-  gone.kind = LibvirtDomainEvent::Kind::kStopped;
-  gone.uuid = kUuid;
-  gone.name = "xp";
-  libvirt_.EmitEvent(gone);
+  LibvirtReports(LibvirtDomainEvent::Kind::kStopped);
   absl::StatusOr<std::optional<StopEvent>> stop = vm_->WaitForStop(absl::Seconds(1));
   ASSERT_TRUE(stop.ok() && stop->has_value()) << stop.status();
   EXPECT_EQ((*stop)->kind, StopEvent::Kind::kGone);
@@ -546,11 +547,7 @@ TEST_F(QemuGuestVmTest, DomainGoneEventEndsTheWaitWithoutTheStub) {
 // reads still work.
 TEST_F(QemuGuestVmTest, NothingIsWrittenIntoAGuestLibvirtReportedRebooted) {
   Attach();
-  LibvirtDomainEvent rebooted;
-  rebooted.kind = LibvirtDomainEvent::Kind::kRebooted;
-  rebooted.uuid = kUuid;
-  rebooted.name = "xp";
-  libvirt_.EmitEvent(rebooted);
+  LibvirtReports(LibvirtDomainEvent::Kind::kRebooted);
   const std::vector<uint8_t> call = {0xe8, 1, 2, 3, 4};
   EXPECT_TRUE(absl::IsAborted(vm_->WriteVirtual(0, 0x80501000, call)));
   const std::vector<engine::MemoryWrite> writes = {{0x80501000, call}};
