@@ -232,7 +232,7 @@ absl::Status PatchManager::Learn(const EnableRequest& request, const GuestProfil
   TPRD_RETURN_IF_ERROR(vm_.SetWatchpoint(profile.tpr_va, 4, WatchKind::kAccess));
   // The guest's own clock, read while it is stopped: now, at a stop once a second of tprd's time
   // has passed since the last read (the timer wraps every 4.69 s), and at the end: right after
-  // the enable's resume (FinishLearningClock), not in its stop (an HMP command, 1-2.5 ms). The
+  // the enable's resume (finish_learning_clock_), not in its stop (an HMP command, 1-2.5 ms). The
   // timer is QEMU's virtual clock, which stood still until then.
   auto shared_clock = std::make_shared<GuestRunClock>(vm_, clock_);
   GuestRunClock& guest_clock = *shared_clock;
@@ -540,6 +540,9 @@ absl::StatusOr<EnableReport> PatchManager::Enable(const EnableRequest& request) 
     if (m.site.state != SiteState::kRolledBack) ++report.candidates;
   }
 
+  // Only this enable's own learning window may finish after its resume: one left by an enable
+  // that failed after its window would read the clock for the time since.
+  finish_learning_clock_ = nullptr;
   if (!blob_.installed()) {
     absl::Status learned = Learn(request, *profile, proven, report.learning_hits);
     if (!learned.ok()) return learned;
