@@ -160,6 +160,16 @@ class LibvirtConnectionImpl : public LibvirtConnection {
                                 absl::StrCat("no libvirt domain with name, UUID or ID '",
                                              absl::CHexEscape(text), "' on ", options_.uri)))
                           : DescribeDomain(domain);
+    if (domain != nullptr && absl::IsNotFound(result.status())) {
+      // Found by its key, gone before its state could be read (a transient domain destroyed in
+      // between; ciK 2026-12-07: tprctl said libvirt's raw "Domain not found", exit 3): it does
+      // not run, which is what a lookup's callers act on ("is not running; start it first").
+      LibvirtDomainInfo gone;
+      if (const char* name = virDomainGetName(domain); name != nullptr) gone.name = name;
+      gone.uuid = DomainUuid(domain);
+      gone.state = LibvirtDomainState::kShutoff;
+      result = gone;
+    }
     virResetLastError();
     if (domain != nullptr) virDomainFree(domain);
     virConnectClose(*conn);
